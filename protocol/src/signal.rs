@@ -1,0 +1,583 @@
+//! Signalling wire messages: JSON over WebSocket between an rtcroom client and room server.
+//!
+//! Every frame is one JSON object. Client → server frames are [`ClientEnvelope`]s:
+//! `{"v":1,"id":7,"msg":{"type":"join",...}}`; the `id` is the client's request id and comes
+//! back in the [`Reply`]. Server → client frames are [`ServerMessage`]s: a `reply` to a request
+//! or an `event` (peer-join, stream-added, client-banned, ...).
+//!
+//! Decoding is bounded: frames larger than [`MAX_MESSAGE_BYTES`] are refused before parsing,
+//! and a frame with another protocol version is refused with a message saying so. The room
+//! server issue fills these messages out; the shapes here already carry SDP for publish and
+//! subscribe so the media plane can be added without reshaping the room logic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, RtcError, extra};
+use crate::ids::{Mode, Role, RoomId, UserId};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame accepted, in bytes. An SDP offer with several media sections is ~10 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// A client → server frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientEnvelope {
+    /// Protocol version ([`PROTOCOL_VERSION`]).
+    pub v: u32,
+    /// Request id chosen by the client; echoed in the reply.
+    pub id: u64,
+    /// The request.
+    pub msg: ClientMessage,
+}
+
+impl ClientEnvelope {
+    /// A frame of the current version.
+    pub fn new(id: u64, msg: ClientMessage) -> Self {
+        ClientEnvelope {
+            v: PROTOCOL_VERSION,
+            id,
+            msg,
+        }
+    }
+}
+
+/// Which of a member's two streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamType {
+    /// Camera and microphone.
+    Main,
+    /// Screen share (TRTC's sub-stream).
+    Auxiliary,
+}
+
+/// Audio or video, for mute events and subscriptions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    /// Audio.
+    Audio,
+    /// Video.
+    Video,
+}
+
+/// A request from a client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// Enter a room. Must be the first message on a connection.
+    Join(JoinRequest),
+    /// Leave the room and close the session.
+    Leave,
+    /// Keep-alive, every 2 s after joining.
+    Heartbeat,
+    /// Publish a stream with an SDP offer.
+    Publish(PublishRequest),
+    /// Stop publishing a stream.
+    Unpublish {
+        /// Which stream.
+        #[serde(rename = "streamType")]
+        stream_type: StreamType,
+    },
+    /// Subscribe to another member's stream.
+    Subscribe(SubscribeRequest),
+    /// Stop a subscription.
+    Unsubscribe {
+        /// Whose stream.
+        #[serde(rename = "userId")]
+        user_id: UserId,
+        /// Which stream.
+        #[serde(rename = "streamType")]
+        stream_type: StreamType,
+    },
+    /// Change role (live mode).
+    SwitchRole {
+        /// The new role.
+        role: Role,
+    },
+    /// Mute or unmute one kind of media of a published stream.
+    Mute {
+        /// Which stream.
+        #[serde(rename = "streamType")]
+        stream_type: StreamType,
+        /// Audio or video.
+        kind: MediaKind,
+        /// `true` to mute, `false` to unmute.
+        muted: bool,
+    },
+}
+
+/// The join request, following TRTC v4's join body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRequest {
+    /// The application.
+    pub sdk_app_id: u32,
+    /// Who is joining (validated on decode).
+    pub user_id: UserId,
+    /// The UserSig ticket.
+    pub user_sig: String,
+    /// The room as text (TRTC v4 sends `String(roomId)`); see [`JoinRequest::room`].
+    pub room_id: String,
+    /// Whether `room_id` is a string room.
+    #[serde(default)]
+    pub use_string_room_id: bool,
+    /// rtc or live.
+    pub mode: Mode,
+    /// Requested role (live mode); absent means audience in live mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// PrivateMapKey, when the app requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_map_key: Option<String>,
+    /// Subscribe to everything published (default true).
+    #[serde(default = "default_true")]
+    pub auto_subscribe: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl JoinRequest {
+    /// The room, parsed by the `useStringRoomId` rule.
+    pub fn room(&self) -> Result<RoomId, RtcError> {
+        RoomId::parse(&self.room_id, self.use_string_room_id)
+    }
+
+    /// The role the member gets ([`Role::effective`]).
+    pub fn effective_role(&self) -> Role {
+        Role::effective(self.mode, self.role)
+    }
+}
+
+/// Publish a stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishRequest {
+    /// Main or auxiliary.
+    pub stream_type: StreamType,
+    /// Whether the stream carries audio.
+    pub has_audio: bool,
+    /// Whether the stream carries video.
+    pub has_video: bool,
+    /// The SDP offer for the uplink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp: Option<String>,
+}
+
+/// Subscribe to a stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscribeRequest {
+    /// Whose stream.
+    pub user_id: UserId,
+    /// Which stream.
+    pub stream_type: StreamType,
+    /// Receive its audio.
+    pub audio: bool,
+    /// Receive its video.
+    pub video: bool,
+    /// The SDP offer for the downlink, when the client offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp: Option<String>,
+}
+
+/// A server → client frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ServerMessage {
+    /// The answer to a request.
+    Reply(Reply),
+    /// Something happened in the room.
+    Event(ServerEvent),
+}
+
+/// The answer to request `id`: `code` 0 on success, else TRTC's code with the extra code.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Protocol version.
+    pub v: u32,
+    /// The request id it answers (0 when the request could not be parsed far enough).
+    pub id: u64,
+    /// Success payload or error.
+    #[serde(flatten)]
+    pub result: ReplyResult,
+}
+
+/// Success or failure of a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReplyResult {
+    /// The request failed.
+    Err {
+        /// The error.
+        error: RtcError,
+    },
+    /// The request succeeded.
+    Ok {
+        /// The result, when the request has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<ReplyData>,
+    },
+}
+
+/// Typed success payloads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ReplyData {
+    /// The join succeeded.
+    Joined(JoinResult),
+    /// An SDP answer (publish, subscribe).
+    Answer {
+        /// The SDP.
+        sdp: String,
+    },
+}
+
+/// What a joining member learns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinResult {
+    /// The room.
+    pub room_id: RoomId,
+    /// The role the member got.
+    pub role: Role,
+    /// The members it can see (anchors in live mode, everyone in rtc mode).
+    pub members: Vec<MemberInfo>,
+    /// Streams published in the room now.
+    pub streams: Vec<StreamInfo>,
+    /// Seconds between heartbeats the server expects.
+    pub heartbeat_interval_s: u32,
+}
+
+/// A visible member.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberInfo {
+    /// Who.
+    pub user_id: UserId,
+    /// Their role.
+    pub role: Role,
+}
+
+/// A published stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamInfo {
+    /// Whose stream.
+    pub user_id: UserId,
+    /// Which stream.
+    pub stream_type: StreamType,
+    /// Carries audio.
+    pub has_audio: bool,
+    /// Carries video.
+    pub has_video: bool,
+    /// Audio is muted.
+    #[serde(default)]
+    pub audio_muted: bool,
+    /// Video is muted.
+    #[serde(default)]
+    pub video_muted: bool,
+}
+
+/// Why a member left (TRTC's PEER_LEAVE_REASON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum LeaveReason {
+    /// 0: left on purpose.
+    Normal,
+    /// 1: timed out.
+    Timeout,
+    /// 2: removed (kicked, banned, room dismissed).
+    Kicked,
+    /// 3: switched to audience.
+    RoleChange,
+}
+
+impl From<LeaveReason> for u8 {
+    fn from(r: LeaveReason) -> u8 {
+        match r {
+            LeaveReason::Normal => 0,
+            LeaveReason::Timeout => 1,
+            LeaveReason::Kicked => 2,
+            LeaveReason::RoleChange => 3,
+        }
+    }
+}
+
+impl TryFrom<u8> for LeaveReason {
+    type Error = String;
+    fn try_from(v: u8) -> Result<Self, String> {
+        match v {
+            0 => Ok(LeaveReason::Normal),
+            1 => Ok(LeaveReason::Timeout),
+            2 => Ok(LeaveReason::Kicked),
+            3 => Ok(LeaveReason::RoleChange),
+            _ => Err(format!("unknown leave reason {v}")),
+        }
+    }
+}
+
+/// Why a member was removed (`client-banned`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BanReason {
+    /// The same userId joined again elsewhere.
+    Kick,
+    /// An admin removed the member.
+    Banned,
+    /// An admin dismissed the room.
+    RoomDisband,
+    /// The server stopped hearing heartbeats.
+    UserTimeOut,
+}
+
+/// Room events pushed to members.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A member (anchor, in live mode) joined.
+    PeerJoin {
+        /// Who.
+        #[serde(rename = "userId")]
+        user_id: UserId,
+    },
+    /// A member left.
+    PeerLeave {
+        /// Who.
+        #[serde(rename = "userId")]
+        user_id: UserId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A stream was published.
+    StreamAdded(StreamInfo),
+    /// A stream was unpublished.
+    StreamRemoved {
+        /// Whose.
+        #[serde(rename = "userId")]
+        user_id: UserId,
+        /// Which.
+        #[serde(rename = "streamType")]
+        stream_type: StreamType,
+    },
+    /// A stream changed (tracks added or removed).
+    StreamUpdated(StreamInfo),
+    /// A member muted or unmuted audio or video.
+    MuteChanged {
+        /// Who.
+        #[serde(rename = "userId")]
+        user_id: UserId,
+        /// Audio or video.
+        kind: MediaKind,
+        /// Muted now.
+        muted: bool,
+    },
+    /// This member was removed from the room; the server closes the connection next.
+    ClientBanned {
+        /// Why.
+        reason: BanReason,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// Why a frame could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The frame is larger than [`MAX_MESSAGE_BYTES`].
+    #[error("message is {0} bytes, larger than the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// The frame speaks another protocol version.
+    #[error("protocol version {0} is not supported (this server speaks {PROTOCOL_VERSION})")]
+    Version(u32),
+    /// The frame is not a valid message (bad JSON, unknown type, bad field).
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl From<WireError> for RtcError {
+    fn from(e: WireError) -> RtcError {
+        let extra = match e {
+            WireError::TooLarge(_) => Some(extra::PARAM_MAX),
+            WireError::Version(_) | WireError::Malformed(_) => Some(extra::PARAM_TYPE),
+        };
+        RtcError {
+            code: ErrorCode::InvalidParameter,
+            extra_code: extra,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn check_size(frame: &[u8]) -> Result<(), WireError> {
+    if frame.len() > MAX_MESSAGE_BYTES {
+        Err(WireError::TooLarge(frame.len()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Decode a client frame, bounded in size and checked for version.
+pub fn decode_client(frame: &[u8]) -> Result<ClientEnvelope, WireError> {
+    check_size(frame)?;
+    // Look at the version first so an old or new client gets a version error, not a parse error.
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    let version: Version = serde_json::from_slice(frame)
+        .map_err(|e| WireError::Malformed(format!("no version field 'v': {e}")))?;
+    if version.v != PROTOCOL_VERSION {
+        return Err(WireError::Version(version.v));
+    }
+    serde_json::from_slice(frame).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Decode a server frame, bounded in size.
+pub fn decode_server(frame: &[u8]) -> Result<ServerMessage, WireError> {
+    check_size(frame)?;
+    serde_json::from_slice(frame).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Encode any message as a JSON text frame.
+pub fn encode<T: Serialize>(msg: &T) -> String {
+    // Our message types hold only strings, numbers, bools and maps with string keys, so
+    // serialisation cannot fail.
+    serde_json::to_string(msg).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn join() -> ClientEnvelope {
+        ClientEnvelope::new(
+            1,
+            ClientMessage::Join(JoinRequest {
+                sdk_app_id: 1_400_000_000,
+                user_id: UserId::new("denny").unwrap(),
+                user_sig: "sig".into(),
+                room_id: "123".into(),
+                use_string_room_id: false,
+                mode: Mode::Live,
+                role: None,
+                private_map_key: None,
+                auto_subscribe: true,
+            }),
+        )
+    }
+
+    #[test]
+    fn join_round_trips_and_reads_as_documented() {
+        let frame = encode(&join());
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["msg"]["type"], "join");
+        assert_eq!(v["msg"]["sdkAppId"], 1_400_000_000);
+        assert_eq!(v["msg"]["roomId"], "123");
+        assert_eq!(decode_client(frame.as_bytes()).unwrap(), join());
+        let ClientMessage::Join(j) = join().msg else {
+            unreachable!()
+        };
+        assert_eq!(j.room().unwrap().as_numeric(), Some(123));
+        assert_eq!(j.effective_role(), Role::Audience);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let frame = json!({"v":1,"id":3,"msg":{"type":"join","sdkAppId":1,"userId":"u",
+            "userSig":"s","roomId":"r","useStringRoomId":true,"mode":"rtc"}});
+        let env = decode_client(frame.to_string().as_bytes()).unwrap();
+        let ClientMessage::Join(j) = env.msg else {
+            panic!("not a join")
+        };
+        assert!(j.auto_subscribe);
+        assert_eq!(j.room().unwrap().as_str(), Some("r"));
+    }
+
+    #[test]
+    fn bad_frames_are_typed_errors() {
+        let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(
+            decode_client(&big),
+            Err(WireError::TooLarge(MAX_MESSAGE_BYTES + 1))
+        );
+        assert_eq!(
+            decode_client(br#"{"v":2,"id":1,"msg":{"type":"leave"}}"#),
+            Err(WireError::Version(2))
+        );
+        for bad in [
+            &b"not json"[..],
+            br#"{"id":1}"#,
+            br#"{"v":1,"id":1,"msg":{"type":"dance"}}"#,
+            br#"{"v":1,"id":1,"msg":{"type":"join","userId":"a b"}}"#,
+            br#"{"v":1,"id":-1,"msg":{"type":"leave"}}"#,
+        ] {
+            let e = decode_client(bad).unwrap_err();
+            assert!(matches!(e, WireError::Malformed(_)), "{e:?}");
+            let rtc: RtcError = e.into();
+            assert_eq!(rtc.code, ErrorCode::InvalidParameter);
+        }
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let msgs = vec![
+            ServerMessage::Reply(Reply {
+                v: 1,
+                id: 1,
+                result: ReplyResult::Ok {
+                    data: Some(ReplyData::Joined(JoinResult {
+                        room_id: RoomId::string("123").unwrap(),
+                        role: Role::Anchor,
+                        members: vec![MemberInfo {
+                            user_id: UserId::new("a").unwrap(),
+                            role: Role::Anchor,
+                        }],
+                        streams: vec![],
+                        heartbeat_interval_s: 2,
+                    })),
+                },
+            }),
+            ServerMessage::Reply(Reply {
+                v: 1,
+                id: 2,
+                result: ReplyResult::Ok { data: None },
+            }),
+            ServerMessage::Reply(Reply {
+                v: 1,
+                id: 3,
+                result: ReplyResult::Err {
+                    error: RtcError::with_extra(ErrorCode::JoinRoomFailed, -102052, "room full"),
+                },
+            }),
+            ServerMessage::Event(ServerEvent::PeerLeave {
+                user_id: UserId::new("a").unwrap(),
+                reason: LeaveReason::Timeout,
+            }),
+            ServerMessage::Event(ServerEvent::ClientBanned {
+                reason: BanReason::RoomDisband,
+                message: "the room has been disbanded by the admin".into(),
+            }),
+        ];
+        for m in msgs {
+            let text = encode(&m);
+            assert_eq!(decode_server(text.as_bytes()).unwrap(), m, "{text}");
+        }
+        let text = encode(&ServerMessage::Event(ServerEvent::ClientBanned {
+            reason: BanReason::RoomDisband,
+            message: String::new(),
+        }));
+        assert!(text.contains("\"room_disband\""), "{text}");
+        assert!(text.contains("\"client-banned\""), "{text}");
+    }
+}
