@@ -1,0 +1,950 @@
+//! The room rules, as a plain state machine: no sockets, no clock (every call takes `now`).
+//!
+//! A [`Room`] holds the members of one (sdkAppId, roomId), applies TRTC's rules (member and
+//! publisher limits, live-mode roles, duplicate-userId kicks, heartbeat eviction, dismissal)
+//! and answers every input with a list of [`Effect`]s for its driver (the `RoomActor`) to carry
+//! out: events to send, sessions to remove, webhooks to fire.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rtcroom_protocol::error::extra;
+use rtcroom_protocol::signal::{
+    BanReason, JoinResult, LeaveReason, MediaKind, MemberInfo, ServerEvent, StreamInfo,
+    StreamType,
+};
+use rtcroom_protocol::usersig::{Privilege, Privileges};
+use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};
+
+/// One connection to the server.
+pub type SessionId = u64;
+
+/// TRTC: an rtc-mode room holds at most 300 members.
+pub const DEFAULT_MAX_RTC_MEMBERS: usize = 300;
+/// TRTC: a live room holds up to 100,000 members.
+pub const DEFAULT_MAX_LIVE_MEMBERS: usize = 100_000;
+/// TRTC: at most 50 members publish at once.
+pub const DEFAULT_MAX_PUBLISHERS: usize = 50;
+/// TRTC: a member that drops abnormally is removed after 90 s.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(90);
+/// TRTC: a live room whose last member to leave was audience lingers 10 minutes.
+pub const DEFAULT_LIVE_AUDIENCE_LINGER: Duration = Duration::from_secs(600);
+/// Heartbeat interval clients are told to use.
+pub const HEARTBEAT_INTERVAL_S: u32 = 2;
+
+/// A room's identity: numeric 123 and string "123" are different rooms.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey {
+    /// The application.
+    pub sdk_app_id: u32,
+    /// The room.
+    pub room_id: RoomId,
+}
+
+impl std::fmt::Display for RoomKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.sdk_app_id, self.room_id)
+    }
+}
+
+/// The limits and timers a room applies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomLimits {
+    /// Members in an rtc-mode room.
+    pub max_rtc_members: usize,
+    /// Members in a live-mode room.
+    pub max_live_members: usize,
+    /// Members publishing at once.
+    pub max_publishers: usize,
+    /// Silence after which a member is evicted.
+    pub heartbeat_timeout: Duration,
+    /// How long an empty live room whose last leaver was audience waits before dismissal.
+    pub live_audience_linger: Duration,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits {
+            max_rtc_members: DEFAULT_MAX_RTC_MEMBERS,
+            max_live_members: DEFAULT_MAX_LIVE_MEMBERS,
+            max_publishers: DEFAULT_MAX_PUBLISHERS,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            live_audience_linger: DEFAULT_LIVE_AUDIENCE_LINGER,
+        }
+    }
+}
+
+/// TRTC webhook event types (EventGroupId 1 room: 101–105; 2 media: 201–206).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookEvent {
+    /// 101
+    CreateRoom,
+    /// 102
+    DismissRoom,
+    /// 103
+    EnterRoom,
+    /// 104
+    ExitRoom,
+    /// 105
+    ChangeRole,
+    /// 201
+    StartVideo,
+    /// 202
+    StopVideo,
+    /// 203
+    StartAudio,
+    /// 204
+    StopAudio,
+    /// 205
+    StartSubStream,
+    /// 206
+    StopSubStream,
+}
+
+impl HookEvent {
+    /// TRTC's EventType number.
+    pub const fn event_type(self) -> u32 {
+        match self {
+            HookEvent::CreateRoom => 101,
+            HookEvent::DismissRoom => 102,
+            HookEvent::EnterRoom => 103,
+            HookEvent::ExitRoom => 104,
+            HookEvent::ChangeRole => 105,
+            HookEvent::StartVideo => 201,
+            HookEvent::StopVideo => 202,
+            HookEvent::StartAudio => 203,
+            HookEvent::StopAudio => 204,
+            HookEvent::StartSubStream => 205,
+            HookEvent::StopSubStream => 206,
+        }
+    }
+
+    /// TRTC's EventGroupId (1 room, 2 media).
+    pub const fn group(self) -> u32 {
+        if self.event_type() < 200 { 1 } else { 2 }
+    }
+}
+
+/// A webhook the driver should deliver.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hook {
+    /// What happened.
+    pub event: HookEvent,
+    /// To whom (absent for room events).
+    pub user_id: Option<UserId>,
+    /// Their role, for enter/exit/role events.
+    pub role: Option<Role>,
+    /// Reason code: enter 1 normal; exit 1 normal, 2 timeout, 3 removed, 4 room dismissed;
+    /// role change 1.
+    pub reason: u32,
+}
+
+/// What the driver must do after an input.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Send `event` to each of these sessions.
+    Event {
+        /// Recipients.
+        to: Vec<SessionId>,
+        /// The event.
+        event: ServerEvent,
+    },
+    /// Tell the session it was removed (`client-banned`), then close it.
+    Remove {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: BanReason,
+        /// Detail for the user.
+        message: String,
+    },
+    /// Deliver a webhook.
+    Hook(Hook),
+}
+
+#[derive(Clone, Debug)]
+struct Stream {
+    has_audio: bool,
+    has_video: bool,
+    audio_muted: bool,
+    video_muted: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Member {
+    session: SessionId,
+    role: Role,
+    last_seen: Instant,
+    /// Whether the socket is still open (a dropped socket waits out the heartbeat timeout).
+    connected: bool,
+    privileges: Option<Privileges>,
+    streams: BTreeMap<StreamTypeKey, Stream>,
+}
+
+/// `StreamType` ordered for deterministic iteration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum StreamTypeKey {
+    Main,
+    Auxiliary,
+}
+
+impl From<StreamType> for StreamTypeKey {
+    fn from(t: StreamType) -> Self {
+        match t {
+            StreamType::Main => StreamTypeKey::Main,
+            StreamType::Auxiliary => StreamTypeKey::Auxiliary,
+        }
+    }
+}
+
+impl From<StreamTypeKey> for StreamType {
+    fn from(t: StreamTypeKey) -> Self {
+        match t {
+            StreamTypeKey::Main => StreamType::Main,
+            StreamTypeKey::Auxiliary => StreamType::Auxiliary,
+        }
+    }
+}
+
+/// A join, as the room sees it (credentials already verified by the session).
+#[derive(Clone, Debug)]
+pub struct JoinInput {
+    /// The connection.
+    pub session: SessionId,
+    /// Who.
+    pub user_id: UserId,
+    /// The client's mode.
+    pub mode: Mode,
+    /// The requested role (None: audience in live mode).
+    pub role: Option<Role>,
+    /// PrivateMapKey privileges, when one was presented.
+    pub privileges: Option<Privileges>,
+}
+
+/// Everything about a room, for the admin API.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RoomInfo {
+    /// The room.
+    pub room_id: RoomId,
+    /// rtc / live.
+    pub mode: Mode,
+    /// Members.
+    pub members: Vec<MemberDetail>,
+}
+
+/// A member, for the admin API.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MemberDetail {
+    /// Who.
+    pub user_id: UserId,
+    /// Role.
+    pub role: Role,
+    /// Whether the socket is open.
+    pub connected: bool,
+    /// Published streams.
+    pub streams: Vec<StreamInfo>,
+}
+
+/// One room's state.
+#[derive(Debug)]
+pub struct Room {
+    key: RoomKey,
+    mode: Mode,
+    limits: RoomLimits,
+    members: BTreeMap<UserId, Member>,
+    sessions: HashMap<SessionId, UserId>,
+    /// When an empty live room will be dismissed (last leaver was audience).
+    dismiss_at: Option<Instant>,
+    dismissed: bool,
+}
+
+impl Room {
+    /// A new, empty room. Rooms are created by their first join, so call [`Room::join`] next;
+    /// [`Room::created`] gives the creation webhook.
+    pub fn new(key: RoomKey, mode: Mode, limits: RoomLimits) -> Room {
+        Room {
+            key,
+            mode,
+            limits,
+            members: BTreeMap::new(),
+            sessions: HashMap::new(),
+            dismiss_at: None,
+            dismissed: false,
+        }
+    }
+
+    /// The webhook for the room's creation.
+    pub fn created(&self) -> Effect {
+        Effect::Hook(Hook {
+            event: HookEvent::CreateRoom,
+            user_id: None,
+            role: None,
+            reason: 0,
+        })
+    }
+
+    /// The room's key.
+    pub fn key(&self) -> &RoomKey {
+        &self.key
+    }
+
+    /// The room's mode (set by its first member).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Number of members (connected or waiting out their timeout).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the room has no members.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Whether the room is over: the driver should drop it.
+    pub fn is_dismissed(&self) -> bool {
+        self.dismissed
+    }
+
+    /// The user behind a session, if it is a member.
+    pub fn user_of(&self, session: SessionId) -> Option<&UserId> {
+        self.sessions.get(&session)
+    }
+
+    /// Number of members publishing at least one stream.
+    pub fn publisher_count(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| !m.streams.is_empty())
+            .count()
+    }
+
+    fn visible(&self, role: Role) -> bool {
+        self.mode == Mode::Rtc || role == Role::Anchor
+    }
+
+    /// Sessions of all members except `except`, connected ones only.
+    fn others(&self, except: Option<SessionId>) -> Vec<SessionId> {
+        self.members
+            .values()
+            .filter(|m| m.connected && Some(m.session) != except)
+            .map(|m| m.session)
+            .collect()
+    }
+
+    fn stream_info(user_id: &UserId, t: StreamTypeKey, s: &Stream) -> StreamInfo {
+        StreamInfo {
+            user_id: user_id.clone(),
+            stream_type: t.into(),
+            has_audio: s.has_audio,
+            has_video: s.has_video,
+            audio_muted: s.audio_muted,
+            video_muted: s.video_muted,
+        }
+    }
+
+    /// All published streams.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        self.members
+            .iter()
+            .flat_map(|(u, m)| {
+                m.streams
+                    .iter()
+                    .map(move |(t, s)| Self::stream_info(u, *t, s))
+            })
+            .collect()
+    }
+
+    /// A member enters. On success, the reply for the joiner and the effects for everyone else.
+    pub fn join(&mut self, input: JoinInput, now: Instant) -> RtcResult<(JoinResult, Vec<Effect>)> {
+        if self.dismissed {
+            return Err(RtcError::with_extra(
+                ErrorCode::JoinRoomFailed,
+                extra::ROOM_NOT_EXIST,
+                format!("room {} has been dismissed", self.key.room_id),
+            ));
+        }
+        if input.mode != self.mode {
+            return Err(RtcError::with_extra(
+                ErrorCode::JoinRoomFailed,
+                extra::BAD_SCENE_OR_ROLE,
+                format!(
+                    "room {} is a {} room; joining it in {} mode is not allowed",
+                    self.key.room_id, self.mode, input.mode
+                ),
+            ));
+        }
+        if let Some(p) = input.privileges {
+            p.require(Privilege::EnterRoom).map_err(|_| {
+                RtcError::with_extra(
+                    ErrorCode::JoinRoomFailed,
+                    extra::NO_PERMISSION_ENTER_ROOM,
+                    "privateMapKey does not grant entering the room (bit 2)",
+                )
+            })?;
+        }
+        let role = Role::effective(self.mode, input.role);
+        let mut effects = Vec::new();
+        // A second join with the same userId replaces the first: the older session is kicked.
+        let replacing = self.members.contains_key(&input.user_id);
+        if replacing {
+            effects.extend(self.remove_member(
+                &input.user_id,
+                Some((
+                    BanReason::Kick,
+                    "duplicated userId joining the room".to_owned(),
+                )),
+                LeaveReason::Kicked,
+                3,
+            ));
+        }
+        let limit = match self.mode {
+            Mode::Rtc => self.limits.max_rtc_members,
+            Mode::Live => self.limits.max_live_members,
+        };
+        if self.members.len() >= limit {
+            return Err(RtcError::with_extra(
+                ErrorCode::JoinRoomFailed,
+                extra::ROOM_FULL,
+                format!(
+                    "room {} is full ({limit} members in {} mode)",
+                    self.key.room_id, self.mode
+                ),
+            ));
+        }
+        self.dismiss_at = None;
+        let members: Vec<MemberInfo> = self
+            .members
+            .iter()
+            .filter(|(_, m)| self.visible(m.role))
+            .map(|(u, m)| MemberInfo {
+                user_id: u.clone(),
+                role: m.role,
+            })
+            .collect();
+        let streams = self.streams();
+        if self.visible(role) {
+            effects.push(Effect::Event {
+                to: self.others(None),
+                event: ServerEvent::PeerJoin {
+                    user_id: input.user_id.clone(),
+                },
+            });
+        }
+        effects.push(Effect::Hook(Hook {
+            event: HookEvent::EnterRoom,
+            user_id: Some(input.user_id.clone()),
+            role: Some(role),
+            reason: 1,
+        }));
+        self.sessions.insert(input.session, input.user_id.clone());
+        self.members.insert(
+            input.user_id,
+            Member {
+                session: input.session,
+                role,
+                last_seen: now,
+                connected: true,
+                privileges: input.privileges,
+                streams: BTreeMap::new(),
+            },
+        );
+        let result = JoinResult {
+            room_id: self.key.room_id.clone(),
+            role,
+            members,
+            streams,
+            heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
+        };
+        Ok((result, effects))
+    }
+
+    /// Remove a member; `ban` sends it `client-banned` first. `exit_reason` is the webhook's.
+    fn remove_member(
+        &mut self,
+        user_id: &UserId,
+        ban: Option<(BanReason, String)>,
+        leave_reason: LeaveReason,
+        exit_reason: u32,
+    ) -> Vec<Effect> {
+        let Some(member) = self.members.remove(user_id) else {
+            return Vec::new();
+        };
+        self.sessions.remove(&member.session);
+        let mut effects = Vec::new();
+        if let Some((reason, message)) = ban {
+            effects.push(Effect::Remove {
+                session: member.session,
+                reason,
+                message,
+            });
+        }
+        let others = self.others(None);
+        for t in member.streams.keys() {
+            effects.push(Effect::Event {
+                to: others.clone(),
+                event: ServerEvent::StreamRemoved {
+                    user_id: user_id.clone(),
+                    stream_type: (*t).into(),
+                },
+            });
+        }
+        if self.visible(member.role) {
+            effects.push(Effect::Event {
+                to: others,
+                event: ServerEvent::PeerLeave {
+                    user_id: user_id.clone(),
+                    reason: leave_reason,
+                },
+            });
+        }
+        effects.push(Effect::Hook(Hook {
+            event: HookEvent::ExitRoom,
+            user_id: Some(user_id.clone()),
+            role: Some(member.role),
+            reason: exit_reason,
+        }));
+        effects
+    }
+
+    /// After someone left: dismiss or schedule dismissal if the room is empty.
+    fn after_leave(&mut self, last_role: Role, now: Instant, effects: &mut Vec<Effect>) {
+        if !self.members.is_empty() || self.dismissed {
+            return;
+        }
+        let linger = self.mode == Mode::Live && last_role == Role::Audience;
+        if linger {
+            self.dismiss_at = Some(now + self.limits.live_audience_linger);
+        } else {
+            self.dismiss_now(effects);
+        }
+    }
+
+    fn dismiss_now(&mut self, effects: &mut Vec<Effect>) {
+        self.dismissed = true;
+        self.dismiss_at = None;
+        effects.push(Effect::Hook(Hook {
+            event: HookEvent::DismissRoom,
+            user_id: None,
+            role: None,
+            reason: 0,
+        }));
+    }
+
+    /// A member leaves on purpose.
+    pub fn leave(&mut self, session: SessionId, now: Instant) -> Vec<Effect> {
+        let Some(user) = self.sessions.get(&session).cloned() else {
+            return Vec::new();
+        };
+        let role = self.members.get(&user).map(|m| m.role).unwrap_or(Role::Anchor);
+        let mut effects = self.remove_member(&user, None, LeaveReason::Normal, 1);
+        self.after_leave(role, now, &mut effects);
+        effects
+    }
+
+    /// A member's socket closed without a leave: it stays until its heartbeat timeout, as TRTC
+    /// keeps a member that drops abnormally for 90 s.
+    pub fn disconnected(&mut self, session: SessionId) {
+        if let Some(m) = self
+            .sessions
+            .get(&session)
+            .and_then(|u| self.members.get_mut(u))
+        {
+            m.connected = false;
+        }
+    }
+
+    /// A heartbeat (or any message) from a member.
+    pub fn heartbeat(&mut self, session: SessionId, now: Instant) {
+        if let Some(m) = self
+            .sessions
+            .get(&session)
+            .and_then(|u| self.members.get_mut(u))
+        {
+            m.last_seen = now;
+        }
+    }
+
+    /// The next instant at which [`Room::tick`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let eviction = self
+            .members
+            .values()
+            .map(|m| m.last_seen + self.limits.heartbeat_timeout)
+            .min();
+        match (eviction, self.dismiss_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Evict members silent past the timeout, and dismiss a lingering empty room.
+    pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let timeout = self.limits.heartbeat_timeout;
+        let silent: Vec<(UserId, Role)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > timeout)
+            .map(|(u, m)| (u.clone(), m.role))
+            .collect();
+        let mut last_role = None;
+        for (user, role) in silent {
+            effects.extend(self.remove_member(
+                &user,
+                Some((
+                    BanReason::UserTimeOut,
+                    format!("no heartbeat for {} s", timeout.as_secs()),
+                )),
+                LeaveReason::Timeout,
+                2,
+            ));
+            last_role = Some(role);
+        }
+        if last_role.is_some() && self.members.is_empty() && !self.dismissed {
+            // Everyone dropped: TRTC dismisses the room once the 90 s timeout has passed.
+            self.dismiss_now(&mut effects);
+        }
+        if self.dismiss_at.is_some_and(|t| now >= t) && self.members.is_empty() {
+            self.dismiss_now(&mut effects);
+        }
+        effects
+    }
+
+    fn member_mut(&mut self, session: SessionId) -> RtcResult<(UserId, &mut Member)> {
+        let user = self.sessions.get(&session).cloned().ok_or_else(|| {
+            RtcError::invalid_operation(Some(extra::NOT_ENTERED_ROOM), "not in the room")
+        })?;
+        let m = self.members.get_mut(&user).ok_or_else(|| {
+            RtcError::invalid_operation(Some(extra::NOT_ENTERED_ROOM), "not in the room")
+        })?;
+        Ok((user, m))
+    }
+
+    /// Publish (or update) a stream.
+    pub fn publish(
+        &mut self,
+        session: SessionId,
+        stream_type: StreamType,
+        has_audio: bool,
+        has_video: bool,
+    ) -> RtcResult<Vec<Effect>> {
+        if !has_audio && !has_video {
+            return Err(RtcError::invalid_parameter(
+                Some(extra::PARAM_REQUIRED),
+                "publish needs audio, video or both",
+            ));
+        }
+        let publishers = self.publisher_count();
+        let max_publishers = self.limits.max_publishers;
+        let mode = self.mode;
+        let (user, m) = self.member_mut(session)?;
+        if mode == Mode::Live && m.role == Role::Audience {
+            return Err(RtcError::invalid_operation(
+                Some(extra::AUDIENCE_ROLE),
+                "no permission to publish() under live/audience; switch_role(anchor) first",
+            ));
+        }
+        if let Some(p) = m.privileges {
+            let need: &[(bool, Privilege, i32)] = match stream_type {
+                StreamType::Main => &[
+                    (has_audio, Privilege::SendAudio, extra::PRIVILEGE_FLAG_ERROR),
+                    (has_video, Privilege::SendVideo, extra::NO_PERMISSION_PUSH_VIDEO),
+                ],
+                StreamType::Auxiliary => &[(
+                    true,
+                    Privilege::SendSubStream,
+                    extra::NO_PERMISSION_SUB_STREAM,
+                )],
+            };
+            for (wanted, privilege, code) in need {
+                if *wanted && !p.contains(*privilege) {
+                    return Err(RtcError::with_extra(
+                        ErrorCode::InvalidOperation,
+                        *code,
+                        format!("privateMapKey does not grant {}", privilege.name()),
+                    ));
+                }
+            }
+        }
+        let key = StreamTypeKey::from(stream_type);
+        if m.streams.is_empty() && publishers >= max_publishers {
+            return Err(RtcError::invalid_operation(
+                None,
+                format!("the room already has {max_publishers} publishers, TRTC's limit"),
+            ));
+        }
+        let previous = m.streams.insert(
+            key,
+            Stream {
+                has_audio,
+                has_video,
+                audio_muted: false,
+                video_muted: false,
+            },
+        );
+        let info = Self::stream_info(&user, key, &m.streams[&key]);
+        let mut effects = Vec::new();
+        let others = self.others(Some(session));
+        let (had_audio, had_video) = previous
+            .as_ref()
+            .map(|s| (s.has_audio, s.has_video))
+            .unwrap_or((false, false));
+        effects.push(Effect::Event {
+            to: others,
+            event: if previous.is_some() {
+                ServerEvent::StreamUpdated(info)
+            } else {
+                ServerEvent::StreamAdded(info)
+            },
+        });
+        let hooks = media_hooks(stream_type, (had_audio, had_video), (has_audio, has_video));
+        effects.extend(hooks.into_iter().map(|event| {
+            Effect::Hook(Hook {
+                event,
+                user_id: Some(user.clone()),
+                role: None,
+                reason: 0,
+            })
+        }));
+        Ok(effects)
+    }
+
+    /// Stop publishing a stream.
+    pub fn unpublish(&mut self, session: SessionId, stream_type: StreamType) -> RtcResult<Vec<Effect>> {
+        let (user, m) = self.member_mut(session)?;
+        let Some(old) = m.streams.remove(&StreamTypeKey::from(stream_type)) else {
+            return Err(RtcError::invalid_operation(
+                Some(extra::REPEATED_CALL),
+                format!("no {stream_type:?} stream is published"),
+            ));
+        };
+        let mut effects = vec![Effect::Event {
+            to: self.others(Some(session)),
+            event: ServerEvent::StreamRemoved {
+                user_id: user.clone(),
+                stream_type,
+            },
+        }];
+        effects.extend(
+            media_hooks(stream_type, (old.has_audio, old.has_video), (false, false))
+                .into_iter()
+                .map(|event| {
+                    Effect::Hook(Hook {
+                        event,
+                        user_id: Some(user.clone()),
+                        role: None,
+                        reason: 0,
+                    })
+                }),
+        );
+        Ok(effects)
+    }
+
+    /// Mute or unmute audio or video of a published stream.
+    pub fn mute(
+        &mut self,
+        session: SessionId,
+        stream_type: StreamType,
+        kind: MediaKind,
+        muted: bool,
+    ) -> RtcResult<Vec<Effect>> {
+        let (user, m) = self.member_mut(session)?;
+        let Some(s) = m.streams.get_mut(&StreamTypeKey::from(stream_type)) else {
+            return Err(RtcError::invalid_operation(
+                None,
+                format!("no {stream_type:?} stream is published"),
+            ));
+        };
+        let flag = match kind {
+            MediaKind::Audio => &mut s.audio_muted,
+            MediaKind::Video => &mut s.video_muted,
+        };
+        if *flag == muted {
+            return Ok(Vec::new());
+        }
+        *flag = muted;
+        let hook = match (stream_type, kind, muted) {
+            (StreamType::Auxiliary, _, true) => HookEvent::StopSubStream,
+            (StreamType::Auxiliary, _, false) => HookEvent::StartSubStream,
+            (_, MediaKind::Audio, true) => HookEvent::StopAudio,
+            (_, MediaKind::Audio, false) => HookEvent::StartAudio,
+            (_, MediaKind::Video, true) => HookEvent::StopVideo,
+            (_, MediaKind::Video, false) => HookEvent::StartVideo,
+        };
+        Ok(vec![
+            Effect::Event {
+                to: self.others(Some(session)),
+                event: ServerEvent::MuteChanged {
+                    user_id: user.clone(),
+                    kind,
+                    muted,
+                },
+            },
+            Effect::Hook(Hook {
+                event: hook,
+                user_id: Some(user),
+                role: None,
+                reason: 0,
+            }),
+        ])
+    }
+
+    /// Change role (live mode). Anchor → audience unpublishes and leaves others' view
+    /// (peer-leave reason 3); audience → anchor appears (peer-join).
+    pub fn switch_role(&mut self, session: SessionId, role: Role) -> RtcResult<Vec<Effect>> {
+        let mode = self.mode;
+        let (user, m) = self.member_mut(session)?;
+        if mode == Mode::Rtc {
+            return Err(RtcError::invalid_operation(
+                None,
+                "switch_role is only meaningful in live mode",
+            ));
+        }
+        if m.role == role {
+            return Ok(Vec::new());
+        }
+        m.role = role;
+        let removed: Vec<StreamTypeKey> = if role == Role::Audience {
+            std::mem::take(&mut m.streams).into_keys().collect()
+        } else {
+            Vec::new()
+        };
+        let others = self.others(Some(session));
+        let mut effects: Vec<Effect> = removed
+            .into_iter()
+            .map(|t| Effect::Event {
+                to: others.clone(),
+                event: ServerEvent::StreamRemoved {
+                    user_id: user.clone(),
+                    stream_type: t.into(),
+                },
+            })
+            .collect();
+        effects.push(Effect::Event {
+            to: others,
+            event: match role {
+                Role::Anchor => ServerEvent::PeerJoin {
+                    user_id: user.clone(),
+                },
+                Role::Audience => ServerEvent::PeerLeave {
+                    user_id: user.clone(),
+                    reason: LeaveReason::RoleChange,
+                },
+            },
+        });
+        effects.push(Effect::Hook(Hook {
+            event: HookEvent::ChangeRole,
+            user_id: Some(user),
+            role: Some(role),
+            reason: 1,
+        }));
+        Ok(effects)
+    }
+
+    /// Admin RemoveUser: each named member gets `client-banned` reason `banned`.
+    pub fn remove_users(&mut self, users: &[UserId], now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let mut last_role = None;
+        for u in users {
+            if let Some(role) = self.members.get(u).map(|m| m.role) {
+                effects.extend(self.remove_member(
+                    u,
+                    Some((BanReason::Banned, "you got banned by the admin".to_owned())),
+                    LeaveReason::Kicked,
+                    3,
+                ));
+                last_role = Some(role);
+            }
+        }
+        if let Some(role) = last_role {
+            self.after_leave(role, now, &mut effects);
+        }
+        effects
+    }
+
+    /// Admin DismissRoom: everyone gets `client-banned` reason `room_disband`.
+    pub fn dismiss(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let users: Vec<UserId> = self.members.keys().cloned().collect();
+        for u in &users {
+            if let Some(m) = self.members.remove(u) {
+                self.sessions.remove(&m.session);
+                effects.push(Effect::Remove {
+                    session: m.session,
+                    reason: BanReason::RoomDisband,
+                    message: "the room has been disbanded by the admin".to_owned(),
+                });
+                effects.push(Effect::Hook(Hook {
+                    event: HookEvent::ExitRoom,
+                    user_id: Some(u.clone()),
+                    role: Some(m.role),
+                    reason: 4,
+                }));
+            }
+        }
+        if !self.dismissed {
+            self.dismiss_now(&mut effects);
+        }
+        effects
+    }
+
+    /// The room's members and streams.
+    pub fn describe(&self) -> RoomInfo {
+        RoomInfo {
+            room_id: self.key.room_id.clone(),
+            mode: self.mode,
+            members: self
+                .members
+                .iter()
+                .map(|(u, m)| MemberDetail {
+                    user_id: u.clone(),
+                    role: m.role,
+                    connected: m.connected,
+                    streams: m
+                        .streams
+                        .iter()
+                        .map(|(t, s)| Self::stream_info(u, *t, s))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The media webhooks for a change of a stream's tracks.
+fn media_hooks(stream_type: StreamType, before: (bool, bool), after: (bool, bool)) -> Vec<HookEvent> {
+    let mut out = Vec::new();
+    match stream_type {
+        StreamType::Auxiliary => {
+            let (b, a) = (before.0 || before.1, after.0 || after.1);
+            if !b && a {
+                out.push(HookEvent::StartSubStream);
+            } else if b && !a {
+                out.push(HookEvent::StopSubStream);
+            }
+        }
+        StreamType::Main => {
+            if !before.1 && after.1 {
+                out.push(HookEvent::StartVideo);
+            }
+            if before.1 && !after.1 {
+                out.push(HookEvent::StopVideo);
+            }
+            if !before.0 && after.0 {
+                out.push(HookEvent::StartAudio);
+            }
+            if before.0 && !after.0 {
+                out.push(HookEvent::StopAudio);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,363 @@
+//! Room rules without sockets: every test drives a `Room` with explicit instants.
+
+use super::*;
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn room(mode: Mode) -> Room {
+    Room::new(
+        RoomKey {
+            sdk_app_id: 1,
+            room_id: RoomId::numeric(123).unwrap(),
+        },
+        mode,
+        RoomLimits::default(),
+    )
+}
+
+fn join(r: &mut Room, session: SessionId, user: &str, role: Option<Role>, now: Instant) -> RtcResult<(JoinResult, Vec<Effect>)> {
+    r.join(
+        JoinInput {
+            session,
+            user_id: uid(user),
+            mode: r.mode(),
+            role,
+            privileges: None,
+        },
+        now,
+    )
+}
+
+/// Events sent, as (recipient, event) pairs.
+fn events(effects: &[Effect]) -> Vec<(SessionId, ServerEvent)> {
+    effects
+        .iter()
+        .flat_map(|e| match e {
+            Effect::Event { to, event } => to.iter().map(|s| (*s, event.clone())).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn removals(effects: &[Effect]) -> Vec<(SessionId, BanReason)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Remove { session, reason, .. } => Some((*session, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn hooks(effects: &[Effect]) -> Vec<u32> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Hook(h) => Some(h.event.event_type()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rtc_join_announces_and_lists_members() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    let (res, fx) = join(&mut r, 1, "alice", None, t0).unwrap();
+    assert!(res.members.is_empty());
+    assert_eq!(res.role, Role::Anchor);
+    assert_eq!(hooks(&fx), vec![103]);
+    let (res, fx) = join(&mut r, 2, "bob", Some(Role::Audience), t0).unwrap();
+    // In rtc mode the role is ignored: everyone is an anchor.
+    assert_eq!(res.role, Role::Anchor);
+    assert_eq!(res.members.len(), 1);
+    assert_eq!(res.members[0].user_id, uid("alice"));
+    assert_eq!(
+        events(&fx),
+        vec![(1, ServerEvent::PeerJoin { user_id: uid("bob") })]
+    );
+}
+
+#[test]
+fn rtc_room_is_full_at_300() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    for i in 0..300 {
+        join(&mut r, i, &format!("u{i}"), None, t0).unwrap();
+    }
+    let e = join(&mut r, 999, "late", None, t0).unwrap_err();
+    assert_eq!(e.code, ErrorCode::JoinRoomFailed);
+    assert_eq!(e.extra_code, Some(-102052));
+    // A duplicate of an existing member replaces it, so it is not refused.
+    assert!(join(&mut r, 1000, "u5", None, t0).is_ok());
+    assert_eq!(r.len(), 300);
+}
+
+#[test]
+fn live_audience_is_invisible_and_cannot_publish() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Live);
+    join(&mut r, 1, "anchor", Some(Role::Anchor), t0).unwrap();
+    let (res, fx) = join(&mut r, 2, "viewer", None, t0).unwrap();
+    assert_eq!(res.role, Role::Audience, "live default role is audience");
+    assert_eq!(res.members.len(), 1);
+    assert!(events(&fx).is_empty(), "audience joins are not announced");
+    let (res, _) = join(&mut r, 3, "viewer2", Some(Role::Audience), t0).unwrap();
+    assert_eq!(res.members.len(), 1, "audience sees anchors only");
+
+    let e = r.publish(2, StreamType::Main, true, true).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+    assert_eq!(e.extra_code, Some(5107));
+
+    // Switching to anchor makes them visible and able to publish.
+    let fx = r.switch_role(2, Role::Anchor).unwrap();
+    assert!(events(&fx).contains(&(1, ServerEvent::PeerJoin { user_id: uid("viewer") })));
+    assert_eq!(hooks(&fx), vec![105]);
+    let fx = r.publish(2, StreamType::Main, true, true).unwrap();
+    let ev = events(&fx);
+    assert_eq!(ev.len(), 2, "stream-added goes to everyone else, audience included");
+    assert!(matches!(ev[0].1, ServerEvent::StreamAdded(_)));
+    assert_eq!(hooks(&fx), vec![201, 203]);
+
+    // Back to audience: the stream goes away and others see a role-change leave.
+    let fx = r.switch_role(2, Role::Audience).unwrap();
+    let ev = events(&fx);
+    assert!(ev.contains(&(
+        1,
+        ServerEvent::StreamRemoved { user_id: uid("viewer"), stream_type: StreamType::Main }
+    )));
+    assert!(ev.contains(&(
+        1,
+        ServerEvent::PeerLeave { user_id: uid("viewer"), reason: LeaveReason::RoleChange }
+    )));
+    assert!(r.streams().is_empty());
+}
+
+#[test]
+fn duplicate_user_kicks_the_older_session() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    join(&mut r, 1, "alice", None, t0).unwrap();
+    join(&mut r, 2, "bob", None, t0).unwrap();
+    r.publish(1, StreamType::Main, true, true).unwrap();
+    let (_, fx) = join(&mut r, 3, "alice", None, t0).unwrap();
+    assert_eq!(removals(&fx), vec![(1, BanReason::Kick)]);
+    let ev = events(&fx);
+    assert!(ev.contains(&(
+        2,
+        ServerEvent::StreamRemoved { user_id: uid("alice"), stream_type: StreamType::Main }
+    )));
+    assert!(ev.contains(&(2, ServerEvent::PeerJoin { user_id: uid("alice") })));
+    assert_eq!(r.user_of(3), Some(&uid("alice")));
+    assert_eq!(r.user_of(1), None);
+    assert_eq!(r.len(), 2);
+}
+
+#[test]
+fn silent_members_are_evicted_with_reason_timeout() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    join(&mut r, 1, "alice", None, t0).unwrap();
+    join(&mut r, 2, "bob", None, t0).unwrap();
+    assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(90)));
+    r.heartbeat(2, t0 + Duration::from_secs(60));
+    assert!(r.tick(t0 + Duration::from_secs(90)).is_empty(), "not past the timeout yet");
+    let fx = r.tick(t0 + Duration::from_secs(91));
+    assert_eq!(removals(&fx), vec![(1, BanReason::UserTimeOut)]);
+    assert_eq!(
+        events(&fx),
+        vec![(2, ServerEvent::PeerLeave { user_id: uid("alice"), reason: LeaveReason::Timeout })]
+    );
+    assert_eq!(r.len(), 1);
+    assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(150)));
+    // The last member times out: the room is dismissed.
+    let fx = r.tick(t0 + Duration::from_secs(151));
+    assert!(hooks(&fx).contains(&102));
+    assert!(r.is_dismissed());
+}
+
+#[test]
+fn dropped_socket_waits_out_the_timeout() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    join(&mut r, 1, "alice", None, t0).unwrap();
+    join(&mut r, 2, "bob", None, t0).unwrap();
+    r.disconnected(1);
+    assert_eq!(r.len(), 2);
+    assert!(r.describe().members.iter().any(|m| !m.connected));
+    // Events are no longer sent to the dropped session.
+    let fx = r.publish(2, StreamType::Main, true, false).unwrap();
+    assert!(events(&fx).is_empty());
+}
+
+#[test]
+fn rtc_room_dismissed_when_last_leaves() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    join(&mut r, 1, "alice", None, t0).unwrap();
+    let fx = r.leave(1, t0);
+    assert_eq!(hooks(&fx), vec![104, 102]);
+    assert!(r.is_dismissed());
+    assert!(join(&mut r, 2, "bob", None, t0).is_err());
+}
+
+#[test]
+fn live_room_lingers_ten_minutes_after_audience_leaves() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Live);
+    join(&mut r, 1, "viewer", None, t0).unwrap();
+    let fx = r.leave(1, t0);
+    assert_eq!(hooks(&fx), vec![104]);
+    assert!(!r.is_dismissed());
+    assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(600)));
+    assert!(r.tick(t0 + Duration::from_secs(299)).is_empty());
+    // A join during the linger keeps the room past the original deadline.
+    join(&mut r, 2, "viewer2", None, t0 + Duration::from_secs(300)).unwrap();
+    r.heartbeat(2, t0 + Duration::from_secs(600));
+    assert!(r.tick(t0 + Duration::from_secs(601)).is_empty());
+    assert!(!r.is_dismissed());
+    r.leave(2, t0 + Duration::from_secs(650));
+    assert!(r.tick(t0 + Duration::from_secs(1249)).is_empty());
+    let fx = r.tick(t0 + Duration::from_secs(1250));
+    assert_eq!(hooks(&fx), vec![102]);
+    assert!(r.is_dismissed());
+}
+
+#[test]
+fn live_room_dismissed_at_once_when_last_is_anchor() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Live);
+    join(&mut r, 1, "anchor", Some(Role::Anchor), t0).unwrap();
+    r.leave(1, t0);
+    assert!(r.is_dismissed());
+}
+
+#[test]
+fn publisher_limit_is_50() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    for i in 0..51 {
+        join(&mut r, i, &format!("u{i}"), None, t0).unwrap();
+    }
+    for i in 0..50 {
+        r.publish(i, StreamType::Main, true, true).unwrap();
+    }
+    // A publisher's second stream does not count twice.
+    r.publish(0, StreamType::Auxiliary, false, true).unwrap();
+    let e = r.publish(50, StreamType::Main, true, true).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+    r.unpublish(3, StreamType::Main).unwrap();
+    assert!(r.publish(50, StreamType::Main, true, true).is_ok());
+}
+
+#[test]
+fn mute_events_and_unpublish() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    join(&mut r, 1, "alice", None, t0).unwrap();
+    join(&mut r, 2, "bob", None, t0).unwrap();
+    r.publish(1, StreamType::Main, true, true).unwrap();
+    let fx = r.mute(1, StreamType::Main, MediaKind::Video, true).unwrap();
+    assert_eq!(
+        events(&fx),
+        vec![(2, ServerEvent::MuteChanged { user_id: uid("alice"), kind: MediaKind::Video, muted: true })]
+    );
+    assert_eq!(hooks(&fx), vec![202]);
+    assert!(r.mute(1, StreamType::Main, MediaKind::Video, true).unwrap().is_empty());
+    assert!(r.streams()[0].video_muted);
+    // Re-publishing the same stream type is an update.
+    let fx = r.publish(1, StreamType::Main, true, false).unwrap();
+    assert!(matches!(events(&fx)[0].1, ServerEvent::StreamUpdated(_)));
+    assert_eq!(hooks(&fx), vec![202]);
+    let fx = r.unpublish(1, StreamType::Main).unwrap();
+    assert_eq!(
+        events(&fx),
+        vec![(2, ServerEvent::StreamRemoved { user_id: uid("alice"), stream_type: StreamType::Main })]
+    );
+    assert_eq!(hooks(&fx), vec![204]);
+    let e = r.unpublish(1, StreamType::Main).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+    let e = r.mute(2, StreamType::Main, MediaKind::Audio, true).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+}
+
+#[test]
+fn requests_from_non_members_are_invalid_operations() {
+    let mut r = room(Mode::Rtc);
+    let e = r.publish(7, StreamType::Main, true, true).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+    assert_eq!(e.extra_code, Some(5101));
+    assert!(r.leave(7, Instant::now()).is_empty());
+}
+
+#[test]
+fn admin_remove_and_dismiss() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    join(&mut r, 1, "alice", None, t0).unwrap();
+    join(&mut r, 2, "bob", None, t0).unwrap();
+    join(&mut r, 3, "carol", None, t0).unwrap();
+    let fx = r.remove_users(&[uid("alice"), uid("nobody")], t0);
+    assert_eq!(removals(&fx), vec![(1, BanReason::Banned)]);
+    assert!(events(&fx).contains(&(
+        2,
+        ServerEvent::PeerLeave { user_id: uid("alice"), reason: LeaveReason::Kicked }
+    )));
+    let fx = r.dismiss();
+    let mut rm = removals(&fx);
+    rm.sort_by_key(|(s, _)| *s);
+    assert_eq!(rm, vec![(2, BanReason::RoomDisband), (3, BanReason::RoomDisband)]);
+    assert!(hooks(&fx).contains(&102));
+    assert!(r.is_dismissed());
+}
+
+#[test]
+fn privileges_gate_enter_and_publish() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    let e = r
+        .join(
+            JoinInput {
+                session: 1,
+                user_id: uid("a"),
+                mode: Mode::Rtc,
+                role: None,
+                privileges: Some(Privileges::from_bits(1)),
+            },
+            t0,
+        )
+        .unwrap_err();
+    assert_eq!(e.extra_code, Some(-102011));
+    r.join(
+        JoinInput {
+            session: 1,
+            user_id: uid("a"),
+            mode: Mode::Rtc,
+            role: None,
+            privileges: Some(Privileges::from_bits(42)),
+        },
+        t0,
+    )
+    .unwrap();
+    assert_eq!(r.publish(1, StreamType::Main, false, true).unwrap_err().extra_code, Some(-102013));
+    assert_eq!(r.publish(1, StreamType::Main, true, false).unwrap_err().extra_code, Some(-100006));
+    assert_eq!(
+        r.publish(1, StreamType::Auxiliary, false, true).unwrap_err().extra_code,
+        Some(-102015)
+    );
+}
+
+#[test]
+fn mode_mismatch_is_refused() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    let e = r
+        .join(
+            JoinInput { session: 1, user_id: uid("a"), mode: Mode::Live, role: None, privileges: None },
+            t0,
+        )
+        .unwrap_err();
+    assert_eq!(e.extra_code, Some(-100011));
+}
