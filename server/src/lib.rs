@@ -1,7 +1,23 @@
 //! # rtcroom-server
 //!
-//! The room server: TRTC-compatible signalling over WebSocket, TRTC's room rules, an admin REST
-//! API, TRTC-format webhooks and Prometheus metrics.
+//! The room server: TRTC-compatible signalling over WebSocket (`GET /ws`), TRTC's room rules,
+//! an admin REST API (`POST /admin/{Action}`), TRTC-format webhooks, Prometheus metrics
+//! (`GET /metrics`) and a health check (`GET /healthz`).
+//!
+//! The rules live in [`room::Room`], a clock-free state machine; the actors only drive it:
+//! one `SessionActor` per connection ([`session`]), one `RoomActor` per (sdkAppId, roomId)
+//! and a `Registry` that finds rooms ([`registry`]). See `docs/protocol.md` for the wire
+//! protocol.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod registry;
 pub mod room;
+pub mod server;
+pub mod session;
+pub mod webhook;
+
+pub use config::{EmbeddedKeyFile, ServerConfig};
+pub use server::{RunningServer, run, shutdown_signal};

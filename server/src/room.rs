@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    BanReason, JoinResult, LeaveReason, MediaKind, MemberInfo, ServerEvent, StreamInfo,
-    StreamType,
+    BanReason, JoinResult, LeaveReason, MediaKind, MemberInfo, ServerEvent, StreamInfo, StreamType,
 };
 use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};
@@ -540,7 +539,11 @@ impl Room {
         let Some(user) = self.sessions.get(&session).cloned() else {
             return Vec::new();
         };
-        let role = self.members.get(&user).map(|m| m.role).unwrap_or(Role::Anchor);
+        let role = self
+            .members
+            .get(&user)
+            .map(|m| m.role)
+            .unwrap_or(Role::Anchor);
         let mut effects = self.remove_member(&user, None, LeaveReason::Normal, 1);
         self.after_leave(role, now, &mut effects);
         effects
@@ -653,7 +656,11 @@ impl Room {
             let need: &[(bool, Privilege, i32)] = match stream_type {
                 StreamType::Main => &[
                     (has_audio, Privilege::SendAudio, extra::PRIVILEGE_FLAG_ERROR),
-                    (has_video, Privilege::SendVideo, extra::NO_PERMISSION_PUSH_VIDEO),
+                    (
+                        has_video,
+                        Privilege::SendVideo,
+                        extra::NO_PERMISSION_PUSH_VIDEO,
+                    ),
                 ],
                 StreamType::Auxiliary => &[(
                     true,
@@ -715,7 +722,11 @@ impl Room {
     }
 
     /// Stop publishing a stream.
-    pub fn unpublish(&mut self, session: SessionId, stream_type: StreamType) -> RtcResult<Vec<Effect>> {
+    pub fn unpublish(
+        &mut self,
+        session: SessionId,
+        stream_type: StreamType,
+    ) -> RtcResult<Vec<Effect>> {
         let (user, m) = self.member_mut(session)?;
         let Some(old) = m.streams.remove(&StreamTypeKey::from(stream_type)) else {
             return Err(RtcError::invalid_operation(
@@ -917,7 +928,11 @@ impl Room {
 }
 
 /// The media webhooks for a change of a stream's tracks.
-fn media_hooks(stream_type: StreamType, before: (bool, bool), after: (bool, bool)) -> Vec<HookEvent> {
+fn media_hooks(
+    stream_type: StreamType,
+    before: (bool, bool),
+    after: (bool, bool),
+) -> Vec<HookEvent> {
     let mut out = Vec::new();
     match stream_type {
         StreamType::Auxiliary => {

@@ -17,7 +17,13 @@ fn room(mode: Mode) -> Room {
     )
 }
 
-fn join(r: &mut Room, session: SessionId, user: &str, role: Option<Role>, now: Instant) -> RtcResult<(JoinResult, Vec<Effect>)> {
+fn join(
+    r: &mut Room,
+    session: SessionId,
+    user: &str,
+    role: Option<Role>,
+    now: Instant,
+) -> RtcResult<(JoinResult, Vec<Effect>)> {
     r.join(
         JoinInput {
             session,
@@ -45,7 +51,9 @@ fn removals(effects: &[Effect]) -> Vec<(SessionId, BanReason)> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Remove { session, reason, .. } => Some((*session, *reason)),
+            Effect::Remove {
+                session, reason, ..
+            } => Some((*session, *reason)),
             _ => None,
         })
         .collect()
@@ -76,7 +84,12 @@ fn rtc_join_announces_and_lists_members() {
     assert_eq!(res.members[0].user_id, uid("alice"));
     assert_eq!(
         events(&fx),
-        vec![(1, ServerEvent::PeerJoin { user_id: uid("bob") })]
+        vec![(
+            1,
+            ServerEvent::PeerJoin {
+                user_id: uid("bob")
+            }
+        )]
     );
 }
 
@@ -113,11 +126,20 @@ fn live_audience_is_invisible_and_cannot_publish() {
 
     // Switching to anchor makes them visible and able to publish.
     let fx = r.switch_role(2, Role::Anchor).unwrap();
-    assert!(events(&fx).contains(&(1, ServerEvent::PeerJoin { user_id: uid("viewer") })));
+    assert!(events(&fx).contains(&(
+        1,
+        ServerEvent::PeerJoin {
+            user_id: uid("viewer")
+        }
+    )));
     assert_eq!(hooks(&fx), vec![105]);
     let fx = r.publish(2, StreamType::Main, true, true).unwrap();
     let ev = events(&fx);
-    assert_eq!(ev.len(), 2, "stream-added goes to everyone else, audience included");
+    assert_eq!(
+        ev.len(),
+        2,
+        "stream-added goes to everyone else, audience included"
+    );
     assert!(matches!(ev[0].1, ServerEvent::StreamAdded(_)));
     assert_eq!(hooks(&fx), vec![201, 203]);
 
@@ -126,11 +148,17 @@ fn live_audience_is_invisible_and_cannot_publish() {
     let ev = events(&fx);
     assert!(ev.contains(&(
         1,
-        ServerEvent::StreamRemoved { user_id: uid("viewer"), stream_type: StreamType::Main }
+        ServerEvent::StreamRemoved {
+            user_id: uid("viewer"),
+            stream_type: StreamType::Main
+        }
     )));
     assert!(ev.contains(&(
         1,
-        ServerEvent::PeerLeave { user_id: uid("viewer"), reason: LeaveReason::RoleChange }
+        ServerEvent::PeerLeave {
+            user_id: uid("viewer"),
+            reason: LeaveReason::RoleChange
+        }
     )));
     assert!(r.streams().is_empty());
 }
@@ -147,9 +175,17 @@ fn duplicate_user_kicks_the_older_session() {
     let ev = events(&fx);
     assert!(ev.contains(&(
         2,
-        ServerEvent::StreamRemoved { user_id: uid("alice"), stream_type: StreamType::Main }
+        ServerEvent::StreamRemoved {
+            user_id: uid("alice"),
+            stream_type: StreamType::Main
+        }
     )));
-    assert!(ev.contains(&(2, ServerEvent::PeerJoin { user_id: uid("alice") })));
+    assert!(ev.contains(&(
+        2,
+        ServerEvent::PeerJoin {
+            user_id: uid("alice")
+        }
+    )));
     assert_eq!(r.user_of(3), Some(&uid("alice")));
     assert_eq!(r.user_of(1), None);
     assert_eq!(r.len(), 2);
@@ -163,12 +199,21 @@ fn silent_members_are_evicted_with_reason_timeout() {
     join(&mut r, 2, "bob", None, t0).unwrap();
     assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(90)));
     r.heartbeat(2, t0 + Duration::from_secs(60));
-    assert!(r.tick(t0 + Duration::from_secs(90)).is_empty(), "not past the timeout yet");
+    assert!(
+        r.tick(t0 + Duration::from_secs(90)).is_empty(),
+        "not past the timeout yet"
+    );
     let fx = r.tick(t0 + Duration::from_secs(91));
     assert_eq!(removals(&fx), vec![(1, BanReason::UserTimeOut)]);
     assert_eq!(
         events(&fx),
-        vec![(2, ServerEvent::PeerLeave { user_id: uid("alice"), reason: LeaveReason::Timeout })]
+        vec![(
+            2,
+            ServerEvent::PeerLeave {
+                user_id: uid("alice"),
+                reason: LeaveReason::Timeout
+            }
+        )]
     );
     assert_eq!(r.len(), 1);
     assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(150)));
@@ -262,10 +307,21 @@ fn mute_events_and_unpublish() {
     let fx = r.mute(1, StreamType::Main, MediaKind::Video, true).unwrap();
     assert_eq!(
         events(&fx),
-        vec![(2, ServerEvent::MuteChanged { user_id: uid("alice"), kind: MediaKind::Video, muted: true })]
+        vec![(
+            2,
+            ServerEvent::MuteChanged {
+                user_id: uid("alice"),
+                kind: MediaKind::Video,
+                muted: true
+            }
+        )]
     );
     assert_eq!(hooks(&fx), vec![202]);
-    assert!(r.mute(1, StreamType::Main, MediaKind::Video, true).unwrap().is_empty());
+    assert!(
+        r.mute(1, StreamType::Main, MediaKind::Video, true)
+            .unwrap()
+            .is_empty()
+    );
     assert!(r.streams()[0].video_muted);
     // Re-publishing the same stream type is an update.
     let fx = r.publish(1, StreamType::Main, true, false).unwrap();
@@ -274,12 +330,20 @@ fn mute_events_and_unpublish() {
     let fx = r.unpublish(1, StreamType::Main).unwrap();
     assert_eq!(
         events(&fx),
-        vec![(2, ServerEvent::StreamRemoved { user_id: uid("alice"), stream_type: StreamType::Main })]
+        vec![(
+            2,
+            ServerEvent::StreamRemoved {
+                user_id: uid("alice"),
+                stream_type: StreamType::Main
+            }
+        )]
     );
     assert_eq!(hooks(&fx), vec![204]);
     let e = r.unpublish(1, StreamType::Main).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidOperation);
-    let e = r.mute(2, StreamType::Main, MediaKind::Audio, true).unwrap_err();
+    let e = r
+        .mute(2, StreamType::Main, MediaKind::Audio, true)
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidOperation);
 }
 
@@ -303,12 +367,18 @@ fn admin_remove_and_dismiss() {
     assert_eq!(removals(&fx), vec![(1, BanReason::Banned)]);
     assert!(events(&fx).contains(&(
         2,
-        ServerEvent::PeerLeave { user_id: uid("alice"), reason: LeaveReason::Kicked }
+        ServerEvent::PeerLeave {
+            user_id: uid("alice"),
+            reason: LeaveReason::Kicked
+        }
     )));
     let fx = r.dismiss();
     let mut rm = removals(&fx);
     rm.sort_by_key(|(s, _)| *s);
-    assert_eq!(rm, vec![(2, BanReason::RoomDisband), (3, BanReason::RoomDisband)]);
+    assert_eq!(
+        rm,
+        vec![(2, BanReason::RoomDisband), (3, BanReason::RoomDisband)]
+    );
     assert!(hooks(&fx).contains(&102));
     assert!(r.is_dismissed());
 }
@@ -341,10 +411,22 @@ fn privileges_gate_enter_and_publish() {
         t0,
     )
     .unwrap();
-    assert_eq!(r.publish(1, StreamType::Main, false, true).unwrap_err().extra_code, Some(-102013));
-    assert_eq!(r.publish(1, StreamType::Main, true, false).unwrap_err().extra_code, Some(-100006));
     assert_eq!(
-        r.publish(1, StreamType::Auxiliary, false, true).unwrap_err().extra_code,
+        r.publish(1, StreamType::Main, false, true)
+            .unwrap_err()
+            .extra_code,
+        Some(-102013)
+    );
+    assert_eq!(
+        r.publish(1, StreamType::Main, true, false)
+            .unwrap_err()
+            .extra_code,
+        Some(-100006)
+    );
+    assert_eq!(
+        r.publish(1, StreamType::Auxiliary, false, true)
+            .unwrap_err()
+            .extra_code,
         Some(-102015)
     );
 }
@@ -355,7 +437,13 @@ fn mode_mismatch_is_refused() {
     let mut r = room(Mode::Rtc);
     let e = r
         .join(
-            JoinInput { session: 1, user_id: uid("a"), mode: Mode::Live, role: None, privileges: None },
+            JoinInput {
+                session: 1,
+                user_id: uid("a"),
+                mode: Mode::Live,
+                role: None,
+                privileges: None,
+            },
             t0,
         )
         .unwrap_err();

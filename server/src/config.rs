@@ -1,0 +1,448 @@
+//! Server configuration: a TOML file plus `RTCROOM__…` environment overrides (the `config`
+//! crate), or, with neither, the **embedded default**: loopback, one app with a generated key
+//! kept in a local key file so the other CLI commands (and a restarted server) find it.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7900"
+//!
+//! [[apps]]
+//! sdk_app_id = 1400000000
+//! secret_key = "5bd2850f..."
+//! require_private_map_key = false
+//!
+//! [limits]
+//! max_rtc_members = 300
+//!
+//! [timeouts]
+//! heartbeat_timeout_s = 90
+//!
+//! [webhook]
+//! url = "http://127.0.0.1:9000/trtc-callback"
+//! key = "callbackkey"
+//!
+//! [admin]
+//! token = "an-admin-token"
+//! ```
+//!
+//! Environment: `RTCROOM__LISTEN=0.0.0.0:7900`, `RTCROOM__TIMEOUTS__HEARTBEAT_TIMEOUT_S=30`,
+//! `RTCROOM__ADMIN__TOKEN=...`, `RTCROOM__WEBHOOK__URL=...` (double underscore between levels).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::room::RoomLimits;
+
+/// Default listen address of the embedded server.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7900";
+/// sdkAppId of the embedded default app.
+pub const EMBEDDED_SDK_APP_ID: u32 = 1_400_000_000;
+
+/// Errors loading or writing configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or parsed.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range or inconsistent.
+    #[error("configuration: {0}")]
+    Invalid(String),
+    /// The embedded key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// One application (sdkAppId + secret key).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppConfig {
+    /// The sdkAppId.
+    pub sdk_app_id: u32,
+    /// The secret key UserSigs are signed with.
+    pub secret_key: String,
+    /// Require a PrivateMapKey on join (TRTC's "enable permission key" switch).
+    #[serde(default)]
+    pub require_private_map_key: bool,
+}
+
+/// Limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Members of an rtc room (TRTC: 300).
+    pub max_rtc_members: usize,
+    /// Members of a live room (TRTC: 100,000).
+    pub max_live_members: usize,
+    /// Concurrent publishers in a room (TRTC: 50).
+    pub max_publishers: usize,
+    /// Largest signalling frame, bytes.
+    pub max_message_bytes: usize,
+    /// Sustained signalling messages per second per connection.
+    pub messages_per_second: u32,
+    /// Burst of signalling messages allowed above the sustained rate.
+    pub message_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_rtc_members: crate::room::DEFAULT_MAX_RTC_MEMBERS,
+            max_live_members: crate::room::DEFAULT_MAX_LIVE_MEMBERS,
+            max_publishers: crate::room::DEFAULT_MAX_PUBLISHERS,
+            max_message_bytes: rtcroom_protocol::signal::MAX_MESSAGE_BYTES,
+            messages_per_second: 50,
+            message_burst: 100,
+        }
+    }
+}
+
+/// Timers, in seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TimeoutsConfig {
+    /// The first message must be a join within this time (TRTC: 5 s).
+    pub join_timeout_s: f64,
+    /// A member silent this long is evicted (TRTC: 90 s).
+    pub heartbeat_timeout_s: f64,
+    /// An empty live room whose last leaver was audience is kept this long (TRTC: 600 s).
+    pub live_audience_linger_s: f64,
+    /// Graceful shutdown bound.
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            join_timeout_s: 5.0,
+            heartbeat_timeout_s: 90.0,
+            live_audience_linger_s: 600.0,
+            shutdown_timeout_s: 5,
+        }
+    }
+}
+
+/// Where TRTC-format webhooks go.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WebhookConfig {
+    /// The receiver's URL (http).
+    pub url: String,
+    /// The key for the `Sign` header (base64 HMAC-SHA256 of the body).
+    pub key: String,
+}
+
+/// Admin API credentials. With neither set, the admin API refuses every call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// A bearer token (`Authorization: Bearer <token>`).
+    pub token: Option<String>,
+    /// A key for HMAC-signed requests (`X-Rtcroom-Timestamp` + `X-Rtcroom-Signature`).
+    pub hmac_key: Option<String>,
+}
+
+/// The whole server configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerConfig {
+    /// `host:port` to listen on (port 0 picks a free port).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Applications accepted.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Timers.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Webhook receiver.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// Admin API credentials.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// HTTP worker threads (default: one per core).
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_owned()
+}
+
+impl ServerConfig {
+    /// A config with one app and everything else default, listening on `listen`.
+    pub fn single_app(listen: &str, sdk_app_id: u32, secret_key: &str) -> ServerConfig {
+        ServerConfig {
+            listen: listen.to_owned(),
+            apps: vec![AppConfig {
+                sdk_app_id,
+                secret_key: secret_key.to_owned(),
+                require_private_map_key: false,
+            }],
+            limits: LimitsConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            webhook: None,
+            admin: AdminConfig::default(),
+            workers: None,
+        }
+    }
+
+    /// Load from an optional TOML file plus `RTCROOM__…` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("RTCROOM")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let cfg: ServerConfig = builder.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.apps.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no [[apps]] configured: add at least one sdk_app_id + secret_key".into(),
+            ));
+        }
+        for app in &self.apps {
+            if app.secret_key.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "app {} has an empty secret_key",
+                    app.sdk_app_id
+                )));
+            }
+        }
+        let t = &self.timeouts;
+        for (name, v) in [
+            ("join_timeout_s", t.join_timeout_s),
+            ("heartbeat_timeout_s", t.heartbeat_timeout_s),
+            ("live_audience_linger_s", t.live_audience_linger_s),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < 1e7) {
+                return Err(ConfigError::Invalid(format!(
+                    "timeouts.{name} must be a positive number of seconds, got {v}"
+                )));
+            }
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.limits.messages_per_second == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.messages_per_second must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The room limits this config sets.
+    pub fn room_limits(&self) -> RoomLimits {
+        RoomLimits {
+            max_rtc_members: self.limits.max_rtc_members,
+            max_live_members: self.limits.max_live_members,
+            max_publishers: self.limits.max_publishers,
+            heartbeat_timeout: Duration::from_secs_f64(self.timeouts.heartbeat_timeout_s),
+            live_audience_linger: Duration::from_secs_f64(self.timeouts.live_audience_linger_s),
+        }
+    }
+
+    /// The app with this sdkAppId.
+    pub fn app(&self, sdk_app_id: u32) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.sdk_app_id == sdk_app_id)
+    }
+}
+
+/// What the embedded default server writes to its key file, so other commands can reach it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddedKeyFile {
+    /// The signalling URL (`ws://127.0.0.1:7900/ws`).
+    pub server_url: String,
+    /// Listen address.
+    pub listen: String,
+    /// The app's sdkAppId.
+    pub sdk_app_id: u32,
+    /// The app's secret key.
+    pub secret_key: String,
+    /// The admin API token.
+    pub admin_token: String,
+}
+
+/// Where the embedded key file lives: `$RTCROOM_HOME/embedded.toml`, else
+/// `$HOME/.rtcroom/embedded.toml`, else `./.rtcroom/embedded.toml`.
+pub fn embedded_key_path() -> PathBuf {
+    let dir = std::env::var_os("RTCROOM_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".rtcroom")))
+        .unwrap_or_else(|| PathBuf::from(".rtcroom"));
+    dir.join("embedded.toml")
+}
+
+fn random_token(len: usize) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+impl EmbeddedKeyFile {
+    /// Read the key file, if there is one.
+    pub fn read(path: &Path) -> Result<Option<EmbeddedKeyFile>, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("key file {}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ConfigError::KeyFile {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Read the key file, or make a new one (fresh key and admin token) and write it with
+    /// owner-only permissions. `listen` overrides the address (e.g. port 0 in tests).
+    pub fn load_or_create(
+        path: &Path,
+        listen: Option<&str>,
+    ) -> Result<EmbeddedKeyFile, ConfigError> {
+        let existing = Self::read(path)?;
+        let mut file = existing.clone().unwrap_or_else(|| EmbeddedKeyFile {
+            server_url: String::new(),
+            listen: DEFAULT_LISTEN.to_owned(),
+            sdk_app_id: EMBEDDED_SDK_APP_ID,
+            secret_key: random_token(64),
+            admin_token: random_token(32),
+        });
+        if let Some(l) = listen {
+            l.clone_into(&mut file.listen);
+        }
+        file.server_url = format!("ws://{}/ws", file.listen);
+        if existing.as_ref() != Some(&file) {
+            file.write(path)?;
+        }
+        Ok(file)
+    }
+
+    /// Write the file (owner-only permissions on Unix).
+    pub fn write(&self, path: &Path) -> Result<(), ConfigError> {
+        let err = |source| ConfigError::KeyFile {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let text = toml::to_string(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).map_err(err)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        }
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// The server config for this embedded default.
+    pub fn server_config(&self) -> ServerConfig {
+        let mut cfg = ServerConfig::single_app(&self.listen, self.sdk_app_id, &self.secret_key);
+        cfg.admin.token = Some(self.admin_token.clone());
+        cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_and_env_load() {
+        let dir = std::env::temp_dir().join(format!("rtcroom-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:0"
+[[apps]]
+sdk_app_id = 1400000000
+secret_key = "k1"
+[[apps]]
+sdk_app_id = 1400000001
+secret_key = "k2"
+require_private_map_key = true
+[timeouts]
+heartbeat_timeout_s = 30
+[webhook]
+url = "http://127.0.0.1:9/cb"
+key = "abc"
+"#,
+        )
+        .unwrap();
+        let cfg = ServerConfig::load(Some(&path)).unwrap();
+        assert_eq!(cfg.apps.len(), 2);
+        assert!(cfg.app(1_400_000_001).unwrap().require_private_map_key);
+        assert_eq!(cfg.timeouts.heartbeat_timeout_s, 30.0);
+        assert_eq!(cfg.timeouts.join_timeout_s, 5.0);
+        assert_eq!(cfg.limits.max_rtc_members, 300);
+        assert_eq!(cfg.webhook.as_ref().unwrap().key, "abc");
+        assert_eq!(cfg.room_limits().heartbeat_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut cfg = ServerConfig::single_app("127.0.0.1:0", 1, "k");
+        assert!(cfg.validate().is_ok());
+        cfg.timeouts.heartbeat_timeout_s = -1.0;
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("heartbeat_timeout_s")
+        );
+        cfg.timeouts.heartbeat_timeout_s = 1.0;
+        cfg.apps.clear();
+        assert!(cfg.validate().unwrap_err().to_string().contains("apps"));
+    }
+
+    #[test]
+    fn embedded_key_file_is_created_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("rtcroom-key-{}", std::process::id()));
+        let path = dir.join("embedded.toml");
+        let _ = std::fs::remove_file(&path);
+        let a = EmbeddedKeyFile::load_or_create(&path, None).unwrap();
+        assert_eq!(a.secret_key.len(), 64);
+        assert_eq!(a.server_url, "ws://127.0.0.1:7900/ws");
+        let b = EmbeddedKeyFile::load_or_create(&path, None).unwrap();
+        assert_eq!(a, b, "the key survives restarts");
+        let c = EmbeddedKeyFile::load_or_create(&path, Some("127.0.0.1:9999")).unwrap();
+        assert_eq!(c.secret_key, a.secret_key);
+        assert_eq!(c.server_url, "ws://127.0.0.1:9999/ws");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let cfg = c.server_config();
+        assert_eq!(cfg.admin.token.as_deref(), Some(a.admin_token.as_str()));
+        assert!(cfg.validate().is_ok());
+    }
+}

@@ -1,0 +1,168 @@
+//! Prometheus metrics: plain atomic counters, rendered as the text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Server-wide counters and gauges. Cheap to update from any thread.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Rooms alive now.
+    pub rooms: AtomicI64,
+    /// Members in rooms now.
+    pub members: AtomicI64,
+    /// WebSocket connections open now.
+    pub connections: AtomicI64,
+    /// Successful joins.
+    pub joins: AtomicU64,
+    /// Signalling messages received.
+    pub messages_in: AtomicU64,
+    /// Signalling messages sent.
+    pub messages_out: AtomicU64,
+    /// Members removed by the server (duplicate kick, admin removal, dismissal, timeout).
+    pub kicks: AtomicU64,
+    /// Webhooks delivered.
+    pub webhooks_delivered: AtomicU64,
+    /// Webhooks given up on after all retries.
+    pub webhooks_failed: AtomicU64,
+    /// Webhooks dropped because the delivery queue was full.
+    pub webhooks_dropped: AtomicU64,
+    /// Failed joins by TRTC extra code (or main code when there is none).
+    join_failures: Mutex<BTreeMap<i64, u64>>,
+}
+
+impl Metrics {
+    /// Count a failed join.
+    pub fn join_failed(&self, code: i64) {
+        // A poisoned lock only means another thread panicked mid-increment; the map is still
+        // a valid map, so keep counting.
+        let mut m = self.join_failures.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(code).or_default() += 1;
+    }
+
+    /// Failed joins by code.
+    pub fn join_failures(&self) -> BTreeMap<i64, u64> {
+        self.join_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Add one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Render the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        gauge(
+            &mut out,
+            "rtcroom_rooms",
+            "Rooms alive.",
+            self.rooms.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "rtcroom_members",
+            "Members in rooms.",
+            self.members.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "rtcroom_connections",
+            "Open signalling connections.",
+            self.connections.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_joins_total",
+            "Successful joins.",
+            self.joins.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP rtcroom_join_failures_total Failed joins by TRTC code.\n# TYPE rtcroom_join_failures_total counter"
+        );
+        for (code, n) in self.join_failures() {
+            let _ = writeln!(out, "rtcroom_join_failures_total{{code=\"{code}\"}} {n}");
+        }
+        counter(
+            &mut out,
+            "rtcroom_messages_in_total",
+            "Signalling messages received.",
+            self.messages_in.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_messages_out_total",
+            "Signalling messages sent.",
+            self.messages_out.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_kicks_total",
+            "Members removed by the server.",
+            self.kicks.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_webhooks_delivered_total",
+            "Webhooks delivered.",
+            self.webhooks_delivered.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_webhooks_failed_total",
+            "Webhooks given up after retries.",
+            self.webhooks_failed.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_webhooks_dropped_total",
+            "Webhooks dropped, queue full.",
+            self.webhooks_dropped.load(Ordering::Relaxed),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.rooms.store(2, Ordering::Relaxed);
+        Metrics::inc(&m.joins);
+        m.join_failed(70001);
+        m.join_failed(70001);
+        m.join_failed(-102052);
+        let text = m.render();
+        assert!(text.contains("\nrtcroom_rooms 2\n"), "{text}");
+        assert!(text.contains("\nrtcroom_joins_total 1\n"), "{text}");
+        assert!(
+            text.contains("rtcroom_join_failures_total{code=\"70001\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rtcroom_join_failures_total{code=\"-102052\"} 1\n"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<f64>().unwrap();
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Running the server: bind, start the actors, serve HTTP + WebSocket, shut down cleanly.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web_actors::ws;
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, RoomContext, Shutdown};
+use crate::session::{SessionActor, SessionShared};
+use crate::webhook::WebhookActor;
+
+/// How long to let close frames flush after telling sessions to close.
+const CLOSE_FLUSH: Duration = Duration::from_millis(200);
+
+async fn ws_route(
+    req: HttpRequest,
+    stream: web::Payload,
+    shared: web::Data<Arc<SessionShared>>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let limit = shared.config.limits.max_message_bytes;
+    ws::WsResponseBuilder::new(SessionActor::new(shared.get_ref().clone()), &req, stream)
+        .frame_size(limit)
+        .start()
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn metrics_route(shared: web::Data<Arc<SessionShared>>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(shared.metrics.render())
+}
+
+/// Serve on `listener` until `shutdown` resolves, then close every session and stop within
+/// the configured bound. Must run inside an actix `System`.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    config
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let workers = config.workers.unwrap_or(cores).max(1);
+    let room_arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
+    let webhook_arbiter = Arbiter::new();
+    let webhooks = config.webhook.clone().map(|w| {
+        let m = metrics.clone();
+        WebhookActor::start_in_arbiter(&webhook_arbiter.handle(), move |_| WebhookActor::new(w, m))
+    });
+    let room_ctx = RoomContext {
+        limits: config.room_limits(),
+        metrics: metrics.clone(),
+        webhooks,
+    };
+    let handles = room_arbiters.iter().map(|a| a.handle()).collect();
+    let registry = Registry::new(room_ctx, handles).start();
+    let shared = Arc::new(SessionShared {
+        config: config.clone(),
+        metrics,
+        registry: registry.clone(),
+    });
+    let data = web::Data::new(shared);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(crate::admin::MAX_BODY))
+            .route("/ws", web::get().to(ws_route))
+            .route("/healthz", web::get().to(healthz))
+            .route("/metrics", web::get().to(metrics_route))
+            .route("/admin", web::post().to(crate::admin::admin_header))
+            .route(
+                "/admin/{action}",
+                web::post().to(crate::admin::admin_action),
+            )
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(config.timeouts.shutdown_timeout_s)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    let server_task = actix_web::rt::spawn(server);
+    shutdown.await;
+    tracing::info!("shutting down: closing sessions");
+    let _ = registry.send(Shutdown).await;
+    actix_web::rt::time::sleep(CLOSE_FLUSH).await;
+    handle.stop(true).await;
+    let _ = server_task.await;
+    for a in room_arbiters {
+        a.stop();
+    }
+    webhook_arbiter.stop();
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A server running on its own thread (for tests, benchmarks and the in-process demo).
+pub struct RunningServer {
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Bind `config.listen` (port 0 picks a free port) and serve on a new thread.
+    pub fn spawn(config: ServerConfig) -> std::io::Result<RunningServer> {
+        config
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let listener = TcpListener::bind(&config.listen)?;
+        let addr = listener.local_addr()?;
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let m = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("rtcroom-server".into())
+            .spawn(move || {
+                actix_web::rt::System::new().block_on(run(config, listener, m, async move {
+                    let _ = rx.await;
+                }))
+            })?;
+        Ok(RunningServer {
+            addr,
+            metrics,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The signalling URL (`ws://addr/ws`).
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// The HTTP base URL (`http://addr`).
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Shut down and wait for the thread.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("server thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}

@@ -1,0 +1,462 @@
+//! End-to-end: a real server on a loopback port, real WebSocket clients.
+
+mod common;
+
+use common::*;
+use rtcroom_protocol::signal::{
+    BanReason, ClientMessage, LeaveReason, MediaKind, PublishRequest, ReplyResult, ServerEvent,
+    StreamType,
+};
+use rtcroom_protocol::usersig::{Privileges, gen_private_map_key, gen_user_sig};
+use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, UserId};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn publish(audio: bool, video: bool) -> ClientMessage {
+    ClientMessage::Publish(PublishRequest {
+        stream_type: StreamType::Main,
+        has_audio: audio,
+        has_video: video,
+        sdp: None,
+    })
+}
+
+#[tokio::test]
+async fn join_lists_members_and_streams_and_announces() {
+    let server = start(config());
+    let url = server.ws_url();
+    let (mut alice, r) = joined(&url, "alice", "1001", Mode::Rtc, None).await;
+    assert!(r.members.is_empty());
+    assert_eq!(r.room_id, RoomId::numeric(1001).unwrap());
+    assert_eq!(r.heartbeat_interval_s, 2);
+    alice.request(publish(true, true)).await.unwrap();
+
+    let (mut bob, r) = joined(&url, "bob", "1001", Mode::Rtc, None).await;
+    assert_eq!(r.members.len(), 1);
+    assert_eq!(r.members[0].user_id, uid("alice"));
+    assert_eq!(r.streams.len(), 1);
+    assert!(r.streams[0].has_video && r.streams[0].has_audio);
+    assert_eq!(
+        alice.event().await,
+        ServerEvent::PeerJoin {
+            user_id: uid("bob")
+        }
+    );
+
+    // Mute, unpublish and leave are seen by the other member.
+    alice
+        .request(ClientMessage::Mute {
+            stream_type: StreamType::Main,
+            kind: MediaKind::Audio,
+            muted: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.event().await,
+        ServerEvent::MuteChanged {
+            user_id: uid("alice"),
+            kind: MediaKind::Audio,
+            muted: true
+        }
+    );
+    alice
+        .request(ClientMessage::Unpublish {
+            stream_type: StreamType::Main,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.event().await,
+        ServerEvent::StreamRemoved {
+            user_id: uid("alice"),
+            stream_type: StreamType::Main
+        }
+    );
+    alice.request(ClientMessage::Leave).await.unwrap();
+    assert_eq!(
+        alice.closed().await.map(|f| f.code),
+        Some(CloseCode::Normal)
+    );
+    assert_eq!(
+        bob.event().await,
+        ServerEvent::PeerLeave {
+            user_id: uid("alice"),
+            reason: LeaveReason::Normal
+        }
+    );
+
+    // Numeric 1001 and string "1001" are different rooms.
+    let mut carol = Client::connect(&url).await;
+    let mut j = join_req("carol", "1001", Mode::Rtc, None);
+    j.use_string_room_id = true;
+    let r = carol.join(j).await.unwrap();
+    assert!(r.members.is_empty());
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn join_rejections_carry_trtc_codes() {
+    let mut cfg = config();
+    cfg.limits.max_rtc_members = 2;
+    cfg.apps.push(rtcroom_server::config::AppConfig {
+        sdk_app_id: APP + 1,
+        secret_key: "k2".into(),
+        require_private_map_key: true,
+    });
+    let server = start(cfg);
+    let url = server.ws_url();
+    let mut c = Client::connect(&url).await;
+
+    let code = |e: rtcroom_protocol::RtcError| (e.code, e.extra_code);
+    let mut j = join_req("alice", "1", Mode::Rtc, None);
+    j.user_sig = gen_user_sig(u64::from(APP), "wrong-key", "alice", 300, now());
+    assert_eq!(
+        code(c.join(j).await.unwrap_err()),
+        (ErrorCode::SignalChannelSetupFailed, Some(70009))
+    );
+
+    let mut j = join_req("alice", "1", Mode::Rtc, None);
+    j.user_sig = gen_user_sig(u64::from(APP), KEY, "alice", 10, now() - 100);
+    assert_eq!(
+        code(c.join(j).await.unwrap_err()),
+        (ErrorCode::SignalChannelSetupFailed, Some(70001))
+    );
+
+    let mut j = join_req("alice", "1", Mode::Rtc, None);
+    j.user_sig = sig("mallory");
+    assert_eq!(
+        code(c.join(j).await.unwrap_err()),
+        (ErrorCode::SignalChannelSetupFailed, Some(70013))
+    );
+
+    let mut j = join_req("alice", "1", Mode::Rtc, None);
+    j.user_sig = "not a ticket!".into();
+    assert_eq!(code(c.join(j).await.unwrap_err()).1, Some(70003));
+
+    let mut j = join_req("alice", "1", Mode::Rtc, None);
+    j.sdk_app_id = 42;
+    assert_eq!(
+        code(c.join(j).await.unwrap_err()),
+        (ErrorCode::SignalChannelSetupFailed, Some(70020))
+    );
+
+    for bad_room in ["0", "4294967295", "abc", ""] {
+        let j = join_req("alice", bad_room, Mode::Rtc, None);
+        assert_eq!(
+            code(c.join(j).await.unwrap_err()),
+            (ErrorCode::InvalidParameter, Some(5013)),
+            "{bad_room:?}"
+        );
+    }
+
+    // An app that requires a PrivateMapKey.
+    let mut j = join_req("alice", "7", Mode::Rtc, None);
+    j.sdk_app_id = APP + 1;
+    j.user_sig = gen_user_sig(u64::from(APP + 1), "k2", "alice", 300, now());
+    assert_eq!(
+        code(c.join(j.clone()).await.unwrap_err()),
+        (ErrorCode::JoinRoomFailed, Some(-100006))
+    );
+    let room7 = RoomId::numeric(7).unwrap();
+    j.private_map_key = Some(gen_private_map_key(
+        u64::from(APP + 1),
+        "k2",
+        "alice",
+        300,
+        now(),
+        &room7,
+        Privileges::from_bits(2),
+    ));
+    assert_eq!(
+        code(c.join(j.clone()).await.unwrap_err()),
+        (ErrorCode::JoinRoomFailed, Some(-102010)),
+        "may not create"
+    );
+    j.private_map_key = Some(gen_private_map_key(
+        u64::from(APP + 1),
+        "k2",
+        "alice",
+        300,
+        now(),
+        &RoomId::numeric(8).unwrap(),
+        Privileges::ALL,
+    ));
+    assert_eq!(
+        code(c.join(j.clone()).await.unwrap_err()),
+        (ErrorCode::JoinRoomFailed, Some(-102011)),
+        "other room"
+    );
+    j.private_map_key = Some(gen_private_map_key(
+        u64::from(APP + 1),
+        "k2",
+        "alice",
+        300,
+        now(),
+        &room7,
+        Privileges::from_bits(1 | 2 | 8 | 32),
+    ));
+    c.join(j)
+        .await
+        .expect("a key for this room with create+enter joins");
+    // ...but may not send video.
+    let e = c.request(publish(false, true)).await.unwrap_err();
+    assert_eq!(code(e), (ErrorCode::InvalidOperation, Some(-102013)));
+
+    // Room full at the configured limit (2).
+    let (_a, _) = joined(&url, "a1", "55", Mode::Rtc, None).await;
+    let (_b, _) = joined(&url, "a2", "55", Mode::Rtc, None).await;
+    let mut third = Client::connect(&url).await;
+    assert_eq!(
+        code(
+            third
+                .join(join_req("a3", "55", Mode::Rtc, None))
+                .await
+                .unwrap_err()
+        ),
+        (ErrorCode::JoinRoomFailed, Some(-102052))
+    );
+    let metrics = server.metrics().join_failures();
+    assert_eq!(metrics.get(&-102052), Some(&1));
+    assert_eq!(metrics.get(&70009), Some(&1));
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn live_audience_is_hidden_and_must_switch_role_to_publish() {
+    let server = start(config());
+    let url = server.ws_url();
+    let (mut anchor, r) = joined(&url, "anchor", "9", Mode::Live, Some(Role::Anchor)).await;
+    assert_eq!(r.role, Role::Anchor);
+    let (mut viewer, r) = joined(&url, "viewer", "9", Mode::Live, None).await;
+    assert_eq!(
+        r.role,
+        Role::Audience,
+        "live join without a role is audience"
+    );
+    assert_eq!(r.members.len(), 1);
+    let e = viewer.request(publish(true, true)).await.unwrap_err();
+    assert_eq!(
+        (e.code, e.extra_code),
+        (ErrorCode::InvalidOperation, Some(5107))
+    );
+    // The anchor heard nothing of the audience member; its next event is the role switch.
+    viewer
+        .request(ClientMessage::SwitchRole { role: Role::Anchor })
+        .await
+        .unwrap();
+    assert_eq!(
+        anchor.event().await,
+        ServerEvent::PeerJoin {
+            user_id: uid("viewer")
+        }
+    );
+    viewer.request(publish(true, false)).await.unwrap();
+    match anchor.event().await {
+        ServerEvent::StreamAdded(s) => assert_eq!(s.user_id, uid("viewer")),
+        other => panic!("expected stream-added, got {other:?}"),
+    }
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_user_id_kicks_the_older_session() {
+    let server = start(config());
+    let url = server.ws_url();
+    let (mut first, _) = joined(&url, "dup", "77", Mode::Rtc, None).await;
+    let (mut other, _) = joined(&url, "other", "77", Mode::Rtc, None).await;
+    assert_eq!(
+        first.event().await,
+        ServerEvent::PeerJoin {
+            user_id: uid("other")
+        }
+    );
+    let (_second, r) = joined(&url, "dup", "77", Mode::Rtc, None).await;
+    assert_eq!(r.members.len(), 1);
+    match first.event().await {
+        ServerEvent::ClientBanned { reason, message } => {
+            assert_eq!(reason, BanReason::Kick);
+            assert!(message.contains("duplicated"), "{message}");
+        }
+        other => panic!("expected client-banned, got {other:?}"),
+    }
+    assert!(first.closed().await.is_some());
+    assert_eq!(
+        other.event().await,
+        ServerEvent::PeerLeave {
+            user_id: uid("dup"),
+            reason: LeaveReason::Kicked
+        }
+    );
+    assert_eq!(
+        other.event().await,
+        ServerEvent::PeerJoin {
+            user_id: uid("dup")
+        }
+    );
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn silent_member_is_evicted_with_reason_timeout() {
+    let mut cfg = config();
+    cfg.timeouts.heartbeat_timeout_s = 0.4;
+    let server = start(cfg);
+    let url = server.ws_url();
+    let (mut silent, _) = joined(&url, "silent", "5", Mode::Rtc, None).await;
+    let (mut alive, _) = joined(&url, "alive", "5", Mode::Rtc, None).await;
+    assert_eq!(
+        silent.event().await,
+        ServerEvent::PeerJoin {
+            user_id: uid("alive")
+        }
+    );
+    // `alive` keeps heartbeating (each request counts) until it hears of the eviction.
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(50));
+    let evicted = tokio::time::timeout(DEADLINE, async {
+        loop {
+            pace.tick().await;
+            alive.request(ClientMessage::Heartbeat).await.unwrap();
+            if alive.pending_events() > 0 {
+                return alive.event().await;
+            }
+        }
+    })
+    .await
+    .expect("eviction within the deadline");
+    assert_eq!(
+        evicted,
+        ServerEvent::PeerLeave {
+            user_id: uid("silent"),
+            reason: LeaveReason::Timeout
+        }
+    );
+    match silent.event().await {
+        ServerEvent::ClientBanned { reason, .. } => assert_eq!(reason, BanReason::UserTimeOut),
+        other => panic!("expected client-banned, got {other:?}"),
+    }
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_gets_error_replies_or_a_clean_close() {
+    let mut cfg = config();
+    cfg.limits.max_message_bytes = 4096;
+    cfg.limits.messages_per_second = 5;
+    cfg.limits.message_burst = 10;
+    let server = start(cfg);
+    let url = server.ws_url();
+
+    // Before join: any request is an invalid operation.
+    let mut c = Client::connect(&url).await;
+    let e = c.request(ClientMessage::Heartbeat).await.unwrap_err();
+    assert_eq!(
+        (e.code, e.extra_code),
+        (ErrorCode::InvalidOperation, Some(5101))
+    );
+    // Malformed JSON, unknown type, wrong version, binary: error replies with id 0.
+    for frame in [
+        Message::text("{not json"),
+        Message::text(r#"{"v":1,"id":9,"msg":{"type":"dance"}}"#),
+        Message::text(r#"{"v":7,"id":9,"msg":{"type":"leave"}}"#),
+        Message::binary(vec![1u8, 2, 3]),
+    ] {
+        c.send_raw(frame).await;
+        let r = c.any_reply().await;
+        assert_eq!(r.id, 0);
+        match r.result {
+            ReplyResult::Err { error } => assert_eq!(error.code, ErrorCode::InvalidParameter),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    // Still usable: a valid join works on the same socket.
+    c.join(join_req("ok", "3", Mode::Rtc, None)).await.unwrap();
+    // Join twice on one connection.
+    let e = c
+        .join(join_req("ok", "3", Mode::Rtc, None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.extra_code),
+        (ErrorCode::InvalidOperation, Some(5104))
+    );
+
+    // Oversize frame: closed with 1009.
+    let mut big = Client::connect(&url).await;
+    big.send_raw(Message::text("x".repeat(10_000))).await;
+    assert_eq!(big.closed().await.map(|f| f.code), Some(CloseCode::Size));
+
+    // Flood: refused with errors, then closed with a policy violation.
+    let mut flood = Client::connect(&url).await;
+    for _ in 0..40 {
+        flood.send(ClientMessage::Heartbeat).await;
+    }
+    let mut refused = 0;
+    while flood.closed.is_none() {
+        let frame = tokio::time::timeout(DEADLINE, flood.any_reply_or_close())
+            .await
+            .unwrap();
+        if let Some(r) = frame
+            && let ReplyResult::Err { error } = r.result
+            && error.message.contains("too many")
+        {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1);
+    assert_eq!(
+        flood.closed.clone().unwrap().map(|f| f.code),
+        Some(CloseCode::Policy)
+    );
+
+    // Other rooms never noticed: the first client still works.
+    c.request(ClientMessage::Heartbeat).await.unwrap();
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn no_join_within_the_timeout_closes_the_socket() {
+    let mut cfg = config();
+    cfg.timeouts.join_timeout_s = 0.3;
+    let server = start(cfg);
+    let mut c = Client::connect(&server.ws_url()).await;
+    let r = c.any_reply().await;
+    match r.result {
+        ReplyResult::Err { error } => {
+            assert_eq!(error.code, ErrorCode::JoinRoomFailed);
+            assert!(error.message.contains("no join"), "{}", error.message);
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(c.closed().await.map(|f| f.code), Some(CloseCode::Policy));
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let server = start(config());
+    let (_c, _) = joined(&server.ws_url(), "m", "1", Mode::Rtc, None).await;
+    let (status, body) = http(server.addr(), "GET", "/healthz", &[], "").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = http(server.addr(), "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\nrtcroom_rooms 1\n"), "{body}");
+    assert!(body.contains("\nrtcroom_members 1\n"), "{body}");
+    assert!(body.contains("\nrtcroom_joins_total 1\n"), "{body}");
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions_within_a_bound() {
+    let server = start(config());
+    let (mut c, _) = joined(&server.ws_url(), "s", "1", Mode::Rtc, None).await;
+    let started = std::time::Instant::now();
+    let stopper = std::thread::spawn(move || server.stop());
+    assert_eq!(c.closed().await.map(|f| f.code), Some(CloseCode::Away));
+    stopper.join().unwrap().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+}
