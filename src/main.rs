@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed (e.g. a ticket did not verify), 2 bad usage.
 
+mod bench;
+mod serve;
 mod usersig;
 
 use std::process::ExitCode;
@@ -12,6 +14,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "rtcroom", version, about, long_about = None)]
 #[command(after_help = "Examples:\n  \
+    rtcroom serve\n  \
+    rtcroom bench join --clients 200\n  \
     rtcroom usersig gen --sdk-app-id 1400000000 --secret-key KEY --user-id denny\n  \
     rtcroom usersig verify --sdk-app-id 1400000000 --secret-key KEY --user-id denny --user-sig SIG")]
 struct Cli {
@@ -21,6 +25,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the room server (embedded default with no --config).
+    Serve(serve::ServeArgs),
+    /// Load and benchmark runs against a room server (embedded when no --server).
+    Bench(bench::BenchArgs),
     /// Mint and check TRTC UserSigs and PrivateMapKeys (tls-sig-api-v2 compatible).
     #[command(subcommand)]
     Usersig(usersig::UsersigCommand),
@@ -28,7 +36,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Usersig(cmd) => usersig::run(cmd),
     }
 }

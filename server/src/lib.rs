@@ -20,4 +20,4 @@ pub mod session;
 pub mod webhook;
 
 pub use config::{EmbeddedKeyFile, ServerConfig};
-pub use server::{RunningServer, run, shutdown_signal};
+pub use server::{RunningServer, run, run_until_signal, shutdown_signal};

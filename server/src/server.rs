@@ -206,3 +206,13 @@ impl Drop for RunningServer {
         let _ = self.stop_inner();
     }
 }
+
+/// Serve on `listener` on the current thread until SIGINT/SIGTERM (for `rtcroom serve`).
+pub fn run_until_signal(config: ServerConfig, listener: TcpListener) -> std::io::Result<()> {
+    actix_web::rt::System::new().block_on(run(
+        config,
+        listener,
+        Arc::new(Metrics::default()),
+        shutdown_signal(),
+    ))
+}

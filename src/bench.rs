@@ -1,0 +1,585 @@
+//! `rtcroom bench`: load and benchmark runs.
+//!
+//! With no `--server`, the bench starts the room server as a child process (`rtcroom serve` on
+//! a free loopback port, with its own key file) so the server's CPU and memory come from its
+//! own process accounting, separate from the load generator's.
+//!
+//! Scenarios so far: `join` (N clients join one room and leave). The media scenarios
+//! (`meeting`, `livestream`, `audio-room`) arrive with the SFU and harness issues.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use rtcroom_protocol::signal::{
+    ClientEnvelope, ClientMessage, JoinRequest, ReplyResult, ServerMessage, decode_server, encode,
+};
+use rtcroom_protocol::usersig::gen_user_sig;
+use rtcroom_protocol::{Mode, Role, UserId};
+use rtcroom_server::EmbeddedKeyFile;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Most clients one run may use (file descriptors and ports on one machine).
+pub const MAX_CLIENTS: usize = 15_000;
+/// Every client step is bounded by this.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Arguments of `rtcroom bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// Flags every scenario takes.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Signalling URL of a running server (default: start an embedded server).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// sdkAppId (with --server).
+    #[arg(long, value_name = "N")]
+    sdk_app_id: Option<u32>,
+    /// Secret key the clients mint their UserSigs with (with --server).
+    #[arg(
+        long,
+        value_name = "K",
+        env = "RTCROOM_SECRET_KEY",
+        hide_env_values = true
+    )]
+    secret_key: Option<String>,
+    /// Seconds to hold the load once everyone has joined.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    duration: f64,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// N clients join one room (concurrently, or at --rate per second), hold, and leave.
+    #[command(after_help = "Examples:\n  rtcroom bench join --clients 200\n  \
+        rtcroom bench join --clients 10000 --mode live --rate 2000 --json join.json")]
+    Join {
+        /// Number of clients.
+        #[arg(long, value_name = "N", default_value_t = 200)]
+        clients: usize,
+        /// Joins started per second (0: all at once).
+        #[arg(long, value_name = "PER_SEC", default_value_t = 0.0)]
+        rate: f64,
+        /// Room mode (default: rtc up to 300 clients, live above).
+        #[arg(long, value_name = "rtc|live")]
+        mode: Option<Mode>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// Run a scenario.
+pub fn run(args: BenchArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match args.scenario {
+        Scenario::Join {
+            clients,
+            rate,
+            mode,
+            common,
+        } => rt.block_on(join_scenario(clients, rate, mode, common)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The room server under test.
+struct Target {
+    url: String,
+    sdk_app_id: u32,
+    secret_key: String,
+    child: Option<EmbeddedChild>,
+}
+
+/// An embedded server run as a child process.
+struct EmbeddedChild {
+    child: Child,
+    _home: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for EmbeddedChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resource use of a process, from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcStat {
+    /// User + system CPU time, seconds.
+    pub cpu_s: f64,
+    /// Resident set size, bytes.
+    pub rss_bytes: u64,
+}
+
+/// Read a process's CPU time and RSS from /proc (Linux).
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())?;
+    // Linux reports CPU time in clock ticks of 100 Hz on every mainstream configuration.
+    Some(ProcStat {
+        cpu_s: ticks / 100.0,
+        rss_bytes: rss_kb * 1024,
+    })
+}
+
+impl Target {
+    async fn new(common: &CommonArgs) -> anyhow::Result<Target> {
+        if let Some(url) = &common.server {
+            let (Some(app), Some(key)) = (common.sdk_app_id, common.secret_key.clone()) else {
+                bail!("--server needs --sdk-app-id and --secret-key (or RTCROOM_SECRET_KEY)");
+            };
+            return Ok(Target {
+                url: url.clone(),
+                sdk_app_id: app,
+                secret_key: key,
+                child: None,
+            });
+        }
+        let home = std::env::temp_dir().join(format!(
+            "rtcroom-bench-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        std::fs::create_dir_all(&home).context("temporary directory")?;
+        let home = TempDir(home);
+        let exe = std::env::current_exe().context("locating the rtcroom binary")?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("RTCROOM_HOME", &home.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the embedded server")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("listening: ") {
+                    let url = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(url);
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(20))
+            .context("the embedded server did not start within 20 s")?;
+        let key = EmbeddedKeyFile::read(&home.0.join("embedded.toml"))?
+            .context("the embedded server wrote no key file")?;
+        Ok(Target {
+            url,
+            sdk_app_id: key.sdk_app_id,
+            secret_key: key.secret_key,
+            child: Some(EmbeddedChild { child, _home: home }),
+        })
+    }
+
+    fn stat(&self) -> Option<ProcStat> {
+        self.child.as_ref().and_then(|c| proc_stat(c.child.id()))
+    }
+
+    fn now_unix() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn join_request(&self, user: &str, room: &str, mode: Mode) -> anyhow::Result<JoinRequest> {
+        Ok(JoinRequest {
+            sdk_app_id: self.sdk_app_id,
+            user_id: UserId::new(user).map_err(|e| anyhow::anyhow!(e.message))?,
+            user_sig: gen_user_sig(
+                u64::from(self.sdk_app_id),
+                &self.secret_key,
+                user,
+                3600,
+                Self::now_unix(),
+            ),
+            room_id: room.to_owned(),
+            use_string_room_id: false,
+            mode,
+            role: Some(if mode == Mode::Live {
+                Role::Audience
+            } else {
+                Role::Anchor
+            }),
+            private_map_key: None,
+            auto_subscribe: false,
+        })
+    }
+}
+
+/// Percentiles of a sample, milliseconds (nearest rank).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Nearest-rank percentiles of `samples` (unsorted).
+pub fn percentiles(samples: &[f64]) -> Option<Percentiles> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = |p: f64| {
+        let i = ((p / 100.0) * s.len() as f64).ceil() as usize;
+        s[i.clamp(1, s.len()) - 1]
+    };
+    Some(Percentiles {
+        p50: rank(50.0),
+        p95: rank(95.0),
+        p99: rank(99.0),
+        max: s[s.len() - 1],
+    })
+}
+
+/// What one client saw.
+enum JoinOutcome {
+    Joined { connect_ms: f64, join_ms: f64 },
+    Failed { code: String },
+}
+
+async fn one_client(
+    url: String,
+    join: JoinRequest,
+    release: Arc<tokio::sync::Notify>,
+    joined: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    done: tokio::sync::mpsc::Sender<JoinOutcome>,
+) {
+    let t0 = Instant::now();
+    let fail = |code: String| JoinOutcome::Failed { code };
+    let conn = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(&url)).await;
+    let mut ws = match conn {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => {
+            failed.fetch_add(1, Ordering::Relaxed);
+            let _ = done.send(fail(format!("connect: {e}"))).await;
+            return;
+        }
+        Err(_) => {
+            failed.fetch_add(1, Ordering::Relaxed);
+            let _ = done.send(fail("connect: timeout".into())).await;
+            return;
+        }
+    };
+    let connect_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    let frame = encode(&ClientEnvelope::new(1, ClientMessage::Join(join)));
+    if ws.send(Message::text(frame)).await.is_err() {
+        failed.fetch_add(1, Ordering::Relaxed);
+        let _ = done.send(fail("send".into())).await;
+        return;
+    }
+    let outcome = tokio::time::timeout(STEP_TIMEOUT, async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(t) = msg
+                && let Ok(ServerMessage::Reply(r)) = decode_server(t.as_bytes())
+                && r.id == 1
+            {
+                return match r.result {
+                    ReplyResult::Ok { .. } => JoinOutcome::Joined {
+                        connect_ms,
+                        join_ms: t1.elapsed().as_secs_f64() * 1e3,
+                    },
+                    ReplyResult::Err { error } => JoinOutcome::Failed {
+                        code: error
+                            .extra_code
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| error.code.value().to_string()),
+                    },
+                };
+            }
+        }
+        JoinOutcome::Failed {
+            code: "closed".into(),
+        }
+    })
+    .await
+    .unwrap_or(JoinOutcome::Failed {
+        code: "join: timeout".into(),
+    });
+    let ok = matches!(outcome, JoinOutcome::Joined { .. });
+    if ok {
+        joined.fetch_add(1, Ordering::Relaxed);
+    } else {
+        failed.fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = done.send(outcome).await;
+    if ok {
+        // Hold the membership (answering the server, draining events) until released.
+        let released = release.notified();
+        tokio::pin!(released);
+        loop {
+            tokio::select! {
+                _ = &mut released => break,
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Ping(p))) => { let _ = ws.send(Message::Pong(p)).await; }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                },
+            }
+        }
+        let leave = encode(&ClientEnvelope::new(2, ClientMessage::Leave));
+        let _ = ws.send(Message::text(leave)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+}
+
+async fn join_scenario(
+    clients: usize,
+    rate: f64,
+    mode: Option<Mode>,
+    common: CommonArgs,
+) -> anyhow::Result<()> {
+    if clients == 0 || clients > MAX_CLIENTS {
+        bail!("--clients must be between 1 and {MAX_CLIENTS}");
+    }
+    if !(rate.is_finite() && rate >= 0.0) {
+        bail!("--rate must be a non-negative number");
+    }
+    if !(common.duration.is_finite() && (0.0..=3600.0).contains(&common.duration)) {
+        bail!("--duration must be between 0 and 3600 seconds");
+    }
+    let mode = mode.unwrap_or(if clients <= 300 {
+        Mode::Rtc
+    } else {
+        Mode::Live
+    });
+    let target = Target::new(&common).await?;
+    let room = format!("{}", 1 + (std::process::id() % 1_000_000));
+    let before = target.stat();
+    let started = Instant::now();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let joined = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(clients);
+    let mut tasks = Vec::with_capacity(clients);
+    for i in 0..clients {
+        if rate > 0.0 {
+            tokio::time::sleep_until(
+                tokio::time::Instant::from_std(started) + Duration::from_secs_f64(i as f64 / rate),
+            )
+            .await;
+        }
+        let join = target.join_request(&format!("bench-{i}"), &room, mode)?;
+        tasks.push(tokio::spawn(one_client(
+            target.url.clone(),
+            join,
+            release.clone(),
+            joined.clone(),
+            failed.clone(),
+            tx.clone(),
+        )));
+    }
+    drop(tx);
+    let mut outcomes = Vec::with_capacity(clients);
+    let mut progress = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            o = rx.recv() => match o {
+                Some(o) => outcomes.push(o),
+                None => break,
+            },
+            _ = progress.tick() => eprint!(
+                "\rjoin: {}/{clients} joined, {} failed, {:.1} s   ",
+                joined.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed),
+                started.elapsed().as_secs_f64()
+            ),
+        }
+        if outcomes.len() == clients {
+            break;
+        }
+    }
+    eprintln!();
+    let all_joined_at = started.elapsed();
+    // Hold the room full, then sample the server.
+    tokio::time::sleep(Duration::from_secs_f64(common.duration)).await;
+    let held = target.stat();
+    release.notify_waiters();
+    for t in tasks {
+        let _ = tokio::time::timeout(STEP_TIMEOUT, t).await;
+    }
+    let total = started.elapsed();
+
+    let mut join_ms = Vec::new();
+    let mut connect_ms = Vec::new();
+    let mut failures: std::collections::BTreeMap<String, usize> = Default::default();
+    for o in &outcomes {
+        match o {
+            JoinOutcome::Joined {
+                connect_ms: c,
+                join_ms: j,
+            } => {
+                connect_ms.push(*c);
+                join_ms.push(*j);
+            }
+            JoinOutcome::Failed { code } => *failures.entry(code.clone()).or_default() += 1,
+        }
+    }
+    let join_p = percentiles(&join_ms);
+    let connect_p = percentiles(&connect_ms);
+    let server_cpu = match (before, held) {
+        (Some(b), Some(h)) => Some(h.cpu_s - b.cpu_s),
+        _ => None,
+    };
+    let report = json!({
+        "scenario": "join",
+        "clients": clients,
+        "publishers": 0,
+        "subscribers": 0,
+        "duration_s": total.as_secs_f64(),
+        "join_ms": join_p,
+        "first_frame_ms": null,
+        "join_failures": outcomes.len() - join_ms.len(),
+        "join_failures_by_code": failures,
+        "connect_ms": connect_p,
+        "all_joined_s": all_joined_at.as_secs_f64(),
+        "mode": mode.as_str(),
+        "packets_sent": 0,
+        "packets_received": 0,
+        "loss_pct": 0.0,
+        "freezes": 0,
+        "server_cpu_pct": server_cpu.map(|c| 100.0 * c / (all_joined_at.as_secs_f64() + common.duration).max(1e-9)),
+        "server_cpu_us_per_packet": null,
+        "server_rss_bytes": held.map(|h| h.rss_bytes),
+        "server_rss_bytes_per_member": held.map(|h| h.rss_bytes as f64 / clients as f64),
+        "server_packets_forwarded": if target.child.is_some() { json!(0) } else { json!(null) },
+        "server": if target.child.is_some() { "embedded (child process)" } else { target.url.as_str() },
+    });
+    print_join_summary(&report);
+    if let Some(path) = &common.json {
+        write_json(path, &report)?;
+    }
+    if join_ms.is_empty() {
+        bail!("no client joined");
+    }
+    Ok(())
+}
+
+fn fmt_p(v: &serde_json::Value) -> String {
+    if v.is_null() {
+        return "-".into();
+    }
+    format!(
+        "p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
+        v["p50"].as_f64().unwrap_or(0.0),
+        v["p95"].as_f64().unwrap_or(0.0),
+        v["p99"].as_f64().unwrap_or(0.0),
+        v["max"].as_f64().unwrap_or(0.0)
+    )
+}
+
+fn print_join_summary(r: &serde_json::Value) {
+    println!(
+        "scenario          join ({} mode)",
+        r["mode"].as_str().unwrap_or("?")
+    );
+    println!("clients           {}", r["clients"]);
+    println!("join round-trip   {} ms", fmt_p(&r["join_ms"]));
+    println!("ws connect        {} ms", fmt_p(&r["connect_ms"]));
+    println!(
+        "join failures     {} {}",
+        r["join_failures"], r["join_failures_by_code"]
+    );
+    if let Some(rss) = r["server_rss_bytes"].as_u64() {
+        println!(
+            "server memory     {:.1} MB RSS ({:.1} KB per member)",
+            rss as f64 / 1e6,
+            r["server_rss_bytes_per_member"].as_f64().unwrap_or(0.0) / 1e3
+        );
+    }
+    if let Some(cpu) = r["server_cpu_pct"].as_f64() {
+        println!("server CPU        {cpu:.1}% of a core");
+    }
+    println!(
+        "duration          {:.2} s",
+        r["duration_s"].as_f64().unwrap_or(0.0)
+    );
+}
+
+fn write_json(path: &Path, report: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let s: Vec<f64> = (1..=100).map(f64::from).collect();
+        let p = percentiles(&s).unwrap();
+        assert_eq!((p.p50, p.p95, p.p99, p.max), (50.0, 95.0, 99.0, 100.0));
+        let p = percentiles(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((p.p50, p.max), (2.0, 3.0));
+        assert!(percentiles(&[]).is_none());
+    }
+
+    #[test]
+    fn reads_own_process_accounting() {
+        let s = proc_stat(std::process::id()).unwrap();
+        assert!(s.rss_bytes > 1_000_000);
+        assert!(s.cpu_s >= 0.0);
+    }
+}

@@ -1,0 +1,164 @@
+//! `rtcroom serve` and `rtcroom bench join` as users run them: the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn temp_home(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rtcroom-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn serve_embedded_default_writes_key_file_and_stops_on_sigterm() {
+    let home = temp_home("serve");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RTCROOM_HOME", &home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lines = Vec::new();
+    let url = loop {
+        let line = rx
+            .recv_timeout(deadline - Instant::now())
+            .expect("server prints its address");
+        lines.push(line.clone());
+        if let Some(rest) = line.strip_prefix("listening: ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
+    let key = std::fs::read_to_string(home.join("embedded.toml")).unwrap();
+    assert!(key.contains(&format!("server_url = \"{url}\"")), "{key}");
+    assert!(lines.iter().any(|l| l.contains("secretKey")), "{lines:?}");
+
+    // A user with the key file's credentials can join (through `bench`, which reads nothing
+    // from the key file itself: pass the credentials explicitly).
+    let parsed: toml::Value = toml::from_str(&key).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
+        .args([
+            "bench",
+            "join",
+            "--clients",
+            "3",
+            "--duration",
+            "0",
+            "--server",
+            &url,
+            "--sdk-app-id",
+            &parsed["sdk_app_id"].as_integer().unwrap().to_string(),
+            "--secret-key",
+            parsed["secret_key"].as_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "serve did not stop on SIGTERM"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn bench_join_writes_a_plausible_report() {
+    let dir = temp_home("bench");
+    let json = dir.join("join.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
+        .args([
+            "bench",
+            "join",
+            "--clients",
+            "8",
+            "--duration",
+            "0.2",
+            "--json",
+        ])
+        .arg(&json)
+        .env("RTCROOM_HOME", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("join round-trip"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in [
+        "scenario",
+        "clients",
+        "publishers",
+        "subscribers",
+        "duration_s",
+        "join_ms",
+        "first_frame_ms",
+        "join_failures",
+        "packets_sent",
+        "packets_received",
+        "loss_pct",
+        "freezes",
+        "server_cpu_pct",
+        "server_cpu_us_per_packet",
+        "server_rss_bytes",
+        "server_packets_forwarded",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key}: {r}");
+    }
+    assert_eq!(r["scenario"], "join");
+    assert_eq!(r["clients"], 8);
+    assert_eq!(r["join_failures"], 0);
+    let p = &r["join_ms"];
+    let (p50, p99, max) = (
+        p["p50"].as_f64().unwrap(),
+        p["p99"].as_f64().unwrap(),
+        p["max"].as_f64().unwrap(),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p99 && p99 <= max && max < 30_000.0,
+        "{p}"
+    );
+    let rss = r["server_rss_bytes"].as_u64().unwrap();
+    assert!(rss > 1_000_000 && rss < 2_000_000_000, "{rss}");
+    assert!(r["server_cpu_pct"].as_f64().unwrap() >= 0.0);
+
+    // Bad sizes are refused with a plain message.
+    let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
+        .args(["bench", "join", "--clients", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--clients"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
