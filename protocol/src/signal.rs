@@ -337,6 +337,19 @@ pub enum BanReason {
     UserTimeOut,
 }
 
+impl ServerEvent {
+    /// The mute event for `kind` and `muted` (TRTC's mute-audio, unmute-audio, mute-video,
+    /// unmute-video).
+    pub fn mute(user_id: UserId, kind: MediaKind, muted: bool) -> ServerEvent {
+        match (kind, muted) {
+            (MediaKind::Audio, true) => ServerEvent::MuteAudio { user_id },
+            (MediaKind::Audio, false) => ServerEvent::UnmuteAudio { user_id },
+            (MediaKind::Video, true) => ServerEvent::MuteVideo { user_id },
+            (MediaKind::Video, false) => ServerEvent::UnmuteVideo { user_id },
+        }
+    }
+}
+
 /// Room events pushed to members.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -369,15 +382,29 @@ pub enum ServerEvent {
     },
     /// A stream changed (tracks added or removed).
     StreamUpdated(StreamInfo),
-    /// A member muted or unmuted audio or video.
-    MuteChanged {
+    /// A member muted its audio.
+    MuteAudio {
         /// Who.
         #[serde(rename = "userId")]
         user_id: UserId,
-        /// Audio or video.
-        kind: MediaKind,
-        /// Muted now.
-        muted: bool,
+    },
+    /// A member unmuted its audio.
+    UnmuteAudio {
+        /// Who.
+        #[serde(rename = "userId")]
+        user_id: UserId,
+    },
+    /// A member muted its video.
+    MuteVideo {
+        /// Who.
+        #[serde(rename = "userId")]
+        user_id: UserId,
+    },
+    /// A member unmuted its video.
+    UnmuteVideo {
+        /// Who.
+        #[serde(rename = "userId")]
+        user_id: UserId,
     },
     /// This member was removed from the room; the server closes the connection next.
     ClientBanned {

@@ -790,11 +790,7 @@ impl Room {
         Ok(vec![
             Effect::Event {
                 to: self.others(Some(session)),
-                event: ServerEvent::MuteChanged {
-                    user_id: user.clone(),
-                    kind,
-                    muted,
-                },
+                event: ServerEvent::mute(user.clone(), kind, muted),
             },
             Effect::Hook(Hook {
                 event: hook,

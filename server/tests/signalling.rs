@@ -58,10 +58,8 @@ async fn join_lists_members_and_streams_and_announces() {
         .unwrap();
     assert_eq!(
         bob.event().await,
-        ServerEvent::MuteChanged {
-            user_id: uid("alice"),
-            kind: MediaKind::Audio,
-            muted: true
+        ServerEvent::MuteAudio {
+            user_id: uid("alice")
         }
     );
     alice

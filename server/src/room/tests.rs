@@ -309,10 +309,8 @@ fn mute_events_and_unpublish() {
         events(&fx),
         vec![(
             2,
-            ServerEvent::MuteChanged {
-                user_id: uid("alice"),
-                kind: MediaKind::Video,
-                muted: true
+            ServerEvent::MuteVideo {
+                user_id: uid("alice")
             }
         )]
     );
