@@ -72,7 +72,7 @@ enum Scenario {
         /// Number of clients.
         #[arg(long, value_name = "N", default_value_t = 200)]
         clients: usize,
-        /// Joins started per second (0: all at once).
+        /// Clients started per second (0: all connect first, then all join at once).
         #[arg(long, value_name = "PER_SEC", default_value_t = 0.0)]
         rate: f64,
         /// Room mode (default: rtc up to 300 clients, live above).
@@ -300,6 +300,8 @@ enum JoinOutcome {
 async fn one_client(
     url: String,
     join: JoinRequest,
+    go: tokio::sync::watch::Receiver<bool>,
+    connected: Arc<AtomicUsize>,
     release: Arc<tokio::sync::Notify>,
     joined: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
@@ -322,6 +324,18 @@ async fn one_client(
         }
     };
     let connect_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // Wait for the starting signal: every client connects first, then all join together, so
+    // the join round-trip measures joins under concurrency rather than the connect storm.
+    connected.fetch_add(1, Ordering::Relaxed);
+    let mut go = go;
+    if tokio::time::timeout(STEP_TIMEOUT, go.wait_for(|g| *g))
+        .await
+        .is_err()
+    {
+        failed.fetch_add(1, Ordering::Relaxed);
+        let _ = done.send(fail("start: timeout".into())).await;
+        return;
+    }
     let t1 = Instant::now();
     let frame = encode(&ClientEnvelope::new(1, ClientMessage::Join(join)));
     if ws.send(Message::text(frame)).await.is_err() {
@@ -411,10 +425,18 @@ async fn join_scenario(
     let release = Arc::new(tokio::sync::Notify::new());
     let joined = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let connected = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::channel(clients);
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(clients);
+    // With --rate, each client starts (connects and joins) on its own schedule; without,
+    // all connect first and then join at the same instant.
+    let paced = rate > 0.0;
+    if paced {
+        let _ = go_tx.send(true);
+    }
     for i in 0..clients {
-        if rate > 0.0 {
+        if paced {
             tokio::time::sleep_until(
                 tokio::time::Instant::from_std(started) + Duration::from_secs_f64(i as f64 / rate),
             )
@@ -424,6 +446,8 @@ async fn join_scenario(
         tasks.push(tokio::spawn(one_client(
             target.url.clone(),
             join,
+            go_rx.clone(),
+            connected.clone(),
             release.clone(),
             joined.clone(),
             failed.clone(),
@@ -431,6 +455,16 @@ async fn join_scenario(
         )));
     }
     drop(tx);
+    if !paced {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        while connected.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < clients
+            && Instant::now() < deadline
+        {
+            tick.tick().await;
+        }
+        let _ = go_tx.send(true);
+    }
     let mut outcomes = Vec::with_capacity(clients);
     let mut progress = tokio::time::interval(Duration::from_millis(500));
     loop {

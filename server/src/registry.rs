@@ -25,12 +25,12 @@ use crate::webhook::{Deliver, WebhookActor};
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// A text frame to forward.
-    Text(ByteString),
-    /// Send this text frame (if any), then close the socket.
+    /// Text frames to forward, in order.
+    Frames(Vec<ByteString>),
+    /// Send these text frames (e.g. client-banned), then close the socket.
     Close {
-        /// Last frame (e.g. client-banned).
-        last: Option<ByteString>,
+        /// Last frames.
+        last: Vec<ByteString>,
         /// Close code for the WebSocket close frame.
         code: actix_web_actors::ws::CloseCode,
         /// Close reason for the WebSocket close frame.
@@ -119,6 +119,29 @@ pub struct RoomActor {
     ctx: RoomContext,
     registry: Addr<Registry>,
     sessions: HashMap<SessionId, Recipient<ToSession>>,
+    /// Event frames not yet handed to their sessions. Events are batched until the room's
+    /// mailbox has been worked through (a `Flush` queued behind the pending messages), so a
+    /// burst of joins costs each session one message and one socket write, not one per event.
+    pending: HashMap<SessionId, Vec<ByteString>>,
+    flush_queued: bool,
+}
+
+/// Hand batched event frames to their sessions.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) {
+        self.flush_queued = false;
+        for (s, frames) in self.pending.drain() {
+            if let Some(r) = self.sessions.get(&s) {
+                r.do_send(ToSession::Frames(frames));
+            }
+        }
+    }
 }
 
 impl RoomActor {
@@ -131,8 +154,8 @@ impl RoomActor {
                     }
                     let text = ByteString::from(encode(&ServerMessage::Event(event)));
                     for s in &to {
-                        if let Some(r) = self.sessions.get(s) {
-                            r.do_send(ToSession::Text(text.clone()));
+                        if self.sessions.contains_key(s) {
+                            self.pending.entry(*s).or_default().push(text.clone());
                         }
                     }
                     self.ctx
@@ -151,8 +174,11 @@ impl RoomActor {
                             reason,
                             message,
                         }));
+                        // Events queued for it go first, then the ban, then the close.
+                        let mut last = self.pending.remove(&session).unwrap_or_default();
+                        last.push(ByteString::from(text));
                         r.do_send(ToSession::Close {
-                            last: Some(ByteString::from(text)),
+                            last,
                             code: actix_web_actors::ws::CloseCode::Normal,
                             reason: ban_close_reason(reason),
                         });
@@ -180,15 +206,19 @@ impl RoomActor {
         let before = self.room.len() as i64;
         let (out, effects) = f(&mut self.room);
         self.apply(effects);
+        if !self.pending.is_empty() && !self.flush_queued {
+            self.flush_queued = true;
+            ctx.notify(Flush);
+        }
         let after = self.room.len() as i64;
         self.ctx
             .metrics
             .members
             .fetch_add(after - before, Ordering::Relaxed);
         if self.room.is_dismissed() {
-            for (_, r) in self.sessions.drain() {
+            for (s, r) in self.sessions.drain() {
                 r.do_send(ToSession::Close {
-                    last: None,
+                    last: self.pending.remove(&s).unwrap_or_default(),
                     code: actix_web_actors::ws::CloseCode::Normal,
                     reason: "room dismissed",
                 });
@@ -329,9 +359,9 @@ impl Handler<CloseAll> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: CloseAll, _ctx: &mut Self::Context) {
-        for (_, r) in self.sessions.drain() {
+        for (s, r) in self.sessions.drain() {
             r.do_send(ToSession::Close {
-                last: None,
+                last: self.pending.remove(&s).unwrap_or_default(),
                 code: actix_web_actors::ws::CloseCode::Away,
                 reason: "server shutting down",
             });
@@ -414,6 +444,8 @@ impl Registry {
             ctx: actor_ctx,
             registry: me,
             sessions: HashMap::new(),
+            pending: HashMap::new(),
+            flush_queued: false,
         };
         let addr = if self.arbiters.is_empty() {
             RoomActor::create(make)

@@ -337,9 +337,13 @@ impl Handler<ToSession> for SessionActor {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::Text(text) => ctx.text(text),
+            ToSession::Frames(frames) => {
+                for text in frames {
+                    ctx.text(text);
+                }
+            }
             ToSession::Close { last, code, reason } => {
-                if let Some(text) = last {
+                for text in last {
                     ctx.text(text);
                 }
                 // The room already forgot this session: no disconnect notice needed.
