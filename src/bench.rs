@@ -297,16 +297,32 @@ enum JoinOutcome {
     Failed { code: String },
 }
 
-async fn one_client(
-    url: String,
-    join: JoinRequest,
+/// What every client of a join run shares with the driver.
+#[derive(Clone)]
+struct JoinShared {
+    /// Flips to true when clients may send their join.
     go: tokio::sync::watch::Receiver<bool>,
+    /// Clients connected so far.
     connected: Arc<AtomicUsize>,
-    release: Arc<tokio::sync::Notify>,
+    /// Clients joined so far.
     joined: Arc<AtomicUsize>,
+    /// Clients failed so far.
     failed: Arc<AtomicUsize>,
+    /// Notified when clients should leave.
+    release: Arc<tokio::sync::Notify>,
+    /// Where each client reports its outcome.
     done: tokio::sync::mpsc::Sender<JoinOutcome>,
-) {
+}
+
+async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
+    let JoinShared {
+        go,
+        connected,
+        joined,
+        failed,
+        release,
+        done,
+    } = shared;
     let t0 = Instant::now();
     let fail = |code: String| JoinOutcome::Failed { code };
     let conn = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(&url)).await;
@@ -443,16 +459,15 @@ async fn join_scenario(
             .await;
         }
         let join = target.join_request(&format!("bench-{i}"), &room, mode)?;
-        tasks.push(tokio::spawn(one_client(
-            target.url.clone(),
-            join,
-            go_rx.clone(),
-            connected.clone(),
-            release.clone(),
-            joined.clone(),
-            failed.clone(),
-            tx.clone(),
-        )));
+        let shared = JoinShared {
+            go: go_rx.clone(),
+            connected: connected.clone(),
+            joined: joined.clone(),
+            failed: failed.clone(),
+            release: release.clone(),
+            done: tx.clone(),
+        };
+        tasks.push(tokio::spawn(one_client(target.url.clone(), join, shared)));
     }
     drop(tx);
     if !paced {
