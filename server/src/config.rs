@@ -170,6 +170,9 @@ pub struct ServerConfig {
     /// HTTP worker threads (default: one per core).
     #[serde(default)]
     pub workers: Option<usize>,
+    /// The SFU media plane.
+    #[serde(default)]
+    pub media: crate::media::MediaConfig,
 }
 
 fn default_listen() -> String {
@@ -191,6 +194,7 @@ impl ServerConfig {
             webhook: None,
             admin: AdminConfig::default(),
             workers: None,
+            media: crate::media::MediaConfig::default(),
         }
     }
 

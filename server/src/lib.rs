@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod media;
 pub mod metrics;
 pub mod registry;
 pub mod room;

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub webhooks_dropped: AtomicU64,
     /// Failed joins by TRTC extra code (or main code when there is none).
     join_failures: Mutex<BTreeMap<i64, u64>>,
+    /// The media plane's counters, once it runs.
+    media: std::sync::OnceLock<std::sync::Arc<crate::media::MediaStats>>,
 }
 
 impl Metrics {
@@ -47,6 +49,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Show the media plane's counters too.
+    pub fn attach_media(&self, stats: std::sync::Arc<crate::media::MediaStats>) {
+        let _ = self.media.set(stats);
+    }
+
+    /// The media plane's counters, if it runs.
+    pub fn media(&self) -> Option<&std::sync::Arc<crate::media::MediaStats>> {
+        self.media.get()
     }
 
     /// Add one to a counter.
@@ -133,6 +145,59 @@ impl Metrics {
             "Webhooks dropped, queue full.",
             self.webhooks_dropped.load(Ordering::Relaxed),
         );
+        if let Some(m) = self.media.get() {
+            let c = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+                counter(out, name, help, v.load(Ordering::Relaxed))
+            };
+            c(
+                &mut out,
+                "rtcroom_media_packets_in_total",
+                "RTP packets received from publishers.",
+                &m.packets_in,
+            );
+            c(
+                &mut out,
+                "rtcroom_media_packets_out_total",
+                "RTP packets forwarded to subscribers.",
+                &m.packets_out,
+            );
+            c(
+                &mut out,
+                "rtcroom_media_bytes_in_total",
+                "RTP payload bytes received.",
+                &m.bytes_in,
+            );
+            c(
+                &mut out,
+                "rtcroom_media_bytes_out_total",
+                "RTP payload bytes forwarded.",
+                &m.bytes_out,
+            );
+            c(
+                &mut out,
+                "rtcroom_media_keyframe_requests_total",
+                "Keyframe requests sent to publishers.",
+                &m.keyframe_requests,
+            );
+            c(
+                &mut out,
+                "rtcroom_media_dropped_datagrams_total",
+                "UDP datagrams matching no peer.",
+                &m.dropped_datagrams,
+            );
+            c(
+                &mut out,
+                "rtcroom_media_connect_timeouts_total",
+                "Peers dropped for not connecting.",
+                &m.connect_timeouts,
+            );
+            gauge(
+                &mut out,
+                "rtcroom_media_peers",
+                "Media peers alive.",
+                m.peers.load(Ordering::Relaxed) as i64,
+            );
+        }
         out
     }
 }

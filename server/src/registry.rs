@@ -12,11 +12,12 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    BanReason, ClientMessage, JoinResult, ReplyData, ServerEvent, ServerMessage, encode,
+    BanReason, ClientMessage, JoinResult, ReplyData, ServerEvent, ServerMessage, StreamType, encode,
 };
 use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, RtcError, UserId};
 
+use crate::media::{MediaPlane, PeerId, SlotKey};
 use crate::metrics::Metrics;
 use crate::room::{Effect, JoinInput, Room, RoomInfo, RoomKey, RoomLimits, SessionId};
 use crate::webhook::{Deliver, WebhookActor};
@@ -47,6 +48,8 @@ pub struct RoomContext {
     pub metrics: Arc<Metrics>,
     /// Webhook sender, when configured.
     pub webhooks: Option<Addr<WebhookActor>>,
+    /// The SFU media plane, when running.
+    pub media: Option<MediaPlane>,
 }
 
 // ---- room actor ------------------------------------------------------------------------------
@@ -124,6 +127,10 @@ pub struct RoomActor {
     /// burst of joins costs each session one message and one socket write, not one per event.
     pending: HashMap<SessionId, Vec<ByteString>>,
     flush_queued: bool,
+    /// Media peers of published streams.
+    publishers: HashMap<(UserId, StreamType), PeerId>,
+    /// Media peers of subscriptions: (subscriber session, publisher, stream) → peer.
+    subscriptions: HashMap<(SessionId, UserId, StreamType), PeerId>,
 }
 
 /// Hand batched event frames to their sessions.
@@ -145,6 +152,14 @@ impl Handler<Flush> for RoomActor {
 }
 
 impl RoomActor {
+    fn slot(&self, user: UserId, stream_type: StreamType) -> SlotKey {
+        SlotKey {
+            room: self.room.key().clone(),
+            user,
+            stream_type,
+        }
+    }
+
     fn apply(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
@@ -190,6 +205,31 @@ impl RoomActor {
                             key: self.room.key().clone(),
                             hook,
                         });
+                    }
+                }
+                Effect::StreamEnded {
+                    user_id,
+                    stream_type,
+                } => {
+                    if let Some(peer) = self.publishers.remove(&(user_id.clone(), stream_type))
+                        && let Some(media) = &self.ctx.media
+                    {
+                        media.unpublish(&self.slot(user_id, stream_type), peer);
+                    }
+                }
+                Effect::MemberGone { session, .. } => {
+                    let gone: Vec<_> = self
+                        .subscriptions
+                        .keys()
+                        .filter(|(s, _, _)| *s == session)
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        if let Some(peer) = self.subscriptions.remove(&k)
+                            && let Some(media) = &self.ctx.media
+                        {
+                            media.unsubscribe(peer);
+                        }
                     }
                 }
             }
@@ -281,52 +321,144 @@ impl Handler<RoomJoin> for RoomActor {
     }
 }
 
+type RequestResult = Result<Option<ReplyData>, RtcError>;
+
+/// An immediate reply (sent before the handler returns, even if the room stops).
+fn ready(r: RequestResult) -> ActorResponse<RoomActor, RequestResult> {
+    ActorResponse::reply(r)
+}
+
 impl Handler<RoomRequest> for RoomActor {
-    type Result = Result<Option<ReplyData>, RtcError>;
+    type Result = ActorResponse<Self, RequestResult>;
 
     fn handle(&mut self, msg: RoomRequest, ctx: &mut Self::Context) -> Self::Result {
         let s = msg.session;
         let now = Instant::now();
-        if self.room.user_of(s).is_none() {
-            return Err(RtcError::invalid_operation(
+        let Some(me) = self.room.user_of(s).cloned() else {
+            return ready(Err(RtcError::invalid_operation(
                 Some(extra::NOT_ENTERED_ROOM),
                 "not in the room (removed or timed out)",
-            ));
-        }
+            )));
+        };
         self.room.heartbeat(s, now);
         let none = |r: Result<Vec<Effect>, RtcError>| match r {
             Ok(fx) => (Ok(None), fx),
             Err(e) => (Err(e), Vec::new()),
         };
         match msg.msg {
-            ClientMessage::Heartbeat => Ok(None),
+            ClientMessage::Heartbeat => ready(Ok(None)),
             ClientMessage::Leave => {
                 self.sessions.remove(&s);
-                self.drive(ctx, |room| (Ok(None), room.leave(s, now)))
+                ready(self.drive(ctx, |room| (Ok(None), room.leave(s, now))))
             }
-            ClientMessage::Publish(p) => self.drive(ctx, |room| {
-                none(room.publish(s, p.stream_type, p.has_audio, p.has_video))
-            }),
+            ClientMessage::Publish(p) => {
+                let (st, a, v) = (p.stream_type, p.has_audio, p.has_video);
+                let (Some(sdp), Some(media)) = (p.sdp, self.ctx.media.clone()) else {
+                    // Signalling only (no offer): announce the stream.
+                    return ready(self.drive(ctx, |room| none(room.publish(s, st, a, v))));
+                };
+                if let Err(e) = self.room.check_publish(s, st, a, v) {
+                    return ready(Err(e));
+                }
+                let slot = self.slot(me.clone(), st);
+                let fut = async move { (media.publish(slot.clone(), &sdp).await, slot, media) };
+                ActorResponse::r#async(fut.into_actor(self).map(
+                    move |(res, slot, media), act, ctx| {
+                        let (peer, answer) = res?;
+                        // Commit now that the media is up; the member may have left meanwhile.
+                        match act.drive(ctx, |room| none(room.publish(s, st, a, v))) {
+                            Ok(_) => {
+                                act.publishers.insert((me, st), peer);
+                                Ok(Some(ReplyData::Answer { sdp: answer }))
+                            }
+                            Err(e) => {
+                                media.unpublish(&slot, peer);
+                                Err(e)
+                            }
+                        }
+                    },
+                ))
+            }
             ClientMessage::Unpublish { stream_type } => {
-                self.drive(ctx, |room| none(room.unpublish(s, stream_type)))
+                ready(self.drive(ctx, |room| none(room.unpublish(s, stream_type))))
             }
             ClientMessage::Mute {
                 stream_type,
                 kind,
                 muted,
-            } => self.drive(ctx, |room| none(room.mute(s, stream_type, kind, muted))),
-            ClientMessage::SwitchRole { role } => {
-                self.drive(ctx, |room| none(room.switch_role(s, role)))
+            } => {
+                let r = self.drive(ctx, |room| none(room.mute(s, stream_type, kind, muted)));
+                if r.is_ok()
+                    && let Some(media) = &self.ctx.media
+                {
+                    media.set_muted(&self.slot(me, stream_type), kind, muted);
+                }
+                ready(r)
             }
-            ClientMessage::Subscribe(_) | ClientMessage::Unsubscribe { .. } => Err(RtcError::new(
-                ErrorCode::NotSupported,
-                "subscribe needs the media plane, which this server build does not have yet",
-            )),
-            ClientMessage::Join(_) => Err(RtcError::invalid_operation(
+            ClientMessage::SwitchRole { role } => {
+                ready(self.drive(ctx, |room| none(room.switch_role(s, role))))
+            }
+            ClientMessage::Subscribe(sub) => {
+                let (user, st) = (sub.user_id.clone(), sub.stream_type);
+                if let Err(e) = self
+                    .room
+                    .check_subscribe(s, &user, st, sub.audio, sub.video)
+                {
+                    return ready(Err(e));
+                }
+                let Some(media) = self.ctx.media.clone() else {
+                    return ready(Err(RtcError::new(
+                        ErrorCode::NotSupported,
+                        "this server runs without the media plane",
+                    )));
+                };
+                let Some(sdp) = sub.sdp else {
+                    return ready(Err(RtcError::invalid_parameter(
+                        Some(extra::PARAM_REQUIRED),
+                        "subscribe needs an SDP offer (sdp) with recvonly audio/video",
+                    )));
+                };
+                let slot = self.slot(user.clone(), st);
+                let (a, v) = (sub.audio, sub.video);
+                let fut = async move { (media.subscribe(slot, a, v, &sdp).await, media) };
+                ActorResponse::r#async(fut.into_actor(self).map(move |(res, media), act, _ctx| {
+                    let (peer, answer) = res?;
+                    if act.room.user_of(s).is_none() {
+                        media.unsubscribe(peer);
+                        return Err(RtcError::invalid_operation(
+                            Some(extra::NOT_ENTERED_ROOM),
+                            "left the room while subscribing",
+                        ));
+                    }
+                    if let Some(old) = act.subscriptions.insert((s, user, st), peer) {
+                        media.unsubscribe(old);
+                    }
+                    Ok(Some(ReplyData::Answer { sdp: answer }))
+                }))
+            }
+            ClientMessage::Unsubscribe {
+                user_id,
+                stream_type,
+            } => match self.subscriptions.remove(&(s, user_id, stream_type)) {
+                Some(peer) => {
+                    if let Some(media) = &self.ctx.media {
+                        media.unsubscribe(peer);
+                    }
+                    ready(Ok(None))
+                }
+                None => ready(Err(RtcError::invalid_operation(
+                    None,
+                    "not subscribed to that stream",
+                ))),
+            },
+            ClientMessage::Join(_) => ready(Err(RtcError::invalid_operation(
                 Some(extra::REPEATED_CALL),
                 "already joined",
-            )),
-            _ => Err(RtcError::invalid_parameter(None, "unsupported request")),
+            ))),
+            _ => ready(Err(RtcError::invalid_parameter(
+                None,
+                "unsupported request",
+            ))),
         }
     }
 }
@@ -446,6 +578,8 @@ impl Registry {
             sessions: HashMap::new(),
             pending: HashMap::new(),
             flush_queued: false,
+            publishers: HashMap::new(),
+            subscriptions: HashMap::new(),
         };
         let addr = if self.arbiters.is_empty() {
             RoomActor::create(make)

@@ -159,6 +159,20 @@ pub enum Effect {
     },
     /// Deliver a webhook.
     Hook(Hook),
+    /// A published stream ended (unpublish, role switch, the member left): stop its media.
+    StreamEnded {
+        /// Whose.
+        user_id: UserId,
+        /// Which.
+        stream_type: StreamType,
+    },
+    /// A member is gone: close its subscriptions.
+    MemberGone {
+        /// Who.
+        user_id: UserId,
+        /// Its session.
+        session: SessionId,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -491,7 +505,15 @@ impl Room {
                     stream_type: (*t).into(),
                 },
             });
+            effects.push(Effect::StreamEnded {
+                user_id: user_id.clone(),
+                stream_type: (*t).into(),
+            });
         }
+        effects.push(Effect::MemberGone {
+            user_id: user_id.clone(),
+            session: member.session,
+        });
         if self.visible(member.role) {
             effects.push(Effect::Event {
                 to: others,
@@ -628,25 +650,25 @@ impl Room {
         Ok((user, m))
     }
 
-    /// Publish (or update) a stream.
-    pub fn publish(
-        &mut self,
+    /// Check a publish without doing it (the media plane negotiates in between).
+    pub fn check_publish(
+        &self,
         session: SessionId,
         stream_type: StreamType,
         has_audio: bool,
         has_video: bool,
-    ) -> RtcResult<Vec<Effect>> {
+    ) -> RtcResult<()> {
         if !has_audio && !has_video {
             return Err(RtcError::invalid_parameter(
                 Some(extra::PARAM_REQUIRED),
                 "publish needs audio, video or both",
             ));
         }
-        let publishers = self.publisher_count();
-        let max_publishers = self.limits.max_publishers;
-        let mode = self.mode;
-        let (user, m) = self.member_mut(session)?;
-        if mode == Mode::Live && m.role == Role::Audience {
+        let not_in =
+            || RtcError::invalid_operation(Some(extra::NOT_ENTERED_ROOM), "not in the room");
+        let user = self.sessions.get(&session).ok_or_else(not_in)?;
+        let m = self.members.get(user).ok_or_else(not_in)?;
+        if self.mode == Mode::Live && m.role == Role::Audience {
             return Err(RtcError::invalid_operation(
                 Some(extra::AUDIENCE_ROLE),
                 "no permission to publish() under live/audience; switch_role(anchor) first",
@@ -678,13 +700,34 @@ impl Room {
                 }
             }
         }
-        let key = StreamTypeKey::from(stream_type);
-        if m.streams.is_empty() && publishers >= max_publishers {
+        let max_publishers = self.limits.max_publishers;
+        if m.streams.is_empty() && self.publisher_count() >= max_publishers {
             return Err(RtcError::invalid_operation(
                 None,
                 format!("the room already has {max_publishers} publishers, TRTC's limit"),
             ));
         }
+        Ok(())
+    }
+
+    /// Whether `user` has `stream_type` published.
+    pub fn has_stream(&self, user: &UserId, stream_type: StreamType) -> bool {
+        self.members
+            .get(user)
+            .is_some_and(|m| m.streams.contains_key(&StreamTypeKey::from(stream_type)))
+    }
+
+    /// Publish (or update) a stream.
+    pub fn publish(
+        &mut self,
+        session: SessionId,
+        stream_type: StreamType,
+        has_audio: bool,
+        has_video: bool,
+    ) -> RtcResult<Vec<Effect>> {
+        self.check_publish(session, stream_type, has_audio, has_video)?;
+        let (user, m) = self.member_mut(session)?;
+        let key = StreamTypeKey::from(stream_type);
         let previous = m.streams.insert(
             key,
             Stream {
@@ -734,13 +777,19 @@ impl Room {
                 format!("no {stream_type:?} stream is published"),
             ));
         };
-        let mut effects = vec![Effect::Event {
-            to: self.others(Some(session)),
-            event: ServerEvent::StreamRemoved {
+        let mut effects = vec![
+            Effect::Event {
+                to: self.others(Some(session)),
+                event: ServerEvent::StreamRemoved {
+                    user_id: user.clone(),
+                    stream_type,
+                },
+            },
+            Effect::StreamEnded {
                 user_id: user.clone(),
                 stream_type,
             },
-        }];
+        ];
         effects.extend(
             media_hooks(stream_type, (old.has_audio, old.has_video), (false, false))
                 .into_iter()
@@ -801,6 +850,56 @@ impl Room {
         ])
     }
 
+    /// Whether `session` may subscribe to `user`'s `stream_type` (audio and/or video): the
+    /// stream must be published and a PrivateMapKey must grant receiving it.
+    pub fn check_subscribe(
+        &self,
+        session: SessionId,
+        user: &UserId,
+        stream_type: StreamType,
+        audio: bool,
+        video: bool,
+    ) -> RtcResult<()> {
+        let me = self.sessions.get(&session).ok_or_else(|| {
+            RtcError::invalid_operation(Some(extra::NOT_ENTERED_ROOM), "not in the room")
+        })?;
+        if !audio && !video {
+            return Err(RtcError::invalid_operation(
+                None,
+                "subscribe needs audio, video or both",
+            ));
+        }
+        let published = self
+            .members
+            .get(user)
+            .and_then(|m| m.streams.get(&StreamTypeKey::from(stream_type)));
+        if published.is_none() {
+            return Err(RtcError::new(
+                ErrorCode::RemoteStreamNotExist,
+                format!("{user} has no {stream_type:?} stream published"),
+            ));
+        }
+        if let Some(p) = self.members.get(me).and_then(|m| m.privileges) {
+            let needs: &[(bool, Privilege)] = match stream_type {
+                StreamType::Main => &[
+                    (audio, Privilege::ReceiveAudio),
+                    (video, Privilege::ReceiveVideo),
+                ],
+                StreamType::Auxiliary => &[(true, Privilege::ReceiveSubStream)],
+            };
+            for (wanted, privilege) in needs {
+                if *wanted && !p.contains(*privilege) {
+                    return Err(RtcError::with_extra(
+                        ErrorCode::InvalidOperation,
+                        extra::PRIVILEGE_FLAG_ERROR,
+                        format!("privateMapKey does not grant {}", privilege.name()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Change role (live mode). Anchor → audience unpublishes and leaves others' view
     /// (peer-leave reason 3); audience → anchor appears (peer-join).
     pub fn switch_role(&mut self, session: SessionId, role: Role) -> RtcResult<Vec<Effect>> {
@@ -824,12 +923,20 @@ impl Room {
         let others = self.others(Some(session));
         let mut effects: Vec<Effect> = removed
             .into_iter()
-            .map(|t| Effect::Event {
-                to: others.clone(),
-                event: ServerEvent::StreamRemoved {
-                    user_id: user.clone(),
-                    stream_type: t.into(),
-                },
+            .flat_map(|t| {
+                [
+                    Effect::Event {
+                        to: others.clone(),
+                        event: ServerEvent::StreamRemoved {
+                            user_id: user.clone(),
+                            stream_type: t.into(),
+                        },
+                    },
+                    Effect::StreamEnded {
+                        user_id: user.clone(),
+                        stream_type: t.into(),
+                    },
+                ]
             })
             .collect();
         effects.push(Effect::Event {
@@ -885,6 +992,16 @@ impl Room {
                     session: m.session,
                     reason: BanReason::RoomDisband,
                     message: "the room has been disbanded by the admin".to_owned(),
+                });
+                for t in m.streams.keys() {
+                    effects.push(Effect::StreamEnded {
+                        user_id: u.clone(),
+                        stream_type: (*t).into(),
+                    });
+                }
+                effects.push(Effect::MemberGone {
+                    user_id: u.clone(),
+                    session: m.session,
                 });
                 effects.push(Effect::Hook(Hook {
                     event: HookEvent::ExitRoom,

@@ -60,10 +60,13 @@ pub async fn run(
         let m = metrics.clone();
         WebhookActor::start_in_arbiter(&webhook_arbiter.handle(), move |_| WebhookActor::new(w, m))
     });
+    let media = crate::media::MediaPlane::start(&config.media)?;
+    metrics.attach_media(media.stats().clone());
     let room_ctx = RoomContext {
         limits: config.room_limits(),
         metrics: metrics.clone(),
         webhooks,
+        media: Some(media.clone()),
     };
     let handles = room_arbiters.iter().map(|a| a.handle()).collect();
     let registry = Registry::new(room_ctx, handles).start();
@@ -102,6 +105,7 @@ pub async fn run(
     for a in room_arbiters {
         a.stop();
     }
+    media.shutdown();
     webhook_arbiter.stop();
     Ok(())
 }

@@ -1,0 +1,811 @@
+//! One media worker: a thread with a UDP socket, a current-thread tokio runtime and the str0m
+//! peers placed on it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rtcroom_protocol::signal::MediaKind;
+use rtcroom_protocol::{ErrorCode, RtcError};
+use str0m::change::SdpOffer;
+use str0m::crypto::dtls::DtlsCert;
+use str0m::format::PayloadParams;
+use str0m::media::{KeyframeRequestKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::{mpsc, oneshot};
+
+use super::rewrite::{KeyframeLimiter, SeqRewriter};
+use super::{MediaStats, PeerId, SlotKey};
+
+/// Longest wait between loop turns when no peer needs anything sooner.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Largest UDP datagram read.
+const MAX_DATAGRAM: usize = 2000;
+/// How many packets a subscriber's send buffer keeps for NACK answers (video).
+const SEND_BUFFER_VIDEO: usize = 1000;
+
+/// Commands to a worker.
+pub(super) enum Cmd {
+    AddPublisher {
+        id: PeerId,
+        slot: SlotKey,
+        offer: SdpOffer,
+        reply: oneshot::Sender<Result<String, RtcError>>,
+    },
+    AddSubscriber {
+        id: PeerId,
+        slot: SlotKey,
+        audio: bool,
+        video: bool,
+        offer: SdpOffer,
+        reply: oneshot::Sender<Result<String, RtcError>>,
+    },
+    Remove {
+        id: PeerId,
+    },
+    /// `worker` gained (+1) or lost (-1) a subscriber of `slot`.
+    Interest {
+        slot: SlotKey,
+        worker: usize,
+        delta: i32,
+    },
+    /// A packet from a publisher on another worker.
+    Forward {
+        slot: SlotKey,
+        packet: Arc<FwdPacket>,
+    },
+    KeyframeRequest {
+        slot: SlotKey,
+        force: bool,
+    },
+    Mute {
+        slot: SlotKey,
+        kind: MediaKind,
+        muted: bool,
+    },
+    Shutdown,
+}
+
+/// A packet on its way from a publisher to subscribers.
+pub(super) struct FwdPacket {
+    kind: MediaKind,
+    /// Changes when the publisher peer or its SSRC changes.
+    source: u64,
+    seq: u64,
+    ts: u32,
+    marker: bool,
+    params: PayloadParams,
+    clock_rate: u32,
+    arrival: Instant,
+    payload: Arc<[u8]>,
+}
+
+struct OutTrack {
+    kind: MediaKind,
+    mid: Mid,
+    /// Our PT for each incoming PT (the subscriber may have negotiated other numbers).
+    pt_map: HashMap<u8, Option<str0m::media::Pt>>,
+    rewriter: SeqRewriter,
+}
+
+enum PeerRole {
+    Publisher {
+        slot: SlotKey,
+        /// Incoming SSRC → kind (cached from the stream's mid).
+        kinds: HashMap<Ssrc, MediaKind>,
+    },
+    Subscriber {
+        slot: SlotKey,
+        audio: bool,
+        video: bool,
+        tracks: Vec<OutTrack>,
+    },
+}
+
+struct Peer {
+    rtc: Rtc,
+    role: PeerRole,
+    created: Instant,
+    connected: bool,
+    next_timeout: Instant,
+    dead: bool,
+}
+
+pub(super) struct Worker {
+    idx: usize,
+    socket: std::net::UdpSocket,
+    local: SocketAddr,
+    announced: SocketAddr,
+    workers: Vec<mpsc::UnboundedSender<Cmd>>,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    cert: DtlsCert,
+    stats: Arc<MediaStats>,
+    publishers: Arc<RwLock<HashMap<SlotKey, PeerId>>>,
+    connect_timeout: Duration,
+    peers: HashMap<PeerId, Peer>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    /// Local publisher peer per slot.
+    publisher_of: HashMap<SlotKey, PeerId>,
+    /// Local subscriber peers per slot.
+    subscribers_of: HashMap<SlotKey, Vec<PeerId>>,
+    /// Subscriber counts per slot per worker (all workers).
+    interest: HashMap<SlotKey, Vec<i32>>,
+    limiters: HashMap<SlotKey, KeyframeLimiter>,
+    muted: HashSet<(SlotKey, MediaKindKey)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum MediaKindKey {
+    Audio,
+    Video,
+}
+
+impl From<MediaKind> for MediaKindKey {
+    fn from(k: MediaKind) -> Self {
+        match k {
+            MediaKind::Audio => MediaKindKey::Audio,
+            MediaKind::Video => MediaKindKey::Video,
+        }
+    }
+}
+
+fn kind_of(k: str0m::media::MediaKind) -> MediaKind {
+    match k {
+        str0m::media::MediaKind::Audio => MediaKind::Audio,
+        str0m::media::MediaKind::Video => MediaKind::Video,
+    }
+}
+
+/// Events a drain produced that need the other peers (so they are handled after the drain).
+enum Routed {
+    Packet(SlotKey, Arc<FwdPacket>),
+    KeyframeWanted(SlotKey),
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        idx: usize,
+        socket: std::net::UdpSocket,
+        announced: SocketAddr,
+        workers: Vec<mpsc::UnboundedSender<Cmd>>,
+        rx: mpsc::UnboundedReceiver<Cmd>,
+        cert: DtlsCert,
+        stats: Arc<MediaStats>,
+        publishers: Arc<RwLock<HashMap<SlotKey, PeerId>>>,
+        connect_timeout: Duration,
+    ) -> Worker {
+        // The socket is bound, so it has a local address.
+        let local = socket.local_addr().unwrap_or(announced);
+        Worker {
+            idx,
+            socket,
+            local,
+            announced,
+            workers,
+            rx,
+            cert,
+            stats,
+            publishers,
+            connect_timeout,
+            peers: HashMap::new(),
+            by_addr: HashMap::new(),
+            publisher_of: HashMap::new(),
+            subscribers_of: HashMap::new(),
+            interest: HashMap::new(),
+            limiters: HashMap::new(),
+            muted: HashSet::new(),
+        }
+    }
+
+    /// The worker thread's body.
+    pub(super) fn run(self) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "media worker cannot start its runtime");
+                return;
+            }
+        };
+        rt.block_on(self.run_async());
+    }
+
+    async fn run_async(mut self) {
+        let socket = match self
+            .socket
+            .try_clone()
+            .and_then(tokio::net::UdpSocket::from_std)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "media worker socket");
+                return;
+            }
+        };
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let now = Instant::now();
+            let wake = self
+                .peers
+                .values()
+                .map(|p| p.next_timeout)
+                .min()
+                .unwrap_or(now + IDLE_WAIT)
+                .min(now + IDLE_WAIT);
+            tokio::select! {
+                biased;
+                cmd = self.rx.recv() => match cmd {
+                    Some(Cmd::Shutdown) | None => break,
+                    Some(cmd) => self.handle_cmd(cmd),
+                },
+                res = socket.recv_from(&mut buf) => {
+                    if let Ok((n, source)) = res {
+                        self.handle_datagram(&buf[..n], source);
+                    }
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            }
+            self.handle_timeouts(Instant::now());
+        }
+        for (_, mut p) in self.peers.drain() {
+            p.rtc.disconnect();
+        }
+    }
+
+    fn send_to(&self, contents: &[u8], dest: SocketAddr) {
+        // Non-blocking: a full socket buffer drops the datagram (WebRTC recovers via NACK/PLI).
+        let _ = self.socket.send_to(contents, dest);
+    }
+
+    /// Drain one peer's output; returns events that involve other peers.
+    fn drain(&mut self, id: PeerId, routed: &mut Vec<Routed>) {
+        let mut transmits: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+        let mut events = Vec::new();
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        loop {
+            match peer.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    peer.next_timeout = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => transmits.push((t.contents.into(), t.destination)),
+                Ok(Output::Event(e)) => events.push(e),
+                Err(e) => {
+                    tracing::debug!(peer = id, error = %e, "peer failed");
+                    peer.dead = true;
+                    break;
+                }
+            }
+        }
+        for (contents, dest) in transmits {
+            self.send_to(&contents, dest);
+        }
+        for e in events {
+            self.handle_event(id, e, routed);
+        }
+    }
+
+    fn handle_event(&mut self, id: PeerId, e: Event, routed: &mut Vec<Routed>) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        match e {
+            Event::Connected => peer.connected = true,
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => peer.dead = true,
+            Event::Closed => peer.dead = true,
+            Event::MediaAdded(m) => {
+                if let PeerRole::Subscriber {
+                    audio,
+                    video,
+                    tracks,
+                    ..
+                } = &mut peer.role
+                {
+                    let kind = kind_of(m.kind);
+                    let wanted = match kind {
+                        MediaKind::Audio => *audio,
+                        MediaKind::Video => *video,
+                    };
+                    if wanted && !tracks.iter().any(|t| t.kind == kind) {
+                        tracks.push(OutTrack {
+                            kind,
+                            mid: m.mid,
+                            pt_map: HashMap::new(),
+                            rewriter: SeqRewriter::default(),
+                        });
+                    }
+                }
+            }
+            Event::RtpPacket(pkt) => {
+                let PeerRole::Publisher { slot, kinds } = &mut peer.role else {
+                    return;
+                };
+                let ssrc = pkt.header.ssrc;
+                let kind = match kinds.get(&ssrc) {
+                    Some(k) => *k,
+                    None => {
+                        let mut api = peer.rtc.direct_api();
+                        let Some(mid) = api.stream_rx(&ssrc).map(|s| s.mid()) else {
+                            return;
+                        };
+                        let Some(kind) = peer.rtc.media(mid).map(|m| kind_of(m.kind())) else {
+                            return;
+                        };
+                        kinds.insert(ssrc, kind);
+                        kind
+                    }
+                };
+                let pt = pkt.header.payload_type;
+                let Some(params) = peer
+                    .rtc
+                    .codec_config()
+                    .params()
+                    .iter()
+                    .find(|p| p.pt() == pt)
+                    .cloned()
+                else {
+                    return;
+                };
+                self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .bytes_in
+                    .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+                let packet = Arc::new(FwdPacket {
+                    kind,
+                    source: id ^ (u64::from(*ssrc) << 16),
+                    seq: *pkt.seq_no,
+                    ts: pkt.header.timestamp,
+                    marker: pkt.header.marker,
+                    clock_rate: params.spec().clock_rate.get(),
+                    params,
+                    arrival: pkt.timestamp,
+                    payload: pkt.payload,
+                });
+                routed.push(Routed::Packet(slot.clone(), packet));
+            }
+            Event::KeyframeRequest(_) => {
+                if let PeerRole::Subscriber { slot, .. } = &peer.role {
+                    routed.push(Routed::KeyframeWanted(slot.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn route(&mut self, routed: Vec<Routed>) {
+        for r in routed {
+            match r {
+                Routed::Packet(slot, packet) => {
+                    if let Some(counts) = self.interest.get(&slot) {
+                        for (w, n) in counts.iter().enumerate() {
+                            if *n > 0
+                                && w != self.idx
+                                && let Some(tx) = self.workers.get(w)
+                            {
+                                let _ = tx.send(Cmd::Forward {
+                                    slot: slot.clone(),
+                                    packet: packet.clone(),
+                                });
+                            }
+                        }
+                    }
+                    self.deliver(&slot, &packet);
+                }
+                Routed::KeyframeWanted(slot) => {
+                    let publisher = self
+                        .publishers
+                        .read()
+                        .ok()
+                        .and_then(|p| p.get(&slot).copied());
+                    if let Some(p) = publisher {
+                        let w = (p & 0xff) as usize;
+                        if w == self.idx {
+                            self.keyframe_request(&slot, false);
+                        } else if let Some(tx) = self.workers.get(w) {
+                            let _ = tx.send(Cmd::KeyframeRequest { slot, force: false });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write a packet to every local subscriber of `slot`.
+    fn deliver(&mut self, slot: &SlotKey, packet: &FwdPacket) {
+        if self.muted.contains(&(slot.clone(), packet.kind.into())) {
+            return;
+        }
+        let Some(subs) = self.subscribers_of.get(slot) else {
+            return;
+        };
+        let subs = subs.clone();
+        let mut routed = Vec::new();
+        for id in subs {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            if !peer.connected {
+                continue;
+            }
+            let PeerRole::Subscriber { tracks, .. } = &mut peer.role else {
+                continue;
+            };
+            let Some(track) = tracks.iter_mut().find(|t| t.kind == packet.kind) else {
+                continue;
+            };
+            let in_pt = *packet.params.pt();
+            let pt = *track.pt_map.entry(in_pt).or_insert_with(|| {
+                peer.rtc
+                    .codec_config()
+                    .match_params(packet.params)
+                    .map(|p| p.pt())
+            });
+            let Some(pt) = pt else {
+                continue;
+            };
+            let out = track.rewriter.map(
+                packet.source,
+                packet.seq,
+                packet.ts,
+                packet.arrival,
+                packet.clock_rate,
+            );
+            let mid = track.mid;
+            let nackable = packet.kind == MediaKind::Video;
+            let mut api = peer.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                continue;
+            };
+            tx.write_rtp(
+                RtpWrite::new(
+                    pt,
+                    out.seq.into(),
+                    out.ts,
+                    packet.arrival,
+                    packet.payload.clone(),
+                )
+                .marker(packet.marker)
+                .nackable(nackable),
+            );
+            self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes_out
+                .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+            // Single-mutation invariant: drain after each write.
+            let now = Instant::now();
+            if let Some(peer) = self.peers.get_mut(&id)
+                && let Err(e) = peer.rtc.handle_input(Input::Timeout(now))
+            {
+                tracing::debug!(peer = id, error = %e, "subscriber failed");
+                peer.dead = true;
+            }
+            self.drain(id, &mut routed);
+        }
+        self.route(routed);
+    }
+
+    fn keyframe_request(&mut self, slot: &SlotKey, force: bool) {
+        let now = Instant::now();
+        let allowed = self
+            .limiters
+            .entry(slot.clone())
+            .or_default()
+            .allow(now, force);
+        if !allowed {
+            return;
+        }
+        let Some(id) = self.publisher_of.get(slot).copied() else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let video_mids: Vec<Mid> = {
+            let PeerRole::Publisher { .. } = &peer.role else {
+                return;
+            };
+            let mut api = peer.rtc.direct_api();
+            let ssrcs: Vec<Ssrc> = if let PeerRole::Publisher { kinds, .. } = &peer.role {
+                kinds
+                    .iter()
+                    .filter(|(_, k)| **k == MediaKind::Video)
+                    .map(|(s, _)| *s)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            ssrcs
+                .iter()
+                .filter_map(|s| api.stream_rx(s).map(|r| r.mid()))
+                .collect()
+        };
+        let mut requested = false;
+        for mid in video_mids {
+            if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                requested = true;
+            }
+        }
+        if requested {
+            self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+            let mut routed = Vec::new();
+            self.drain(id, &mut routed);
+            self.route(routed);
+        } else if force {
+            // No video seen yet: let the next request through as soon as video exists.
+            self.limiters.remove(slot);
+        }
+    }
+
+    fn new_rtc(&self) -> Rtc {
+        Rtc::builder()
+            .set_rtp_mode(true)
+            .set_ice_lite(true)
+            .set_dtls_cert(self.cert.clone())
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_h264(true)
+            .enable_vp8(true)
+            .set_send_buffer_video(SEND_BUFFER_VIDEO)
+            .build(Instant::now())
+    }
+
+    fn accept(&mut self, id: PeerId, offer: SdpOffer, role: PeerRole) -> Result<String, RtcError> {
+        let mut rtc = self.new_rtc();
+        let candidate = Candidate::host(self.announced, "udp")
+            .map_err(|e| RtcError::new(ErrorCode::Unknown, format!("host candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+            RtcError::new(
+                ErrorCode::InvalidParameter,
+                format!("SDP offer refused: {e}"),
+            )
+        })?;
+        let now = Instant::now();
+        self.peers.insert(
+            id,
+            Peer {
+                rtc,
+                role,
+                created: now,
+                connected: false,
+                next_timeout: now,
+                dead: false,
+            },
+        );
+        self.stats.peers.fetch_add(1, Ordering::Relaxed);
+        let mut routed = Vec::new();
+        self.drain(id, &mut routed);
+        self.route(routed);
+        Ok(answer.to_sdp_string())
+    }
+
+    fn handle_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::AddPublisher {
+                id,
+                slot,
+                offer,
+                reply,
+            } => {
+                let res = self.accept(
+                    id,
+                    offer,
+                    PeerRole::Publisher {
+                        slot: slot.clone(),
+                        kinds: HashMap::new(),
+                    },
+                );
+                if res.is_ok() {
+                    self.publisher_of.insert(slot, id);
+                }
+                let _ = reply.send(res);
+            }
+            Cmd::AddSubscriber {
+                id,
+                slot,
+                audio,
+                video,
+                offer,
+                reply,
+            } => {
+                let res = self.accept(
+                    id,
+                    offer,
+                    PeerRole::Subscriber {
+                        slot: slot.clone(),
+                        audio,
+                        video,
+                        tracks: Vec::new(),
+                    },
+                );
+                let res = res.and_then(|answer| {
+                    let has_tracks = matches!(
+                        self.peers.get(&id).map(|p| &p.role),
+                        Some(PeerRole::Subscriber { tracks, .. }) if !tracks.is_empty()
+                    );
+                    if has_tracks {
+                        Ok(answer)
+                    } else {
+                        self.remove_peer(id);
+                        Err(RtcError::new(
+                            ErrorCode::InvalidParameter,
+                            "the offer has no receivable audio or video m-line with a supported codec (Opus, H.264, VP8)",
+                        ))
+                    }
+                });
+                if res.is_ok() {
+                    self.subscribers_of
+                        .entry(slot.clone())
+                        .or_default()
+                        .push(id);
+                    for tx in &self.workers {
+                        let _ = tx.send(Cmd::Interest {
+                            slot: slot.clone(),
+                            worker: self.idx,
+                            delta: 1,
+                        });
+                    }
+                }
+                let _ = reply.send(res);
+            }
+            Cmd::Remove { id } => self.remove_peer(id),
+            Cmd::Interest {
+                slot,
+                worker,
+                delta,
+            } => {
+                let n = self.workers.len();
+                let counts = self
+                    .interest
+                    .entry(slot.clone())
+                    .or_insert_with(|| vec![0; n]);
+                if let Some(c) = counts.get_mut(worker) {
+                    *c = (*c + delta).max(0);
+                }
+                if counts.iter().all(|c| *c == 0) {
+                    self.interest.remove(&slot);
+                }
+            }
+            Cmd::Forward { slot, packet } => self.deliver(&slot, &packet),
+            Cmd::KeyframeRequest { slot, force } => self.keyframe_request(&slot, force),
+            Cmd::Mute { slot, kind, muted } => {
+                if muted {
+                    self.muted.insert((slot, kind.into()));
+                } else {
+                    self.muted.remove(&(slot, kind.into()));
+                }
+            }
+            Cmd::Shutdown => {}
+        }
+    }
+
+    fn remove_peer(&mut self, id: PeerId) {
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return;
+        };
+        self.stats.peers.fetch_sub(1, Ordering::Relaxed);
+        peer.rtc.disconnect();
+        // Flush the goodbye (RTCP BYE / DTLS close) best effort.
+        while let Ok(out) = peer.rtc.poll_output() {
+            match out {
+                Output::Transmit(t) => self.send_to(&t.contents, t.destination),
+                Output::Timeout(_) => break,
+                Output::Event(_) => {}
+            }
+        }
+        self.by_addr.retain(|_, p| *p != id);
+        match peer.role {
+            PeerRole::Publisher { slot, .. } => {
+                if self.publisher_of.get(&slot) == Some(&id) {
+                    self.publisher_of.remove(&slot);
+                }
+            }
+            PeerRole::Subscriber { slot, .. } => {
+                if let Some(v) = self.subscribers_of.get_mut(&slot) {
+                    v.retain(|p| *p != id);
+                    if v.is_empty() {
+                        self.subscribers_of.remove(&slot);
+                    }
+                }
+                for tx in &self.workers {
+                    let _ = tx.send(Cmd::Interest {
+                        slot: slot.clone(),
+                        worker: self.idx,
+                        delta: -1,
+                    });
+                }
+            }
+        }
+    }
+
+    fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
+        let now = Instant::now();
+        let Ok(contents) = data.try_into() else {
+            self.stats.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        let id = match self.by_addr.get(&source) {
+            Some(id) => Some(*id),
+            None => {
+                let found = self
+                    .peers
+                    .iter()
+                    .find(|(_, p)| !p.dead && p.rtc.accepts(&input))
+                    .map(|(id, _)| *id);
+                if let Some(id) = found {
+                    self.by_addr.insert(source, id);
+                }
+                found
+            }
+        };
+        let Some(id) = id else {
+            self.stats.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = peer.rtc.handle_input(input) {
+            tracing::debug!(peer = id, error = %e, "bad input from peer");
+            peer.dead = true;
+        }
+        let mut routed = Vec::new();
+        self.drain(id, &mut routed);
+        self.route(routed);
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next_timeout <= now || p.dead)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut routed = Vec::new();
+        let mut remove = Vec::new();
+        for id in due {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            if !peer.dead
+                && !peer.connected
+                && now.saturating_duration_since(peer.created) > self.connect_timeout
+            {
+                self.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                peer.dead = true;
+            }
+            if peer.dead || !peer.rtc.is_alive() {
+                remove.push(id);
+                continue;
+            }
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(peer = id, error = %e, "peer timeout handling failed");
+                peer.dead = true;
+            }
+            self.drain(id, &mut routed);
+        }
+        self.route(routed);
+        for id in remove {
+            self.remove_peer(id);
+        }
+    }
+}
