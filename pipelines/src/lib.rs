@@ -1,0 +1,75 @@
+//! # rtcroom-pipelines
+//!
+//! GStreamer media pipelines for rtcroom. This crate knows nothing of WebRTC, actors or rooms:
+//!
+//! * a [`LocalPipeline`] turns a source (test pattern and tone, media file, camera and
+//!   microphone, or frames pushed by the application) into RTP packets ([`RtpPacket`]) on a
+//!   bounded channel, and takes keyframe requests;
+//! * a [`RemotePipeline`] takes RTP packets ([`RemotePipeline::push_rtp`]) and plays them,
+//!   records them into one file per user (no transcoding), hands decoded frames to the
+//!   application, or discards them while counting.
+//!
+//! Payload types, clock rates and fmtp lines are constants in [`codec`], so the WebRTC layer
+//! registers exactly the codecs produced here.
+//!
+//! ## Threads and blocking
+//!
+//! The API is synchronous. Building, stopping and dropping a pipeline change GStreamer states,
+//! which blocks for tens to hundreds of milliseconds (more on first plugin load): async callers
+//! run those in `tokio::task::spawn_blocking`, and call [`preload`] once at start-up.
+//! `push_rtp`, `request_keyframe` and the channel ends never block. Appsink callbacks run on
+//! GStreamer streaming threads and only `try_send`.
+//!
+//! ## Errors
+//!
+//! Building returns [`PipelineError`]; failures while running arrive as
+//! [`PipelineEvent::Error`] on the pipeline's event channel. Teardown (EOS, then `Null`)
+//! happens in `stop()` and in `Drop`, so recordings are finalised either way.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod bus;
+pub mod codec;
+pub mod encoder;
+mod error;
+pub mod profiles;
+mod sink;
+mod source;
+mod util;
+
+pub use bus::PipelineEvent;
+pub use codec::{AudioCodec, Codec, MediaKind, RtpPacket, VideoCodec};
+pub use encoder::{EncoderKind, choose_encoder, select_encoder};
+pub use error::{PipelineError, Result};
+pub use profiles::{AudioProfile, VideoProfile};
+pub use sink::{
+    DecodedFrame, FrameCallback, FrameInfo, RecordFormat, RemoteConfig, RemoteOutput,
+    RemotePipeline, RemoteStats,
+};
+pub use source::{
+    AppAudioFormat, AppAudioInput, AppVideoFormat, AppVideoInput, AudioTrackConfig,
+    KeyframeRequester, LocalConfig, LocalOutputs, LocalPipeline, LocalStats, RawVideoFormat,
+    SourceKind, VideoTrackConfig, microphone_factory,
+};
+
+/// Initialises GStreamer, loads every element factory the pipelines use and probes installed
+/// hardware encoders, so that the first stream does not pay for it. Blocks (hundreds of ms):
+/// call it at start-up, outside async runtime threads. Missing optional plugins are not an
+/// error here; returns the factories that are missing.
+pub fn preload() -> Result<Vec<&'static str>> {
+    use gst::prelude::*;
+    util::init()?;
+    let mut missing = Vec::new();
+    for name in util::USED_FACTORIES {
+        match gst::ElementFactory::find(name).map(|f| f.load()) {
+            Some(Ok(_)) => {}
+            _ => missing.push(*name),
+        }
+    }
+    for codec in [VideoCodec::H264, VideoCodec::Vp8] {
+        // Probes hardware encoders once; the result is cached for later streams.
+        let _ = select_encoder(codec, None);
+    }
+    tracing::info!(?missing, "GStreamer elements preloaded");
+    Ok(missing)
+}
