@@ -81,7 +81,8 @@ pub enum FrameInfo {
         /// Height in pixels.
         height: u32,
     },
-    /// Interleaved S16LE audio at 48 kHz.
+    /// Interleaved S16LE audio at 48 kHz. Opus is signalled as 2 channels on the wire
+    /// (RFC 7587), so received audio decodes to stereo even when the sender sent mono.
     Audio {
         /// Sample rate in Hz.
         rate: u32,
