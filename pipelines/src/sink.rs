@@ -30,6 +30,8 @@ use crate::util::{self, capsfilter, link_chain, make, set_props};
 pub const DEFAULT_JITTER_LATENCY: Duration = Duration::from_millis(200);
 /// Fragment duration of recorded MP4 files: at most this much media is lost on a kill.
 pub const MP4_FRAGMENT_MS: u32 = 1000;
+/// Longest Matroska cluster, in nanoseconds.
+const MAX_CLUSTER_NS: u64 = 1_000_000_000;
 /// Bytes of RTP queued per track before the oldest packets are dropped.
 const APPSRC_MAX_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -441,7 +443,16 @@ fn add_muxer(
         }
     };
     if matches!(format, RecordFormat::Mkv | RecordFormat::WebM) {
-        set_props(&mux, &[("writing-app", "rtcroom".into())])?;
+        set_props(
+            &mux,
+            &[
+                ("writing-app", "rtcroom".into()),
+                // Timestamps start at the first packet's arrival; start the file at 0.
+                ("offset-to-zero", "true".into()),
+                // Close a cluster at least every second, so a killed file loses little.
+                ("max-cluster-duration", MAX_CLUSTER_NS.to_string()),
+            ],
+        )?;
     }
     let sink = make("filesink")?;
     let location = path
@@ -453,6 +464,8 @@ fn add_muxer(
             ("location", location.to_owned()),
             ("sync", "false".into()),
             ("async", "false".into()),
+            // Write each muxed chunk at once: a killed process leaves everything muxed so far.
+            ("buffer-mode", "unbuffered".into()),
         ],
     )?;
     pipeline.add_many([&mux, &sink])?;
