@@ -72,7 +72,11 @@ impl VideoProfile {
                 "video profile has a zero field: {self:?}"
             )));
         }
-        if self.width % 2 != 0 || self.height % 2 != 0 || self.width > 7680 || self.height > 4320 {
+        if !self.width.is_multiple_of(2)
+            || !self.height.is_multiple_of(2)
+            || self.width > 7680
+            || self.height > 4320
+        {
             return Err(PipelineError::Config(format!(
                 "video size must be even and at most 7680x4320: {self:?}"
             )));

@@ -350,42 +350,20 @@ impl LocalPipeline {
             let branch = build_video_branch(&pipeline, v, kind, &config, sync, &counters, &rtp_tx)?;
             encoder_kind = Some(kind);
             encoder_el = Some(branch.encoder);
-            if let Some(src) = video_source(&config)? {
+            if let Some((src, app)) = video_source(&config)? {
                 pipeline.add(&src)?;
                 src.link(&branch.head)?;
-                if let Ok(appsrc) = src.clone().downcast::<gst_app::AppSrc>() {
-                    // App video source implies a format: checked in video_source.
-                    let fmt = match &config.source {
-                        SourceKind::App { video: Some(f), .. } => *f,
-                        _ => unreachable_config()?,
-                    };
-                    let info =
-                        gst_video::VideoInfo::builder(fmt.format.gst(), fmt.width, fmt.height)
-                            .build()?;
-                    app_video = Some(AppVideoInput {
-                        src: appsrc,
-                        frame_size: info.size(),
-                    });
-                }
+                app_video = app;
             }
             heads.push(branch.head);
         }
         if let Some(a) = &config.audio {
             a.profile.validate()?;
             let head = build_audio_branch(&pipeline, a, sync, &counters, &rtp_tx)?;
-            if let Some(src) = audio_source(&config)? {
+            if let Some((src, app)) = audio_source(&config)? {
                 pipeline.add(&src)?;
                 src.link(&head)?;
-                if let Ok(appsrc) = src.clone().downcast::<gst_app::AppSrc>() {
-                    let fmt = match &config.source {
-                        SourceKind::App { audio: Some(f), .. } => *f,
-                        _ => unreachable_config()?,
-                    };
-                    app_audio = Some(AppAudioInput {
-                        src: appsrc,
-                        bytes_per_frame: 2 * fmt.channels as usize,
-                    });
-                }
+                app_audio = app;
             }
             heads.push(head);
         }
@@ -501,10 +479,6 @@ impl Drop for LocalPipeline {
             tracing::warn!(error = %e, "local pipeline stopped uncleanly");
         }
     }
-}
-
-fn unreachable_config<T>() -> Result<T> {
-    Err(PipelineError::Build("app source without format".into()))
 }
 
 struct VideoBranch {
@@ -678,12 +652,13 @@ fn rtp_appsink(
     Ok(sink.upcast())
 }
 
-fn video_source(config: &LocalConfig) -> Result<Option<gst::Element>> {
+/// The video source element, and the push handle when it is an appsrc.
+fn video_source(config: &LocalConfig) -> Result<Option<(gst::Element, Option<AppVideoInput>)>> {
     let live = config.realtime;
     let Some(p) = config.video.as_ref().map(|v| v.profile) else {
         return Ok(None);
     };
-    Ok(Some(match &config.source {
+    let src = match &config.source {
         SourceKind::TestPattern { duration } => {
             let src = make("videotestsrc")?;
             let mut props = vec![
@@ -712,18 +687,24 @@ fn video_source(config: &LocalConfig) -> Result<Option<gst::Element>> {
                 .fps(gst::Fraction::new(fmt.fps.max(1) as i32, 1))
                 .build()
                 .map_err(|_| PipelineError::Config(format!("bad app video format {fmt:?}")))?;
-            let caps = info.to_caps()?;
-            app_src(caps, live, 3)?
+            let src = app_src(&info.to_caps()?, live, 3)?;
+            let input = AppVideoInput {
+                src: src.clone(),
+                frame_size: info.size(),
+            };
+            return Ok(Some((src.upcast(), Some(input))));
         }
-    }))
+    };
+    Ok(Some((src, None)))
 }
 
-fn audio_source(config: &LocalConfig) -> Result<Option<gst::Element>> {
+/// The audio source element, and the push handle when it is an appsrc.
+fn audio_source(config: &LocalConfig) -> Result<Option<(gst::Element, Option<AppAudioInput>)>> {
     let live = config.realtime;
     if config.audio.is_none() {
         return Ok(None);
     }
-    Ok(Some(match &config.source {
+    let src = match &config.source {
         SourceKind::TestPattern { duration } => {
             let src = make("audiotestsrc")?;
             let spb = 48_000 * OPUS_FRAME_MS / 1000;
@@ -766,9 +747,15 @@ fn audio_source(config: &LocalConfig) -> Result<Option<gst::Element>> {
                 .field("rate", fmt.rate as i32)
                 .field("channels", fmt.channels as i32)
                 .build();
-            app_src(caps, live, 50)?
+            let src = app_src(&caps, live, 50)?;
+            let input = AppAudioInput {
+                src: src.clone(),
+                bytes_per_frame: 2 * fmt.channels as usize,
+            };
+            return Ok(Some((src.upcast(), Some(input))));
         }
-    }))
+    };
+    Ok(Some((src, None)))
 }
 
 /// Which microphone element to use: PulseAudio (also PipeWire's pulse server), else ALSA.
@@ -780,9 +767,9 @@ fn frames_in(d: Duration, fps: u32) -> u64 {
     (d.as_millis() * u128::from(fps) / 1000).max(1) as u64
 }
 
-fn app_src(caps: gst::Caps, realtime: bool, max_buffers: u64) -> Result<gst::Element> {
+fn app_src(caps: &gst::Caps, realtime: bool, max_buffers: u64) -> Result<gst_app::AppSrc> {
     let mut b = gst_app::AppSrc::builder()
-        .caps(&caps)
+        .caps(caps)
         .format(gst::Format::Time)
         .is_live(true)
         .max_buffers(max_buffers)
@@ -793,7 +780,7 @@ fn app_src(caps: gst::Caps, realtime: bool, max_buffers: u64) -> Result<gst::Ele
     } else {
         b.block(true)
     };
-    Ok(b.build().upcast())
+    Ok(b.build())
 }
 
 fn add_file_source(
@@ -832,12 +819,11 @@ fn add_file_source(
         } else {
             None
         };
-        if let Some(sink) = head.and_then(|h| h.static_pad("sink")) {
-            if !sink.is_linked() {
-                if let Err(e) = pad.link(&sink) {
-                    tracing::warn!(error = ?e, "cannot link decoded file pad");
-                }
-            }
+        if let Some(sink) = head.and_then(|h| h.static_pad("sink"))
+            && !sink.is_linked()
+            && let Err(e) = pad.link(&sink)
+        {
+            tracing::warn!(error = ?e, "cannot link decoded file pad");
         }
     });
     // A configured track the file lacks gets EOS, so the other track can run and end.
@@ -846,11 +832,11 @@ fn add_file_source(
             .into_iter()
             .flatten()
         {
-            if let Some(sink) = head.static_pad("sink") {
-                if !sink.is_linked() {
-                    tracing::warn!(branch = %head.name(), "media file lacks this track; ending it");
-                    sink.send_event(gst::event::Eos::new());
-                }
+            if let Some(sink) = head.static_pad("sink")
+                && !sink.is_linked()
+            {
+                tracing::warn!(branch = %head.name(), "media file lacks this track; ending it");
+                sink.send_event(gst::event::Eos::new());
             }
         }
     });

@@ -59,10 +59,10 @@ pub(crate) fn link_chain(elements: &[&gst::Element]) -> Result<()> {
 
 /// A capsfilter element with the given caps.
 pub(crate) fn capsfilter(caps: gst::Caps) -> Result<gst::Element> {
-    Ok(gst::ElementFactory::make("capsfilter")
+    gst::ElementFactory::make("capsfilter")
         .property("caps", caps)
         .build()
-        .map_err(|_| PipelineError::MissingElement("capsfilter".into()))?)
+        .map_err(|_| PipelineError::MissingElement("capsfilter".into()))
 }
 
 /// Every element factory the pipelines may create, for [`crate::preload`].
