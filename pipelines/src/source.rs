@@ -38,7 +38,8 @@ const OPUS_FRAME_MS: u32 = 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SourceKind {
-    /// A moving test pattern (`videotestsrc pattern=ball`) and a 440 Hz tone.
+    /// A moving test pattern (SMPTE bars scrolling sideways, which makes the encoder reach its
+    /// target bitrate like camera content does) and a 440 Hz tone.
     TestPattern {
         /// Stop (EOS) after this much media; `None` runs until `stop()`.
         duration: Option<Duration>,
@@ -662,7 +663,8 @@ fn video_source(config: &LocalConfig) -> Result<Option<(gst::Element, Option<App
         SourceKind::TestPattern { duration } => {
             let src = make("videotestsrc")?;
             let mut props = vec![
-                ("pattern", "ball".to_string()),
+                ("pattern", "smpte".to_string()),
+                ("horizontal-speed", "4".into()),
                 ("is-live", live.to_string()),
             ];
             if let Some(d) = duration {
