@@ -487,9 +487,9 @@ struct VideoBranch {
     encoder: gst::Element,
 }
 
-fn encode_queue(realtime: bool) -> Result<gst::Element> {
+fn encode_queue(leaky: bool) -> Result<gst::Element> {
     let q = make("queue")?;
-    if realtime {
+    if leaky {
         // A slow encoder drops old raw frames instead of adding latency.
         set_props(
             &q,
@@ -525,7 +525,10 @@ fn build_video_branch(
             .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
             .build(),
     )?;
-    let queue = encode_queue(config.realtime)?;
+    // Live sources push at their own pace: drop rather than queue when the encoder lags. A
+    // file is paced by the appsink clock sync downstream, so its queue must not leak.
+    let live = config.realtime && !matches!(config.source, SourceKind::File { .. });
+    let queue = encode_queue(live)?;
     let enc = encoder::build_encoder(kind, &p)?;
     let mut chain = vec![convert, scale, rate, raw_caps, queue, enc.clone()];
     let codec = Codec::Video(v.codec);
