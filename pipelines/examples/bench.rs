@@ -41,7 +41,7 @@ fn run_local(config: LocalConfig) -> (Vec<RtpPacket>, Duration, Duration) {
     let rt = rt();
     let cpu0 = cpu_time();
     let t0 = Instant::now();
-    let (mut local, mut out) = LocalPipeline::start(config).expect("local starts");
+    let (local, mut out) = LocalPipeline::start(config).expect("local starts");
     let mut packets = Vec::new();
     rt.block_on(async {
         let mut eos = false;

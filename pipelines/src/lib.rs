@@ -12,6 +12,31 @@
 //! Payload types, clock rates and fmtp lines are constants in [`codec`], so the WebRTC layer
 //! registers exactly the codecs produced here.
 //!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use rtcroom_pipelines::*;
+//!
+//! # fn main() -> Result<(), PipelineError> {
+//! preload()?; // once at start-up, off the async runtime
+//! let (remote, _remote_events) = RemotePipeline::start(RemoteConfig::new(RemoteOutput::Discard))?;
+//! let (local, mut out) = LocalPipeline::start(LocalConfig::new(SourceKind::TestPattern {
+//!     duration: None,
+//! }))?;
+//! // The WebRTC layer writes these to its tracks (PT/clock rate in `packet.codec`); here they
+//! // go straight into the remote side.
+//! for _ in 0..20 {
+//!     let packet = out.rtp.blocking_recv().ok_or(PipelineError::Stopped)?;
+//!     remote.push_rtp(packet.data)?;
+//! }
+//! local.request_keyframe(); // on RTCP PLI/FIR
+//! local.stop()?;
+//! remote.stop()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Threads and blocking
 //!
 //! The API is synchronous. Building, stopping and dropping a pipeline change GStreamer states,

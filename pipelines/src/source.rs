@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -309,7 +309,7 @@ pub struct LocalPipeline {
     keyframes: KeyframeRequester,
     encoder: Option<EncoderKind>,
     counters: Arc<Counters>,
-    stopped: bool,
+    stopped: AtomicBool,
 }
 
 impl std::fmt::Debug for LocalPipeline {
@@ -317,7 +317,7 @@ impl std::fmt::Debug for LocalPipeline {
         f.debug_struct("LocalPipeline")
             .field("encoder", &self.encoder)
             .field("stats", &self.stats())
-            .field("stopped", &self.stopped)
+            .field("stopped", &self.stopped.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -383,7 +383,7 @@ impl LocalPipeline {
             },
             encoder: encoder_kind,
             counters,
-            stopped: false,
+            stopped: AtomicBool::new(false),
         };
         this.play(looping)?;
         tracing::info!(source = ?config.source, encoder = ?encoder_kind, "local pipeline started");
@@ -452,11 +452,10 @@ impl LocalPipeline {
 
     /// Ends every track, waits (at most [`STOP_TIMEOUT`]) for the end of stream to drain, and
     /// shuts the pipeline down. Idempotent. Blocks.
-    pub fn stop(&mut self) -> Result<()> {
-        if self.stopped {
+    pub fn stop(&self) -> Result<()> {
+        if self.stopped.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.stopped = true;
         let drained = if self.watch.is_eos() || self.watch.error().is_some() {
             Ok(())
         } else {

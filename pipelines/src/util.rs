@@ -82,7 +82,6 @@ pub(crate) const USED_FACTORIES: &[&str] = &[
     "videorate",
     "audioconvert",
     "audioresample",
-    "audiorate",
     "x264enc",
     "openh264enc",
     "vp8enc",

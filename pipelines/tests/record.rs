@@ -26,7 +26,7 @@ fn record(path: &Path, format: RecordFormat, codec: VideoCodec, secs: u64, stop:
         jitter_latency: Duration::from_millis(50),
     })
     .expect("recorder starts");
-    let (mut local, mut out) = LocalPipeline::start(LocalConfig {
+    let (local, mut out) = LocalPipeline::start(LocalConfig {
         source: SourceKind::TestPattern {
             duration: Some(Duration::from_secs(secs)),
         },

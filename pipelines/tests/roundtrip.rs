@@ -48,7 +48,7 @@ fn round_trip(config: LocalConfig) -> (Vec<DecodedFrame>, Vec<DecodedFrame>) {
     let rt = rt();
     let codec = config.video.as_ref().map(|v| v.codec).unwrap_or_default();
     let (remote, frames) = frames_remote(codec);
-    let (mut local, mut out) = LocalPipeline::start(config).expect("local starts");
+    let (local, mut out) = LocalPipeline::start(config).expect("local starts");
     let mut packets = 0usize;
     let mut pts_ok = BTreeSet::new();
     pump(
@@ -215,7 +215,7 @@ fn looping_media_file_keeps_going_with_increasing_timestamps() {
     let path = write_test_file(dir.path());
     let rt = rt();
     let (remote, frames) = frames_remote(VideoCodec::H264);
-    let (mut local, mut out) = LocalPipeline::start(local(
+    let (local, mut out) = LocalPipeline::start(local(
         SourceKind::File {
             path,
             looping: true,
@@ -267,7 +267,7 @@ fn app_frames_and_samples_are_published() {
     cfg.realtime = false;
     let rt = rt();
     let (remote, frames) = frames_remote(VideoCodec::H264);
-    let (mut local, mut out) = LocalPipeline::start(cfg).expect("local");
+    let (local, mut out) = LocalPipeline::start(cfg).expect("local");
     let video_in = out.app_video.take().expect("app video input");
     let audio_in = out.app_audio.take().expect("app audio input");
     // Wrong sizes are typed errors, not panics.
@@ -332,7 +332,7 @@ fn keyframe_request_forces_an_idr_on_the_next_frame() {
     );
     cfg.audio = None;
     let rt = rt();
-    let (mut local, mut out) = LocalPipeline::start(cfg).expect("local");
+    let (local, mut out) = LocalPipeline::start(cfg).expect("local");
     let input = out.app_video.take().expect("input");
     let requester = local.keyframe_requester();
     // Frame index of a relative RTP timestamp (rounded: the clock conversion may be 1 tick off).
@@ -429,7 +429,7 @@ fn forced_encoder_is_used_or_refused() {
         LocalPipeline::start(cfg).err(),
         Some(PipelineError::EncoderNotInstalled("nvh264enc".into()))
     );
-    let (mut auto, _o) = LocalPipeline::start(local(
+    let (auto, _o) = LocalPipeline::start(local(
         SourceKind::TestPattern {
             duration: Some(Duration::from_millis(200)),
         },
