@@ -86,6 +86,15 @@ impl BusWatch {
         self.shared.status().error.clone()
     }
 
+    /// The error to report for a failed state change: the element's own error from the bus
+    /// when it arrives within a moment (it says which device or file), else the bare failure.
+    pub(crate) fn state_change_error(&self, e: gst::StateChangeError) -> PipelineError {
+        match self.wait_eos(Duration::from_millis(500)) {
+            Err(err @ PipelineError::Stream { .. }) => err,
+            _ => PipelineError::StateChange(e.to_string()),
+        }
+    }
+
     /// Whether EOS was reached.
     pub(crate) fn is_eos(&self) -> bool {
         self.shared.status().eos

@@ -325,9 +325,7 @@ impl RemotePipeline {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let watch = BusWatch::spawn(&pipeline, ev_tx, false)?;
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
-            let err = watch
-                .error()
-                .unwrap_or_else(|| PipelineError::StateChange(e.to_string()));
+            let err = watch.state_change_error(e);
             let _ = pipeline.set_state(gst::State::Null);
             return Err(err);
         }

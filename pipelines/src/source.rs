@@ -399,11 +399,7 @@ impl LocalPipeline {
     }
 
     fn play(&self, looping: bool) -> Result<()> {
-        let state_err = |e: gst::StateChangeError| {
-            self.watch
-                .error()
-                .unwrap_or_else(|| PipelineError::StateChange(e.to_string()))
-        };
+        let state_err = |e| self.watch.state_change_error(e);
         if looping {
             // Preroll, then replace the initial segment by a segment seek so that the end of
             // the file posts segment-done (handled by the bus thread) instead of EOS.

@@ -129,14 +129,14 @@ fn missing_camera_is_a_typed_error() {
         10,
     ));
     let err = r.expect_err("no such device");
-    assert!(
-        matches!(
-            err,
-            rtcroom_pipelines::PipelineError::Stream { .. }
-                | rtcroom_pipelines::PipelineError::StateChange(_)
-        ),
-        "{err:?}"
-    );
+    // The element's own error, naming the device, not a bare state-change failure.
+    match err {
+        rtcroom_pipelines::PipelineError::Stream { message, debug, .. } => {
+            let text = format!("{message} {debug:?}");
+            assert!(text.contains("rtcroom-no-such-camera"), "{text}");
+        }
+        other => panic!("expected a stream error, got {other:?}"),
+    }
 }
 
 #[test]
