@@ -233,6 +233,17 @@ impl RemotePipeline {
         if let RemoteOutput::Record { format, .. } = &config.output {
             check_container(*format, config.video)?;
         }
+        if matches!(config.output, RemoteOutput::Play)
+            && config.video.is_some()
+            && !has_display(&|k| std::env::var_os(k).is_some())
+        {
+            // autovideosink crashes the process (SIGSEGV in GStreamer 1.22) when no display
+            // exists, so refuse instead of starting it.
+            return Err(PipelineError::Config(
+                "playing video needs a display (DISPLAY or WAYLAND_DISPLAY); use Frames or Discard"
+                    .into(),
+            ));
+        }
         let pipeline = gst::Pipeline::with_name("rtcroom-remote");
         let counters = Arc::<Counters>::default();
         let mux = match &config.output {
@@ -411,6 +422,11 @@ impl Drop for RemotePipeline {
             tracing::warn!(error = %e, "remote pipeline stopped uncleanly");
         }
     }
+}
+
+/// Whether a video sink has a display to draw on.
+fn has_display(env_set: &dyn Fn(&str) -> bool) -> bool {
+    env_set("DISPLAY") || env_set("WAYLAND_DISPLAY")
 }
 
 /// Which codecs each container takes; checked before anything is built.
@@ -605,6 +621,13 @@ mod tests {
         assert!(check_container(RecordFormat::Mkv, Some(VideoCodec::Vp8)).is_ok());
         assert!(check_container(RecordFormat::Mp4, None).is_ok());
         assert_eq!(RecordFormat::default().extension(), "mkv");
+    }
+
+    #[test]
+    fn video_playback_needs_a_display() {
+        assert!(has_display(&|k| k == "DISPLAY"));
+        assert!(has_display(&|k| k == "WAYLAND_DISPLAY"));
+        assert!(!has_display(&|_| false));
     }
 
     #[test]
