@@ -98,3 +98,15 @@ pub fn preload() -> Result<Vec<&'static str>> {
     tracing::info!(?missing, "GStreamer elements preloaded");
     Ok(missing)
 }
+
+// Compile-time check: every handle can move between threads and async tasks.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<LocalPipeline>();
+    send_sync::<RemotePipeline>();
+    send_sync::<KeyframeRequester>();
+    send_sync::<AppVideoInput>();
+    send_sync::<AppAudioInput>();
+    send_sync::<RtpPacket>();
+    send_sync::<PipelineEvent>();
+};
