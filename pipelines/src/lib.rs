@@ -68,13 +68,13 @@ pub use encoder::{EncoderKind, choose_encoder, select_encoder};
 pub use error::{PipelineError, Result};
 pub use profiles::{AudioProfile, VideoProfile};
 pub use sink::{
-    DecodedFrame, FrameCallback, FrameInfo, RecordFormat, RemoteConfig, RemoteOutput,
-    RemotePipeline, RemoteStats,
+    DEFAULT_JITTER_LATENCY, DecodedFrame, FrameCallback, FrameInfo, MP4_FRAGMENT_MS, RecordFormat,
+    RemoteConfig, RemoteOutput, RemotePipeline, RemoteStats,
 };
 pub use source::{
     AppAudioFormat, AppAudioInput, AppVideoFormat, AppVideoInput, AudioTrackConfig,
-    KeyframeRequester, LocalConfig, LocalOutputs, LocalPipeline, LocalStats, RawVideoFormat,
-    SourceKind, VideoTrackConfig, microphone_factory,
+    DEFAULT_RTP_QUEUE, KeyframeRequester, LocalConfig, LocalOutputs, LocalPipeline, LocalStats,
+    RawVideoFormat, STOP_TIMEOUT, SourceKind, VideoTrackConfig, microphone_factory,
 };
 
 /// Initialises GStreamer, loads every element factory the pipelines use and probes installed
