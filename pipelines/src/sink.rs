@@ -252,85 +252,7 @@ impl RemotePipeline {
         };
         let mut tracks = Vec::new();
         for codec in codecs {
-            let appsrc = gst_app::AppSrc::builder()
-                .caps(&codec.rtp_caps())
-                .format(gst::Format::Time)
-                .is_live(true)
-                .do_timestamp(true)
-                .block(false)
-                .max_bytes(APPSRC_MAX_BYTES)
-                .leaky_type(gst_app::AppLeakyType::Downstream)
-                .build();
-            let jitter = make("rtpjitterbuffer")?;
-            let latency_ms = u32::try_from(config.jitter_latency.as_millis()).unwrap_or(u32::MAX);
-            // Outside of playback the media timeline matters more than the arrival clock:
-            // take timestamps from RTP only, so A/V files keep their real duration.
-            let mode = if matches!(config.output, RemoteOutput::Play) {
-                "slave"
-            } else {
-                "none"
-            };
-            set_props(
-                &jitter,
-                &[("latency", latency_ms.to_string()), ("mode", mode.into())],
-            )?;
-            let mut chain: Vec<gst::Element> = vec![appsrc.clone().upcast(), jitter];
-            match codec {
-                Codec::Video(VideoCodec::H264) => {
-                    chain.push(make("rtph264depay")?);
-                    // Whole access units, so that one buffer is one frame.
-                    chain.push(capsfilter(
-                        gst::Caps::builder("video/x-h264")
-                            .field("alignment", "au")
-                            .build(),
-                    )?);
-                }
-                Codec::Video(VideoCodec::Vp8) => chain.push(make("rtpvp8depay")?),
-                Codec::Audio(AudioCodec::Opus) => chain.push(make("rtpopusdepay")?),
-            }
-            // unwrap: the chain holds at least appsrc, jitterbuffer and the depayloader.
-            let depay_end = chain.last().expect("chain is not empty").clone();
-            count_buffers(&depay_end, counters.clone(), codec.kind(), false);
-            match &config.output {
-                RemoteOutput::Record { .. } => {
-                    match codec {
-                        Codec::Video(VideoCodec::H264) => chain.push(make("h264parse")?),
-                        Codec::Video(VideoCodec::Vp8) => {}
-                        Codec::Audio(AudioCodec::Opus) => chain.push(make("opusparse")?),
-                    }
-                    chain.push(make("queue")?);
-                }
-                RemoteOutput::Discard => {
-                    let sink = make("fakesink")?;
-                    set_props(
-                        &sink,
-                        &[("sync", "false".into()), ("async", "false".into())],
-                    )?;
-                    chain.push(sink);
-                }
-                RemoteOutput::Play | RemoteOutput::Frames(_) => {
-                    let decoder = decoder_chain(codec)?;
-                    // unwrap: decoder_chain returns at least the decoder.
-                    let dec = decoder.last().expect("decoder chain is not empty").clone();
-                    chain.extend(decoder);
-                    count_buffers(&dec, counters.clone(), codec.kind(), true);
-                    chain.push(make("queue")?);
-                    match &config.output {
-                        RemoteOutput::Frames(cb) => chain.extend(frames_chain(codec, cb.clone())?),
-                        _ => chain.extend(play_chain(codec)?),
-                    }
-                }
-            }
-            let refs: Vec<&gst::Element> = chain.iter().collect();
-            pipeline.add_many(&refs)?;
-            link_chain(&refs)?;
-            if let Some(mux) = &mux {
-                // unwrap: the record chain ends with a queue.
-                let last = chain.last().expect("chain is not empty");
-                last.link(mux).map_err(|_| {
-                    PipelineError::Build(format!("{codec} cannot go into {}", mux.name()))
-                })?;
-            }
+            let appsrc = build_track(&pipeline, codec, &config, mux.as_ref(), &counters)?;
             tracks.push((codec.payload_type(), appsrc));
         }
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -422,6 +344,95 @@ impl Drop for RemotePipeline {
             tracing::warn!(error = %e, "remote pipeline stopped uncleanly");
         }
     }
+}
+
+/// One track: appsrc ! rtpjitterbuffer ! depay ! output chain (into `mux` when recording).
+fn build_track(
+    pipeline: &gst::Pipeline,
+    codec: Codec,
+    config: &RemoteConfig,
+    mux: Option<&gst::Element>,
+    counters: &Arc<Counters>,
+) -> Result<gst_app::AppSrc> {
+    let appsrc = gst_app::AppSrc::builder()
+        .caps(&codec.rtp_caps())
+        .format(gst::Format::Time)
+        .is_live(true)
+        .do_timestamp(true)
+        .block(false)
+        .max_bytes(APPSRC_MAX_BYTES)
+        .leaky_type(gst_app::AppLeakyType::Downstream)
+        .build();
+    let jitter = make("rtpjitterbuffer")?;
+    let latency_ms = u32::try_from(config.jitter_latency.as_millis()).unwrap_or(u32::MAX);
+    // Outside of playback the media timeline matters more than the arrival clock:
+    // take timestamps from RTP only, so A/V files keep their real duration.
+    let mode = if matches!(config.output, RemoteOutput::Play) {
+        "slave"
+    } else {
+        "none"
+    };
+    set_props(
+        &jitter,
+        &[("latency", latency_ms.to_string()), ("mode", mode.into())],
+    )?;
+    let mut chain: Vec<gst::Element> = vec![appsrc.clone().upcast(), jitter];
+    match codec {
+        Codec::Video(VideoCodec::H264) => {
+            chain.push(make("rtph264depay")?);
+            // Whole access units, so that one buffer is one frame.
+            chain.push(capsfilter(
+                gst::Caps::builder("video/x-h264")
+                    .field("alignment", "au")
+                    .build(),
+            )?);
+        }
+        Codec::Video(VideoCodec::Vp8) => chain.push(make("rtpvp8depay")?),
+        Codec::Audio(AudioCodec::Opus) => chain.push(make("rtpopusdepay")?),
+    }
+    // unwrap: the chain holds at least appsrc, jitterbuffer and the depayloader.
+    let depay_end = chain.last().expect("chain is not empty").clone();
+    count_buffers(&depay_end, counters.clone(), codec.kind(), false);
+    match &config.output {
+        RemoteOutput::Record { .. } => {
+            match codec {
+                Codec::Video(VideoCodec::H264) => chain.push(make("h264parse")?),
+                Codec::Video(VideoCodec::Vp8) => {}
+                Codec::Audio(AudioCodec::Opus) => chain.push(make("opusparse")?),
+            }
+            chain.push(make("queue")?);
+        }
+        RemoteOutput::Discard => {
+            let sink = make("fakesink")?;
+            set_props(
+                &sink,
+                &[("sync", "false".into()), ("async", "false".into())],
+            )?;
+            chain.push(sink);
+        }
+        RemoteOutput::Play | RemoteOutput::Frames(_) => {
+            let decoder = decoder_chain(codec)?;
+            // unwrap: decoder_chain returns at least the decoder.
+            let dec = decoder.last().expect("decoder chain is not empty").clone();
+            chain.extend(decoder);
+            count_buffers(&dec, counters.clone(), codec.kind(), true);
+            chain.push(make("queue")?);
+            match &config.output {
+                RemoteOutput::Frames(cb) => chain.extend(frames_chain(codec, cb.clone())?),
+                _ => chain.extend(play_chain(codec)?),
+            }
+        }
+    }
+    let refs: Vec<&gst::Element> = chain.iter().collect();
+    pipeline.add_many(&refs)?;
+    link_chain(&refs)?;
+    if let Some(mux) = mux {
+        // unwrap: the record chain ends with a queue.
+        let last = chain.last().expect("chain is not empty");
+        last.link(mux)
+            .map_err(|_| PipelineError::Build(format!("{codec} cannot go into {}", mux.name())))?;
+    }
+    Ok(appsrc)
 }
 
 /// Whether a video sink has a display to draw on.
