@@ -81,11 +81,6 @@ impl BusWatch {
         })
     }
 
-    /// The error the pipeline failed with, if it failed.
-    pub(crate) fn error(&self) -> Option<PipelineError> {
-        self.shared.status().error.clone()
-    }
-
     /// The error to report for a failed state change: the element's own error from the bus
     /// when it arrives within a moment (it says which device or file), else the bare failure.
     pub(crate) fn state_change_error(&self, e: gst::StateChangeError) -> PipelineError {
@@ -95,9 +90,29 @@ impl BusWatch {
         }
     }
 
-    /// Whether EOS was reached.
-    pub(crate) fn is_eos(&self) -> bool {
-        self.shared.status().eos
+    /// Stops `pipeline` cleanly: unless it already ended or failed, `send_eos` ends its
+    /// streams and the end of stream is awaited (files get finalised) for at most `timeout`;
+    /// then the pipeline goes to `Null` whatever happened.
+    pub(crate) fn shutdown(
+        &self,
+        pipeline: &gst::Pipeline,
+        timeout: Duration,
+        send_eos: impl FnOnce(),
+    ) -> Result<()> {
+        let ended = {
+            let st = self.shared.status();
+            st.eos || st.error.is_some()
+        };
+        let drained = if ended {
+            Ok(())
+        } else {
+            send_eos();
+            self.wait_eos(timeout)
+        };
+        let nulled = pipeline.set_state(gst::State::Null);
+        drained?;
+        nulled?;
+        Ok(())
     }
 
     /// Waits until EOS (Ok) or an error (Err), at most `timeout`.

@@ -323,18 +323,11 @@ impl RemotePipeline {
         if self.stopped.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let drained = if self.watch.error().is_some() {
-            Ok(())
-        } else {
+        self.watch.shutdown(&self.pipeline, STOP_TIMEOUT, || {
             for (_, src) in &self.tracks {
                 let _ = src.end_of_stream();
             }
-            self.watch.wait_eos(STOP_TIMEOUT)
-        };
-        let nulled = self.pipeline.set_state(gst::State::Null);
-        drained?;
-        nulled?;
-        Ok(())
+        })
     }
 }
 

@@ -204,10 +204,7 @@ impl AppVideoInput {
 
     /// Ends the video track.
     pub fn end_of_stream(&self) -> Result<()> {
-        self.src
-            .end_of_stream()
-            .map(|_| ())
-            .map_err(|e| PipelineError::Flow(format!("{e:?}")))
+        end_of_stream(&self.src)
     }
 }
 
@@ -237,11 +234,14 @@ impl AppAudioInput {
 
     /// Ends the audio track.
     pub fn end_of_stream(&self) -> Result<()> {
-        self.src
-            .end_of_stream()
-            .map(|_| ())
-            .map_err(|e| PipelineError::Flow(format!("{e:?}")))
+        end_of_stream(&self.src)
     }
+}
+
+fn end_of_stream(src: &gst_app::AppSrc) -> Result<()> {
+    src.end_of_stream()
+        .map(|_| ())
+        .map_err(|e| PipelineError::Flow(format!("{e:?}")))
 }
 
 fn push(
@@ -452,20 +452,13 @@ impl LocalPipeline {
         if self.stopped.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let drained = if self.watch.is_eos() || self.watch.error().is_some() {
-            Ok(())
-        } else {
+        self.watch.shutdown(&self.pipeline, STOP_TIMEOUT, || {
             for head in &self.heads {
                 if let Some(pad) = head.static_pad("sink") {
                     pad.send_event(gst::event::Eos::new());
                 }
             }
-            self.watch.wait_eos(STOP_TIMEOUT)
-        };
-        let nulled = self.pipeline.set_state(gst::State::Null);
-        drained?;
-        nulled?;
-        Ok(())
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rtcroom_pipelines::{
     DecodedFrame, FrameCallback, LocalOutputs, PipelineEvent, RemotePipeline, RtpPacket,
@@ -48,15 +48,12 @@ pub fn pump(
     mut seen: impl FnMut(&RtpPacket),
     stop_when: impl Fn(&RemotePipeline) -> bool,
 ) {
-    let end = Instant::now() + deadline;
-    rt.block_on(async {
+    let forward = async {
         let mut eos = false;
         loop {
             if stop_when(remote) {
                 return;
             }
-            let left = end.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "pump deadline of {deadline:?} passed");
             if eos {
                 match out.rtp.try_recv() {
                     Ok(p) => {
@@ -78,10 +75,11 @@ pub fn pump(
                     Some(PipelineEvent::Error(e)) => panic!("local pipeline error: {e}"),
                     _ => {}
                 },
-                _ = tokio::time::sleep(left) => panic!("pump deadline of {deadline:?} passed"),
             }
         }
-    });
+    };
+    rt.block_on(async { tokio::time::timeout(deadline, forward).await })
+        .unwrap_or_else(|_| panic!("pump deadline of {deadline:?} passed"));
 }
 
 /// A frame callback collecting into a std channel, and its receiving end.
