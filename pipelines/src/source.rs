@@ -1,0 +1,858 @@
+//! Local pipelines: a source (test pattern, file, capture device, application) encoded and
+//! payloaded into RTP packets for a `LocalStream`.
+//!
+//! ```text
+//! video: src ! videoconvert ! videoscale ! videorate ! caps(WxH@fps) ! queue ! encoder
+//!            [! caps(constrained-baseline)] ! rtp{h264,vp8}pay mtu=1200 ! appsink
+//! audio: src ! audioconvert ! audioresample ! caps(48k, ch) ! queue ! opusenc
+//!            ! rtpopuspay mtu=1200 ! appsink
+//! ```
+//!
+//! The appsink callbacks only `try_send` into a bounded channel: a slow consumer loses
+//! packets (counted in [`LocalStats::packets_dropped`]), it never stalls the encoder.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gst::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::bus::{BusWatch, PipelineEvent};
+use crate::codec::{AudioCodec, Codec, RTP_MTU, RtpPacket, VideoCodec};
+use crate::encoder::{self, EncoderKind};
+use crate::error::{PipelineError, Result};
+use crate::profiles::{AudioProfile, VideoProfile};
+use crate::util::{self, capsfilter, link_chain, make, set_props};
+
+/// Default capacity of the RTP output channel (about 1 s of 720p video plus audio).
+pub const DEFAULT_RTP_QUEUE: usize = 512;
+/// How long `stop()` waits for the end of stream to drain through the pipeline.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Opus frame duration in milliseconds (20 ms, the WebRTC norm).
+const OPUS_FRAME_MS: u32 = 20;
+
+/// Where the media of a local stream comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceKind {
+    /// A moving test pattern (SMPTE bars scrolling sideways, which makes the encoder reach its
+    /// target bitrate like camera content does) and a 440 Hz tone.
+    TestPattern {
+        /// Stop (EOS) after this much media; `None` runs until `stop()`.
+        duration: Option<Duration>,
+    },
+    /// A media file in any container GStreamer can demux; decoded and re-encoded.
+    File {
+        /// Path of the file.
+        path: PathBuf,
+        /// Restart from the beginning at the end instead of ending the stream.
+        looping: bool,
+    },
+    /// Camera (`v4l2src`) and microphone (`pulsesrc`, else `alsasrc`).
+    Capture {
+        /// V4L2 device such as `/dev/video0`; `None` for the default.
+        camera: Option<String>,
+        /// Pulse/ALSA device name; `None` for the default.
+        microphone: Option<String>,
+    },
+    /// Raw frames and samples pushed by the application through [`AppVideoInput`] and
+    /// [`AppAudioInput`].
+    App {
+        /// Format of pushed video frames (required when a video track is configured).
+        video: Option<AppVideoFormat>,
+        /// Format of pushed audio samples (required when an audio track is configured).
+        audio: Option<AppAudioFormat>,
+    },
+}
+
+/// Pixel formats the application may push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawVideoFormat {
+    /// Planar Y, U, V 4:2:0.
+    I420,
+    /// Y plane then interleaved UV 4:2:0.
+    Nv12,
+    /// 8-bit R, G, B, A.
+    Rgba,
+    /// 8-bit B, G, R, A.
+    Bgra,
+    /// 8-bit packed R, G, B.
+    Rgb,
+}
+
+impl RawVideoFormat {
+    fn gst(self) -> gst_video::VideoFormat {
+        match self {
+            RawVideoFormat::I420 => gst_video::VideoFormat::I420,
+            RawVideoFormat::Nv12 => gst_video::VideoFormat::Nv12,
+            RawVideoFormat::Rgba => gst_video::VideoFormat::Rgba,
+            RawVideoFormat::Bgra => gst_video::VideoFormat::Bgra,
+            RawVideoFormat::Rgb => gst_video::VideoFormat::Rgb,
+        }
+    }
+}
+
+/// Format of application-pushed video frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppVideoFormat {
+    /// Pixel layout.
+    pub format: RawVideoFormat,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Nominal frame rate (frames are re-timed to the profile's rate).
+    pub fps: u32,
+}
+
+/// Format of application-pushed audio: interleaved signed 16-bit little-endian samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppAudioFormat {
+    /// Sample rate in Hz.
+    pub rate: u32,
+    /// Channel count.
+    pub channels: u32,
+}
+
+/// The video track of a local stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VideoTrackConfig {
+    /// H.264 or VP8.
+    pub codec: VideoCodec,
+    /// Size, frame rate, bitrate.
+    pub profile: VideoProfile,
+    /// Force an encoder factory (e.g. `"openh264enc"`); `None` chooses automatically.
+    pub encoder: Option<String>,
+}
+
+/// The audio track of a local stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AudioTrackConfig {
+    /// Opus.
+    pub codec: AudioCodec,
+    /// Channels and bitrate.
+    pub profile: AudioProfile,
+}
+
+/// Configuration of a [`LocalPipeline`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// Where media comes from.
+    pub source: SourceKind,
+    /// Video track, if any.
+    pub video: Option<VideoTrackConfig>,
+    /// Audio track, if any.
+    pub audio: Option<AudioTrackConfig>,
+    /// Pace output in real time (the normal case). `false` runs as fast as the CPU allows and
+    /// makes pushed app frames block instead of being dropped; meant for tests and batch work.
+    pub realtime: bool,
+    /// Capacity of the RTP output channel.
+    pub rtp_queue: usize,
+}
+
+impl LocalConfig {
+    /// Video and audio from `source` with default profiles (480p H.264, standard Opus), real time.
+    pub fn new(source: SourceKind) -> Self {
+        Self {
+            source,
+            video: Some(VideoTrackConfig::default()),
+            audio: Some(AudioTrackConfig::default()),
+            realtime: true,
+            rtp_queue: DEFAULT_RTP_QUEUE,
+        }
+    }
+}
+
+/// Counters of a local pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LocalStats {
+    /// RTP packets handed to the channel.
+    pub packets_sent: u64,
+    /// RTP packets dropped because the channel was full or closed.
+    pub packets_dropped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Pushes application video frames into a [`LocalPipeline`]. Cheap to clone, `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct AppVideoInput {
+    src: gst_app::AppSrc,
+    frame_size: usize,
+}
+
+impl AppVideoInput {
+    /// Pushes one frame of exactly the configured size. `pts` is the frame's presentation time
+    /// since the start of the stream. In real-time mode a full queue drops the oldest frame.
+    pub fn push_frame(&self, data: impl AsRef<[u8]> + Send + 'static, pts: Duration) -> Result<()> {
+        if data.as_ref().len() != self.frame_size {
+            return Err(PipelineError::Config(format!(
+                "video frame is {} bytes, expected {}",
+                data.as_ref().len(),
+                self.frame_size
+            )));
+        }
+        push(&self.src, data, pts)
+    }
+
+    /// Ends the video track.
+    pub fn end_of_stream(&self) -> Result<()> {
+        end_of_stream(&self.src)
+    }
+}
+
+/// Pushes application audio samples into a [`LocalPipeline`]. Cheap to clone, `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct AppAudioInput {
+    src: gst_app::AppSrc,
+    bytes_per_frame: usize,
+}
+
+impl AppAudioInput {
+    /// Pushes interleaved S16LE samples (a whole number of sample frames) starting at `pts`.
+    pub fn push_samples(
+        &self,
+        data: impl AsRef<[u8]> + Send + 'static,
+        pts: Duration,
+    ) -> Result<()> {
+        let len = data.as_ref().len();
+        if len == 0 || len % self.bytes_per_frame != 0 {
+            return Err(PipelineError::Config(format!(
+                "audio chunk of {len} bytes is not a whole number of {}-byte sample frames",
+                self.bytes_per_frame
+            )));
+        }
+        push(&self.src, data, pts)
+    }
+
+    /// Ends the audio track.
+    pub fn end_of_stream(&self) -> Result<()> {
+        end_of_stream(&self.src)
+    }
+}
+
+fn end_of_stream(src: &gst_app::AppSrc) -> Result<()> {
+    src.end_of_stream()
+        .map(|_| ())
+        .map_err(|e| PipelineError::Flow(format!("{e:?}")))
+}
+
+fn push(
+    src: &gst_app::AppSrc,
+    data: impl AsRef<[u8]> + Send + 'static,
+    pts: Duration,
+) -> Result<()> {
+    let mut buf = gst::Buffer::from_slice(data);
+    {
+        // A freshly created buffer has a single owner, so it is writable.
+        let b = buf.get_mut().expect("new buffer is writable");
+        b.set_pts(gst::ClockTime::from_nseconds(
+            u64::try_from(pts.as_nanos()).unwrap_or(u64::MAX),
+        ));
+    }
+    src.push_buffer(buf)
+        .map(|_| ())
+        .map_err(|e| PipelineError::Flow(format!("{e:?}")))
+}
+
+/// Asks the video encoder of a local pipeline for a keyframe. Cheap to clone, `Send + Sync`,
+/// callable from any thread (including async tasks: it does not block).
+#[derive(Debug, Clone)]
+pub struct KeyframeRequester {
+    encoder: Option<gst::Element>,
+}
+
+impl KeyframeRequester {
+    /// Sends a force-key-unit event (with SPS/PPS) upstream into the encoder. Returns whether
+    /// the encoder accepted it; `false` for a pipeline without video.
+    pub fn request_keyframe(&self) -> bool {
+        let Some(enc) = &self.encoder else {
+            return false;
+        };
+        let ev = gst_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        let ok = enc.static_pad("src").is_some_and(|pad| pad.send_event(ev));
+        tracing::debug!(accepted = ok, "keyframe requested");
+        ok
+    }
+}
+
+/// What a started [`LocalPipeline`] hands to its owner.
+#[derive(Debug)]
+pub struct LocalOutputs {
+    /// RTP packets of all tracks, in production order per track.
+    pub rtp: mpsc::Receiver<RtpPacket>,
+    /// Typed pipeline events (EOS, errors, warnings).
+    pub events: mpsc::UnboundedReceiver<PipelineEvent>,
+    /// Video frame input, for [`SourceKind::App`] with a video track.
+    pub app_video: Option<AppVideoInput>,
+    /// Audio sample input, for [`SourceKind::App`] with an audio track.
+    pub app_audio: Option<AppAudioInput>,
+}
+
+/// A running source → encoder → RTP pipeline.
+///
+/// Constructing, stopping and dropping it block (state changes, up to [`STOP_TIMEOUT`] to
+/// drain): async callers use `spawn_blocking`.
+pub struct LocalPipeline {
+    pipeline: gst::Pipeline,
+    watch: BusWatch,
+    heads: Vec<gst::Element>,
+    keyframes: KeyframeRequester,
+    encoder: Option<EncoderKind>,
+    counters: Arc<Counters>,
+    stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for LocalPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalPipeline")
+            .field("encoder", &self.encoder)
+            .field("stats", &self.stats())
+            .field("stopped", &self.stopped.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl LocalPipeline {
+    /// Builds and starts the pipeline.
+    pub fn start(config: LocalConfig) -> Result<(Self, LocalOutputs)> {
+        util::init()?;
+        if config.video.is_none() && config.audio.is_none() {
+            return Err(PipelineError::Config(
+                "a local stream needs at least one track".into(),
+            ));
+        }
+        if config.rtp_queue == 0 {
+            return Err(PipelineError::Config("rtp_queue must be at least 1".into()));
+        }
+        let pipeline = gst::Pipeline::with_name("rtcroom-local");
+        let (rtp_tx, rtp_rx) = mpsc::channel(config.rtp_queue);
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let counters = Arc::<Counters>::default();
+        let mut heads = Vec::new();
+        let mut encoder_kind = None;
+        let mut encoder_el = None;
+        let mut app_video = None;
+        let mut app_audio = None;
+        let sync = config.realtime && matches!(config.source, SourceKind::File { .. });
+
+        if let Some(v) = &config.video {
+            v.profile.validate()?;
+            let kind = encoder::select_encoder(v.codec, v.encoder.as_deref())?;
+            let branch = build_video_branch(&pipeline, v, kind, &config, sync, &counters, &rtp_tx)?;
+            encoder_kind = Some(kind);
+            encoder_el = Some(branch.encoder);
+            if let Some((src, app)) = video_source(&config)? {
+                pipeline.add(&src)?;
+                src.link(&branch.head)?;
+                app_video = app;
+            }
+            heads.push(branch.head);
+        }
+        if let Some(a) = &config.audio {
+            a.profile.validate()?;
+            let head = build_audio_branch(&pipeline, a, sync, &counters, &rtp_tx)?;
+            if let Some((src, app)) = audio_source(&config)? {
+                pipeline.add(&src)?;
+                src.link(&head)?;
+                app_audio = app;
+            }
+            heads.push(head);
+        }
+
+        let looping = matches!(config.source, SourceKind::File { looping: true, .. });
+        if let SourceKind::File { path, .. } = &config.source {
+            add_file_source(&pipeline, path, &config, &heads)?;
+        }
+        let watch = BusWatch::spawn(&pipeline, ev_tx, looping)?;
+        let this = LocalPipeline {
+            pipeline,
+            watch,
+            heads,
+            keyframes: KeyframeRequester {
+                encoder: encoder_el,
+            },
+            encoder: encoder_kind,
+            counters,
+            stopped: AtomicBool::new(false),
+        };
+        this.play(looping)?;
+        tracing::info!(source = ?config.source, encoder = ?encoder_kind, "local pipeline started");
+        Ok((
+            this,
+            LocalOutputs {
+                rtp: rtp_rx,
+                events: ev_rx,
+                app_video,
+                app_audio,
+            },
+        ))
+    }
+
+    fn play(&self, looping: bool) -> Result<()> {
+        let state_err = |e| self.watch.state_change_error(e);
+        if looping {
+            // Preroll, then replace the initial segment by a segment seek so that the end of
+            // the file posts segment-done (handled by the bus thread) instead of EOS.
+            self.pipeline
+                .set_state(gst::State::Paused)
+                .map_err(state_err)?;
+            let (res, _, _) = self.pipeline.state(gst::ClockTime::from_seconds(10));
+            res.map_err(state_err)?;
+            self.pipeline.seek(
+                1.0,
+                gst::SeekFlags::FLUSH | gst::SeekFlags::SEGMENT,
+                gst::SeekType::Set,
+                gst::ClockTime::ZERO,
+                gst::SeekType::None,
+                gst::ClockTime::NONE,
+            )?;
+        }
+        self.pipeline
+            .set_state(gst::State::Playing)
+            .map_err(state_err)?;
+        Ok(())
+    }
+
+    /// Asks the video encoder for a keyframe (e.g. on RTCP PLI/FIR). Does not block.
+    pub fn request_keyframe(&self) -> bool {
+        self.keyframes.request_keyframe()
+    }
+
+    /// A handle to request keyframes from other threads or tasks.
+    pub fn keyframe_requester(&self) -> KeyframeRequester {
+        self.keyframes.clone()
+    }
+
+    /// The video encoder in use, if the stream has video.
+    pub fn encoder(&self) -> Option<EncoderKind> {
+        self.encoder
+    }
+
+    /// Packet counters.
+    pub fn stats(&self) -> LocalStats {
+        LocalStats {
+            packets_sent: self.counters.sent.load(Ordering::Relaxed),
+            packets_dropped: self.counters.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends every track, waits (at most [`STOP_TIMEOUT`]) for the end of stream to drain, and
+    /// shuts the pipeline down. Idempotent. Blocks.
+    pub fn stop(&self) -> Result<()> {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.watch.shutdown(&self.pipeline, STOP_TIMEOUT, || {
+            for head in &self.heads {
+                if let Some(pad) = head.static_pad("sink") {
+                    pad.send_event(gst::event::Eos::new());
+                }
+            }
+        })
+    }
+}
+
+impl Drop for LocalPipeline {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(error = %e, "local pipeline stopped uncleanly");
+        }
+    }
+}
+
+struct VideoBranch {
+    head: gst::Element,
+    encoder: gst::Element,
+}
+
+fn encode_queue(leaky: bool) -> Result<gst::Element> {
+    let q = make("queue")?;
+    if leaky {
+        // A slow encoder drops old raw frames instead of adding latency.
+        set_props(
+            &q,
+            &[
+                ("leaky", "downstream".into()),
+                ("max-size-buffers", "3".into()),
+                ("max-size-bytes", "0".into()),
+                ("max-size-time", "0".into()),
+            ],
+        )?;
+    }
+    Ok(q)
+}
+
+fn build_video_branch(
+    pipeline: &gst::Pipeline,
+    v: &VideoTrackConfig,
+    kind: EncoderKind,
+    config: &LocalConfig,
+    sync: bool,
+    counters: &Arc<Counters>,
+    tx: &mpsc::Sender<RtpPacket>,
+) -> Result<VideoBranch> {
+    let p = v.profile;
+    let convert = make("videoconvert")?;
+    let scale = make("videoscale")?;
+    let rate = make("videorate")?;
+    let raw_caps = capsfilter(
+        gst::Caps::builder("video/x-raw")
+            .field("width", p.width as i32)
+            .field("height", p.height as i32)
+            .field("framerate", gst::Fraction::new(p.fps as i32, 1))
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+            .build(),
+    )?;
+    // Live sources push at their own pace: drop rather than queue when the encoder lags. A
+    // file is paced by the appsink clock sync downstream, so its queue must not leak.
+    let live = config.realtime && !matches!(config.source, SourceKind::File { .. });
+    let queue = encode_queue(live)?;
+    let enc = encoder::build_encoder(kind, &p)?;
+    let mut chain = vec![convert, scale, rate, raw_caps, queue, enc.clone()];
+    let codec = Codec::Video(v.codec);
+    let pay = match v.codec {
+        VideoCodec::H264 => {
+            chain.push(capsfilter(
+                gst::Caps::builder("video/x-h264")
+                    .field("profile", "constrained-baseline")
+                    .field("stream-format", "byte-stream")
+                    .field("alignment", "au")
+                    .build(),
+            )?);
+            let pay = make("rtph264pay")?;
+            set_props(
+                &pay,
+                &[
+                    ("config-interval", "-1".into()),
+                    ("aggregate-mode", "zero-latency".into()),
+                ],
+            )?;
+            pay
+        }
+        VideoCodec::Vp8 => {
+            let pay = make("rtpvp8pay")?;
+            set_props(&pay, &[("picture-id-mode", "15-bit".into())])?;
+            pay
+        }
+    };
+    set_props(
+        &pay,
+        &[
+            ("pt", codec.payload_type().to_string()),
+            ("mtu", RTP_MTU.to_string()),
+        ],
+    )?;
+    chain.push(pay);
+    chain.push(rtp_appsink(codec, sync, counters, tx)?);
+    let refs: Vec<&gst::Element> = chain.iter().collect();
+    pipeline.add_many(&refs)?;
+    link_chain(&refs)?;
+    Ok(VideoBranch {
+        head: chain[0].clone(),
+        encoder: enc,
+    })
+}
+
+fn build_audio_branch(
+    pipeline: &gst::Pipeline,
+    a: &AudioTrackConfig,
+    sync: bool,
+    counters: &Arc<Counters>,
+    tx: &mpsc::Sender<RtpPacket>,
+) -> Result<gst::Element> {
+    let p = a.profile;
+    let convert = make("audioconvert")?;
+    let resample = make("audioresample")?;
+    let raw_caps = capsfilter(
+        gst::Caps::builder("audio/x-raw")
+            .field("rate", p.sample_rate as i32)
+            .field("channels", p.channels as i32)
+            .build(),
+    )?;
+    let queue = encode_queue(false)?;
+    let enc = make("opusenc")?;
+    set_props(
+        &enc,
+        &[
+            ("bitrate", (u64::from(p.bitrate_kbps) * 1000).to_string()),
+            ("frame-size", OPUS_FRAME_MS.to_string()),
+            ("inband-fec", "true".into()),
+        ],
+    )?;
+    let codec = Codec::Audio(a.codec);
+    let pay = make("rtpopuspay")?;
+    set_props(
+        &pay,
+        &[
+            ("pt", codec.payload_type().to_string()),
+            ("mtu", RTP_MTU.to_string()),
+        ],
+    )?;
+    let sink = rtp_appsink(codec, sync, counters, tx)?;
+    let chain = [&convert, &resample, &raw_caps, &queue, &enc, &pay, &sink];
+    pipeline.add_many(chain)?;
+    link_chain(&chain)?;
+    Ok(convert)
+}
+
+/// The appsink that hands RTP packets to the channel without ever blocking.
+fn rtp_appsink(
+    codec: Codec,
+    sync: bool,
+    counters: &Arc<Counters>,
+    tx: &mpsc::Sender<RtpPacket>,
+) -> Result<gst::Element> {
+    let counters = counters.clone();
+    let tx = tx.clone();
+    let sink = gst_app::AppSink::builder()
+        .sync(sync)
+        .async_(false)
+        .callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                // Runs on the streaming thread: only try_send, never block.
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let Some(buffer) = sample.buffer_owned() else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let Ok(mapped) = buffer.into_mapped_buffer_readable() else {
+                        return Err(gst::FlowError::Error);
+                    };
+                    let packet = RtpPacket {
+                        data: Bytes::from_owner(mapped),
+                        codec,
+                    };
+                    match tx.try_send(packet) {
+                        Ok(()) => counters.sent.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => counters.dropped.fetch_add(1, Ordering::Relaxed),
+                    };
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        )
+        .build();
+    Ok(sink.upcast())
+}
+
+/// The video source element, and the push handle when it is an appsrc.
+fn video_source(config: &LocalConfig) -> Result<Option<(gst::Element, Option<AppVideoInput>)>> {
+    let live = config.realtime;
+    let Some(p) = config.video.as_ref().map(|v| v.profile) else {
+        return Ok(None);
+    };
+    let src = match &config.source {
+        SourceKind::TestPattern { duration } => {
+            let src = make("videotestsrc")?;
+            let mut props = vec![
+                ("pattern", "smpte".to_string()),
+                ("horizontal-speed", "4".into()),
+                ("is-live", live.to_string()),
+            ];
+            if let Some(d) = duration {
+                props.push(("num-buffers", frames_in(*d, p.fps).to_string()));
+            }
+            set_props(&src, &props)?;
+            src
+        }
+        SourceKind::File { .. } => return Ok(None),
+        SourceKind::Capture { camera, .. } => {
+            let src = make("v4l2src")?;
+            if let Some(dev) = camera {
+                set_props(&src, &[("device", dev.clone())])?;
+            }
+            src
+        }
+        SourceKind::App { video, .. } => {
+            let fmt = video.ok_or_else(|| {
+                PipelineError::Config("app source with a video track needs a video format".into())
+            })?;
+            let info = gst_video::VideoInfo::builder(fmt.format.gst(), fmt.width, fmt.height)
+                .fps(gst::Fraction::new(fmt.fps.max(1) as i32, 1))
+                .build()
+                .map_err(|_| PipelineError::Config(format!("bad app video format {fmt:?}")))?;
+            let src = app_src(&info.to_caps()?, live, 3)?;
+            let input = AppVideoInput {
+                src: src.clone(),
+                frame_size: info.size(),
+            };
+            return Ok(Some((src.upcast(), Some(input))));
+        }
+    };
+    Ok(Some((src, None)))
+}
+
+/// The audio source element, and the push handle when it is an appsrc.
+fn audio_source(config: &LocalConfig) -> Result<Option<(gst::Element, Option<AppAudioInput>)>> {
+    let live = config.realtime;
+    if config.audio.is_none() {
+        return Ok(None);
+    }
+    let src = match &config.source {
+        SourceKind::TestPattern { duration } => {
+            let src = make("audiotestsrc")?;
+            let spb = 48_000 * OPUS_FRAME_MS / 1000;
+            let mut props = vec![
+                ("wave", "sine".to_string()),
+                ("freq", "440".into()),
+                ("is-live", live.to_string()),
+                ("samplesperbuffer", spb.to_string()),
+            ];
+            if let Some(d) = duration {
+                let buffers = (d.as_millis() / u128::from(OPUS_FRAME_MS)).max(1);
+                props.push(("num-buffers", buffers.to_string()));
+            }
+            set_props(&src, &props)?;
+            src
+        }
+        SourceKind::File { .. } => return Ok(None),
+        SourceKind::Capture { microphone, .. } => {
+            let factory = microphone_factory(&util::installed)
+                .ok_or_else(|| PipelineError::MissingElement("pulsesrc or alsasrc".into()))?;
+            let src = make(factory)?;
+            if let Some(dev) = microphone {
+                set_props(&src, &[("device", dev.clone())])?;
+            }
+            set_props(&src, &[("do-timestamp", "true".into())])?;
+            src
+        }
+        SourceKind::App { audio, .. } => {
+            let fmt = audio.ok_or_else(|| {
+                PipelineError::Config("app source with an audio track needs an audio format".into())
+            })?;
+            if !(1..=8).contains(&fmt.channels) || !(8_000..=192_000).contains(&fmt.rate) {
+                return Err(PipelineError::Config(format!(
+                    "bad app audio format {fmt:?}"
+                )));
+            }
+            let caps = gst::Caps::builder("audio/x-raw")
+                .field("format", "S16LE")
+                .field("layout", "interleaved")
+                .field("rate", fmt.rate as i32)
+                .field("channels", fmt.channels as i32)
+                .build();
+            let src = app_src(&caps, live, 50)?;
+            let input = AppAudioInput {
+                src: src.clone(),
+                bytes_per_frame: 2 * fmt.channels as usize,
+            };
+            return Ok(Some((src.upcast(), Some(input))));
+        }
+    };
+    Ok(Some((src, None)))
+}
+
+/// Which microphone element to use: PulseAudio (also PipeWire's pulse server), else ALSA.
+pub fn microphone_factory(installed: &dyn Fn(&str) -> bool) -> Option<&'static str> {
+    ["pulsesrc", "alsasrc"].into_iter().find(|f| installed(f))
+}
+
+fn frames_in(d: Duration, fps: u32) -> u64 {
+    (d.as_millis() * u128::from(fps) / 1000).max(1) as u64
+}
+
+fn app_src(caps: &gst::Caps, realtime: bool, max_buffers: u64) -> Result<gst_app::AppSrc> {
+    let mut b = gst_app::AppSrc::builder()
+        .caps(caps)
+        .format(gst::Format::Time)
+        .is_live(true)
+        .max_buffers(max_buffers)
+        .max_bytes(0)
+        .max_time(gst::ClockTime::ZERO);
+    b = if realtime {
+        b.block(false).leaky_type(gst_app::AppLeakyType::Downstream)
+    } else {
+        b.block(true)
+    };
+    Ok(b.build())
+}
+
+fn add_file_source(
+    pipeline: &gst::Pipeline,
+    path: &std::path::Path,
+    config: &LocalConfig,
+    heads: &[gst::Element],
+) -> Result<()> {
+    let abs = std::fs::canonicalize(path)
+        .map_err(|e| PipelineError::Config(format!("media file {}: {e}", path.display())))?;
+    let uri = gst::glib::filename_to_uri(&abs, None)
+        .map_err(|e| PipelineError::Config(format!("media file {}: {e}", path.display())))?;
+    let decode = make("uridecodebin")?;
+    set_props(&decode, &[("uri", uri.to_string())])?;
+    pipeline.add(&decode)?;
+    // heads[0] is video when configured, then audio.
+    let mut it = heads.iter();
+    let video_head = config.video.as_ref().and_then(|_| it.next()).cloned();
+    let audio_head = config.audio.as_ref().and_then(|_| it.next()).cloned();
+    let (vh, ah) = (video_head.clone(), audio_head.clone());
+    // Runs on a streaming thread: link decoded pads to the matching branch.
+    decode.connect_pad_added(move |_, pad| {
+        let caps = pad.current_caps().or_else(|| Some(pad.query_caps(None)));
+        let is_video = caps
+            .as_ref()
+            .and_then(|c| c.structure(0))
+            .is_some_and(|s| s.name().starts_with("video/"));
+        let is_audio = caps
+            .as_ref()
+            .and_then(|c| c.structure(0))
+            .is_some_and(|s| s.name().starts_with("audio/"));
+        let head = if is_video {
+            vh.as_ref()
+        } else if is_audio {
+            ah.as_ref()
+        } else {
+            None
+        };
+        if let Some(sink) = head.and_then(|h| h.static_pad("sink"))
+            && !sink.is_linked()
+            && let Err(e) = pad.link(&sink)
+        {
+            tracing::warn!(error = ?e, "cannot link decoded file pad");
+        }
+    });
+    // A configured track the file lacks gets EOS, so the other track can run and end.
+    decode.connect_no_more_pads(move |_| {
+        for head in [video_head.as_ref(), audio_head.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(sink) = head.static_pad("sink")
+                && !sink.is_linked()
+            {
+                tracing::warn!(branch = %head.name(), "media file lacks this track; ending it");
+                sink.send_event(gst::event::Eos::new());
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn microphone_prefers_pulse_then_alsa() {
+        assert_eq!(
+            microphone_factory(&|n| n == "pulsesrc" || n == "alsasrc"),
+            Some("pulsesrc")
+        );
+        assert_eq!(microphone_factory(&|n| n == "alsasrc"), Some("alsasrc"));
+        assert_eq!(microphone_factory(&|_| false), None);
+    }
+
+    #[test]
+    fn frame_counts() {
+        assert_eq!(frames_in(Duration::from_secs(2), 15), 30);
+        assert_eq!(frames_in(Duration::from_millis(1), 15), 1);
+    }
+}

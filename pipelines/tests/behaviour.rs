@@ -1,0 +1,190 @@
+//! Non-blocking output, pacing, discard counting, device errors and preload.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rtcroom_pipelines::{
+    AudioCodec, AudioTrackConfig, LocalConfig, LocalPipeline, PipelineEvent, RemoteConfig,
+    RemoteOutput, RemotePipeline, SourceKind, VideoCodec, VideoProfile, VideoTrackConfig,
+};
+
+fn video_only(source: SourceKind, realtime: bool, rtp_queue: usize) -> LocalConfig {
+    LocalConfig {
+        source,
+        video: Some(VideoTrackConfig {
+            codec: VideoCodec::H264,
+            profile: VideoProfile::P120,
+            encoder: None,
+        }),
+        audio: None,
+        realtime,
+        rtp_queue,
+    }
+}
+
+fn wait_eos(rt: &tokio::runtime::Runtime, out: &mut rtcroom_pipelines::LocalOutputs) {
+    match next_event(rt, &mut out.events, Duration::from_secs(20)) {
+        Some(PipelineEvent::Eos) => {}
+        other => panic!("expected EOS, got {other:?}"),
+    }
+}
+
+#[test]
+fn full_rtp_channel_drops_and_counts_instead_of_blocking() {
+    let rt = rt();
+    let (local, mut out) = LocalPipeline::start(video_only(
+        SourceKind::TestPattern {
+            duration: Some(Duration::from_secs(2)),
+        },
+        false,
+        4,
+    ))
+    .expect("starts");
+    // Nobody reads the RTP channel; the pipeline must still run to its end.
+    wait_eos(&rt, &mut out);
+    let stats = local.stats();
+    assert_eq!(stats.packets_sent, 4);
+    assert!(stats.packets_dropped > 0, "{stats:?}");
+}
+
+#[test]
+fn media_file_is_paced_in_real_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("one-second.mkv");
+    make_media_file(&format!(
+        "videotestsrc num-buffers=15 ! video/x-raw,width=160,height=120,framerate=15/1 \
+         ! x264enc ! h264parse ! matroskamux ! filesink location={}",
+        path.display()
+    ));
+    let rt = rt();
+    let started = Instant::now();
+    let (_local, mut out) = LocalPipeline::start(video_only(
+        SourceKind::File {
+            path,
+            looping: false,
+        },
+        true,
+        1000,
+    ))
+    .expect("starts");
+    wait_eos(&rt, &mut out);
+    // 15 frames at 15 fps: the last one is due 0.93 s after the first.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "1 s file played in {took:?}"
+    );
+    // No frame may be lost on the way (the marker bit ends each frame).
+    let mut frames = 0;
+    while let Ok(p) = out.rtp.try_recv() {
+        frames += usize::from(p.marker());
+    }
+    assert_eq!(frames, 15);
+}
+
+#[test]
+fn discard_output_counts_frames() {
+    let rt = rt();
+    let (remote, _ev) = RemotePipeline::start(RemoteConfig {
+        video: Some(VideoCodec::H264),
+        audio: Some(AudioCodec::Opus),
+        output: RemoteOutput::Discard,
+        jitter_latency: Duration::from_millis(20),
+    })
+    .expect("remote");
+    let mut cfg = video_only(
+        SourceKind::TestPattern {
+            duration: Some(Duration::from_secs(1)),
+        },
+        false,
+        100_000,
+    );
+    cfg.audio = Some(AudioTrackConfig::default());
+    let (_local, mut out) = LocalPipeline::start(cfg).expect("local");
+    pump(
+        &rt,
+        &mut out,
+        &remote,
+        Duration::from_secs(20),
+        |_| {},
+        |_| false,
+    );
+    remote.stop().expect("stop");
+    let s = remote.stats();
+    assert_eq!(s.video_frames, 15, "{s:?}");
+    assert!(s.audio_frames >= 50, "{s:?}");
+    assert_eq!(s.decoded_video_frames, 0, "discard does not decode");
+}
+
+#[test]
+fn missing_camera_is_a_typed_error() {
+    let r = LocalPipeline::start(video_only(
+        SourceKind::Capture {
+            camera: Some("/dev/rtcroom-no-such-camera".into()),
+            microphone: None,
+        },
+        true,
+        10,
+    ));
+    let err = r.expect_err("no such device");
+    // The element's own error, naming the device, not a bare state-change failure.
+    match err {
+        rtcroom_pipelines::PipelineError::Stream { message, debug, .. } => {
+            let text = format!("{message} {debug:?}");
+            assert!(text.contains("rtcroom-no-such-camera"), "{text}");
+        }
+        other => panic!("expected a stream error, got {other:?}"),
+    }
+}
+
+#[test]
+fn preload_loads_the_elements_in_use() {
+    let missing = rtcroom_pipelines::preload().expect("preload");
+    for needed in [
+        "x264enc",
+        "vp8enc",
+        "opusenc",
+        "rtph264pay",
+        "rtpjitterbuffer",
+        "matroskamux",
+    ] {
+        assert!(!missing.contains(&needed), "{needed} missing: {missing:?}");
+    }
+}
+
+#[test]
+fn play_output_decodes_audio() {
+    // Video playback needs a display; audio falls back to a fake sink on a headless machine
+    // (autoaudiosink), so the play path is exercised with audio.
+    let rt = rt();
+    let (remote, _ev) = RemotePipeline::start(RemoteConfig {
+        video: None,
+        audio: Some(AudioCodec::Opus),
+        output: RemoteOutput::Play,
+        jitter_latency: Duration::from_millis(20),
+    })
+    .expect("remote");
+    let mut cfg = video_only(
+        SourceKind::TestPattern {
+            duration: Some(Duration::from_secs(1)),
+        },
+        false,
+        100_000,
+    );
+    cfg.video = None;
+    cfg.audio = Some(AudioTrackConfig::default());
+    let (_local, mut out) = LocalPipeline::start(cfg).expect("local");
+    pump(
+        &rt,
+        &mut out,
+        &remote,
+        Duration::from_secs(20),
+        |_| {},
+        |r| r.stats().decoded_audio_frames >= 50,
+    );
+    remote.stop().expect("stop drains the played audio");
+    let s = remote.stats();
+    assert!(s.decoded_audio_frames >= 50, "{s:?}");
+}
