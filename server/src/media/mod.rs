@@ -280,9 +280,8 @@ impl MediaPlane {
                 reply,
             })
             .await?;
-        // The worker has told every worker that it now wants the slot's packets; ask the
-        // publisher for a keyframe so the first frame comes at once.
-        self.request_keyframe(&slot, true);
+        // The worker has told every worker that it now wants the slot's packets; it asks the
+        // publisher for a keyframe once the subscriber has connected.
         Ok((id, answer))
     }
 

@@ -163,7 +163,44 @@ fn kind_of(k: str0m::media::MediaKind) -> MediaKind {
 /// Events a drain produced that need the other peers (so they are handled after the drain).
 enum Routed {
     Packet(SlotKey, Arc<FwdPacket>),
-    KeyframeWanted(SlotKey),
+    /// A subscriber wants a keyframe; `true` bypasses the rate limit.
+    Keyframe(SlotKey, bool),
+}
+
+/// The audio/video m-lines of an SDP: (kind, mid, whether the offerer receives on it).
+fn media_lines(sdp: &str) -> Vec<(MediaKind, String, bool)> {
+    let mut out = Vec::new();
+    let mut current: Option<(MediaKind, Option<String>, bool, bool)> = None;
+    let flush = |c: Option<(MediaKind, Option<String>, bool, bool)>, out: &mut Vec<_>| {
+        if let Some((kind, Some(mid), receives, port_ok)) = c
+            && port_ok
+        {
+            out.push((kind, mid, receives));
+        }
+    };
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("m=") {
+            flush(current.take(), &mut out);
+            let mut parts = rest.split_whitespace();
+            let kind = match parts.next() {
+                Some("audio") => Some(MediaKind::Audio),
+                Some("video") => Some(MediaKind::Video),
+                _ => None,
+            };
+            let port_ok = parts.next().is_some_and(|p| p != "0");
+            // Without a direction attribute an m-line is sendrecv.
+            current = kind.map(|k| (k, None, true, port_ok));
+        } else if let Some((_, mid, receives, _)) = current.as_mut() {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                *mid = Some(m.to_owned());
+            } else if line == "a=sendonly" || line == "a=inactive" {
+                *receives = false;
+            }
+        }
+    }
+    flush(current.take(), &mut out);
+    out
 }
 
 impl Worker {
@@ -299,32 +336,16 @@ impl Worker {
             return;
         };
         match e {
-            Event::Connected => peer.connected = true,
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => peer.dead = true,
-            Event::Closed => peer.dead = true,
-            Event::MediaAdded(m) => {
-                if let PeerRole::Subscriber {
-                    audio,
-                    video,
-                    tracks,
-                    ..
-                } = &mut peer.role
-                {
-                    let kind = kind_of(m.kind);
-                    let wanted = match kind {
-                        MediaKind::Audio => *audio,
-                        MediaKind::Video => *video,
-                    };
-                    if wanted && !tracks.iter().any(|t| t.kind == kind) {
-                        tracks.push(OutTrack {
-                            kind,
-                            mid: m.mid,
-                            pt_map: HashMap::new(),
-                            rewriter: SeqRewriter::default(),
-                        });
-                    }
+            Event::Connected => {
+                peer.connected = true;
+                // A new subscriber gets a keyframe at once (not rate-limited), asked for when
+                // it can receive it so its first frame does not wait a whole GOP.
+                if let PeerRole::Subscriber { slot, .. } = &peer.role {
+                    routed.push(Routed::Keyframe(slot.clone(), true));
                 }
             }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => peer.dead = true,
+            Event::Closed => peer.dead = true,
             Event::RtpPacket(pkt) => {
                 let PeerRole::Publisher { slot, kinds } = &mut peer.role else {
                     return;
@@ -374,7 +395,7 @@ impl Worker {
             }
             Event::KeyframeRequest(_) => {
                 if let PeerRole::Subscriber { slot, .. } = &peer.role {
-                    routed.push(Routed::KeyframeWanted(slot.clone()));
+                    routed.push(Routed::Keyframe(slot.clone(), false));
                 }
             }
             _ => {}
@@ -400,7 +421,7 @@ impl Worker {
                     }
                     self.deliver(&slot, &packet);
                 }
-                Routed::KeyframeWanted(slot) => {
+                Routed::Keyframe(slot, force) => {
                     let publisher = self
                         .publishers
                         .read()
@@ -409,9 +430,9 @@ impl Worker {
                     if let Some(p) = publisher {
                         let w = (p & 0xff) as usize;
                         if w == self.idx {
-                            self.keyframe_request(&slot, false);
+                            self.keyframe_request(&slot, force);
                         } else if let Some(tx) = self.workers.get(w) {
-                            let _ = tx.send(Cmd::KeyframeRequest { slot, force: false });
+                            let _ = tx.send(Cmd::KeyframeRequest { slot, force });
                         }
                     }
                 }
@@ -559,7 +580,13 @@ impl Worker {
             .build(Instant::now())
     }
 
-    fn accept(&mut self, id: PeerId, offer: SdpOffer, role: PeerRole) -> Result<String, RtcError> {
+    fn accept(
+        &mut self,
+        id: PeerId,
+        offer: SdpOffer,
+        mut role: PeerRole,
+    ) -> Result<String, RtcError> {
+        let lines = media_lines(&offer.to_sdp_string());
         let mut rtc = self.new_rtc();
         let candidate = Candidate::host(self.announced, "udp")
             .map_err(|e| RtcError::new(ErrorCode::Unknown, format!("host candidate: {e}")))?;
@@ -570,6 +597,31 @@ impl Worker {
                 format!("SDP offer refused: {e}"),
             )
         })?;
+        // A subscriber's tracks come from its offer's receiving m-lines that str0m accepted.
+        if let PeerRole::Subscriber {
+            audio,
+            video,
+            tracks,
+            ..
+        } = &mut role
+        {
+            for (kind, mid, receives) in lines {
+                let wanted = match kind {
+                    MediaKind::Audio => *audio,
+                    MediaKind::Video => *video,
+                };
+                let mid = Mid::from(mid.as_str());
+                let usable = rtc.media(mid).is_some_and(|m| !m.disabled());
+                if wanted && receives && usable && !tracks.iter().any(|t| t.kind == kind) {
+                    tracks.push(OutTrack {
+                        kind,
+                        mid,
+                        pt_map: HashMap::new(),
+                        rewriter: SeqRewriter::default(),
+                    });
+                }
+            }
+        }
         let now = Instant::now();
         self.peers.insert(
             id,
@@ -807,5 +859,28 @@ impl Worker {
         for id in remove {
             self.remove_peer(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_lines_reads_kinds_mids_and_directions() {
+        let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\na=recvonly\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=sendonly\r\n\
+                   m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:3\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v2\r\n";
+        assert_eq!(
+            media_lines(sdp),
+            vec![
+                (MediaKind::Video, "0".to_owned(), true),
+                (MediaKind::Audio, "1".to_owned(), false),
+                (MediaKind::Video, "v2".to_owned(), true),
+            ]
+        );
+        assert!(media_lines("garbage").is_empty());
     }
 }

@@ -1,6 +1,8 @@
 //! Test harness: a real server on a free loopback port and a real WebSocket client.
 #![allow(dead_code)]
 
+pub mod peer;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 

@@ -1,0 +1,401 @@
+//! SFU end to end on loopback: a webrtc-rs peer publishes real H.264 + Opus from a GStreamer
+//! test source, subscribers receive it through the server, decode it and count frames.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::peer::{self, Publisher};
+use common::*;
+use rtcroom_pipelines::{
+    DecodedFrame, FrameInfo, LocalConfig, LocalPipeline, RemoteConfig, RemoteOutput,
+    RemotePipeline, SourceKind, VideoProfile, VideoTrackConfig,
+};
+use rtcroom_protocol::signal::{
+    ClientMessage, PublishRequest, ReplyData, ServerEvent, StreamType, SubscribeRequest,
+};
+use rtcroom_protocol::{ErrorCode, Mode, Role, UserId};
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+fn answer_of(r: Option<ReplyData>) -> String {
+    match r {
+        Some(ReplyData::Answer { sdp }) => sdp,
+        other => panic!("expected an SDP answer, got {other:?}"),
+    }
+}
+
+/// Counts decoded video frames and their size.
+struct Decoder {
+    remote: RemotePipeline,
+    video_frames: Arc<AtomicU64>,
+    audio_frames: Arc<AtomicU64>,
+    size: Arc<std::sync::Mutex<Option<(u32, u32)>>>,
+    first_keyframe_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    packets: Arc<AtomicU64>,
+}
+
+impl Decoder {
+    fn new() -> Arc<Decoder> {
+        let video_frames = Arc::new(AtomicU64::new(0));
+        let audio_frames = Arc::new(AtomicU64::new(0));
+        let size = Arc::new(std::sync::Mutex::new(None));
+        let (v, a, sz) = (video_frames.clone(), audio_frames.clone(), size.clone());
+        let cb = Arc::new(move |f: DecodedFrame| match f.info {
+            FrameInfo::Video { width, height } => {
+                v.fetch_add(1, Ordering::Relaxed);
+                *sz.lock().unwrap() = Some((width, height));
+            }
+            FrameInfo::Audio { .. } => {
+                a.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let (remote, _events) =
+            RemotePipeline::start(RemoteConfig::new(RemoteOutput::Frames(cb))).unwrap();
+        Arc::new(Decoder {
+            remote,
+            video_frames,
+            audio_frames,
+            size,
+            first_keyframe_at: Arc::new(std::sync::Mutex::new(None)),
+            packets: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn sink(self: &Arc<Self>) -> Arc<dyn Fn(RTPCodecType, bytes::Bytes) + Send + Sync> {
+        let me = self.clone();
+        Arc::new(move |kind, b| {
+            me.packets.fetch_add(1, Ordering::Relaxed);
+            if kind == RTPCodecType::Video && peer::is_h264_keyframe(&b) {
+                let mut k = me.first_keyframe_at.lock().unwrap();
+                if k.is_none() {
+                    *k = Some(Instant::now());
+                }
+            }
+            let _ = me.remote.push_rtp(b);
+        })
+    }
+}
+
+async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while !cond() {
+        assert!(t.elapsed() < deadline, "timed out waiting for {what}");
+        tick.tick().await;
+    }
+}
+
+/// Pump a local pipeline's RTP into the publisher's tracks until `stop` is set.
+fn pump(
+    publisher: Arc<Publisher>,
+    mut out: rtcroom_pipelines::LocalOutputs,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            match tokio::time::timeout(Duration::from_millis(200), out.rtp.recv()).await {
+                Ok(Some(p)) => {
+                    publisher.write(&p).await;
+                    n += 1;
+                }
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+        n
+    })
+}
+
+async fn subscribe(
+    c: &mut Client,
+    publisher: &str,
+    decoder: &Arc<Decoder>,
+) -> Arc<webrtc::peer_connection::RTCPeerConnection> {
+    let pc = peer::subscriber(decoder.sink()).await;
+    let offer = peer::full_offer(&pc).await;
+    let reply = c
+        .request(ClientMessage::Subscribe(SubscribeRequest {
+            user_id: uid(publisher),
+            stream_type: StreamType::Main,
+            audio: true,
+            video: true,
+            sdp: Some(offer),
+        }))
+        .await
+        .expect("subscribe accepted");
+    peer::apply_answer(&pc, answer_of(reply)).await;
+    pc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_to_two_subscribers_then_late_joiner_then_unpublish() {
+    rtcroom_pipelines::preload().unwrap();
+    let server = start(config());
+    let url = server.ws_url();
+
+    // The publisher: real H.264 (30 fps so a keyframe request is answered fast) + Opus.
+    let (mut alice, _) = joined(&url, "alice", "4242", Mode::Rtc, None).await;
+    let publisher = Arc::new(Publisher::new().await);
+    let mut cfg = LocalConfig::new(SourceKind::TestPattern { duration: None });
+    cfg.video = Some(VideoTrackConfig {
+        profile: VideoProfile::new(320, 240, 30, 400),
+        ..Default::default()
+    });
+    let (local, out) = tokio::task::spawn_blocking(move || LocalPipeline::start(cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    let keyframes = local.keyframe_requester();
+    let requests = Arc::new(AtomicU64::new(0));
+    let r = requests.clone();
+    publisher.on_keyframe_request(move || {
+        r.fetch_add(1, Ordering::Relaxed);
+        keyframes.request_keyframe();
+    });
+    let offer = peer::full_offer(&publisher.pc).await;
+    let reply = alice
+        .request(ClientMessage::Publish(PublishRequest {
+            stream_type: StreamType::Main,
+            has_audio: true,
+            has_video: true,
+            sdp: Some(offer),
+        }))
+        .await
+        .expect("publish accepted");
+    peer::apply_answer(&publisher.pc, answer_of(reply)).await;
+    assert!(
+        peer::connected(&publisher.pc, Duration::from_secs(10)).await,
+        "publisher connects"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let pumping = pump(publisher.clone(), out, stop.clone());
+
+    // Two subscribers decode it.
+    let (mut bob, _) = joined(&url, "bob", "4242", Mode::Rtc, None).await;
+    let (mut carol, _) = joined(&url, "carol", "4242", Mode::Rtc, None).await;
+    let (db, dc) = (Decoder::new(), Decoder::new());
+    let _pb = subscribe(&mut bob, "alice", &db).await;
+    let _pc = subscribe(&mut carol, "alice", &dc).await;
+    for d in [&db, &dc] {
+        wait_for("30 decoded video frames", Duration::from_secs(15), || {
+            d.video_frames.load(Ordering::Relaxed) >= 30
+        })
+        .await;
+        wait_for("decoded audio", Duration::from_secs(5), || {
+            d.audio_frames.load(Ordering::Relaxed) >= 10
+        })
+        .await;
+        assert_eq!(*d.size.lock().unwrap(), Some((320, 240)));
+    }
+    assert!(
+        requests.load(Ordering::Relaxed) >= 1,
+        "new subscribers asked for a keyframe"
+    );
+    let stats = server.metrics().media().unwrap().clone();
+    assert!(stats.packets_out.load(Ordering::Relaxed) > stats.packets_in.load(Ordering::Relaxed));
+
+    // A late joiner gets a keyframe within 100 ms of its connection coming up.
+    let (mut dave, _) = joined(&url, "dave", "4242", Mode::Rtc, None).await;
+    let dd = Decoder::new();
+    let pd = peer::subscriber(dd.sink()).await;
+    let offer = peer::full_offer(&pd).await;
+    let reply = dave
+        .request(ClientMessage::Subscribe(SubscribeRequest {
+            user_id: uid("alice"),
+            stream_type: StreamType::Main,
+            audio: true,
+            video: true,
+            sdp: Some(offer),
+        }))
+        .await
+        .unwrap();
+    let conn = {
+        let pd = pd.clone();
+        tokio::spawn(async move {
+            let ok = peer::connected(&pd, Duration::from_secs(10)).await;
+            (ok, Instant::now())
+        })
+    };
+    peer::apply_answer(&pd, answer_of(reply)).await;
+    let (ok, connected_at) = conn.await.unwrap();
+    assert!(ok, "late subscriber connects");
+    wait_for(
+        "a keyframe at the late subscriber",
+        Duration::from_secs(5),
+        || dd.first_keyframe_at.lock().unwrap().is_some(),
+    )
+    .await;
+    let first_key = dd.first_keyframe_at.lock().unwrap().unwrap();
+    let wait = first_key.saturating_duration_since(connected_at);
+    assert!(
+        wait < Duration::from_millis(100),
+        "first keyframe {wait:?} after connecting"
+    );
+    wait_for("late subscriber decodes", Duration::from_secs(10), || {
+        dd.video_frames.load(Ordering::Relaxed) >= 5
+    })
+    .await;
+
+    // Unpublish: subscribers hear stream-removed and media stops.
+    alice
+        .request(ClientMessage::Unpublish {
+            stream_type: StreamType::Main,
+        })
+        .await
+        .unwrap();
+    loop {
+        match bob.event().await {
+            ServerEvent::StreamRemoved {
+                user_id,
+                stream_type,
+            } => {
+                assert_eq!((user_id, stream_type), (uid("alice"), StreamType::Main));
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let settled = db.packets.load(Ordering::Relaxed);
+    let forwarded = stats.packets_out.load(Ordering::Relaxed);
+    // Keep the publisher sending for a while: nothing more may be forwarded.
+    let mut tick = tokio::time::interval(Duration::from_millis(300));
+    tick.tick().await;
+    tick.tick().await;
+    let later = stats.packets_out.load(Ordering::Relaxed);
+    assert!(
+        later <= forwarded + 5,
+        "forwarding stopped: {forwarded} then {later}"
+    );
+    assert!(db.packets.load(Ordering::Relaxed) <= settled + 5);
+
+    stop.store(true, Ordering::Relaxed);
+    assert!(pumping.await.unwrap() > 100);
+    tokio::task::spawn_blocking(move || local.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    server.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_publish_and_bad_sdp_get_codes() {
+    let server = start(config());
+    let url = server.ws_url();
+    let (mut anchor, _) = joined(&url, "anchor", "7", Mode::Live, Some(Role::Anchor)).await;
+    let (mut viewer, _) = joined(&url, "viewer", "7", Mode::Live, None).await;
+    let publisher = Publisher::new().await;
+    let offer = peer::full_offer(&publisher.pc).await;
+    let e = viewer
+        .request(ClientMessage::Publish(PublishRequest {
+            stream_type: StreamType::Main,
+            has_audio: true,
+            has_video: true,
+            sdp: Some(offer.clone()),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.extra_code),
+        (ErrorCode::InvalidOperation, Some(5107))
+    );
+
+    // Malformed SDP: refused, and no stream-added reaches anyone.
+    let e = anchor
+        .request(ClientMessage::Publish(PublishRequest {
+            stream_type: StreamType::Main,
+            has_audio: true,
+            has_video: true,
+            sdp: Some("v=0\r\nthis is not sdp".into()),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidParameter);
+    // Subscribing to a stream that is not published.
+    let e = viewer
+        .request(ClientMessage::Subscribe(SubscribeRequest {
+            user_id: uid("anchor"),
+            stream_type: StreamType::Main,
+            audio: true,
+            video: true,
+            sdp: Some(offer.clone()),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::RemoteStreamNotExist);
+
+    // Garbage UDP to a media port changes nothing and panics nothing.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stats = server.metrics().media().unwrap().clone();
+    let media_port = {
+        // The answer names the worker's port; publish properly to learn it.
+        let reply = anchor
+            .request(ClientMessage::Publish(PublishRequest {
+                stream_type: StreamType::Main,
+                has_audio: true,
+                has_video: true,
+                sdp: Some(offer),
+            }))
+            .await
+            .unwrap();
+        let sdp = answer_of(reply);
+        let line = sdp
+            .lines()
+            .find(|l| l.starts_with("a=candidate"))
+            .unwrap()
+            .to_owned();
+        line.split_whitespace()
+            .nth(5)
+            .unwrap()
+            .parse::<u16>()
+            .unwrap()
+    };
+    let before = stats.dropped_datagrams.load(Ordering::Relaxed);
+    for i in 0..50u8 {
+        let junk = vec![i; (i as usize) * 7 + 1];
+        sock.send_to(&junk, ("127.0.0.1", media_port)).unwrap();
+    }
+    wait_for("garbage counted as dropped", Duration::from_secs(5), || {
+        stats.dropped_datagrams.load(Ordering::Relaxed) >= before + 40
+    })
+    .await;
+    // The server still works.
+    anchor.request(ClientMessage::Heartbeat).await.unwrap();
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_never_connects_is_dropped() {
+    let mut cfg = config();
+    cfg.media.connect_timeout_s = 0.5;
+    let server = start(cfg);
+    let (mut anchor, _) = joined(&server.ws_url(), "a", "8", Mode::Rtc, None).await;
+    let publisher = Publisher::new().await;
+    let offer = peer::full_offer(&publisher.pc).await;
+    // Accept the answer's existence but never apply it: no ICE, no DTLS.
+    anchor
+        .request(ClientMessage::Publish(PublishRequest {
+            stream_type: StreamType::Main,
+            has_audio: true,
+            has_video: true,
+            sdp: Some(offer),
+        }))
+        .await
+        .unwrap();
+    let stats = server.metrics().media().unwrap().clone();
+    assert_eq!(stats.peers.load(Ordering::Relaxed), 1);
+    wait_for(
+        "the unconnected peer to be dropped",
+        Duration::from_secs(5),
+        || stats.connect_timeouts.load(Ordering::Relaxed) == 1,
+    )
+    .await;
+    assert_eq!(stats.peers.load(Ordering::Relaxed), 0);
+    server.stop().unwrap();
+}
