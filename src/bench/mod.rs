@@ -4,8 +4,12 @@
 //! a free loopback port, with its own key file) so the server's CPU and memory come from its
 //! own process accounting, separate from the load generator's.
 //!
-//! Scenarios so far: `join` (N clients join one room and leave). The media scenarios
-//! (`meeting`, `livestream`, `audio-room`) arrive with the SFU and harness issues.
+//! Scenarios so far: `join` (N clients join one room and leave) and `livestream` (1 anchor to
+//! N audience, light str0m clients replaying pre-encoded RTP). `meeting` and `audio-room`
+//! arrive with the harness issue.
+
+mod light;
+mod media;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -65,6 +69,20 @@ pub struct CommonArgs {
 
 #[derive(Subcommand, Debug)]
 enum Scenario {
+    /// 1 anchor publishes 720p H.264 (~1.5 Mbit/s) + Opus to N audience members (live mode),
+    /// who decrypt and count without decoding.
+    #[command(after_help = "Examples:\n  rtcroom bench livestream --subscribers 50 --duration 10\n  \
+        rtcroom bench livestream --subscribers 400 --duration 20 --json live.json")]
+    Livestream {
+        /// Audience members.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        subscribers: usize,
+        /// Subscribers started per second.
+        #[arg(long, value_name = "PER_SEC", default_value_t = 100.0)]
+        rate: f64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
     /// N clients join one room (concurrently, or at --rate per second), hold, and leave.
     #[command(after_help = "Examples:\n  rtcroom bench join --clients 200\n  \
         rtcroom bench join --clients 10000 --mode live --rate 2000 --json join.json")]
@@ -102,6 +120,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
             mode,
             common,
         } => rt.block_on(join_scenario(clients, rate, mode, common)),
+        Scenario::Livestream {
+            subscribers,
+            rate,
+            common,
+        } => rt.block_on(media::livestream(subscribers, rate, common)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
