@@ -203,11 +203,13 @@ impl ClientActor {
         });
     }
 
+    /// Emit room events; the view is updated first, so a user who reads the view on an
+    /// event sees the state after it.
     fn emit_all(&self, events: Vec<ClientEvent>) {
+        self.refresh_view();
         for e in events {
             self.emit(e);
         }
-        self.refresh_view();
     }
 
     fn join_request(&self) -> Option<ClientMessage> {

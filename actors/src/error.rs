@@ -50,9 +50,33 @@ impl SignalError {
         }
     }
 
-    /// Whether a new attempt may succeed without changing the request.
+    /// Whether a new attempt may succeed without changing the request: everything but
+    /// refusals that only a new UserSig, PrivateMapKey or parameter can fix (account errors
+    /// 0x4001, INVALID_PARAMETER, missing permissions, the room's other mode). A full room or
+    /// a server that is stopping ("JOIN_ROOM_FAILED" without an extra code) may be retried.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, SignalError::Rejected(_))
+        match self {
+            SignalError::Rejected(e) => !is_permanent_refusal(e),
+            _ => true,
+        }
+    }
+}
+
+/// A join refusal that repeating the same join cannot change.
+pub fn is_permanent_refusal(e: &RtcError) -> bool {
+    use rtcroom_protocol::error::extra;
+    match e.code {
+        ErrorCode::SignalChannelSetupFailed | ErrorCode::InvalidParameter => true,
+        ErrorCode::JoinRoomFailed => matches!(
+            e.extra_code,
+            Some(
+                extra::PRIVILEGE_FLAG_ERROR
+                    | extra::NO_PERMISSION_CREATE_ROOM
+                    | extra::NO_PERMISSION_ENTER_ROOM
+                    | extra::BAD_SCENE_OR_ROLE
+            )
+        ),
+        _ => false,
     }
 }
 
@@ -67,7 +91,18 @@ mod tests {
             SignalError::Rejected(refused.clone()).into_join_error(),
             refused
         );
-        assert!(!SignalError::Rejected(refused).is_retryable());
+        // A full room may have space on the next attempt; a bad key never works.
+        assert!(SignalError::Rejected(refused).is_retryable());
+        let stopping = RtcError::new(ErrorCode::JoinRoomFailed, "the server is stopping");
+        assert!(SignalError::Rejected(stopping).is_retryable());
+        for permanent in [
+            RtcError::with_extra(ErrorCode::SignalChannelSetupFailed, 70001, "expired"),
+            RtcError::with_extra(ErrorCode::InvalidParameter, 5013, "room"),
+            RtcError::with_extra(ErrorCode::JoinRoomFailed, -102011, "no enter bit"),
+            RtcError::with_extra(ErrorCode::JoinRoomFailed, -100011, "other mode"),
+        ] {
+            assert!(!SignalError::Rejected(permanent).is_retryable());
+        }
         let t = crate::requests::RequestKind::Join.timeout_error();
         assert_eq!(SignalError::Timeout(t.clone()).into_join_error(), t);
         for e in [SignalError::Connect("refused".into()), SignalError::Lost] {

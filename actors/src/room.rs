@@ -142,7 +142,8 @@ impl RoomState {
         let mut out = Vec::new();
         match event {
             ServerEvent::PeerJoin { user_id } => {
-                if self.members.insert(user_id.clone()) {
+                let fresh = self.members.insert(user_id.clone());
+                if fresh {
                     out.push(ClientEvent::PeerJoin { user_id });
                 }
             }
