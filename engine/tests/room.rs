@@ -344,3 +344,33 @@ async fn events_stream_ends_when_the_client_is_dropped() {
     }
     assert_eq!(n, 2, "CONNECTING and CONNECTED, then the end");
 }
+
+#[tokio::test]
+async fn leave_during_a_pending_join_cancels_it() {
+    init_tracing();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut c = TestClient::new(config(&format!("ws://{addr}/ws"), "lea", Mode::Rtc));
+    let mut ev = c.client.events();
+    let join = c.client.join(JoinOptions::new(5006u32));
+    let leave = async {
+        // Leave as soon as the join is under way (CONNECTING).
+        ev.recv().await;
+        c.client.leave().await
+    };
+    let (joined, left) = bounded(async { tokio::join!(join, leave) }).await;
+    let e = joined.unwrap_err();
+    assert_eq!(e.code, ErrorCode::JoinRoomFailed, "{e}");
+    assert!(e.message.contains("leave"), "{e}");
+    left.unwrap();
+    assert_eq!(c.connection_state(), Disconnected);
+    assert_eq!(c.next().await, state_change(Disconnected, Connecting));
+    assert_eq!(c.next().await, state_change(Connecting, Disconnected));
+    hold.abort();
+}
