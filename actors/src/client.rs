@@ -619,3 +619,120 @@ impl Handler<Shutdown> for ClientActor {
         ctx.stop();
     }
 }
+
+/// Fault injection for supervision tests: crash the current signalling actor.
+#[cfg(test)]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct CrashSignaling;
+
+#[cfg(test)]
+impl Handler<CrashSignaling> for ClientActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CrashSignaling, _: &mut Self::Context) {
+        if let Some(sig) = &self.signaling {
+            sig.do_send(crate::signaling::Crash);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::ConnectionState;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    /// A server that accepts every join and answers every request; reports each join.
+    async fn answering_server() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        actix::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let tx = tx.clone();
+                actix::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok(WsMessage::Text(t))) = ws.next().await {
+                        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                        let id = v["id"].as_u64().unwrap();
+                        let reply = if v["msg"]["type"] == "join" {
+                            let _ = tx.send(());
+                            serde_json::json!({"type":"reply","v":1,"id":id,"data":{
+                                "kind":"joined","roomId":1,"role":"anchor","members":[],
+                                "streams":[],"heartbeatIntervalS":2}})
+                        } else {
+                            serde_json::json!({"type":"reply","v":1,"id":id})
+                        };
+                        if ws.send(WsMessage::text(reply.to_string())).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    #[actix::test]
+    async fn a_crashed_signaling_actor_is_replaced_and_the_client_rejoins() {
+        let (url, mut joins) = answering_server().await;
+        let hub = Arc::new(ClientHub::new());
+        let mut events = hub.subscribe();
+        let mut settings = ClientSettings::new(
+            1_400_000_000,
+            UserId::new("sup").unwrap(),
+            "sig".into(),
+            Mode::Rtc,
+            url,
+        );
+        settings.reconnect.unit = Duration::from_millis(10);
+        let client = ClientActor::new(settings, hub.clone()).start();
+        client
+            .send(ClientRequest::Join(JoinParams {
+                room_id: RoomId::numeric(1).unwrap(),
+                role: Role::Anchor,
+                private_map_key: None,
+            }))
+            .await
+            .unwrap()
+            .unwrap();
+        joins.recv().await.unwrap();
+        client.do_send(CrashSignaling);
+        let states = async {
+            let mut seen = Vec::new();
+            while let Some(e) = events.recv().await {
+                if let ClientEvent::ConnectionStateChanged { state, .. } = e {
+                    seen.push(state);
+                    if seen.ends_with(&[ConnectionState::Reconnecting, ConnectionState::Connected])
+                    {
+                        return seen;
+                    }
+                }
+            }
+            seen
+        };
+        let seen = tokio::time::timeout(Duration::from_secs(10), states)
+            .await
+            .expect("reconnected in time");
+        assert_eq!(
+            seen,
+            [
+                ConnectionState::Connecting,
+                ConnectionState::Connected,
+                ConnectionState::Reconnecting,
+                ConnectionState::Connected
+            ]
+        );
+        // The replacement connection joined again; the client actor survived the crash.
+        tokio::time::timeout(Duration::from_secs(10), joins.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(hub.view().connection_state, ConnectionState::Connected);
+        assert!(client.connected());
+    }
+}

@@ -338,6 +338,21 @@ impl Handler<CloseSignaling> for SignalingActor {
     }
 }
 
+/// Fault injection for supervision tests: the actor panics. Test builds only.
+#[cfg(test)]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Crash;
+
+#[cfg(test)]
+impl Handler<Crash> for SignalingActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Crash, _: &mut Self::Context) {
+        panic!("injected fault: SignalingActor crashes");
+    }
+}
+
 /// Open a WebSocket to `url` within `timeout` (a timeout is the join's timeout error).
 pub async fn connect(url: &str, timeout: Duration) -> Result<WsStream, SignalError> {
     match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {

@@ -1,8 +1,10 @@
 //! 100 joined clients in one process, no media: join time and process memory.
 //!
 //! Run: `cargo bench -p rtcroom --bench join100` (optionally `-- <clients> <hold_seconds>`).
-//! The room server runs in the same process (its own thread), so the RSS figures include it;
-//! the clients' share is the growth after the server started.
+//! By default the room server runs in the same process (its own thread), so the RSS figures
+//! include its per-session state. With `RTCROOM_BENCH_URL=ws://host:port/ws` the clients use
+//! an external server instead (one configured with sdkAppId 1400000000 and key `bench-key`),
+//! and the figures are the engine's alone.
 
 use std::time::{Duration, Instant};
 
@@ -61,8 +63,24 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg = ServerConfig::single_app("127.0.0.1:0", APP, KEY);
     cfg.workers = Some(1);
     cfg.timeouts.shutdown_timeout_s = 1;
-    let server = RunningServer::spawn(cfg)?;
-    let url = server.ws_url();
+    let external = std::env::var("RTCROOM_BENCH_URL").ok();
+    let server = match &external {
+        Some(_) => None,
+        None => Some(RunningServer::spawn(cfg)?),
+    };
+    let url = match (&external, &server) {
+        (Some(u), _) => u.clone(),
+        (None, Some(s)) => s.ws_url(),
+        (None, None) => unreachable!("a server is started when no URL is given"),
+    };
+    println!(
+        "server: {}",
+        if external.is_some() {
+            "external (not in these RSS figures)"
+        } else {
+            "in-process (included in RSS)"
+        }
+    );
     let rss_server = status_kib("VmRSS:");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -163,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
         mib(status_kib("VmHWM:"))
     );
     println!(
-        "clients' share (held - server up): {:.1} MiB = {:.0} KiB per client",
+        "growth since before the clients (held - server up): {:.1} MiB = {:.0} KiB per client",
         mib(rss_held.saturating_sub(rss_server)),
         rss_held.saturating_sub(rss_server) as f64 / n as f64
     );
