@@ -186,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         rss_held.saturating_sub(rss_server) as f64 / n as f64
     );
     println!(
-        "CPU while holding: {cpu_hold:.2} s over {:?} ({:.1}% of one core, server included)",
+        "CPU of this process while holding: {cpu_hold:.2} s over {:?} ({:.1}% of one core)",
         held,
         cpu_hold / held.as_secs_f64() * 100.0
     );
