@@ -34,7 +34,8 @@ use crate::lifecycle::{Lifecycle, Phase, Recovery, StateChange};
 use crate::requests::{DEFAULT_JOIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RequestKind};
 use crate::room::RoomState;
 use crate::signaling::{
-    CloseSignaling, Generation, SignalEvent, SignalRequest, SignalingActor, StartHeartbeat, connect,
+    CloseSignaling, Generation, SignalEvent, SignalRequest, SignalingActor, StartHeartbeat,
+    WsStream, connect,
 };
 
 /// Everything fixed for the life of a client (validated by the engine).
@@ -130,8 +131,7 @@ enum Attempt {
     Rejoin(u32),
 }
 
-type AttemptResult =
-    Result<(Addr<SignalingActor>, JoinResult), (Option<Addr<SignalingActor>>, SignalError)>;
+type AttemptResult = Result<JoinResult, SignalError>;
 
 /// The client actor.
 pub struct ClientActor {
@@ -242,45 +242,60 @@ impl ClientActor {
     fn start_attempt(&mut self, ctx: &mut Context<Self>, attempt: Attempt) {
         self.drop_connection();
         let generation = self.generation;
+        tracing::info!(parent: &self.span, ?attempt, "connecting");
+        let url = self.settings.server_url.clone();
+        let timeout = self.settings.join_timeout;
+        let deadline = Instant::now() + timeout;
+        ctx.spawn(
+            async move { connect(&url, timeout).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(ws) => act.send_join(ctx, generation, attempt, ws, deadline),
+                    Err(e) => act.attempt_done(ctx, generation, attempt, Err(e)),
+                }),
+        );
+    }
+
+    /// The socket is open: hand it to a new `SignalingActor` (owned by this actor from now
+    /// on, so it is closed whatever happens next) and send the join.
+    fn send_join(
+        &mut self,
+        ctx: &mut Context<Self>,
+        generation: Generation,
+        attempt: Attempt,
+        ws: WsStream,
+        deadline: Instant,
+    ) {
+        if generation != self.generation {
+            // Superseded (left meanwhile): dropping the socket closes it.
+            return;
+        }
         let Some(join) = self.join_request() else {
             // Attempts only start after a join stored its parameters.
             tracing::error!(parent: &self.span, "connection attempt without join parameters");
             return;
         };
-        tracing::info!(parent: &self.span, ?attempt, "connecting");
-        let url = self.settings.server_url.clone();
-        let timeout = self.settings.join_timeout;
         let me = ctx.address().recipient::<SignalEvent>();
-        let span = self.span.clone();
-        let fut = async move {
-            let deadline = Instant::now() + timeout;
-            let ws = connect(&url, timeout).await.map_err(|e| (None, e))?;
-            let addr = SignalingActor::new(ws, generation, me, span).start();
-            let reply = addr
-                .send(SignalRequest {
-                    msg: join,
-                    kind: RequestKind::Join,
-                    timeout: deadline.saturating_duration_since(Instant::now()),
-                })
-                .await
-                .unwrap_or(Err(SignalError::Lost));
-            match reply {
-                Ok(Some(ReplyData::Joined(result))) => Ok((addr, result)),
-                Ok(_) => Err((
-                    Some(addr),
-                    SignalError::Rejected(RtcError::new(
+        let addr = SignalingActor::new(ws, generation, me, self.span.clone()).start();
+        self.signaling = Some(addr.clone());
+        let request = addr.send(SignalRequest {
+            msg: join,
+            kind: RequestKind::Join,
+            timeout: deadline.saturating_duration_since(Instant::now()),
+        });
+        ctx.spawn(
+            async move {
+                match request.await.unwrap_or(Err(SignalError::Lost)) {
+                    Ok(Some(ReplyData::Joined(result))) => Ok(result),
+                    Ok(_) => Err(SignalError::Rejected(RtcError::new(
                         ErrorCode::JoinRoomFailed,
                         "the server answered the join without a join result",
-                    )),
-                )),
-                Err(e) => Err((Some(addr), e)),
+                    ))),
+                    Err(e) => Err(e),
+                }
             }
-        };
-        ctx.spawn(
-            fut.into_actor(self)
-                .map(move |res: AttemptResult, act, ctx| {
-                    act.attempt_done(ctx, generation, attempt, res)
-                }),
+            .into_actor(self)
+            .map(move |res, act, ctx| act.attempt_done(ctx, generation, attempt, res)),
         );
     }
 
@@ -292,27 +307,25 @@ impl ClientActor {
         res: AttemptResult,
     ) {
         if generation != self.generation {
-            // Superseded (left meanwhile): close what it opened.
-            if let Ok((addr, _)) | Err((Some(addr), _)) = res {
-                addr.do_send(CloseSignaling);
-            }
+            // Superseded (left meanwhile); its connection was closed then.
             return;
         }
         match res {
-            Ok((addr, result)) => {
+            Ok(result) => {
                 let change = match attempt {
                     Attempt::Join => self.life.join_succeeded(),
                     Attempt::Rejoin(_) => self.life.rejoined(),
                 };
                 let Some(change) = change else {
-                    addr.do_send(CloseSignaling);
+                    self.drop_connection();
                     return;
                 };
-                addr.do_send(StartHeartbeat {
-                    interval: self.settings.heartbeat_interval,
-                    missed: self.settings.missed_heartbeats,
-                });
-                self.signaling = Some(addr);
+                if let Some(sig) = &self.signaling {
+                    sig.do_send(StartHeartbeat {
+                        interval: self.settings.heartbeat_interval,
+                        missed: self.settings.missed_heartbeats,
+                    });
+                }
                 self.report(change);
                 let events = self.room.joined(&result);
                 self.emit_all(events);
@@ -329,9 +342,9 @@ impl ClientActor {
                     self.on_lost(ctx, "lost right after joining".to_owned());
                 }
             }
-            Err((addr, error)) => {
-                if let Some(addr) = addr {
-                    addr.do_send(CloseSignaling);
+            Err(error) => {
+                if let Some(sig) = self.signaling.take() {
+                    sig.do_send(CloseSignaling);
                 }
                 self.early_events.clear();
                 match attempt {
