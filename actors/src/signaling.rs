@@ -23,12 +23,20 @@ use rtcroom_protocol::signal::{
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::{Heartbeat, HeartbeatAction};
 use crate::error::SignalError;
 use crate::requests::{PendingRequests, RequestKind};
+
+/// Largest server message accepted, in bytes: the protocol's limit
+/// ([`rtcroom_protocol::signal::MAX_MESSAGE_BYTES`], 64 KiB) with room to spare; larger frames
+/// are refused by the WebSocket layer instead of being buffered.
+pub const MAX_INCOMING_BYTES: usize = 4 * rtcroom_protocol::signal::MAX_MESSAGE_BYTES;
+/// A single frame write that takes longer than this ends the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The WebSocket type the signalling connection runs on.
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -235,8 +243,10 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Message>,
 ) {
     while let Some(msg) = rx.recv().await {
-        if sink.send(msg).await.is_err() {
-            return;
+        // A peer that stops reading must not pin this task (and the socket) forever.
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
         }
     }
     // The actor went away: say goodbye properly. Bounded so a dead peer cannot hold us.
@@ -354,8 +364,14 @@ impl Handler<Crash> for SignalingActor {
 }
 
 /// Open a WebSocket to `url` within `timeout` (a timeout is the join's timeout error).
+/// Incoming messages are capped at [`MAX_INCOMING_BYTES`]; a bigger one ends the connection.
 pub async fn connect(url: &str, timeout: Duration) -> Result<WsStream, SignalError> {
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_INCOMING_BYTES))
+        .max_frame_size(Some(MAX_INCOMING_BYTES));
+    // Signalling frames are small and latency-bound: disable Nagle.
+    let open = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    match tokio::time::timeout(timeout, open).await {
         Ok(Ok((ws, _response))) => Ok(ws),
         Ok(Err(e)) => Err(SignalError::Connect(e.to_string())),
         Err(_) => Err(SignalError::Timeout(RequestKind::Join.timeout_error())),

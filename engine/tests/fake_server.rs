@@ -178,3 +178,23 @@ async fn a_refused_rejoin_is_reported_with_the_servers_error() {
         }
     );
 }
+
+#[tokio::test]
+async fn an_oversized_frame_ends_the_connection_and_the_client_reconnects() {
+    let (url, mut conns) = fake_server().await;
+    let mut c = TestClient::new(config(&url, "olga", Mode::Rtc));
+    let join = c.join(JoinOptions::new(42u32));
+    let server = async {
+        let (mut ws, seen) = next_conn(&mut conns).await;
+        ws.send(joined_reply(seen.id, &[])).await.unwrap();
+        ws
+    };
+    let (res, mut ws) = tokio::join!(bounded(join), server);
+    res.unwrap();
+    // 300 KB: over the engine's 256 KiB cap (the protocol allows 64 KiB).
+    let _ = ws.send(Message::text("y".repeat(300_000))).await;
+    c.wait_state(ConnectionState::Reconnecting).await;
+    let (mut ws2, again) = next_conn(&mut conns).await;
+    ws2.send(joined_reply(again.id, &[])).await.unwrap();
+    c.wait_state(ConnectionState::Connected).await;
+}
