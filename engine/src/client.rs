@@ -155,3 +155,26 @@ impl futures_util::Stream for EventStream {
         self.rx.poll_recv(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn handles_cross_threads() {
+        // Users share a client between tasks of a multi-threaded runtime.
+        send_sync::<Client>();
+        send::<EventStream>();
+        send::<ClientEvent>();
+    }
+
+    #[test]
+    fn bad_config_fails_before_any_thread_starts() {
+        let e = create_client(ClientConfig::default()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidParameter);
+        assert_eq!(e.extra_code, Some(5001));
+    }
+}
