@@ -152,6 +152,16 @@ pub struct ClientActor {
     clean_stop: bool,
 }
 
+/// The heartbeat interval: the configured one, or the server's (`heartbeatIntervalS` in the
+/// join answer) when that is shorter, so a server that wants more never evicts us.
+fn heartbeat_interval(configured: Duration, server_s: u32) -> Duration {
+    if server_s == 0 {
+        configured
+    } else {
+        configured.min(Duration::from_secs(u64::from(server_s)))
+    }
+}
+
 fn actor_gone() -> RtcError {
     RtcError::new(ErrorCode::Unknown, "the client actor stopped")
 }
@@ -322,7 +332,10 @@ impl ClientActor {
                 };
                 if let Some(sig) = &self.signaling {
                     sig.do_send(StartHeartbeat {
-                        interval: self.settings.heartbeat_interval,
+                        interval: heartbeat_interval(
+                            self.settings.heartbeat_interval,
+                            result.heartbeat_interval_s,
+                        ),
                         missed: self.settings.missed_heartbeats,
                     });
                 }
@@ -688,6 +701,15 @@ mod tests {
             }
         });
         (url, rx)
+    }
+
+    #[test]
+    fn heartbeats_follow_the_shorter_of_config_and_server() {
+        let s = Duration::from_secs(1);
+        assert_eq!(heartbeat_interval(2 * s, 2), 2 * s);
+        assert_eq!(heartbeat_interval(30 * s, 2), 2 * s);
+        assert_eq!(heartbeat_interval(s / 10, 2), s / 10);
+        assert_eq!(heartbeat_interval(2 * s, 0), 2 * s);
     }
 
     #[actix::test]

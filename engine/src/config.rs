@@ -51,7 +51,8 @@ pub struct ClientConfig {
     pub join_timeout: Duration,
     /// Timeout of other requests (leave, switch role).
     pub request_timeout: Duration,
-    /// Heartbeat interval once joined (TRTC: 2 s).
+    /// Heartbeat interval once joined (TRTC: 2 s). The server's `heartbeatIntervalS` is used
+    /// instead when it is shorter.
     pub heartbeat_interval: Duration,
     /// Heartbeat intervals without any frame from the server before the connection is
     /// treated as lost (default 3).

@@ -311,7 +311,8 @@ async fn a_server_heartbeat_timeout_is_followed_by_a_silent_rejoin() {
     cfg.timeouts.heartbeat_timeout_s = 0.5;
     let server = start(cfg);
     let url = server.ws_url();
-    // This client's heartbeats are too slow for the server: it gets `user_time_out`.
+    // The server evicts after 0.5 s of silence but asks for heartbeats every 2 s, so this
+    // client is always too slow: it gets `user_time_out`.
     let mut slow_cfg = config(&url, "sloth", Mode::Rtc);
     slow_cfg.heartbeat_interval = Duration::from_secs(30);
     let mut sloth = TestClient::new(slow_cfg);
