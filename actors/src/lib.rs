@@ -1,0 +1,45 @@
+//! # rtcroom-actors
+//!
+//! The client side of rtcroom as actix actors driving plain state machines. The public,
+//! embeddable API is the `rtcroom` crate; this crate is its engine room.
+//!
+//! ## Pieces
+//!
+//! State machines (no sockets, no clock: they take `now` or return delays, and are unit-tested
+//! deterministically):
+//! - [`lifecycle`]: the join / connection state machine (New → Connecting → Joined →
+//!   Reconnecting → Disconnected), TRTC's connection states, INVALID_OPERATION for calls in
+//!   the wrong phase.
+//! - [`backoff`]: the reconnect schedule (Fibonacci 1, 2, 3, 5, 8, then 13 s; 30 attempts by
+//!   default) and heartbeat scheduling (every 2 s, dead after 3 silent intervals).
+//! - [`requests`]: request/response correlation by request id with per-request deadlines
+//!   (join: 5 s → JOIN_ROOM_FAILED "join room timeout").
+//! - [`room`]: the members and streams a client sees; server events in, [`ClientEvent`]s out.
+//!
+//! Actors (thin drivers):
+//! - [`client::ClientActor`]: one per client; owns the state machines above and the event
+//!   fan-out ([`hub::ClientHub`]); supervises its signalling connection.
+//! - [`signaling::SignalingActor`]: one per WebSocket connection; request ids, replies,
+//!   events, heartbeats. Reports its end (also a panic) to the client actor, which reconnects.
+//!
+//! ## Time
+//! State machines never read the clock. Actors read `Instant::now()` and schedule wake-ups
+//! with `run_later` at the deadlines the machines report.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod backoff;
+pub mod client;
+pub mod error;
+pub mod event;
+pub mod hub;
+pub mod lifecycle;
+pub mod requests;
+pub mod room;
+pub mod signaling;
+
+pub use client::{ClientActor, ClientRequest, ClientSettings, JoinParams, Shutdown};
+pub use error::SignalError;
+pub use event::{ClientEvent, RemoteMutedState, RemoteStreamInfo};
+pub use hub::{ClientHub, ClientView};
+pub use lifecycle::{ConnectionState, Lifecycle, Phase, StateChange};

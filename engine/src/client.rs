@@ -1,0 +1,180 @@
+//! The user's handle: [`Client`] and its event stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use actix::{Actor, Addr};
+use rtcroom_actors::{
+    ClientActor, ClientEvent, ClientHub, ClientRequest, ConnectionState, RemoteMutedState, Shutdown,
+};
+use rtcroom_protocol::{ErrorCode, Mode, Role, RtcError, UserId};
+use tokio::sync::mpsc;
+
+use crate::config::{ClientConfig, JoinOptions};
+
+/// Create a client (TRTC's `TRTC.createClient`). The configuration is checked at once:
+/// a bad field fails with INVALID_PARAMETER and TRTC's extra code (5001 missing sdkAppId,
+/// 5003 empty userId / userSig, 5008 userId too long, ...). No connection is opened until
+/// [`Client::join`].
+pub fn create_client(config: ClientConfig) -> Result<Client, RtcError> {
+    let settings = config.validate()?;
+    let arbiter = crate::runtime::engine()?;
+    let hub = Arc::new(ClientHub::new());
+    let user_id = settings.user_id.clone();
+    let actor_hub = hub.clone();
+    let addr =
+        ClientActor::start_in_arbiter(&arbiter, move |_| ClientActor::new(settings, actor_hub));
+    Ok(Client {
+        addr,
+        hub,
+        user_id,
+        mode: config.mode,
+        use_string_room_id: config.use_string_room_id,
+    })
+}
+
+/// One client: one user in (at most) one room, for one session. Dropping it leaves the
+/// room (best effort) and stops its actors.
+///
+/// Calls made in the wrong state fail at once with INVALID_OPERATION: `join` twice, any call
+/// after `leave` (a client is one session; create a new one to join again), `switch_role`
+/// before `join` or in rtc mode, `leave` before `join`.
+#[derive(Debug)]
+pub struct Client {
+    addr: Addr<ClientActor>,
+    hub: Arc<ClientHub>,
+    user_id: UserId,
+    mode: Mode,
+    use_string_room_id: bool,
+}
+
+fn mailbox_error() -> RtcError {
+    RtcError::new(ErrorCode::Unknown, "the client actor is not running")
+}
+
+impl Client {
+    /// This client's user id.
+    pub fn user_id(&self) -> &UserId {
+        &self.user_id
+    }
+
+    /// The room mode the client was created with.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// A stream of every [`ClientEvent`] from now on. Each call makes an independent
+    /// subscriber; events are buffered (unbounded) until read. The stream ends when the
+    /// client is dropped (or its actor dies).
+    pub fn events(&self) -> EventStream {
+        EventStream {
+            rx: self.hub.subscribe(),
+        }
+    }
+
+    /// Enter a room (TRTC's `client.join`). Resolves once the server has accepted the join;
+    /// `peer-join` / `stream-added` events for those already in the room follow on the event
+    /// stream. Errors: INVALID_PARAMETER for a bad room id (5013, 5012, 5016, 5019);
+    /// INVALID_OPERATION when already joining or joined (5104) or after `leave`; the
+    /// server's refusal with its code and extra code (e.g. 0x4001/70009 wrong key,
+    /// 0x4004/-102052 room full); JOIN_ROOM_FAILED "join room timeout" when the server does
+    /// not answer within the join timeout (5 s).
+    pub async fn join(&self, options: JoinOptions) -> Result<(), RtcError> {
+        let params = options.validate(self.use_string_room_id)?;
+        self.request(ClientRequest::Join(params)).await
+    }
+
+    /// Leave the room (TRTC's `client.leave`). The state goes to DISCONNECTED at once; the
+    /// server is told when joined. A join in flight fails with JOIN_ROOM_FAILED. The client
+    /// cannot join again.
+    pub async fn leave(&self) -> Result<(), RtcError> {
+        self.request(ClientRequest::Leave).await
+    }
+
+    /// Change role in live mode (TRTC's `client.switchRole`): audience → anchor makes this
+    /// client visible to the others (`peer-join`), anchor → audience hides it again.
+    /// A later silent re-join keeps the new role.
+    pub async fn switch_role(&self, role: Role) -> Result<(), RtcError> {
+        self.request(ClientRequest::SwitchRole(role)).await
+    }
+
+    async fn request(&self, req: ClientRequest) -> Result<(), RtcError> {
+        self.addr
+            .send(req)
+            .await
+            .unwrap_or_else(|_| Err(mailbox_error()))
+    }
+
+    /// TRTC's `getRemoteMutedState()`: one entry per remote member with a published main
+    /// stream.
+    pub fn get_remote_muted_state(&self) -> Vec<RemoteMutedState> {
+        self.hub.view().muted
+    }
+
+    /// The connection state now.
+    pub fn connection_state(&self) -> ConnectionState {
+        self.hub.view().connection_state
+    }
+
+    /// The remote members this client can see now (everyone in rtc mode, anchors in live
+    /// mode).
+    pub fn remote_users(&self) -> Vec<UserId> {
+        self.hub.view().remote_users
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.addr.do_send(Shutdown);
+    }
+}
+
+/// The events of one client, in order. Also a [`futures_util::Stream`].
+#[derive(Debug)]
+pub struct EventStream {
+    rx: mpsc::UnboundedReceiver<ClientEvent>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the client is gone.
+    pub async fn recv(&mut self) -> Option<ClientEvent> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Option<ClientEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl futures_util::Stream for EventStream {
+    type Item = ClientEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ClientEvent>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn handles_cross_threads() {
+        // Users share a client between tasks of a multi-threaded runtime.
+        send_sync::<Client>();
+        send::<EventStream>();
+        send::<ClientEvent>();
+    }
+
+    #[test]
+    fn bad_config_fails_before_any_thread_starts() {
+        let e = create_client(ClientConfig::default()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidParameter);
+        assert_eq!(e.extra_code, Some(5001));
+    }
+}

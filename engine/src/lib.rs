@@ -1,0 +1,78 @@
+//! # rtcroom — an embeddable, TRTC-compatible real-time room client
+//!
+//! The API mirrors the TRTC Web SDK v4: [`create_client`] → [`Client::join`] → events
+//! (`peer-join`, `stream-added`, `connection-state-changed`, `client-banned`, ...) →
+//! [`Client::leave`]. It speaks rtcroom's signalling protocol (`docs/protocol.md`) to an
+//! rtcroom server, with TRTC's rules: 5 s join timeout, heartbeat every 2 s, reconnection
+//! with Fibonacci backoff (1, 2, 3, 5, 8, then 13 s; 30 attempts) and a silent re-join after
+//! a reconnect, TRTC's error codes and extra codes.
+//!
+//! ```no_run
+//! use rtcroom::{ClientConfig, ClientEvent, JoinOptions, Mode, Role, create_client};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), rtcroom::RtcError> {
+//!     let client = create_client(ClientConfig {
+//!         mode: Mode::Live,
+//!         sdk_app_id: 1_400_000_000,
+//!         user_id: "denny".into(),
+//!         user_sig: "eJw...".into(), // from tls-sig-api-v2 / `rtcroom usersig`
+//!         server_url: "ws://127.0.0.1:7900/ws".into(),
+//!         ..ClientConfig::default()
+//!     })?;
+//!     let mut events = client.events();
+//!     client
+//!         .join(JoinOptions { room_id: 8888u32.into(), role: Some(Role::Anchor), private_map_key: None })
+//!         .await?;
+//!     while let Some(event) = events.recv().await {
+//!         match event {
+//!             ClientEvent::PeerJoin { user_id } => println!("{user_id} joined"),
+//!             ClientEvent::ClientBanned { reason, .. } => { println!("removed: {reason:?}"); break }
+//!             ClientEvent::Error(e) => { eprintln!("{e}"); break }
+//!             _ => {}
+//!         }
+//!     }
+//!     client.leave().await
+//! }
+//! ```
+//!
+//! ## How it runs
+//!
+//! Each client is a `ClientActor` (room state, join state machine, event fan-out) with one
+//! `SignalingActor` per WebSocket connection (request ids, heartbeats), from the
+//! `rtcroom-actors` crate. All actors of the process run on **one dedicated engine thread**
+//! with its own actix `System`, started by the first [`create_client`]; the [`Client`]
+//! handle's `async fn`s send messages there and await the replies, so they work from any
+//! tokio runtime (`#[tokio::main]`, multi- or current-thread) and need no actix setup. The
+//! state machines take the time as input and are unit-tested without sockets.
+//!
+//! ## Failures and supervision
+//!
+//! - The client actor supervises its signalling connection: if the socket closes, errors,
+//!   falls silent for 3 heartbeat intervals, or its actor dies (even by panic), the client
+//!   goes RECONNECTING, reconnects with backoff and re-joins the same room with the same
+//!   role, then reports CONNECTED and only what changed meanwhile (peer-join/leave,
+//!   stream-added/removed). When the attempts run out: [`ClientEvent::Error`] with
+//!   SIGNAL_CHANNEL_RECONNECTION_FAILED (0x4006) and DISCONNECTED.
+//! - `client-banned` (kick, banned, room_disband) ends the client: [`ClientEvent::ClientBanned`]
+//!   then DISCONNECTED, no reconnect. `user_time_out` is handled by a silent re-join, as TRTC
+//!   does.
+//! - If a client actor dies, that client reports [`ClientEvent::Error`] (UNKNOWN) and is
+//!   DISCONNECTED; other clients and the process carry on. Create a new client.
+//!
+//! ## Not here yet
+//! Publishing and subscribing media (`LocalStream`, `RemoteStream`, `publish`, `subscribe`)
+//! come with the media engine; `ClientRequest` in `rtcroom-actors` is where those requests
+//! will go. `wss://` needs TLS support that this build does not include.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod client;
+mod config;
+mod runtime;
+
+pub use client::{Client, EventStream, create_client};
+pub use config::{ClientConfig, DEFAULT_SERVER_URL, JoinOptions, RoomIdInput};
+pub use rtcroom_actors::{ClientEvent, ConnectionState, RemoteMutedState, RemoteStreamInfo};
+pub use rtcroom_protocol::signal::{BanReason, LeaveReason, StreamType};
+pub use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};

@@ -1,0 +1,43 @@
+//! Where the actors run: one dedicated engine thread with an actix `System`, shared by every
+//! client of the process.
+//!
+//! Why a thread of its own rather than the user's runtime: actix actors need an actix
+//! arbiter (a single-threaded tokio runtime with a `LocalSet`), while users call the engine
+//! from whatever runtime they have (`#[tokio::main]`, multi-threaded by default). Messages to
+//! an actor's `Addr` and their replies are runtime-agnostic channels, so the user's `async fn`
+//! calls simply await replies from the engine thread. The engine thread is started on the
+//! first `create_client` and lives as long as the process; a panic inside an actor is
+//! contained to that actor's task and does not stop the thread.
+
+use std::sync::OnceLock;
+
+use actix::ArbiterHandle;
+use rtcroom_protocol::{ErrorCode, RtcError};
+
+static ENGINE: OnceLock<Result<ArbiterHandle, String>> = OnceLock::new();
+
+fn start() -> Result<ArbiterHandle, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("rtcroom-engine".into())
+        .spawn(move || {
+            let system = actix::System::new();
+            system.block_on(async {
+                let _ = tx.send(actix::Arbiter::current());
+            });
+            if let Err(e) = system.run() {
+                tracing::error!(error = %e, "rtcroom engine thread stopped");
+            }
+        })
+        .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+    rx.recv()
+        .map_err(|_| "the engine thread stopped while starting".to_owned())
+}
+
+/// The engine's arbiter, started on first use.
+pub(crate) fn engine() -> Result<ArbiterHandle, RtcError> {
+    ENGINE
+        .get_or_init(start)
+        .clone()
+        .map_err(|e| RtcError::new(ErrorCode::Unknown, e))
+}

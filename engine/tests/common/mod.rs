@@ -1,0 +1,171 @@
+//! Test harness: a real rtcroom server on loopback and engine clients with short timings.
+//! Every wait is bounded by [`DEADLINE`]; nothing sleeps to sequence.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use rtcroom::{
+    Client, ClientConfig, ClientEvent, ConnectionState, EventStream, JoinOptions, Mode, Role,
+    UserId, create_client,
+};
+use rtcroom_protocol::usersig::gen_user_sig;
+use rtcroom_server::{RunningServer, ServerConfig};
+
+pub const APP: u32 = 1_400_000_000;
+pub const KEY: &str = "engine-test-key";
+/// Every wait in these tests is bounded by this.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn server_config(listen: &str) -> ServerConfig {
+    let mut c = ServerConfig::single_app(listen, APP, KEY);
+    c.workers = Some(1);
+    c.timeouts.shutdown_timeout_s = 1;
+    c
+}
+
+pub fn start(config: ServerConfig) -> RunningServer {
+    init_tracing();
+    RunningServer::spawn(config).expect("server starts")
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn sig(user: &str) -> String {
+    gen_user_sig(u64::from(APP), KEY, user, 86_400, now())
+}
+
+pub fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+/// A config with TRTC's rules but short timings, so failures and reconnects run fast.
+pub fn config(url: &str, user: &str, mode: Mode) -> ClientConfig {
+    ClientConfig {
+        mode,
+        sdk_app_id: APP,
+        user_id: user.into(),
+        user_sig: sig(user),
+        server_url: url.into(),
+        join_timeout: Duration::from_secs(3),
+        request_timeout: Duration::from_secs(3),
+        reconnect_attempts: 40,
+        reconnect_backoff_unit: Duration::from_millis(50),
+        ..ClientConfig::default()
+    }
+}
+
+/// A client plus its event stream and what it has seen.
+pub struct TestClient {
+    pub client: Client,
+    pub events: EventStream,
+    pub seen: Vec<ClientEvent>,
+}
+
+impl std::ops::Deref for TestClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl TestClient {
+    pub fn new(config: ClientConfig) -> TestClient {
+        let client = create_client(config).expect("valid config");
+        let events = client.events();
+        TestClient {
+            client,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Create and join `room`; panics on failure.
+    pub async fn joined(url: &str, user: &str, mode: Mode, room: u32, role: Option<Role>) -> Self {
+        let c = TestClient::new(config(url, user, mode));
+        let mut opts = JoinOptions::new(room);
+        opts.role = role;
+        bounded(c.join(opts)).await.expect("join succeeds");
+        c
+    }
+
+    /// The next event (bounded).
+    pub async fn next(&mut self) -> ClientEvent {
+        let e = tokio::time::timeout(DEADLINE, self.events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {DEADLINE:?}; seen {:#?}", self.seen))
+            .expect("event stream open");
+        self.seen.push(e.clone());
+        e
+    }
+
+    /// Read events until one matches (bounded); returns it.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&ClientEvent) -> bool,
+    ) -> ClientEvent {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = match tokio::time::timeout(left, self.events.recv()).await {
+                Ok(Some(e)) => e,
+                Ok(None) => panic!(
+                    "event stream ended waiting for {what}; seen {:#?}",
+                    self.seen
+                ),
+                Err(_) => panic!("no {what} within {DEADLINE:?}; seen {:#?}", self.seen),
+            };
+            self.seen.push(e.clone());
+            if pred(&e) {
+                return e;
+            }
+        }
+    }
+
+    /// Wait for the connection state to change to `state`.
+    pub async fn wait_state(&mut self, state: ConnectionState) {
+        self.wait_for(
+            &format!("state {state}"),
+            |e| matches!(e, ClientEvent::ConnectionStateChanged { state: s, .. } if *s == state),
+        )
+        .await;
+    }
+
+    pub async fn wait_peer_join(&mut self, user: &str) {
+        let u = uid(user);
+        self.wait_for(
+            &format!("peer-join {user}"),
+            |e| matches!(e, ClientEvent::PeerJoin { user_id } if *user_id == u),
+        )
+        .await;
+    }
+
+    /// Every event received so far without waiting.
+    pub fn drain(&mut self) -> Vec<ClientEvent> {
+        let mut out = Vec::new();
+        while let Some(e) = self.events.try_recv() {
+            self.seen.push(e.clone());
+            out.push(e);
+        }
+        out
+    }
+}
+
+/// Await `f` within [`DEADLINE`].
+pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("call did not finish within {DEADLINE:?}"))
+}
