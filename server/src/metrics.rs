@@ -191,6 +191,12 @@ impl Metrics {
                 "Peers dropped for not connecting.",
                 &m.connect_timeouts,
             );
+            c(
+                &mut out,
+                "rtcroom_media_send_drops_total",
+                "Datagrams dropped by a full socket buffer.",
+                &m.send_drops,
+            );
             gauge(
                 &mut out,
                 "rtcroom_media_peers",

@@ -31,6 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::room::RoomKey;
 use worker::{Cmd, Worker};
 
+/// Requested UDP socket buffer size per worker (both directions).
+pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
 /// Identifies one peer connection on the server. The low 8 bits are its worker's index.
 pub type PeerId = u64;
 
@@ -85,6 +88,8 @@ pub struct MediaStats {
     pub keyframe_requests: AtomicU64,
     /// UDP datagrams that matched no peer or did not parse.
     pub dropped_datagrams: AtomicU64,
+    /// Outgoing datagrams the socket refused (send buffer full).
+    pub send_drops: AtomicU64,
     /// Peers alive.
     pub peers: AtomicU64,
     /// Peers dropped because they never connected.
@@ -147,6 +152,11 @@ impl MediaPlane {
         for (idx, rx) in rxs.into_iter().enumerate() {
             let socket = std::net::UdpSocket::bind(SocketAddr::new(config.bind_ip, 0))?;
             socket.set_nonblocking(true)?;
+            // One socket carries every peer of the worker: give it room for bursts (the
+            // kernel caps this at net.core.{r,w}mem_max).
+            let sock = socket2::SockRef::from(&socket);
+            let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+            let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
             let local = socket.local_addr()?;
             let announced =
                 SocketAddr::new(config.public_ip.unwrap_or(config.bind_ip), local.port());

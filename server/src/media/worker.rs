@@ -23,10 +23,12 @@ use super::{MediaStats, PeerId, SlotKey};
 
 /// Longest wait between loop turns when no peer needs anything sooner.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Datagrams or commands handled per loop turn before timers are looked at.
+const BATCH: usize = 64;
 /// Largest UDP datagram read.
 const MAX_DATAGRAM: usize = 2000;
 /// How many packets a subscriber's send buffer keeps for NACK answers (video).
-const SEND_BUFFER_VIDEO: usize = 1000;
+const SEND_BUFFER_VIDEO: usize = 300;
 
 /// Commands to a worker.
 pub(super) enum Cmd {
@@ -136,6 +138,9 @@ pub(super) struct Worker {
     interest: HashMap<SlotKey, Vec<i32>>,
     limiters: HashMap<SlotKey, KeyframeLimiter>,
     muted: HashSet<(SlotKey, MediaKindKey)>,
+    /// No peer needs a timeout before this (kept as a lower bound, so the per-datagram path
+    /// never scans all peers).
+    earliest: Instant,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -236,6 +241,7 @@ impl Worker {
             interest: HashMap::new(),
             limiters: HashMap::new(),
             muted: HashSet::new(),
+            earliest: Instant::now(),
         }
     }
 
@@ -269,28 +275,46 @@ impl Worker {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let now = Instant::now();
-            let wake = self
-                .peers
-                .values()
-                .map(|p| p.next_timeout)
-                .min()
-                .unwrap_or(now + IDLE_WAIT)
-                .min(now + IDLE_WAIT);
+            let wake = self.earliest.min(now + IDLE_WAIT);
             tokio::select! {
                 biased;
                 cmd = self.rx.recv() => match cmd {
                     Some(Cmd::Shutdown) | None => break,
-                    Some(cmd) => self.handle_cmd(cmd),
+                    Some(cmd) => {
+                        self.handle_cmd(cmd);
+                        // Take what else is queued without going round the loop.
+                        for _ in 0..BATCH {
+                            match self.rx.try_recv() {
+                                Ok(Cmd::Shutdown) => return self.close_all(),
+                                Ok(cmd) => self.handle_cmd(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                 },
                 res = socket.recv_from(&mut buf) => {
                     if let Ok((n, source)) = res {
                         self.handle_datagram(&buf[..n], source);
                     }
+                    // Drain what the socket already holds before anything else.
+                    for _ in 0..BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => self.handle_datagram(&buf[..n], source),
+                            Err(_) => break,
+                        }
+                    }
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
             }
-            self.handle_timeouts(Instant::now());
+            let now = Instant::now();
+            if now >= self.earliest {
+                self.handle_timeouts(now);
+            }
         }
+        self.close_all();
+    }
+
+    fn close_all(&mut self) {
         for (_, mut p) in self.peers.drain() {
             p.rtc.disconnect();
         }
@@ -298,12 +322,14 @@ impl Worker {
 
     fn send_to(&self, contents: &[u8], dest: SocketAddr) {
         // Non-blocking: a full socket buffer drops the datagram (WebRTC recovers via NACK/PLI).
-        let _ = self.socket.send_to(contents, dest);
+        if self.socket.send_to(contents, dest).is_err() {
+            self.stats.send_drops.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Drain one peer's output; returns events that involve other peers.
     fn drain(&mut self, id: PeerId, routed: &mut Vec<Routed>) {
-        let mut transmits: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+        // Datagrams go out as they come (no copy); events are rare and handled after.
         let mut events = Vec::new();
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
@@ -312,9 +338,16 @@ impl Worker {
             match peer.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
                     peer.next_timeout = t;
+                    self.earliest = self.earliest.min(t);
                     break;
                 }
-                Ok(Output::Transmit(t)) => transmits.push((t.contents.into(), t.destination)),
+                Ok(Output::Transmit(t)) => {
+                    // Non-blocking: a full socket buffer drops the datagram (WebRTC recovers
+                    // via NACK/PLI).
+                    if self.socket.send_to(&t.contents, t.destination).is_err() {
+                        self.stats.send_drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 Ok(Output::Event(e)) => events.push(e),
                 Err(e) => {
                     tracing::debug!(peer = id, error = %e, "peer failed");
@@ -322,9 +355,6 @@ impl Worker {
                     break;
                 }
             }
-        }
-        for (contents, dest) in transmits {
-            self.send_to(&contents, dest);
         }
         for e in events {
             self.handle_event(id, e, routed);
@@ -445,12 +475,13 @@ impl Worker {
         if self.muted.contains(&(slot.clone(), packet.kind.into())) {
             return;
         }
-        let Some(subs) = self.subscribers_of.get(slot) else {
+        let Some(subs) = self.subscribers_of.get_mut(slot) else {
             return;
         };
-        let subs = subs.clone();
+        // Borrow the list out for the loop (drain needs `&mut self`); put it back after.
+        let subs = std::mem::take(subs);
         let mut routed = Vec::new();
-        for id in subs {
+        for &id in &subs {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
             };
@@ -501,15 +532,11 @@ impl Worker {
             self.stats
                 .bytes_out
                 .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
-            // Single-mutation invariant: drain after each write.
-            let now = Instant::now();
-            if let Some(peer) = self.peers.get_mut(&id)
-                && let Err(e) = peer.rtc.handle_input(Input::Timeout(now))
-            {
-                tracing::debug!(peer = id, error = %e, "subscriber failed");
-                peer.dead = true;
-            }
+            // Single-mutation invariant: drain after each write (this sends the packet).
             self.drain(id, &mut routed);
+        }
+        if let Some(v) = self.subscribers_of.get_mut(slot) {
+            *v = subs;
         }
         self.route(routed);
     }
@@ -832,6 +859,14 @@ impl Worker {
             .filter(|(_, p)| p.next_timeout <= now || p.dead)
             .map(|(id, _)| *id)
             .collect();
+        // Recomputed below from every peer's next timeout (drain lowers it as it goes).
+        self.earliest = self
+            .peers
+            .values()
+            .filter(|p| p.next_timeout > now)
+            .map(|p| p.next_timeout)
+            .min()
+            .unwrap_or(now + IDLE_WAIT);
         let mut routed = Vec::new();
         let mut remove = Vec::new();
         for id in due {
