@@ -1,4 +1,4 @@
-//! Benchmarks for BENCHMARKS-pipelines.md. Run in release:
+//! Benchmarks for BENCHMARKS.md ("Pipelines"). Run in release:
 //!
 //! ```sh
 //! CARGO_TARGET_DIR=/work/target-pipelines cargo run --release -p rtcroom-pipelines --example bench
