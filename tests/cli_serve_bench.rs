@@ -162,3 +162,102 @@ fn bench_join_writes_a_plausible_report() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--clients"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Run a media scenario small and check the report's keys and that what was sent arrived.
+fn media_scenario(args: &[&str], subscriptions_per_packet: u64) -> serde_json::Value {
+    let dir = temp_home(args[1]);
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
+        .args(args)
+        .args(["--duration", "2", "--json"])
+        .arg(&json)
+        .env("RTCROOM_HOME", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in [
+        "scenario",
+        "clients",
+        "publishers",
+        "subscribers",
+        "duration_s",
+        "join_ms",
+        "first_frame_ms",
+        "join_failures",
+        "packets_sent",
+        "packets_received",
+        "loss_pct",
+        "freezes",
+        "server_cpu_pct",
+        "server_cpu_us_per_packet",
+        "server_rss_bytes",
+        "server_packets_forwarded",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key}: {r}");
+    }
+    let sent = r["packets_sent"].as_u64().unwrap();
+    let received = r["packets_received"].as_u64().unwrap();
+    let expected = sent * subscriptions_per_packet;
+    assert!(sent > 50, "{r}");
+    // Packets in flight at the window's edges make a small difference either way.
+    assert!(
+        received as f64 >= expected as f64 * 0.9 && received as f64 <= expected as f64 * 1.1,
+        "received {received}, expected ≈ {expected}"
+    );
+    let forwarded = r["server_packets_forwarded"].as_u64().unwrap();
+    assert!(
+        forwarded as f64 >= expected as f64 * 0.9,
+        "forwarded {forwarded}, expected ≈ {expected}"
+    );
+    assert!(r["server_cpu_us_per_packet"].as_f64().unwrap() > 0.0);
+    assert!(r["series"].as_array().is_some_and(|s| !s.is_empty()));
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+#[test]
+fn bench_livestream_forwards_to_every_subscriber() {
+    let r = media_scenario(&["bench", "livestream", "--subscribers", "3"], 3);
+    assert_eq!(r["scenario"], "livestream");
+    assert_eq!(r["subscribers"], 3);
+    assert!(r["first_video_packet_ms"]["p50"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_meeting_and_audio_room() {
+    // 2 publishers × 2 subscribers: each sent packet reaches 2 subscribers.
+    let r = media_scenario(
+        &[
+            "bench",
+            "meeting",
+            "--publishers",
+            "2",
+            "--subscribers",
+            "2",
+        ],
+        2,
+    );
+    assert_eq!(
+        (r["publishers"].as_u64(), r["clients"].as_u64()),
+        (Some(2), Some(4))
+    );
+    let r = media_scenario(
+        &[
+            "bench",
+            "audio-room",
+            "--publishers",
+            "2",
+            "--subscribers",
+            "3",
+        ],
+        3,
+    );
+    assert_eq!(r["clip_video_packets"], 0);
+    assert_eq!(r["scenario"], "audio-room");
+}

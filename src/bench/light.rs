@@ -68,8 +68,8 @@ pub struct LightPeer {
 }
 
 impl LightPeer {
-    /// A peer offering `direction` audio and video; returns it and its SDP offer.
-    pub async fn new(direction: Direction) -> anyhow::Result<(LightPeer, String)> {
+    /// A peer offering `direction` audio (and video when `video`); returns it and its offer.
+    pub async fn new(direction: Direction, video: bool) -> anyhow::Result<(LightPeer, String)> {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let local = socket.local_addr()?;
         let mut rtc = Rtc::builder()
@@ -81,8 +81,17 @@ impl LightPeer {
         let candidate = Candidate::host(local, "udp").map_err(|e| anyhow!("candidate: {e}"))?;
         rtc.add_local_candidate(candidate);
         let mut api = rtc.sdp_api();
-        let v = api.add_media(MediaKind::Video, direction, None, None, None);
-        let a = api.add_media(MediaKind::Audio, direction, None, None, None);
+        let mut mids = Vec::new();
+        if video {
+            mids.push((
+                api.add_media(MediaKind::Video, direction, None, None, None),
+                MediaKind::Video,
+            ));
+        }
+        mids.push((
+            api.add_media(MediaKind::Audio, direction, None, None, None),
+            MediaKind::Audio,
+        ));
         let (offer, pending) = api.apply().context("no offer")?;
         Ok((
             LightPeer {
@@ -90,7 +99,7 @@ impl LightPeer {
                 socket,
                 local,
                 pending: Some(pending),
-                mids: vec![(v, MediaKind::Video), (a, MediaKind::Audio)],
+                mids,
             },
             offer.to_sdp_string(),
         ))
@@ -290,7 +299,7 @@ pub async fn run_publisher(
     stats: Arc<PubStats>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let vmid = peer.mid(MediaKind::Video).context("video mid")?;
+    let vmid = peer.mid(MediaKind::Video);
     let amid = peer.mid(MediaKind::Audio).context("audio mid")?;
     let mut buf = vec![0u8; 2000];
     let start = Instant::now();
@@ -317,15 +326,16 @@ pub async fn run_publisher(
         }
         let now = Instant::now();
         if now >= due {
-            let (mid, codec, seq, rate) = if item.video {
-                (vmid, Codec::H264, &mut vseq, 90_000u64)
-            } else {
-                (amid, Codec::Opus, &mut aseq, 48_000u64)
+            let (mid, codec, seq, rate) = match (item.video, vmid) {
+                (true, Some(v)) => (Some(v), Codec::H264, &mut vseq, 90_000u64),
+                (true, None) => (None, Codec::H264, &mut vseq, 90_000u64),
+                (false, _) => (Some(amid), Codec::Opus, &mut aseq, 48_000u64),
             };
             let lap_ticks = (clip_len.as_secs_f64() * rate as f64) as u64 * u64::from(lap);
             // RTP time wraps at 32 bits by design.
             let ts = (u64::from(item.ts) + lap_ticks) as u32;
-            if let Some(pt) = peer.pt(codec)
+            if let Some(mid) = mid
+                && let Some(pt) = peer.pt(codec)
                 && let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(mid, None)
             {
                 tx.write_rtp(

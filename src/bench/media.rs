@@ -188,68 +188,186 @@ async fn packets_forwarded(ws_url: &str) -> Option<u64> {
     server_counter(ws_url, "rtcroom_media_packets_out_total").await
 }
 
-/// Run the scenario.
+/// The shape of a media run.
+#[derive(Clone, Copy, Debug)]
+pub struct MediaSpec {
+    /// Scenario name in the report.
+    pub scenario: &'static str,
+    /// Room mode.
+    pub mode: Mode,
+    /// Publishing clients.
+    pub publishers: usize,
+    /// Subscribing clients (each subscribes to every publisher).
+    pub subscribers: usize,
+    /// Publish audio only.
+    pub audio_only: bool,
+    /// Subscribers started per second.
+    pub rate: f64,
+}
+
+/// `livestream --subscribers N`: 1 anchor (720p + Opus) → N audience, live mode.
 pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> anyhow::Result<()> {
+    run(
+        MediaSpec {
+            scenario: "livestream",
+            mode: Mode::Live,
+            publishers: 1,
+            subscribers,
+            audio_only: false,
+            rate,
+        },
+        common,
+    )
+    .await
+}
+
+/// `meeting --publishers P --subscribers S`: P publishers (720p + Opus) × S subscribers, rtc.
+pub async fn meeting(
+    publishers: usize,
+    subscribers: usize,
+    rate: f64,
+    common: CommonArgs,
+) -> anyhow::Result<()> {
+    run(
+        MediaSpec {
+            scenario: "meeting",
+            mode: Mode::Rtc,
+            publishers,
+            subscribers,
+            audio_only: false,
+            rate,
+        },
+        common,
+    )
+    .await
+}
+
+/// `audio-room --publishers P --subscribers N`: P audio-only publishers → N listeners, live.
+pub async fn audio_room(
+    publishers: usize,
+    subscribers: usize,
+    rate: f64,
+    common: CommonArgs,
+) -> anyhow::Result<()> {
+    run(
+        MediaSpec {
+            scenario: "audio-room",
+            mode: Mode::Live,
+            publishers,
+            subscribers,
+            audio_only: true,
+            rate,
+        },
+        common,
+    )
+    .await
+}
+
+/// Most publishers one run may use (TRTC allows 50 at once).
+pub const MAX_PUBLISHERS: usize = 50;
+/// Most subscriptions (subscribers × publishers) one run may open.
+pub const MAX_SUBSCRIPTIONS: usize = 2000;
+
+async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
+    let MediaSpec {
+        scenario,
+        mode,
+        publishers,
+        subscribers,
+        audio_only,
+        rate,
+    } = spec;
+    if publishers == 0 || publishers > MAX_PUBLISHERS {
+        bail!("--publishers must be between 1 and {MAX_PUBLISHERS}");
+    }
     if subscribers == 0 || subscribers > MAX_SUBSCRIBERS {
         bail!("--subscribers must be between 1 and {MAX_SUBSCRIBERS}");
+    }
+    if publishers * subscribers > MAX_SUBSCRIPTIONS {
+        bail!("publishers × subscribers must be at most {MAX_SUBSCRIPTIONS} subscriptions");
+    }
+    if mode == Mode::Rtc && publishers + subscribers > 300 {
+        bail!("an rtc room holds at most 300 members: publishers + subscribers ≤ 300");
     }
     if !(common.duration.is_finite() && (1.0..=600.0).contains(&common.duration)) {
         bail!("--duration must be between 1 and 600 seconds");
     }
     let rate = if rate > 0.0 { rate } else { 100.0 };
-    eprintln!("livestream: encoding the 720p clip once...");
-    let (clip, clip_len) = tokio::task::spawn_blocking(pre_encode).await??;
+    eprintln!("{scenario}: encoding the clip once...");
+    let (mut clip, clip_len) = tokio::task::spawn_blocking(pre_encode).await??;
+    if audio_only {
+        clip.retain(|r| !r.video);
+    }
     let clip_video = clip.iter().filter(|r| r.video).count();
+    let clip = Arc::new(clip);
     let target = Target::new(&common).await?;
     let room = format!("{}", 1 + (std::process::id() % 1_000_000));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let viewer_role = if mode == Mode::Live {
+        Role::Audience
+    } else {
+        Role::Anchor
+    };
 
-    // The anchor.
-    let mut anchor = Signal::connect(&target.url).await?;
-    anchor
-        .request(ClientMessage::Join(join(
+    // Publishers: each joins as an anchor and publishes; all replay on one thread of their
+    // own so the audience's load cannot starve them (a starved publisher would make the
+    // generator, not the server, lose packets).
+    let mut tasks = Vec::new();
+    let mut pub_peers = Vec::with_capacity(publishers);
+    let mut pub_stats = Vec::with_capacity(publishers);
+    for p in 0..publishers {
+        let mut sig = Signal::connect(&target.url).await?;
+        sig.request(ClientMessage::Join(join(
             &target,
-            "anchor",
+            &format!("anchor-{p}"),
             &room,
             Role::Anchor,
         )?))
         .await?;
-    let (mut peer, offer) = LightPeer::new(Direction::SendOnly).await?;
-    let reply = anchor
-        .request(ClientMessage::Publish(PublishRequest {
-            stream_type: StreamType::Main,
-            has_audio: true,
-            has_video: true,
-            sdp: Some(offer),
-        }))
-        .await?;
-    peer.accept_answer(&answer(reply)?)?;
-    let pub_stats = Arc::new(PubStats::default());
-    // The publisher gets a thread of its own so the audience's load cannot starve it (a
-    // starved publisher would make the generator, not the server, lose packets).
-    let (pub_done_tx, publisher) = tokio::sync::oneshot::channel();
+        let (mut peer, offer) = LightPeer::new(Direction::SendOnly, !audio_only).await?;
+        let reply = sig
+            .request(ClientMessage::Publish(PublishRequest {
+                stream_type: StreamType::Main,
+                has_audio: true,
+                has_video: !audio_only,
+                sdp: Some(offer),
+            }))
+            .await?;
+        peer.accept_answer(&answer(reply)?)?;
+        pub_peers.push(peer);
+        pub_stats.push(Arc::new(PubStats::default()));
+        tasks.push(tokio::spawn(sig.idle(stop_rx.clone())));
+    }
+    let (pub_done_tx, publishers_done) = tokio::sync::oneshot::channel();
     {
-        let (clip, stats, stop) = (Arc::new(clip), pub_stats.clone(), stop_rx.clone());
-        let peer = peer;
+        let stats = pub_stats.clone();
+        let (clip, stop) = (clip.clone(), stop_rx.clone());
         std::thread::Builder::new()
-            .name("bench-publisher".into())
+            .name("bench-publishers".into())
             .spawn(move || {
                 let res = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .map_err(anyhow::Error::from)
                     .and_then(|rt| {
-                        rt.block_on(light::run_publisher(peer, clip, clip_len, stats, stop))
+                        rt.block_on(async move {
+                            let runs = pub_peers.into_iter().zip(stats).map(|(peer, st)| {
+                                light::run_publisher(peer, clip.clone(), clip_len, st, stop.clone())
+                            });
+                            for r in futures_util::future::join_all(runs).await {
+                                r?;
+                            }
+                            Ok(())
+                        })
                     });
                 let _ = pub_done_tx.send(res);
             })?;
     }
-    let mut tasks = vec![tokio::spawn(anchor.idle(stop_rx.clone()))];
     let base = target.stat();
 
-    // The audience.
+    // Subscribers: each subscribes to every publisher (one downlink per publisher).
     let started = Instant::now();
-    let mut subs = Vec::with_capacity(subscribers);
+    let mut subs = Vec::with_capacity(subscribers * publishers);
     for i in 0..subscribers {
         tokio::time::sleep_until(
             tokio::time::Instant::from_std(started) + Duration::from_secs_f64(i as f64 / rate),
@@ -260,58 +378,87 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
             &target,
             &format!("viewer-{i}"),
             &room,
-            Role::Audience,
+            viewer_role,
         )?))
         .await?;
-        let (mut peer, offer) = LightPeer::new(Direction::RecvOnly).await?;
-        let t0 = Instant::now();
-        let reply = sig
-            .request(ClientMessage::Subscribe(SubscribeRequest {
-                user_id: UserId::new("anchor").map_err(|e| anyhow::anyhow!(e.message))?,
-                stream_type: StreamType::Main,
-                audio: true,
-                video: true,
-                sdp: Some(offer),
-            }))
-            .await?;
-        peer.accept_answer(&answer(reply)?)?;
-        let stats = Arc::new(SubStats::default());
-        tasks.push(tokio::spawn(light::run_subscriber(
-            peer,
-            t0,
-            stats.clone(),
-            stop_rx.clone(),
-        )));
+        for p in 0..publishers {
+            let (mut peer, offer) = LightPeer::new(Direction::RecvOnly, !audio_only).await?;
+            let t0 = Instant::now();
+            let reply = sig
+                .request(ClientMessage::Subscribe(SubscribeRequest {
+                    user_id: UserId::new(&format!("anchor-{p}"))
+                        .map_err(|e| anyhow::anyhow!(e.message))?,
+                    stream_type: StreamType::Main,
+                    audio: true,
+                    video: !audio_only,
+                    sdp: Some(offer),
+                }))
+                .await?;
+            peer.accept_answer(&answer(reply)?)?;
+            let stats = Arc::new(SubStats::default());
+            tasks.push(tokio::spawn(light::run_subscriber(
+                peer,
+                t0,
+                stats.clone(),
+                stop_rx.clone(),
+            )));
+            subs.push(stats);
+        }
         tasks.push(tokio::spawn(sig.idle(stop_rx.clone())));
-        subs.push(stats);
         if i % 20 == 0 {
-            eprint!("\rlivestream: {}/{subscribers} subscribed", i + 1);
+            eprint!("\r{scenario}: {}/{subscribers} subscribers", i + 1);
         }
     }
-    eprintln!("\rlivestream: {subscribers}/{subscribers} subscribed, warming up");
-    // Warm up until every subscriber has video (first keyframe), bounded.
+    eprintln!("\r{scenario}: {subscribers}/{subscribers} subscribers, warming up");
+    // Warm up until every subscription has media (bounded).
     let warm_deadline = Instant::now() + Duration::from_secs(15);
-    while subs
-        .iter()
-        .any(|s| s.first_video_us.load(Ordering::Relaxed) == 0)
-        && Instant::now() < warm_deadline
-    {
+    let has_media = |s: &SubStats| {
+        if audio_only {
+            s.packets.load(Ordering::Relaxed) > 0
+        } else {
+            s.first_video_us.load(Ordering::Relaxed) > 0
+        }
+    };
+    while !subs.iter().all(|s| has_media(s)) && Instant::now() < warm_deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let sent_now = || {
+        pub_stats
+            .iter()
+            .map(|s| s.packets.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let recv_now = || {
+        subs.iter()
+            .map(|s| s.packets.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
     // The measured window.
     let w_start = Instant::now();
     let cpu0 = target.stat();
     let fwd0 = packets_forwarded(&target.url).await;
-    let sent0 = pub_stats.packets.load(Ordering::Relaxed);
-    let recv0: u64 = subs.iter().map(|s| s.packets.load(Ordering::Relaxed)).sum();
+    let (sent0, recv0) = (sent_now(), recv_now());
     let mut progress = tokio::time::interval(Duration::from_secs(1));
+    let mut series = Vec::new();
+    let (mut last_recv, mut last_cpu, mut last_t) = (recv0, cpu0.map(|c| c.cpu_s), 0.0f64);
     while w_start.elapsed() < Duration::from_secs_f64(common.duration) {
         progress.tick().await;
-        let recv: u64 = subs.iter().map(|s| s.packets.load(Ordering::Relaxed)).sum();
+        let t = w_start.elapsed().as_secs_f64();
+        let recv = recv_now();
+        let cpu = target.stat().map(|c| c.cpu_s);
+        let dt = (t - last_t).max(1e-3);
+        let bytes: u64 = subs.iter().map(|s| s.bytes.load(Ordering::Relaxed)).sum();
+        series.push(json!({
+            "t": t,
+            "received_pps": (recv - last_recv) as f64 / dt,
+            "received_bytes": bytes,
+            "server_cpu_pct": match (cpu, last_cpu) { (Some(a), Some(b)) => Some(100.0 * (a - b) / dt), _ => None },
+        }));
+        (last_recv, last_cpu, last_t) = (recv, cpu, t);
         eprint!(
-            "\rlivestream: {:.0} s, {} packets sent, {} received   ",
-            w_start.elapsed().as_secs_f64(),
-            pub_stats.packets.load(Ordering::Relaxed) - sent0,
+            "\r{scenario}: {:.0} s, {} packets sent, {} received   ",
+            t,
+            sent_now() - sent0,
             recv - recv0
         );
     }
@@ -321,16 +468,13 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
     let fwd1 = packets_forwarded(&target.url).await;
     let send_drops = server_counter(&target.url, "rtcroom_media_send_drops_total").await;
     let server_in = server_counter(&target.url, "rtcroom_media_packets_in_total").await;
-    let unmatched = server_counter(&target.url, "rtcroom_media_dropped_datagrams_total").await;
-    let sent = pub_stats.packets.load(Ordering::Relaxed) - sent0;
-    let recv: u64 = subs
-        .iter()
-        .map(|s| s.packets.load(Ordering::Relaxed))
-        .sum::<u64>()
-        - recv0;
+    let keyframe_requests =
+        server_counter(&target.url, "rtcroom_media_keyframe_requests_total").await;
+    let sent = sent_now() - sent0;
+    let recv = recv_now() - recv0;
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(5), publisher).await {
-        Ok(Ok(Err(e))) => eprintln!("publisher: {e:#}"),
+    match tokio::time::timeout(Duration::from_secs(5), publishers_done).await {
+        Ok(Ok(Err(e))) => eprintln!("publishers: {e:#}"),
         Ok(Err(_)) | Err(_) => eprintln!("publisher thread did not finish"),
         Ok(Ok(Ok(()))) => {}
     }
@@ -340,29 +484,29 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
     let lost: u64 = subs.iter().map(|s| s.lost.load(Ordering::Relaxed)).sum();
     let received_total: u64 = subs.iter().map(|s| s.packets.load(Ordering::Relaxed)).sum();
     let freezes: u64 = subs.iter().map(|s| s.freezes.load(Ordering::Relaxed)).sum();
+    let ms = |v: u64| v as f64 / 1000.0;
     let first_packet: Vec<f64> = subs
         .iter()
         .map(|s| s.first_video_us.load(Ordering::Relaxed))
         .filter(|v| *v > 0)
-        .map(|v| v as f64 / 1000.0)
+        .map(ms)
         .collect();
     let first_frame: Vec<f64> = subs
         .iter()
         .map(|s| s.first_keyframe_us.load(Ordering::Relaxed))
         .filter(|v| *v > 0)
-        .map(|v| v as f64 / 1000.0)
+        .map(ms)
         .collect();
     let expected = sent * subscribers as u64;
-    let window_loss = if expected > 0 {
-        100.0 * (expected.saturating_sub(recv)) as f64 / expected as f64
-    } else {
-        0.0
+    let pct = |a: u64, b: u64| {
+        if b > 0 {
+            100.0 * a as f64 / b as f64
+        } else {
+            0.0
+        }
     };
-    let seq_loss = if received_total + lost > 0 {
-        100.0 * lost as f64 / (received_total + lost) as f64
-    } else {
-        0.0
-    };
+    let window_loss = pct(expected.saturating_sub(recv), expected);
+    let seq_loss = pct(lost, received_total + lost);
     let forwarded = match (fwd0, fwd1) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
@@ -375,14 +519,16 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
         (Some(c), Some(f)) if f > 0 => Some(c * 1e6 / f as f64),
         _ => None,
     };
+    let members = publishers + subscribers;
     let mem_per_sub = match (base, cpu1) {
         (Some(b), Some(a)) => Some((a.rss_bytes as f64 - b.rss_bytes as f64) / subscribers as f64),
         _ => None,
     };
+    let bytes: u64 = subs.iter().map(|s| s.bytes.load(Ordering::Relaxed)).sum();
     let report = json!({
-        "scenario": "livestream",
-        "clients": subscribers + 1,
-        "publishers": 1,
+        "scenario": scenario,
+        "clients": members,
+        "publishers": publishers,
         "subscribers": subscribers,
         "duration_s": window.as_secs_f64(),
         "join_ms": null,
@@ -395,24 +541,31 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
         "loss_pct_window": window_loss,
         "loss_pct_sequence": seq_loss,
         "freezes": freezes,
+        "received_kbps_per_subscription": if subs.is_empty() { 0.0 } else { bytes as f64 * 8.0 / 1000.0 / window.as_secs_f64().max(1e-9) / subs.len() as f64 },
         "clip_video_packets": clip_video,
+        "packets_sent_total": sent_now(),
         "server_cpu_pct": cpu_s.map(|c| 100.0 * c / window.as_secs_f64()),
         "server_cpu_us_per_packet": per_packet_us,
         "server_rss_bytes": cpu1.map(|c| c.rss_bytes),
+        "server_rss_bytes_per_member": cpu1.map(|c| c.rss_bytes as f64 / members as f64),
         "server_rss_bytes_per_subscriber": mem_per_sub,
         "server_packets_forwarded": forwarded,
-        "server_send_drops": send_drops,
         "server_packets_in_total": server_in,
-        "packets_sent_total": pub_stats.packets.load(Ordering::Relaxed),
-        "server_unmatched_datagrams": unmatched,
+        "server_send_drops": send_drops,
+        "server_keyframe_requests_total": keyframe_requests,
         "server": if target.child.is_some() { "embedded (child process)" } else { target.url.as_str() },
+        "series": series,
     });
     let f = |v: &serde_json::Value| {
         v.as_f64()
             .map(|x| format!("{x:.2}"))
             .unwrap_or_else(|| "-".into())
     };
-    println!("scenario              livestream (1 anchor → {subscribers} audience)");
+    println!(
+        "scenario              {scenario} ({publishers} publisher(s) → {subscribers} subscriber(s), {} mode{})",
+        mode,
+        if audio_only { ", audio only" } else { "" }
+    );
     println!("window                {:.1} s", window.as_secs_f64());
     println!(
         "packets sent          {sent} ({:.0}/s)",
@@ -421,14 +574,16 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
     println!("packets received      {recv} (expected {expected})");
     println!("loss                  {}%", f(&report["loss_pct"]));
     println!("freezes (>500 ms)     {freezes}");
-    println!(
-        "first video packet    {} ms",
-        super::fmt_p(&report["first_video_packet_ms"])
-    );
-    println!(
-        "first keyframe        {} ms (the clip is replayed as encoded: keyframes every 2 s)",
-        super::fmt_p(&report["first_frame_ms"])
-    );
+    if !audio_only {
+        println!(
+            "first video packet    {} ms",
+            super::fmt_p(&report["first_video_packet_ms"])
+        );
+        println!(
+            "first keyframe        {} ms (the clip is replayed as encoded: keyframes every 2 s)",
+            super::fmt_p(&report["first_frame_ms"])
+        );
+    }
     println!(
         "server CPU            {}% of a core",
         f(&report["server_cpu_pct"])
@@ -443,6 +598,9 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
     }
     if let Some(path) = &common.json {
         write_json(path, &report)?;
+    }
+    if recv == 0 {
+        bail!("no media reached the subscribers");
     }
     Ok(())
 }

@@ -4,9 +4,10 @@
 //! a free loopback port, with its own key file) so the server's CPU and memory come from its
 //! own process accounting, separate from the load generator's.
 //!
-//! Scenarios so far: `join` (N clients join one room and leave) and `livestream` (1 anchor to
-//! N audience, light str0m clients replaying pre-encoded RTP). `meeting` and `audio-room`
-//! arrive with the harness issue.
+//! Scenarios: `join` (N clients join one room and leave), and the media scenarios with light
+//! str0m clients replaying pre-encoded RTP (encode once, send many) to subscribers that
+//! decrypt and count without decoding: `livestream` (1 anchor → N audience), `meeting`
+//! (P publishers × S subscribers, rtc) and `audio-room` (P audio publishers → N listeners).
 
 mod light;
 mod media;
@@ -69,6 +70,42 @@ pub struct CommonArgs {
 
 #[derive(Subcommand, Debug)]
 enum Scenario {
+    /// P publishers (720p H.264 + Opus) × S subscribers in one rtc room; every subscriber
+    /// subscribes to every publisher.
+    #[command(
+        after_help = "Example:\n  rtcroom bench meeting --publishers 4 --subscribers 20 --duration 10"
+    )]
+    Meeting {
+        /// Publishing members.
+        #[arg(long, value_name = "P", default_value_t = 4)]
+        publishers: usize,
+        /// Subscribing members.
+        #[arg(long, value_name = "S", default_value_t = 10)]
+        subscribers: usize,
+        /// Subscribers started per second.
+        #[arg(long, value_name = "PER_SEC", default_value_t = 50.0)]
+        rate: f64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// P audio-only publishers (Opus) → N listeners (live mode).
+    #[command(
+        name = "audio-room",
+        after_help = "Example:\n  rtcroom bench audio-room --publishers 3 --subscribers 100 --duration 10"
+    )]
+    AudioRoom {
+        /// Speaking members.
+        #[arg(long, value_name = "P", default_value_t = 3)]
+        publishers: usize,
+        /// Listeners.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        subscribers: usize,
+        /// Listeners started per second.
+        #[arg(long, value_name = "PER_SEC", default_value_t = 100.0)]
+        rate: f64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
     /// 1 anchor publishes 720p H.264 (~1.5 Mbit/s) + Opus to N audience members (live mode),
     /// who decrypt and count without decoding.
     #[command(
@@ -127,6 +164,18 @@ pub fn run(args: BenchArgs) -> ExitCode {
             rate,
             common,
         } => rt.block_on(media::livestream(subscribers, rate, common)),
+        Scenario::Meeting {
+            publishers,
+            subscribers,
+            rate,
+            common,
+        } => rt.block_on(media::meeting(publishers, subscribers, rate, common)),
+        Scenario::AudioRoom {
+            publishers,
+            subscribers,
+            rate,
+            common,
+        } => rt.block_on(media::audio_room(publishers, subscribers, rate, common)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
