@@ -167,10 +167,13 @@ fn bench_join_writes_a_plausible_report() {
 fn media_scenario(args: &[&str], subscriptions_per_packet: u64) -> serde_json::Value {
     let dir = temp_home(args[1]);
     let json = dir.join("report.json");
+    let html = dir.join("report.html");
     let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
         .args(args)
         .args(["--duration", "2", "--json"])
         .arg(&json)
+        .arg("--html")
+        .arg(&html)
         .env("RTCROOM_HOME", &dir)
         .output()
         .unwrap();
@@ -217,6 +220,12 @@ fn media_scenario(args: &[&str], subscriptions_per_packet: u64) -> serde_json::V
     );
     assert!(r["server_cpu_us_per_packet"].as_f64().unwrap() > 0.0);
     assert!(r["series"].as_array().is_some_and(|s| !s.is_empty()));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("<svg") && page.contains("Server CPU over time"),
+        "{page}"
+    );
+    assert!(!page.contains("<script"));
     let _ = std::fs::remove_dir_all(&dir);
     r
 }

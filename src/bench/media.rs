@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::light::{self, LightPeer, PubStats, Recorded, SubStats};
-use super::{CommonArgs, Target, percentiles, write_json};
+use super::{CommonArgs, Target, percentiles};
 
 /// Largest audience one run may use.
 pub const MAX_SUBSCRIBERS: usize = 2000;
@@ -596,9 +596,9 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     if let Some(m) = mem_per_sub {
         println!("server memory         {:.1} KB per subscriber", m / 1e3);
     }
-    if let Some(path) = &common.json {
-        write_json(path, &report)?;
-    }
+    let mut report = report;
+    report["first_video_packet_ms_samples"] = json!(first_packet);
+    super::write_reports(&common, &report)?;
     if recv == 0 {
         bail!("no media reached the subscribers");
     }

@@ -9,6 +9,7 @@
 //! decrypt and count without decoding: `livestream` (1 anchor → N audience), `meeting`
 //! (P publishers × S subscribers, rtc) and `audio-room` (P audio publishers → N listeners).
 
+mod html;
 mod light;
 mod media;
 
@@ -66,6 +67,21 @@ pub struct CommonArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report (tables and plots, no network needed) here.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
+/// Write the reports the flags ask for.
+fn write_reports(common: &CommonArgs, report: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(path) = &common.json {
+        write_json(path, report)?;
+    }
+    if let Some(path) = &common.html {
+        std::fs::write(path, html::render(report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -629,10 +645,10 @@ async fn join_scenario(
         "server_packets_forwarded": if target.child.is_some() { json!(0) } else { json!(null) },
         "server": if target.child.is_some() { "embedded (child process)" } else { target.url.as_str() },
     });
+    let mut report = report;
+    report["join_ms_samples"] = json!(join_ms);
     print_join_summary(&report);
-    if let Some(path) = &common.json {
-        write_json(path, &report)?;
-    }
+    write_reports(&common, &report)?;
     if join_ms.is_empty() {
         bail!("no client joined");
     }

@@ -1,0 +1,251 @@
+//! A self-contained HTML report: a summary table and inline SVG plots (latency distribution,
+//! bitrate over time, server CPU over time). No scripts, fonts or network access needed.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+const W: f64 = 640.0;
+const H: f64 = 220.0;
+const PAD: f64 = 40.0;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn axis(out: &mut String, x_label: &str, y_label: &str, x_max: f64, y_max: f64) {
+    let _ = write!(
+        out,
+        r##"<line x1="{PAD}" y1="{b}" x2="{r}" y2="{b}" stroke="#444"/><line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{b}" stroke="#444"/>
+<text x="{cx}" y="{ly}" text-anchor="middle" font-size="12">{xl}</text>
+<text x="12" y="{cy}" font-size="12" transform="rotate(-90 12 {cy})" text-anchor="middle">{yl}</text>
+<text x="{PAD}" y="{ty}" font-size="10">0</text><text x="{r}" y="{ty}" font-size="10" text-anchor="end">{xm}</text>
+<text x="{tx}" y="{pt}" font-size="10" text-anchor="end">{ym}</text>"##,
+        b = H - PAD,
+        r = W - 10.0,
+        cx = W / 2.0,
+        ly = H - 8.0,
+        cy = H / 2.0,
+        ty = H - PAD + 12.0,
+        tx = PAD - 4.0,
+        pt = PAD + 4.0,
+        xl = esc(x_label),
+        yl = esc(y_label),
+        xm = fmt_num(x_max),
+        ym = fmt_num(y_max),
+    );
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// An SVG line chart of (x, y) points.
+pub fn line_chart(title: &str, x_label: &str, y_label: &str, points: &[(f64, f64)]) -> String {
+    let mut out = format!(
+        r#"<figure><figcaption>{}</figcaption><svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}">"#,
+        esc(title)
+    );
+    let x_max = points.iter().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
+    let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.1;
+    axis(&mut out, x_label, y_label, x_max, y_max);
+    let sx = |x: f64| PAD + (x / x_max) * (W - 10.0 - PAD);
+    let sy = |y: f64| (H - PAD) - (y / y_max) * (H - 2.0 * PAD);
+    let path: Vec<String> = points
+        .iter()
+        .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+        .collect();
+    let _ = write!(
+        out,
+        r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{}"/></svg></figure>"##,
+        path.join(" ")
+    );
+    out
+}
+
+/// An SVG histogram of samples (20 bins).
+pub fn histogram(title: &str, x_label: &str, samples: &[f64]) -> String {
+    let mut out = format!(
+        r#"<figure><figcaption>{}</figcaption><svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}">"#,
+        esc(title)
+    );
+    const BINS: usize = 20;
+    let max = samples.iter().copied().fold(0.0, f64::max).max(1e-9);
+    let mut counts = [0usize; BINS];
+    for s in samples {
+        let i = ((s / max) * BINS as f64) as usize;
+        counts[i.min(BINS - 1)] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+    axis(&mut out, x_label, "count", max, top);
+    let bw = (W - 10.0 - PAD) / BINS as f64;
+    for (i, c) in counts.iter().enumerate() {
+        let h = (*c as f64 / top) * (H - 2.0 * PAD);
+        let _ = write!(
+            out,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#ff7f0e"/>"##,
+            PAD + i as f64 * bw + 1.0,
+            H - PAD - h,
+            bw - 2.0,
+            h
+        );
+    }
+    out.push_str("</svg></figure>");
+    out
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "–".into(),
+        Value::Number(n) => n
+            .as_f64()
+            .map(|f| {
+                if f.fract() == 0.0 {
+                    format!("{f:.0}")
+                } else {
+                    format!("{f:.3}")
+                }
+            })
+            .unwrap_or_else(|| n.to_string()),
+        Value::String(s) => esc(s),
+        Value::Object(m) if m.contains_key("p50") => format!(
+            "p50 {} · p95 {} · p99 {} · max {}",
+            cell(&m["p50"]),
+            cell(&m["p95"]),
+            cell(&m["p99"]),
+            cell(&m["max"])
+        ),
+        other => esc(&other.to_string()),
+    }
+}
+
+/// The whole report page.
+pub fn render(report: &Value) -> String {
+    let scenario = report["scenario"].as_str().unwrap_or("?");
+    let mut html = format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>rtcroom bench: {s}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{margin:1.5em 0}}
+figcaption{{font-weight:bold;margin-bottom:.3em}}</style></head><body>
+<h1>rtcroom bench: {s}</h1><table>"#,
+        s = esc(scenario)
+    );
+    if let Value::Object(m) = report {
+        for (k, v) in m {
+            if k.ends_with("_samples") || k == "series" {
+                continue;
+            }
+            let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", esc(k), cell(v));
+        }
+    }
+    html.push_str("</table>");
+    let samples = |key: &str| -> Vec<f64> {
+        report[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let join = samples("join_ms_samples");
+    if !join.is_empty() {
+        html.push_str(&histogram(
+            "Join round-trip distribution",
+            "join round-trip (ms)",
+            &join,
+        ));
+    }
+    let first = samples("first_video_packet_ms_samples");
+    if !first.is_empty() {
+        html.push_str(&histogram(
+            "Time to first video packet",
+            "ms after subscribe",
+            &first,
+        ));
+    }
+    if let Some(series) = report["series"].as_array() {
+        let pts = |f: &dyn Fn(&Value) -> Option<f64>| -> Vec<(f64, f64)> {
+            series
+                .iter()
+                .filter_map(|p| Some((p["t"].as_f64()?, f(p)?)))
+                .collect()
+        };
+        // Bitrate from the running byte count between consecutive points.
+        let mut kbps = Vec::with_capacity(series.len());
+        let (mut last_b, mut last_t) = (0.0, 0.0);
+        for p in series {
+            let (Some(t), Some(b)) = (p["t"].as_f64(), p["received_bytes"].as_f64()) else {
+                continue;
+            };
+            if !kbps.is_empty() || last_t > 0.0 {
+                kbps.push((
+                    t,
+                    (b - last_b).max(0.0) * 8.0 / 1000.0 / (t - last_t).max(1e-3),
+                ));
+            }
+            (last_b, last_t) = (b, t);
+        }
+        if !kbps.is_empty() {
+            html.push_str(&line_chart(
+                "Received bitrate over time (all subscribers)",
+                "seconds into the window",
+                "kbit/s",
+                &kbps,
+            ));
+        }
+        let cpu = pts(&|p| p["server_cpu_pct"].as_f64());
+        if !cpu.is_empty() {
+            html.push_str(&line_chart(
+                "Server CPU over time",
+                "seconds into the window",
+                "% of a core",
+                &cpu,
+            ));
+        }
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn page_is_self_contained_and_has_the_plots() {
+        let r = json!({
+            "scenario": "livestream<x>",
+            "loss_pct": 0.25,
+            "join_ms": {"p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0},
+            "first_video_packet_ms_samples": [10.0, 12.0, 30.0],
+            "series": [
+                {"t": 1.0, "received_bytes": 1000.0, "server_cpu_pct": 10.0},
+                {"t": 2.0, "received_bytes": 3000.0, "server_cpu_pct": 12.0}
+            ]
+        });
+        let html = render(&r);
+        assert!(html.contains("livestream&lt;x&gt;"));
+        assert!(html.contains("p50 1 · p95 2"));
+        assert_eq!(html.matches("<svg").count(), 3);
+        // The only URL is the SVG namespace: nothing is fetched.
+        assert_eq!(
+            html.matches("http://").count(),
+            html.matches("xmlns=\"http://www.w3.org/2000/svg\"").count()
+        );
+        assert!(!html.contains("<script"));
+        // Second point: 2000 bytes in 1 s = 16 kbit/s.
+        assert!(html.contains("polyline"));
+    }
+
+    #[test]
+    fn histogram_bins_every_sample() {
+        let svg = histogram("t", "x", &[1.0, 1.0, 2.0, 100.0]);
+        assert_eq!(svg.matches("<rect").count(), 20);
+    }
+}
