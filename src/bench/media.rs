@@ -439,6 +439,8 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     let fwd0 = packets_forwarded(&target.url).await;
     let (sent0, recv0) = (sent_now(), recv_now());
     let mut progress = tokio::time::interval(Duration::from_secs(1));
+    // The first tick is immediate; the series starts one second in.
+    progress.tick().await;
     let mut series = Vec::new();
     let (mut last_recv, mut last_cpu, mut last_t) = (recv0, cpu0.map(|c| c.cpu_s), 0.0f64);
     while w_start.elapsed() < Duration::from_secs_f64(common.duration) {
