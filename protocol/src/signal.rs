@@ -97,6 +97,8 @@ pub enum ClientMessage {
         /// The new role.
         role: Role,
     },
+    /// The member's media statistics as the server sees them.
+    GetStats,
     /// Mute or unmute one kind of media of a published stream.
     Mute {
         /// Which stream.
@@ -237,6 +239,44 @@ pub enum ReplyData {
         /// The SDP.
         sdp: String,
     },
+    /// The member's media statistics as the server sees them (`get-stats`).
+    Stats(MemberStats),
+}
+
+/// Media statistics of one member's peer connections, measured by the server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStats {
+    /// Its published streams (what the server receives).
+    pub uplinks: Vec<LinkStats>,
+    /// Its subscriptions (what the server sends it).
+    pub downlinks: Vec<LinkStats>,
+}
+
+/// Statistics of one peer connection (audio and video together).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStats {
+    /// Whose stream: the member itself for uplinks, the publisher for downlinks.
+    pub user_id: Option<UserId>,
+    /// Which stream.
+    pub stream_type: Option<StreamType>,
+    /// RTP payload bytes (received for uplinks, sent for downlinks).
+    pub bytes: u64,
+    /// RTP packets (received for uplinks, sent for downlinks).
+    pub packets: u64,
+    /// Loss fraction 0..1 (uplink: measured by the server; downlink: reported by the
+    /// subscriber's receiver reports), when known.
+    pub loss: Option<f32>,
+    /// Interarrival jitter in RTP timestamp units of the video (uplink) or as reported by the
+    /// receiver (downlink), when known.
+    pub jitter: Option<u32>,
+    /// Round-trip time in milliseconds, when known.
+    pub rtt_ms: Option<f64>,
+    /// NACKs (sent to the publisher for uplinks, received from the subscriber for downlinks).
+    pub nacks: u64,
+    /// PLIs (likewise).
+    pub plis: u64,
 }
 
 /// What a joining member learns.

@@ -12,7 +12,8 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    BanReason, ClientMessage, JoinResult, ReplyData, ServerEvent, ServerMessage, StreamType, encode,
+    BanReason, ClientMessage, JoinResult, MemberStats, ReplyData, ServerEvent, ServerMessage,
+    StreamType, encode,
 };
 use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, RtcError, UserId};
@@ -347,6 +348,28 @@ impl Handler<RoomRequest> for RoomActor {
         };
         match msg.msg {
             ClientMessage::Heartbeat => ready(Ok(None)),
+            ClientMessage::GetStats => {
+                let mut stats = MemberStats::default();
+                if let Some(media) = &self.ctx.media {
+                    for ((user, st), peer) in &self.publishers {
+                        if *user == me
+                            && let Some(mut l) = media.link_stats(*peer)
+                        {
+                            (l.user_id, l.stream_type) = (Some(user.clone()), Some(*st));
+                            stats.uplinks.push(l);
+                        }
+                    }
+                    for ((session, user, st), peer) in &self.subscriptions {
+                        if *session == s
+                            && let Some(mut l) = media.link_stats(*peer)
+                        {
+                            (l.user_id, l.stream_type) = (Some(user.clone()), Some(*st));
+                            stats.downlinks.push(l);
+                        }
+                    }
+                }
+                ready(Ok(Some(ReplyData::Stats(stats))))
+            }
             ClientMessage::Leave => {
                 self.sessions.remove(&s);
                 ready(self.drive(ctx, |room| (Ok(None), room.leave(s, now))))

@@ -198,6 +198,28 @@ async fn publish_to_two_subscribers_then_late_joiner_then_unpublish() {
         requests.load(Ordering::Relaxed) >= 1,
         "new subscribers asked for a keyframe"
     );
+    // Per-member statistics as the server sees them (reported every 2 s).
+    let mut stats_tick = tokio::time::interval(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let (up, down) = loop {
+        stats_tick.tick().await;
+        let a = alice.request(ClientMessage::GetStats).await.unwrap();
+        let b = bob.request(ClientMessage::GetStats).await.unwrap();
+        if let (Some(ReplyData::Stats(a)), Some(ReplyData::Stats(b))) = (a, b)
+            && a.uplinks.first().is_some_and(|l| l.packets > 0)
+            && b.downlinks.first().is_some_and(|l| l.packets > 0)
+        {
+            break (a.uplinks[0].clone(), b.downlinks[0].clone());
+        }
+        assert!(Instant::now() < deadline, "stats never reported");
+    };
+    assert_eq!(up.user_id, Some(uid("alice")));
+    assert_eq!(
+        down.user_id,
+        Some(uid("alice")),
+        "bob's downlink carries alice's stream"
+    );
+    assert!(up.bytes > 1000 && down.bytes > 1000, "{up:?} {down:?}");
     let stats = server.metrics().media().unwrap().clone();
     assert!(stats.packets_out.load(Ordering::Relaxed) > stats.packets_in.load(Ordering::Relaxed));
 

@@ -96,6 +96,31 @@ pub struct MediaStats {
     pub connect_timeouts: AtomicU64,
 }
 
+/// Per-mid statistics of one peer, as str0m last reported them.
+#[derive(Clone, Debug, Default)]
+pub struct MidStats {
+    /// Bytes (received on an uplink, sent on a downlink).
+    pub bytes: u64,
+    /// Packets (likewise).
+    pub packets: u64,
+    /// Loss fraction, when known.
+    pub loss: Option<f32>,
+    /// Jitter, when known.
+    pub jitter: Option<u32>,
+    /// Round-trip time, when known.
+    pub rtt: Option<Duration>,
+    /// NACKs.
+    pub nacks: u64,
+    /// PLIs.
+    pub plis: u64,
+}
+
+/// Statistics of every peer, by peer, then by mid (updated every stats interval).
+pub type PeerStatsTable = Arc<RwLock<HashMap<PeerId, HashMap<String, MidStats>>>>;
+
+/// How often peers report statistics.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Handle to the media workers. Cheap to clone.
 #[derive(Clone)]
 pub struct MediaPlane {
@@ -111,6 +136,7 @@ struct Inner {
     publishers: Arc<RwLock<HashMap<SlotKey, PeerId>>>,
     stats: Arc<MediaStats>,
     addrs: Vec<SocketAddr>,
+    peer_stats: PeerStatsTable,
 }
 
 fn worker_of(id: PeerId) -> usize {
@@ -140,6 +166,7 @@ impl MediaPlane {
             .ok_or_else(|| std::io::Error::other("cannot generate the DTLS certificate"))?;
         let stats = Arc::new(MediaStats::default());
         let publishers = Arc::new(RwLock::new(HashMap::new()));
+        let peer_stats: PeerStatsTable = Arc::new(RwLock::new(HashMap::new()));
         let mut txs = Vec::with_capacity(n);
         let mut rxs = Vec::with_capacity(n);
         for _ in 0..n {
@@ -170,6 +197,7 @@ impl MediaPlane {
                 cert.clone(),
                 stats.clone(),
                 publishers.clone(),
+                peer_stats.clone(),
                 Duration::from_secs_f64(config.connect_timeout_s),
             );
             threads.push(
@@ -187,6 +215,7 @@ impl MediaPlane {
                 publishers,
                 stats,
                 addrs,
+                peer_stats,
             }),
         })
     }
@@ -336,6 +365,34 @@ impl MediaPlane {
             kind,
             muted,
         });
+    }
+
+    /// Statistics of one peer, summed over its audio and video (loss, jitter and RTT: the
+    /// worst of them).
+    pub fn link_stats(&self, id: PeerId) -> Option<rtcroom_protocol::signal::LinkStats> {
+        let table = self.inner.peer_stats.read().ok()?;
+        let mids = table.get(&id)?;
+        let mut out = rtcroom_protocol::signal::LinkStats::default();
+        for m in mids.values() {
+            out.bytes += m.bytes;
+            out.packets += m.packets;
+            out.nacks += m.nacks;
+            out.plis += m.plis;
+            out.loss = match (out.loss, m.loss) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            out.jitter = match (out.jitter, m.jitter) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            let rtt = m.rtt.map(|d| d.as_secs_f64() * 1000.0);
+            out.rtt_ms = match (out.rtt_ms, rtt) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Some(out)
     }
 
     /// Stop the workers and wait for them.

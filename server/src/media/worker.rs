@@ -127,6 +127,7 @@ pub(super) struct Worker {
     cert: DtlsCert,
     stats: Arc<MediaStats>,
     publishers: Arc<RwLock<HashMap<SlotKey, PeerId>>>,
+    peer_stats: super::PeerStatsTable,
     connect_timeout: Duration,
     peers: HashMap<PeerId, Peer>,
     by_addr: HashMap<SocketAddr, PeerId>,
@@ -219,6 +220,7 @@ impl Worker {
         cert: DtlsCert,
         stats: Arc<MediaStats>,
         publishers: Arc<RwLock<HashMap<SlotKey, PeerId>>>,
+        peer_stats: super::PeerStatsTable,
         connect_timeout: Duration,
     ) -> Worker {
         // The socket is bound, so it has a local address.
@@ -233,6 +235,7 @@ impl Worker {
             cert,
             stats,
             publishers,
+            peer_stats,
             connect_timeout,
             peers: HashMap::new(),
             by_addr: HashMap::new(),
@@ -423,12 +426,44 @@ impl Worker {
                 });
                 routed.push(Routed::Packet(slot.clone(), packet));
             }
+            Event::MediaIngressStats(st) => {
+                self.record_stats(id, st.mid, |m| {
+                    m.bytes = st.bytes;
+                    m.packets = st.packets;
+                    m.loss = st.loss;
+                    m.jitter = Some(st.jitter);
+                    m.rtt = st.rtt;
+                    m.nacks = st.nacks;
+                    m.plis = st.plis;
+                });
+            }
+            Event::MediaEgressStats(st) => {
+                self.record_stats(id, st.mid, |m| {
+                    m.bytes = st.bytes;
+                    m.packets = st.packets;
+                    m.loss = st.loss;
+                    m.jitter = st.remote.as_ref().map(|r| r.jitter);
+                    m.rtt = st.rtt;
+                    m.nacks = st.nacks;
+                    m.plis = st.plis;
+                });
+            }
             Event::KeyframeRequest(_) => {
                 if let PeerRole::Subscriber { slot, .. } = &peer.role {
                     routed.push(Routed::Keyframe(slot.clone(), false));
                 }
             }
             _ => {}
+        }
+    }
+
+    fn record_stats(&self, id: PeerId, mid: Mid, f: impl FnOnce(&mut super::MidStats)) {
+        if let Ok(mut table) = self.peer_stats.write() {
+            f(table
+                .entry(id)
+                .or_default()
+                .entry(mid.to_string())
+                .or_default());
         }
     }
 
@@ -604,6 +639,7 @@ impl Worker {
             .enable_h264(true)
             .enable_vp8(true)
             .set_send_buffer_video(SEND_BUFFER_VIDEO)
+            .set_stats_interval(Some(super::STATS_INTERVAL))
             .build(Instant::now())
     }
 
@@ -773,6 +809,9 @@ impl Worker {
             return;
         };
         self.stats.peers.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut table) = self.peer_stats.write() {
+            table.remove(&id);
+        }
         peer.rtc.disconnect();
         // Flush the goodbye (RTCP BYE / DTLS close) best effort.
         while let Ok(out) = peer.rtc.poll_output() {
