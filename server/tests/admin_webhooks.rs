@@ -268,3 +268,33 @@ async fn webhooks_are_signed_trtc_events_with_retry() {
     );
     server.stop().unwrap();
 }
+
+#[tokio::test]
+async fn https_webhooks_speak_tls() {
+    // A plain TCP listener stands in for an https receiver: the first bytes the server sends
+    // must be a TLS handshake record (0x16), and a failed TLS delivery must not hurt the server.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = config();
+    cfg.webhook = Some(WebhookConfig {
+        url: format!("https://{addr}/cb"),
+        key: "k".into(),
+    });
+    let server = start(cfg);
+    let (mut a, _) = joined(&server.ws_url(), "alice", "301", Mode::Rtc, None).await;
+    let (mut sock, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut first = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), sock.read_exact(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first[0], 0x16, "a TLS ClientHello");
+    drop(sock);
+    a.request(rtcroom_protocol::signal::ClientMessage::Heartbeat)
+        .await
+        .unwrap();
+    server.stop().unwrap();
+}
