@@ -139,7 +139,7 @@ figcaption{{font-weight:bold;margin-bottom:.3em}}</style></head><body>
     );
     if let Value::Object(m) = report {
         for (k, v) in m {
-            if k.ends_with("_samples") || k == "series" {
+            if k.ends_with("_samples") || k == "series" || k == "per_subscription" {
                 continue;
             }
             let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", esc(k), cell(v));

@@ -74,6 +74,7 @@ impl LightPeer {
         let local = socket.local_addr()?;
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
             .clear_codecs()
             .enable_opus(true, false)
             .enable_h264(true)
@@ -174,6 +175,15 @@ pub struct SubStats {
     /// Microseconds from subscribe to the first H.264 keyframe packet, i.e. the first frame a
     /// decoder could show (0 until then).
     pub first_keyframe_us: AtomicU64,
+    /// Microseconds from subscribe to the first audio packet (0 until then).
+    pub first_audio_us: AtomicU64,
+    /// Interarrival jitter of the video (or audio, if no video) in milliseconds × 1000, as
+    /// str0m last measured it.
+    pub jitter_us: AtomicU64,
+    /// NACKs this subscriber sent (str0m asks for retransmission on gaps).
+    pub nacks: AtomicU64,
+    /// PLIs this subscriber sent.
+    pub plis: AtomicU64,
 }
 
 /// Whether an H.264 RTP payload carries the start of a keyframe (IDR or SPS).
@@ -229,14 +239,37 @@ pub async fn run_subscriber(
     let mut buf = vec![0u8; 2000];
     let mut seqs: std::collections::HashMap<u32, SeqTrack> = Default::default();
     let mut last_video: Option<Instant> = None;
+    let video_mid = peer.mid(MediaKind::Video);
+    let mut nacks: std::collections::HashMap<Mid, u64> = Default::default();
+    let mut plis: std::collections::HashMap<Mid, u64> = Default::default();
     loop {
         let mut on_event = |e: Event| {
+            if let Event::MediaIngressStats(st) = &e {
+                // Per mid; keep the video's figures when both report (video is mid 0).
+                let rate = if video_mid == Some(st.mid) {
+                    90.0
+                } else {
+                    48.0
+                };
+                if video_mid.is_none() || video_mid == Some(st.mid) {
+                    let jitter_us = (f64::from(st.jitter) / rate * 1000.0) as u64;
+                    stats.jitter_us.store(jitter_us, Ordering::Relaxed);
+                }
+                nacks.insert(st.mid, st.nacks);
+                plis.insert(st.mid, st.plis);
+                stats.nacks.store(nacks.values().sum(), Ordering::Relaxed);
+                stats.plis.store(plis.values().sum(), Ordering::Relaxed);
+            }
             if let Event::RtpPacket(p) = e {
                 stats.packets.fetch_add(1, Ordering::Relaxed);
                 stats
                     .bytes
                     .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
                 seqs.entry(*p.header.ssrc).or_default().see(*p.seq_no);
+                if !is_video(&p) && stats.first_audio_us.load(Ordering::Relaxed) == 0 {
+                    let us = started.elapsed().as_micros().max(1) as u64;
+                    stats.first_audio_us.store(us, Ordering::Relaxed);
+                }
                 if is_video(&p) {
                     let now = Instant::now();
                     if let Some(prev) = last_video

@@ -2,7 +2,7 @@
 //! from a clip encoded once, to N audience members who decrypt and count without decoding.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -499,6 +499,39 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         .filter(|v| *v > 0)
         .map(ms)
         .collect();
+    let first_audio: Vec<f64> = subs
+        .iter()
+        .map(|s| s.first_audio_us.load(Ordering::Relaxed))
+        .filter(|v| *v > 0)
+        .map(ms)
+        .collect();
+    let jitter: Vec<f64> = subs
+        .iter()
+        .map(|s| s.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0)
+        .collect();
+    let nacks: u64 = subs.iter().map(|s| s.nacks.load(Ordering::Relaxed)).sum();
+    let plis: u64 = subs.iter().map(|s| s.plis.load(Ordering::Relaxed)).sum();
+    let per_subscription: Vec<serde_json::Value> = subs
+        .iter()
+        .map(|s| {
+            let us = |a: &AtomicU64| {
+                let v = a.load(Ordering::Relaxed);
+                (v > 0).then(|| v as f64 / 1000.0)
+            };
+            json!({
+                "packets": s.packets.load(Ordering::Relaxed),
+                "bytes": s.bytes.load(Ordering::Relaxed),
+                "lost": s.lost.load(Ordering::Relaxed),
+                "freezes": s.freezes.load(Ordering::Relaxed),
+                "first_audio_ms": us(&s.first_audio_us),
+                "first_video_packet_ms": us(&s.first_video_us),
+                "first_keyframe_ms": us(&s.first_keyframe_us),
+                "jitter_ms": s.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                "nacks": s.nacks.load(Ordering::Relaxed),
+                "plis": s.plis.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
     let expected = sent * subscribers as u64;
     let pct = |a: u64, b: u64| {
         if b > 0 {
@@ -536,6 +569,10 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         "join_ms": null,
         "first_frame_ms": percentiles(&first_frame),
         "first_video_packet_ms": percentiles(&first_packet),
+        "first_audio_ms": percentiles(&first_audio),
+        "jitter_ms": percentiles(&jitter),
+        "nacks": nacks,
+        "plis": plis,
         "join_failures": 0,
         "packets_sent": sent,
         "packets_received": recv,
@@ -557,6 +594,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         "server_keyframe_requests_total": keyframe_requests,
         "server": if target.child.is_some() { "embedded (child process)" } else { target.url.as_str() },
         "series": series,
+        "per_subscription": per_subscription,
     });
     let f = |v: &serde_json::Value| {
         v.as_f64()
@@ -576,6 +614,15 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     println!("packets received      {recv} (expected {expected})");
     println!("loss                  {}%", f(&report["loss_pct"]));
     println!("freezes (>500 ms)     {freezes}");
+    println!(
+        "first audio packet    {} ms",
+        super::fmt_p(&report["first_audio_ms"])
+    );
+    println!(
+        "jitter                {} ms",
+        super::fmt_p(&report["jitter_ms"])
+    );
+    println!("NACKs / PLIs sent     {nacks} / {plis}");
     if !audio_only {
         println!(
             "first video packet    {} ms",
