@@ -4,6 +4,32 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The keys scripts read at the top level of every report (issue #8).
+const REPORT_KEYS: [&str; 16] = [
+    "scenario",
+    "clients",
+    "publishers",
+    "subscribers",
+    "duration_s",
+    "join_ms",
+    "first_frame_ms",
+    "join_failures",
+    "packets_sent",
+    "packets_received",
+    "loss_pct",
+    "freezes",
+    "server_cpu_pct",
+    "server_cpu_us_per_packet",
+    "server_rss_bytes",
+    "server_packets_forwarded",
+];
+
+fn assert_report_keys(r: &serde_json::Value) {
+    for key in REPORT_KEYS {
+        assert!(r.get(key).is_some(), "missing {key}: {r}");
+    }
+}
+
 fn temp_home(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("rtcroom-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -116,26 +142,7 @@ fn bench_join_writes_a_plausible_report() {
     assert!(stdout.contains("join round-trip"), "{stdout}");
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    for key in [
-        "scenario",
-        "clients",
-        "publishers",
-        "subscribers",
-        "duration_s",
-        "join_ms",
-        "first_frame_ms",
-        "join_failures",
-        "packets_sent",
-        "packets_received",
-        "loss_pct",
-        "freezes",
-        "server_cpu_pct",
-        "server_cpu_us_per_packet",
-        "server_rss_bytes",
-        "server_packets_forwarded",
-    ] {
-        assert!(r.get(key).is_some(), "missing {key}: {r}");
-    }
+    assert_report_keys(&r);
     assert_eq!(r["scenario"], "join");
     assert_eq!(r["clients"], 8);
     assert_eq!(r["join_failures"], 0);
@@ -184,26 +191,7 @@ fn media_scenario(args: &[&str], subscriptions_per_packet: u64) -> serde_json::V
     );
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    for key in [
-        "scenario",
-        "clients",
-        "publishers",
-        "subscribers",
-        "duration_s",
-        "join_ms",
-        "first_frame_ms",
-        "join_failures",
-        "packets_sent",
-        "packets_received",
-        "loss_pct",
-        "freezes",
-        "server_cpu_pct",
-        "server_cpu_us_per_packet",
-        "server_rss_bytes",
-        "server_packets_forwarded",
-    ] {
-        assert!(r.get(key).is_some(), "missing {key}: {r}");
-    }
+    assert_report_keys(&r);
     let sent = r["packets_sent"].as_u64().unwrap();
     let received = r["packets_received"].as_u64().unwrap();
     let expected = sent * subscriptions_per_packet;

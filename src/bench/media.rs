@@ -483,34 +483,29 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
-    let lost: u64 = subs.iter().map(|s| s.lost.load(Ordering::Relaxed)).sum();
-    let received_total: u64 = subs.iter().map(|s| s.packets.load(Ordering::Relaxed)).sum();
-    let freezes: u64 = subs.iter().map(|s| s.freezes.load(Ordering::Relaxed)).sum();
-    let ms = |v: u64| v as f64 / 1000.0;
-    let first_packet: Vec<f64> = subs
-        .iter()
-        .map(|s| s.first_video_us.load(Ordering::Relaxed))
-        .filter(|v| *v > 0)
-        .map(ms)
-        .collect();
-    let first_frame: Vec<f64> = subs
-        .iter()
-        .map(|s| s.first_keyframe_us.load(Ordering::Relaxed))
-        .filter(|v| *v > 0)
-        .map(ms)
-        .collect();
-    let first_audio: Vec<f64> = subs
-        .iter()
-        .map(|s| s.first_audio_us.load(Ordering::Relaxed))
-        .filter(|v| *v > 0)
-        .map(ms)
-        .collect();
+    let sum = |f: fn(&SubStats) -> &AtomicU64| -> u64 {
+        subs.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
+    };
+    // Milliseconds from microsecond counters; 0 means "never", so it is left out.
+    let samples_ms = |f: fn(&SubStats) -> &AtomicU64| -> Vec<f64> {
+        subs.iter()
+            .map(|s| f(s).load(Ordering::Relaxed))
+            .filter(|v| *v > 0)
+            .map(|v| v as f64 / 1000.0)
+            .collect()
+    };
+    let lost = sum(|s| &s.lost);
+    let received_total = sum(|s| &s.packets);
+    let freezes = sum(|s| &s.freezes);
+    let nacks = sum(|s| &s.nacks);
+    let plis = sum(|s| &s.plis);
+    let first_packet = samples_ms(|s| &s.first_video_us);
+    let first_frame = samples_ms(|s| &s.first_keyframe_us);
+    let first_audio = samples_ms(|s| &s.first_audio_us);
     let jitter: Vec<f64> = subs
         .iter()
         .map(|s| s.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0)
         .collect();
-    let nacks: u64 = subs.iter().map(|s| s.nacks.load(Ordering::Relaxed)).sum();
-    let plis: u64 = subs.iter().map(|s| s.plis.load(Ordering::Relaxed)).sum();
     let per_subscription: Vec<serde_json::Value> = subs
         .iter()
         .map(|s| {
