@@ -34,11 +34,15 @@ pub mod error;
 pub mod event;
 pub mod hub;
 pub mod lifecycle;
+pub mod media;
 pub mod requests;
 pub mod room;
 pub mod signaling;
 
-pub use client::{ClientActor, ClientRequest, ClientSettings, JoinParams, Shutdown};
+pub use client::{
+    ClientActor, ClientRequest, ClientSettings, CrashPeerConnections, GetRemoteStats, JoinParams,
+    Shutdown, SubscribeParams,
+};
 pub use error::SignalError;
 pub use event::{ClientEvent, RemoteMutedState, RemoteStreamInfo};
 pub use hub::{ClientHub, ClientView};
