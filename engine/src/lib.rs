@@ -69,10 +69,20 @@
 
 mod client;
 mod config;
+mod media;
 mod runtime;
 
 pub use client::{Client, EventStream, create_client};
 pub use config::{ClientConfig, DEFAULT_SERVER_URL, JoinOptions, RoomIdInput};
+pub use media::{
+    AppAudioFormat, AppVideoFormat, DecodedFrame, FrameHandler, FrameInfo, LocalAudioStats,
+    LocalStream, LocalVideoStats, RawVideoFormat, RecordFormat, RemoteMediaStats,
+    RemoteStreamStats, StreamConfig, SubscribeOptions, SubscribeOutput, create_stream,
+};
+pub use rtcroom_pipelines::{AudioProfile, SourceKind, VideoProfile};
+/// A remote stream as `stream-added` announces it (TRTC's `RemoteStream`): `user_id`,
+/// `stream_type`, `has_audio`, `has_video`.
+pub type RemoteStream = RemoteStreamInfo;
 pub use rtcroom_actors::{ClientEvent, ConnectionState, RemoteMutedState, RemoteStreamInfo};
 pub use rtcroom_protocol::signal::{BanReason, LeaveReason, StreamType};
 pub use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};

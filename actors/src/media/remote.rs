@@ -54,6 +54,25 @@ impl std::fmt::Debug for SubscribeOutput {
     }
 }
 
+impl PartialEq for SubscribeOutput {
+    /// Frame handlers are equal when they are the same handler.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (SubscribeOutput::Play, SubscribeOutput::Play)
+            | (SubscribeOutput::Discard, SubscribeOutput::Discard) => true,
+            (
+                SubscribeOutput::Record { dir, format },
+                SubscribeOutput::Record {
+                    dir: d2,
+                    format: f2,
+                },
+            ) => dir == d2 && format == f2,
+            (SubscribeOutput::Frames(a), SubscribeOutput::Frames(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// Counters of a subscribed stream (TRTC's `getRemoteAudioStats` / `getRemoteVideoStats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RemoteMediaStats {
