@@ -328,6 +328,18 @@ impl ClientActor {
     /// Emit room events, then follow them with the media plane: drop subscriptions of
     /// removed streams, resume waiting ones and auto-subscribe to new ones.
     fn emit_room_events(&mut self, ctx: &mut Context<Self>, events: Vec<ClientEvent>) {
+        self.emit_room_events_inner(ctx, events, false);
+    }
+
+    /// `rejoin`: the events are the difference found by a re-join. A stream missing then
+    /// may only not be published again yet (the server restarted): its subscription waits
+    /// for it instead of ending.
+    fn emit_room_events_inner(
+        &mut self,
+        ctx: &mut Context<Self>,
+        events: Vec<ClientEvent>,
+        rejoin: bool,
+    ) {
         let media: Vec<ClientEvent> = events
             .iter()
             .filter(|e| {
@@ -342,6 +354,7 @@ impl ClientActor {
         for e in media {
             match e {
                 ClientEvent::StreamAdded(info) => self.on_stream_added(ctx, info),
+                ClientEvent::StreamRemoved(_) if rejoin => {}
                 ClientEvent::StreamRemoved(info) => {
                     let key = LinkKey::Down(info.user_id, info.stream_type);
                     if let Some(mut link) = self.links.remove(&key) {
@@ -472,10 +485,11 @@ impl ClientActor {
                 }
                 self.report(change);
                 let events = self.room.joined(&result);
-                self.emit_room_events(ctx, events);
-                if matches!(attempt, Attempt::Rejoin(_)) {
+                let rejoin = matches!(attempt, Attempt::Rejoin(_));
+                if rejoin {
                     self.resume_media(ctx);
                 }
+                self.emit_room_events_inner(ctx, events, rejoin);
                 if let Some(tx) = self.pending_join.take() {
                     let _ = tx.send(Ok(()));
                 }
