@@ -816,7 +816,13 @@ fn ready(r: Result<(), RtcError>) -> Reply {
 }
 
 /// The offer/answer request a link sends with `sdp`.
-fn link_message(key: &LinkKey, role: &PcRole, audio: bool, video: bool, sdp: String) -> ClientMessage {
+fn link_message(
+    key: &LinkKey,
+    role: &PcRole,
+    audio: bool,
+    video: bool,
+    sdp: String,
+) -> ClientMessage {
     match key {
         LinkKey::Up(stream_type) => {
             let (has_audio, has_video) = match role {
@@ -843,20 +849,39 @@ fn link_message(key: &LinkKey, role: &PcRole, audio: bool, video: bool, sdp: Str
 /// One offer/answer exchange: a new peer connection actor, its offer through signalling,
 /// the server's answer, and the wait for ICE + DTLS. On failure the new peer connection is
 /// closed.
-async fn negotiate(
+/// Everything one offer/answer exchange needs.
+struct Negotiation {
     id: PcId,
     role: PcRole,
-    message: impl FnOnce(String) -> ClientMessage,
     owner: Recipient<PcEvent>,
     signaling: Option<Addr<SignalingActor>>,
     request_timeout: Duration,
     connect_timeout: Duration,
     span: tracing::Span,
+}
+
+async fn negotiate(
+    n: Negotiation,
+    message: impl FnOnce(String) -> ClientMessage,
 ) -> Result<Addr<PeerConnectionActor>, RtcError> {
+    let Negotiation {
+        id,
+        role,
+        owner,
+        signaling,
+        request_timeout,
+        connect_timeout,
+        span,
+    } = n;
     let signaling = signaling
         .ok_or_else(|| RtcError::new(ErrorCode::SignalChannelError, "no signalling connection"))?;
     let pc = PeerConnectionActor::create(id, role, owner, span).await?;
-    let gone = |_| RtcError::new(ErrorCode::IceTransportError, "peer connection actor stopped");
+    let gone = |_| {
+        RtcError::new(
+            ErrorCode::IceTransportError,
+            "peer connection actor stopped",
+        )
+    };
     let exchange = async {
         let offer = pc.send(CreateOffer).await.map_err(gone)??;
         let reply = signaling
@@ -938,14 +963,16 @@ impl ClientActor {
         let role = link.role.clone();
         let (msg_key, msg_role, audio, video) = (key.clone(), role.clone(), link.audio, link.video);
         let fut = negotiate(
-            id,
-            role,
+            Negotiation {
+                id,
+                role,
+                owner: ctx.address().recipient(),
+                signaling: self.signaling.clone(),
+                request_timeout: self.settings.request_timeout,
+                connect_timeout: self.settings.media_connect_timeout,
+                span: self.span.clone(),
+            },
             move |sdp| link_message(&msg_key, &msg_role, audio, video, sdp),
-            ctx.address().recipient(),
-            self.signaling.clone(),
-            self.settings.request_timeout,
-            self.settings.media_connect_timeout,
-            self.span.clone(),
         );
         ctx.spawn(
             fut.into_actor(self)
@@ -1294,7 +1321,9 @@ impl ClientActor {
         if let Err(e) = self.life.require_joined("unsubscribe") {
             return ready(Err(e));
         }
-        let Some(mut link) = self.links.remove(&LinkKey::Down(user_id.clone(), stream_type))
+        let Some(mut link) = self
+            .links
+            .remove(&LinkKey::Down(user_id.clone(), stream_type))
         else {
             return ready(Err(RtcError::invalid_operation(
                 None,
@@ -1309,8 +1338,7 @@ impl ClientActor {
     }
 
     fn mute(&mut self, stream_type: StreamType, kind: MediaKind, muted: bool) -> Reply {
-        if self.life.phase() != Phase::Joined
-            || !self.links.contains_key(&LinkKey::Up(stream_type))
+        if self.life.phase() != Phase::Joined || !self.links.contains_key(&LinkKey::Up(stream_type))
         {
             // Not published (or reconnecting): the local flag is all there is.
             return ready(Ok(()));

@@ -6,8 +6,8 @@ use rtcroom_actors::backoff::{
     DEFAULT_BACKOFF_UNIT, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MISSED_HEARTBEATS,
     DEFAULT_RECONNECT_ATTEMPTS, ReconnectPolicy,
 };
-use rtcroom_actors::requests::{DEFAULT_JOIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use rtcroom_actors::media::SubscribeOutput;
+use rtcroom_actors::requests::{DEFAULT_JOIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use rtcroom_actors::{ClientSettings, JoinParams};
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, UserId};

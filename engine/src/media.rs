@@ -81,8 +81,12 @@ async fn off_thread<T: Send + 'static>(
             let _ = tx.send(f());
         })
         .map_err(|e| RtcError::new(ErrorCode::Unknown, format!("cannot start a thread: {e}")))?;
-    rx.await
-        .unwrap_or_else(|_| Err(RtcError::new(ErrorCode::Unknown, format!("{what} panicked"))))
+    rx.await.unwrap_or_else(|_| {
+        Err(RtcError::new(
+            ErrorCode::Unknown,
+            format!("{what} panicked"),
+        ))
+    })
 }
 
 /// Create and start a local stream (TRTC's `TRTC.createStream` + `initialize`). Errors:

@@ -84,9 +84,10 @@ async fn stream() -> LocalStream {
 async fn wait_stream_added(c: &mut TestClient, user: &str) -> RemoteStream {
     let u = uid(user);
     match c
-        .wait_for(&format!("stream-added {user}"), |e| {
-            matches!(e, ClientEvent::StreamAdded(s) if s.user_id == u)
-        })
+        .wait_for(
+            &format!("stream-added {user}"),
+            |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == u),
+        )
         .await
     {
         ClientEvent::StreamAdded(s) => s,
@@ -134,9 +135,10 @@ async fn publish_subscribe_decode_mute_unpublish() {
     ))
     .await
     .expect("subscribe");
-    bob.wait_for("stream-subscribed", |e| {
-        matches!(e, ClientEvent::StreamSubscribed(s) if s.user_id == uid("alice"))
-    })
+    bob.wait_for(
+        "stream-subscribed",
+        |e| matches!(e, ClientEvent::StreamSubscribed(s) if s.user_id == uid("alice")),
+    )
     .await;
     frames
         .wait("30 video and 10 audio frames", |f| {
@@ -158,21 +160,24 @@ async fn publish_subscribe_decode_mute_unpublish() {
 
     // Mute and unmute are seen on the other side; video resumes after unmute.
     bounded(local.mute_video()).await.unwrap();
-    bob.wait_for("mute-video", |e| {
-        matches!(e, ClientEvent::MuteVideo { user_id } if *user_id == uid("alice"))
-    })
+    bob.wait_for(
+        "mute-video",
+        |e| matches!(e, ClientEvent::MuteVideo { user_id } if *user_id == uid("alice")),
+    )
     .await;
     bounded(local.mute_audio()).await.unwrap();
-    bob.wait_for("mute-audio", |e| {
-        matches!(e, ClientEvent::MuteAudio { user_id } if *user_id == uid("alice"))
-    })
+    bob.wait_for(
+        "mute-audio",
+        |e| matches!(e, ClientEvent::MuteAudio { user_id } if *user_id == uid("alice")),
+    )
     .await;
     assert!(bob.get_remote_muted_state()[0].video_muted);
     bounded(local.unmute_video()).await.unwrap();
     bounded(local.unmute_audio()).await.unwrap();
-    bob.wait_for("unmute-video", |e| {
-        matches!(e, ClientEvent::UnmuteVideo { user_id } if *user_id == uid("alice"))
-    })
+    bob.wait_for(
+        "unmute-video",
+        |e| matches!(e, ClientEvent::UnmuteVideo { user_id } if *user_id == uid("alice")),
+    )
     .await;
     let after_unmute = frames.video();
     frames
@@ -181,9 +186,10 @@ async fn publish_subscribe_decode_mute_unpublish() {
 
     // Unpublish: stream-removed, and the stream cannot be subscribed any more.
     bounded(alice.unpublish(&local)).await.expect("unpublish");
-    bob.wait_for("stream-removed", |e| {
-        matches!(e, ClientEvent::StreamRemoved(s) if s.user_id == uid("alice"))
-    })
+    bob.wait_for(
+        "stream-removed",
+        |e| matches!(e, ClientEvent::StreamRemoved(s) if s.user_id == uid("alice")),
+    )
     .await;
     let e = bounded(bob.subscribe(&remote, SubscribeOptions::default()))
         .await
@@ -259,9 +265,10 @@ async fn auto_subscribe_receives_streams_published_before_and_after_join() {
     let mut carol = media_client(&url, "carol", Some(frames.output()));
     join(&carol, 3003).await;
     carol
-        .wait_for("auto stream-subscribed alice", |e| {
-            matches!(e, ClientEvent::StreamSubscribed(s) if s.user_id == uid("alice"))
-        })
+        .wait_for(
+            "auto stream-subscribed alice",
+            |e| matches!(e, ClientEvent::StreamSubscribed(s) if s.user_id == uid("alice")),
+        )
         .await;
 
     // A stream published after carol joined is subscribed too.
@@ -270,14 +277,16 @@ async fn auto_subscribe_receives_streams_published_before_and_after_join() {
     join(&dave, 3003).await;
     bounded(dave.publish(&d_stream)).await.expect("publish");
     carol
-        .wait_for("auto stream-subscribed dave", |e| {
-            matches!(e, ClientEvent::StreamSubscribed(s) if s.user_id == uid("dave"))
-        })
+        .wait_for(
+            "auto stream-subscribed dave",
+            |e| matches!(e, ClientEvent::StreamSubscribed(s) if s.user_id == uid("dave")),
+        )
         .await;
     frames
         .wait("frames of both publishers", |f| {
             let by = f.by_user.lock().unwrap();
-            by.get("alice").copied().unwrap_or(0) >= 20 && by.get("dave").copied().unwrap_or(0) >= 20
+            by.get("alice").copied().unwrap_or(0) >= 20
+                && by.get("dave").copied().unwrap_or(0) >= 20
         })
         .await;
     assert_eq!(*frames.size.lock().unwrap(), Some((320, 240)));

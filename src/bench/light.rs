@@ -177,7 +177,9 @@ pub fn is_h264_keyframe(p: &[u8]) -> bool {
         // STAP-A: first aggregated NAL after the 2-byte size.
         24 => p.get(3).is_some_and(|b| matches!(b & 0x1f, 5 | 7)),
         // FU-A with the start bit.
-        28 => p.get(1).is_some_and(|b| b & 0x80 != 0 && matches!(b & 0x1f, 5 | 7)),
+        28 => p
+            .get(1)
+            .is_some_and(|b| b & 0x80 != 0 && matches!(b & 0x1f, 5 | 7)),
         _ => false,
     }
 }
@@ -354,9 +356,14 @@ mod tests {
         let mut p = vec![0x80, 0xe6, 0x01, 0x02, 0, 0, 0x10, 0x00, 1, 2, 3, 4];
         p.extend_from_slice(&[9, 9, 9]);
         let (pt, seq, ts, marker, payload) = parse_rtp(&p).unwrap();
-        assert_eq!((pt, seq, ts, marker, payload), (102, 258, 4096, true, &[9u8, 9, 9][..]));
+        assert_eq!(
+            (pt, seq, ts, marker, payload),
+            (102, 258, 4096, true, &[9u8, 9, 9][..])
+        );
         // With one CSRC and a one-word extension.
-        let mut q = vec![0x91, 0x6f, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 7, 7, 7, 7, 0xbe, 0xde, 0, 1, 1, 2, 3, 4];
+        let mut q = vec![
+            0x91, 0x6f, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 7, 7, 7, 7, 0xbe, 0xde, 0, 1, 1, 2, 3, 4,
+        ];
         q.push(42);
         let (pt, _, _, marker, payload) = parse_rtp(&q).unwrap();
         assert_eq!((pt, marker, payload), (111, false, &[42u8][..]));

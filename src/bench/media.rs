@@ -88,7 +88,8 @@ fn pre_encode() -> anyhow::Result<(Vec<Recorded>, Duration)> {
     Ok((clip, CLIP))
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A minimal signalling client: requests and their replies; events are skipped.
 struct Signal {
@@ -98,9 +99,12 @@ struct Signal {
 
 impl Signal {
     async fn connect(url: &str) -> anyhow::Result<Signal> {
-        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url))
-            .await
-            .context("connect timeout")??;
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .context("connect timeout")??;
         Ok(Signal { ws, next_id: 1 })
     }
 
@@ -199,7 +203,12 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
     // The anchor.
     let mut anchor = Signal::connect(&target.url).await?;
     anchor
-        .request(ClientMessage::Join(join(&target, "anchor", &room, Role::Anchor)?))
+        .request(ClientMessage::Join(join(
+            &target,
+            "anchor",
+            &room,
+            Role::Anchor,
+        )?))
         .await?;
     let (mut peer, offer) = LightPeer::new(Direction::SendOnly).await?;
     let reply = anchor
@@ -226,10 +235,18 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
     let started = Instant::now();
     let mut subs = Vec::with_capacity(subscribers);
     for i in 0..subscribers {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(started) + Duration::from_secs_f64(i as f64 / rate)).await;
+        tokio::time::sleep_until(
+            tokio::time::Instant::from_std(started) + Duration::from_secs_f64(i as f64 / rate),
+        )
+        .await;
         let mut sig = Signal::connect(&target.url).await?;
-        sig.request(ClientMessage::Join(join(&target, &format!("viewer-{i}"), &room, Role::Audience)?))
-            .await?;
+        sig.request(ClientMessage::Join(join(
+            &target,
+            &format!("viewer-{i}"),
+            &room,
+            Role::Audience,
+        )?))
+        .await?;
         let (mut peer, offer) = LightPeer::new(Direction::RecvOnly).await?;
         let t0 = Instant::now();
         let reply = sig
@@ -243,7 +260,12 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
             .await?;
         peer.accept_answer(&answer(reply)?)?;
         let stats = Arc::new(SubStats::default());
-        tasks.push(tokio::spawn(light::run_subscriber(peer, t0, stats.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(light::run_subscriber(
+            peer,
+            t0,
+            stats.clone(),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(sig.idle(stop_rx.clone())));
         subs.push(stats);
         if i % 20 == 0 {
@@ -253,7 +275,11 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
     eprintln!("\rlivestream: {subscribers}/{subscribers} subscribed, warming up");
     // Warm up until every subscriber has video (first keyframe), bounded.
     let warm_deadline = Instant::now() + Duration::from_secs(15);
-    while subs.iter().any(|s| s.first_video_us.load(Ordering::Relaxed) == 0) && Instant::now() < warm_deadline {
+    while subs
+        .iter()
+        .any(|s| s.first_video_us.load(Ordering::Relaxed) == 0)
+        && Instant::now() < warm_deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The measured window.
@@ -278,7 +304,11 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
     let cpu1 = target.stat();
     let fwd1 = packets_forwarded(&target.url).await;
     let sent = pub_stats.packets.load(Ordering::Relaxed) - sent0;
-    let recv: u64 = subs.iter().map(|s| s.packets.load(Ordering::Relaxed)).sum::<u64>() - recv0;
+    let recv: u64 = subs
+        .iter()
+        .map(|s| s.packets.load(Ordering::Relaxed))
+        .sum::<u64>()
+        - recv0;
     let _ = stop_tx.send(true);
     match publisher.await {
         Ok(Err(e)) => eprintln!("publisher: {e:#}"),
@@ -354,17 +384,36 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
         "server_packets_forwarded": forwarded,
         "server": if target.child.is_some() { "embedded (child process)" } else { target.url.as_str() },
     });
-    let f = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    let f = |v: &serde_json::Value| {
+        v.as_f64()
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "-".into())
+    };
     println!("scenario              livestream (1 anchor → {subscribers} audience)");
     println!("window                {:.1} s", window.as_secs_f64());
-    println!("packets sent          {sent} ({:.0}/s)", sent as f64 / window.as_secs_f64());
+    println!(
+        "packets sent          {sent} ({:.0}/s)",
+        sent as f64 / window.as_secs_f64()
+    );
     println!("packets received      {recv} (expected {expected})");
     println!("loss                  {}%", f(&report["loss_pct"]));
     println!("freezes (>500 ms)     {freezes}");
-    println!("first video packet    {} ms", super::fmt_p(&report["first_video_packet_ms"]));
-    println!("first keyframe        {} ms (the clip is replayed as encoded: keyframes every 2 s)", super::fmt_p(&report["first_frame_ms"]));
-    println!("server CPU            {}% of a core", f(&report["server_cpu_pct"]));
-    println!("server CPU/packet     {} µs per forwarded packet", f(&report["server_cpu_us_per_packet"]));
+    println!(
+        "first video packet    {} ms",
+        super::fmt_p(&report["first_video_packet_ms"])
+    );
+    println!(
+        "first keyframe        {} ms (the clip is replayed as encoded: keyframes every 2 s)",
+        super::fmt_p(&report["first_frame_ms"])
+    );
+    println!(
+        "server CPU            {}% of a core",
+        f(&report["server_cpu_pct"])
+    );
+    println!(
+        "server CPU/packet     {} µs per forwarded packet",
+        f(&report["server_cpu_us_per_packet"])
+    );
     if let Some(m) = mem_per_sub {
         println!("server memory         {:.1} KB per subscriber", m / 1e3);
     }

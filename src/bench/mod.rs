@@ -71,8 +71,10 @@ pub struct CommonArgs {
 enum Scenario {
     /// 1 anchor publishes 720p H.264 (~1.5 Mbit/s) + Opus to N audience members (live mode),
     /// who decrypt and count without decoding.
-    #[command(after_help = "Examples:\n  rtcroom bench livestream --subscribers 50 --duration 10\n  \
-        rtcroom bench livestream --subscribers 400 --duration 20 --json live.json")]
+    #[command(
+        after_help = "Examples:\n  rtcroom bench livestream --subscribers 50 --duration 10\n  \
+        rtcroom bench livestream --subscribers 400 --duration 20 --json live.json"
+    )]
     Livestream {
         /// Audience members.
         #[arg(long, value_name = "N", default_value_t = 50)]

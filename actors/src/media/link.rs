@@ -106,9 +106,27 @@ mod tests {
     #[test]
     fn rebuilds_with_growing_delay_then_gives_up_with_the_uplink_code() {
         let mut h = LinkHealth::with_limits(LinkKind::Uplink, 3, D);
-        assert_eq!(h.failed(), LinkAction::Rebuild { attempt: 1, delay: D });
-        assert_eq!(h.failed(), LinkAction::Rebuild { attempt: 2, delay: 2 * D });
-        assert_eq!(h.failed(), LinkAction::Rebuild { attempt: 3, delay: 3 * D });
+        assert_eq!(
+            h.failed(),
+            LinkAction::Rebuild {
+                attempt: 1,
+                delay: D
+            }
+        );
+        assert_eq!(
+            h.failed(),
+            LinkAction::Rebuild {
+                attempt: 2,
+                delay: 2 * D
+            }
+        );
+        assert_eq!(
+            h.failed(),
+            LinkAction::Rebuild {
+                attempt: 3,
+                delay: 3 * D
+            }
+        );
         match h.failed() {
             LinkAction::GiveUp(e) => {
                 assert_eq!(e.code, ErrorCode::UplinkReconnectionFailed);

@@ -340,9 +340,10 @@ impl Handler<CreateOffer> for PeerConnectionActor {
                 .await
                 .map_err(|e| RtcError::new(ErrorCode::CreateOfferFailed, e.to_string()))?;
             let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await;
-            pc.local_description().await.map(|d| d.sdp).ok_or_else(|| {
-                RtcError::new(ErrorCode::CreateOfferFailed, "no local description")
-            })
+            pc.local_description()
+                .await
+                .map(|d| d.sdp)
+                .ok_or_else(|| RtcError::new(ErrorCode::CreateOfferFailed, "no local description"))
         })
     }
 }
