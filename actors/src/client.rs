@@ -2,10 +2,16 @@
 //! ([`Lifecycle`]), the room view ([`RoomState`]) and the signalling connections
 //! ([`SignalingActor`], one per connection attempt).
 //!
-//! Everything the user asks arrives as one [`ClientRequest`] (join, leave, switch-role; the
-//! media engine will add publish / subscribe variants and a `PeerConnectionActor` beside the
-//! signalling one). Each request is answered through its own future, so a slow join never
-//! blocks a `leave()` or a server event.
+//! Everything the user asks arrives as one [`ClientRequest`] (join, leave, switch-role,
+//! publish, unpublish, subscribe, unsubscribe, mute). Each request is answered through its
+//! own future, so a slow join or publish never blocks a `leave()` or a server event.
+//!
+//! Media: each published stream (key: stream type) and each subscribed stream (key: user +
+//! stream type) is a link with its current [`PeerConnectionActor`]. A link's peer connection
+//! is replaced by `negotiate_link` (new actor, offer, publish/subscribe
+//! request, answer, wait for connected); reports of replaced peer connections are stale by
+//! id and ignored. Failures go through [`LinkHealth`] (rebuild after a delay, or give up
+//! with 0x4007 / 0x4008). After a re-join every link is renegotiated.
 //!
 //! Supervision: the client actor supervises its signalling connection. When a
 //! `SignalingActor` ends for any reason, including a panic inside it, its `Drop` reports
@@ -175,6 +181,12 @@ pub enum ClientRequest {
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<(UserId, StreamType, RemoteMediaStats)>")]
 pub struct GetRemoteStats;
+
+/// The transport counters of every connected peer connection: `(uplink?, user, stream
+/// type, stats)`; the user is this client's own for uplinks.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<(bool, UserId, StreamType, crate::media::TransportStats)>")]
+pub struct GetTransportStats;
 
 /// Which media link: a published stream (uplink) or a subscribed one (downlink).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -1005,7 +1017,28 @@ impl ClientActor {
                     link.state = LinkState::Up(pc);
                     link.health.connected();
                     match &link.role {
-                        PcRole::Uplink(local) => local.set_publisher(Some(me)),
+                        PcRole::Uplink(local) => {
+                            local.set_publisher(Some(me));
+                            // A (re-)published stream starts unmuted on the server.
+                            for (kind, wire) in [
+                                (rtcroom_pipelines::MediaKind::Audio, MediaKind::Audio),
+                                (rtcroom_pipelines::MediaKind::Video, MediaKind::Video),
+                            ] {
+                                if local.is_muted(kind)
+                                    && let Some(sig) = &self.signaling
+                                {
+                                    sig.do_send(SignalRequest {
+                                        msg: ClientMessage::Mute {
+                                            stream_type: local.stream_type(),
+                                            kind: wire,
+                                            muted: true,
+                                        },
+                                        kind: RequestKind::Other,
+                                        timeout: self.settings.request_timeout,
+                                    });
+                                }
+                            }
+                        }
                         PcRole::Downlink { .. } if !link.announced => {
                             link.announced = true;
                             announce = Some(key.clone());
@@ -1024,8 +1057,14 @@ impl ClientActor {
             }
             Err(e) => {
                 tracing::info!(parent: &self.span, ?key, pc = id, error = %e, "media negotiation failed");
+                let gone = e.code == ErrorCode::RemoteStreamNotExist;
                 if current {
-                    if reply.is_some() {
+                    if gone && reply.is_none() {
+                        // The stream went away meanwhile: wait for it to come back.
+                        if let Some(link) = self.links.get_mut(&key) {
+                            link.state = LinkState::Waiting;
+                        }
+                    } else if reply.is_some() {
                         // The user's own publish/subscribe failed: report it, keep nothing.
                         self.links.remove(&key);
                     } else {
@@ -1393,6 +1432,34 @@ impl Handler<PcEvent> for ClientActor {
             }
             _ => {}
         }
+    }
+}
+
+impl Handler<GetTransportStats> for ClientActor {
+    type Result = ResponseFuture<Vec<(bool, UserId, StreamType, crate::media::TransportStats)>>;
+
+    fn handle(&mut self, _: GetTransportStats, _: &mut Self::Context) -> Self::Result {
+        let me = self.settings.user_id.clone();
+        let asks: Vec<_> = self
+            .links
+            .iter()
+            .filter_map(|(k, l)| match (&l.state, k) {
+                (LinkState::Up(pc), LinkKey::Up(t)) => Some((true, me.clone(), *t, pc.clone())),
+                (LinkState::Up(pc), LinkKey::Down(u, t)) => {
+                    Some((false, u.clone(), *t, pc.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (up, user, t, pc) in asks {
+                if let Ok(stats) = pc.send(crate::media::peer::GetTransportStats).await {
+                    out.push((up, user, t, stats));
+                }
+            }
+            out
+        })
     }
 }
 

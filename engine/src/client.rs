@@ -13,7 +13,7 @@ use rtcroom_protocol::{ErrorCode, Mode, Role, RtcError, UserId};
 use tokio::sync::mpsc;
 
 use crate::config::{ClientConfig, JoinOptions};
-use crate::media::{LocalStream, RemoteStreamStats, SubscribeOptions};
+use crate::media::{LocalStream, RemoteStreamStats, SubscribeOptions, TransportStats};
 
 /// Create a client (TRTC's `TRTC.createClient`). The configuration is checked at once:
 /// a bad field fails with INVALID_PARAMETER and TRTC's extra code (5001 missing sdkAppId,
@@ -161,6 +161,25 @@ impl Client {
                 user_id,
                 stream_type,
                 stats,
+            })
+            .collect()
+    }
+
+    /// Transport stats of every connected peer connection (TRTC's `getTransportStats`):
+    /// bytes on the wire and, when measured, the round-trip time to the server.
+    pub async fn get_transport_stats(&self) -> Vec<TransportStats> {
+        self.addr
+            .send(rtcroom_actors::GetTransportStats)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(uplink, user_id, stream_type, s)| TransportStats {
+                uplink,
+                user_id,
+                stream_type,
+                rtt: s.rtt,
+                bytes_sent: s.bytes_sent,
+                bytes_received: s.bytes_received,
             })
             .collect()
     }

@@ -332,3 +332,21 @@ pub struct RemoteStreamStats {
     /// The counters.
     pub stats: RemoteMediaStats,
 }
+
+/// One peer connection's transport stats (TRTC's `getTransportStats`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransportStats {
+    /// `true` for a published stream's uplink, `false` for a subscription's downlink.
+    pub uplink: bool,
+    /// This client's user (uplink) or the remote publisher (downlink).
+    pub user_id: rtcroom_protocol::UserId,
+    /// Which stream.
+    pub stream_type: StreamType,
+    /// Round-trip time to the server, when measured (RTCP receiver reports on the uplink;
+    /// webrtc-rs 0.17 measures none on ICE candidate pairs).
+    pub rtt: Option<std::time::Duration>,
+    /// Bytes sent on this transport.
+    pub bytes_sent: u64,
+    /// Bytes received on this transport.
+    pub bytes_received: u64,
+}

@@ -157,6 +157,11 @@ async fn publish_subscribe_decode_mute_unpublish() {
     assert!(s.video_packets_received > 0 && s.audio_packets_received > 0);
     assert!(s.video_frames_decoded >= 30);
     assert_eq!((s.width, s.height), (320, 240));
+    let transport = bob.get_transport_stats().await;
+    assert_eq!(transport.len(), 1);
+    assert!(!transport[0].uplink && transport[0].bytes_received > 0);
+    let up = alice.get_transport_stats().await;
+    assert!(up.len() == 1 && up[0].uplink && up[0].bytes_sent > 0);
 
     // Mute and unmute are seen on the other side; video resumes after unmute.
     bounded(local.mute_video()).await.unwrap();

@@ -13,5 +13,5 @@ pub mod remote;
 
 pub use link::{LinkAction, LinkHealth, LinkKind};
 pub use local::{LocalMedia, LocalMediaStats};
-pub use peer::{PcEvent, PcEventKind, PcId, PcRole, PeerConnectionActor};
+pub use peer::{PcEvent, PcEventKind, PcId, PcRole, PeerConnectionActor, TransportStats};
 pub use remote::{FrameHandler, RemoteMedia, RemoteMediaStats, SubscribeOutput};
