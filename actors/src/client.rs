@@ -140,6 +140,9 @@ pub struct SubscribeParams {
     pub video: bool,
     /// Where the media goes.
     pub output: SubscribeOutput,
+    /// How long the jitter buffer waits for late or reordered packets (also the delay
+    /// before the first frame comes out).
+    pub jitter_latency: Duration,
 }
 
 /// A user request to the client actor.
@@ -1154,6 +1157,7 @@ impl ClientActor {
                     audio: info.has_audio,
                     video: info.has_video,
                     output: self.settings.auto_subscribe_output.clone(),
+                    jitter_latency: rtcroom_pipelines::DEFAULT_JITTER_LATENCY,
                 };
                 // Auto-subscribe failures are logged, not reported (nobody asked).
                 let _ = self.subscribe(ctx, params, false);
@@ -1300,8 +1304,9 @@ impl ClientActor {
         );
         let (tx, rx) = oneshot::channel();
         let (user, stream_type, output) = (params.user_id, params.stream_type, params.output);
+        let jitter = params.jitter_latency;
         let build = tokio::task::spawn_blocking(move || {
-            RemoteMedia::start(&user, stream_type, audio, video, &output)
+            RemoteMedia::start(&user, stream_type, audio, video, &output, jitter)
         });
         let span = self.span.clone();
         ctx.spawn(build.into_actor(self).map(move |res, act, ctx| {

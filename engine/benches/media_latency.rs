@@ -1,6 +1,7 @@
 //! Media latency on loopback: join → publish connected, and subscribe → first decoded frame.
 //!
-//! Run: `cargo bench -p rtcroom --bench media_latency` (optionally `-- <runs>`, default 15).
+//! Run: `cargo bench -p rtcroom --bench media_latency` (optionally
+//! `-- <runs> <jitter_latency_ms>`, default 15 runs and 20 ms).
 //! One rtcroom server (SFU) in the same process; per run a fresh room, a publisher client
 //! and a subscriber client. The publisher's stream (test pattern + tone, H.264 320×240 @
 //! 30 fps, Opus) is created before the clock starts.
@@ -64,11 +65,14 @@ fn report(name: &str, mut v: Vec<Duration>) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args()
+    let args: Vec<String> = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(15);
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let runs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(15);
+    let jitter_latency =
+        Duration::from_millis(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20));
+    println!("runs={runs} jitter_latency={jitter_latency:?}");
     let mut config = ServerConfig::single_app("127.0.0.1:0", APP, KEY);
     config.workers = Some(1);
     let server = RunningServer::spawn(config)?;
@@ -114,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
                 &remote,
                 SubscribeOptions {
                     output,
+                    jitter_latency,
                     ..SubscribeOptions::default()
                 },
             )

@@ -135,6 +135,7 @@ impl Client {
             audio: options.audio,
             video: options.video,
             output: options.output,
+            jitter_latency: options.jitter_latency,
         }))
         .await
     }

@@ -309,6 +309,10 @@ pub struct SubscribeOptions {
     pub video: bool,
     /// Play, record, hand frames to the application, or discard.
     pub output: SubscribeOutput,
+    /// How long the jitter buffer waits for late or reordered packets; also the delay
+    /// before the first frame comes out. Default 200 ms (for real networks); on a LAN or
+    /// loopback 20 ms is plenty.
+    pub jitter_latency: std::time::Duration,
 }
 
 impl Default for SubscribeOptions {
@@ -318,6 +322,7 @@ impl Default for SubscribeOptions {
             audio: true,
             video: true,
             output: SubscribeOutput::Discard,
+            jitter_latency: rtcroom_pipelines::DEFAULT_JITTER_LATENCY,
         }
     }
 }

@@ -128,9 +128,9 @@ async fn publish_subscribe_decode_mute_unpublish() {
     bounded(bob.subscribe(
         &remote,
         SubscribeOptions {
-            audio: true,
-            video: true,
             output: frames.output(),
+            jitter_latency: Duration::from_millis(20),
+            ..SubscribeOptions::default()
         },
     ))
     .await
@@ -236,7 +236,7 @@ async fn wrong_order_calls_fail_with_invalid_operation() {
     let none = SubscribeOptions {
         audio: false,
         video: false,
-        output: SubscribeOutput::Discard,
+        ..SubscribeOptions::default()
     };
     let e = bounded(v.subscribe(&remote, none)).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidOperation);

@@ -154,6 +154,7 @@ impl RemoteMedia {
         audio: bool,
         video: bool,
         output: &SubscribeOutput,
+        jitter_latency: std::time::Duration,
     ) -> Result<RemoteMedia, RtcError> {
         let size = Arc::new(AtomicU64::new(0));
         let out = match output {
@@ -185,6 +186,7 @@ impl RemoteMedia {
         let mut config = RemoteConfig::new(out);
         config.video = video.then_some(VideoCodec::H264);
         config.audio = audio.then_some(AudioCodec::Opus);
+        config.jitter_latency = jitter_latency;
         let (pipeline, _events) = RemotePipeline::start(config).map_err(|e| {
             RtcError::new(
                 ErrorCode::InitializeFailed,
