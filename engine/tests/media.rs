@@ -366,3 +366,31 @@ async fn after_a_server_restart_streams_are_republished_and_resubscribed() {
         .wait("frames after the restart", |f| f.video() >= before + 30)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_video_profile_reaches_the_subscriber_without_renegotiation() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let local = stream().await;
+    join(&alice, 3006).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    let frames = Arc::new(Frames::default());
+    let bob = media_client(&url, "bob", Some(frames.output()));
+    join(&bob, 3006).await;
+    frames.wait("first frames", |f| f.video() >= 10).await;
+    assert_eq!(*frames.size.lock().unwrap(), Some((320, 240)));
+
+    bounded(local.set_video_profile(VideoProfile::new(160, 120, 30, 200)))
+        .await
+        .expect("new profile");
+    frames
+        .wait("frames of the new size", |f| {
+            *f.size.lock().unwrap() == Some((160, 120))
+        })
+        .await;
+    let e = bounded(local.set_video_profile(VideoProfile::new(0, 0, 0, 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidParameter);
+}
