@@ -83,6 +83,56 @@ struct Counters {
     keyframe_requests: AtomicU64,
 }
 
+/// Keeps one track's RTP sequence numbers and timestamps continuous across what the
+/// receivers must not see as a jump: packets held back while muted (no gap in sequence
+/// numbers, so nobody asks for them again) and a pipeline restart (a new encoder starts at
+/// random numbers). Plain and clock-free.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Continuity {
+    started: bool,
+    epoch: u64,
+    seq_offset: u16,
+    ts_offset: u32,
+    last_seq: u16,
+    last_ts: u32,
+}
+
+impl Continuity {
+    /// The outgoing (sequence number, timestamp) of a packet of pipeline `epoch`;
+    /// `ts_step` is how far after the last packet a first packet of a new pipeline goes.
+    pub fn map(&mut self, epoch: u64, seq: u16, ts: u32, ts_step: u32) -> (u16, u32) {
+        if !self.started {
+            self.started = true;
+            self.epoch = epoch;
+        } else if epoch != self.epoch {
+            self.epoch = epoch;
+            self.seq_offset = seq.wrapping_sub(self.last_seq.wrapping_add(1));
+            self.ts_offset = ts.wrapping_sub(self.last_ts.wrapping_add(ts_step));
+        }
+        self.last_seq = seq.wrapping_sub(self.seq_offset);
+        self.last_ts = ts.wrapping_sub(self.ts_offset);
+        (self.last_seq, self.last_ts)
+    }
+
+    /// A packet was held back (muted): later packets close the gap.
+    pub fn skip(&mut self) {
+        if self.started {
+            self.seq_offset = self.seq_offset.wrapping_add(1);
+        }
+    }
+}
+
+/// Rewrites the sequence number and timestamp of an RTP packet (header bytes 2..8).
+fn rewrite(data: &bytes::Bytes, seq: u16, ts: u32) -> bytes::Bytes {
+    if data.len() < 12 || (data[2..4] == seq.to_be_bytes() && data[4..8] == ts.to_be_bytes()) {
+        return data.clone();
+    }
+    let mut v = data.to_vec();
+    v[2..4].copy_from_slice(&seq.to_be_bytes());
+    v[4..8].copy_from_slice(&ts.to_be_bytes());
+    bytes::Bytes::from(v)
+}
+
 /// One local stream. Shared (`Arc`) by the engine's `LocalStream` handle, the client actor
 /// and the uplink peer connection actors.
 pub struct LocalMedia {
@@ -93,6 +143,8 @@ pub struct LocalMedia {
     video_muted: AtomicBool,
     state: Mutex<PipelineState>,
     counters: Counters,
+    /// Audio, video.
+    continuity: Mutex<[Continuity; 2]>,
     /// The client this stream is published by, for mute signalling.
     publisher: Mutex<Option<Recipient<crate::client::ClientRequest>>>,
 }
@@ -165,6 +217,7 @@ impl LocalMedia {
                 epoch: 0,
             }),
             counters: Counters::default(),
+            continuity: Mutex::new(Default::default()),
             publisher: Mutex::new(None),
         });
         Ok((media, outputs))
@@ -269,9 +322,20 @@ impl LocalMedia {
                 break;
             }
             let kind = packet.kind();
+            let (idx, ts_step) = match kind {
+                // About one frame at 30 fps, one 20 ms Opus frame.
+                MediaKind::Video => (1, 3_000),
+                MediaKind::Audio => (0, 960),
+            };
             if self.is_muted(kind) {
+                lock(&self.continuity)[idx].skip();
                 continue;
             }
+            let (Some(seq), Some(ts)) = (packet.sequence_number(), packet.timestamp()) else {
+                continue;
+            };
+            let (seq, ts) = lock(&self.continuity)[idx].map(epoch, seq, ts, ts_step);
+            let data = rewrite(&packet.data, seq, ts);
             let (track, packets, bytes) = match kind {
                 MediaKind::Video => (
                     &self.video_track,
@@ -286,12 +350,12 @@ impl LocalMedia {
             };
             let Some(track) = track else { continue };
             packets.fetch_add(1, Ordering::Relaxed);
-            bytes.fetch_add(packet.data.len() as u64, Ordering::Relaxed);
+            bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             if kind == MediaKind::Video && packet.marker() {
                 self.counters.video_frames.fetch_add(1, Ordering::Relaxed);
             }
             // Errors only mean that no peer connection is bound right now.
-            let _ = track.write(&packet.data).await;
+            let _ = track.write(&data).await;
         }
     }
 
@@ -346,5 +410,39 @@ impl Drop for LocalMedia {
                     let _ = p.stop();
                 });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuity_closes_mute_gaps_and_restart_jumps() {
+        let mut c = Continuity::default();
+        assert_eq!(c.map(0, 100, 9_000, 3_000), (100, 9_000));
+        assert_eq!(c.map(0, 101, 12_000, 3_000), (101, 12_000));
+        // Two packets held back while muted: no gap on the wire.
+        c.skip();
+        c.skip();
+        assert_eq!(c.map(0, 104, 21_000, 3_000), (102, 21_000));
+        // A new pipeline starts anywhere; the output goes on where it was.
+        assert_eq!(c.map(1, 60_000, 5, 3_000), (103, 24_000));
+        assert_eq!(c.map(1, 60_001, 3_005, 3_000), (104, 27_000));
+        // Wrapping.
+        assert_eq!(
+            c.map(1, 65_535, 10, 3_000).0,
+            104u16.wrapping_add(65_535 - 60_001)
+        );
+    }
+
+    #[test]
+    fn rewrite_changes_only_sequence_and_timestamp() {
+        let pkt = bytes::Bytes::from(vec![0x80, 102, 0, 1, 0, 0, 0, 2, 9, 9, 9, 9, 42]);
+        let out = rewrite(&pkt, 7, 8);
+        assert_eq!(&out[..], &[0x80, 102, 0, 7, 0, 0, 0, 8, 9, 9, 9, 9, 42]);
+        // Too short to be RTP: untouched.
+        let short = bytes::Bytes::from_static(&[1, 2, 3]);
+        assert_eq!(rewrite(&short, 7, 8), short);
     }
 }
