@@ -11,8 +11,8 @@ use std::sync::Arc;
 use rtcroom_actors::ClientRequest;
 use rtcroom_actors::media::{LocalMedia, LocalMediaStats};
 use rtcroom_pipelines::{
-    AppAudioInput, AppVideoInput, AudioProfile, AudioTrackConfig, LocalConfig, MediaKind,
-    SourceKind, VideoProfile, VideoTrackConfig,
+    AppAudioInput, AppVideoInput, AudioProfile, AudioTrackConfig, LocalConfig, LocalOutputs,
+    MediaKind, PipelineEvent, SourceKind, VideoProfile, VideoTrackConfig,
 };
 use rtcroom_protocol::signal::{self, StreamType};
 use rtcroom_protocol::{ErrorCode, RtcError};
@@ -117,12 +117,79 @@ pub async fn create_stream(config: StreamConfig) -> Result<LocalStream, RtcError
         LocalMedia::start(pipeline, stream_type)
     })
     .await?;
-    arbiter.spawn(media.clone().pump(outputs.rtp, media.epoch()));
+    let (app_video, app_audio) = (outputs.app_video.clone(), outputs.app_audio.clone());
+    run_pipeline(&arbiter, &media, media.epoch(), outputs, 0);
     Ok(LocalStream {
         media,
-        app_video: outputs.app_video,
-        app_audio: outputs.app_audio,
+        app_video,
+        app_audio,
     })
+}
+
+/// Consecutive pipeline failures after which a stream stays stopped.
+pub const MAX_PIPELINE_RESTARTS: u32 = 3;
+
+/// Start the pump of pipeline `epoch` and its supervisor on the engine thread.
+fn run_pipeline(
+    arbiter: &actix::ArbiterHandle,
+    media: &Arc<LocalMedia>,
+    epoch: u64,
+    outputs: LocalOutputs,
+    restarts: u32,
+) {
+    arbiter.spawn(media.clone().pump(outputs.rtp, epoch));
+    arbiter.spawn(supervise(
+        arbiter.clone(),
+        media.clone(),
+        epoch,
+        outputs.events,
+        restarts,
+    ));
+}
+
+/// The supervisor of a local pipeline: when it fails (a device unplugged, a decoding error
+/// in a file), it is rebuilt with the same configuration (same tracks, so the peer
+/// connections carry on), at most [`MAX_PIPELINE_RESTARTS`] times in a row. A pipeline
+/// replaced meanwhile (new profile, stop) is no longer this supervisor's business.
+async fn supervise(
+    arbiter: actix::ArbiterHandle,
+    media: Arc<LocalMedia>,
+    epoch: u64,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<PipelineEvent>,
+    restarts: u32,
+) {
+    while let Some(event) = events.recv().await {
+        if media.epoch() != epoch {
+            return;
+        }
+        let error = match event {
+            PipelineEvent::Error(e) => e,
+            PipelineEvent::Eos => return,
+            PipelineEvent::Warning(w) => {
+                tracing::warn!(warning = %w, "local pipeline warning");
+                continue;
+            }
+            // PipelineEvent is non-exhaustive.
+            _ => continue,
+        };
+        if restarts >= MAX_PIPELINE_RESTARTS {
+            tracing::error!(%error, restarts, "local pipeline failed again; giving up");
+            return;
+        }
+        let config = media.config();
+        if matches!(config.source, SourceKind::App { .. }) {
+            // The application holds the inputs of the failed pipeline: it must see the end.
+            tracing::error!(%error, "app-fed local pipeline failed");
+            return;
+        }
+        tracing::warn!(%error, "local pipeline failed; restarting it");
+        let m = media.clone();
+        match off_thread("stream-restart", move || m.restart(config)).await {
+            Ok((epoch, outputs)) => run_pipeline(&arbiter, &media, epoch, outputs, restarts + 1),
+            Err(e) => tracing::error!(error = %e, "local pipeline restart failed"),
+        }
+        return;
+    }
 }
 
 /// A local stream (TRTC's `LocalStream`). Publish it with [`crate::Client::publish`].
@@ -211,10 +278,16 @@ impl LocalStream {
     }
 
     async fn restart(&self, config: LocalConfig) -> Result<(), RtcError> {
+        if matches!(config.source, SourceKind::App { .. }) {
+            return Err(RtcError::invalid_operation(
+                None,
+                "a stream fed by the application cannot change profile; create a new stream",
+            ));
+        }
         let arbiter = crate::runtime::engine()?;
         let media = self.media.clone();
         let (epoch, outputs) = off_thread("stream-restart", move || media.restart(config)).await?;
-        arbiter.spawn(self.media.clone().pump(outputs.rtp, epoch));
+        run_pipeline(&arbiter, &self.media, epoch, outputs, 0);
         Ok(())
     }
 
