@@ -1487,10 +1487,12 @@ impl Handler<GetRemoteStats> for ClientActor {
 }
 
 /// Fault injection for supervision tests: crash the peer connection actor of every link.
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct CrashPeerConnections;
 
+#[cfg(feature = "fault-injection")]
 impl Handler<CrashPeerConnections> for ClientActor {
     type Result = usize;
 

@@ -51,9 +51,11 @@ pub mod requests;
 pub mod room;
 pub mod signaling;
 
+#[cfg(feature = "fault-injection")]
+pub use client::CrashPeerConnections;
 pub use client::{
-    ClientActor, ClientRequest, ClientSettings, CrashPeerConnections, GetRemoteStats,
-    GetTransportStats, JoinParams, Shutdown, SubscribeParams,
+    ClientActor, ClientRequest, ClientSettings, GetRemoteStats, GetTransportStats, JoinParams,
+    Shutdown, SubscribeParams,
 };
 pub use error::SignalError;
 pub use event::{ClientEvent, RemoteMutedState, RemoteStreamInfo};

@@ -186,7 +186,9 @@ impl Client {
     }
 
     /// Fault injection for supervision tests: panic every peer connection actor of this
-    /// client; returns how many. The client rebuilds and renegotiates them.
+    /// client; returns how many. The client rebuilds and renegotiates them. Only with the
+    /// `fault-injection` feature; not public API.
+    #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
     pub async fn crash_peer_connections_for_test(&self) -> usize {
         self.addr

@@ -127,6 +127,7 @@ pub struct TransportStats {
 pub struct GetTransportStats;
 
 /// Fault injection for supervision tests: panic inside the actor.
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct CrashPc;
@@ -517,6 +518,7 @@ impl Handler<ClosePc> for PeerConnectionActor {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 impl Handler<CrashPc> for PeerConnectionActor {
     type Result = ();
 
