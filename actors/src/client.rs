@@ -2,10 +2,16 @@
 //! ([`Lifecycle`]), the room view ([`RoomState`]) and the signalling connections
 //! ([`SignalingActor`], one per connection attempt).
 //!
-//! Everything the user asks arrives as one [`ClientRequest`] (join, leave, switch-role; the
-//! media engine will add publish / subscribe variants and a `PeerConnectionActor` beside the
-//! signalling one). Each request is answered through its own future, so a slow join never
-//! blocks a `leave()` or a server event.
+//! Everything the user asks arrives as one [`ClientRequest`] (join, leave, switch-role,
+//! publish, unpublish, subscribe, unsubscribe, mute). Each request is answered through its
+//! own future, so a slow join or publish never blocks a `leave()` or a server event.
+//!
+//! Media: each published stream (key: stream type) and each subscribed stream (key: user +
+//! stream type) is a link with its current [`PeerConnectionActor`]. A link's peer connection
+//! is replaced by `negotiate_link` (new actor, offer, publish/subscribe
+//! request, answer, wait for connected); reports of replaced peer connections are stale by
+//! id and ignored. Failures go through [`LinkHealth`] (rebuild after a delay, or give up
+//! with 0x4007 / 0x4008). After a re-join every link is renegotiated.
 //!
 //! Supervision: the client actor supervises its signalling connection. When a
 //! `SignalingActor` ends for any reason, including a panic inside it, its `Drop` reports
@@ -16,12 +22,15 @@
 //! state is gone): the user creates a new client. A panic in an actor never takes the
 //! process down (the runtime contains it to the actor's task).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    BanReason, ClientMessage, JoinRequest, JoinResult, ReplyData, ServerEvent,
+    BanReason, ClientMessage, JoinRequest, JoinResult, MediaKind, PublishRequest, ReplyData,
+    ServerEvent, StreamInfo, StreamType, SubscribeRequest,
 };
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, UserId};
 use tokio::sync::oneshot;
@@ -31,6 +40,11 @@ use crate::error::SignalError;
 use crate::event::ClientEvent;
 use crate::hub::ClientHub;
 use crate::lifecycle::{Lifecycle, Phase, Recovery, StateChange};
+use crate::media::peer::{ApplyAnswer, ClosePc, CreateOffer, WaitConnected};
+use crate::media::{
+    LinkAction, LinkHealth, LinkKind, LocalMedia, PcEvent, PcEventKind, PcId, PcRole,
+    PeerConnectionActor, RemoteMedia, RemoteMediaStats, SubscribeOutput,
+};
 use crate::requests::{DEFAULT_JOIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RequestKind};
 use crate::room::RoomState;
 use crate::signaling::{
@@ -65,7 +79,14 @@ pub struct ClientSettings {
     pub missed_heartbeats: u32,
     /// Reconnect schedule.
     pub reconnect: ReconnectPolicy,
+    /// Where auto-subscribed streams go.
+    pub auto_subscribe_output: SubscribeOutput,
+    /// How long a new peer connection may take to connect (ICE + DTLS).
+    pub media_connect_timeout: Duration,
 }
+
+/// Default for [`ClientSettings::media_connect_timeout`].
+pub const DEFAULT_MEDIA_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ClientSettings {
     /// Settings with TRTC's timings.
@@ -89,6 +110,8 @@ impl ClientSettings {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             missed_heartbeats: DEFAULT_MISSED_HEARTBEATS,
             reconnect: ReconnectPolicy::default(),
+            auto_subscribe_output: SubscribeOutput::Discard,
+            media_connect_timeout: DEFAULT_MEDIA_CONNECT_TIMEOUT,
         }
     }
 }
@@ -104,7 +127,25 @@ pub struct JoinParams {
     pub private_map_key: Option<String>,
 }
 
-/// A user request to the client actor. Media requests will be added here.
+/// What `subscribe()` asks for.
+#[derive(Clone, Debug)]
+pub struct SubscribeParams {
+    /// Whose stream.
+    pub user_id: UserId,
+    /// Which stream.
+    pub stream_type: StreamType,
+    /// Receive its audio.
+    pub audio: bool,
+    /// Receive its video.
+    pub video: bool,
+    /// Where the media goes.
+    pub output: SubscribeOutput,
+    /// How long the jitter buffer waits for late or reordered packets (also the delay
+    /// before the first frame comes out).
+    pub jitter_latency: Duration,
+}
+
+/// A user request to the client actor.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), RtcError>")]
 #[non_exhaustive]
@@ -115,6 +156,78 @@ pub enum ClientRequest {
     Leave,
     /// Change role (live mode).
     SwitchRole(Role),
+    /// Publish a local stream (one uplink peer connection per stream type).
+    Publish(Arc<LocalMedia>),
+    /// Stop publishing a local stream.
+    Unpublish(Arc<LocalMedia>),
+    /// Subscribe to a remote stream (one downlink peer connection per stream).
+    Subscribe(SubscribeParams),
+    /// Stop a subscription.
+    Unsubscribe {
+        /// Whose stream.
+        user_id: UserId,
+        /// Which stream.
+        stream_type: StreamType,
+    },
+    /// Tell the room that a published stream's audio or video is (un)muted.
+    Mute {
+        /// Which stream.
+        stream_type: StreamType,
+        /// Audio or video.
+        kind: MediaKind,
+        /// Muted or not.
+        muted: bool,
+    },
+}
+
+/// The receive counters of every subscribed stream.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<(UserId, StreamType, RemoteMediaStats)>")]
+pub struct GetRemoteStats;
+
+/// The transport counters of every connected peer connection: `(uplink?, user, stream
+/// type, stats)`; the user is this client's own for uplinks.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<(bool, UserId, StreamType, crate::media::TransportStats)>")]
+pub struct GetTransportStats;
+
+/// Which media link: a published stream (uplink) or a subscribed one (downlink).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum LinkKey {
+    Up(StreamType),
+    Down(UserId, StreamType),
+}
+
+/// Where a link's peer connection is.
+#[derive(Debug)]
+enum LinkState {
+    /// No peer connection: a downlink waits for its stream to be published again.
+    Waiting,
+    /// An offer/answer exchange is running for peer connection `PcId`.
+    Negotiating,
+    /// Connected (or was).
+    Up(Addr<PeerConnectionActor>),
+}
+
+/// One published or subscribed stream and its current peer connection.
+struct Link {
+    role: PcRole,
+    /// For downlinks: what was subscribed.
+    audio: bool,
+    video: bool,
+    pc_id: PcId,
+    state: LinkState,
+    health: LinkHealth,
+    /// StreamSubscribed was reported (downlinks).
+    announced: bool,
+}
+
+impl Link {
+    fn close(&mut self) {
+        if let LinkState::Up(pc) = std::mem::replace(&mut self.state, LinkState::Waiting) {
+            pc.do_send(ClosePc);
+        }
+    }
 }
 
 /// The user's handle was dropped: leave (best effort) and stop.
@@ -150,6 +263,9 @@ pub struct ClientActor {
     hub: Arc<ClientHub>,
     span: tracing::Span,
     clean_stop: bool,
+    /// Published and subscribed streams.
+    links: HashMap<LinkKey, Link>,
+    next_pc_id: PcId,
 }
 
 /// The heartbeat interval: the configured one, or the server's (`heartbeatIntervalS` in the
@@ -187,6 +303,8 @@ impl ClientActor {
             hub,
             span,
             clean_stop: false,
+            links: HashMap::new(),
+            next_pc_id: 1,
         }
     }
 
@@ -219,6 +337,47 @@ impl ClientActor {
         self.refresh_view();
         for e in events {
             self.emit(e);
+        }
+    }
+
+    /// Emit room events, then follow them with the media plane: drop subscriptions of
+    /// removed streams, resume waiting ones and auto-subscribe to new ones.
+    fn emit_room_events(&mut self, ctx: &mut Context<Self>, events: Vec<ClientEvent>) {
+        self.emit_room_events_inner(ctx, events, false);
+    }
+
+    /// `rejoin`: the events are the difference found by a re-join. A stream missing then
+    /// may only not be published again yet (the server restarted): its subscription waits
+    /// for it instead of ending.
+    fn emit_room_events_inner(
+        &mut self,
+        ctx: &mut Context<Self>,
+        events: Vec<ClientEvent>,
+        rejoin: bool,
+    ) {
+        let media: Vec<ClientEvent> = events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    ClientEvent::StreamAdded(_) | ClientEvent::StreamRemoved(_)
+                )
+            })
+            .cloned()
+            .collect();
+        self.emit_all(events);
+        for e in media {
+            match e {
+                ClientEvent::StreamAdded(info) => self.on_stream_added(ctx, info),
+                ClientEvent::StreamRemoved(_) if rejoin => {}
+                ClientEvent::StreamRemoved(info) => {
+                    let key = LinkKey::Down(info.user_id, info.stream_type);
+                    if let Some(mut link) = self.links.remove(&key) {
+                        link.close();
+                    }
+                }
+                _ => {}
+            }
         }
     }
 
@@ -341,9 +500,11 @@ impl ClientActor {
                 }
                 self.report(change);
                 let events = self.room.joined(&result);
-                self.emit_all(events);
-                // Media seam: after a re-join the PeerConnection actor re-publishes and
-                // re-subscribes here.
+                let rejoin = matches!(attempt, Attempt::Rejoin(_));
+                if rejoin {
+                    self.resume_media(ctx);
+                }
+                self.emit_room_events_inner(ctx, events, rejoin);
                 if let Some(tx) = self.pending_join.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -382,6 +543,7 @@ impl ClientActor {
                             tracing::warn!(parent: &self.span, error = %e, "re-join refused");
                             self.emit(ClientEvent::Error(e));
                             self.report(change);
+                            self.close_media();
                             self.room.clear();
                             self.refresh_view();
                         }
@@ -417,6 +579,7 @@ impl ClientActor {
                 self.drop_connection();
                 self.emit(ClientEvent::Error(error));
                 self.report(change);
+                self.close_media();
                 self.room.clear();
                 self.refresh_view();
             }
@@ -460,6 +623,7 @@ impl ClientActor {
                 if let Some(change) = self.life.banned() {
                     tracing::info!(parent: &self.span, ?reason, %message, "removed from the room");
                     self.drop_connection();
+                    self.close_media();
                     self.room.clear();
                     self.refresh_view();
                     self.emit(ClientEvent::ClientBanned { reason, message });
@@ -468,7 +632,7 @@ impl ClientActor {
             }
             other => {
                 let events = self.room.apply(other);
-                self.emit_all(events);
+                self.emit_room_events(ctx, events);
             }
         }
     }
@@ -540,6 +704,7 @@ impl Handler<ClientRequest> for ClientActor {
                         "join cancelled by leave()",
                     )));
                 }
+                self.close_media();
                 self.room.clear();
                 self.refresh_view();
                 self.report(plan.change);
@@ -606,6 +771,18 @@ impl Handler<ClientRequest> for ClientActor {
                     }),
                 )
             }
+            ClientRequest::Publish(local) => self.publish(ctx, local),
+            ClientRequest::Unpublish(local) => self.unpublish(local),
+            ClientRequest::Subscribe(params) => self.subscribe(ctx, params, true),
+            ClientRequest::Unsubscribe {
+                user_id,
+                stream_type,
+            } => self.unsubscribe(user_id, stream_type),
+            ClientRequest::Mute {
+                stream_type,
+                kind,
+                muted,
+            } => self.mute(stream_type, kind, muted),
         }
     }
 }
@@ -642,7 +819,692 @@ impl Handler<Shutdown> for ClientActor {
             });
         }
         self.drop_connection();
+        self.close_media();
         ctx.stop();
+    }
+}
+
+type Reply = ResponseActFuture<ClientActor, Result<(), RtcError>>;
+
+fn ready(r: Result<(), RtcError>) -> Reply {
+    Box::pin(fut::ready(r))
+}
+
+/// The offer/answer request a link sends with `sdp`.
+fn link_message(
+    key: &LinkKey,
+    role: &PcRole,
+    audio: bool,
+    video: bool,
+    sdp: String,
+) -> ClientMessage {
+    match key {
+        LinkKey::Up(stream_type) => {
+            let (has_audio, has_video) = match role {
+                PcRole::Uplink(local) => (local.has_audio(), local.has_video()),
+                PcRole::Downlink { .. } => (audio, video),
+            };
+            ClientMessage::Publish(PublishRequest {
+                stream_type: *stream_type,
+                has_audio,
+                has_video,
+                sdp: Some(sdp),
+            })
+        }
+        LinkKey::Down(user_id, stream_type) => ClientMessage::Subscribe(SubscribeRequest {
+            user_id: user_id.clone(),
+            stream_type: *stream_type,
+            audio,
+            video,
+            sdp: Some(sdp),
+        }),
+    }
+}
+
+/// One offer/answer exchange: a new peer connection actor, its offer through signalling,
+/// the server's answer, and the wait for ICE + DTLS. On failure the new peer connection is
+/// closed.
+/// Everything one offer/answer exchange needs.
+struct Negotiation {
+    id: PcId,
+    role: PcRole,
+    owner: Recipient<PcEvent>,
+    signaling: Option<Addr<SignalingActor>>,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    span: tracing::Span,
+}
+
+async fn negotiate(
+    n: Negotiation,
+    message: impl FnOnce(String) -> ClientMessage,
+) -> Result<Addr<PeerConnectionActor>, RtcError> {
+    let Negotiation {
+        id,
+        role,
+        owner,
+        signaling,
+        request_timeout,
+        connect_timeout,
+        span,
+    } = n;
+    let signaling = signaling
+        .ok_or_else(|| RtcError::new(ErrorCode::SignalChannelError, "no signalling connection"))?;
+    let pc = PeerConnectionActor::create(id, role, owner, span).await?;
+    let gone = |_| {
+        RtcError::new(
+            ErrorCode::IceTransportError,
+            "peer connection actor stopped",
+        )
+    };
+    let exchange = async {
+        let offer = pc.send(CreateOffer).await.map_err(gone)??;
+        let reply = signaling
+            .send(SignalRequest {
+                msg: message(offer),
+                kind: RequestKind::Other,
+                timeout: request_timeout,
+            })
+            .await
+            .unwrap_or(Err(SignalError::Lost))
+            .map_err(|e| e.into_rtc_error(ErrorCode::SignalChannelError))?;
+        let Some(ReplyData::Answer { sdp }) = reply else {
+            return Err(RtcError::new(
+                ErrorCode::IceTransportError,
+                "the server answered without an SDP answer",
+            ));
+        };
+        pc.send(ApplyAnswer(sdp)).await.map_err(gone)??;
+        if !pc
+            .send(WaitConnected(connect_timeout))
+            .await
+            .unwrap_or(false)
+        {
+            return Err(RtcError::new(
+                ErrorCode::IceTransportError,
+                format!("the peer connection did not connect within {connect_timeout:?}"),
+            ));
+        }
+        Ok(())
+    };
+    match exchange.await {
+        Ok(()) => Ok(pc),
+        Err(e) => {
+            pc.do_send(ClosePc);
+            Err(e)
+        }
+    }
+}
+
+impl ClientActor {
+    fn next_pc(&mut self) -> PcId {
+        self.next_pc_id += 1;
+        self.next_pc_id
+    }
+
+    /// Close every peer connection and forget every link (leave, removal, final failure).
+    fn close_media(&mut self) {
+        for (_, mut link) in self.links.drain() {
+            if let PcRole::Uplink(local) = &link.role {
+                local.set_publisher(None);
+            }
+            link.close();
+        }
+    }
+
+    fn stream_info(&self, user_id: &UserId, stream_type: StreamType) -> Option<StreamInfo> {
+        self.room
+            .streams()
+            .find(|s| s.user_id == *user_id && s.stream_type == stream_type)
+            .cloned()
+    }
+
+    /// Start a new peer connection for the link `key` (first negotiation, rebuild, or
+    /// resume after a re-join). Any current peer connection is closed; reports of old ones
+    /// are ignored from here on (their id is stale). `reply` gets the outcome.
+    fn negotiate_link(
+        &mut self,
+        ctx: &mut Context<Self>,
+        key: LinkKey,
+        reply: Option<oneshot::Sender<Result<(), RtcError>>>,
+    ) {
+        let id = self.next_pc();
+        let Some(link) = self.links.get_mut(&key) else {
+            return;
+        };
+        link.close();
+        link.pc_id = id;
+        link.state = LinkState::Negotiating;
+        let role = link.role.clone();
+        let (msg_key, msg_role, audio, video) = (key.clone(), role.clone(), link.audio, link.video);
+        let fut = negotiate(
+            Negotiation {
+                id,
+                role,
+                owner: ctx.address().recipient(),
+                signaling: self.signaling.clone(),
+                request_timeout: self.settings.request_timeout,
+                connect_timeout: self.settings.media_connect_timeout,
+                span: self.span.clone(),
+            },
+            move |sdp| link_message(&msg_key, &msg_role, audio, video, sdp),
+        );
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |res, act, ctx| act.negotiated(ctx, key, id, res, reply)),
+        );
+    }
+
+    fn negotiated(
+        &mut self,
+        ctx: &mut Context<Self>,
+        key: LinkKey,
+        id: PcId,
+        res: Result<Addr<PeerConnectionActor>, RtcError>,
+        reply: Option<oneshot::Sender<Result<(), RtcError>>>,
+    ) {
+        let current = self.links.get(&key).is_some_and(|l| l.pc_id == id);
+        let res = match res {
+            Ok(pc) if !current => {
+                // Unpublished, unsubscribed or superseded meanwhile.
+                pc.do_send(ClosePc);
+                Err(RtcError::invalid_operation(
+                    None,
+                    "the stream was unpublished or unsubscribed meanwhile",
+                ))
+            }
+            Ok(pc) => {
+                let me = ctx.address().recipient();
+                let mut announce = None;
+                if let Some(link) = self.links.get_mut(&key) {
+                    link.state = LinkState::Up(pc);
+                    link.health.connected();
+                    match &link.role {
+                        PcRole::Uplink(local) => {
+                            local.set_publisher(Some(me));
+                            // A (re-)published stream starts unmuted on the server.
+                            for (kind, wire) in [
+                                (rtcroom_pipelines::MediaKind::Audio, MediaKind::Audio),
+                                (rtcroom_pipelines::MediaKind::Video, MediaKind::Video),
+                            ] {
+                                if local.is_muted(kind)
+                                    && let Some(sig) = &self.signaling
+                                {
+                                    sig.do_send(SignalRequest {
+                                        msg: ClientMessage::Mute {
+                                            stream_type: local.stream_type(),
+                                            kind: wire,
+                                            muted: true,
+                                        },
+                                        kind: RequestKind::Other,
+                                        timeout: self.settings.request_timeout,
+                                    });
+                                }
+                            }
+                        }
+                        PcRole::Downlink { .. } if !link.announced => {
+                            link.announced = true;
+                            announce = Some(key.clone());
+                        }
+                        PcRole::Downlink { .. } => {}
+                    }
+                }
+                if let Some(LinkKey::Down(user, stream_type)) = announce {
+                    let info = self
+                        .stream_info(&user, stream_type)
+                        .unwrap_or_else(|| RoomState::unknown_stream(&user, stream_type));
+                    self.emit(ClientEvent::StreamSubscribed(info));
+                }
+                tracing::info!(parent: &self.span, ?key, pc = id, "media link connected");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!(parent: &self.span, ?key, pc = id, error = %e, "media negotiation failed");
+                let gone = e.code == ErrorCode::RemoteStreamNotExist;
+                if current {
+                    if gone && reply.is_none() {
+                        // The stream went away meanwhile: wait for it to come back.
+                        if let Some(link) = self.links.get_mut(&key) {
+                            link.state = LinkState::Waiting;
+                        }
+                    } else if reply.is_some() {
+                        // The user's own publish/subscribe failed: report it, keep nothing.
+                        self.links.remove(&key);
+                    } else {
+                        self.link_failed(ctx, key);
+                    }
+                }
+                Err(e)
+            }
+        };
+        if let Some(tx) = reply {
+            let _ = tx.send(res);
+        }
+    }
+
+    /// A link's peer connection failed or died: rebuild it later, or give up.
+    fn link_failed(&mut self, ctx: &mut Context<Self>, key: LinkKey) {
+        if self.life.phase() != Phase::Joined {
+            // Signalling is down: the re-join renegotiates every link.
+            if let Some(link) = self.links.get_mut(&key) {
+                link.close();
+            }
+            return;
+        }
+        let Some(link) = self.links.get_mut(&key) else {
+            return;
+        };
+        link.close();
+        match link.health.failed() {
+            LinkAction::Rebuild { attempt, delay } => {
+                let id = link.pc_id;
+                tracing::info!(parent: &self.span, ?key, attempt, ?delay, "rebuilding media link");
+                ctx.run_later(delay, move |act, ctx| {
+                    let still = act
+                        .links
+                        .get(&key)
+                        .is_some_and(|l| l.pc_id == id && !matches!(l.state, LinkState::Up(_)));
+                    if still && act.life.phase() == Phase::Joined {
+                        act.negotiate_link(ctx, key, None);
+                    }
+                });
+            }
+            LinkAction::GiveUp(error) => {
+                tracing::warn!(parent: &self.span, ?key, %error, "media link given up");
+                if let Some(link) = self.links.remove(&key)
+                    && let PcRole::Uplink(local) = &link.role
+                {
+                    local.set_publisher(None);
+                }
+                self.emit(ClientEvent::Error(error));
+            }
+        }
+    }
+
+    /// After a re-join: publish every local stream again and re-subscribe every remote
+    /// stream that is still published (the others wait for their stream to come back).
+    fn resume_media(&mut self, ctx: &mut Context<Self>) {
+        let keys: Vec<LinkKey> = self.links.keys().cloned().collect();
+        for key in keys {
+            let present = match &key {
+                LinkKey::Up(_) => true,
+                LinkKey::Down(user, stream_type) => {
+                    self.stream_info(user, stream_type.to_owned()).is_some()
+                }
+            };
+            if let Some(link) = self.links.get_mut(&key) {
+                link.health.connected();
+                link.close();
+                if !present {
+                    continue;
+                }
+            }
+            self.negotiate_link(ctx, key, None);
+        }
+    }
+
+    fn on_stream_added(&mut self, ctx: &mut Context<Self>, info: StreamInfo) {
+        let key = LinkKey::Down(info.user_id.clone(), info.stream_type);
+        match self.links.get(&key) {
+            Some(link) if matches!(link.state, LinkState::Waiting) => {
+                self.negotiate_link(ctx, key, None);
+            }
+            Some(_) => {}
+            None if self.settings.auto_subscribe => {
+                let params = SubscribeParams {
+                    user_id: info.user_id.clone(),
+                    stream_type: info.stream_type,
+                    audio: info.has_audio,
+                    video: info.has_video,
+                    output: self.settings.auto_subscribe_output.clone(),
+                    jitter_latency: rtcroom_pipelines::DEFAULT_JITTER_LATENCY,
+                };
+                // Auto-subscribe failures are logged, not reported (nobody asked).
+                let _ = self.subscribe(ctx, params, false);
+            }
+            None => {}
+        }
+    }
+
+    fn publish(&mut self, ctx: &mut Context<Self>, local: Arc<LocalMedia>) -> Reply {
+        if let Err(e) = self.life.require_joined("publish") {
+            return ready(Err(e));
+        }
+        let role = self.params.as_ref().map(|p| p.role).unwrap_or(Role::Anchor);
+        if self.settings.mode == Mode::Live && role == Role::Audience {
+            return ready(Err(RtcError::invalid_operation(
+                Some(extra::AUDIENCE_ROLE),
+                "an audience member cannot publish: switchRole('anchor') first",
+            )));
+        }
+        let key = LinkKey::Up(local.stream_type());
+        if self.links.contains_key(&key) {
+            return ready(Err(RtcError::invalid_operation(
+                Some(extra::REPEATED_CALL),
+                format!("a {:?} stream is already published", local.stream_type()),
+            )));
+        }
+        self.links.insert(
+            key.clone(),
+            Link {
+                role: PcRole::Uplink(local),
+                audio: false,
+                video: false,
+                pc_id: 0,
+                state: LinkState::Waiting,
+                health: LinkHealth::new(LinkKind::Uplink),
+                announced: true,
+            },
+        );
+        let (tx, rx) = oneshot::channel();
+        self.negotiate_link(ctx, key, Some(tx));
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(actor_gone())) }.into_actor(self))
+    }
+
+    fn unpublish(&mut self, local: Arc<LocalMedia>) -> Reply {
+        if let Err(e) = self.life.require_joined("unpublish") {
+            return ready(Err(e));
+        }
+        let key = LinkKey::Up(local.stream_type());
+        let published_here = matches!(
+            self.links.get(&key).map(|l| &l.role),
+            Some(PcRole::Uplink(l)) if Arc::ptr_eq(l, &local)
+        );
+        if !published_here {
+            return ready(Err(RtcError::invalid_operation(
+                Some(extra::REPEATED_CALL),
+                "this stream is not published",
+            )));
+        }
+        if let Some(mut link) = self.links.remove(&key) {
+            link.close();
+        }
+        local.set_publisher(None);
+        self.signal_best_effort(ClientMessage::Unpublish {
+            stream_type: local.stream_type(),
+        })
+    }
+
+    /// Send a request whose failure changes nothing locally (the server cleans up itself
+    /// when the peer connection goes away).
+    fn signal_best_effort(&self, msg: ClientMessage) -> Reply {
+        let Some(sig) = self.signaling.clone() else {
+            return ready(Ok(()));
+        };
+        let timeout = self.settings.request_timeout;
+        Box::pin(
+            async move {
+                let _ = sig
+                    .send(SignalRequest {
+                        msg,
+                        kind: RequestKind::Other,
+                        timeout,
+                    })
+                    .await;
+                Ok(())
+            }
+            .into_actor(self),
+        )
+    }
+
+    fn subscribe(
+        &mut self,
+        ctx: &mut Context<Self>,
+        params: SubscribeParams,
+        user_call: bool,
+    ) -> Reply {
+        if let Err(e) = self.life.require_joined("subscribe") {
+            return ready(Err(e));
+        }
+        if !params.audio && !params.video {
+            return ready(Err(RtcError::invalid_operation(
+                None,
+                "subscribe() needs audio or video (or both)",
+            )));
+        }
+        let Some(info) = self.stream_info(&params.user_id, params.stream_type) else {
+            return ready(Err(RtcError::new(
+                ErrorCode::RemoteStreamNotExist,
+                format!(
+                    "{} has no {:?} stream published",
+                    params.user_id, params.stream_type
+                ),
+            )));
+        };
+        let audio = params.audio && info.has_audio;
+        let video = params.video && info.has_video;
+        if !audio && !video {
+            return ready(Err(RtcError::invalid_operation(
+                None,
+                "the stream has none of the tracks asked for",
+            )));
+        }
+        let key = LinkKey::Down(params.user_id.clone(), params.stream_type);
+        if let Some(mut old) = self.links.remove(&key) {
+            old.close();
+        }
+        // Reserve the link so a second subscribe replaces this one.
+        let reserve = self.next_pc();
+        self.links.insert(
+            key.clone(),
+            Link {
+                role: PcRole::Downlink {
+                    // Replaced as soon as the pipeline is built.
+                    remote: Arc::new(RemoteMedia::empty()),
+                    audio,
+                    video,
+                },
+                audio,
+                video,
+                pc_id: reserve,
+                state: LinkState::Negotiating,
+                health: LinkHealth::new(LinkKind::Downlink),
+                announced: false,
+            },
+        );
+        let (tx, rx) = oneshot::channel();
+        let (user, stream_type, output) = (params.user_id, params.stream_type, params.output);
+        let jitter = params.jitter_latency;
+        let build = tokio::task::spawn_blocking(move || {
+            RemoteMedia::start(&user, stream_type, audio, video, &output, jitter)
+        });
+        let span = self.span.clone();
+        ctx.spawn(build.into_actor(self).map(move |res, act, ctx| {
+            let current = act.links.get(&key).is_some_and(|l| l.pc_id == reserve);
+            let media = match res {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => {
+                    if current {
+                        act.links.remove(&key);
+                    }
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                Err(join) => {
+                    if current {
+                        act.links.remove(&key);
+                    }
+                    let _ = tx.send(Err(RtcError::new(
+                        ErrorCode::InitializeFailed,
+                        format!("remote pipeline start panicked: {join}"),
+                    )));
+                    return;
+                }
+            };
+            if !current {
+                let _ = tx.send(Err(RtcError::invalid_operation(
+                    None,
+                    "unsubscribed while subscribing",
+                )));
+                return;
+            }
+            if let Some(link) = act.links.get_mut(&key) {
+                link.role = PcRole::Downlink {
+                    remote: Arc::new(media),
+                    audio,
+                    video,
+                };
+            }
+            act.negotiate_link(ctx, key, Some(tx));
+        }));
+        Box::pin(
+            async move {
+                let res = rx.await.unwrap_or_else(|_| Err(actor_gone()));
+                if let Err(e) = &res
+                    && !user_call
+                {
+                    tracing::warn!(parent: &span, error = %e, "auto-subscribe failed");
+                }
+                res
+            }
+            .into_actor(self),
+        )
+    }
+
+    fn unsubscribe(&mut self, user_id: UserId, stream_type: StreamType) -> Reply {
+        if let Err(e) = self.life.require_joined("unsubscribe") {
+            return ready(Err(e));
+        }
+        let Some(mut link) = self
+            .links
+            .remove(&LinkKey::Down(user_id.clone(), stream_type))
+        else {
+            return ready(Err(RtcError::invalid_operation(
+                None,
+                format!("not subscribed to {user_id}'s {stream_type:?} stream"),
+            )));
+        };
+        link.close();
+        self.signal_best_effort(ClientMessage::Unsubscribe {
+            user_id,
+            stream_type,
+        })
+    }
+
+    fn mute(&mut self, stream_type: StreamType, kind: MediaKind, muted: bool) -> Reply {
+        if self.life.phase() != Phase::Joined || !self.links.contains_key(&LinkKey::Up(stream_type))
+        {
+            // Not published (or reconnecting): the local flag is all there is.
+            return ready(Ok(()));
+        }
+        let Some(sig) = self.signaling.clone() else {
+            return ready(Ok(()));
+        };
+        let timeout = self.settings.request_timeout;
+        Box::pin(
+            async move {
+                sig.send(SignalRequest {
+                    msg: ClientMessage::Mute {
+                        stream_type,
+                        kind,
+                        muted,
+                    },
+                    kind: RequestKind::Other,
+                    timeout,
+                })
+                .await
+                .unwrap_or(Err(SignalError::Lost))
+                .map(|_| ())
+                .map_err(|e| e.into_rtc_error(ErrorCode::SignalChannelError))
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<PcEvent> for ClientActor {
+    type Result = ();
+
+    fn handle(&mut self, ev: PcEvent, ctx: &mut Self::Context) {
+        let Some((key, up)) = self
+            .links
+            .iter()
+            .find(|(_, l)| l.pc_id == ev.id)
+            .map(|(k, l)| (k.clone(), matches!(l.state, LinkState::Up(_))))
+        else {
+            return; // a closed or superseded peer connection
+        };
+        match ev.kind {
+            PcEventKind::Connected => {
+                if let Some(l) = self.links.get_mut(&key) {
+                    l.health.connected();
+                }
+            }
+            // While negotiating, the negotiation's own result decides.
+            PcEventKind::Failed | PcEventKind::Gone if up => {
+                tracing::info!(parent: &self.span, ?key, pc = ev.id, kind = ?ev.kind, "media link lost");
+                self.link_failed(ctx, key);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Handler<GetTransportStats> for ClientActor {
+    type Result = ResponseFuture<Vec<(bool, UserId, StreamType, crate::media::TransportStats)>>;
+
+    fn handle(&mut self, _: GetTransportStats, _: &mut Self::Context) -> Self::Result {
+        let me = self.settings.user_id.clone();
+        let asks: Vec<_> = self
+            .links
+            .iter()
+            .filter_map(|(k, l)| match (&l.state, k) {
+                (LinkState::Up(pc), LinkKey::Up(t)) => Some((true, me.clone(), *t, pc.clone())),
+                (LinkState::Up(pc), LinkKey::Down(u, t)) => {
+                    Some((false, u.clone(), *t, pc.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (up, user, t, pc) in asks {
+                if let Ok(stats) = pc.send(crate::media::peer::GetTransportStats).await {
+                    out.push((up, user, t, stats));
+                }
+            }
+            out
+        })
+    }
+}
+
+impl Handler<GetRemoteStats> for ClientActor {
+    type Result = MessageResult<GetRemoteStats>;
+
+    fn handle(&mut self, _: GetRemoteStats, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.links
+                .iter()
+                .filter_map(|(k, l)| match (k, &l.role) {
+                    (LinkKey::Down(u, t), PcRole::Downlink { remote, .. }) => {
+                        Some((u.clone(), *t, remote.stats()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Fault injection for supervision tests: crash the peer connection actor of every link.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct CrashPeerConnections;
+
+#[cfg(feature = "fault-injection")]
+impl Handler<CrashPeerConnections> for ClientActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: CrashPeerConnections, _: &mut Self::Context) -> usize {
+        let mut n = 0;
+        for l in self.links.values() {
+            if let LinkState::Up(pc) = &l.state {
+                pc.do_send(crate::media::peer::CrashPc);
+                n += 1;
+            }
+        }
+        n
     }
 }
 

@@ -41,6 +41,9 @@ pub enum ClientEvent {
     /// `stream-removed`: a remote stream was unpublished, its member left or switched to
     /// audience. Carries the stream as last known.
     StreamRemoved(RemoteStreamInfo),
+    /// `stream-subscribed`: a subscription (explicit, automatic, or resumed after a
+    /// re-join) is connected; media flows to its output.
+    StreamSubscribed(RemoteStreamInfo),
     /// `stream-updated`: a remote stream gained or lost its audio or video track.
     StreamUpdated(RemoteStreamInfo),
     /// `mute-audio`: a remote member muted its audio.

@@ -22,6 +22,18 @@
 //! - [`signaling::SignalingActor`]: one per WebSocket connection; request ids, replies,
 //!   events, heartbeats. Reports its end (also a panic) to the client actor, which reconnects.
 //!
+//! Media ([`media`]):
+//! - [`media::PeerConnectionActor`]: one webrtc-rs peer connection per published stream
+//!   (uplink) and per subscribed stream (downlink); webrtc-rs callbacks become messages.
+//! - [`media::LocalMedia`] / [`media::RemoteMedia`]: the GStreamer pipelines
+//!   (rtcroom-pipelines) and the tracks / counters around them; they outlive peer
+//!   connections, so rebuilding a link does not touch the media.
+//! - [`media::LinkHealth`]: rebuild a failed link, or give up with 0x4007 / 0x4008.
+//!
+//! The client actor owns the links (publish, subscribe, auto-subscribe, re-publish and
+//! re-subscribe after a re-join) and supervises the peer connection actors: one that dies
+//! (also by panic) reports it from its `Drop`, and the link is renegotiated.
+//!
 //! ## Time
 //! State machines never read the clock. Actors read `Instant::now()` and schedule wake-ups
 //! with `run_later` at the deadlines the machines report.
@@ -34,11 +46,17 @@ pub mod error;
 pub mod event;
 pub mod hub;
 pub mod lifecycle;
+pub mod media;
 pub mod requests;
 pub mod room;
 pub mod signaling;
 
-pub use client::{ClientActor, ClientRequest, ClientSettings, JoinParams, Shutdown};
+#[cfg(feature = "fault-injection")]
+pub use client::CrashPeerConnections;
+pub use client::{
+    ClientActor, ClientRequest, ClientSettings, GetRemoteStats, GetTransportStats, JoinParams,
+    Shutdown, SubscribeParams,
+};
 pub use error::SignalError;
 pub use event::{ClientEvent, RemoteMutedState, RemoteStreamInfo};
 pub use hub::{ClientHub, ClientView};

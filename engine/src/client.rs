@@ -6,12 +6,14 @@ use std::task::{Context, Poll};
 
 use actix::{Actor, Addr};
 use rtcroom_actors::{
-    ClientActor, ClientEvent, ClientHub, ClientRequest, ConnectionState, RemoteMutedState, Shutdown,
+    ClientActor, ClientEvent, ClientHub, ClientRequest, ConnectionState, GetRemoteStats,
+    RemoteMutedState, RemoteStreamInfo, Shutdown, SubscribeParams,
 };
 use rtcroom_protocol::{ErrorCode, Mode, Role, RtcError, UserId};
 use tokio::sync::mpsc;
 
 use crate::config::{ClientConfig, JoinOptions};
+use crate::media::{LocalStream, RemoteStreamStats, SubscribeOptions, TransportStats};
 
 /// Create a client (TRTC's `TRTC.createClient`). The configuration is checked at once:
 /// a bad field fails with INVALID_PARAMETER and TRTC's extra code (5001 missing sdkAppId,
@@ -97,6 +99,102 @@ impl Client {
     /// A later silent re-join keeps the new role.
     pub async fn switch_role(&self, role: Role) -> Result<(), RtcError> {
         self.request(ClientRequest::SwitchRole(role)).await
+    }
+
+    /// Publish a local stream (TRTC's `client.publish`): one uplink peer connection to the
+    /// SFU; resolves once it is connected, and the others get `stream-added`. Errors:
+    /// INVALID_OPERATION before `join` (or while reconnecting), for a live audience member
+    /// (extra 5107), or when a stream of that type is already published (extra 5104).
+    /// After a signalling re-join the stream is published again without a call.
+    pub async fn publish(&self, stream: &LocalStream) -> Result<(), RtcError> {
+        self.request(ClientRequest::Publish(stream.media.clone()))
+            .await
+    }
+
+    /// Stop publishing (TRTC's `client.unpublish`); the others get `stream-removed`.
+    /// INVALID_OPERATION before `join` or when this stream is not published.
+    pub async fn unpublish(&self, stream: &LocalStream) -> Result<(), RtcError> {
+        self.request(ClientRequest::Unpublish(stream.media.clone()))
+            .await
+    }
+
+    /// Subscribe to a remote stream (TRTC's `client.subscribe`), as announced by
+    /// [`ClientEvent::StreamAdded`]. Resolves once the downlink is connected;
+    /// [`ClientEvent::StreamSubscribed`] follows and media flows to `options.output`.
+    /// Subscribing again replaces the subscription. Errors: INVALID_OPERATION before
+    /// `join` or with neither audio nor video; REMOTE_STREAM_NOT_EXIST (0x4010) when the
+    /// stream is not (or no longer) published.
+    pub async fn subscribe(
+        &self,
+        stream: &RemoteStreamInfo,
+        options: SubscribeOptions,
+    ) -> Result<(), RtcError> {
+        self.request(ClientRequest::Subscribe(SubscribeParams {
+            user_id: stream.user_id.clone(),
+            stream_type: stream.stream_type,
+            audio: options.audio,
+            video: options.video,
+            output: options.output,
+            jitter_latency: options.jitter_latency,
+        }))
+        .await
+    }
+
+    /// End a subscription (TRTC's `client.unsubscribe`). INVALID_OPERATION when not
+    /// subscribed.
+    pub async fn unsubscribe(&self, stream: &RemoteStreamInfo) -> Result<(), RtcError> {
+        self.request(ClientRequest::Unsubscribe {
+            user_id: stream.user_id.clone(),
+            stream_type: stream.stream_type,
+        })
+        .await
+    }
+
+    /// Receive counters of every subscribed stream (TRTC's `getRemoteVideoStats` and
+    /// `getRemoteAudioStats` in one): packets, bytes, losses, decoded frames, frame size.
+    pub async fn get_remote_stats(&self) -> Vec<RemoteStreamStats> {
+        self.addr
+            .send(GetRemoteStats)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(user_id, stream_type, stats)| RemoteStreamStats {
+                user_id,
+                stream_type,
+                stats,
+            })
+            .collect()
+    }
+
+    /// Transport stats of every connected peer connection (TRTC's `getTransportStats`):
+    /// bytes on the wire and, when measured, the round-trip time to the server.
+    pub async fn get_transport_stats(&self) -> Vec<TransportStats> {
+        self.addr
+            .send(rtcroom_actors::GetTransportStats)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(uplink, user_id, stream_type, s)| TransportStats {
+                uplink,
+                user_id,
+                stream_type,
+                rtt: s.rtt,
+                bytes_sent: s.bytes_sent,
+                bytes_received: s.bytes_received,
+            })
+            .collect()
+    }
+
+    /// Fault injection for supervision tests: panic every peer connection actor of this
+    /// client; returns how many. The client rebuilds and renegotiates them. Only with the
+    /// `fault-injection` feature; not public API.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub async fn crash_peer_connections_for_test(&self) -> usize {
+        self.addr
+            .send(rtcroom_actors::CrashPeerConnections)
+            .await
+            .unwrap_or(0)
     }
 
     async fn request(&self, req: ClientRequest) -> Result<(), RtcError> {

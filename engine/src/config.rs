@@ -6,6 +6,7 @@ use rtcroom_actors::backoff::{
     DEFAULT_BACKOFF_UNIT, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MISSED_HEARTBEATS,
     DEFAULT_RECONNECT_ATTEMPTS, ReconnectPolicy,
 };
+use rtcroom_actors::media::SubscribeOutput;
 use rtcroom_actors::requests::{DEFAULT_JOIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use rtcroom_actors::{ClientSettings, JoinParams};
 use rtcroom_protocol::error::extra;
@@ -42,8 +43,15 @@ pub struct ClientConfig {
     pub user_sig: String,
     /// Room ids are strings (TRTC v4.3+). A room id of the other type is refused at `join`.
     pub use_string_room_id: bool,
-    /// Subscribe to every published stream (TRTC default true; used by the media plane).
+    /// Subscribe to every published stream, now and later (TRTC default true). Each such
+    /// subscription takes both tracks and sends them to [`ClientConfig::auto_subscribe_output`].
     pub auto_subscribe: bool,
+    /// Where auto-subscribed streams go (default: discard, so bots that only count or that
+    /// subscribe explicitly pay for no decoding).
+    pub auto_subscribe_output: SubscribeOutput,
+    /// How long a publish or subscribe peer connection may take to connect (ICE + DTLS);
+    /// default 10 s.
+    pub media_connect_timeout: Duration,
     /// The signalling URL, `ws://host:port/ws`.
     pub server_url: String,
     /// Connect and join answer within this, else JOIN_ROOM_FAILED "join room timeout"
@@ -72,6 +80,8 @@ impl Default for ClientConfig {
             user_sig: String::new(),
             use_string_room_id: false,
             auto_subscribe: true,
+            auto_subscribe_output: SubscribeOutput::Discard,
+            media_connect_timeout: rtcroom_actors::client::DEFAULT_MEDIA_CONNECT_TIMEOUT,
             server_url: DEFAULT_SERVER_URL.to_owned(),
             join_timeout: DEFAULT_JOIN_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -132,6 +142,8 @@ impl ClientConfig {
         );
         s.use_string_room_id = self.use_string_room_id;
         s.auto_subscribe = self.auto_subscribe;
+        s.auto_subscribe_output = self.auto_subscribe_output.clone();
+        s.media_connect_timeout = self.media_connect_timeout;
         s.join_timeout = self.join_timeout;
         s.request_timeout = self.request_timeout;
         s.heartbeat_interval = self.heartbeat_interval;

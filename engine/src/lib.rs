@@ -60,19 +60,46 @@
 //! - If a client actor dies, that client reports [`ClientEvent::Error`] (UNKNOWN) and is
 //!   DISCONNECTED; other clients and the process carry on. Create a new client.
 //!
+//! ## Media
+//!
+//! [`create_stream`] builds a [`LocalStream`] (test pattern + tone, file, camera/mic, or
+//! frames from the application; H.264 + Opus through GStreamer). [`Client::publish`] sends
+//! it to the SFU over one webrtc-rs uplink peer connection per stream;
+//! [`ClientEvent::StreamAdded`] announces remote streams and [`Client::subscribe`] receives
+//! one over a downlink peer connection into a [`SubscribeOutput`] (play, record, decoded
+//! frames to the application, discard). With `auto_subscribe` (default) every stream is
+//! subscribed into [`ClientConfig::auto_subscribe_output`]. Mute/unmute are signalled to the
+//! room and stop sending locally. After a signalling re-join, published streams are
+//! published again and subscriptions resumed (a subscription whose stream is missing after
+//! the re-join waits for it). A failed or crashed peer connection is rebuilt (renegotiated)
+//! up to 3 times in a row, then the client reports UPLINK_RECONNECTION_FAILED (0x4007) or
+//! DOWNLINK_RECONNECTION_FAILED (0x4008) and drops that stream. Pipelines are built and
+//! stopped on threads of their own, never on the engine thread that drives ICE and DTLS.
+//!
 //! ## Not here yet
-//! Publishing and subscribing media (`LocalStream`, `RemoteStream`, `publish`, `subscribe`)
-//! come with the media engine; `ClientRequest` in `rtcroom-actors` is where those requests
-//! will go. `wss://` needs TLS support that this build does not include.
+//! No ICE restart (a failing link is rebuilt with a new peer connection instead), no
+//! simulcast or bandwidth adaptation, no black/silent frames while muted (nothing is sent).
+//! `wss://` needs TLS support that this build does not include.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod client;
 mod config;
+mod media;
 mod runtime;
 
 pub use client::{Client, EventStream, create_client};
 pub use config::{ClientConfig, DEFAULT_SERVER_URL, JoinOptions, RoomIdInput};
+pub use media::{
+    AppAudioFormat, AppVideoFormat, DecodedFrame, FrameHandler, FrameInfo, LocalAudioStats,
+    LocalStream, LocalVideoStats, RawVideoFormat, RecordFormat, RemoteMediaStats,
+    RemoteStreamStats, StreamConfig, SubscribeOptions, SubscribeOutput, TransportStats,
+    create_stream,
+};
+pub use rtcroom_pipelines::{AudioProfile, SourceKind, VideoProfile};
+/// A remote stream as `stream-added` announces it (TRTC's `RemoteStream`): `user_id`,
+/// `stream_type`, `has_audio`, `has_video`.
+pub type RemoteStream = RemoteStreamInfo;
 pub use rtcroom_actors::{ClientEvent, ConnectionState, RemoteMutedState, RemoteStreamInfo};
 pub use rtcroom_protocol::signal::{BanReason, LeaveReason, StreamType};
 pub use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};

@@ -30,6 +30,10 @@ fn start() -> Result<ArbiterHandle, String> {
             }
         })
         .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+    // Load GStreamer in the background, so the first stream does not wait for it.
+    let _ = std::thread::Builder::new()
+        .name("rtcroom-preload".into())
+        .spawn(preload_media);
     rx.recv()
         .map_err(|_| "the engine thread stopped while starting".to_owned())
 }
@@ -40,4 +44,15 @@ pub(crate) fn engine() -> Result<ArbiterHandle, RtcError> {
         .get_or_init(start)
         .clone()
         .map_err(|e| RtcError::new(ErrorCode::Unknown, e))
+}
+
+/// Load GStreamer's plugins once (blocking, hundreds of ms the first time). Called from
+/// pipeline-building threads, never from the engine thread.
+pub(crate) fn preload_media() {
+    static PRELOADED: OnceLock<()> = OnceLock::new();
+    PRELOADED.get_or_init(|| {
+        if let Err(e) = rtcroom_pipelines::preload() {
+            tracing::warn!(error = %e, "GStreamer preload failed");
+        }
+    });
 }

@@ -62,6 +62,8 @@ pub fn config(url: &str, user: &str, mode: Mode) -> ClientConfig {
         request_timeout: Duration::from_secs(3),
         reconnect_attempts: 40,
         reconnect_backoff_unit: Duration::from_millis(50),
+        // Signalling tests publish without media; media tests turn this on.
+        auto_subscribe: false,
         ..ClientConfig::default()
     }
 }

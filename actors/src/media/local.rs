@@ -1,0 +1,448 @@
+//! `LocalMedia`: one local stream (TRTC's `LocalStream`): a capture/encode pipeline from
+//! rtcroom-pipelines, the two webrtc-rs tracks its RTP goes into, mute flags and counters.
+//!
+//! The tracks live as long as the stream, not as long as a peer connection: every uplink
+//! peer connection (the first publish, a re-publish after a re-join, a rebuild after ICE
+//! failure) binds the same tracks, so the pump that copies pipeline RTP into them never has
+//! to be re-pointed. A pipeline restart (new video profile) only swaps the pump's source.
+//!
+//! Blocking: [`LocalMedia::start`], [`LocalMedia::restart`] and [`LocalMedia::stop`] change
+//! GStreamer states (tens to hundreds of ms): callers run them off the engine thread. The
+//! pump ([`LocalMedia::pump`]) is an async task on the engine thread; it never blocks.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::Recipient;
+
+use rtcroom_pipelines::{
+    KeyframeRequester, LocalConfig, LocalOutputs, LocalPipeline, MediaKind, RtpPacket,
+};
+use rtcroom_protocol::signal::StreamType;
+use rtcroom_protocol::{ErrorCode, RtcError};
+use tokio::sync::mpsc;
+use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
+use webrtc::track::track_local::TrackLocalWriter;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+
+/// The H.264 fmtp the pipelines produce (Constrained Baseline 3.1, packetization mode 1).
+pub const H264_FMTP: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f";
+/// Payload type of H.264 (as rtcroom-pipelines packetises it).
+pub const H264_PT: u8 = 102;
+/// Payload type of Opus.
+pub const OPUS_PT: u8 = 111;
+
+/// The H.264 codec as registered and sent.
+pub fn h264_capability() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_H264.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: H264_FMTP.to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// The Opus codec as registered and sent.
+pub fn opus_capability() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// Counters of a local stream (TRTC's `getLocalAudioStats` / `getLocalVideoStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalMediaStats {
+    /// Audio RTP packets written to the uplink.
+    pub audio_packets_sent: u64,
+    /// Audio RTP bytes written (headers included).
+    pub audio_bytes_sent: u64,
+    /// Video RTP packets written to the uplink.
+    pub video_packets_sent: u64,
+    /// Video RTP bytes written (headers included).
+    pub video_bytes_sent: u64,
+    /// Encoded video frames (RTP packets with the marker bit) that left the encoder.
+    pub video_frames_encoded: u64,
+    /// Keyframe requests (PLI/FIR) received from the server.
+    pub keyframe_requests: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    audio_packets: AtomicU64,
+    audio_bytes: AtomicU64,
+    video_packets: AtomicU64,
+    video_bytes: AtomicU64,
+    video_frames: AtomicU64,
+    keyframe_requests: AtomicU64,
+}
+
+/// Keeps one track's RTP sequence numbers and timestamps continuous across what the
+/// receivers must not see as a jump: packets held back while muted (no gap in sequence
+/// numbers, so nobody asks for them again) and a pipeline restart (a new encoder starts at
+/// random numbers). Plain and clock-free.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Continuity {
+    started: bool,
+    epoch: u64,
+    seq_offset: u16,
+    ts_offset: u32,
+    last_seq: u16,
+    last_ts: u32,
+}
+
+impl Continuity {
+    /// The outgoing (sequence number, timestamp) of a packet of pipeline `epoch`;
+    /// `ts_step` is how far after the last packet a first packet of a new pipeline goes.
+    pub fn map(&mut self, epoch: u64, seq: u16, ts: u32, ts_step: u32) -> (u16, u32) {
+        if !self.started {
+            self.started = true;
+            self.epoch = epoch;
+        } else if epoch != self.epoch {
+            self.epoch = epoch;
+            self.seq_offset = seq.wrapping_sub(self.last_seq.wrapping_add(1));
+            self.ts_offset = ts.wrapping_sub(self.last_ts.wrapping_add(ts_step));
+        }
+        self.last_seq = seq.wrapping_sub(self.seq_offset);
+        self.last_ts = ts.wrapping_sub(self.ts_offset);
+        (self.last_seq, self.last_ts)
+    }
+
+    /// A packet was held back (muted): later packets close the gap.
+    pub fn skip(&mut self) {
+        if self.started {
+            self.seq_offset = self.seq_offset.wrapping_add(1);
+        }
+    }
+}
+
+/// Rewrites the sequence number and timestamp of an RTP packet (header bytes 2..8).
+fn rewrite(data: &bytes::Bytes, seq: u16, ts: u32) -> bytes::Bytes {
+    if data.len() < 12 || (data[2..4] == seq.to_be_bytes() && data[4..8] == ts.to_be_bytes()) {
+        return data.clone();
+    }
+    let mut v = data.to_vec();
+    v[2..4].copy_from_slice(&seq.to_be_bytes());
+    v[4..8].copy_from_slice(&ts.to_be_bytes());
+    bytes::Bytes::from(v)
+}
+
+/// One local stream. Shared (`Arc`) by the engine's `LocalStream` handle, the client actor
+/// and the uplink peer connection actors.
+pub struct LocalMedia {
+    stream_type: StreamType,
+    video_track: Option<Arc<TrackLocalStaticRTP>>,
+    audio_track: Option<Arc<TrackLocalStaticRTP>>,
+    audio_muted: AtomicBool,
+    video_muted: AtomicBool,
+    state: Mutex<PipelineState>,
+    counters: Counters,
+    /// Audio, video.
+    continuity: Mutex<[Continuity; 2]>,
+    /// The client this stream is published by, for mute signalling.
+    publisher: Mutex<Option<Recipient<crate::client::ClientRequest>>>,
+}
+
+struct PipelineState {
+    config: LocalConfig,
+    pipeline: Option<LocalPipeline>,
+    keyframes: Option<KeyframeRequester>,
+    /// Bumped on every restart, so an old pump stops writing.
+    epoch: u64,
+}
+
+impl std::fmt::Debug for LocalMedia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalMedia")
+            .field("stream_type", &self.stream_type)
+            .field("has_audio", &self.has_audio())
+            .field("has_video", &self.has_video())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock leaves only counters/handles behind: keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn pipeline_error(e: rtcroom_pipelines::PipelineError) -> RtcError {
+    RtcError::new(
+        ErrorCode::InitializeFailed,
+        format!("local media pipeline: {e}"),
+    )
+}
+
+impl LocalMedia {
+    /// Builds and starts the pipeline. Blocks (GStreamer state changes): run it off the
+    /// engine thread. Returns the stream and the pipeline outputs; give `outputs.rtp` to
+    /// [`LocalMedia::pump`].
+    pub fn start(
+        config: LocalConfig,
+        stream_type: StreamType,
+    ) -> Result<(Arc<LocalMedia>, LocalOutputs), RtcError> {
+        let video_track = config.video.as_ref().map(|_| {
+            Arc::new(TrackLocalStaticRTP::new(
+                h264_capability(),
+                "video".into(),
+                "rtcroom".into(),
+            ))
+        });
+        let audio_track = config.audio.as_ref().map(|_| {
+            Arc::new(TrackLocalStaticRTP::new(
+                opus_capability(),
+                "audio".into(),
+                "rtcroom".into(),
+            ))
+        });
+        let (pipeline, outputs) = LocalPipeline::start(config.clone()).map_err(pipeline_error)?;
+        let keyframes = Some(pipeline.keyframe_requester());
+        let media = Arc::new(LocalMedia {
+            stream_type,
+            video_track,
+            audio_track,
+            audio_muted: AtomicBool::new(false),
+            video_muted: AtomicBool::new(false),
+            state: Mutex::new(PipelineState {
+                config,
+                pipeline: Some(pipeline),
+                keyframes,
+                epoch: 0,
+            }),
+            counters: Counters::default(),
+            continuity: Mutex::new(Default::default()),
+            publisher: Mutex::new(None),
+        });
+        Ok((media, outputs))
+    }
+
+    /// The client this stream is published by (set by the client actor).
+    pub fn publisher(&self) -> Option<Recipient<crate::client::ClientRequest>> {
+        lock(&self.publisher).clone()
+    }
+
+    /// Record (or clear) the client this stream is published by.
+    pub fn set_publisher(&self, client: Option<Recipient<crate::client::ClientRequest>>) {
+        *lock(&self.publisher) = client;
+    }
+
+    /// Main or auxiliary.
+    pub fn stream_type(&self) -> StreamType {
+        self.stream_type
+    }
+
+    /// The stream has an audio track.
+    pub fn has_audio(&self) -> bool {
+        self.audio_track.is_some()
+    }
+
+    /// The stream has a video track.
+    pub fn has_video(&self) -> bool {
+        self.video_track.is_some()
+    }
+
+    /// The video track, bound by each uplink peer connection.
+    pub fn video_track(&self) -> Option<Arc<TrackLocalStaticRTP>> {
+        self.video_track.clone()
+    }
+
+    /// The audio track, bound by each uplink peer connection.
+    pub fn audio_track(&self) -> Option<Arc<TrackLocalStaticRTP>> {
+        self.audio_track.clone()
+    }
+
+    /// The current pipeline configuration.
+    pub fn config(&self) -> LocalConfig {
+        lock(&self.state).config.clone()
+    }
+
+    /// The current pump epoch (see [`LocalMedia::pump`]).
+    pub fn epoch(&self) -> u64 {
+        lock(&self.state).epoch
+    }
+
+    /// Whether `kind` is muted locally (nothing of it is sent).
+    pub fn is_muted(&self, kind: MediaKind) -> bool {
+        match kind {
+            MediaKind::Audio => self.audio_muted.load(Ordering::Relaxed),
+            MediaKind::Video => self.video_muted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stop (`true`) or resume sending `kind`. Returns whether the flag changed. Resuming
+    /// video asks the encoder for a keyframe so receivers recover at once.
+    pub fn set_muted(&self, kind: MediaKind, muted: bool) -> bool {
+        let flag = match kind {
+            MediaKind::Audio => &self.audio_muted,
+            MediaKind::Video => &self.video_muted,
+        };
+        let changed = flag.swap(muted, Ordering::Relaxed) != muted;
+        if changed && !muted && kind == MediaKind::Video {
+            self.request_keyframe();
+        }
+        changed
+    }
+
+    /// Asks the encoder for a keyframe (on RTCP PLI/FIR from the server). Never blocks.
+    pub fn request_keyframe(&self) {
+        self.counters
+            .keyframe_requests
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(k) = &lock(&self.state).keyframes {
+            k.request_keyframe();
+        }
+    }
+
+    /// Counters now.
+    pub fn stats(&self) -> LocalMediaStats {
+        let c = &self.counters;
+        LocalMediaStats {
+            audio_packets_sent: c.audio_packets.load(Ordering::Relaxed),
+            audio_bytes_sent: c.audio_bytes.load(Ordering::Relaxed),
+            video_packets_sent: c.video_packets.load(Ordering::Relaxed),
+            video_bytes_sent: c.video_bytes.load(Ordering::Relaxed),
+            video_frames_encoded: c.video_frames.load(Ordering::Relaxed),
+            keyframe_requests: c.keyframe_requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Copies the pipeline's RTP into the tracks until the pipeline ends or a restart
+    /// replaces it (`epoch` is then stale). Muted kinds are counted out, not sent. Runs as an
+    /// async task; `write` on a track without a bound peer connection is a no-op.
+    pub async fn pump(self: Arc<Self>, mut rtp: mpsc::Receiver<RtpPacket>, epoch: u64) {
+        while let Some(packet) = rtp.recv().await {
+            if self.epoch() != epoch {
+                break;
+            }
+            let kind = packet.kind();
+            let (idx, ts_step) = match kind {
+                // About one frame at 30 fps, one 20 ms Opus frame.
+                MediaKind::Video => (1, 3_000),
+                MediaKind::Audio => (0, 960),
+            };
+            if self.is_muted(kind) {
+                lock(&self.continuity)[idx].skip();
+                continue;
+            }
+            let (Some(seq), Some(ts)) = (packet.sequence_number(), packet.timestamp()) else {
+                continue;
+            };
+            let (seq, ts) = lock(&self.continuity)[idx].map(epoch, seq, ts, ts_step);
+            let data = rewrite(&packet.data, seq, ts);
+            let (track, packets, bytes) = match kind {
+                MediaKind::Video => (
+                    &self.video_track,
+                    &self.counters.video_packets,
+                    &self.counters.video_bytes,
+                ),
+                MediaKind::Audio => (
+                    &self.audio_track,
+                    &self.counters.audio_packets,
+                    &self.counters.audio_bytes,
+                ),
+            };
+            let Some(track) = track else { continue };
+            packets.fetch_add(1, Ordering::Relaxed);
+            bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            if kind == MediaKind::Video && packet.marker() {
+                self.counters.video_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            // Errors only mean that no peer connection is bound right now.
+            let _ = track.write(&data).await;
+        }
+    }
+
+    /// Replaces the pipeline by one built from `config` (same tracks: a new video profile
+    /// needs no renegotiation). Blocks: run it off the engine thread. Returns the new epoch
+    /// and outputs for a new [`LocalMedia::pump`].
+    pub fn restart(&self, config: LocalConfig) -> Result<(u64, LocalOutputs), RtcError> {
+        if config.video.is_some() != self.has_video() || config.audio.is_some() != self.has_audio()
+        {
+            return Err(RtcError::invalid_operation(
+                None,
+                "a profile change cannot add or remove tracks",
+            ));
+        }
+        let (pipeline, outputs) = LocalPipeline::start(config.clone()).map_err(pipeline_error)?;
+        let old = {
+            let mut s = lock(&self.state);
+            s.epoch += 1;
+            s.config = config;
+            s.keyframes = Some(pipeline.keyframe_requester());
+            s.pipeline.replace(pipeline)
+        };
+        if let Some(old) = old {
+            let _ = old.stop();
+        }
+        // The new encoder starts with a keyframe anyway; receivers get it at once.
+        Ok((self.epoch(), outputs))
+    }
+
+    /// Stops the pipeline (idempotent). Blocks: run it off the engine thread.
+    pub fn stop(&self) {
+        let old = {
+            let mut s = lock(&self.state);
+            s.epoch += 1;
+            s.keyframes = None;
+            s.pipeline.take()
+        };
+        if let Some(old) = old {
+            let _ = old.stop();
+        }
+    }
+}
+
+impl Drop for LocalMedia {
+    fn drop(&mut self) {
+        // The last owner may be the engine thread: stop the pipeline on a thread of its own.
+        let pipeline = lock(&self.state).pipeline.take();
+        if let Some(p) = pipeline {
+            let _ = std::thread::Builder::new()
+                .name("rtcroom-local-stop".into())
+                .spawn(move || {
+                    let _ = p.stop();
+                });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuity_closes_mute_gaps_and_restart_jumps() {
+        let mut c = Continuity::default();
+        assert_eq!(c.map(0, 100, 9_000, 3_000), (100, 9_000));
+        assert_eq!(c.map(0, 101, 12_000, 3_000), (101, 12_000));
+        // Two packets held back while muted: no gap on the wire.
+        c.skip();
+        c.skip();
+        assert_eq!(c.map(0, 104, 21_000, 3_000), (102, 21_000));
+        // A new pipeline starts anywhere; the output goes on where it was.
+        assert_eq!(c.map(1, 60_000, 5, 3_000), (103, 24_000));
+        assert_eq!(c.map(1, 60_001, 3_005, 3_000), (104, 27_000));
+        // Wrapping.
+        assert_eq!(
+            c.map(1, 65_535, 10, 3_000).0,
+            104u16.wrapping_add(65_535 - 60_001)
+        );
+    }
+
+    #[test]
+    fn rewrite_changes_only_sequence_and_timestamp() {
+        let pkt = bytes::Bytes::from(vec![0x80, 102, 0, 1, 0, 0, 0, 2, 9, 9, 9, 9, 42]);
+        let out = rewrite(&pkt, 7, 8);
+        assert_eq!(&out[..], &[0x80, 102, 0, 7, 0, 0, 0, 8, 9, 9, 9, 9, 42]);
+        // Too short to be RTP: untouched.
+        let short = bytes::Bytes::from_static(&[1, 2, 3]);
+        assert_eq!(rewrite(&short, 7, 8), short);
+    }
+}

@@ -1,0 +1,17 @@
+//! The media plane of a client: local streams, remote streams, and the peer connections
+//! that carry them to and from the SFU.
+//!
+//! - [`local::LocalMedia`]: a capture/encode pipeline and its webrtc-rs tracks.
+//! - [`remote::RemoteMedia`]: a receive pipeline (play / record / frames / discard).
+//! - [`peer::PeerConnectionActor`]: one webrtc-rs peer connection (uplink or downlink).
+//! - [`link::LinkHealth`]: the rebuild-or-give-up state machine of a failing link.
+
+pub mod link;
+pub mod local;
+pub mod peer;
+pub mod remote;
+
+pub use link::{LinkAction, LinkHealth, LinkKind};
+pub use local::{LocalMedia, LocalMediaStats};
+pub use peer::{PcEvent, PcEventKind, PcId, PcRole, PeerConnectionActor, TransportStats};
+pub use remote::{FrameHandler, RemoteMedia, RemoteMediaStats, SubscribeOutput};

@@ -1,0 +1,277 @@
+//! `RemoteMedia`: the receive side of one subscribed remote stream: a receive pipeline from
+//! rtcroom-pipelines (play / record / app frames / discard) and counters. Like the local
+//! side, it outlives peer connections: a re-subscribe after a re-join feeds the same
+//! pipeline, so the application's frame callback keeps running.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use rtcroom_pipelines::{
+    AudioCodec, DecodedFrame, FrameInfo, RecordFormat, RemoteConfig, RemoteOutput, RemotePipeline,
+    VideoCodec,
+};
+use rtcroom_protocol::signal::StreamType;
+use rtcroom_protocol::{ErrorCode, RtcError, UserId};
+
+/// Receives the decoded frames of subscribed streams: whose, which stream, the frame. Called
+/// on a GStreamer streaming thread: hand the frame on (a channel) and return.
+pub type FrameHandler = Arc<dyn Fn(&UserId, StreamType, DecodedFrame) + Send + Sync>;
+
+/// Where a subscribed stream's media goes.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum SubscribeOutput {
+    /// Decode and play on the default outputs (needs a display for video).
+    Play,
+    /// Record (no transcoding) into `dir/<userId>_<main|auxiliary>.<ext>`.
+    Record {
+        /// Directory of the recordings.
+        dir: PathBuf,
+        /// Container.
+        format: RecordFormat,
+    },
+    /// Decode and hand every frame to the application.
+    Frames(FrameHandler),
+    /// Receive and count only (bots that only need the stream subscribed).
+    #[default]
+    Discard,
+}
+
+impl std::fmt::Debug for SubscribeOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubscribeOutput::Play => f.write_str("Play"),
+            SubscribeOutput::Record { dir, format } => f
+                .debug_struct("Record")
+                .field("dir", dir)
+                .field("format", format)
+                .finish(),
+            SubscribeOutput::Frames(_) => f.write_str("Frames(..)"),
+            SubscribeOutput::Discard => f.write_str("Discard"),
+        }
+    }
+}
+
+impl PartialEq for SubscribeOutput {
+    /// Frame handlers are equal when they are the same handler.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (SubscribeOutput::Play, SubscribeOutput::Play)
+            | (SubscribeOutput::Discard, SubscribeOutput::Discard) => true,
+            (
+                SubscribeOutput::Record { dir, format },
+                SubscribeOutput::Record {
+                    dir: d2,
+                    format: f2,
+                },
+            ) => dir == d2 && format == f2,
+            (SubscribeOutput::Frames(a), SubscribeOutput::Frames(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// Counters of a subscribed stream (TRTC's `getRemoteAudioStats` / `getRemoteVideoStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteMediaStats {
+    /// Audio RTP packets received.
+    pub audio_packets_received: u64,
+    /// Audio RTP bytes received (headers included).
+    pub audio_bytes_received: u64,
+    /// Audio packets lost (gaps in sequence numbers).
+    pub audio_packets_lost: u64,
+    /// Video RTP packets received.
+    pub video_packets_received: u64,
+    /// Video RTP bytes received (headers included).
+    pub video_bytes_received: u64,
+    /// Video packets lost (gaps in sequence numbers).
+    pub video_packets_lost: u64,
+    /// Video frames out of the decoder.
+    pub video_frames_decoded: u64,
+    /// Audio frames out of the decoder.
+    pub audio_frames_decoded: u64,
+    /// Width of the last decoded video frame (0 before the first).
+    pub width: u32,
+    /// Height of the last decoded video frame.
+    pub height: u32,
+}
+
+/// Per-track receive counters; sequence tracking for losses.
+#[derive(Default)]
+pub struct TrackCounters {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    lost: AtomicU64,
+    /// Last sequence number + 1, or 0 before the first packet.
+    next_seq: AtomicU32,
+}
+
+impl TrackCounters {
+    /// Count one received RTP packet with sequence number `seq`.
+    pub fn count(&self, len: usize, seq: u16) {
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        let prev = self
+            .next_seq
+            .swap(u32::from(seq) + 1 + (1 << 16), Ordering::Relaxed);
+        if prev != 0 {
+            let expected = (prev - (1 << 16)) as u16;
+            let gap = seq.wrapping_sub(expected);
+            // Small forward jumps are losses; reordering and resets are not counted.
+            if gap > 0 && gap < 1000 {
+                self.lost.fetch_add(u64::from(gap), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One subscribed stream's receive side.
+pub struct RemoteMedia {
+    pipeline: Option<RemotePipeline>,
+    /// Video receive counters.
+    pub video: TrackCounters,
+    /// Audio receive counters.
+    pub audio: TrackCounters,
+    size: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for RemoteMedia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteMedia")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl RemoteMedia {
+    /// Builds and starts the receive pipeline for `user`'s `stream_type` with the tracks
+    /// asked for. Blocks (GStreamer state changes): run it off the engine thread.
+    pub fn start(
+        user: &UserId,
+        stream_type: StreamType,
+        audio: bool,
+        video: bool,
+        output: &SubscribeOutput,
+        jitter_latency: std::time::Duration,
+    ) -> Result<RemoteMedia, RtcError> {
+        let size = Arc::new(AtomicU64::new(0));
+        let out = match output {
+            SubscribeOutput::Play => RemoteOutput::Play,
+            SubscribeOutput::Discard => RemoteOutput::Discard,
+            SubscribeOutput::Record { dir, format } => {
+                let kind = match stream_type {
+                    StreamType::Main => "main",
+                    StreamType::Auxiliary => "auxiliary",
+                };
+                RemoteOutput::Record {
+                    path: dir.join(format!("{user}_{kind}.{}", format.extension())),
+                    format: *format,
+                }
+            }
+            SubscribeOutput::Frames(handler) => {
+                let (handler, user, sz) = (handler.clone(), user.clone(), size.clone());
+                RemoteOutput::Frames(Arc::new(move |frame: DecodedFrame| {
+                    if let FrameInfo::Video { width, height } = frame.info {
+                        sz.store(
+                            (u64::from(width) << 32) | u64::from(height),
+                            Ordering::Relaxed,
+                        );
+                    }
+                    handler(&user, stream_type, frame);
+                }))
+            }
+        };
+        let mut config = RemoteConfig::new(out);
+        config.video = video.then_some(VideoCodec::H264);
+        config.audio = audio.then_some(AudioCodec::Opus);
+        config.jitter_latency = jitter_latency;
+        let (pipeline, _events) = RemotePipeline::start(config).map_err(|e| {
+            RtcError::new(
+                ErrorCode::InitializeFailed,
+                format!("remote media pipeline: {e}"),
+            )
+        })?;
+        Ok(RemoteMedia {
+            pipeline: Some(pipeline),
+            video: TrackCounters::default(),
+            audio: TrackCounters::default(),
+            size,
+        })
+    }
+
+    /// A placeholder without a pipeline (drops everything), while the real one starts.
+    pub fn empty() -> RemoteMedia {
+        RemoteMedia {
+            pipeline: None,
+            video: TrackCounters::default(),
+            audio: TrackCounters::default(),
+            size: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Feeds one received RTP packet to the pipeline. Never blocks; malformed packets are
+    /// counted and dropped by the pipeline.
+    pub fn push_rtp(&self, packet: Bytes) {
+        if let Some(p) = &self.pipeline {
+            let _ = p.push_rtp(packet);
+        }
+    }
+
+    /// Counters now.
+    pub fn stats(&self) -> RemoteMediaStats {
+        let p = self
+            .pipeline
+            .as_ref()
+            .map(|p| p.stats())
+            .unwrap_or_default();
+        let size = self.size.load(Ordering::Relaxed);
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RemoteMediaStats {
+            audio_packets_received: r(&self.audio.packets),
+            audio_bytes_received: r(&self.audio.bytes),
+            audio_packets_lost: r(&self.audio.lost),
+            video_packets_received: r(&self.video.packets),
+            video_bytes_received: r(&self.video.bytes),
+            video_packets_lost: r(&self.video.lost),
+            video_frames_decoded: p.decoded_video_frames,
+            audio_frames_decoded: p.decoded_audio_frames,
+            width: (size >> 32) as u32,
+            height: (size & 0xffff_ffff) as u32,
+        }
+    }
+}
+
+impl Drop for RemoteMedia {
+    fn drop(&mut self) {
+        // The last owner may be the engine thread: stop (finalise a recording) elsewhere.
+        if let Some(p) = self.pipeline.take() {
+            let _ = std::thread::Builder::new()
+                .name("rtcroom-remote-stop".into())
+                .spawn(move || {
+                    let _ = p.stop();
+                });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_are_sequence_gaps_across_the_wrap() {
+        let c = TrackCounters::default();
+        for seq in [65_533u16, 65_534, 1, 2, 5] {
+            c.count(100, seq);
+        }
+        // Missing: 65535, 0, 3, 4.
+        assert_eq!(c.lost.load(Ordering::Relaxed), 4);
+        assert_eq!(c.packets.load(Ordering::Relaxed), 5);
+        assert_eq!(c.bytes.load(Ordering::Relaxed), 500);
+        // Reordering (a step back) is not a loss.
+        c.count(100, 4);
+        assert_eq!(c.lost.load(Ordering::Relaxed), 4);
+    }
+}

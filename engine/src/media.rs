@@ -1,0 +1,430 @@
+//! Local streams ([`create_stream`], [`LocalStream`]) and the subscription options.
+//!
+//! A [`LocalStream`] is TRTC's `LocalStream`: a capture/encode pipeline (test pattern and
+//! tone, a media file, camera and microphone, or frames the application pushes) whose RTP
+//! goes to every uplink peer connection that publishes it. Building and stopping pipelines
+//! block for tens to hundreds of milliseconds, so those steps run on threads of their own,
+//! never on the engine thread that drives ICE and DTLS.
+
+use std::sync::Arc;
+
+use rtcroom_actors::ClientRequest;
+use rtcroom_actors::media::{LocalMedia, LocalMediaStats};
+use rtcroom_pipelines::{
+    AppAudioInput, AppVideoInput, AudioProfile, AudioTrackConfig, LocalConfig, LocalOutputs,
+    MediaKind, PipelineEvent, SourceKind, VideoProfile, VideoTrackConfig,
+};
+use rtcroom_protocol::signal::{self, StreamType};
+use rtcroom_protocol::{ErrorCode, RtcError};
+use tokio::sync::oneshot;
+
+pub use rtcroom_actors::media::{FrameHandler, RemoteMediaStats, SubscribeOutput};
+pub use rtcroom_pipelines::{
+    AppAudioFormat, AppVideoFormat, DecodedFrame, FrameInfo, RawVideoFormat, RecordFormat,
+};
+
+/// What [`create_stream`] builds (TRTC's `createStream` options).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Capture and send audio.
+    pub audio: bool,
+    /// Capture and send video.
+    pub video: bool,
+    /// Where the media comes from.
+    pub source: SourceKind,
+    /// Video size, frame rate and bitrate (default TRTC `480p`).
+    pub video_profile: VideoProfile,
+    /// Audio profile (default TRTC `standard`).
+    pub audio_profile: AudioProfile,
+    /// Main (camera/mic) or auxiliary (screen share).
+    pub stream_type: StreamType,
+}
+
+impl Default for StreamConfig {
+    /// Audio and video from the test pattern and tone, `480p`, `standard`, main stream.
+    fn default() -> Self {
+        StreamConfig {
+            audio: true,
+            video: true,
+            source: SourceKind::TestPattern { duration: None },
+            video_profile: VideoProfile::default(),
+            audio_profile: AudioProfile::default(),
+            stream_type: StreamType::Main,
+        }
+    }
+}
+
+impl StreamConfig {
+    fn pipeline_config(&self) -> LocalConfig {
+        let mut c = LocalConfig::new(self.source.clone());
+        c.video = self.video.then(|| VideoTrackConfig {
+            profile: self.video_profile,
+            ..Default::default()
+        });
+        c.audio = self.audio.then(|| AudioTrackConfig {
+            profile: self.audio_profile,
+            ..Default::default()
+        });
+        c
+    }
+}
+
+/// Run blocking pipeline work on a thread of its own and await its result.
+async fn off_thread<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, RtcError> + Send + 'static,
+) -> Result<T, RtcError> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("rtcroom-{what}"))
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| RtcError::new(ErrorCode::Unknown, format!("cannot start a thread: {e}")))?;
+    rx.await.unwrap_or_else(|_| {
+        Err(RtcError::new(
+            ErrorCode::Unknown,
+            format!("{what} panicked"),
+        ))
+    })
+}
+
+/// Create and start a local stream (TRTC's `TRTC.createStream` + `initialize`). Errors:
+/// INVALID_PARAMETER without audio and video or with a bad profile; INITIALIZE_FAILED when
+/// the pipeline cannot be built (missing device, file or encoder).
+pub async fn create_stream(config: StreamConfig) -> Result<LocalStream, RtcError> {
+    if !config.audio && !config.video {
+        return Err(RtcError::invalid_parameter(
+            None,
+            "a stream needs audio or video",
+        ));
+    }
+    if config.video
+        && let Err(e) = config.video_profile.validate()
+    {
+        return Err(RtcError::invalid_parameter(None, e.to_string()));
+    }
+    if config.audio
+        && let Err(e) = config.audio_profile.validate()
+    {
+        return Err(RtcError::invalid_parameter(None, e.to_string()));
+    }
+    let arbiter = crate::runtime::engine()?;
+    let pipeline = config.pipeline_config();
+    let stream_type = config.stream_type;
+    let (media, outputs) = off_thread("stream-start", move || {
+        crate::runtime::preload_media();
+        LocalMedia::start(pipeline, stream_type)
+    })
+    .await?;
+    let (app_video, app_audio) = (outputs.app_video.clone(), outputs.app_audio.clone());
+    run_pipeline(&arbiter, &media, media.epoch(), outputs, 0);
+    Ok(LocalStream {
+        media,
+        app_video,
+        app_audio,
+    })
+}
+
+/// Consecutive pipeline failures after which a stream stays stopped.
+pub const MAX_PIPELINE_RESTARTS: u32 = 3;
+
+/// Start the pump of pipeline `epoch` and its supervisor on the engine thread.
+fn run_pipeline(
+    arbiter: &actix::ArbiterHandle,
+    media: &Arc<LocalMedia>,
+    epoch: u64,
+    outputs: LocalOutputs,
+    restarts: u32,
+) {
+    arbiter.spawn(media.clone().pump(outputs.rtp, epoch));
+    arbiter.spawn(supervise(
+        arbiter.clone(),
+        media.clone(),
+        epoch,
+        outputs.events,
+        restarts,
+    ));
+}
+
+/// The supervisor of a local pipeline: when it fails (a device unplugged, a decoding error
+/// in a file), it is rebuilt with the same configuration (same tracks, so the peer
+/// connections carry on), at most [`MAX_PIPELINE_RESTARTS`] times in a row. A pipeline
+/// replaced meanwhile (new profile, stop) is no longer this supervisor's business.
+async fn supervise(
+    arbiter: actix::ArbiterHandle,
+    media: Arc<LocalMedia>,
+    epoch: u64,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<PipelineEvent>,
+    restarts: u32,
+) {
+    while let Some(event) = events.recv().await {
+        if media.epoch() != epoch {
+            return;
+        }
+        let error = match event {
+            PipelineEvent::Error(e) => e,
+            PipelineEvent::Eos => return,
+            PipelineEvent::Warning(w) => {
+                tracing::warn!(warning = %w, "local pipeline warning");
+                continue;
+            }
+            // PipelineEvent is non-exhaustive.
+            _ => continue,
+        };
+        if restarts >= MAX_PIPELINE_RESTARTS {
+            tracing::error!(%error, restarts, "local pipeline failed again; giving up");
+            return;
+        }
+        let config = media.config();
+        if matches!(config.source, SourceKind::App { .. }) {
+            // The application holds the inputs of the failed pipeline: it must see the end.
+            tracing::error!(%error, "app-fed local pipeline failed");
+            return;
+        }
+        tracing::warn!(%error, "local pipeline failed; restarting it");
+        let m = media.clone();
+        match off_thread("stream-restart", move || m.restart(config)).await {
+            Ok((epoch, outputs)) => run_pipeline(&arbiter, &media, epoch, outputs, restarts + 1),
+            Err(e) => tracing::error!(error = %e, "local pipeline restart failed"),
+        }
+        return;
+    }
+}
+
+/// A local stream (TRTC's `LocalStream`). Publish it with [`crate::Client::publish`].
+/// Dropping the last handle stops its pipeline (on a thread of its own).
+#[derive(Clone, Debug)]
+pub struct LocalStream {
+    pub(crate) media: Arc<LocalMedia>,
+    app_video: Option<AppVideoInput>,
+    app_audio: Option<AppAudioInput>,
+}
+
+impl LocalStream {
+    /// Main or auxiliary.
+    pub fn stream_type(&self) -> StreamType {
+        self.media.stream_type()
+    }
+
+    /// The stream has audio.
+    pub fn has_audio(&self) -> bool {
+        self.media.has_audio()
+    }
+
+    /// The stream has video.
+    pub fn has_video(&self) -> bool {
+        self.media.has_video()
+    }
+
+    /// Where to push frames, for a stream created with [`SourceKind::App`] video.
+    pub fn app_video_input(&self) -> Option<&AppVideoInput> {
+        self.app_video.as_ref()
+    }
+
+    /// Where to push samples, for a stream created with [`SourceKind::App`] audio.
+    pub fn app_audio_input(&self) -> Option<&AppAudioInput> {
+        self.app_audio.as_ref()
+    }
+
+    async fn set_muted(&self, kind: MediaKind, muted: bool) -> Result<(), RtcError> {
+        let wire = match kind {
+            MediaKind::Audio => signal::MediaKind::Audio,
+            MediaKind::Video => signal::MediaKind::Video,
+        };
+        if !self.media.set_muted(kind, muted) {
+            return Ok(());
+        }
+        match self.media.publisher() {
+            Some(client) => client
+                .send(ClientRequest::Mute {
+                    stream_type: self.stream_type(),
+                    kind: wire,
+                    muted,
+                })
+                .await
+                .unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop sending audio (TRTC's `muteAudio`); others get `mute-audio`.
+    pub async fn mute_audio(&self) -> Result<(), RtcError> {
+        self.set_muted(MediaKind::Audio, true).await
+    }
+
+    /// Resume sending audio; others get `unmute-audio`.
+    pub async fn unmute_audio(&self) -> Result<(), RtcError> {
+        self.set_muted(MediaKind::Audio, false).await
+    }
+
+    /// Stop sending video (TRTC's `muteVideo`); others get `mute-video`.
+    pub async fn mute_video(&self) -> Result<(), RtcError> {
+        self.set_muted(MediaKind::Video, true).await
+    }
+
+    /// Resume sending video (starting with a keyframe); others get `unmute-video`.
+    pub async fn unmute_video(&self) -> Result<(), RtcError> {
+        self.set_muted(MediaKind::Video, false).await
+    }
+
+    /// Whether audio / video is muted locally.
+    pub fn is_muted(&self, audio: bool) -> bool {
+        self.media.is_muted(if audio {
+            MediaKind::Audio
+        } else {
+            MediaKind::Video
+        })
+    }
+
+    async fn restart(&self, config: LocalConfig) -> Result<(), RtcError> {
+        if matches!(config.source, SourceKind::App { .. }) {
+            return Err(RtcError::invalid_operation(
+                None,
+                "a stream fed by the application cannot change profile; create a new stream",
+            ));
+        }
+        let arbiter = crate::runtime::engine()?;
+        let media = self.media.clone();
+        let (epoch, outputs) = off_thread("stream-restart", move || media.restart(config)).await?;
+        run_pipeline(&arbiter, &self.media, epoch, outputs, 0);
+        Ok(())
+    }
+
+    /// Change the video profile (TRTC's `setVideoProfile`). The encoder pipeline is rebuilt
+    /// (about 100 ms without video); the peer connections stay as they are.
+    pub async fn set_video_profile(&self, profile: VideoProfile) -> Result<(), RtcError> {
+        profile
+            .validate()
+            .map_err(|e| RtcError::invalid_parameter(None, e.to_string()))?;
+        let mut config = self.media.config();
+        let Some(v) = config.video.as_mut() else {
+            return Err(RtcError::invalid_operation(None, "the stream has no video"));
+        };
+        v.profile = profile;
+        self.restart(config).await
+    }
+
+    /// Change the audio profile (TRTC's `setAudioProfile`); rebuilds the pipeline.
+    pub async fn set_audio_profile(&self, profile: AudioProfile) -> Result<(), RtcError> {
+        profile
+            .validate()
+            .map_err(|e| RtcError::invalid_parameter(None, e.to_string()))?;
+        let mut config = self.media.config();
+        let Some(a) = config.audio.as_mut() else {
+            return Err(RtcError::invalid_operation(None, "the stream has no audio"));
+        };
+        a.profile = profile;
+        self.restart(config).await
+    }
+
+    /// Audio send counters (TRTC's `getLocalAudioStats`): packets and bytes sent.
+    pub fn get_local_audio_stats(&self) -> LocalAudioStats {
+        let s = self.media.stats();
+        LocalAudioStats {
+            packets_sent: s.audio_packets_sent,
+            bytes_sent: s.audio_bytes_sent,
+        }
+    }
+
+    /// Video send counters (TRTC's `getLocalVideoStats`): packets and bytes sent, frames
+    /// encoded, keyframe requests answered.
+    pub fn get_local_video_stats(&self) -> LocalVideoStats {
+        let s: LocalMediaStats = self.media.stats();
+        LocalVideoStats {
+            packets_sent: s.video_packets_sent,
+            bytes_sent: s.video_bytes_sent,
+            frames_encoded: s.video_frames_encoded,
+            keyframe_requests: s.keyframe_requests,
+        }
+    }
+
+    /// Stop the pipeline now (TRTC's `close`), instead of when the last handle drops.
+    pub async fn close(&self) -> Result<(), RtcError> {
+        let media = self.media.clone();
+        off_thread("stream-stop", move || {
+            media.stop();
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// TRTC's local audio stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalAudioStats {
+    /// RTP packets sent.
+    pub packets_sent: u64,
+    /// RTP bytes sent.
+    pub bytes_sent: u64,
+}
+
+/// TRTC's local video stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalVideoStats {
+    /// RTP packets sent.
+    pub packets_sent: u64,
+    /// RTP bytes sent.
+    pub bytes_sent: u64,
+    /// Frames that left the encoder (and were sent).
+    pub frames_encoded: u64,
+    /// Keyframe requests (PLI/FIR) received.
+    pub keyframe_requests: u64,
+}
+
+/// What to subscribe to and where it goes (TRTC's `subscribe(stream, {audio, video})`,
+/// plus the output).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscribeOptions {
+    /// Receive audio.
+    pub audio: bool,
+    /// Receive video.
+    pub video: bool,
+    /// Play, record, hand frames to the application, or discard.
+    pub output: SubscribeOutput,
+    /// How long the jitter buffer waits for late or reordered packets; also the delay
+    /// before the first frame comes out. Default 200 ms (for real networks); on a LAN or
+    /// loopback 20 ms is plenty.
+    pub jitter_latency: std::time::Duration,
+}
+
+impl Default for SubscribeOptions {
+    /// Audio and video, discarded.
+    fn default() -> Self {
+        SubscribeOptions {
+            audio: true,
+            video: true,
+            output: SubscribeOutput::Discard,
+            jitter_latency: rtcroom_pipelines::DEFAULT_JITTER_LATENCY,
+        }
+    }
+}
+
+/// A remote stream's receive stats (TRTC's `getRemoteAudioStats` / `getRemoteVideoStats`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteStreamStats {
+    /// Whose stream.
+    pub user_id: rtcroom_protocol::UserId,
+    /// Which stream.
+    pub stream_type: StreamType,
+    /// The counters.
+    pub stats: RemoteMediaStats,
+}
+
+/// One peer connection's transport stats (TRTC's `getTransportStats`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransportStats {
+    /// `true` for a published stream's uplink, `false` for a subscription's downlink.
+    pub uplink: bool,
+    /// This client's user (uplink) or the remote publisher (downlink).
+    pub user_id: rtcroom_protocol::UserId,
+    /// Which stream.
+    pub stream_type: StreamType,
+    /// Round-trip time to the server, when measured (RTCP receiver reports on the uplink;
+    /// webrtc-rs 0.17 measures none on ICE candidate pairs).
+    pub rtt: Option<std::time::Duration>,
+    /// Bytes sent on this transport.
+    pub bytes_sent: u64,
+    /// Bytes received on this transport.
+    pub bytes_received: u64,
+}

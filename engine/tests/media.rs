@@ -1,0 +1,396 @@
+//! Media end to end: a real rtcroom server (SFU) on loopback, engine clients that publish a
+//! test pattern + tone (H.264 320×240 @ 30 fps, Opus) and subscribe to it, decoding frames.
+//! Every wait is bounded; nothing sleeps to sequence.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rtcroom::{
+    ClientEvent, ConnectionState, DecodedFrame, ErrorCode, FrameInfo, JoinOptions, LocalStream,
+    Mode, RemoteStream, Role, StreamConfig, StreamType, SubscribeOptions, SubscribeOutput,
+    VideoProfile, create_stream,
+};
+
+/// Counts decoded frames per user and remembers the last video size.
+#[derive(Default)]
+struct Frames {
+    video: AtomicU64,
+    audio: AtomicU64,
+    size: Mutex<Option<(u32, u32)>>,
+    by_user: Mutex<HashMap<String, u64>>,
+}
+
+impl Frames {
+    fn output(self: &Arc<Self>) -> SubscribeOutput {
+        let me = self.clone();
+        SubscribeOutput::Frames(Arc::new(move |user, _, f: DecodedFrame| match f.info {
+            FrameInfo::Video { width, height } => {
+                me.video.fetch_add(1, Ordering::Relaxed);
+                *me.size.lock().unwrap() = Some((width, height));
+                *me.by_user
+                    .lock()
+                    .unwrap()
+                    .entry(user.to_string())
+                    .or_default() += 1;
+            }
+            FrameInfo::Audio { .. } => {
+                me.audio.fetch_add(1, Ordering::Relaxed);
+            }
+        }))
+    }
+
+    fn video(&self) -> u64 {
+        self.video.load(Ordering::Relaxed)
+    }
+
+    fn audio(&self) -> u64 {
+        self.audio.load(Ordering::Relaxed)
+    }
+
+    /// Wait (bounded, polling a counter every 10 ms) until `cond` holds.
+    async fn wait(&self, what: &str, cond: impl Fn(&Frames) -> bool) {
+        let t = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while !cond(self) {
+            assert!(
+                t.elapsed() < DEADLINE,
+                "timed out waiting for {what}: {} video, {} audio frames",
+                self.video(),
+                self.audio()
+            );
+            tick.tick().await;
+        }
+    }
+}
+
+fn test_stream() -> StreamConfig {
+    StreamConfig {
+        video_profile: VideoProfile::new(320, 240, 30, 400),
+        ..StreamConfig::default()
+    }
+}
+
+async fn stream() -> LocalStream {
+    bounded(create_stream(test_stream()))
+        .await
+        .expect("test stream starts")
+}
+
+async fn wait_stream_added(c: &mut TestClient, user: &str) -> RemoteStream {
+    let u = uid(user);
+    match c
+        .wait_for(
+            &format!("stream-added {user}"),
+            |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == u),
+        )
+        .await
+    {
+        ClientEvent::StreamAdded(s) => s,
+        _ => unreachable!(),
+    }
+}
+
+fn media_client(url: &str, user: &str, auto: Option<SubscribeOutput>) -> TestClient {
+    let mut cfg = config(url, user, Mode::Rtc);
+    if let Some(out) = auto {
+        cfg.auto_subscribe = true;
+        cfg.auto_subscribe_output = out;
+    }
+    TestClient::new(cfg)
+}
+
+async fn join(c: &TestClient, room: u32) {
+    bounded(c.join(JoinOptions::new(room)))
+        .await
+        .expect("join succeeds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_decode_mute_unpublish() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let mut bob = media_client(&url, "bob", None);
+    let local = stream().await;
+    join(&alice, 3001).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    join(&bob, 3001).await;
+    let remote = wait_stream_added(&mut bob, "alice").await;
+    assert_eq!(remote.stream_type, StreamType::Main);
+    assert!(remote.has_audio && remote.has_video);
+
+    let frames = Arc::new(Frames::default());
+    bounded(bob.subscribe(
+        &remote,
+        SubscribeOptions {
+            output: frames.output(),
+            jitter_latency: Duration::from_millis(20),
+            ..SubscribeOptions::default()
+        },
+    ))
+    .await
+    .expect("subscribe");
+    bob.wait_for(
+        "stream-subscribed",
+        |e| matches!(e, ClientEvent::StreamSubscribed(s) if s.user_id == uid("alice")),
+    )
+    .await;
+    frames
+        .wait("30 video and 10 audio frames", |f| {
+            f.video() >= 30 && f.audio() >= 10
+        })
+        .await;
+    assert_eq!(*frames.size.lock().unwrap(), Some((320, 240)));
+
+    // Stats on both sides.
+    let sent = local.get_local_video_stats();
+    assert!(sent.packets_sent > 0 && sent.bytes_sent > 0 && sent.frames_encoded > 0);
+    assert!(local.get_local_audio_stats().packets_sent > 0);
+    let stats = bob.get_remote_stats().await;
+    assert_eq!(stats.len(), 1);
+    let s = stats[0].stats;
+    assert!(s.video_packets_received > 0 && s.audio_packets_received > 0);
+    assert!(s.video_frames_decoded >= 30);
+    assert_eq!((s.width, s.height), (320, 240));
+    let transport = bob.get_transport_stats().await;
+    assert_eq!(transport.len(), 1);
+    assert!(!transport[0].uplink && transport[0].bytes_received > 0);
+    let up = alice.get_transport_stats().await;
+    assert!(up.len() == 1 && up[0].uplink && up[0].bytes_sent > 0);
+
+    // Mute and unmute are seen on the other side; video resumes after unmute.
+    bounded(local.mute_video()).await.unwrap();
+    bob.wait_for(
+        "mute-video",
+        |e| matches!(e, ClientEvent::MuteVideo { user_id } if *user_id == uid("alice")),
+    )
+    .await;
+    bounded(local.mute_audio()).await.unwrap();
+    bob.wait_for(
+        "mute-audio",
+        |e| matches!(e, ClientEvent::MuteAudio { user_id } if *user_id == uid("alice")),
+    )
+    .await;
+    assert!(bob.get_remote_muted_state()[0].video_muted);
+    bounded(local.unmute_video()).await.unwrap();
+    bounded(local.unmute_audio()).await.unwrap();
+    bob.wait_for(
+        "unmute-video",
+        |e| matches!(e, ClientEvent::UnmuteVideo { user_id } if *user_id == uid("alice")),
+    )
+    .await;
+    let after_unmute = frames.video();
+    frames
+        .wait("frames after unmute", |f| f.video() >= after_unmute + 10)
+        .await;
+
+    // Unpublish: stream-removed, and the stream cannot be subscribed any more.
+    bounded(alice.unpublish(&local)).await.expect("unpublish");
+    bob.wait_for(
+        "stream-removed",
+        |e| matches!(e, ClientEvent::StreamRemoved(s) if s.user_id == uid("alice")),
+    )
+    .await;
+    let e = bounded(bob.subscribe(&remote, SubscribeOptions::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::RemoteStreamNotExist);
+    assert_eq!(e.code.value(), 0x4010);
+    assert!(bob.get_remote_stats().await.is_empty());
+    // Unpublishing twice is a wrong-order call.
+    let e = bounded(alice.unpublish(&local)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_order_calls_fail_with_invalid_operation() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let local = stream().await;
+
+    // Publish before join.
+    let alice = media_client(&url, "alice", None);
+    let e = bounded(alice.publish(&local)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+
+    // A live audience member cannot publish (extra 5107).
+    let viewer = TestClient::joined(&url, "viewer", Mode::Live, 3002, Some(Role::Audience)).await;
+    let e = bounded(viewer.publish(&local)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+    assert_eq!(e.extra_code, Some(5107));
+
+    // Publishing the same stream type twice.
+    let mut anchor = TestClient::joined(&url, "anchor", Mode::Live, 3002, Some(Role::Anchor)).await;
+    bounded(anchor.publish(&local)).await.expect("publish");
+    let e = bounded(anchor.publish(&local)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+
+    // All-false subscribe; subscribe to a stream that does not exist.
+    let mut v = TestClient::joined(&url, "viewer2", Mode::Live, 3002, Some(Role::Audience)).await;
+    let remote = wait_stream_added(&mut v, "anchor").await;
+    let none = SubscribeOptions {
+        audio: false,
+        video: false,
+        ..SubscribeOptions::default()
+    };
+    let e = bounded(v.subscribe(&remote, none)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+    let mut ghost = remote.clone();
+    ghost.stream_type = StreamType::Auxiliary;
+    let e = bounded(v.subscribe(&ghost, SubscribeOptions::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::RemoteStreamNotExist);
+    // Unsubscribe without a subscription.
+    let e = bounded(v.unsubscribe(&remote)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+    // An audience member may subscribe.
+    bounded(v.subscribe(&remote, SubscribeOptions::default()))
+        .await
+        .expect("audience subscribes");
+    bounded(v.unsubscribe(&remote)).await.expect("unsubscribe");
+    let _ = anchor.drain();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_subscribe_receives_streams_published_before_and_after_join() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let a_stream = stream().await;
+    join(&alice, 3003).await;
+    bounded(alice.publish(&a_stream)).await.expect("publish");
+
+    let frames = Arc::new(Frames::default());
+    let mut carol = media_client(&url, "carol", Some(frames.output()));
+    join(&carol, 3003).await;
+    carol
+        .wait_for(
+            "auto stream-subscribed alice",
+            |e| matches!(e, ClientEvent::StreamSubscribed(s) if s.user_id == uid("alice")),
+        )
+        .await;
+
+    // A stream published after carol joined is subscribed too.
+    let dave = media_client(&url, "dave", None);
+    let d_stream = stream().await;
+    join(&dave, 3003).await;
+    bounded(dave.publish(&d_stream)).await.expect("publish");
+    carol
+        .wait_for(
+            "auto stream-subscribed dave",
+            |e| matches!(e, ClientEvent::StreamSubscribed(s) if s.user_id == uid("dave")),
+        )
+        .await;
+    frames
+        .wait("frames of both publishers", |f| {
+            let by = f.by_user.lock().unwrap();
+            by.get("alice").copied().unwrap_or(0) >= 20
+                && by.get("dave").copied().unwrap_or(0) >= 20
+        })
+        .await;
+    assert_eq!(*frames.size.lock().unwrap(), Some((320, 240)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_peer_connections_are_rebuilt_and_frames_flow_again() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let local = stream().await;
+    join(&alice, 3004).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    let frames = Arc::new(Frames::default());
+    let mut bob = media_client(&url, "bob", Some(frames.output()));
+    join(&bob, 3004).await;
+    frames.wait("first frames", |f| f.video() >= 15).await;
+
+    // Panic the publisher's and the subscriber's peer connection actors.
+    assert_eq!(alice.crash_peer_connections_for_test().await, 1);
+    assert_eq!(bob.crash_peer_connections_for_test().await, 1);
+    let before = frames.video();
+    frames
+        .wait("frames after the rebuild", |f| f.video() >= before + 30)
+        .await;
+    assert!(
+        !bob.drain()
+            .iter()
+            .chain(bob.seen.iter())
+            .any(|e| matches!(e, ClientEvent::Error(_))),
+        "{:?}",
+        bob.seen
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_server_restart_streams_are_republished_and_resubscribed() {
+    let first = start(server_config("127.0.0.1:0"));
+    let addr = first.addr();
+    let url = first.ws_url();
+    let mut alice = media_client(&url, "alice", None);
+    let local = stream().await;
+    join(&alice, 3005).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    let frames = Arc::new(Frames::default());
+    let mut bob = media_client(&url, "bob", None);
+    join(&bob, 3005).await;
+    let remote = wait_stream_added(&mut bob, "alice").await;
+    bounded(bob.subscribe(
+        &remote,
+        SubscribeOptions {
+            output: frames.output(),
+            ..SubscribeOptions::default()
+        },
+    ))
+    .await
+    .expect("subscribe");
+    frames.wait("first frames", |f| f.video() >= 15).await;
+
+    bounded(tokio::task::spawn_blocking(move || first.stop()))
+        .await
+        .unwrap()
+        .unwrap();
+    alice.wait_state(ConnectionState::Reconnecting).await;
+    bob.wait_state(ConnectionState::Reconnecting).await;
+    let before = frames.video();
+    let _second = start(server_config(&addr.to_string()));
+    alice.wait_state(ConnectionState::Connected).await;
+    bob.wait_state(ConnectionState::Connected).await;
+    // Nobody calls publish or subscribe again.
+    frames
+        .wait("frames after the restart", |f| f.video() >= before + 30)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_video_profile_reaches_the_subscriber_without_renegotiation() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let local = stream().await;
+    join(&alice, 3006).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    let frames = Arc::new(Frames::default());
+    let bob = media_client(&url, "bob", Some(frames.output()));
+    join(&bob, 3006).await;
+    frames.wait("first frames", |f| f.video() >= 10).await;
+    assert_eq!(*frames.size.lock().unwrap(), Some((320, 240)));
+
+    bounded(local.set_video_profile(VideoProfile::new(160, 120, 30, 200)))
+        .await
+        .expect("new profile");
+    frames
+        .wait("frames of the new size", |f| {
+            *f.size.lock().unwrap() == Some((160, 120))
+        })
+        .await;
+    let e = bounded(local.set_video_profile(VideoProfile::new(0, 0, 0, 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidParameter);
+}
