@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed (e.g. a ticket did not verify), 2 bad usage.
 
 mod bench;
+mod bots;
 mod serve;
 mod usersig;
 
@@ -14,7 +15,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "rtcroom", version, about, long_about = None)]
 #[command(after_help = "Examples:\n  \
+    rtcroom demo --duration 10\n  \
     rtcroom serve\n  \
+    rtcroom publish --room-id 1234\n  \
+    rtcroom record --room-id 1234 --out recordings\n  \
     rtcroom bench join --clients 200\n  \
     rtcroom usersig gen --sdk-app-id 1400000000 --secret-key KEY --user-id denny\n  \
     rtcroom usersig verify --sdk-app-id 1400000000 --secret-key KEY --user-id denny --user-sig SIG")]
@@ -29,6 +33,13 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Load and benchmark runs against a room server (embedded when no --server).
     Bench(bench::BenchArgs),
+    /// Broadcast bot: join as anchor and publish the test pattern and tone, or a media file.
+    Publish(bots::PublishArgs),
+    /// Recording bot: record every published stream, one file per user and stream type.
+    Record(bots::RecordArgs),
+    /// The main job on an embedded default: server, broadcast bot and recording bot in one
+    /// process on loopback; leaves a playable recording.
+    Demo(bots::DemoArgs),
     /// Mint and check TRTC UserSigs and PrivateMapKeys (tls-sig-api-v2 compatible).
     #[command(subcommand)]
     Usersig(usersig::UsersigCommand),
@@ -46,6 +57,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Publish(args) => bots::publish(args),
+        Command::Record(args) => bots::record(args),
+        Command::Demo(args) => bots::demo(args),
         Command::Usersig(cmd) => usersig::run(cmd),
     }
 }

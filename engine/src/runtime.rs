@@ -16,7 +16,15 @@ use rtcroom_protocol::{ErrorCode, RtcError};
 
 static ENGINE: OnceLock<Result<ArbiterHandle, String>> = OnceLock::new();
 
+/// rustls picks its crypto provider from its features only when exactly one is compiled in;
+/// a program that also links the room server (aws-lc-rs) would otherwise panic on the first
+/// DTLS handshake. Install one (ring, what webrtc-rs uses) unless the program already did.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn start() -> Result<ArbiterHandle, String> {
+    install_crypto_provider();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("rtcroom-engine".into())

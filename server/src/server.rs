@@ -15,6 +15,13 @@ use crate::registry::{Registry, RoomContext, Shutdown};
 use crate::session::{SessionActor, SessionShared};
 use crate::webhook::WebhookActor;
 
+/// rustls (https webhooks) needs one process-wide crypto provider when several are compiled
+/// in (the engine's webrtc-rs brings ring): install aws-lc-rs, already used for DTLS, unless
+/// the program installed one first.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// How long to let close frames flush after telling sessions to close.
 const CLOSE_FLUSH: Duration = Duration::from_millis(200);
 
@@ -50,6 +57,7 @@ pub async fn run(
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    install_crypto_provider();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -147,6 +155,7 @@ impl RunningServer {
         config
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        install_crypto_provider();
         let listener = TcpListener::bind(&config.listen)?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::default());

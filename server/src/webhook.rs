@@ -143,9 +143,6 @@ impl Actor for WebhookActor {
     type Context = Context<Self>;
 
     fn started(&mut self, _ctx: &mut Self::Context) {
-        // https receivers: rustls needs a process-wide crypto provider; install aws-lc-rs
-        // (already used for DTLS) unless someone installed one first.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         self.client = Some(awc::Client::builder().timeout(ATTEMPT_TIMEOUT).finish());
     }
 }

@@ -1,0 +1,182 @@
+//! The bots as people run them: the real binary, real server, real recordings checked with
+//! gst-discoverer-1.0.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rtcroom-bots-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// (has video, has audio, duration in seconds) as gst-discoverer-1.0 reports them.
+fn discover(file: &Path) -> (bool, bool, f64) {
+    let out = Command::new("gst-discoverer-1.0")
+        .arg(file)
+        .output()
+        .expect("gst-discoverer-1.0 is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let duration = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Duration: "))
+        .and_then(|d| {
+            let mut parts = d.split(':');
+            let h: f64 = parts.next()?.parse().ok()?;
+            let m: f64 = parts.next()?.parse().ok()?;
+            let s: f64 = parts.next()?.parse().ok()?;
+            Some(h * 3600.0 + m * 60.0 + s)
+        })
+        .unwrap_or(0.0);
+    (text.contains("video #"), text.contains("audio #"), duration)
+}
+
+fn recordings(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "mkv"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn demo_leaves_a_playable_recording() {
+    let dir = temp_dir("demo");
+    let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
+        .args(["demo", "--duration", "5", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("joined in"), "{stdout}");
+    assert!(stdout.contains("first video at the recorder"), "{stdout}");
+    let files = recordings(&dir);
+    assert_eq!(files.len(), 1, "{stdout}");
+    assert!(
+        stdout.contains(&files[0].display().to_string()),
+        "the path is printed"
+    );
+    let name = files[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.starts_with("broadcaster_main_2"), "{name}");
+    let (video, audio, duration) = discover(&files[0]);
+    assert!(video && audio, "both streams in {name}");
+    assert!((4.0..=6.5).contains(&duration), "about 5 s, got {duration}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn spawn(args: &[&str], home: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_rtcroom"))
+        .args(args)
+        .env("RTCROOM_HOME", home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait for a line containing `needle` on the child's stdout (bounded).
+fn wait_line(child: &mut Child, needle: &str) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+        if line.contains(needle) {
+            return rx;
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(t.elapsed() < within, "process did not exit");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn record_two_publishers_then_sigint_finalises_files() {
+    let home = temp_dir("home");
+    let out = temp_dir("rec");
+    let mut server = spawn(&["serve", "--listen", "127.0.0.1:0"], &home);
+    let _server_lines = wait_line(&mut server, "listening:");
+    let mut recorder = spawn(
+        &["record", "--room-id", "77", "--out", out.to_str().unwrap()],
+        &home,
+    );
+    let rec_lines = wait_line(&mut recorder, "recording room");
+    let mut pubs: Vec<Child> = ["alice", "bob"]
+        .iter()
+        .map(|u| {
+            spawn(
+                &[
+                    "publish",
+                    "--room-id",
+                    "77",
+                    "--user-id",
+                    u,
+                    "--video-profile",
+                    "240p",
+                    "--duration",
+                    "4",
+                ],
+                &home,
+            )
+        })
+        .collect();
+    // Both streams are being recorded.
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen < 2 {
+        let line = rec_lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("recorder output");
+        if line.starts_with("recording alice") || line.starts_with("recording bob") {
+            seen += 1;
+        }
+    }
+    for p in &mut pubs {
+        assert!(wait_exit(p, Duration::from_secs(30)).success());
+    }
+    // SIGINT: the recorder finalises its files and exits 0.
+    Command::new("kill")
+        .args(["-INT", &recorder.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_exit(&mut recorder, Duration::from_secs(20)).success());
+    let files = recordings(&out);
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        let (video, audio, duration) = discover(f);
+        assert!(video && audio, "{f:?}");
+        assert!(duration > 2.0, "{f:?}: {duration}");
+    }
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_exit(&mut server, Duration::from_secs(20)).success());
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&out);
+}
