@@ -180,3 +180,81 @@ fn record_two_publishers_then_sigint_finalises_files() {
     let _ = std::fs::remove_dir_all(&home);
     let _ = std::fs::remove_dir_all(&out);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn publisher_and_recorder_survive_a_server_restart() {
+    let home = temp_dir("restart-home");
+    let out = temp_dir("restart-rec");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut server = spawn(&["serve", "--listen", &listen], &home);
+    let _s = wait_line(&mut server, "listening:");
+    let mut recorder = spawn(
+        &["record", "--room-id", "88", "--out", out.to_str().unwrap()],
+        &home,
+    );
+    let rec_lines = wait_line(&mut recorder, "recording room");
+    let mut publisher = spawn(
+        &[
+            "publish",
+            "--room-id",
+            "88",
+            "--user-id",
+            "alice",
+            "--video-profile",
+            "240p",
+            "--duration",
+            "14",
+        ],
+        &home,
+    );
+    let _pub_lines = wait_line(&mut publisher, "publishing as alice");
+    let published_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = rec_lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("recorder output");
+        if line.starts_with("recording alice") {
+            break;
+        }
+    }
+    // Kill the server and start it again on the same address (same key file).
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_exit(&mut server, Duration::from_secs(20)).success());
+    let before_restart = published_at.elapsed().as_secs_f64();
+    let mut server = spawn(&["serve", "--listen", &listen], &home);
+    let _s = wait_line(&mut server, "listening:");
+    // Both bots reconnect by themselves; the publisher keeps publishing until its duration.
+    assert!(wait_exit(&mut publisher, Duration::from_secs(40)).success());
+    Command::new("kill")
+        .args(["-INT", &recorder.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_exit(&mut recorder, Duration::from_secs(20)).success());
+    // Media from after the restart was recorded: the recordings hold more than what was
+    // published before it.
+    let files = recordings(&out);
+    let total: f64 = files.iter().map(|f| discover(f).2).sum();
+    assert!(
+        total > before_restart + 2.0,
+        "files {files:?}: {total:.1} s recorded, {before_restart:.1} s before the restart"
+    );
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = wait_exit(&mut server, Duration::from_secs(20));
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&out);
+}
