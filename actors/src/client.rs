@@ -266,6 +266,8 @@ pub struct ClientActor {
     /// Published and subscribed streams.
     links: HashMap<LinkKey, Link>,
     next_pc_id: PcId,
+    /// Downlink loss between `network-quality` reports.
+    quality_loss: crate::quality::LossWindow,
 }
 
 /// The heartbeat interval: the configured one, or the server's (`heartbeatIntervalS` in the
@@ -305,6 +307,7 @@ impl ClientActor {
             clean_stop: false,
             links: HashMap::new(),
             next_pc_id: 1,
+            quality_loss: crate::quality::LossWindow::default(),
         }
     }
 
@@ -654,8 +657,68 @@ impl ClientActor {
     }
 }
 
+/// How often `network-quality` is reported (TRTC: every 2 s).
+pub const NETWORK_QUALITY_INTERVAL: Duration = Duration::from_secs(2);
+
 impl Actor for ClientActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(NETWORK_QUALITY_INTERVAL, |act, ctx| {
+            act.report_network_quality(ctx)
+        });
+    }
+}
+
+impl ClientActor {
+    /// Measure the last interval and emit `network-quality` (only while in a room).
+    fn report_network_quality(&mut self, ctx: &mut Context<Self>) {
+        if self.life.phase() != Phase::Joined {
+            return;
+        }
+        let (mut received, mut lost) = (0u64, 0u64);
+        let mut uplinks = Vec::new();
+        for (k, l) in &self.links {
+            match (&l.role, &l.state, k) {
+                (PcRole::Downlink { remote, .. }, _, _) => {
+                    let s = remote.stats();
+                    received += s.audio_packets_received + s.video_packets_received;
+                    lost += s.audio_packets_lost + s.video_packets_lost;
+                }
+                (_, LinkState::Up(pc), LinkKey::Up(_)) => uplinks.push(pc.clone()),
+                _ => {}
+            }
+        }
+        let downlink_loss = self.quality_loss.update(received, lost);
+        let has_downlinks = received > 0 || lost > 0;
+        let fut = async move {
+            let mut rtt: Option<f64> = None;
+            for pc in uplinks {
+                if let Ok(s) = pc.send(crate::media::peer::GetTransportStats).await
+                    && let Some(r) = s.rtt
+                {
+                    let ms = r.as_secs_f64() * 1000.0;
+                    rtt = Some(rtt.map_or(ms, |x: f64| x.max(ms)));
+                }
+            }
+            rtt
+        };
+        ctx.spawn(fut.into_actor(self).map(move |uplink_rtt_ms, act, _| {
+            use crate::quality::network_quality;
+            let uplink = network_quality(None, uplink_rtt_ms, true);
+            let downlink = if has_downlinks {
+                network_quality(downlink_loss.or(Some(0.0)), None, true)
+            } else {
+                0
+            };
+            act.emit(ClientEvent::NetworkQuality {
+                uplink,
+                downlink,
+                uplink_rtt_ms,
+                downlink_loss,
+            });
+        }));
+    }
 }
 
 impl Drop for ClientActor {

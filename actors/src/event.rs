@@ -46,6 +46,19 @@ pub enum ClientEvent {
     StreamSubscribed(RemoteStreamInfo),
     /// `stream-updated`: a remote stream gained or lost its audio or video track.
     StreamUpdated(RemoteStreamInfo),
+    /// `network-quality`: every 2 s while connected, the uplink and downlink quality (TRTC's
+    /// 1 excellent … 5 very bad, 6 disconnected, 0 unknown: nothing measured yet) from the
+    /// last interval's packet loss and the round-trip time.
+    NetworkQuality {
+        /// Quality of what we send.
+        uplink: u8,
+        /// Quality of what we receive.
+        downlink: u8,
+        /// Uplink round-trip time (from the server's receiver reports), ms.
+        uplink_rtt_ms: Option<f64>,
+        /// Downlink loss fraction over the last interval.
+        downlink_loss: Option<f64>,
+    },
     /// `mute-audio`: a remote member muted its audio.
     MuteAudio {
         /// Who.

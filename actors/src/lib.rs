@@ -47,6 +47,7 @@ pub mod event;
 pub mod hub;
 pub mod lifecycle;
 pub mod media;
+pub mod quality;
 pub mod requests;
 pub mod room;
 pub mod signaling;

@@ -295,6 +295,26 @@ async fn auto_subscribe_receives_streams_published_before_and_after_join() {
         })
         .await;
     assert_eq!(*frames.size.lock().unwrap(), Some((320, 240)));
+    // Receiving over loopback: network-quality reports a good downlink (every 2 s).
+    let q = carol
+        .wait_for(
+            "network-quality with a measured downlink",
+            |e| matches!(e, ClientEvent::NetworkQuality { downlink, .. } if *downlink > 0),
+        )
+        .await;
+    match q {
+        ClientEvent::NetworkQuality {
+            downlink,
+            downlink_loss,
+            ..
+        } => {
+            assert!(
+                (1..=2).contains(&downlink),
+                "{downlink} with loss {downlink_loss:?}"
+            );
+        }
+        _ => unreachable!(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
