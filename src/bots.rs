@@ -133,6 +133,14 @@ impl BotArgs {
     }
 }
 
+/// A room for messages: `1234` or `"class-1"`.
+fn room_text(r: &RoomIdInput) -> String {
+    match r {
+        RoomIdInput::Number(n) => n.to_string(),
+        RoomIdInput::String(s) => format!("{s:?}"),
+    }
+}
+
 fn client_config(r: &Resolved, mode: Mode) -> ClientConfig {
     ClientConfig {
         mode,
@@ -236,9 +244,9 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
     .await?;
     client.publish(&stream).await?;
     println!(
-        "publishing as {} in room {:?} (joined in {joined_ms:.1} ms, published in {:.1} ms)",
+        "publishing as {} in room {} (joined in {joined_ms:.1} ms, published in {:.1} ms)",
         r.user_id,
-        r.room,
+        room_text(&r.room),
         t0.elapsed().as_secs_f64() * 1e3 - joined_ms
     );
     let started = Instant::now();
