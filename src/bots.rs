@@ -50,6 +50,9 @@ pub struct BotArgs {
     /// rtc or live.
     #[arg(long, value_name = "rtc|live", default_value = "live")]
     mode: Mode,
+    /// Role in live mode (publish: anchor; record: audience, i.e. invisible to the others).
+    #[arg(long, value_name = "anchor|audience")]
+    role: Option<Role>,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
@@ -216,6 +219,9 @@ pub fn publish(args: PublishArgs) -> ExitCode {
 }
 
 async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
+    if args.bot.mode == Mode::Live && args.bot.role == Some(Role::Audience) {
+        bail!("an audience member cannot publish (TRTC 5107): use --role anchor");
+    }
     let r = args.bot.resolve("publisher")?;
     let client = rtcroom::create_client(client_config(&r, args.bot.mode))?;
     let mut events = client.events();
@@ -524,6 +530,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         str_room_id: None,
         user_id: Some(user.to_owned()),
         mode: Mode::Live,
+        role: None,
         duration: Some(duration),
     };
     // The recorder first, so it sees the stream appear; it runs a little longer than the

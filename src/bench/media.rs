@@ -367,6 +367,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
 
     // Subscribers: each subscribes to every publisher (one downlink per publisher).
     let started = Instant::now();
+    let mut join_ms: Vec<f64> = Vec::with_capacity(subscribers);
     let mut subs = Vec::with_capacity(subscribers * publishers);
     for i in 0..subscribers {
         tokio::time::sleep_until(
@@ -374,6 +375,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         )
         .await;
         let mut sig = Signal::connect(&target.url).await?;
+        let tj = Instant::now();
         sig.request(ClientMessage::Join(join(
             &target,
             &format!("viewer-{i}"),
@@ -381,6 +383,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
             viewer_role,
         )?))
         .await?;
+        join_ms.push(tj.elapsed().as_secs_f64() * 1e3);
         for p in 0..publishers {
             let (mut peer, offer) = LightPeer::new(Direction::RecvOnly, !audio_only).await?;
             let t0 = Instant::now();
@@ -437,6 +440,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     let w_start = Instant::now();
     let cpu0 = target.stat();
     let fwd0 = packets_forwarded(&target.url).await;
+    let in0 = server_counter(&target.url, "rtcroom_media_packets_in_total").await;
     let (sent0, recv0) = (sent_now(), recv_now());
     let mut progress = tokio::time::interval(Duration::from_secs(1));
     // The first tick is immediate; the series starts one second in.
@@ -561,7 +565,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         "publishers": publishers,
         "subscribers": subscribers,
         "duration_s": window.as_secs_f64(),
-        "join_ms": null,
+        "join_ms": percentiles(&join_ms),
         "first_frame_ms": percentiles(&first_frame),
         "first_video_packet_ms": percentiles(&first_packet),
         "first_audio_ms": percentiles(&first_audio),
@@ -584,6 +588,11 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         "server_rss_bytes_per_member": cpu1.map(|c| c.rss_bytes as f64 / members as f64),
         "server_rss_bytes_per_subscriber": mem_per_sub,
         "server_packets_forwarded": forwarded,
+        "server_packets_out_per_s": forwarded.map(|f| f as f64 / window.as_secs_f64()),
+        "server_packets_in_per_s": match (in0, server_in) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / window.as_secs_f64()),
+            _ => None,
+        },
         "server_packets_in_total": server_in,
         "server_send_drops": send_drops,
         "server_keyframe_requests_total": keyframe_requests,
@@ -607,6 +616,10 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         sent as f64 / window.as_secs_f64()
     );
     println!("packets received      {recv} (expected {expected})");
+    println!(
+        "join                  {} ms",
+        super::fmt_p(&report["join_ms"])
+    );
     println!("loss                  {}%", f(&report["loss_pct"]));
     println!("freezes (>500 ms)     {freezes}");
     println!(
