@@ -4,6 +4,7 @@
 //! room does not stall the others.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -706,8 +707,6 @@ impl Handler<JoinRoom> for Registry {
         }))
     }
 }
-
-use std::pin::Pin;
 
 impl Handler<RoomClosed> for Registry {
     type Result = ();

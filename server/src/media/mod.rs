@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{MediaKind, StreamType};
 use rtcroom_protocol::{ErrorCode, RtcError, UserId};
 use serde::{Deserialize, Serialize};
@@ -406,13 +405,4 @@ impl MediaPlane {
             let _ = t.join();
         }
     }
-}
-
-/// The TRTC code for a subscription the PrivateMapKey does not allow.
-pub fn receive_denied(what: &str) -> RtcError {
-    RtcError::with_extra(
-        ErrorCode::InvalidOperation,
-        extra::PRIVILEGE_FLAG_ERROR,
-        format!("privateMapKey does not grant receiving {what}"),
-    )
 }
