@@ -196,6 +196,14 @@ pub enum ServerMessage {
     Reply(Reply),
     /// Something happened in the room.
     Event(ServerEvent),
+    /// Several events, in the order they happened. Under load the server coalesces the
+    /// events for one member into one frame (at most one frame per batch window, see
+    /// docs/protocol.md); a client handles them exactly as the same events in separate
+    /// `event` frames.
+    Events {
+        /// The events, oldest first.
+        events: Vec<ServerEvent>,
+    },
 }
 
 /// The answer to request `id`: `code` 0 on success, else TRTC's code with the extra code.
@@ -514,6 +522,72 @@ pub fn decode_server(frame: &[u8]) -> Result<ServerMessage, WireError> {
     serde_json::from_slice(frame).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
+/// One server frame carrying `events` in order, each already encoded on its own with
+/// [`encode`] (`{"event":"peer-join",...}`): an `event` frame for one, an `events` frame for
+/// several, `None` for none. The frame is spliced from the encoded events, so a room encodes
+/// each event once however many members receive it; the result decodes with
+/// [`decode_server`] exactly as the serde form of [`ServerMessage::Event`] /
+/// [`ServerMessage::Events`] does.
+pub fn events_frame<S: AsRef<str>>(events: &[S]) -> Option<String> {
+    match events {
+        [] => None,
+        [one] => {
+            // `{"event":...}` → `{"type":"event","event":...}`. An encoded ServerEvent always
+            // starts with `{` followed by its tag field.
+            let body = one.as_ref().strip_prefix('{').unwrap_or(one.as_ref());
+            let mut s = String::with_capacity(body.len() + 16);
+            s.push_str(r#"{"type":"event","#);
+            s.push_str(body);
+            Some(s)
+        }
+        many => {
+            let len: usize = many.iter().map(|e| e.as_ref().len() + 1).sum();
+            let mut s = String::with_capacity(len + 32);
+            s.push_str(r#"{"type":"events","events":["#);
+            for (i, e) in many.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(e.as_ref());
+            }
+            s.push_str("]}");
+            Some(s)
+        }
+    }
+}
+
+/// The reply frame to a successful join (request `id`) whose member list comes pre-encoded:
+/// `members_json` is the members' [`MemberInfo`] objects as [`encode`] writes them, joined by
+/// commas (no brackets); `result.members` must be empty and is replaced by it. A room keeps
+/// that list encoded as members come and go, so a join into a big room copies it instead of
+/// encoding every member again. The frame decodes exactly as the serde form of the same reply.
+pub fn joined_reply_frame(id: u64, result: &JoinResult, members_json: &str) -> String {
+    debug_assert!(result.members.is_empty());
+    let text = encode(&ServerMessage::Reply(Reply {
+        v: PROTOCOL_VERSION,
+        id,
+        result: ReplyResult::Ok {
+            data: Some(ReplyData::Joined(result.clone())),
+        },
+    }));
+    // Inside an encoded JSON string every `"` is escaped, so this quoted key can only be the
+    // `members` field itself.
+    const SLOT: &str = r#""members":["#;
+    match text.find(SLOT) {
+        Some(at) => {
+            let split = at + SLOT.len();
+            let mut s = String::with_capacity(text.len() + members_json.len());
+            s.push_str(&text[..split]);
+            s.push_str(members_json);
+            s.push_str(&text[split..]);
+            s
+        }
+        // Unreachable with the derived encoding (JoinResult always writes `members`); the
+        // reply without the list beats no reply.
+        None => text,
+    }
+}
+
 /// Encode any message as a JSON text frame.
 pub fn encode<T: Serialize>(msg: &T) -> String {
     // Our message types hold only strings, numbers, bools and maps with string keys, so
@@ -646,5 +720,99 @@ mod tests {
         }));
         assert!(text.contains("\"room_disband\""), "{text}");
         assert!(text.contains("\"client-banned\""), "{text}");
+    }
+
+    #[test]
+    fn spliced_join_reply_matches_serde() {
+        let members = vec![
+            MemberInfo {
+                user_id: UserId::new("alice").unwrap(),
+                role: Role::Anchor,
+            },
+            MemberInfo {
+                user_id: UserId::new("bob").unwrap(),
+                role: Role::Audience,
+            },
+        ];
+        let full = JoinResult {
+            // A room id holding the slot's text must not confuse the splice.
+            room_id: RoomId::string("members:[]").unwrap(),
+            role: Role::Anchor,
+            members: members.clone(),
+            streams: vec![],
+            heartbeat_interval_s: 2,
+        };
+        let want = encode(&ServerMessage::Reply(Reply {
+            v: PROTOCOL_VERSION,
+            id: 9,
+            result: ReplyResult::Ok {
+                data: Some(ReplyData::Joined(full.clone())),
+            },
+        }));
+        let empty = JoinResult {
+            members: vec![],
+            ..full.clone()
+        };
+        for n in 0..=members.len() {
+            let json: Vec<String> = members[..n].iter().map(encode).collect();
+            let got = joined_reply_frame(9, &empty, &json.join(","));
+            let decoded = decode_server(got.as_bytes()).unwrap();
+            let expect = JoinResult {
+                members: members[..n].to_vec(),
+                ..full.clone()
+            };
+            assert_eq!(
+                decoded,
+                ServerMessage::Reply(Reply {
+                    v: PROTOCOL_VERSION,
+                    id: 9,
+                    result: ReplyResult::Ok {
+                        data: Some(ReplyData::Joined(expect)),
+                    },
+                }),
+                "{got}"
+            );
+            if n == members.len() {
+                assert_eq!(got, want, "byte for byte the serde encoding");
+            }
+        }
+    }
+
+    #[test]
+    fn spliced_event_frames_decode_like_serde() {
+        let events = vec![
+            ServerEvent::PeerJoin {
+                user_id: UserId::new("a_b").unwrap(),
+            },
+            ServerEvent::PeerLeave {
+                user_id: UserId::new("c").unwrap(),
+                reason: LeaveReason::Kicked,
+            },
+            ServerEvent::ClientBanned {
+                reason: BanReason::Kick,
+                message: "bye {\"x\"}".into(),
+            },
+        ];
+        let encoded: Vec<String> = events.iter().map(encode).collect();
+        assert_eq!(events_frame::<String>(&[]), None);
+        let one = events_frame(&encoded[..1]).unwrap();
+        assert_eq!(
+            decode_server(one.as_bytes()).unwrap(),
+            ServerMessage::Event(events[0].clone())
+        );
+        let all = events_frame(&encoded).unwrap();
+        let want = ServerMessage::Events {
+            events: events.clone(),
+        };
+        assert_eq!(decode_server(all.as_bytes()).unwrap(), want);
+        // The serde form of the batch decodes the same way.
+        assert_eq!(decode_server(encode(&want).as_bytes()).unwrap(), want);
+        let two = events_frame(&encoded[1..]).unwrap();
+        assert_eq!(
+            decode_server(two.as_bytes()).unwrap(),
+            ServerMessage::Events {
+                events: events[1..].to_vec()
+            }
+        );
     }
 }
