@@ -190,6 +190,16 @@ impl SignalingActor {
         self.schedule_heartbeat(ctx);
     }
 
+    fn on_event(&mut self, event: ServerEvent) {
+        let kicked = matches!(event, ServerEvent::ClientBanned { .. });
+        self.client
+            .do_send(SignalEvent::Server(self.generation, event));
+        if kicked {
+            // The server closes next; nothing more will come.
+            self.note_reason("removed by the server");
+        }
+    }
+
     fn on_text(&mut self, text: &str) {
         if let Some(hb) = &mut self.heartbeat {
             hb.heard(Instant::now());
@@ -222,13 +232,11 @@ impl SignalingActor {
                     }
                 },
             },
-            ServerMessage::Event(event) => {
-                let kicked = matches!(event, ServerEvent::ClientBanned { .. });
-                self.client
-                    .do_send(SignalEvent::Server(self.generation, event));
-                if kicked {
-                    // The server closes next; nothing more will come.
-                    self.note_reason("removed by the server");
+            ServerMessage::Event(event) => self.on_event(event),
+            // Several events coalesced into one frame: the same as one frame each, in order.
+            ServerMessage::Events { events } => {
+                for event in events {
+                    self.on_event(event);
                 }
             }
             _ => {

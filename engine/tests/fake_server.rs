@@ -86,6 +86,8 @@ async fn hostile_frames_are_ignored_and_never_panic() {
             Message::text(r#"{"type":"event","event":"dance","userId":"x"}"#),
             Message::text(r#"{"type":"event","event":"peer-join","userId":"bad user!"}"#),
             Message::text(r#"{"type":"reply","v":1,"id":18446744073709551615}"#),
+            Message::text(r#"{"type":"events","events":"x"}"#),
+            Message::text(r#"{"type":"events","events":[{"event":"dance"}]}"#),
             Message::text("x".repeat(70_000)),
             Message::binary(vec![0u8, 159, 146, 150]),
             Message::Ping(vec![1, 2, 3].into()),
@@ -105,6 +107,40 @@ async fn hostile_frames_are_ignored_and_never_panic() {
     c.wait_peer_join("bob").await;
     c.wait_peer_join("carol").await;
     assert_eq!(c.connection_state(), ConnectionState::Connected);
+}
+
+#[tokio::test]
+async fn a_coalesced_events_frame_is_delivered_event_by_event_in_order() {
+    let (url, mut conns) = fake_server().await;
+    let mut c = TestClient::new(config(&url, "alice", Mode::Rtc));
+    let join = c.join(JoinOptions::new(42u32));
+    let server = async {
+        let (mut ws, seen) = next_conn(&mut conns).await;
+        ws.send(joined_reply(seen.id, &[])).await.unwrap();
+        // What the server sends when several events for one member pile up within its batch
+        // window: one `events` frame.
+        ws.send(Message::text(
+            r#"{"type":"events","events":[{"event":"peer-join","userId":"bob"},
+                {"event":"peer-join","userId":"carol"},
+                {"event":"peer-leave","userId":"bob","reason":0}]}"#,
+        ))
+        .await
+        .unwrap();
+        ws
+    };
+    let (res, _ws) = tokio::join!(bounded(join), server);
+    res.unwrap();
+    let users = |e: &ClientEvent| match e {
+        ClientEvent::PeerJoin { user_id } => Some(format!("+{user_id}")),
+        ClientEvent::PeerLeave { user_id, .. } => Some(format!("-{user_id}")),
+        _ => None,
+    };
+    let mut order = Vec::new();
+    while order.len() < 3 {
+        let e = c.wait_for("peer events", |e| users(e).is_some()).await;
+        order.extend(users(&e));
+    }
+    assert_eq!(order, ["+bob", "+carol", "-bob"]);
 }
 
 #[tokio::test]
