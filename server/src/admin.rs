@@ -29,7 +29,7 @@ use serde_json::json;
 use sha2::Sha256;
 
 use crate::config::AdminConfig;
-use crate::registry::{AdminOp, AdminReply, AdminRequest};
+use crate::registry::{AdminOp, AdminReply};
 use crate::room::RoomKey;
 use crate::session::SessionShared;
 
@@ -229,22 +229,17 @@ async fn handle(
         sdk_app_id: parsed.sdk_app_id,
         room_id,
     };
-    match shared.registry.send(AdminRequest { key, op }).await {
-        Ok(Ok(AdminReply::Done)) => {
+    match shared.registry.admin(key, op).await {
+        Ok(AdminReply::Done) => {
             HttpResponse::Ok().json(json!({ "Response": { "RequestId": request_id() } }))
         }
-        Ok(Ok(AdminReply::Info(info))) => HttpResponse::Ok().json(json!({
+        Ok(AdminReply::Info(info)) => HttpResponse::Ok().json(json!({
             "Response": { "RoomInfo": info, "RequestId": request_id() }
         })),
-        Ok(Err(e)) => error(
+        Err(e) => error(
             StatusCode::NOT_FOUND,
             "FailedOperation.RoomNotExist",
             e.message,
-        ),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "InternalError",
-            "the server is stopping",
         ),
     }
 }

@@ -114,6 +114,9 @@ pub struct TimeoutsConfig {
     pub live_audience_linger_s: f64,
     /// Graceful shutdown bound.
     pub shutdown_timeout_s: u64,
+    /// Events to one member are coalesced into at most one frame per this window; the first
+    /// event after a quiet spell goes out at once. 0 flushes after every burst of room work.
+    pub event_batch_s: f64,
 }
 
 impl Default for TimeoutsConfig {
@@ -123,6 +126,7 @@ impl Default for TimeoutsConfig {
             heartbeat_timeout_s: 90.0,
             live_audience_linger_s: 600.0,
             shutdown_timeout_s: 5,
+            event_batch_s: crate::room::DEFAULT_EVENT_BATCH.as_secs_f64(),
         }
     }
 }
@@ -242,6 +246,12 @@ impl ServerConfig {
                 )));
             }
         }
+        if !(t.event_batch_s.is_finite() && (0.0..=1.0).contains(&t.event_batch_s)) {
+            return Err(ConfigError::Invalid(format!(
+                "timeouts.event_batch_s must be between 0 and 1 second, got {}",
+                t.event_batch_s
+            )));
+        }
         if self.limits.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "limits.max_message_bytes must be at least 1024".into(),
@@ -263,6 +273,7 @@ impl ServerConfig {
             max_publishers: self.limits.max_publishers,
             heartbeat_timeout: Duration::from_secs_f64(self.timeouts.heartbeat_timeout_s),
             live_audience_linger: Duration::from_secs_f64(self.timeouts.live_audience_linger_s),
+            event_batch: Duration::from_secs_f64(self.timeouts.event_batch_s),
         }
     }
 

@@ -1,10 +1,11 @@
-//! `Registry` (one per server) maps (sdkAppId, roomId) to a `RoomActor` (one per room). Each
-//! `RoomActor` drives a [`Room`] state machine and carries out its [`Effect`]s: events to
-//! sessions, removals, webhooks. Rooms are spread over a pool of arbiters (threads) so a busy
-//! room does not stall the others.
+//! `Registry` (one per server, shared by every session) maps (sdkAppId, roomId) to a
+//! `RoomActor` (one per room). Each `RoomActor` drives a [`Room`] state machine and carries out
+//! its [`Effect`]s: events to sessions, removals, webhooks. A session looks its room up in the
+//! registry directly (a short lock, no actor hop) and sends its join straight to the room, so a
+//! join costs one message there and one reply back. Rooms are spread over a pool of arbiters
+//! (threads), or live on the thread of the session that created them.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,26 +14,27 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    BanReason, ClientMessage, JoinResult, MemberStats, ReplyData, ServerEvent, ServerMessage,
-    StreamType, encode,
+    BanReason, ClientMessage, MemberStats, ReplyData, ServerEvent, StreamType, encode,
 };
 use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, RtcError, UserId};
 
 use crate::media::{MediaPlane, PeerId, SlotKey};
 use crate::metrics::Metrics;
-use crate::room::{Effect, JoinInput, Room, RoomInfo, RoomKey, RoomLimits, SessionId};
+use crate::room::{Effect, JoinInput, Joined, Room, RoomInfo, RoomKey, RoomLimits, SessionId};
 use crate::webhook::{Deliver, WebhookActor};
 
-/// What a room sends to a session actor.
+/// What a room sends to a session actor. Events travel encoded on their own
+/// (`{"event":...}`, encoded once per room, shared by every recipient); the session splices
+/// them into one frame with [`events_frame`](rtcroom_protocol::signal::events_frame).
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// Text frames to forward, in order.
-    Frames(Vec<ByteString>),
-    /// Send these text frames (e.g. client-banned), then close the socket.
+    /// Events to forward, oldest first.
+    Events(Vec<ByteString>),
+    /// Send these events (e.g. client-banned last), then close the socket.
     Close {
-        /// Last frames.
+        /// Last events.
         last: Vec<ByteString>,
         /// Close code for the WebSocket close frame.
         code: actix_web_actors::ws::CloseCode,
@@ -56,9 +58,9 @@ pub struct RoomContext {
 
 // ---- room actor ------------------------------------------------------------------------------
 
-/// Join a room (sent by the registry).
+/// Join a room (sent by a session through [`Registry::join`]).
 #[derive(Message)]
-#[rtype(result = "Result<JoinResult, JoinFailure>")]
+#[rtype(result = "Result<Joined, JoinFailure>")]
 struct RoomJoin {
     input: JoinInput,
     recipient: Recipient<ToSession>,
@@ -122,18 +124,65 @@ pub struct RoomActor {
     room: Room,
     id: u64,
     ctx: RoomContext,
-    registry: Addr<Registry>,
-    sessions: HashMap<SessionId, Recipient<ToSession>>,
-    /// Event frames not yet handed to their sessions. Events are batched until the room's
-    /// mailbox has been worked through (a `Flush` queued behind the pending messages), so a
-    /// burst of joins costs each session one message and one socket write, not one per event.
-    pending: HashMap<SessionId, Vec<ByteString>>,
+    registry: Arc<Registry>,
+    /// The members' connections, with their events not yet handed over. Events are
+    /// coalesced: a `Flush` runs once the room's mailbox has been worked through and at most
+    /// once per batch window ([`RoomLimits::event_batch`]), so a burst of joins costs each
+    /// session one message and one frame per window, not one per event, while a lone event
+    /// on a quiet room goes out at once.
+    sessions: SessionMap<Connection>,
+    /// Sessions with pending events, each once.
+    dirty: Vec<SessionId>,
     flush_queued: bool,
+    /// When the last flush ran.
+    last_flush: Option<Instant>,
     /// Media peers of published streams.
     publishers: HashMap<(UserId, StreamType), PeerId>,
     /// Media peers of subscriptions: (subscriber session, publisher, stream) → peer.
     subscriptions: HashMap<(SessionId, UserId, StreamType), PeerId>,
 }
+
+/// A member's connection as its room sees it.
+struct Connection {
+    recipient: Recipient<ToSession>,
+    /// Encoded events not yet handed over, oldest first.
+    pending: Vec<ByteString>,
+}
+
+impl Connection {
+    fn close(self, code: actix_web_actors::ws::CloseCode, reason: &'static str) {
+        self.recipient.do_send(ToSession::Close {
+            last: self.pending,
+            code,
+            reason,
+        });
+    }
+}
+
+/// Session ids hashed with one multiply (Fibonacci hashing): every event to every member
+/// looks its session up, and SipHash dominated a burst of joins into a big room. The ids come
+/// from a process-wide counter, not from the network, so there is nothing to flood.
+#[derive(Default, Clone, Copy)]
+pub struct SessionIdHasher(u64);
+
+impl std::hash::Hasher for SessionIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by session id.
+pub type SessionMap<V> = HashMap<SessionId, V, std::hash::BuildHasherDefault<SessionIdHasher>>;
 
 /// Hand batched event frames to their sessions.
 #[derive(Message)]
@@ -145,11 +194,24 @@ impl Handler<Flush> for RoomActor {
 
     fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) {
         self.flush_queued = false;
-        for (s, frames) in self.pending.drain() {
-            if let Some(r) = self.sessions.get(&s) {
-                r.do_send(ToSession::Frames(frames));
+        self.last_flush = Some(Instant::now());
+        for s in std::mem::take(&mut self.dirty) {
+            if let Some(c) = self.sessions.get_mut(&s)
+                && !c.pending.is_empty()
+            {
+                c.recipient
+                    .do_send(ToSession::Events(std::mem::take(&mut c.pending)));
             }
         }
+    }
+}
+
+/// How long to wait before flushing events that just became pending: at once (behind the
+/// messages already queued) when the last flush is a whole `window` ago, else until it is.
+pub fn flush_delay(last_flush: Option<Instant>, now: Instant, window: Duration) -> Duration {
+    match last_flush {
+        Some(last) => (last + window).saturating_duration_since(now),
+        None => Duration::ZERO,
     }
 }
 
@@ -169,10 +231,13 @@ impl RoomActor {
                     if to.is_empty() {
                         continue;
                     }
-                    let text = ByteString::from(encode(&ServerMessage::Event(event)));
+                    let text = ByteString::from(encode(&event));
                     for s in &to {
-                        if self.sessions.contains_key(s) {
-                            self.pending.entry(*s).or_default().push(text.clone());
+                        if let Some(c) = self.sessions.get_mut(s) {
+                            if c.pending.is_empty() {
+                                self.dirty.push(*s);
+                            }
+                            c.pending.push(text.clone());
                         }
                     }
                     self.ctx
@@ -186,19 +251,14 @@ impl RoomActor {
                     message,
                 } => {
                     Metrics::inc(&self.ctx.metrics.kicks);
-                    if let Some(r) = self.sessions.remove(&session) {
-                        let text = encode(&ServerMessage::Event(ServerEvent::ClientBanned {
-                            reason,
-                            message,
-                        }));
+                    if let Some(mut c) = self.sessions.remove(&session) {
+                        let text = encode(&ServerEvent::ClientBanned { reason, message });
                         // Events queued for it go first, then the ban, then the close.
-                        let mut last = self.pending.remove(&session).unwrap_or_default();
-                        last.push(ByteString::from(text));
-                        r.do_send(ToSession::Close {
-                            last,
-                            code: actix_web_actors::ws::CloseCode::Normal,
-                            reason: ban_close_reason(reason),
-                        });
+                        c.pending.push(ByteString::from(text));
+                        c.close(
+                            actix_web_actors::ws::CloseCode::Normal,
+                            ban_close_reason(reason),
+                        );
                     }
                 }
                 Effect::Hook(hook) => {
@@ -248,9 +308,14 @@ impl RoomActor {
         let before = self.room.len() as i64;
         let (out, effects) = f(&mut self.room);
         self.apply(effects);
-        if !self.pending.is_empty() && !self.flush_queued {
+        if !self.dirty.is_empty() && !self.flush_queued {
             self.flush_queued = true;
-            ctx.notify(Flush);
+            let delay = flush_delay(self.last_flush, Instant::now(), self.ctx.limits.event_batch);
+            if delay.is_zero() {
+                ctx.notify(Flush);
+            } else {
+                ctx.notify_later(Flush, delay);
+            }
         }
         let after = self.room.len() as i64;
         self.ctx
@@ -258,17 +323,10 @@ impl RoomActor {
             .members
             .fetch_add(after - before, Ordering::Relaxed);
         if self.room.is_dismissed() {
-            for (s, r) in self.sessions.drain() {
-                r.do_send(ToSession::Close {
-                    last: self.pending.remove(&s).unwrap_or_default(),
-                    code: actix_web_actors::ws::CloseCode::Normal,
-                    reason: "room dismissed",
-                });
+            for (_, c) in self.sessions.drain() {
+                c.close(actix_web_actors::ws::CloseCode::Normal, "room dismissed");
             }
-            self.registry.do_send(RoomClosed {
-                key: self.room.key().clone(),
-                id: self.id,
-            });
+            self.registry.forget(self.room.key(), self.id);
             ctx.stop();
         }
         out
@@ -301,7 +359,7 @@ impl Actor for RoomActor {
 }
 
 impl Handler<RoomJoin> for RoomActor {
-    type Result = Result<JoinResult, JoinFailure>;
+    type Result = Result<Joined, JoinFailure>;
 
     fn handle(&mut self, msg: RoomJoin, ctx: &mut Self::Context) -> Self::Result {
         if self.room.is_dismissed() {
@@ -315,7 +373,13 @@ impl Handler<RoomJoin> for RoomActor {
         });
         match result {
             Ok(res) => {
-                self.sessions.insert(session, msg.recipient);
+                self.sessions.insert(
+                    session,
+                    Connection {
+                        recipient: msg.recipient,
+                        pending: Vec::new(),
+                    },
+                );
                 Ok(res)
             }
             Err(e) => Err(JoinFailure::Refused(e)),
@@ -515,12 +579,11 @@ impl Handler<CloseAll> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: CloseAll, _ctx: &mut Self::Context) {
-        for (s, r) in self.sessions.drain() {
-            r.do_send(ToSession::Close {
-                last: self.pending.remove(&s).unwrap_or_default(),
-                code: actix_web_actors::ws::CloseCode::Away,
-                reason: "server shutting down",
-            });
+        for (_, c) in self.sessions.drain() {
+            c.close(
+                actix_web_actors::ws::CloseCode::Away,
+                "server shutting down",
+            );
         }
     }
 }
@@ -528,8 +591,6 @@ impl Handler<CloseAll> for RoomActor {
 // ---- registry --------------------------------------------------------------------------------
 
 /// A join, as the session hands it over after checking credentials.
-#[derive(Message)]
-#[rtype(result = "Result<(JoinResult, Addr<RoomActor>), RtcError>")]
 pub struct JoinRoom {
     /// The room.
     pub key: RoomKey,
@@ -539,100 +600,63 @@ pub struct JoinRoom {
     pub recipient: Recipient<ToSession>,
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct RoomClosed {
-    key: RoomKey,
-    id: u64,
-}
-
-/// An admin operation on a room.
-#[derive(Message)]
-#[rtype(result = "Result<AdminReply, RtcError>")]
-pub struct AdminRequest {
-    /// The room.
-    pub key: RoomKey,
-    /// What to do.
-    pub op: AdminOp,
-}
-
-/// Close every session and stop accepting joins.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
-
 struct RoomEntry {
     id: u64,
     addr: Addr<RoomActor>,
 }
 
-/// Finds or creates rooms.
-pub struct Registry {
+#[derive(Default)]
+struct Rooms {
     rooms: HashMap<RoomKey, RoomEntry>,
-    ctx: RoomContext,
-    arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     next_id: u64,
     closing: bool,
 }
 
+/// Finds or creates rooms. Shared (`Arc`) by every session, the admin API and the rooms
+/// themselves; every operation holds its lock for a map lookup or insert only.
+pub struct Registry {
+    rooms: std::sync::Mutex<Rooms>,
+    ctx: RoomContext,
+    arbiters: Vec<ArbiterHandle>,
+}
+
 impl Registry {
-    /// A registry placing rooms round-robin on `arbiters`.
-    pub fn new(ctx: RoomContext, arbiters: Vec<ArbiterHandle>) -> Registry {
-        Registry {
-            rooms: HashMap::new(),
+    /// A registry placing rooms round-robin on `arbiters`; with none, each room runs on the
+    /// arbiter (thread) of the session that creates it.
+    pub fn new(ctx: RoomContext, arbiters: Vec<ArbiterHandle>) -> Arc<Registry> {
+        Arc::new(Registry {
+            rooms: std::sync::Mutex::new(Rooms {
+                next_id: 1,
+                ..Rooms::default()
+            }),
             ctx,
             arbiters,
-            next_arbiter: 0,
-            next_id: 1,
-            closing: false,
-        }
+        })
     }
 
-    fn create_room(&mut self, key: &RoomKey, mode: Mode, me: Addr<Registry>) -> Addr<RoomActor> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let room = Room::new(key.clone(), mode, self.ctx.limits.clone());
-        let actor_ctx = self.ctx.clone();
-        let make = move |_: &mut Context<RoomActor>| RoomActor {
-            room,
-            id,
-            ctx: actor_ctx,
-            registry: me,
-            sessions: HashMap::new(),
-            pending: HashMap::new(),
-            flush_queued: false,
-            publishers: HashMap::new(),
-            subscriptions: HashMap::new(),
-        };
-        let addr = if self.arbiters.is_empty() {
-            RoomActor::create(make)
-        } else {
-            let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
-            self.next_arbiter += 1;
-            RoomActor::start_in_arbiter(arbiter, make)
-        };
-        self.ctx.metrics.rooms.fetch_add(1, Ordering::Relaxed);
-        self.rooms.insert(
-            key.clone(),
-            RoomEntry {
-                id,
-                addr: addr.clone(),
-            },
-        );
-        addr
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
+        // Nothing panics while holding the lock (map operations and actor spawns only); a
+        // poisoned lock still holds a consistent map.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The room for a join, created if needed (checking the create privilege).
     fn room_for(
-        &mut self,
+        self: &Arc<Self>,
         key: &RoomKey,
         mode: Mode,
         privileges: Option<Privileges>,
-        me: Addr<Registry>,
-    ) -> Result<Addr<RoomActor>, RtcError> {
-        if let Some(e) = self.rooms.get(key) {
-            return Ok(e.addr.clone());
+    ) -> Result<(Addr<RoomActor>, u64), RtcError> {
+        let mut rooms = self.lock();
+        if rooms.closing {
+            return Err(RtcError::new(
+                ErrorCode::JoinRoomFailed,
+                "the server is shutting down",
+            ));
+        }
+        if let Some(e) = rooms.rooms.get(key) {
+            return Ok((e.addr.clone(), e.id));
         }
         if let Some(p) = privileges
             && !p.contains(Privilege::CreateRoom)
@@ -643,116 +667,138 @@ impl Registry {
                 "the room does not exist and the privateMapKey does not grant creating it (bit 1)",
             ));
         }
-        Ok(self.create_room(key, mode, me))
-    }
-}
-
-impl Actor for Registry {
-    type Context = Context<Self>;
-}
-
-impl Handler<JoinRoom> for Registry {
-    type Result = ResponseActFuture<Self, Result<(JoinResult, Addr<RoomActor>), RtcError>>;
-
-    fn handle(&mut self, msg: JoinRoom, ctx: &mut Self::Context) -> Self::Result {
-        if self.closing {
-            return Box::pin(fut::ready(Err(RtcError::new(
-                ErrorCode::JoinRoomFailed,
-                "the server is shutting down",
-            ))));
-        }
-        let me = ctx.address();
-        let addr = match self.room_for(&msg.key, msg.input.mode, msg.input.privileges, me) {
-            Ok(a) => a,
-            Err(e) => return Box::pin(fut::ready(Err(e))),
+        let id = rooms.next_id;
+        rooms.next_id += 1;
+        let room = Room::new(key.clone(), mode, self.ctx.limits.clone());
+        let actor_ctx = self.ctx.clone();
+        let registry = self.clone();
+        let make = move |_: &mut Context<RoomActor>| RoomActor {
+            room,
+            id,
+            ctx: actor_ctx,
+            registry,
+            sessions: SessionMap::default(),
+            dirty: Vec::new(),
+            flush_queued: false,
+            last_flush: None,
+            publishers: HashMap::new(),
+            subscriptions: HashMap::new(),
         };
+        let addr = if self.arbiters.is_empty() {
+            RoomActor::create(make)
+        } else {
+            let arbiter = &self.arbiters[rooms.next_arbiter % self.arbiters.len()];
+            rooms.next_arbiter += 1;
+            RoomActor::start_in_arbiter(arbiter, make)
+        };
+        self.ctx.metrics.rooms.fetch_add(1, Ordering::Relaxed);
+        rooms.rooms.insert(
+            key.clone(),
+            RoomEntry {
+                id,
+                addr: addr.clone(),
+            },
+        );
+        Ok((addr, id))
+    }
+
+    /// Forget room `id` under `key` (it ended); a newer room under the same key stays.
+    fn forget(&self, key: &RoomKey, id: u64) {
+        let mut rooms = self.lock();
+        if rooms.rooms.get(key).is_some_and(|e| e.id == id) {
+            rooms.rooms.remove(key);
+            self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Join a room, creating it if needed. The join goes straight to the room; if the room
+    /// ended between lookup and join, a fresh one is made once.
+    pub async fn join(
+        self: Arc<Self>,
+        msg: JoinRoom,
+    ) -> Result<(Joined, Addr<RoomActor>), RtcError> {
         let JoinRoom {
             key,
             input,
             recipient,
         } = msg;
-        let retry = (input.clone(), recipient.clone());
-        let first = addr.clone().send(RoomJoin { input, recipient });
-        Box::pin(first.into_actor(self).then(move |res, act, ctx| {
-            let outcome: Pin<Box<dyn ActorFuture<Registry, Output = _>>> = match res {
-                Ok(Ok(r)) => Box::pin(fut::ready(Ok((r, addr)))),
-                Ok(Err(JoinFailure::Refused(e))) => Box::pin(fut::ready(Err(e))),
-                Ok(Err(JoinFailure::Gone)) | Err(_) => {
-                    // The room ended between lookup and join: start a fresh one.
-                    if act.rooms.get(&key).is_some_and(|e| e.addr == addr) {
-                        act.rooms.remove(&key);
-                        act.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    let (input, recipient) = retry;
-                    match act.room_for(&key, input.mode, input.privileges, ctx.address()) {
-                        Err(e) => Box::pin(fut::ready(Err(e))),
-                        Ok(new_addr) => Box::pin(
-                            new_addr
-                                .clone()
-                                .send(RoomJoin { input, recipient })
-                                .into_actor(act)
-                                .map(move |res, _, _| match res {
-                                    Ok(Ok(r)) => Ok((r, new_addr)),
-                                    Ok(Err(JoinFailure::Refused(e))) => Err(e),
-                                    _ => Err(RtcError::new(
-                                        ErrorCode::JoinRoomFailed,
-                                        "the room closed while joining; try again",
-                                    )),
-                                }),
-                        ),
-                    }
-                }
+        for _attempt in 0..2 {
+            let (addr, id) = self.room_for(&key, input.mode, input.privileges)?;
+            let join = RoomJoin {
+                input: input.clone(),
+                recipient: recipient.clone(),
             };
-            outcome
-        }))
-    }
-}
-
-impl Handler<RoomClosed> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: RoomClosed, _ctx: &mut Self::Context) {
-        if self.rooms.get(&msg.key).is_some_and(|e| e.id == msg.id) {
-            self.rooms.remove(&msg.key);
-            self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+            match addr.send(join).await {
+                Ok(Ok(r)) => return Ok((r, addr)),
+                Ok(Err(JoinFailure::Refused(e))) => return Err(e),
+                // The room ended between lookup and join: start a fresh one.
+                Ok(Err(JoinFailure::Gone)) | Err(_) => self.forget(&key, id),
+            }
         }
+        Err(RtcError::new(
+            ErrorCode::JoinRoomFailed,
+            "the room closed while joining; try again",
+        ))
     }
-}
 
-impl Handler<AdminRequest> for Registry {
-    type Result = ResponseFuture<Result<AdminReply, RtcError>>;
-
-    fn handle(&mut self, msg: AdminRequest, _ctx: &mut Self::Context) -> Self::Result {
-        let Some(entry) = self.rooms.get(&msg.key) else {
-            let key = msg.key.clone();
-            return Box::pin(async move {
-                Err(RtcError::with_extra(
-                    ErrorCode::InvalidParameter,
-                    extra::ROOM_NOT_EXIST,
-                    format!("room {} does not exist", key.room_id),
-                ))
-            });
+    /// An admin operation on a room.
+    pub async fn admin(&self, key: RoomKey, op: AdminOp) -> Result<AdminReply, RtcError> {
+        let gone = |what: String| {
+            RtcError::with_extra(ErrorCode::InvalidParameter, extra::ROOM_NOT_EXIST, what)
         };
-        let addr = entry.addr.clone();
-        Box::pin(async move {
-            addr.send(msg.op).await.unwrap_or_else(|_| {
-                Err(RtcError::with_extra(
-                    ErrorCode::InvalidParameter,
-                    extra::ROOM_NOT_EXIST,
-                    "the room closed",
-                ))
-            })
-        })
+        let addr = self.lock().rooms.get(&key).map(|e| e.addr.clone());
+        let Some(addr) = addr else {
+            return Err(gone(format!("room {} does not exist", key.room_id)));
+        };
+        addr.send(op)
+            .await
+            .unwrap_or_else(|_| Err(gone("the room closed".into())))
     }
-}
 
-impl Handler<Shutdown> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) {
-        self.closing = true;
-        for e in self.rooms.values() {
+    /// Close every session and stop accepting joins.
+    pub fn shutdown(&self) {
+        let mut rooms = self.lock();
+        rooms.closing = true;
+        for e in rooms.rooms.values() {
             e.addr.do_send(CloseAll);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_at_once_after_a_quiet_spell_else_at_the_end_of_the_window() {
+        let t0 = Instant::now();
+        let w = Duration::from_millis(10);
+        assert_eq!(flush_delay(None, t0, w), Duration::ZERO);
+        assert_eq!(
+            flush_delay(Some(t0), t0 + Duration::from_millis(3), w),
+            Duration::from_millis(7)
+        );
+        assert_eq!(flush_delay(Some(t0), t0 + w, w), Duration::ZERO);
+        assert_eq!(
+            flush_delay(Some(t0), t0 + Duration::from_secs(5), w),
+            Duration::ZERO
+        );
+        assert_eq!(flush_delay(Some(t0), t0, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn session_ids_spread_over_buckets() {
+        use std::hash::BuildHasher;
+        let b = std::hash::BuildHasherDefault::<SessionIdHasher>::default();
+        let mut low: std::collections::HashSet<u64> = Default::default();
+        let mut top: std::collections::HashSet<u64> = Default::default();
+        for id in 1..=1024u64 {
+            let h = b.hash_one(id);
+            low.insert(h & 1023);
+            top.insert(h >> 57);
+        }
+        // Sequential ids fill every low-bit bucket and use all 7-bit tags.
+        assert_eq!(low.len(), 1024);
+        assert_eq!(top.len(), 128);
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
     BanReason, JoinResult, LeaveReason, MediaKind, MemberInfo, ServerEvent, StreamInfo, StreamType,
+    encode,
 };
 use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};
@@ -28,6 +29,10 @@ pub const DEFAULT_MAX_PUBLISHERS: usize = 50;
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(90);
 /// TRTC: a live room whose last member to leave was audience lingers 10 minutes.
 pub const DEFAULT_LIVE_AUDIENCE_LINGER: Duration = Duration::from_secs(600);
+/// Events to one member are coalesced into at most one frame per 10 ms (a quiet room's first
+/// event goes out at once): a burst of 200 joins then costs each member a frame or two, not
+/// 200, and no one notices 10 ms on a peer-join.
+pub const DEFAULT_EVENT_BATCH: Duration = Duration::from_millis(10);
 /// Heartbeat interval clients are told to use.
 pub const HEARTBEAT_INTERVAL_S: u32 = 2;
 
@@ -59,6 +64,9 @@ pub struct RoomLimits {
     pub heartbeat_timeout: Duration,
     /// How long an empty live room whose last leaver was audience waits before dismissal.
     pub live_audience_linger: Duration,
+    /// Events to one member are coalesced into at most one frame per this window (the
+    /// first after a quiet spell goes out at once).
+    pub event_batch: Duration,
 }
 
 impl Default for RoomLimits {
@@ -69,6 +77,7 @@ impl Default for RoomLimits {
             max_publishers: DEFAULT_MAX_PUBLISHERS,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             live_audience_linger: DEFAULT_LIVE_AUDIENCE_LINGER,
+            event_batch: DEFAULT_EVENT_BATCH,
         }
     }
 }
@@ -271,6 +280,52 @@ pub struct Room {
     /// When an empty live room will be dismissed (last leaver was audience).
     dismiss_at: Option<Instant>,
     dismissed: bool,
+    /// The visible members, encoded for the join reply.
+    visible: VisibleJson,
+}
+
+/// The visible members as a join reply lists them (encoded [`MemberInfo`]s joined by commas),
+/// kept incrementally: a join appends one entry; a leave or role change marks the text stale
+/// and the next join rebuilds it. A burst of joins into a big room thus encodes each member
+/// once rather than once per later joiner.
+#[derive(Debug, Default)]
+struct VisibleJson {
+    text: String,
+    stale: bool,
+}
+
+impl VisibleJson {
+    fn push(&mut self, user_id: &UserId, role: Role) {
+        if !self.text.is_empty() {
+            self.text.push(',');
+        }
+        self.text.push_str(&encode(&MemberInfo {
+            user_id: user_id.clone(),
+            role,
+        }));
+    }
+}
+
+/// A successful join: what the reply carries.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The reply, with an empty member list: the members are in `members_json`.
+    pub result: JoinResult,
+    /// The other visible members, pre-encoded for
+    /// [`joined_reply_frame`](rtcroom_protocol::signal::joined_reply_frame).
+    pub members_json: String,
+}
+
+impl Joined {
+    /// The result with its member list decoded (for tests and tools; the server sends
+    /// `members_json` as it is).
+    pub fn decoded(&self) -> JoinResult {
+        let members = serde_json::from_str(&format!("[{}]", self.members_json)).unwrap_or_default();
+        JoinResult {
+            members,
+            ..self.result.clone()
+        }
+    }
 }
 
 impl Room {
@@ -285,6 +340,7 @@ impl Room {
             sessions: HashMap::new(),
             dismiss_at: None,
             dismissed: false,
+            visible: VisibleJson::default(),
         }
     }
 
@@ -373,7 +429,7 @@ impl Room {
     }
 
     /// A member enters. On success, the reply for the joiner and the effects for everyone else.
-    pub fn join(&mut self, input: JoinInput, now: Instant) -> RtcResult<(JoinResult, Vec<Effect>)> {
+    pub fn join(&mut self, input: JoinInput, now: Instant) -> RtcResult<(Joined, Vec<Effect>)> {
         if self.dismissed {
             return Err(RtcError::with_extra(
                 ErrorCode::JoinRoomFailed,
@@ -430,15 +486,16 @@ impl Room {
             ));
         }
         self.dismiss_at = None;
-        let members: Vec<MemberInfo> = self
-            .members
-            .iter()
-            .filter(|(_, m)| self.visible(m.role))
-            .map(|(u, m)| MemberInfo {
-                user_id: u.clone(),
-                role: m.role,
-            })
-            .collect();
+        if self.visible.stale {
+            let mut fresh = VisibleJson::default();
+            for (u, m) in &self.members {
+                if self.visible(m.role) {
+                    fresh.push(u, m.role);
+                }
+            }
+            self.visible = fresh;
+        }
+        let members_json = self.visible.text.clone();
         let streams = self.streams();
         if self.visible(role) {
             effects.push(Effect::Event {
@@ -455,6 +512,9 @@ impl Room {
             reason: 1,
         }));
         self.sessions.insert(input.session, input.user_id.clone());
+        if self.visible(role) {
+            self.visible.push(&input.user_id, role);
+        }
         self.members.insert(
             input.user_id,
             Member {
@@ -469,11 +529,17 @@ impl Room {
         let result = JoinResult {
             room_id: self.key.room_id.clone(),
             role,
-            members,
+            members: Vec::new(),
             streams,
             heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
         };
-        Ok((result, effects))
+        Ok((
+            Joined {
+                result,
+                members_json,
+            },
+            effects,
+        ))
     }
 
     /// Remove a member; `ban` sends it `client-banned` first. `exit_reason` is the webhook's.
@@ -488,6 +554,9 @@ impl Room {
             return Vec::new();
         };
         self.sessions.remove(&member.session);
+        if self.visible(member.role) {
+            self.visible.stale = true;
+        }
         let mut effects = Vec::new();
         if let Some((reason, message)) = ban {
             effects.push(Effect::Remove {
@@ -957,6 +1026,8 @@ impl Room {
             role: Some(role),
             reason: 1,
         }));
+        // Live mode: the member appears in or disappears from the visible list.
+        self.visible.stale = true;
         Ok(effects)
     }
 

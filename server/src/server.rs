@@ -11,7 +11,7 @@ use actix_web_actors::ws;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::registry::{Registry, RoomContext, Shutdown};
+use crate::registry::{Registry, RoomContext};
 use crate::session::{SessionActor, SessionShared};
 use crate::webhook::WebhookActor;
 
@@ -77,7 +77,7 @@ pub async fn run(
         media: Some(media.clone()),
     };
     let handles = room_arbiters.iter().map(|a| a.handle()).collect();
-    let registry = Registry::new(room_ctx, handles).start();
+    let registry = Registry::new(room_ctx, handles);
     let shared = Arc::new(SessionShared {
         config: config.clone(),
         metrics,
@@ -98,6 +98,8 @@ pub async fn run(
             )
     })
     .workers(workers)
+    // Signalling frames are small and latency-bound: no Nagle delay behind an unacked write.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(config.timeouts.shutdown_timeout_s)
     .listen(listener)?
@@ -106,7 +108,7 @@ pub async fn run(
     let server_task = actix_web::rt::spawn(server);
     shutdown.await;
     tracing::info!("shutting down: closing sessions");
-    let _ = registry.send(Shutdown).await;
+    registry.shutdown();
     actix_web::rt::time::sleep(CLOSE_FLUSH).await;
     handle.stop(true).await;
     let _ = server_task.await;

@@ -11,7 +11,7 @@ use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
     ClientEnvelope, ClientMessage, JoinRequest, PROTOCOL_VERSION, Reply, ReplyData, ReplyResult,
-    ServerMessage, decode_client, encode,
+    ServerMessage, decode_client, encode, events_frame, joined_reply_frame,
 };
 use rtcroom_protocol::usersig::{verify_private_map_key, verify_user_sig};
 use rtcroom_protocol::{ErrorCode, RtcError};
@@ -30,7 +30,7 @@ pub struct SessionShared {
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// The room registry.
-    pub registry: Addr<Registry>,
+    pub registry: Arc<Registry>,
 }
 
 /// A token bucket: `rate` per second sustained, `burst` at once. Plain logic, takes `now`.
@@ -222,33 +222,20 @@ impl SessionActor {
                     input,
                     recipient: ctx.address().recipient(),
                 };
-                let fut =
-                    self.shared
-                        .registry
-                        .send(req)
-                        .into_actor(self)
-                        .map(move |res, act, ctx| match res {
-                            Ok(Ok((result, room))) => {
-                                act.state = State::Joined { room };
-                                Metrics::inc(&act.shared.metrics.joins);
-                                act.reply(ctx, id, Ok(Some(ReplyData::Joined(result))));
-                            }
-                            Ok(Err(e)) => {
-                                act.state = State::New;
-                                act.join_failed(ctx, id, e);
-                            }
-                            Err(_) => {
-                                act.join_failed(
-                                    ctx,
-                                    id,
-                                    RtcError::new(
-                                        ErrorCode::JoinRoomFailed,
-                                        "the server is stopping",
-                                    ),
-                                );
-                                act.close(ctx, ws::CloseCode::Away, "server stopping");
-                            }
-                        });
+                let fut = self.shared.registry.clone().join(req).into_actor(self).map(
+                    move |res, act, ctx| match res {
+                        Ok((result, room)) => {
+                            act.state = State::Joined { room };
+                            Metrics::inc(&act.shared.metrics.joins);
+                            Metrics::inc(&act.shared.metrics.messages_out);
+                            ctx.text(joined_reply_frame(id, &result.result, &result.members_json));
+                        }
+                        Err(e) => {
+                            act.state = State::New;
+                            act.join_failed(ctx, id, e);
+                        }
+                    },
+                );
                 ctx.wait(fut);
             }
             (State::New | State::Joining, _) => self.reply(
@@ -337,14 +324,14 @@ impl Handler<ToSession> for SessionActor {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::Frames(frames) => {
-                for text in frames {
-                    ctx.text(text);
+            ToSession::Events(events) => {
+                if let Some(frame) = events_frame(&events) {
+                    ctx.text(frame);
                 }
             }
             ToSession::Close { last, code, reason } => {
-                for text in last {
-                    ctx.text(text);
+                if let Some(frame) = events_frame(&last) {
+                    ctx.text(frame);
                 }
                 // The room already forgot this session: no disconnect notice needed.
                 self.close(ctx, code, reason);

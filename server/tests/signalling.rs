@@ -98,6 +98,31 @@ async fn join_lists_members_and_streams_and_announces() {
 }
 
 #[tokio::test]
+async fn events_piling_up_within_the_batch_window_travel_in_one_frame() {
+    let mut config = config();
+    // A long window so the two joins below surely fall inside it.
+    config.timeouts.event_batch_s = 1.0;
+    let server = start(config);
+    let url = server.ws_url();
+    let (mut a, _) = joined(&url, "a", "707", Mode::Rtc, None).await;
+    let (_b, _) = joined(&url, "b", "707", Mode::Rtc, None).await;
+    // The first event on a quiet room goes out at once, on its own.
+    assert_eq!(a.event().await, ServerEvent::PeerJoin { user_id: uid("b") });
+    assert!(a.batches.is_empty(), "{:?}", a.batches);
+    let (_c, _) = joined(&url, "c", "707", Mode::Rtc, None).await;
+    let (_d, _) = joined(&url, "d", "707", Mode::Rtc, None).await;
+    // The next two wait for the window and arrive together, in order.
+    assert_eq!(a.event().await, ServerEvent::PeerJoin { user_id: uid("c") });
+    assert_eq!(a.event().await, ServerEvent::PeerJoin { user_id: uid("d") });
+    assert_eq!(a.batches, vec![2]);
+    // A late joiner's reply lists everyone (the room's incrementally encoded member list).
+    let (_e, r) = joined(&url, "e", "707", Mode::Rtc, None).await;
+    let mut names: Vec<String> = r.members.iter().map(|m| m.user_id.to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c", "d"]);
+}
+
+#[tokio::test]
 async fn join_rejections_carry_trtc_codes() {
     let mut cfg = config();
     cfg.limits.max_rtc_members = 2;

@@ -34,6 +34,7 @@ fn join(
         },
         now,
     )
+    .map(|(joined, fx)| (joined.decoded(), fx))
 }
 
 /// Events sent, as (recipient, event) pairs.
@@ -446,4 +447,39 @@ fn mode_mismatch_is_refused() {
         )
         .unwrap_err();
     assert_eq!(e.extra_code, Some(-100011));
+}
+
+#[test]
+fn join_member_lists_follow_leaves_kicks_and_role_changes() {
+    let t0 = Instant::now();
+    let names = |res: &JoinResult| {
+        let mut v: Vec<String> = res.members.iter().map(|m| m.user_id.to_string()).collect();
+        v.sort();
+        v
+    };
+    let mut r = room(Mode::Rtc);
+    for (s, u) in [(1, "a"), (2, "b"), (3, "c")] {
+        join(&mut r, s, u, None, t0).unwrap();
+    }
+    r.leave(2, t0);
+    let (res, _) = join(&mut r, 4, "d", None, t0).unwrap();
+    assert_eq!(names(&res), ["a", "c"]);
+    // A duplicate userId replaces the old session: listed once.
+    let (res, _) = join(&mut r, 5, "a", None, t0).unwrap();
+    assert_eq!(names(&res), ["c", "d"]);
+    let (res, _) = join(&mut r, 6, "e", None, t0).unwrap();
+    assert_eq!(names(&res), ["a", "c", "d"]);
+
+    // Live: audience appears when it becomes an anchor and disappears when it stops.
+    let mut r = room(Mode::Live);
+    join(&mut r, 1, "host", Some(Role::Anchor), t0).unwrap();
+    join(&mut r, 2, "viewer", None, t0).unwrap();
+    let (res, _) = join(&mut r, 3, "v3", None, t0).unwrap();
+    assert_eq!(names(&res), ["host"]);
+    r.switch_role(2, Role::Anchor).unwrap();
+    let (res, _) = join(&mut r, 4, "v4", None, t0).unwrap();
+    assert_eq!(names(&res), ["host", "viewer"]);
+    r.switch_role(1, Role::Audience).unwrap();
+    let (res, _) = join(&mut r, 5, "v5", None, t0).unwrap();
+    assert_eq!(names(&res), ["viewer"]);
 }

@@ -69,6 +69,8 @@ pub struct Client {
     next_id: u64,
     events: VecDeque<ServerEvent>,
     replies: VecDeque<Reply>,
+    /// The size of every coalesced `events` frame received, in order.
+    pub batches: Vec<usize>,
     pub closed: Option<Option<CloseFrame>>,
 }
 
@@ -83,6 +85,7 @@ impl Client {
             next_id: 1,
             events: VecDeque::new(),
             replies: VecDeque::new(),
+            batches: Vec::new(),
             closed: None,
         }
     }
@@ -112,6 +115,10 @@ impl Client {
                 match decode_server(t.as_bytes()).expect("server frames decode") {
                     ServerMessage::Reply(r) => self.replies.push_back(r),
                     ServerMessage::Event(e) => self.events.push_back(e),
+                    ServerMessage::Events { events } => {
+                        self.batches.push(events.len());
+                        self.events.extend(events);
+                    }
                     other => panic!("unexpected {other:?}"),
                 }
                 true
