@@ -99,12 +99,9 @@ struct Signal {
 
 impl Signal {
     async fn connect(url: &str) -> anyhow::Result<Signal> {
-        let (ws, _) = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(url),
-        )
-        .await
-        .context("connect timeout")??;
+        let ws = tokio::time::timeout(Duration::from_secs(10), super::ws_connect(url))
+            .await
+            .context("connect timeout")??;
         Ok(Signal { ws, next_id: 1 })
     }
 

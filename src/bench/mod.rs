@@ -23,11 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use futures_util::{SinkExt, StreamExt};
-use rtcroom_protocol::signal::{
-    ClientEnvelope, ClientMessage, JoinRequest, ReplyResult, ServerMessage, decode_server, encode,
-};
+use rtcroom_protocol::signal::{ClientEnvelope, ClientMessage, JoinRequest, encode};
 use rtcroom_protocol::usersig::gen_user_sig;
-use rtcroom_protocol::{Mode, Role, UserId};
+use rtcroom_protocol::{Mode, Role, RtcError, UserId};
 use rtcroom_server::EmbeddedKeyFile;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -404,6 +402,39 @@ struct JoinShared {
     done: tokio::sync::mpsc::Sender<JoinOutcome>,
 }
 
+/// Open a signalling WebSocket the way a lean client would: Nagle off (frames are small and
+/// latency-bound) and a small read buffer (tungstenite's default 128 KiB buffer is zeroed on
+/// every read, which costs the load generator more CPU than the server spends on a join).
+pub(crate) async fn ws_connect(
+    url: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+    Ok(ws)
+}
+
+/// If a server frame is the reply to request `id`: `Some(None)` on success, `Some(Some(e))`
+/// on failure. Only the type, id and error are decoded; the rest is skipped unparsed.
+fn reply_to(frame: &[u8], id: u64) -> Option<Option<RtcError>> {
+    #[derive(serde::Deserialize)]
+    struct Peek<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: &'a str,
+        #[serde(default)]
+        id: Option<u64>,
+        #[serde(default)]
+        error: Option<RtcError>,
+    }
+    match serde_json::from_slice::<Peek>(frame) {
+        Ok(p) if p.kind == "reply" && p.id == Some(id) => Some(p.error),
+        _ => None,
+    }
+}
+
 async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
     let JoinShared {
         go,
@@ -415,9 +446,9 @@ async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
     } = shared;
     let t0 = Instant::now();
     let fail = |code: String| JoinOutcome::Failed { code };
-    let conn = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::connect_async(&url)).await;
+    let conn = tokio::time::timeout(STEP_TIMEOUT, ws_connect(&url)).await;
     let mut ws = match conn {
-        Ok(Ok((ws, _))) => ws,
+        Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             failed.fetch_add(1, Ordering::Relaxed);
             let _ = done.send(fail(format!("connect: {e}"))).await;
@@ -442,32 +473,35 @@ async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
         let _ = done.send(fail("start: timeout".into())).await;
         return;
     }
+    // Encoded before the clock starts: the round trip is from sending the frame.
+    let frame = Message::text(encode(&ClientEnvelope::new(1, ClientMessage::Join(join))));
     let t1 = Instant::now();
-    let frame = encode(&ClientEnvelope::new(1, ClientMessage::Join(join)));
-    if ws.send(Message::text(frame)).await.is_err() {
+    if ws.send(frame).await.is_err() {
         failed.fetch_add(1, Ordering::Relaxed);
         let _ = done.send(fail("send".into())).await;
         return;
     }
     let outcome = tokio::time::timeout(STEP_TIMEOUT, async {
         while let Some(Ok(msg)) = ws.next().await {
-            if let Message::Text(t) = msg
-                && let Ok(ServerMessage::Reply(r)) = decode_server(t.as_bytes())
-                && r.id == 1
-            {
-                return match r.result {
-                    ReplyResult::Ok { .. } => JoinOutcome::Joined {
-                        connect_ms,
-                        join_ms: t1.elapsed().as_secs_f64() * 1e3,
-                    },
-                    ReplyResult::Err { error } => JoinOutcome::Failed {
-                        code: error
-                            .extra_code
-                            .map(|c| c.to_string())
-                            .unwrap_or_else(|| error.code.value().to_string()),
-                    },
-                };
-            }
+            // Events may come first (peer-joins of earlier joiners): peek at the type, id and
+            // error without decoding the rest (the member list of a big room's reply).
+            let Message::Text(t) = msg else { continue };
+            let Some(error) = reply_to(t.as_bytes(), 1) else {
+                continue;
+            };
+            let join_ms = t1.elapsed().as_secs_f64() * 1e3;
+            return match error {
+                None => JoinOutcome::Joined {
+                    connect_ms,
+                    join_ms,
+                },
+                Some(error) => JoinOutcome::Failed {
+                    code: error
+                        .extra_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| error.code.value().to_string()),
+                },
+            };
         }
         JoinOutcome::Failed {
             code: "closed".into(),
