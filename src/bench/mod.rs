@@ -750,6 +750,26 @@ mod tests {
     }
 
     #[test]
+    fn reply_peek_finds_the_reply_and_its_error_only() {
+        let ok = r#"{"type":"reply","v":1,"id":1,"data":{"kind":"joined","members":[{"userId":"a","role":"anchor"}]}}"#;
+        assert!(matches!(reply_to(ok.as_bytes(), 1), Some(None)));
+        assert!(
+            reply_to(ok.as_bytes(), 2).is_none(),
+            "another request's reply"
+        );
+        let err = r#"{"type":"reply","v":1,"id":1,"error":{"code":16388,"extraCode":-102052,"message":"full"}}"#;
+        let e = reply_to(err.as_bytes(), 1).unwrap().unwrap();
+        assert_eq!((e.code.value(), e.extra_code), (16388, Some(-102052)));
+        for other in [
+            r#"{"type":"event","event":"peer-join","userId":"a"}"#,
+            r#"{"type":"events","events":[{"event":"peer-join","userId":"a"}]}"#,
+            "not json",
+        ] {
+            assert!(reply_to(other.as_bytes(), 1).is_none(), "{other}");
+        }
+    }
+
+    #[test]
     fn reads_own_process_accounting() {
         let s = proc_stat(std::process::id()).unwrap();
         assert!(s.rss_bytes > 1_000_000);
