@@ -306,6 +306,9 @@ pub struct LocalPipeline {
     pipeline: gst::Pipeline,
     watch: BusWatch,
     heads: Vec<gst::Element>,
+    /// Stop by sending EOS to the sources (not for files: their decodebin/looping segment
+    /// handling wants it at the branch heads).
+    eos_at_sources: bool,
     keyframes: KeyframeRequester,
     encoder: Option<EncoderKind>,
     counters: Arc<Counters>,
@@ -375,6 +378,7 @@ impl LocalPipeline {
         }
         let watch = BusWatch::spawn(&pipeline, ev_tx, looping)?;
         let this = LocalPipeline {
+            eos_at_sources: !matches!(config.source, SourceKind::File { .. }),
             pipeline,
             watch,
             heads,
@@ -453,9 +457,17 @@ impl LocalPipeline {
             return Ok(());
         }
         self.watch.shutdown(&self.pipeline, STOP_TIMEOUT, || {
-            for head in &self.heads {
-                if let Some(pad) = head.static_pad("sink") {
-                    pad.send_event(gst::event::Eos::new());
+            // Test-pattern, device and app sources get EOS at the source (as `gst-launch-1.0
+            // -e` does): each pushes it from its own streaming thread after its last buffer.
+            // Injecting it into the branch heads from this thread raced their streaming
+            // threads, and a stream sometimes aborted with a flow error (the pipelines'
+            // roundtrip tests failed about 1 run in 6 under load). File sources keep EOS at
+            // the heads, which their looping segment handling needs.
+            if !(self.eos_at_sources && self.pipeline.send_event(gst::event::Eos::new())) {
+                for head in &self.heads {
+                    if let Some(pad) = head.static_pad("sink") {
+                        pad.send_event(gst::event::Eos::new());
+                    }
                 }
             }
         })
