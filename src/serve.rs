@@ -13,8 +13,9 @@ use rtcroom_server::config::{EmbeddedKeyFile, embedded_key_path};
 #[command(
     after_help = "With no --config, runs the embedded default: loopback, one app whose key is \
 kept in the key file (RTCROOM_HOME/embedded.toml, default ~/.rtcroom/embedded.toml) so other \
-commands find it.\n\nExamples:\n  rtcroom serve\n  rtcroom serve --listen 127.0.0.1:0\n  \
-rtcroom serve --config server.toml\n  RTCROOM__TIMEOUTS__HEARTBEAT_TIMEOUT_S=30 rtcroom serve --config server.toml"
+commands find it. RTCROOM__... environment overrides apply in both cases.\n\nExamples:\n  rtcroom serve\n  rtcroom serve --listen 127.0.0.1:0\n  \
+rtcroom serve --config server.toml\n  RTCROOM__TIMEOUTS__HEARTBEAT_TIMEOUT_S=30 rtcroom serve --config server.toml\n  \
+RTCROOM__TIMEOUTS__EVENT_BATCH_S=0 rtcroom serve"
 )]
 pub struct ServeArgs {
     /// TOML configuration file (plus RTCROOM__... environment overrides).
@@ -37,8 +38,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
         },
         None => {
             let path = embedded_key_path();
-            match EmbeddedKeyFile::load_or_create(&path, args.listen.as_deref()) {
-                Ok(k) => (k.server_config(), Some((path, k))),
+            let loaded = EmbeddedKeyFile::load_or_create(&path, args.listen.as_deref())
+                .and_then(|k| Ok((k.server_config().with_env_overrides()?, k)));
+            match loaded {
+                Ok((config, k)) => (config, Some((path, k))),
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(1);

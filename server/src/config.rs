@@ -219,6 +219,31 @@ impl ServerConfig {
         Ok(cfg)
     }
 
+    /// This config with `RTCROOM__…` environment variables laid over it (the embedded
+    /// default honours them as a config file does), validated.
+    pub fn with_env_overrides(self) -> Result<ServerConfig, ConfigError> {
+        self.overlay(Self::environment(None))
+    }
+
+    fn environment(vars: Option<config::Map<String, String>>) -> config::Environment {
+        config::Environment::with_prefix("RTCROOM")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(vars)
+    }
+
+    fn overlay(self, env: config::Environment) -> Result<ServerConfig, ConfigError> {
+        let base = config::Config::try_from(&self)?;
+        let cfg: ServerConfig = config::Config::builder()
+            .add_source(base)
+            .add_source(env)
+            .build()?
+            .try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Check ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.apps.is_empty() {
@@ -419,6 +444,43 @@ key = "abc"
         assert_eq!(cfg.limits.max_rtc_members, 300);
         assert_eq!(cfg.webhook.as_ref().unwrap().key, "abc");
         assert_eq!(cfg.room_limits().heartbeat_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn environment_overrides_lay_over_an_embedded_config() {
+        let mut base = ServerConfig::single_app("127.0.0.1:7900", 1_400_000_000, "k");
+        base.admin.token = Some("t".into());
+        let vars: config::Map<String, String> = [
+            ("RTCROOM__TIMEOUTS__EVENT_BATCH_S", "0.05"),
+            ("RTCROOM__WORKERS", "3"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let cfg = base
+            .clone()
+            .overlay(ServerConfig::environment(Some(vars)))
+            .unwrap();
+        assert_eq!(cfg.timeouts.event_batch_s, 0.05);
+        assert_eq!(cfg.workers, Some(3));
+        // Everything else is the embedded config's.
+        assert_eq!(cfg.apps, base.apps);
+        assert_eq!(cfg.admin.token.as_deref(), Some("t"));
+        assert_eq!(cfg.listen, "127.0.0.1:7900");
+        assert_eq!(cfg.timeouts.join_timeout_s, 5.0);
+        // Overrides are validated like a file's.
+        let bad: config::Map<String, String> = [(
+            "RTCROOM__TIMEOUTS__EVENT_BATCH_S".to_owned(),
+            "5".to_owned(),
+        )]
+        .into_iter()
+        .collect();
+        assert!(
+            base.overlay(ServerConfig::environment(Some(bad)))
+                .unwrap_err()
+                .to_string()
+                .contains("event_batch_s")
+        );
     }
 
     #[test]
