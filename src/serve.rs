@@ -1,6 +1,5 @@
 //! `rtcroom serve`: the room server.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,7 +51,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     if let Some(l) = &args.listen {
         config.listen.clone_from(l);
     }
-    let listener = match TcpListener::bind(&config.listen) {
+    let listener = match rtcroom_server::server::bind(&config.listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", config.listen);

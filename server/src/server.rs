@@ -46,6 +46,44 @@ async fn metrics_route(shared: web::Data<Arc<SessionShared>>) -> HttpResponse {
         .body(shared.metrics.render())
 }
 
+/// Pending connections the signalling listener queues (the kernel caps it at
+/// `net.core.somaxconn`, 4096 on current kernels). std's `TcpListener::bind` uses 128: a burst
+/// of 200 clients connecting at once overflowed it and the rest waited a whole SYN
+/// retransmission (1 s).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Bind the signalling listener on `addr` (port 0 picks a free port) with
+/// [`LISTEN_BACKLOG`]. `addr` may be a host name.
+pub fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        match bind_one(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // As std does: a restarted server can bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Serve on `listener` until `shutdown` resolves, then close every session and stop within
 /// the configured bound. Must run inside an actix `System`.
 pub async fn run(
@@ -158,7 +196,7 @@ impl RunningServer {
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         install_crypto_provider();
-        let listener = TcpListener::bind(&config.listen)?;
+        let listener = bind(&config.listen)?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -230,4 +268,37 @@ pub fn run_until_signal(config: ServerConfig, listener: TcpListener) -> std::io:
         Arc::new(Metrics::default()),
         shutdown_signal(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Connections the kernel completes on `listener` without anyone accepting them (the
+    /// accept queue holds backlog + 1), trying `n` with a short timeout each.
+    fn queued(listener: &TcpListener, n: usize) -> usize {
+        let addr = listener.local_addr().unwrap();
+        let mut open = Vec::new();
+        for _ in 0..n {
+            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
+                open.push(s);
+            }
+        }
+        open.len()
+    }
+
+    #[test]
+    fn the_listener_queues_a_burst_of_connections() {
+        let ours = bind("127.0.0.1:0").unwrap();
+        assert_eq!(
+            queued(&ours, 300),
+            300,
+            "300 clients connecting at once all get in"
+        );
+        // std's default backlog (128) is what this replaces: the queue fills at 129.
+        let std_default = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(queued(&std_default, 140) < 140);
+    }
 }
