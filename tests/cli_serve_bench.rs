@@ -127,6 +127,7 @@ fn bench_join_writes_a_plausible_report() {
             "8",
             "--duration",
             "0.2",
+            "--pin",
             "--json",
         ])
         .arg(&json)
@@ -159,6 +160,24 @@ fn bench_join_writes_a_plausible_report() {
     let rss = r["server_rss_bytes"].as_u64().unwrap();
     assert!(rss > 1_000_000 && rss < 2_000_000_000, "{rss}");
     assert!(r["server_cpu_pct"].as_f64().unwrap() >= 0.0);
+    // --pin: server and generator on disjoint CPUs (where there are two or more).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let split = &r["cpu_split"];
+    if cpus >= 2 {
+        let ids = |k: &str| -> Vec<u64> {
+            split[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect()
+        };
+        let (server, generator) = (ids("server"), ids("generator"));
+        assert!(!server.is_empty() && !generator.is_empty(), "{split}");
+        assert!(server.iter().all(|c| !generator.contains(c)), "{split}");
+    } else {
+        assert!(split.is_null(), "{split}");
+    }
 
     // Bad sizes are refused with a plain message.
     let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))

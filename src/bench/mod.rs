@@ -68,6 +68,11 @@ pub struct CommonArgs {
     /// Write a self-contained HTML report (tables and plots, no network needed) here.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
+    /// Give the embedded server half of this machine's CPUs and the load generator the other
+    /// half (CPU affinity), so the two do not compete for cores: the one-machine stand-in for
+    /// a load generator on its own machine. Needs 2 CPUs or more; not used with --server.
+    #[arg(long)]
+    pin: bool,
 }
 
 /// Write the reports the flags ask for.
@@ -154,9 +159,97 @@ enum Scenario {
     },
 }
 
+impl Scenario {
+    fn common(&self) -> &CommonArgs {
+        match self {
+            Scenario::Meeting { common, .. }
+            | Scenario::AudioRoom { common, .. }
+            | Scenario::Livestream { common, .. }
+            | Scenario::Join { common, .. } => common,
+        }
+    }
+}
+
+/// With `--pin`: the CPUs of the embedded server and of the load generator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuSplit {
+    /// The server's CPUs (the first half, rounded up).
+    pub server: Vec<usize>,
+    /// The load generator's CPUs (the rest).
+    pub generator: Vec<usize>,
+}
+
+impl CpuSplit {
+    /// Split `cpus` (those this process may use) in two; `None` with fewer than two.
+    pub fn of(cpus: &[usize]) -> Option<CpuSplit> {
+        if cpus.len() < 2 {
+            return None;
+        }
+        let half = cpus.len().div_ceil(2);
+        Some(CpuSplit {
+            server: cpus[..half].to_vec(),
+            generator: cpus[half..].to_vec(),
+        })
+    }
+}
+
+static CPU_SPLIT: std::sync::OnceLock<CpuSplit> = std::sync::OnceLock::new();
+
+/// The CPUs this thread may run on (Linux affinity mask).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data (zeroed is the empty set); sched_getaffinity writes at
+    // most size_of::<cpu_set_t>() bytes into it; CPU_ISSET reads it within bounds.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Run the calling thread (and the threads and processes it starts later) on `cpus` only.
+fn pin_current_thread(cpus: &[usize]) {
+    // SAFETY: as in `allowed_cpus`; CPU_SET is only given CPU numbers below CPU_SETSIZE.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        tracing::warn!(?cpus, "could not set CPU affinity");
+    }
+}
+
 /// Run a scenario.
 pub fn run(args: BenchArgs) -> ExitCode {
+    let common = args.scenario.common();
+    if common.pin && common.server.is_none() {
+        match CpuSplit::of(&allowed_cpus()) {
+            Some(split) => {
+                // The main thread starts the embedded server, which inherits its affinity;
+                // `Target::new` moves the main thread to the generator's CPUs right after.
+                pin_current_thread(&split.server);
+                let _ = CPU_SPLIT.set(split);
+            }
+            None => eprintln!("note: --pin needs at least 2 CPUs; running unpinned"),
+        }
+    }
+    let generator_cpus = CPU_SPLIT.get().map(|s| s.generator.clone());
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(generator_cpus.as_ref().map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Vec::len,
+        ))
+        .on_thread_start(move || {
+            if let Some(cpus) = &generator_cpus {
+                pin_current_thread(cpus);
+            }
+        })
         .enable_all()
         .build()
     {
@@ -288,6 +381,9 @@ impl Target {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the embedded server")?;
+        if let Some(split) = CPU_SPLIT.get() {
+            pin_current_thread(&split.generator);
+        }
         let stdout = child.stdout.take().context("server stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -678,6 +774,7 @@ async fn join_scenario(
         "server_rss_bytes_per_member": held.map(|h| h.rss_bytes as f64 / clients as f64),
         "server_packets_forwarded": if target.child.is_some() { json!(0) } else { json!(null) },
         "server": if target.child.is_some() { "embedded (child process)" } else { target.url.as_str() },
+        "cpu_split": CPU_SPLIT.get().map(|s| json!({"server": s.server, "generator": s.generator})),
     });
     let mut report = report;
     report["join_ms_samples"] = json!(join_ms);
@@ -767,6 +864,21 @@ mod tests {
         ] {
             assert!(reply_to(other.as_bytes(), 1).is_none(), "{other}");
         }
+    }
+
+    #[test]
+    fn cpu_split_gives_the_server_the_first_half() {
+        assert_eq!(CpuSplit::of(&[0]), None);
+        assert_eq!(
+            CpuSplit::of(&[0, 1]),
+            Some(CpuSplit {
+                server: vec![0],
+                generator: vec![1]
+            })
+        );
+        let s = CpuSplit::of(&[0, 2, 3, 5, 7]).unwrap();
+        assert_eq!((s.server, s.generator), (vec![0, 2, 3], vec![5, 7]));
+        assert!(!allowed_cpus().is_empty(), "this thread runs somewhere");
     }
 
     #[test]
