@@ -67,6 +67,23 @@ fn joined_reply(id: u64, members: &[&str]) -> Message {
     )
 }
 
+/// Join `c` to room 42 through the fake server, which accepts with an empty member list;
+/// returns the server side of the connection.
+async fn join_accepted(
+    c: &mut TestClient,
+    conns: &mut mpsc::UnboundedReceiver<(Ws, SeenJoin)>,
+) -> Ws {
+    let join = c.join(JoinOptions::new(42u32));
+    let server = async {
+        let (mut ws, seen) = next_conn(conns).await;
+        ws.send(joined_reply(seen.id, &[])).await.unwrap();
+        ws
+    };
+    let (res, ws) = tokio::join!(bounded(join), server);
+    res.unwrap();
+    ws
+}
+
 #[tokio::test]
 async fn hostile_frames_are_ignored_and_never_panic() {
     let (url, mut conns) = fake_server().await;
@@ -113,23 +130,16 @@ async fn hostile_frames_are_ignored_and_never_panic() {
 async fn a_coalesced_events_frame_is_delivered_event_by_event_in_order() {
     let (url, mut conns) = fake_server().await;
     let mut c = TestClient::new(config(&url, "alice", Mode::Rtc));
-    let join = c.join(JoinOptions::new(42u32));
-    let server = async {
-        let (mut ws, seen) = next_conn(&mut conns).await;
-        ws.send(joined_reply(seen.id, &[])).await.unwrap();
-        // What the server sends when several events for one member pile up within its batch
-        // window: one `events` frame.
-        ws.send(Message::text(
-            r#"{"type":"events","events":[{"event":"peer-join","userId":"bob"},
-                {"event":"peer-join","userId":"carol"},
-                {"event":"peer-leave","userId":"bob","reason":0}]}"#,
-        ))
-        .await
-        .unwrap();
-        ws
-    };
-    let (res, _ws) = tokio::join!(bounded(join), server);
-    res.unwrap();
+    let mut ws = join_accepted(&mut c, &mut conns).await;
+    // What the server sends when several events for one member pile up within its batch
+    // window: one `events` frame.
+    ws.send(Message::text(
+        r#"{"type":"events","events":[{"event":"peer-join","userId":"bob"},
+            {"event":"peer-join","userId":"carol"},
+            {"event":"peer-leave","userId":"bob","reason":0}]}"#,
+    ))
+    .await
+    .unwrap();
     let users = |e: &ClientEvent| match e {
         ClientEvent::PeerJoin { user_id } => Some(format!("+{user_id}")),
         ClientEvent::PeerLeave { user_id, .. } => Some(format!("-{user_id}")),
@@ -180,14 +190,7 @@ async fn a_silent_server_is_detected_and_the_client_rejoins_the_same_room_and_ro
 async fn a_refused_rejoin_is_reported_with_the_servers_error() {
     let (url, mut conns) = fake_server().await;
     let mut c = TestClient::new(config(&url, "otto", Mode::Rtc));
-    let join = c.join(JoinOptions::new(42u32));
-    let server = async {
-        let (mut ws, seen) = next_conn(&mut conns).await;
-        ws.send(joined_reply(seen.id, &[])).await.unwrap();
-        ws
-    };
-    let (res, mut ws) = tokio::join!(bounded(join), server);
-    res.unwrap();
+    let mut ws = join_accepted(&mut c, &mut conns).await;
     // Drop the connection; refuse the re-join with an expired UserSig.
     ws.close(None).await.unwrap();
     let (mut ws2, again) = next_conn(&mut conns).await;
@@ -219,14 +222,7 @@ async fn a_refused_rejoin_is_reported_with_the_servers_error() {
 async fn an_oversized_frame_ends_the_connection_and_the_client_reconnects() {
     let (url, mut conns) = fake_server().await;
     let mut c = TestClient::new(config(&url, "olga", Mode::Rtc));
-    let join = c.join(JoinOptions::new(42u32));
-    let server = async {
-        let (mut ws, seen) = next_conn(&mut conns).await;
-        ws.send(joined_reply(seen.id, &[])).await.unwrap();
-        ws
-    };
-    let (res, mut ws) = tokio::join!(bounded(join), server);
-    res.unwrap();
+    let mut ws = join_accepted(&mut c, &mut conns).await;
     // 300 KB: over the engine's 256 KiB cap (the protocol allows 64 KiB).
     let _ = ws.send(Message::text("y".repeat(300_000))).await;
     c.wait_state(ConnectionState::Reconnecting).await;

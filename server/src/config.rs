@@ -208,12 +208,7 @@ impl ServerConfig {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("RTCROOM")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
+        builder = builder.add_source(Self::environment(None));
         let cfg: ServerConfig = builder.build()?.try_deserialize()?;
         cfg.validate()?;
         Ok(cfg)

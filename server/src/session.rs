@@ -107,8 +107,12 @@ impl SessionActor {
     }
 
     fn send(&self, ctx: &mut ws::WebsocketContext<Self>, msg: &ServerMessage) {
+        self.send_text(ctx, encode(msg));
+    }
+
+    fn send_text(&self, ctx: &mut ws::WebsocketContext<Self>, text: String) {
         Metrics::inc(&self.shared.metrics.messages_out);
-        ctx.text(encode(msg));
+        ctx.text(text);
     }
 
     fn reply(
@@ -227,8 +231,8 @@ impl SessionActor {
                         Ok((result, room)) => {
                             act.state = State::Joined { room };
                             Metrics::inc(&act.shared.metrics.joins);
-                            Metrics::inc(&act.shared.metrics.messages_out);
-                            ctx.text(joined_reply_frame(id, &result.result, &result.members_json));
+                            let frame = joined_reply_frame(id, result.result, &result.members_json);
+                            act.send_text(ctx, frame);
                         }
                         Err(e) => {
                             act.state = State::New;

@@ -594,7 +594,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         "server_send_drops": send_drops,
         "server_keyframe_requests_total": keyframe_requests,
         "server": if target.child.is_some() { "embedded (child process)" } else { target.url.as_str() },
-        "cpu_split": super::CPU_SPLIT.get().map(|s| json!({"server": s.server, "generator": s.generator})),
+        "cpu_split": super::CPU_SPLIT.get(),
         "series": series,
         "per_subscription": per_subscription,
     });

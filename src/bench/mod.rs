@@ -171,7 +171,7 @@ impl Scenario {
 }
 
 /// With `--pin`: the CPUs of the embedded server and of the load generator.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CpuSplit {
     /// The server's CPUs (the first half, rounded up).
     pub server: Vec<usize>,
@@ -774,7 +774,7 @@ async fn join_scenario(
         "server_rss_bytes_per_member": held.map(|h| h.rss_bytes as f64 / clients as f64),
         "server_packets_forwarded": if target.child.is_some() { json!(0) } else { json!(null) },
         "server": if target.child.is_some() { "embedded (child process)" } else { target.url.as_str() },
-        "cpu_split": CPU_SPLIT.get().map(|s| json!({"server": s.server, "generator": s.generator})),
+        "cpu_split": CPU_SPLIT.get(),
     });
     let mut report = report;
     report["join_ms_samples"] = json!(join_ms);
