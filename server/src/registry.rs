@@ -1,9 +1,14 @@
-//! `Registry` (one per server, shared by every session) maps (sdkAppId, roomId) to a
-//! `RoomActor` (one per room). Each `RoomActor` drives a [`Room`] state machine and carries out
-//! its [`Effect`]s: events to sessions, removals, webhooks. A session looks its room up in the
-//! registry directly (a short lock, no actor hop) and sends its join straight to the room, so a
-//! join costs one message there and one reply back. Rooms are spread over a pool of arbiters
-//! (threads), or live on the thread of the session that created them.
+//! `Registry` (one per server, shared by every session) maps (sdkAppId, roomId) to a room:
+//! its state ([`RoomCore`]: the [`Room`] state machine, the members' connections, pending
+//! events, media peers) behind a lock, and its `RoomActor`, which owns the room's timers and
+//! carries out members' requests, admin calls and event flushes. Every step applies the
+//! state machine's [`Effect`]s: events to sessions, removals, webhooks, media teardown.
+//!
+//! A join is the one step a session runs itself: it looks the room up (a short registry
+//! lock) and joins under the room's lock on its own thread, so the reply is written without a
+//! message to the room's thread and back. In a burst of joins those two hops between threads
+//! (wake-ups, context switches) were most of a join's cost. Room actors are spread over a
+//! pool of arbiters (threads), or live on the thread of the session that created them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,14 +63,6 @@ pub struct RoomContext {
 
 // ---- room actor ------------------------------------------------------------------------------
 
-/// Join a room (sent by a session through [`Registry::join`]).
-#[derive(Message)]
-#[rtype(result = "Result<Joined, JoinFailure>")]
-struct RoomJoin {
-    input: JoinInput,
-    recipient: Recipient<ToSession>,
-}
-
 /// Why a room refused a join.
 #[derive(Debug)]
 enum JoinFailure {
@@ -119,20 +116,25 @@ pub enum AdminReply {
 #[rtype(result = "()")]
 pub struct CloseAll;
 
-/// Drives one [`Room`].
-pub struct RoomActor {
+/// A room's state: the [`Room`] state machine plus what its driver keeps beside it. Shared by
+/// the room's actor (timers, requests, admin calls, flushes) and the sessions joining it,
+/// which run their join under the lock on their own thread instead of sending it to the
+/// actor and waiting for the answer: a join then costs no hop between threads, which in a
+/// burst of joins was most of a join's cost. Every use holds the lock for one state-machine
+/// step and the handing over of its effects (messages to other actors, never a wait).
+pub struct RoomCore {
     room: Room,
     id: u64,
     ctx: RoomContext,
     registry: Arc<Registry>,
     /// The members' connections, with their events not yet handed over. Events are
-    /// coalesced: a `Flush` runs once the room's mailbox has been worked through and at most
-    /// once per batch window ([`RoomLimits::event_batch`]), so a burst of joins costs each
-    /// session one message and one frame per window, not one per event, while a lone event
-    /// on a quiet room goes out at once.
+    /// coalesced: a flush runs at most once per batch window ([`RoomLimits::event_batch`]),
+    /// so a burst of joins costs each session one message and one frame per window, not one
+    /// per event, while a lone event on a quiet room goes out at once.
     sessions: SessionMap<Connection>,
     /// Sessions with pending events, each once.
     dirty: Vec<SessionId>,
+    /// A flush is scheduled.
     flush_queued: bool,
     /// When the last flush ran.
     last_flush: Option<Instant>,
@@ -140,6 +142,31 @@ pub struct RoomActor {
     publishers: HashMap<(UserId, StreamType), PeerId>,
     /// Media peers of subscriptions: (subscriber session, publisher, stream) → peer.
     subscriptions: HashMap<(SessionId, UserId, StreamType), PeerId>,
+}
+
+/// A room's state behind its lock.
+pub type SharedRoom = Arc<std::sync::Mutex<RoomCore>>;
+
+fn lock_room(core: &SharedRoom) -> std::sync::MutexGuard<'_, RoomCore> {
+    // Nothing panics while holding the lock (state-machine steps return errors, effects are
+    // messages); a poisoned lock still holds a room whose every step completed.
+    core.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the driver of a [`RoomCore::step`] has left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+struct After {
+    /// Schedule a flush after this long (zero: at once).
+    flush_in: Option<Duration>,
+    /// The room is over: stop its actor.
+    stop: bool,
+}
+
+/// Drives one room: its timers, members' requests, admin calls and event flushes. Joins run
+/// on the joining session's thread against the shared [`RoomCore`].
+pub struct RoomActor {
+    core: SharedRoom,
 }
 
 /// A member's connection as its room sees it.
@@ -189,20 +216,37 @@ pub type SessionMap<V> = HashMap<SessionId, V, std::hash::BuildHasherDefault<Ses
 #[rtype(result = "()")]
 struct Flush;
 
+/// Schedule a flush after this long (sent by a join that left events pending).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushIn(Duration);
+
+/// The room ended outside the actor: stop it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Stop;
+
 impl Handler<Flush> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) {
-        self.flush_queued = false;
-        self.last_flush = Some(Instant::now());
-        for s in std::mem::take(&mut self.dirty) {
-            if let Some(c) = self.sessions.get_mut(&s)
-                && !c.pending.is_empty()
-            {
-                c.recipient
-                    .do_send(ToSession::Events(std::mem::take(&mut c.pending)));
-            }
-        }
+        lock_room(&self.core).flush();
+    }
+}
+
+impl Handler<FlushIn> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, FlushIn(delay): FlushIn, ctx: &mut Self::Context) {
+        ctx.notify_later(Flush, delay);
+    }
+}
+
+impl Handler<Stop> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }
 
@@ -215,12 +259,26 @@ pub fn flush_delay(last_flush: Option<Instant>, now: Instant, window: Duration) 
     }
 }
 
-impl RoomActor {
+impl RoomCore {
     fn slot(&self, user: UserId, stream_type: StreamType) -> SlotKey {
         SlotKey {
             room: self.room.key().clone(),
             user,
             stream_type,
+        }
+    }
+
+    /// Hand every pending event to its session.
+    fn flush(&mut self) {
+        self.flush_queued = false;
+        self.last_flush = Some(Instant::now());
+        for s in std::mem::take(&mut self.dirty) {
+            if let Some(c) = self.sessions.get_mut(&s)
+                && !c.pending.is_empty()
+            {
+                c.recipient
+                    .do_send(ToSession::Events(std::mem::take(&mut c.pending)));
+            }
         }
     }
 
@@ -298,39 +356,100 @@ impl RoomActor {
         }
     }
 
-    /// Run `f` on the room, apply its effects, keep the member gauge right, and stop when the
-    /// room is over.
-    fn drive<T>(
-        &mut self,
-        ctx: &mut Context<Self>,
-        f: impl FnOnce(&mut Room) -> (T, Vec<Effect>),
-    ) -> T {
+    /// Run `f` on the room, apply its effects, keep the member gauge right, and close the
+    /// room when it is over; the caller schedules the flush and stops the actor as told.
+    fn step<T>(&mut self, f: impl FnOnce(&mut Room) -> (T, Vec<Effect>)) -> (T, After) {
         let before = self.room.len() as i64;
         let (out, effects) = f(&mut self.room);
         self.apply(effects);
+        let mut after = After {
+            flush_in: None,
+            stop: false,
+        };
         if !self.dirty.is_empty() && !self.flush_queued {
             self.flush_queued = true;
-            let delay = flush_delay(self.last_flush, Instant::now(), self.ctx.limits.event_batch);
-            if delay.is_zero() {
-                ctx.notify(Flush);
-            } else {
-                ctx.notify_later(Flush, delay);
-            }
+            after.flush_in = Some(flush_delay(
+                self.last_flush,
+                Instant::now(),
+                self.ctx.limits.event_batch,
+            ));
         }
-        let after = self.room.len() as i64;
+        let now_len = self.room.len() as i64;
         self.ctx
             .metrics
             .members
-            .fetch_add(after - before, Ordering::Relaxed);
+            .fetch_add(now_len - before, Ordering::Relaxed);
         if self.room.is_dismissed() {
             for (_, c) in self.sessions.drain() {
                 c.close(actix_web_actors::ws::CloseCode::Normal, "room dismissed");
             }
             self.registry.forget(self.room.key(), self.id);
-            ctx.stop();
+            after.stop = true;
         }
-        out
+        (out, after)
     }
+
+    /// Join under the lock, on the joiner's thread. The room's actor is told only what needs
+    /// its timers: a flush later than now, or that the room is over.
+    fn join(
+        &mut self,
+        input: JoinInput,
+        recipient: Recipient<ToSession>,
+        actor: &Addr<RoomActor>,
+    ) -> Result<Joined, JoinFailure> {
+        if self.room.is_dismissed() {
+            return Err(JoinFailure::Gone);
+        }
+        let session = input.session;
+        let now = Instant::now();
+        let (result, after) = self.step(|room| match room.join(input, now) {
+            Ok((res, fx)) => (Ok(res), fx),
+            Err(e) => (Err(e), Vec::new()),
+        });
+        if result.is_ok() {
+            self.sessions.insert(
+                session,
+                Connection {
+                    recipient,
+                    pending: Vec::new(),
+                },
+            );
+        }
+        match after.flush_in {
+            Some(d) if d.is_zero() => self.flush(),
+            Some(d) => actor.do_send(FlushIn(d)),
+            None => {}
+        }
+        if after.stop {
+            actor.do_send(Stop);
+        }
+        result.map_err(JoinFailure::Refused)
+    }
+}
+
+/// Carry out a step's follow-up from inside the room's actor.
+fn follow_up(after: After, ctx: &mut Context<RoomActor>) {
+    match after.flush_in {
+        Some(d) if d.is_zero() => ctx.notify(Flush),
+        Some(d) => {
+            ctx.notify_later(Flush, d);
+        }
+        None => {}
+    }
+    if after.stop {
+        ctx.stop();
+    }
+}
+
+/// [`RoomCore::step`] from inside the room's actor.
+fn drive<T>(
+    core: &mut RoomCore,
+    ctx: &mut Context<RoomActor>,
+    f: impl FnOnce(&mut Room) -> (T, Vec<Effect>),
+) -> T {
+    let (out, after) = core.step(f);
+    follow_up(after, ctx);
+    out
 }
 
 fn ban_close_reason(reason: BanReason) -> &'static str {
@@ -346,44 +465,17 @@ impl Actor for RoomActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let created = self.room.created();
-        self.apply(vec![created]);
         // Tick often enough that eviction happens within a quarter of the timeout (≤ 1 s).
-        let every = (self.ctx.limits.heartbeat_timeout / 4)
+        let every = (lock_room(&self.core).ctx.limits.heartbeat_timeout / 4)
             .clamp(Duration::from_millis(20), Duration::from_secs(1));
         ctx.run_interval(every, |act, ctx| {
+            let core = act.core.clone();
+            let mut core = lock_room(&core);
+            // Read the clock under the lock: joins on other threads step the same room, and
+            // the state machine sees time move forward only.
             let now = Instant::now();
-            act.drive(ctx, |room| ((), room.tick(now)));
+            drive(&mut core, ctx, |room| ((), room.tick(now)));
         });
-    }
-}
-
-impl Handler<RoomJoin> for RoomActor {
-    type Result = Result<Joined, JoinFailure>;
-
-    fn handle(&mut self, msg: RoomJoin, ctx: &mut Self::Context) -> Self::Result {
-        if self.room.is_dismissed() {
-            return Err(JoinFailure::Gone);
-        }
-        let session = msg.input.session;
-        let now = Instant::now();
-        let result = self.drive(ctx, |room| match room.join(msg.input, now) {
-            Ok((res, fx)) => (Ok(res), fx),
-            Err(e) => (Err(e), Vec::new()),
-        });
-        match result {
-            Ok(res) => {
-                self.sessions.insert(
-                    session,
-                    Connection {
-                        recipient: msg.recipient,
-                        pending: Vec::new(),
-                    },
-                );
-                Ok(res)
-            }
-            Err(e) => Err(JoinFailure::Refused(e)),
-        }
     }
 }
 
@@ -398,15 +490,18 @@ impl Handler<RoomRequest> for RoomActor {
     type Result = ActorResponse<Self, RequestResult>;
 
     fn handle(&mut self, msg: RoomRequest, ctx: &mut Self::Context) -> Self::Result {
+        let shared = self.core.clone();
+        let mut guard = lock_room(&shared);
+        let core = &mut *guard;
         let s = msg.session;
         let now = Instant::now();
-        let Some(me) = self.room.user_of(s).cloned() else {
+        let Some(me) = core.room.user_of(s).cloned() else {
             return ready(Err(RtcError::invalid_operation(
                 Some(extra::NOT_ENTERED_ROOM),
                 "not in the room (removed or timed out)",
             )));
         };
-        self.room.heartbeat(s, now);
+        core.room.heartbeat(s, now);
         let none = |r: Result<Vec<Effect>, RtcError>| match r {
             Ok(fx) => (Ok(None), fx),
             Err(e) => (Err(e), Vec::new()),
@@ -415,8 +510,8 @@ impl Handler<RoomRequest> for RoomActor {
             ClientMessage::Heartbeat => ready(Ok(None)),
             ClientMessage::GetStats => {
                 let mut stats = MemberStats::default();
-                if let Some(media) = &self.ctx.media {
-                    for ((user, st), peer) in &self.publishers {
+                if let Some(media) = &core.ctx.media {
+                    for ((user, st), peer) in &core.publishers {
                         if *user == me
                             && let Some(mut l) = media.link_stats(*peer)
                         {
@@ -424,7 +519,7 @@ impl Handler<RoomRequest> for RoomActor {
                             stats.uplinks.push(l);
                         }
                     }
-                    for ((session, user, st), peer) in &self.subscriptions {
+                    for ((session, user, st), peer) in &core.subscriptions {
                         if *session == s
                             && let Some(mut l) = media.link_stats(*peer)
                         {
@@ -436,27 +531,30 @@ impl Handler<RoomRequest> for RoomActor {
                 ready(Ok(Some(ReplyData::Stats(stats))))
             }
             ClientMessage::Leave => {
-                self.sessions.remove(&s);
-                ready(self.drive(ctx, |room| (Ok(None), room.leave(s, now))))
+                core.sessions.remove(&s);
+                ready(drive(core, ctx, |room| (Ok(None), room.leave(s, now))))
             }
             ClientMessage::Publish(p) => {
                 let (st, a, v) = (p.stream_type, p.has_audio, p.has_video);
-                let (Some(sdp), Some(media)) = (p.sdp, self.ctx.media.clone()) else {
+                let (Some(sdp), Some(media)) = (p.sdp, core.ctx.media.clone()) else {
                     // Signalling only (no offer): announce the stream.
-                    return ready(self.drive(ctx, |room| none(room.publish(s, st, a, v))));
+                    return ready(drive(core, ctx, |room| none(room.publish(s, st, a, v))));
                 };
-                if let Err(e) = self.room.check_publish(s, st, a, v) {
+                if let Err(e) = core.room.check_publish(s, st, a, v) {
                     return ready(Err(e));
                 }
-                let slot = self.slot(me.clone(), st);
+                let slot = core.slot(me.clone(), st);
+                drop(guard);
                 let fut = async move { (media.publish(slot.clone(), &sdp).await, slot, media) };
                 ActorResponse::r#async(fut.into_actor(self).map(
                     move |(res, slot, media), act, ctx| {
                         let (peer, answer) = res?;
+                        let shared = act.core.clone();
+                        let mut core = lock_room(&shared);
                         // Commit now that the media is up; the member may have left meanwhile.
-                        match act.drive(ctx, |room| none(room.publish(s, st, a, v))) {
+                        match drive(&mut core, ctx, |room| none(room.publish(s, st, a, v))) {
                             Ok(_) => {
-                                act.publishers.insert((me, st), peer);
+                                core.publishers.insert((me, st), peer);
                                 Ok(Some(ReplyData::Answer { sdp: answer }))
                             }
                             Err(e) => {
@@ -467,34 +565,36 @@ impl Handler<RoomRequest> for RoomActor {
                     },
                 ))
             }
-            ClientMessage::Unpublish { stream_type } => {
-                ready(self.drive(ctx, |room| none(room.unpublish(s, stream_type))))
-            }
+            ClientMessage::Unpublish { stream_type } => ready(drive(core, ctx, |room| {
+                none(room.unpublish(s, stream_type))
+            })),
             ClientMessage::Mute {
                 stream_type,
                 kind,
                 muted,
             } => {
-                let r = self.drive(ctx, |room| none(room.mute(s, stream_type, kind, muted)));
+                let r = drive(core, ctx, |room| {
+                    none(room.mute(s, stream_type, kind, muted))
+                });
                 if r.is_ok()
-                    && let Some(media) = &self.ctx.media
+                    && let Some(media) = &core.ctx.media
                 {
-                    media.set_muted(&self.slot(me, stream_type), kind, muted);
+                    media.set_muted(&core.slot(me, stream_type), kind, muted);
                 }
                 ready(r)
             }
             ClientMessage::SwitchRole { role } => {
-                ready(self.drive(ctx, |room| none(room.switch_role(s, role))))
+                ready(drive(core, ctx, |room| none(room.switch_role(s, role))))
             }
             ClientMessage::Subscribe(sub) => {
                 let (user, st) = (sub.user_id.clone(), sub.stream_type);
-                if let Err(e) = self
+                if let Err(e) = core
                     .room
                     .check_subscribe(s, &user, st, sub.audio, sub.video)
                 {
                     return ready(Err(e));
                 }
-                let Some(media) = self.ctx.media.clone() else {
+                let Some(media) = core.ctx.media.clone() else {
                     return ready(Err(RtcError::new(
                         ErrorCode::NotSupported,
                         "this server runs without the media plane",
@@ -506,19 +606,22 @@ impl Handler<RoomRequest> for RoomActor {
                         "subscribe needs an SDP offer (sdp) with recvonly audio/video",
                     )));
                 };
-                let slot = self.slot(user.clone(), st);
+                let slot = core.slot(user.clone(), st);
                 let (a, v) = (sub.audio, sub.video);
+                drop(guard);
                 let fut = async move { (media.subscribe(slot, a, v, &sdp).await, media) };
                 ActorResponse::r#async(fut.into_actor(self).map(move |(res, media), act, _ctx| {
                     let (peer, answer) = res?;
-                    if act.room.user_of(s).is_none() {
+                    let shared = act.core.clone();
+                    let mut core = lock_room(&shared);
+                    if core.room.user_of(s).is_none() {
                         media.unsubscribe(peer);
                         return Err(RtcError::invalid_operation(
                             Some(extra::NOT_ENTERED_ROOM),
                             "left the room while subscribing",
                         ));
                     }
-                    if let Some(old) = act.subscriptions.insert((s, user, st), peer) {
+                    if let Some(old) = core.subscriptions.insert((s, user, st), peer) {
                         media.unsubscribe(old);
                     }
                     Ok(Some(ReplyData::Answer { sdp: answer }))
@@ -527,9 +630,9 @@ impl Handler<RoomRequest> for RoomActor {
             ClientMessage::Unsubscribe {
                 user_id,
                 stream_type,
-            } => match self.subscriptions.remove(&(s, user_id, stream_type)) {
+            } => match core.subscriptions.remove(&(s, user_id, stream_type)) {
                 Some(peer) => {
-                    if let Some(media) = &self.ctx.media {
+                    if let Some(media) = &core.ctx.media {
                         media.unsubscribe(peer);
                     }
                     ready(Ok(None))
@@ -555,8 +658,9 @@ impl Handler<RoomDisconnected> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: RoomDisconnected, _ctx: &mut Self::Context) {
-        self.sessions.remove(&msg.session);
-        self.room.disconnected(msg.session);
+        let mut core = lock_room(&self.core);
+        core.sessions.remove(&msg.session);
+        core.room.disconnected(msg.session);
     }
 }
 
@@ -564,11 +668,15 @@ impl Handler<AdminOp> for RoomActor {
     type Result = Result<AdminReply, RtcError>;
 
     fn handle(&mut self, msg: AdminOp, ctx: &mut Self::Context) -> Self::Result {
+        let shared = self.core.clone();
+        let mut core = lock_room(&shared);
         let now = Instant::now();
         match msg {
-            AdminOp::Describe => Ok(AdminReply::Info(self.room.describe())),
-            AdminOp::Dismiss => self.drive(ctx, |room| (Ok(AdminReply::Done), room.dismiss())),
-            AdminOp::Remove(users) => self.drive(ctx, |room| {
+            AdminOp::Describe => Ok(AdminReply::Info(core.room.describe())),
+            AdminOp::Dismiss => drive(&mut core, ctx, |room| {
+                (Ok(AdminReply::Done), room.dismiss())
+            }),
+            AdminOp::Remove(users) => drive(&mut core, ctx, |room| {
                 (Ok(AdminReply::Done), room.remove_users(&users, now))
             }),
         }
@@ -579,7 +687,7 @@ impl Handler<CloseAll> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: CloseAll, _ctx: &mut Self::Context) {
-        for (_, c) in self.sessions.drain() {
+        for (_, c) in lock_room(&self.core).sessions.drain() {
             c.close(
                 actix_web_actors::ws::CloseCode::Away,
                 "server shutting down",
@@ -603,6 +711,7 @@ pub struct JoinRoom {
 struct RoomEntry {
     id: u64,
     addr: Addr<RoomActor>,
+    core: SharedRoom,
 }
 
 #[derive(Default)]
@@ -622,8 +731,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry placing rooms round-robin on `arbiters`; with none, each room runs on the
-    /// arbiter (thread) of the session that creates it.
+    /// A registry placing rooms' actors round-robin on `arbiters`; with none, each room's
+    /// actor runs on the arbiter (thread) of the session that creates it.
     pub fn new(ctx: RoomContext, arbiters: Vec<ArbiterHandle>) -> Arc<Registry> {
         Arc::new(Registry {
             rooms: std::sync::Mutex::new(Rooms {
@@ -641,13 +750,15 @@ impl Registry {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The room for a join, created if needed (checking the create privilege).
+    /// The room for a join, created if needed (checking the create privilege). Lock order:
+    /// a room's lock may be held while taking the registry's (a dismissed room forgets
+    /// itself), never the other way round, so nothing here locks a room.
     fn room_for(
         self: &Arc<Self>,
         key: &RoomKey,
         mode: Mode,
         privileges: Option<Privileges>,
-    ) -> Result<(Addr<RoomActor>, u64), RtcError> {
+    ) -> Result<(Addr<RoomActor>, SharedRoom, u64), RtcError> {
         let mut rooms = self.lock();
         if rooms.closing {
             return Err(RtcError::new(
@@ -656,7 +767,7 @@ impl Registry {
             ));
         }
         if let Some(e) = rooms.rooms.get(key) {
-            return Ok((e.addr.clone(), e.id));
+            return Ok((e.addr.clone(), e.core.clone(), e.id));
         }
         if let Some(p) = privileges
             && !p.contains(Privilege::CreateRoom)
@@ -670,13 +781,12 @@ impl Registry {
         let id = rooms.next_id;
         rooms.next_id += 1;
         let room = Room::new(key.clone(), mode, self.ctx.limits.clone());
-        let actor_ctx = self.ctx.clone();
-        let registry = self.clone();
-        let make = move |_: &mut Context<RoomActor>| RoomActor {
+        let created = room.created();
+        let mut core = RoomCore {
             room,
             id,
-            ctx: actor_ctx,
-            registry,
+            ctx: self.ctx.clone(),
+            registry: self.clone(),
             sessions: SessionMap::default(),
             dirty: Vec::new(),
             flush_queued: false,
@@ -684,6 +794,11 @@ impl Registry {
             publishers: HashMap::new(),
             subscriptions: HashMap::new(),
         };
+        // Before the first join is applied, so the room-created webhook goes out first.
+        core.apply(vec![created]);
+        let core: SharedRoom = Arc::new(std::sync::Mutex::new(core));
+        let actor_core = core.clone();
+        let make = move |_: &mut Context<RoomActor>| RoomActor { core: actor_core };
         let addr = if self.arbiters.is_empty() {
             RoomActor::create(make)
         } else {
@@ -697,9 +812,10 @@ impl Registry {
             RoomEntry {
                 id,
                 addr: addr.clone(),
+                core: core.clone(),
             },
         );
-        Ok((addr, id))
+        Ok((addr, core, id))
     }
 
     /// Forget room `id` under `key` (it ended); a newer room under the same key stays.
@@ -711,28 +827,23 @@ impl Registry {
         }
     }
 
-    /// Join a room, creating it if needed. The join goes straight to the room; if the room
-    /// ended between lookup and join, a fresh one is made once.
-    pub async fn join(
-        self: Arc<Self>,
-        msg: JoinRoom,
-    ) -> Result<(Joined, Addr<RoomActor>), RtcError> {
+    /// Join a room, creating it if needed. The join runs right here, on the caller's thread,
+    /// under the room's lock (no message to the room's actor and no wait for its answer); if
+    /// the room ended between lookup and join, a fresh one is made once.
+    pub fn join(self: &Arc<Self>, msg: JoinRoom) -> Result<(Joined, Addr<RoomActor>), RtcError> {
         let JoinRoom {
             key,
             input,
             recipient,
         } = msg;
         for _attempt in 0..2 {
-            let (addr, id) = self.room_for(&key, input.mode, input.privileges)?;
-            let join = RoomJoin {
-                input: input.clone(),
-                recipient: recipient.clone(),
-            };
-            match addr.send(join).await {
-                Ok(Ok(r)) => return Ok((r, addr)),
-                Ok(Err(JoinFailure::Refused(e))) => return Err(e),
+            let (addr, core, id) = self.room_for(&key, input.mode, input.privileges)?;
+            let joined = lock_room(&core).join(input.clone(), recipient.clone(), &addr);
+            match joined {
+                Ok(r) => return Ok((r, addr)),
+                Err(JoinFailure::Refused(e)) => return Err(e),
                 // The room ended between lookup and join: start a fresh one.
-                Ok(Err(JoinFailure::Gone)) | Err(_) => self.forget(&key, id),
+                Err(JoinFailure::Gone) => self.forget(&key, id),
             }
         }
         Err(RtcError::new(

@@ -70,8 +70,6 @@ impl TokenBucket {
 enum State {
     /// Waiting for the join.
     New,
-    /// A join is being processed.
-    Joining,
     /// In a room.
     Joined { room: Addr<RoomActor> },
     /// Left, kicked or closing.
@@ -220,29 +218,24 @@ impl SessionActor {
                     Ok(v) => v,
                     Err(e) => return self.join_failed(ctx, id, e),
                 };
-                self.state = State::Joining;
+                // The join runs to completion here (no await): nothing else of this session
+                // is handled before its reply is written.
                 let req = JoinRoom {
                     key,
                     input,
                     recipient: ctx.address().recipient(),
                 };
-                let fut = self.shared.registry.clone().join(req).into_actor(self).map(
-                    move |res, act, ctx| match res {
-                        Ok((result, room)) => {
-                            act.state = State::Joined { room };
-                            Metrics::inc(&act.shared.metrics.joins);
-                            let frame = joined_reply_frame(id, result.result, &result.members_json);
-                            act.send_text(ctx, frame);
-                        }
-                        Err(e) => {
-                            act.state = State::New;
-                            act.join_failed(ctx, id, e);
-                        }
-                    },
-                );
-                ctx.wait(fut);
+                match self.shared.registry.join(req) {
+                    Ok((result, room)) => {
+                        self.state = State::Joined { room };
+                        Metrics::inc(&self.shared.metrics.joins);
+                        let frame = joined_reply_frame(id, result.result, &result.members_json);
+                        self.send_text(ctx, frame);
+                    }
+                    Err(e) => self.join_failed(ctx, id, e),
+                }
             }
-            (State::New | State::Joining, _) => self.reply(
+            (State::New, _) => self.reply(
                 ctx,
                 id,
                 Err(RtcError::invalid_operation(
@@ -295,7 +288,7 @@ impl Actor for SessionActor {
             .fetch_add(1, Ordering::Relaxed);
         let timeout = Duration::from_secs_f64(self.shared.config.timeouts.join_timeout_s);
         ctx.run_later(timeout, move |act, ctx| {
-            if matches!(act.state, State::New | State::Joining) {
+            if matches!(act.state, State::New) {
                 act.join_failed(
                     ctx,
                     0,

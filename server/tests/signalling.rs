@@ -122,6 +122,80 @@ async fn events_piling_up_within_the_batch_window_travel_in_one_frame() {
     assert_eq!(names, ["a", "b", "c", "d"]);
 }
 
+/// Joins run on the joining session's own thread under the room's lock, from several HTTP
+/// workers at once: they must still come out as if one at a time. For every pair of members
+/// exactly one learns of the other from its join reply and the other from a `peer-join`, and
+/// nobody hears of anyone twice.
+#[tokio::test]
+async fn concurrent_joins_each_learn_of_every_other_member_exactly_once() {
+    const N: usize = 40;
+    let mut cfg = config();
+    cfg.workers = Some(4);
+    let server = start(cfg);
+    let url = server.ws_url();
+    let names: Vec<String> = (0..N).map(|i| format!("u{i}")).collect();
+    let mut clients = Vec::new();
+    for _ in &names {
+        clients.push(Client::connect(&url).await);
+    }
+    // All connected; now every join goes out before any reply is read.
+    let mut ids = Vec::new();
+    for (c, name) in clients.iter_mut().zip(&names) {
+        ids.push(
+            c.send(ClientMessage::Join(join_req(name, "808", Mode::Rtc, None)))
+                .await,
+        );
+    }
+    let mut listed: Vec<std::collections::BTreeSet<String>> = Vec::new();
+    for (c, id) in clients.iter_mut().zip(&ids) {
+        let reply = c.reply(*id).await;
+        let ReplyResult::Ok {
+            data: Some(rtcroom_protocol::signal::ReplyData::Joined(r)),
+        } = reply.result
+        else {
+            panic!("join refused: {reply:?}");
+        };
+        listed.push(r.members.iter().map(|m| m.user_id.to_string()).collect());
+    }
+    for i in 0..N {
+        assert!(!listed[i].contains(&names[i]), "{} lists itself", names[i]);
+        for j in i + 1..N {
+            let (i_knows_j, j_knows_i) =
+                (listed[i].contains(&names[j]), listed[j].contains(&names[i]));
+            assert!(
+                i_knows_j != j_knows_i,
+                "{} and {}: exactly one joined first (listed {i_knows_j}/{j_knows_i})",
+                names[i],
+                names[j]
+            );
+        }
+    }
+    // Everyone not in a member's reply is announced to it, once, and nothing else is.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut heard = std::collections::BTreeSet::new();
+        while heard.len() + listed[i].len() < N - 1 {
+            match c.event().await {
+                ServerEvent::PeerJoin { user_id } => {
+                    let u = user_id.to_string();
+                    assert!(
+                        !listed[i].contains(&u),
+                        "{}: {u} listed and announced",
+                        names[i]
+                    );
+                    assert!(heard.insert(u.clone()), "{}: {u} announced twice", names[i]);
+                }
+                other => panic!("{}: unexpected {other:?}", names[i]),
+            }
+        }
+    }
+    // A last joiner is the very next event everyone sees: no duplicate was still on its way.
+    let (_z, r) = joined(&url, "z", "808", Mode::Rtc, None).await;
+    assert_eq!(r.members.len(), N);
+    for c in &mut clients {
+        assert_eq!(c.event().await, ServerEvent::PeerJoin { user_id: uid("z") });
+    }
+}
+
 #[tokio::test]
 async fn join_rejections_carry_trtc_codes() {
     let mut cfg = config();
