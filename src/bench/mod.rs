@@ -495,7 +495,43 @@ struct JoinShared {
     /// Notified when clients should leave.
     release: Arc<tokio::sync::Notify>,
     /// Where each client reports its outcome.
-    done: tokio::sync::mpsc::Sender<JoinOutcome>,
+    done: Arc<Outcomes>,
+}
+
+/// Where clients leave their outcomes, with one wake-up for the driver when the last is in.
+/// A message per client would wake the driver's thread once per join in the middle of a
+/// burst, on the cores the server under test needs.
+struct Outcomes {
+    list: std::sync::Mutex<Vec<JoinOutcome>>,
+    expected: usize,
+    all_in: tokio::sync::Notify,
+}
+
+impl Outcomes {
+    fn new(expected: usize) -> Outcomes {
+        Outcomes {
+            list: std::sync::Mutex::new(Vec::with_capacity(expected)),
+            expected,
+            all_in: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<JoinOutcome>> {
+        // A push cannot panic halfway: a poisoned list is still whole.
+        self.list.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, outcome: JoinOutcome) {
+        let mut list = self.lock();
+        list.push(outcome);
+        if list.len() == self.expected {
+            self.all_in.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<JoinOutcome> {
+        std::mem::take(&mut *self.lock())
+    }
 }
 
 /// Open a signalling WebSocket the way a lean client would: Nagle off (frames are small and
@@ -547,12 +583,12 @@ async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             failed.fetch_add(1, Ordering::Relaxed);
-            let _ = done.send(fail(format!("connect: {e}"))).await;
+            done.push(fail(format!("connect: {e}")));
             return;
         }
         Err(_) => {
             failed.fetch_add(1, Ordering::Relaxed);
-            let _ = done.send(fail("connect: timeout".into())).await;
+            done.push(fail("connect: timeout".into()));
             return;
         }
     };
@@ -566,7 +602,7 @@ async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
         .is_err()
     {
         failed.fetch_add(1, Ordering::Relaxed);
-        let _ = done.send(fail("start: timeout".into())).await;
+        done.push(fail("start: timeout".into()));
         return;
     }
     // Encoded before the clock starts: the round trip is from sending the frame.
@@ -574,7 +610,7 @@ async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
     let t1 = Instant::now();
     if ws.send(frame).await.is_err() {
         failed.fetch_add(1, Ordering::Relaxed);
-        let _ = done.send(fail("send".into())).await;
+        done.push(fail("send".into()));
         return;
     }
     let outcome = tokio::time::timeout(STEP_TIMEOUT, async {
@@ -613,7 +649,7 @@ async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
     } else {
         failed.fetch_add(1, Ordering::Relaxed);
     }
-    let _ = done.send(outcome).await;
+    done.push(outcome);
     if ok {
         // Hold the membership (answering the server, draining events) until released.
         let released = release.notified();
@@ -662,7 +698,7 @@ async fn join_scenario(
     let joined = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let connected = Arc::new(AtomicUsize::new(0));
-    let (tx, mut rx) = tokio::sync::mpsc::channel(clients);
+    let done = Arc::new(Outcomes::new(clients));
     let (go_tx, go_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(clients);
     // With --rate, each client starts (connects and joins) on its own schedule; without,
@@ -685,11 +721,10 @@ async fn join_scenario(
             joined: joined.clone(),
             failed: failed.clone(),
             release: release.clone(),
-            done: tx.clone(),
+            done: done.clone(),
         };
         tasks.push(tokio::spawn(one_client(target.url.clone(), join, shared)));
     }
-    drop(tx);
     if !paced {
         let deadline = Instant::now() + STEP_TIMEOUT;
         let mut tick = tokio::time::interval(Duration::from_millis(5));
@@ -700,25 +735,29 @@ async fn join_scenario(
         }
         let _ = go_tx.send(true);
     }
-    let mut outcomes = Vec::with_capacity(clients);
     let mut progress = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            o = rx.recv() => match o {
-                Some(o) => outcomes.push(o),
-                None => break,
-            },
-            _ = progress.tick() => eprint!(
-                "\rjoin: {}/{clients} joined, {} failed, {:.1} s   ",
-                joined.load(Ordering::Relaxed),
-                failed.load(Ordering::Relaxed),
-                started.elapsed().as_secs_f64()
-            ),
-        }
-        if outcomes.len() == clients {
-            break;
+            _ = done.all_in.notified() => break,
+            _ = progress.tick() => {
+                eprint!(
+                    "\rjoin: {}/{clients} joined, {} failed, {:.1} s   ",
+                    joined.load(Ordering::Relaxed),
+                    failed.load(Ordering::Relaxed),
+                    started.elapsed().as_secs_f64()
+                );
+                // Every client reports before it ends; one that ended without (a panic)
+                // must not hang the run.
+                if tasks.iter().all(|t| t.is_finished()) {
+                    break;
+                }
+            }
         }
     }
+    let mut outcomes = done.take();
+    outcomes.resize_with(clients, || JoinOutcome::Failed {
+        code: "no outcome".into(),
+    });
     eprintln!();
     let all_joined_at = started.elapsed();
     // Hold the room full, then sample the server.
