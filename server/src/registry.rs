@@ -132,6 +132,11 @@ pub struct RoomCore {
     /// so a burst of joins costs each session one message and one frame per window, not one
     /// per event, while a lone event on a quiet room goes out at once.
     sessions: SessionMap<Connection>,
+    /// Events not yet handed to their recipients' `pending` lists, oldest first. A join into
+    /// a room of N members raises an event for N others; queuing it once here keeps that
+    /// O(N) fan-out out of the join (which holds the room's lock while other sessions' joins
+    /// wait) and does it at the next flush instead.
+    log: Vec<(ByteString, Vec<SessionId>)>,
     /// Sessions with pending events, each once.
     dirty: Vec<SessionId>,
     /// A flush is scheduled.
@@ -268,8 +273,23 @@ impl RoomCore {
         }
     }
 
+    /// Move the logged events into their recipients' `pending` lists.
+    fn distribute(&mut self) {
+        for (text, to) in std::mem::take(&mut self.log) {
+            for s in &to {
+                if let Some(c) = self.sessions.get_mut(s) {
+                    if c.pending.is_empty() {
+                        self.dirty.push(*s);
+                    }
+                    c.pending.push(text.clone());
+                }
+            }
+        }
+    }
+
     /// Hand every pending event to its session.
     fn flush(&mut self) {
+        self.distribute();
         self.flush_queued = false;
         self.last_flush = Some(Instant::now());
         for s in std::mem::take(&mut self.dirty) {
@@ -289,19 +309,11 @@ impl RoomCore {
                     if to.is_empty() {
                         continue;
                     }
-                    let text = ByteString::from(encode(&event));
-                    for s in &to {
-                        if let Some(c) = self.sessions.get_mut(s) {
-                            if c.pending.is_empty() {
-                                self.dirty.push(*s);
-                            }
-                            c.pending.push(text.clone());
-                        }
-                    }
                     self.ctx
                         .metrics
                         .messages_out
                         .fetch_add(to.len() as u64, Ordering::Relaxed);
+                    self.log.push((ByteString::from(encode(&event)), to));
                 }
                 Effect::Remove {
                     session,
@@ -309,6 +321,7 @@ impl RoomCore {
                     message,
                 } => {
                     Metrics::inc(&self.ctx.metrics.kicks);
+                    self.distribute();
                     if let Some(mut c) = self.sessions.remove(&session) {
                         let text = encode(&ServerEvent::ClientBanned { reason, message });
                         // Events queued for it go first, then the ban, then the close.
@@ -366,7 +379,7 @@ impl RoomCore {
             flush_in: None,
             stop: false,
         };
-        if !self.dirty.is_empty() && !self.flush_queued {
+        if (!self.dirty.is_empty() || !self.log.is_empty()) && !self.flush_queued {
             self.flush_queued = true;
             after.flush_in = Some(flush_delay(
                 self.last_flush,
@@ -380,6 +393,7 @@ impl RoomCore {
             .members
             .fetch_add(now_len - before, Ordering::Relaxed);
         if self.room.is_dismissed() {
+            self.distribute();
             for (_, c) in self.sessions.drain() {
                 c.close(actix_web_actors::ws::CloseCode::Normal, "room dismissed");
             }
@@ -687,7 +701,9 @@ impl Handler<CloseAll> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: CloseAll, _ctx: &mut Self::Context) {
-        for (_, c) in lock_room(&self.core).sessions.drain() {
+        let mut core = lock_room(&self.core);
+        core.distribute();
+        for (_, c) in core.sessions.drain() {
             c.close(
                 actix_web_actors::ws::CloseCode::Away,
                 "server shutting down",
@@ -788,6 +804,7 @@ impl Registry {
             ctx: self.ctx.clone(),
             registry: self.clone(),
             sessions: SessionMap::default(),
+            log: Vec::new(),
             dirty: Vec::new(),
             flush_queued: false,
             last_flush: None,
