@@ -14,7 +14,6 @@
 //! Every failure is a [`SigError`] with TRTC's code ([`SigError::extra_code`]).
 
 use std::fmt;
-use std::io::Read;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -354,6 +353,52 @@ pub fn gen_private_map_key(
     gen_ticket(sdk_app_id, secret_key, user_id, expire, now, Some(&userbuf))
 }
 
+/// Inflate a ticket's zlib body (header and Adler-32 checked), refusing more than
+/// [`MAX_INFLATED_LEN`] bytes. The decompressor and its output buffer are kept per thread:
+/// a fresh `flate2` reader allocates and clears ~75 KB (state, window, read buffer) for a
+/// body of ~200 bytes, which was most of a ticket check and, on a server thread, a steady
+/// churn at the top of its heap.
+fn inflate_ticket(compressed: &[u8]) -> Result<Vec<u8>, SigError> {
+    use miniz_oxide::inflate::TINFLStatus;
+    use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
+    struct Inflater {
+        state: DecompressorOxide,
+        out: Vec<u8>,
+    }
+    fn fresh() -> Box<Inflater> {
+        Box::new(Inflater {
+            state: DecompressorOxide::new(),
+            out: vec![0; MAX_INFLATED_LEN + 1],
+        })
+    }
+    fn run(inf: &mut Inflater, compressed: &[u8]) -> Result<Vec<u8>, SigError> {
+        inf.state.init();
+        // The whole body is here and the output buffer is flat: one call either finishes,
+        // runs out of room (too big) or fails.
+        let flags = inflate_flags::TINFL_FLAG_PARSE_ZLIB_HEADER
+            | inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
+        let (status, _read, written) =
+            decompress(&mut inf.state, compressed, &mut inf.out, 0, flags);
+        match status {
+            TINFLStatus::Done if written <= MAX_INFLATED_LEN => Ok(inf.out[..written].to_vec()),
+            TINFLStatus::Done | TINFLStatus::HasMoreOutput => Err(SigError::Malformed(format!(
+                "inflates to more than {MAX_INFLATED_LEN} bytes"
+            ))),
+            other => Err(SigError::Truncated(format!("zlib: {other:?}"))),
+        }
+    }
+    thread_local! {
+        static INFLATER: std::cell::RefCell<Option<Box<Inflater>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    INFLATER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => run(slot.get_or_insert_with(fresh), compressed),
+        // Only a re-entered call could find it borrowed (nothing in here calls back); it
+        // gets a decompressor of its own.
+        Err(_) => run(&mut fresh(), compressed),
+    })
+}
+
 /// Decode a ticket without checking it. Use [`verify_user_sig`] to check one.
 pub fn decode_ticket(ticket: &str) -> Result<Ticket, SigError> {
     if ticket.is_empty() {
@@ -365,16 +410,7 @@ pub fn decode_ticket(ticket: &str) -> Result<Ticket, SigError> {
         )));
     }
     let compressed = base64_url_decode(ticket)?;
-    let mut json = Vec::with_capacity(256);
-    flate2::read::ZlibDecoder::new(&compressed[..])
-        .take(MAX_INFLATED_LEN as u64 + 1)
-        .read_to_end(&mut json)
-        .map_err(|e| SigError::Truncated(format!("zlib: {e}")))?;
-    if json.len() > MAX_INFLATED_LEN {
-        return Err(SigError::Malformed(format!(
-            "inflates to more than {MAX_INFLATED_LEN} bytes"
-        )));
-    }
+    let json = inflate_ticket(&compressed)?;
     if json.is_empty() {
         return Err(SigError::Truncated("inflates to nothing".into()));
     }
@@ -750,6 +786,52 @@ mod tests {
     const APP: u64 = 1_400_000_000;
     const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
     const NOW: u64 = 1_700_000_000;
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn inflate_checks_the_stream_and_caps_the_size() {
+        let json = br#"{"TLS.ver":"2.0","TLS.identifier":"alice"}"#;
+        let good = zlib(json);
+        assert_eq!(inflate_ticket(&good).unwrap(), json);
+        // A wrong Adler-32 trailer, a cut stream, a wrong header: refused as truncated.
+        let mut bad_sum = good.clone();
+        *bad_sum.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            inflate_ticket(&bad_sum),
+            Err(SigError::Truncated(_))
+        ));
+        let cut = &good[..good.len() - 6];
+        assert!(matches!(inflate_ticket(cut), Err(SigError::Truncated(_))));
+        assert!(matches!(
+            inflate_ticket(&json[..]),
+            Err(SigError::Truncated(_))
+        ));
+        // The cap: exactly MAX_INFLATED_LEN passes, one byte more is refused (a zlib bomb
+        // stops at the cap instead of filling memory).
+        let at_cap = vec![b' '; MAX_INFLATED_LEN];
+        assert_eq!(
+            inflate_ticket(&zlib(&at_cap)).unwrap().len(),
+            MAX_INFLATED_LEN
+        );
+        let over = vec![b' '; MAX_INFLATED_LEN + 1];
+        assert!(matches!(
+            inflate_ticket(&zlib(&over)),
+            Err(SigError::Malformed(_))
+        ));
+        let bomb = vec![0u8; 10 * 1024 * 1024];
+        assert!(matches!(
+            inflate_ticket(&zlib(&bomb)),
+            Err(SigError::Malformed(_))
+        ));
+        // The per-thread decompressor starts clean after every failure.
+        assert_eq!(inflate_ticket(&good).unwrap(), json);
+    }
 
     #[test]
     fn python_official_hmac_vector() {
