@@ -354,37 +354,39 @@ pub fn gen_private_map_key(
 }
 
 /// Inflate a ticket's zlib body (header and Adler-32 checked), refusing more than
-/// [`MAX_INFLATED_LEN`] bytes. The decompressor and its output buffer are kept per thread:
-/// a fresh `flate2` reader allocates and clears ~75 KB (state, window, read buffer) for a
-/// body of ~200 bytes, which was most of a ticket check and, on a server thread, a steady
-/// churn at the top of its heap.
+/// [`MAX_INFLATED_LEN`] bytes. The decompressor and its output buffer are kept per thread,
+/// and the inflater is zlib-rs, which decodes the fixed-Huffman blocks official tickets use
+/// from prebuilt tables: a fresh `flate2` reader took 2.5 µs and ~75 KB of allocations for
+/// a 134-byte body, miniz_oxide with a reused state 1.4 µs (it rebuilds the fixed tables),
+/// zlib-rs with a reused state 0.3 µs (see BENCHMARKS.md, ticket verification).
 fn inflate_ticket(compressed: &[u8]) -> Result<Vec<u8>, SigError> {
-    use miniz_oxide::inflate::TINFLStatus;
-    use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
+    use zlib_rs::{Inflate, InflateFlush, Status};
     struct Inflater {
-        state: DecompressorOxide,
+        state: Inflate,
         out: Vec<u8>,
     }
     fn fresh() -> Box<Inflater> {
         Box::new(Inflater {
-            state: DecompressorOxide::new(),
+            state: Inflate::new(true, 15),
             out: vec![0; MAX_INFLATED_LEN + 1],
         })
     }
     fn run(inf: &mut Inflater, compressed: &[u8]) -> Result<Vec<u8>, SigError> {
-        inf.state.init();
+        inf.state.reset(true);
         // The whole body is here and the output buffer is flat: one call either finishes,
-        // runs out of room (too big) or fails.
-        let flags = inflate_flags::TINFL_FLAG_PARSE_ZLIB_HEADER
-            | inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
-        let (status, _read, written) =
-            decompress(&mut inf.state, compressed, &mut inf.out, 0, flags);
+        // fills the buffer (too big), runs out of input (truncated) or fails.
+        let status = inf
+            .state
+            .decompress(compressed, &mut inf.out, InflateFlush::Finish);
+        let written = usize::try_from(inf.state.total_out()).unwrap_or(usize::MAX);
+        let too_big =
+            || SigError::Malformed(format!("inflates to more than {MAX_INFLATED_LEN} bytes"));
         match status {
-            TINFLStatus::Done if written <= MAX_INFLATED_LEN => Ok(inf.out[..written].to_vec()),
-            TINFLStatus::Done | TINFLStatus::HasMoreOutput => Err(SigError::Malformed(format!(
-                "inflates to more than {MAX_INFLATED_LEN} bytes"
-            ))),
-            other => Err(SigError::Truncated(format!("zlib: {other:?}"))),
+            Ok(Status::StreamEnd) if written <= MAX_INFLATED_LEN => Ok(inf.out[..written].to_vec()),
+            Ok(Status::StreamEnd) => Err(too_big()),
+            Ok(_) if written >= inf.out.len() => Err(too_big()),
+            Ok(_) => Err(SigError::Truncated("zlib: the stream ends early".into())),
+            Err(e) => Err(SigError::Truncated(format!("zlib: {}", e.as_str()))),
         }
     }
     thread_local! {
