@@ -282,6 +282,9 @@ pub struct Room {
     dismissed: bool,
     /// The visible members, encoded for the join reply.
     visible: VisibleJson,
+    /// How many streams are published, so that a join into a room of thousands where nobody
+    /// publishes does not walk every member to list none.
+    streams_total: usize,
 }
 
 /// The visible members as a join reply lists them (encoded [`MemberInfo`]s joined by commas),
@@ -341,6 +344,7 @@ impl Room {
             dismiss_at: None,
             dismissed: false,
             visible: VisibleJson::default(),
+            streams_total: 0,
         }
     }
 
@@ -418,6 +422,16 @@ impl Room {
 
     /// All published streams.
     pub fn streams(&self) -> Vec<StreamInfo> {
+        debug_assert_eq!(
+            self.streams_total,
+            self.members
+                .values()
+                .map(|m| m.streams.len())
+                .sum::<usize>()
+        );
+        if self.streams_total == 0 {
+            return Vec::new();
+        }
         self.members
             .iter()
             .flat_map(|(u, m)| {
@@ -553,6 +567,7 @@ impl Room {
         let Some(member) = self.members.remove(user_id) else {
             return Vec::new();
         };
+        self.streams_total = self.streams_total.saturating_sub(member.streams.len());
         self.sessions.remove(&member.session);
         if self.visible(member.role) {
             self.visible.stale = true;
@@ -807,6 +822,9 @@ impl Room {
             },
         );
         let info = Self::stream_info(&user, key, &m.streams[&key]);
+        if previous.is_none() {
+            self.streams_total += 1;
+        }
         let mut effects = Vec::new();
         let others = self.others(Some(session));
         let (had_audio, had_video) = previous
@@ -846,6 +864,7 @@ impl Room {
                 format!("no {stream_type:?} stream is published"),
             ));
         };
+        self.streams_total = self.streams_total.saturating_sub(1);
         let mut effects = vec![
             Effect::Event {
                 to: self.others(Some(session)),
@@ -989,6 +1008,7 @@ impl Room {
         } else {
             Vec::new()
         };
+        self.streams_total = self.streams_total.saturating_sub(removed.len());
         let others = self.others(Some(session));
         let mut effects: Vec<Effect> = removed
             .into_iter()
@@ -1058,6 +1078,7 @@ impl Room {
         let users: Vec<UserId> = self.members.keys().cloned().collect();
         for u in &users {
             if let Some(m) = self.members.remove(u) {
+                self.streams_total = self.streams_total.saturating_sub(m.streams.len());
                 self.sessions.remove(&m.session);
                 effects.push(Effect::Remove {
                     session: m.session,

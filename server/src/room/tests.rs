@@ -483,3 +483,61 @@ fn join_member_lists_follow_leaves_kicks_and_role_changes() {
     let (res, _) = join(&mut r, 5, "v5", None, t0).unwrap();
     assert_eq!(names(&res), ["viewer"]);
 }
+
+#[test]
+fn join_stream_lists_follow_publish_unpublish_leaves_kicks_and_role_changes() {
+    let t0 = Instant::now();
+    // (user, stream type) pairs a joiner is told about, sorted.
+    let listed = |res: &JoinResult| {
+        let mut v: Vec<(String, StreamType)> = res
+            .streams
+            .iter()
+            .map(|s| (s.user_id.to_string(), s.stream_type))
+            .collect();
+        v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        v
+    };
+    let (main, aux) = (StreamType::Main, StreamType::Auxiliary);
+    let mut r = room(Mode::Rtc);
+    join(&mut r, 1, "a", None, t0).unwrap();
+    join(&mut r, 2, "b", None, t0).unwrap();
+    let (res, _) = join(&mut r, 3, "c", None, t0).unwrap();
+    assert!(res.streams.is_empty());
+    r.publish(1, main, true, true).unwrap();
+    r.publish(1, aux, false, true).unwrap();
+    r.publish(1, main, true, false).unwrap(); // an update, not a new stream
+    r.publish(2, main, true, true).unwrap();
+    let (res, _) = join(&mut r, 4, "d", None, t0).unwrap();
+    assert_eq!(
+        listed(&res),
+        [("a".into(), aux), ("a".into(), main), ("b".into(), main)]
+    );
+    r.unpublish(1, aux).unwrap();
+    assert!(r.unpublish(1, aux).is_err());
+    r.leave(2, t0); // b's stream goes with b
+    let (res, _) = join(&mut r, 5, "e", None, t0).unwrap();
+    assert_eq!(listed(&res), [("a".into(), main)]);
+    // A duplicate userId replaces a's session (and its streams); an admin removal too.
+    join(&mut r, 6, "a", None, t0).unwrap();
+    r.publish(5, main, true, true).unwrap();
+    let (res, _) = join(&mut r, 7, "f", None, t0).unwrap();
+    assert_eq!(listed(&res), [("e".into(), main)]);
+    r.remove_users(&[uid("e")], t0);
+    let (res, _) = join(&mut r, 8, "g", None, t0).unwrap();
+    assert!(res.streams.is_empty());
+
+    // Live: an anchor that turns audience stops publishing.
+    let mut r = room(Mode::Live);
+    join(&mut r, 1, "host", Some(Role::Anchor), t0).unwrap();
+    r.publish(1, main, true, true).unwrap();
+    let (res, _) = join(&mut r, 2, "v2", None, t0).unwrap();
+    assert_eq!(listed(&res), [("host".into(), main)]);
+    r.switch_role(1, Role::Audience).unwrap();
+    let (res, _) = join(&mut r, 3, "v3", None, t0).unwrap();
+    assert!(res.streams.is_empty());
+    // Dismissal empties everything.
+    r.switch_role(1, Role::Anchor).unwrap();
+    r.publish(1, main, true, true).unwrap();
+    r.dismiss();
+    assert!(r.streams().is_empty());
+}
