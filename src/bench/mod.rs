@@ -476,6 +476,7 @@ pub fn percentiles(samples: &[f64]) -> Option<Percentiles> {
 }
 
 /// What one client saw.
+#[derive(Clone)]
 enum JoinOutcome {
     Joined { connect_ms: f64, join_ms: f64 },
     Failed { code: String },
@@ -498,39 +499,47 @@ struct JoinShared {
     done: Arc<Outcomes>,
 }
 
-/// Where clients leave their outcomes, with one wake-up for the driver when the last is in.
-/// A message per client would wake the driver's thread once per join in the middle of a
-/// burst, on the cores the server under test needs.
+/// Where clients leave their outcomes: a slot each, and one wake-up for the driver when the
+/// last is in. A message per client would wake the driver's thread once per join, and a
+/// shared list would make clients wait on each other's lock, in the middle of a burst, on
+/// the cores the server under test needs.
 struct Outcomes {
-    list: std::sync::Mutex<Vec<JoinOutcome>>,
-    expected: usize,
+    slots: Vec<std::sync::OnceLock<JoinOutcome>>,
+    filled: AtomicUsize,
     all_in: tokio::sync::Notify,
 }
 
 impl Outcomes {
     fn new(expected: usize) -> Outcomes {
         Outcomes {
-            list: std::sync::Mutex::new(Vec::with_capacity(expected)),
-            expected,
+            slots: (0..expected).map(|_| std::sync::OnceLock::new()).collect(),
+            filled: AtomicUsize::new(0),
             all_in: tokio::sync::Notify::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<JoinOutcome>> {
-        // A push cannot panic halfway: a poisoned list is still whole.
-        self.list.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn push(&self, outcome: JoinOutcome) {
-        let mut list = self.lock();
-        list.push(outcome);
-        if list.len() == self.expected {
+    /// Client `i`'s outcome (the first one it reports counts).
+    fn set(&self, i: usize, outcome: JoinOutcome) {
+        let Some(slot) = self.slots.get(i) else {
+            return;
+        };
+        if slot.set(outcome).is_ok()
+            && self.filled.fetch_add(1, Ordering::AcqRel) + 1 == self.slots.len()
+        {
             self.all_in.notify_one();
         }
     }
 
+    /// Every outcome; a client that never reported counts as failed.
     fn take(&self) -> Vec<JoinOutcome> {
-        std::mem::take(&mut *self.lock())
+        self.slots
+            .iter()
+            .map(|s| {
+                s.get().cloned().unwrap_or(JoinOutcome::Failed {
+                    code: "no outcome".into(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -690,7 +699,7 @@ impl<'a> Peek<'a> {
     }
 }
 
-async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
+async fn one_client(url: String, index: usize, join: JoinRequest, shared: JoinShared) {
     let JoinShared {
         go,
         connected,
@@ -706,16 +715,19 @@ async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             failed.fetch_add(1, Ordering::Relaxed);
-            done.push(fail(format!("connect: {e}")));
+            done.set(index, fail(format!("connect: {e}")));
             return;
         }
         Err(_) => {
             failed.fetch_add(1, Ordering::Relaxed);
-            done.push(fail("connect: timeout".into()));
+            done.set(index, fail("connect: timeout".into()));
             return;
         }
     };
     let connect_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // Encoded before the burst: the round trip is from sending the frame, and encoding 200
+    // joins after the start signal would take CPU from the server mid-burst.
+    let frame = Message::text(encode(&ClientEnvelope::new(1, ClientMessage::Join(join))));
     // Wait for the starting signal: every client connects first, then all join together, so
     // the join round-trip measures joins under concurrency rather than the connect storm.
     connected.fetch_add(1, Ordering::Relaxed);
@@ -725,15 +737,13 @@ async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
         .is_err()
     {
         failed.fetch_add(1, Ordering::Relaxed);
-        done.push(fail("start: timeout".into()));
+        done.set(index, fail("start: timeout".into()));
         return;
     }
-    // Encoded before the clock starts: the round trip is from sending the frame.
-    let frame = Message::text(encode(&ClientEnvelope::new(1, ClientMessage::Join(join))));
     let t1 = Instant::now();
     if ws.send(frame).await.is_err() {
         failed.fetch_add(1, Ordering::Relaxed);
-        done.push(fail("send".into()));
+        done.set(index, fail("send".into()));
         return;
     }
     let outcome = tokio::time::timeout(STEP_TIMEOUT, async {
@@ -772,7 +782,7 @@ async fn one_client(url: String, join: JoinRequest, shared: JoinShared) {
     } else {
         failed.fetch_add(1, Ordering::Relaxed);
     }
-    done.push(outcome);
+    done.set(index, outcome);
     if ok {
         // Hold the membership (answering the server, draining events) until released.
         let released = release.notified();
@@ -846,7 +856,12 @@ async fn join_scenario(
             release: release.clone(),
             done: done.clone(),
         };
-        tasks.push(tokio::spawn(one_client(target.url.clone(), join, shared)));
+        tasks.push(tokio::spawn(one_client(
+            target.url.clone(),
+            i,
+            join,
+            shared,
+        )));
     }
     if !paced {
         let deadline = Instant::now() + STEP_TIMEOUT;
@@ -877,10 +892,7 @@ async fn join_scenario(
             }
         }
     }
-    let mut outcomes = done.take();
-    outcomes.resize_with(clients, || JoinOutcome::Failed {
-        code: "no outcome".into(),
-    });
+    let outcomes = done.take();
     eprintln!();
     let all_joined_at = started.elapsed();
     // Hold the room full, then sample the server.
@@ -1044,6 +1056,44 @@ mod tests {
         ] {
             assert!(reply_to(other.as_bytes(), 1).is_none(), "{other}");
         }
+    }
+
+    #[test]
+    fn outcomes_count_each_client_once_and_wake_the_driver_at_the_last() {
+        let o = Outcomes::new(3);
+        let joined = || JoinOutcome::Joined {
+            connect_ms: 1.0,
+            join_ms: 2.0,
+        };
+        o.set(0, joined());
+        o.set(0, JoinOutcome::Failed { code: "x".into() }); // a second report is ignored
+        o.set(7, joined()); // not a client
+        o.set(2, joined());
+        assert_eq!(o.filled.load(Ordering::Relaxed), 2);
+        let codes = |v: Vec<JoinOutcome>| -> Vec<String> {
+            v.into_iter()
+                .map(|x| match x {
+                    JoinOutcome::Joined { .. } => "ok".into(),
+                    JoinOutcome::Failed { code } => code,
+                })
+                .collect()
+        };
+        assert_eq!(codes(o.take()), ["ok", "no outcome", "ok"]);
+        o.set(
+            1,
+            JoinOutcome::Failed {
+                code: "-100".into(),
+            },
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let woke = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), o.all_in.notified()).await
+        });
+        assert!(woke.is_ok(), "the last outcome wakes the driver");
+        assert_eq!(codes(o.take()), ["ok", "-100", "ok"]);
     }
 
     #[test]
