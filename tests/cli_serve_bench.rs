@@ -160,6 +160,14 @@ fn bench_join_writes_a_plausible_report() {
     let rss = r["server_rss_bytes"].as_u64().unwrap();
     assert!(rss > 1_000_000 && rss < 2_000_000_000, "{rss}");
     assert!(r["server_cpu_pct"].as_f64().unwrap() >= 0.0);
+    // The joins' own CPU, from per-thread schedstat: the server did some work for 8 joins
+    // (well under a second of it), and the per-join figure is the total over the clients.
+    let jc = &r["join_cpu"];
+    let server_ms = jc["server_ms"].as_f64().unwrap();
+    assert!(server_ms > 0.0 && server_ms < 1_000.0, "{jc}");
+    let per = jc["server_us_per_join"].as_f64().unwrap();
+    assert!((per - server_ms * 1e3 / 8.0).abs() < 1e-6, "{jc}");
+    assert!(jc["generator_ms"].as_f64().unwrap() > 0.0, "{jc}");
     // --pin: server and generator on disjoint CPUs (where there are two or more).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let split = &r["cpu_split"];

@@ -331,6 +331,26 @@ pub struct ProcStat {
     pub rss_bytes: u64,
 }
 
+/// CPU time a process has run, summed over its threads, in nanoseconds, from
+/// `/proc/<pid>/task/*/schedstat` (Linux; nanosecond resolution where `/proc/<pid>/stat`
+/// counts 10 ms ticks, too coarse for a burst of joins that lasts a few milliseconds).
+pub fn proc_cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        // A thread that ended between listing and reading simply no longer counts.
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat"))
+            && let Some(ns) = text
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        {
+            total += ns;
+        }
+    }
+    Some(total)
+}
+
 /// Read a process's CPU time and RSS from /proc (Linux).
 pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -837,7 +857,17 @@ async fn join_scenario(
     // With --rate, each client starts (connects and joins) on its own schedule; without,
     // all connect first and then join at the same instant.
     let paced = rate > 0.0;
+    // CPU spent on the joins themselves: from the start signal until the last outcome.
+    let server_pid = target.child.as_ref().map(|c| c.child.id());
+    let cpu_now = move || {
+        (
+            server_pid.and_then(proc_cpu_ns),
+            proc_cpu_ns(std::process::id()),
+        )
+    };
+    let mut cpu_at_go = (None, None);
     if paced {
+        cpu_at_go = cpu_now();
         let _ = go_tx.send(true);
     }
     for i in 0..clients {
@@ -871,6 +901,7 @@ async fn join_scenario(
         {
             tick.tick().await;
         }
+        cpu_at_go = cpu_now();
         let _ = go_tx.send(true);
     }
     let mut progress = tokio::time::interval(Duration::from_millis(500));
@@ -892,6 +923,7 @@ async fn join_scenario(
             }
         }
     }
+    let cpu_at_end = cpu_now();
     let outcomes = done.take();
     eprintln!();
     let all_joined_at = started.elapsed();
@@ -949,6 +981,7 @@ async fn join_scenario(
         "server_packets_forwarded": if target.child.is_some() { json!(0) } else { json!(null) },
         "server": if target.child.is_some() { "embedded (child process)" } else { target.url.as_str() },
         "cpu_split": CPU_SPLIT.get(),
+        "join_cpu": join_cpu_json(cpu_at_go, cpu_at_end, clients),
     });
     let mut report = report;
     report["join_ms_samples"] = json!(join_ms);
@@ -973,6 +1006,25 @@ fn fmt_p(v: &serde_json::Value) -> String {
     )
 }
 
+/// CPU time the server (embedded only) and the load generator spent from the start signal
+/// to the last join outcome.
+fn join_cpu_json(
+    at_go: (Option<u64>, Option<u64>),
+    at_end: (Option<u64>, Option<u64>),
+    clients: usize,
+) -> serde_json::Value {
+    let ms = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e6),
+        _ => None,
+    };
+    let server = ms(at_go.0, at_end.0);
+    json!({
+        "server_ms": server,
+        "server_us_per_join": server.map(|ms| ms * 1e3 / clients.max(1) as f64),
+        "generator_ms": ms(at_go.1, at_end.1),
+    })
+}
+
 fn print_join_summary(r: &serde_json::Value) {
     println!(
         "scenario          join ({} mode)",
@@ -994,6 +1046,13 @@ fn print_join_summary(r: &serde_json::Value) {
     }
     if let Some(cpu) = r["server_cpu_pct"].as_f64() {
         println!("server CPU        {cpu:.1}% of a core");
+    }
+    let jc = &r["join_cpu"];
+    if let (Some(s), Some(per)) = (jc["server_ms"].as_f64(), jc["server_us_per_join"].as_f64()) {
+        println!(
+            "joins' CPU        server {s:.2} ms ({per:.1} µs per join), load generator {:.2} ms",
+            jc["generator_ms"].as_f64().unwrap_or(0.0)
+        );
     }
     println!(
         "duration          {:.2} s",
@@ -1094,6 +1153,22 @@ mod tests {
         });
         assert!(woke.is_ok(), "the last outcome wakes the driver");
         assert_eq!(codes(o.take()), ["ok", "-100", "ok"]);
+    }
+
+    #[test]
+    fn join_cpu_is_the_difference_and_null_without_a_server() {
+        let j = join_cpu_json(
+            (Some(1_000_000), Some(0)),
+            (Some(5_000_000), Some(2_500_000)),
+            200,
+        );
+        assert_eq!(j["server_ms"], 4.0);
+        assert_eq!(j["server_us_per_join"], 20.0);
+        assert_eq!(j["generator_ms"], 2.5);
+        let j = join_cpu_json((None, Some(0)), (None, Some(1_000_000)), 200);
+        assert!(j["server_ms"].is_null() && j["server_us_per_join"].is_null());
+        assert_eq!(j["generator_ms"], 1.0);
+        assert!(proc_cpu_ns(std::process::id()).is_some_and(|ns| ns > 0));
     }
 
     #[test]
