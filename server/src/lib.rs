@@ -6,8 +6,9 @@
 //!
 //! The rules live in [`room::Room`], a clock-free state machine; the actors only drive it:
 //! one `SessionActor` per connection ([`session`]), one `RoomActor` per (sdkAppId, roomId)
-//! and a `Registry` that finds rooms ([`registry`]). See `docs/protocol.md` for the wire
-//! protocol.
+//! and a `Registry` that finds rooms ([`registry`]). A room's state sits behind a lock shared
+//! by its actor (timers, requests, admin calls, event flushes) and the sessions joining it,
+//! which run their join on their own thread. See `docs/protocol.md` for the wire protocol.
 #![forbid(unsafe_code)]
 
 pub mod admin;
