@@ -439,6 +439,7 @@ key = "abc"
         assert_eq!(cfg.limits.max_rtc_members, 300);
         assert_eq!(cfg.webhook.as_ref().unwrap().key, "abc");
         assert_eq!(cfg.room_limits().heartbeat_timeout, Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -516,5 +517,6 @@ key = "abc"
         let cfg = c.server_config();
         assert_eq!(cfg.admin.token.as_deref(), Some(a.admin_token.as_str()));
         assert!(cfg.validate().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
