@@ -381,16 +381,18 @@ fn inflate_ticket(compressed: &[u8]) -> Result<Vec<u8>, SigError> {
         let status = inf
             .state
             .decompress(compressed, &mut inf.out, InflateFlush::Finish);
+        let status = status.map_err(|e| SigError::Truncated(format!("zlib: {}", e.as_str())))?;
+        // The buffer holds one byte more than allowed: reaching it means too big.
         let written = usize::try_from(inf.state.total_out()).unwrap_or(usize::MAX);
-        let too_big =
-            || SigError::Malformed(format!("inflates to more than {MAX_INFLATED_LEN} bytes"));
-        match status {
-            Ok(Status::StreamEnd) if written <= MAX_INFLATED_LEN => Ok(inf.out[..written].to_vec()),
-            Ok(Status::StreamEnd) => Err(too_big()),
-            Ok(_) if written >= inf.out.len() => Err(too_big()),
-            Ok(_) => Err(SigError::Truncated("zlib: the stream ends early".into())),
-            Err(e) => Err(SigError::Truncated(format!("zlib: {}", e.as_str()))),
+        if written > MAX_INFLATED_LEN {
+            return Err(SigError::Malformed(format!(
+                "inflates to more than {MAX_INFLATED_LEN} bytes"
+            )));
         }
+        if status != Status::StreamEnd {
+            return Err(SigError::Truncated("zlib: the stream ends early".into()));
+        }
+        Ok(inf.out[..written].to_vec())
     }
     thread_local! {
         static INFLATER: std::cell::RefCell<Option<Box<Inflater>>> =

@@ -483,8 +483,7 @@ impl Actor for RoomActor {
         let every = (lock_room(&self.core).ctx.limits.heartbeat_timeout / 4)
             .clamp(Duration::from_millis(20), Duration::from_secs(1));
         ctx.run_interval(every, |act, ctx| {
-            let core = act.core.clone();
-            let mut core = lock_room(&core);
+            let mut core = lock_room(&act.core);
             // Read the clock under the lock: joins on other threads step the same room, and
             // the state machine sees time move forward only.
             let now = Instant::now();
@@ -504,8 +503,7 @@ impl Handler<RoomRequest> for RoomActor {
     type Result = ActorResponse<Self, RequestResult>;
 
     fn handle(&mut self, msg: RoomRequest, ctx: &mut Self::Context) -> Self::Result {
-        let shared = self.core.clone();
-        let mut guard = lock_room(&shared);
+        let mut guard = lock_room(&self.core);
         let core = &mut *guard;
         let s = msg.session;
         let now = Instant::now();
@@ -563,8 +561,7 @@ impl Handler<RoomRequest> for RoomActor {
                 ActorResponse::r#async(fut.into_actor(self).map(
                     move |(res, slot, media), act, ctx| {
                         let (peer, answer) = res?;
-                        let shared = act.core.clone();
-                        let mut core = lock_room(&shared);
+                        let mut core = lock_room(&act.core);
                         // Commit now that the media is up; the member may have left meanwhile.
                         match drive(&mut core, ctx, |room| none(room.publish(s, st, a, v))) {
                             Ok(_) => {
@@ -626,8 +623,7 @@ impl Handler<RoomRequest> for RoomActor {
                 let fut = async move { (media.subscribe(slot, a, v, &sdp).await, media) };
                 ActorResponse::r#async(fut.into_actor(self).map(move |(res, media), act, _ctx| {
                     let (peer, answer) = res?;
-                    let shared = act.core.clone();
-                    let mut core = lock_room(&shared);
+                    let mut core = lock_room(&act.core);
                     if core.room.user_of(s).is_none() {
                         media.unsubscribe(peer);
                         return Err(RtcError::invalid_operation(
@@ -682,8 +678,7 @@ impl Handler<AdminOp> for RoomActor {
     type Result = Result<AdminReply, RtcError>;
 
     fn handle(&mut self, msg: AdminOp, ctx: &mut Self::Context) -> Self::Result {
-        let shared = self.core.clone();
-        let mut core = lock_room(&shared);
+        let mut core = lock_room(&self.core);
         let now = Instant::now();
         match msg {
             AdminOp::Describe => Ok(AdminReply::Info(core.room.describe())),
@@ -774,7 +769,7 @@ impl Registry {
         key: &RoomKey,
         mode: Mode,
         privileges: Option<Privileges>,
-    ) -> Result<(Addr<RoomActor>, SharedRoom, u64), RtcError> {
+    ) -> Result<(Addr<RoomActor>, SharedRoom), RtcError> {
         let mut rooms = self.lock();
         if rooms.closing {
             return Err(RtcError::new(
@@ -783,7 +778,7 @@ impl Registry {
             ));
         }
         if let Some(e) = rooms.rooms.get(key) {
-            return Ok((e.addr.clone(), e.core.clone(), e.id));
+            return Ok((e.addr.clone(), e.core.clone()));
         }
         if let Some(p) = privileges
             && !p.contains(Privilege::CreateRoom)
@@ -832,7 +827,7 @@ impl Registry {
                 core: core.clone(),
             },
         );
-        Ok((addr, core, id))
+        Ok((addr, core))
     }
 
     /// Forget room `id` under `key` (it ended); a newer room under the same key stays.
@@ -854,13 +849,14 @@ impl Registry {
             recipient,
         } = msg;
         for _attempt in 0..2 {
-            let (addr, core, id) = self.room_for(&key, input.mode, input.privileges)?;
+            let (addr, core) = self.room_for(&key, input.mode, input.privileges)?;
             let joined = lock_room(&core).join(input.clone(), recipient.clone(), &addr);
             match joined {
                 Ok(r) => return Ok((r, addr)),
                 Err(JoinFailure::Refused(e)) => return Err(e),
-                // The room ended between lookup and join: start a fresh one.
-                Err(JoinFailure::Gone) => self.forget(&key, id),
+                // The room ended between lookup and join. The step that ended it already
+                // took it out of the registry, so the next lookup makes a fresh one.
+                Err(JoinFailure::Gone) => {}
             }
         }
         Err(RtcError::new(
