@@ -62,6 +62,34 @@ pub enum MediaKind {
     Video,
 }
 
+/// The video codec of a published stream, as negotiated with its publisher. The server answers
+/// a publisher with exactly one video codec (the first of the offer's that it supports), so a
+/// stream has one codec for its whole life; subscribers must be able to receive it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoCodec {
+    /// H.264, packetization-mode 1, (constrained) baseline profile.
+    H264,
+    /// VP8.
+    Vp8,
+}
+
+impl VideoCodec {
+    /// The codec's RTP encoding name (`a=rtpmap`), e.g. `H264`.
+    pub fn encoding_name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "H264",
+            VideoCodec::Vp8 => "VP8",
+        }
+    }
+}
+
+impl std::fmt::Display for VideoCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.encoding_name())
+    }
+}
+
 /// A request from a client.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -331,6 +359,10 @@ pub struct StreamInfo {
     /// Video is muted.
     #[serde(default)]
     pub video_muted: bool,
+    /// The video codec, for a stream with video published with media (absent for a
+    /// signalling-only stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_codec: Option<VideoCodec>,
 }
 
 /// Why a member left (TRTC's PEER_LEAVE_REASON).
@@ -516,6 +548,20 @@ pub fn decode_client(frame: &[u8]) -> Result<ClientEnvelope, WireError> {
     serde_json::from_slice(frame).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
+/// The request id of a client frame that [`decode_client`] refused, so the error reply can
+/// carry it: the frame's top-level `id` when the frame is a JSON object with an integer `id`
+/// (e.g. a join with an unknown `mode`), else 0 (the id of replies to unparsable frames).
+pub fn request_id(frame: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    if frame.len() > MAX_MESSAGE_BYTES {
+        return 0;
+    }
+    serde_json::from_slice::<Id>(frame).map_or(0, |i| i.id)
+}
+
 /// Decode a server frame, bounded in size.
 pub fn decode_server(frame: &[u8]) -> Result<ServerMessage, WireError> {
     check_size(frame)?;
@@ -635,6 +681,21 @@ mod tests {
         };
         assert!(j.auto_subscribe);
         assert_eq!(j.room().unwrap().as_str(), Some("r"));
+    }
+
+    #[test]
+    fn refused_requests_keep_their_id() {
+        let bad_mode = br#"{"v":1,"id":42,"msg":{"type":"join","sdkAppId":1,"userId":"u",
+            "userSig":"s","roomId":"1","mode":"party"}}"#;
+        assert!(decode_client(bad_mode).is_err());
+        assert_eq!(request_id(bad_mode), 42);
+        let bad_role = br#"{"v":1,"id":7,"msg":{"type":"switch-role","role":"king"}}"#;
+        assert!(decode_client(bad_role).is_err());
+        assert_eq!(request_id(bad_role), 7);
+        assert_eq!(request_id(br#"{"v":1,"msg":{"type":"leave"}}"#), 0);
+        assert_eq!(request_id(br#"{"id":"7"}"#), 0);
+        assert_eq!(request_id(b"not json"), 0);
+        assert_eq!(request_id(b"[1,2]"), 0);
     }
 
     #[test]
