@@ -44,6 +44,7 @@ fn removed_info(user_id: &UserId, stream_type: StreamType) -> StreamInfo {
         has_video: false,
         audio_muted: false,
         video_muted: false,
+        video_codec: None,
     }
 }
 
@@ -262,6 +263,7 @@ mod tests {
             has_video: video,
             audio_muted: false,
             video_muted: false,
+            video_codec: None,
         }
     }
 

@@ -560,16 +560,21 @@ impl Handler<RoomRequest> for RoomActor {
                 let fut = async move { (media.publish(slot.clone(), &sdp).await, slot, media) };
                 ActorResponse::r#async(fut.into_actor(self).map(
                     move |(res, slot, media), act, ctx| {
-                        let (peer, answer) = res?;
+                        let published = res?;
                         let mut core = lock_room(&act.core);
                         // Commit now that the media is up; the member may have left meanwhile.
-                        match drive(&mut core, ctx, |room| none(room.publish(s, st, a, v))) {
+                        let codec = published.video_codec;
+                        match drive(&mut core, ctx, |room| {
+                            none(room.publish_media(s, st, a, v, codec))
+                        }) {
                             Ok(_) => {
-                                core.publishers.insert((me, st), peer);
-                                Ok(Some(ReplyData::Answer { sdp: answer }))
+                                core.publishers.insert((me, st), published.peer);
+                                Ok(Some(ReplyData::Answer {
+                                    sdp: published.answer,
+                                }))
                             }
                             Err(e) => {
-                                media.unpublish(&slot, peer);
+                                media.unpublish(&slot, published.peer);
                                 Err(e)
                             }
                         }

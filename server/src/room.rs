@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
     BanReason, JoinResult, LeaveReason, MediaKind, MemberInfo, ServerEvent, StreamInfo, StreamType,
-    encode,
+    VideoCodec, encode,
 };
 use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};
@@ -190,6 +190,7 @@ struct Stream {
     has_video: bool,
     audio_muted: bool,
     video_muted: bool,
+    video_codec: Option<VideoCodec>,
 }
 
 #[derive(Clone, Debug)]
@@ -417,6 +418,7 @@ impl Room {
             has_video: s.has_video,
             audio_muted: s.audio_muted,
             video_muted: s.video_muted,
+            video_codec: s.video_codec.filter(|_| s.has_video),
         }
     }
 
@@ -801,13 +803,25 @@ impl Room {
             .is_some_and(|m| m.streams.contains_key(&StreamTypeKey::from(stream_type)))
     }
 
-    /// Publish (or update) a stream.
+    /// Publish (or update) a stream without media (signalling only).
     pub fn publish(
         &mut self,
         session: SessionId,
         stream_type: StreamType,
         has_audio: bool,
         has_video: bool,
+    ) -> RtcResult<Vec<Effect>> {
+        self.publish_media(session, stream_type, has_audio, has_video, None)
+    }
+
+    /// Publish (or update) a stream whose media was negotiated with `video_codec`.
+    pub fn publish_media(
+        &mut self,
+        session: SessionId,
+        stream_type: StreamType,
+        has_audio: bool,
+        has_video: bool,
+        video_codec: Option<VideoCodec>,
     ) -> RtcResult<Vec<Effect>> {
         self.check_publish(session, stream_type, has_audio, has_video)?;
         let (user, m) = self.member_mut(session)?;
@@ -819,6 +833,7 @@ impl Room {
                 has_video,
                 audio_muted: false,
                 video_muted: false,
+                video_codec,
             },
         );
         let info = Self::stream_info(&user, key, &m.streams[&key]);

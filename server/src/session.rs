@@ -11,7 +11,7 @@ use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
     ClientEnvelope, ClientMessage, JoinRequest, PROTOCOL_VERSION, Reply, ReplyData, ReplyResult,
-    ServerMessage, decode_client, encode, events_frame, joined_reply_frame,
+    ServerMessage, decode_client, encode, events_frame, joined_reply_frame, request_id,
 };
 use rtcroom_protocol::usersig::{verify_private_map_key, verify_user_sig};
 use rtcroom_protocol::{ErrorCode, RtcError};
@@ -398,7 +398,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
         self.strikes = 0;
         match decode_client(text.as_bytes()) {
             Ok(env) => self.handle_envelope(env, ctx),
-            Err(e) => self.reply(ctx, 0, Err(e.into())),
+            Err(e) => self.reply(ctx, request_id(text.as_bytes()), Err(e.into())),
         }
     }
 }

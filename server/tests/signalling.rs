@@ -455,16 +455,26 @@ async fn bad_input_gets_error_replies_or_a_clean_close() {
         (e.code, e.extra_code),
         (ErrorCode::InvalidOperation, Some(5101))
     );
-    // Malformed JSON, unknown type, wrong version, binary: error replies with id 0.
-    for frame in [
-        Message::text("{not json"),
-        Message::text(r#"{"v":1,"id":9,"msg":{"type":"dance"}}"#),
-        Message::text(r#"{"v":7,"id":9,"msg":{"type":"leave"}}"#),
-        Message::binary(vec![1u8, 2, 3]),
+    // Malformed JSON, unknown type, wrong version, bad field, binary: error replies, with
+    // the request's id whenever the frame has one (a client waiting on it does not hang).
+    for (frame, id) in [
+        (Message::text("{not json"), 0),
+        (Message::text(r#"{"v":1,"id":9,"msg":{"type":"dance"}}"#), 9),
+        (
+            Message::text(r#"{"v":7,"id":10,"msg":{"type":"leave"}}"#),
+            10,
+        ),
+        (
+            Message::text(
+                r#"{"v":1,"id":11,"msg":{"type":"join","sdkAppId":1,"userId":"u","userSig":"s","roomId":"1","mode":"party"}}"#,
+            ),
+            11,
+        ),
+        (Message::binary(vec![1u8, 2, 3]), 0),
     ] {
         c.send_raw(frame).await;
         let r = c.any_reply().await;
-        assert_eq!(r.id, 0);
+        assert_eq!(r.id, id);
         match r.result {
             ReplyResult::Err { error } => assert_eq!(error.code, ErrorCode::InvalidParameter),
             other => panic!("expected an error, got {other:?}"),

@@ -14,6 +14,8 @@
 //! send SR/RR reports.
 
 pub mod rewrite;
+pub mod sdp;
+pub mod stun;
 mod worker;
 
 use std::collections::HashMap;
@@ -22,7 +24,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rtcroom_protocol::signal::{MediaKind, StreamType};
+use rtcroom_protocol::signal::{MediaKind, StreamType, VideoCodec};
 use rtcroom_protocol::{ErrorCode, RtcError, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -45,6 +47,26 @@ pub struct SlotKey {
     pub user: UserId,
     /// Which of its streams.
     pub stream_type: StreamType,
+}
+
+/// A published stream's publisher peer and what it sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublisherInfo {
+    /// The publisher's peer.
+    pub peer: PeerId,
+    /// Its video format (none: audio only).
+    pub video: Option<sdp::VideoFormat>,
+}
+
+/// What a publisher's offer was answered with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The publisher's peer.
+    pub peer: PeerId,
+    /// The SDP answer.
+    pub answer: String,
+    /// The video codec it sends (none: audio only).
+    pub video_codec: Option<VideoCodec>,
 }
 
 /// Media plane settings (`[media]` in the config file).
@@ -131,8 +153,9 @@ struct Inner {
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     next_worker: AtomicUsize,
     next_id: AtomicU64,
-    /// Where each published stream's publisher peer lives (for keyframe requests).
-    publishers: Arc<RwLock<HashMap<SlotKey, PeerId>>>,
+    /// Each published stream's publisher peer (for keyframe requests) and video format (for
+    /// subscriptions).
+    publishers: Arc<RwLock<HashMap<SlotKey, PublisherInfo>>>,
     stats: Arc<MediaStats>,
     addrs: Vec<SocketAddr>,
     peer_stats: PeerStatsTable,
@@ -142,8 +165,23 @@ fn worker_of(id: PeerId) -> usize {
     (id & 0xff) as usize
 }
 
-fn media_error(message: impl Into<String>) -> RtcError {
-    RtcError::new(ErrorCode::InvalidParameter, message)
+fn stream_type_name(t: StreamType) -> &'static str {
+    match t {
+        StreamType::Main => "main",
+        StreamType::Auxiliary => "auxiliary",
+    }
+}
+
+/// Parse an offer for str0m. The error says what is wrong without str0m's parser internals
+/// (its `Display` names a byte offset as a pointer, which is no use to a client).
+fn parse_offer(sdp: &str) -> Result<str0m::change::SdpOffer, RtcError> {
+    str0m::change::SdpOffer::from_sdp_string(sdp).map_err(|e| {
+        tracing::debug!(error = %e, "unparsable SDP offer");
+        RtcError::new(
+            ErrorCode::InvalidParameter,
+            "malformed SDP offer: it does not parse as SDP (RFC 8866)",
+        )
+    })
 }
 
 impl MediaPlane {
@@ -262,33 +300,41 @@ impl MediaPlane {
         })
     }
 
-    /// Accept a publisher's SDP offer for `slot`; returns the peer and the SDP answer. A
+    /// Accept a publisher's SDP offer for `slot`. The answer carries exactly one video codec:
+    /// the first of the offer's that the server forwards ([`sdp::choose_publish_codec`]). A
     /// previous publisher peer of the same slot is replaced (subscribers continue).
-    pub async fn publish(&self, slot: SlotKey, offer: &str) -> Result<(PeerId, String), RtcError> {
-        let offer = str0m::change::SdpOffer::from_sdp_string(offer)
-            .map_err(|e| media_error(format!("malformed SDP offer: {e}")))?;
+    pub async fn publish(&self, slot: SlotKey, offer: &str) -> Result<Published, RtcError> {
+        let offer = sdp::prepare_offer(offer);
+        let video = sdp::choose_publish_codec(&sdp::parse_media(&offer))
+            .map_err(|e| RtcError::new(ErrorCode::NotSupported, e))?;
+        let parsed = parse_offer(&offer)?;
         let (id, w) = self.new_peer();
         let old = self
             .inner
             .publishers
             .read()
             .ok()
-            .and_then(|p| p.get(&slot).copied());
+            .and_then(|p| p.get(&slot).map(|i| i.peer));
         let answer = self
             .ask(w, |reply| Cmd::AddPublisher {
                 id,
                 slot: slot.clone(),
-                offer,
+                offer: parsed,
+                video,
                 reply,
             })
             .await?;
         if let Ok(mut p) = self.inner.publishers.write() {
-            p.insert(slot, id);
+            p.insert(slot, PublisherInfo { peer: id, video });
         }
         if let Some(old) = old {
             self.send(worker_of(old), Cmd::Remove { id: old });
         }
-        Ok((id, answer))
+        Ok(Published {
+            peer: id,
+            answer,
+            video_codec: video.map(|v| v.codec),
+        })
     }
 
     /// Accept a subscriber's SDP offer (recvonly) for `slot`'s audio and/or video.
@@ -305,8 +351,37 @@ impl MediaPlane {
                 "subscribe needs audio, video or both",
             ));
         }
-        let offer = str0m::change::SdpOffer::from_sdp_string(offer)
-            .map_err(|e| media_error(format!("malformed SDP offer: {e}")))?;
+        let offer = sdp::prepare_offer(offer);
+        let lines = sdp::parse_media(&offer);
+        let codec = self
+            .inner
+            .publishers
+            .read()
+            .ok()
+            .and_then(|p| p.get(&slot).and_then(|i| i.video))
+            .map(|v| v.codec);
+        if video && let Some(codec) = codec {
+            let receivable = lines
+                .iter()
+                .any(|m| m.kind == MediaKind::Video && m.receives && m.first_of(codec).is_some());
+            if !receivable {
+                return Err(RtcError::new(
+                    ErrorCode::NotSupported,
+                    format!(
+                        "{}'s {} stream is {codec}{}, which the offer cannot receive: offer \
+                         a recvonly video m-line with {codec}",
+                        slot.user,
+                        stream_type_name(slot.stream_type),
+                        if codec == VideoCodec::H264 {
+                            " (packetization-mode=1, baseline or constrained baseline)"
+                        } else {
+                            ""
+                        },
+                    ),
+                ));
+            }
+        }
+        let parsed = parse_offer(&offer)?;
         let (id, w) = self.new_peer();
         let answer = self
             .ask(w, |reply| Cmd::AddSubscriber {
@@ -314,7 +389,9 @@ impl MediaPlane {
                 slot: slot.clone(),
                 audio,
                 video,
-                offer,
+                offer: parsed,
+                lines,
+                codec,
                 reply,
             })
             .await?;
@@ -330,7 +407,7 @@ impl MediaPlane {
             .publishers
             .read()
             .ok()
-            .and_then(|p| p.get(slot).copied());
+            .and_then(|p| p.get(slot).map(|i| i.peer));
         if let Some(p) = publisher {
             self.send(
                 worker_of(p),
@@ -345,7 +422,7 @@ impl MediaPlane {
     /// Close a publisher peer (unpublish).
     pub fn unpublish(&self, slot: &SlotKey, id: PeerId) {
         if let Ok(mut p) = self.inner.publishers.write()
-            && p.get(slot) == Some(&id)
+            && p.get(slot).map(|i| i.peer) == Some(id)
         {
             p.remove(slot);
         }

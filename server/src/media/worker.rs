@@ -7,19 +7,20 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use rtcroom_protocol::signal::MediaKind;
+use rtcroom_protocol::signal::{MediaKind, VideoCodec};
 use rtcroom_protocol::{ErrorCode, RtcError};
 use str0m::change::SdpOffer;
 use str0m::crypto::dtls::DtlsCert;
-use str0m::format::PayloadParams;
-use str0m::media::{KeyframeRequestKind, Mid};
-use str0m::net::{Protocol, Receive};
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{KeyframeRequestKind, Mid, Pt};
+use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rewrite::{KeyframeLimiter, SeqRewriter};
-use super::{MediaStats, PeerId, SlotKey};
+use super::sdp::{MediaSection, VideoFormat, answer_pts, stream_msid, unify_msid};
+use super::{MediaStats, PeerId, PublisherInfo, SlotKey};
 
 /// Longest wait between loop turns when no peer needs anything sooner.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -36,6 +37,8 @@ pub(super) enum Cmd {
         id: PeerId,
         slot: SlotKey,
         offer: SdpOffer,
+        /// The one video format to answer with (none: audio only).
+        video: Option<VideoFormat>,
         reply: oneshot::Sender<Result<String, RtcError>>,
     },
     AddSubscriber {
@@ -44,6 +47,10 @@ pub(super) enum Cmd {
         audio: bool,
         video: bool,
         offer: SdpOffer,
+        /// The offer's audio/video m-lines.
+        lines: Vec<MediaSection>,
+        /// The stream's video codec (none: no video published with media).
+        codec: Option<VideoCodec>,
         reply: oneshot::Sender<Result<String, RtcError>>,
     },
     Remove {
@@ -75,12 +82,13 @@ pub(super) enum Cmd {
 /// A packet on its way from a publisher to subscribers.
 pub(super) struct FwdPacket {
     kind: MediaKind,
+    /// The video codec (`None` for audio).
+    codec: Option<VideoCodec>,
     /// Changes when the publisher peer or its SSRC changes.
     source: u64,
     seq: u64,
     ts: u32,
     marker: bool,
-    params: PayloadParams,
     clock_rate: u32,
     arrival: Instant,
     payload: Arc<[u8]>,
@@ -88,9 +96,11 @@ pub(super) struct FwdPacket {
 
 struct OutTrack {
     kind: MediaKind,
+    /// The video codec negotiated with the subscriber (`None` for audio).
+    codec: Option<VideoCodec>,
     mid: Mid,
-    /// Our PT for each incoming PT (the subscriber may have negotiated other numbers).
-    pt_map: HashMap<u8, Option<str0m::media::Pt>>,
+    /// The payload type the subscriber negotiated for it (from the answer it got).
+    pt: Pt,
     rewriter: SeqRewriter,
 }
 
@@ -113,6 +123,10 @@ struct Peer {
     role: PeerRole,
     created: Instant,
     connected: bool,
+    /// Our ICE password, to authenticate the first connectivity check (see [`super::stun`]).
+    ice_password: String,
+    /// A check has been taken as the nomination (or the client nominated itself).
+    nominated: bool,
     next_timeout: Instant,
     dead: bool,
 }
@@ -126,7 +140,7 @@ pub(super) struct Worker {
     rx: mpsc::UnboundedReceiver<Cmd>,
     cert: DtlsCert,
     stats: Arc<MediaStats>,
-    publishers: Arc<RwLock<HashMap<SlotKey, PeerId>>>,
+    publishers: Arc<RwLock<HashMap<SlotKey, PublisherInfo>>>,
     peer_stats: super::PeerStatsTable,
     connect_timeout: Duration,
     peers: HashMap<PeerId, Peer>,
@@ -166,47 +180,21 @@ fn kind_of(k: str0m::media::MediaKind) -> MediaKind {
     }
 }
 
+/// Which video codecs a new peer speaks.
+enum VideoCodecs {
+    /// None (audio only, or a subscription to a stream without media video).
+    None,
+    /// A publisher: exactly the format chosen from its offer.
+    Publisher(VideoFormat),
+    /// A subscriber: the stream's codec.
+    Subscriber(VideoCodec),
+}
+
 /// Events a drain produced that need the other peers (so they are handled after the drain).
 enum Routed {
     Packet(SlotKey, Arc<FwdPacket>),
     /// A subscriber wants a keyframe; `true` bypasses the rate limit.
     Keyframe(SlotKey, bool),
-}
-
-/// The audio/video m-lines of an SDP: (kind, mid, whether the offerer receives on it).
-fn media_lines(sdp: &str) -> Vec<(MediaKind, String, bool)> {
-    let mut out = Vec::new();
-    let mut current: Option<(MediaKind, Option<String>, bool, bool)> = None;
-    let flush = |c: Option<(MediaKind, Option<String>, bool, bool)>, out: &mut Vec<_>| {
-        if let Some((kind, Some(mid), receives, port_ok)) = c
-            && port_ok
-        {
-            out.push((kind, mid, receives));
-        }
-    };
-    for line in sdp.lines() {
-        let line = line.trim_end();
-        if let Some(rest) = line.strip_prefix("m=") {
-            flush(current.take(), &mut out);
-            let mut parts = rest.split_whitespace();
-            let kind = match parts.next() {
-                Some("audio") => Some(MediaKind::Audio),
-                Some("video") => Some(MediaKind::Video),
-                _ => None,
-            };
-            let port_ok = parts.next().is_some_and(|p| p != "0");
-            // Without a direction attribute an m-line is sendrecv.
-            current = kind.map(|k| (k, None, true, port_ok));
-        } else if let Some((_, mid, receives, _)) = current.as_mut() {
-            if let Some(m) = line.strip_prefix("a=mid:") {
-                *mid = Some(m.to_owned());
-            } else if line == "a=sendonly" || line == "a=inactive" {
-                *receives = false;
-            }
-        }
-    }
-    flush(current.take(), &mut out);
-    out
 }
 
 impl Worker {
@@ -219,7 +207,7 @@ impl Worker {
         rx: mpsc::UnboundedReceiver<Cmd>,
         cert: DtlsCert,
         stats: Arc<MediaStats>,
-        publishers: Arc<RwLock<HashMap<SlotKey, PeerId>>>,
+        publishers: Arc<RwLock<HashMap<SlotKey, PublisherInfo>>>,
         peer_stats: super::PeerStatsTable,
         connect_timeout: Duration,
     ) -> Worker {
@@ -399,15 +387,20 @@ impl Worker {
                     }
                 };
                 let pt = pkt.header.payload_type;
-                let Some(params) = peer
+                let Some(spec) = peer
                     .rtc
                     .codec_config()
                     .params()
                     .iter()
                     .find(|p| p.pt() == pt)
-                    .cloned()
+                    .map(|p| p.spec())
                 else {
                     return;
+                };
+                let codec = match spec.codec {
+                    Codec::H264 => Some(VideoCodec::H264),
+                    Codec::Vp8 => Some(VideoCodec::Vp8),
+                    _ => None,
                 };
                 self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -415,12 +408,12 @@ impl Worker {
                     .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
                 let packet = Arc::new(FwdPacket {
                     kind,
+                    codec,
                     source: id ^ (u64::from(*ssrc) << 16),
                     seq: *pkt.seq_no,
                     ts: pkt.header.timestamp,
                     marker: pkt.header.marker,
-                    clock_rate: params.spec().clock_rate.get(),
-                    params,
+                    clock_rate: spec.clock_rate.get(),
                     arrival: pkt.timestamp,
                     payload: pkt.payload,
                 });
@@ -491,7 +484,7 @@ impl Worker {
                         .publishers
                         .read()
                         .ok()
-                        .and_then(|p| p.get(&slot).copied());
+                        .and_then(|p| p.get(&slot).map(|i| i.peer));
                     if let Some(p) = publisher {
                         let w = (p & 0xff) as usize;
                         if w == self.idx {
@@ -526,19 +519,16 @@ impl Worker {
             let PeerRole::Subscriber { tracks, .. } = &mut peer.role else {
                 continue;
             };
-            let Some(track) = tracks.iter_mut().find(|t| t.kind == packet.kind) else {
+            // A track carries the codec negotiated with its subscriber only: after a publisher
+            // re-publishes with another codec, the subscriber is told (stream-updated) and
+            // subscribes again; until then it gets nothing it could not decode.
+            let Some(track) = tracks
+                .iter_mut()
+                .find(|t| t.kind == packet.kind && t.codec == packet.codec)
+            else {
                 continue;
             };
-            let in_pt = *packet.params.pt();
-            let pt = *track.pt_map.entry(in_pt).or_insert_with(|| {
-                peer.rtc
-                    .codec_config()
-                    .match_params(packet.params)
-                    .map(|p| p.pt())
-            });
-            let Some(pt) = pt else {
-                continue;
-            };
+            let pt = track.pt;
             let out = track.rewriter.map(
                 packet.source,
                 packet.seq,
@@ -629,62 +619,112 @@ impl Worker {
         }
     }
 
-    fn new_rtc(&self) -> Rtc {
-        Rtc::builder()
+    /// A peer that speaks Opus and `video` only, so its answer carries exactly that codec.
+    fn new_rtc(&self, video: &VideoCodecs) -> Rtc {
+        let mut config = Rtc::builder()
             .set_rtp_mode(true)
             .set_ice_lite(true)
             .set_dtls_cert(self.cert.clone())
             .clear_codecs()
             .enable_opus(true, false)
-            .enable_h264(true)
-            .enable_vp8(true)
             .set_send_buffer_video(SEND_BUFFER_VIDEO)
-            .set_stats_interval(Some(super::STATS_INTERVAL))
-            .build(Instant::now())
+            .set_stats_interval(Some(super::STATS_INTERVAL));
+        let codecs = config.codec_config();
+        match video {
+            VideoCodecs::None => {}
+            VideoCodecs::Publisher(f) => {
+                let (pt, rtx) = (Pt::from(f.pt), f.rtx.map(Pt::from));
+                match f.codec {
+                    VideoCodec::H264 => {
+                        codecs.add_h264(pt, rtx, true, f.profile_level_id.unwrap_or(0x42001f))
+                    }
+                    VideoCodec::Vp8 => codecs.add_config(
+                        pt,
+                        rtx,
+                        Codec::Vp8,
+                        str0m::media::Frequency::NINETY_KHZ,
+                        None,
+                        FormatParams::default(),
+                    ),
+                }
+            }
+            VideoCodecs::Subscriber(VideoCodec::H264) => {
+                // Baseline and constrained baseline carry the same bitstream from WebRTC
+                // encoders (constrained baseline is a subset); accept either in the offer.
+                codecs.add_h264(127.into(), Some(121.into()), true, 0x42001f);
+                codecs.add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+            }
+            VideoCodecs::Subscriber(VideoCodec::Vp8) => codecs.enable_vp8(true),
+        }
+        config.build(Instant::now())
     }
 
     fn accept(
         &mut self,
         id: PeerId,
         offer: SdpOffer,
+        video: &VideoCodecs,
         mut role: PeerRole,
+        lines: &[MediaSection],
     ) -> Result<String, RtcError> {
-        let lines = media_lines(&offer.to_sdp_string());
-        let mut rtc = self.new_rtc();
+        let mut rtc = self.new_rtc(video);
         let candidate = Candidate::host(self.announced, "udp")
             .map_err(|e| RtcError::new(ErrorCode::Unknown, format!("host candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
-            RtcError::new(
-                ErrorCode::InvalidParameter,
-                format!("SDP offer refused: {e}"),
-            )
-        })?;
-        // A subscriber's tracks come from its offer's receiving m-lines that str0m accepted.
+        let mut answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| {
+                RtcError::new(
+                    ErrorCode::InvalidParameter,
+                    format!("SDP offer refused: {e}"),
+                )
+            })?
+            .to_sdp_string();
+        // A subscriber's tracks come from its offer's receiving m-lines that str0m accepted,
+        // each sent with the payload type its answer names.
         if let PeerRole::Subscriber {
+            slot,
             audio,
-            video,
+            video: want_video,
             tracks,
-            ..
         } = &mut role
         {
-            for (kind, mid, receives) in lines {
-                let wanted = match kind {
+            let stream_type = match slot.stream_type {
+                rtcroom_protocol::signal::StreamType::Main => "main",
+                rtcroom_protocol::signal::StreamType::Auxiliary => "auxiliary",
+            };
+            answer = unify_msid(&answer, &stream_msid(slot.user.as_str(), stream_type));
+            let pts = answer_pts(&answer);
+            for m in lines {
+                let wanted = match m.kind {
                     MediaKind::Audio => *audio,
-                    MediaKind::Video => *video,
+                    MediaKind::Video => *want_video,
                 };
-                let mid = Mid::from(mid.as_str());
+                let mid = Mid::from(m.mid.as_str());
                 let usable = rtc.media(mid).is_some_and(|m| !m.disabled());
-                if wanted && receives && usable && !tracks.iter().any(|t| t.kind == kind) {
+                let pt = pts.iter().find(|(x, _)| *x == m.mid).map(|(_, pt)| *pt);
+                let codec = match (m.kind, video) {
+                    (MediaKind::Video, VideoCodecs::Subscriber(c)) => Some(*c),
+                    _ => None,
+                };
+                if let Some(pt) = pt
+                    && wanted
+                    && m.receives
+                    && usable
+                    && !tracks.iter().any(|t| t.kind == m.kind)
+                {
                     tracks.push(OutTrack {
-                        kind,
+                        kind: m.kind,
+                        codec,
                         mid,
-                        pt_map: HashMap::new(),
+                        pt: pt.into(),
                         rewriter: SeqRewriter::default(),
                     });
                 }
             }
         }
+        let ice_password = rtc.direct_api().local_ice_credentials().pass;
         let now = Instant::now();
         self.peers.insert(
             id,
@@ -693,6 +733,8 @@ impl Worker {
                 role,
                 created: now,
                 connected: false,
+                ice_password,
+                nominated: false,
                 next_timeout: now,
                 dead: false,
             },
@@ -701,7 +743,7 @@ impl Worker {
         let mut routed = Vec::new();
         self.drain(id, &mut routed);
         self.route(routed);
-        Ok(answer.to_sdp_string())
+        Ok(answer)
     }
 
     fn handle_cmd(&mut self, cmd: Cmd) {
@@ -710,15 +752,19 @@ impl Worker {
                 id,
                 slot,
                 offer,
+                video,
                 reply,
             } => {
+                let video = video.map_or(VideoCodecs::None, VideoCodecs::Publisher);
                 let res = self.accept(
                     id,
                     offer,
+                    &video,
                     PeerRole::Publisher {
                         slot: slot.clone(),
                         kinds: HashMap::new(),
                     },
+                    &[],
                 );
                 if res.is_ok() {
                     self.publisher_of.insert(slot, id);
@@ -731,17 +777,22 @@ impl Worker {
                 audio,
                 video,
                 offer,
+                lines,
+                codec,
                 reply,
             } => {
+                let codecs = codec.map_or(VideoCodecs::None, VideoCodecs::Subscriber);
                 let res = self.accept(
                     id,
                     offer,
+                    &codecs,
                     PeerRole::Subscriber {
                         slot: slot.clone(),
                         audio,
                         video,
                         tracks: Vec::new(),
                     },
+                    &lines,
                 );
                 let res = res.and_then(|answer| {
                     let has_tracks = matches!(
@@ -882,7 +933,27 @@ impl Worker {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        if let Err(e) = peer.rtc.handle_input(input) {
+        // A new peer's first authenticated check is its nomination (see `super::stun`), so
+        // DTLS answers go out at once instead of waiting for the client's own nomination.
+        let nominated = (!peer.nominated && super::stun::is_stun(data))
+            .then(|| super::stun::with_use_candidate(data, &peer.ice_password))
+            .flatten();
+        let result = match nominated.as_deref().map(DatagramRecv::try_from) {
+            Some(Ok(contents)) => {
+                peer.nominated = true;
+                peer.rtc.handle_input(Input::Receive(
+                    now,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: self.local,
+                        contents,
+                    },
+                ))
+            }
+            _ => peer.rtc.handle_input(input),
+        };
+        if let Err(e) = result {
             tracing::debug!(peer = id, error = %e, "bad input from peer");
             peer.dead = true;
         }
@@ -933,28 +1004,5 @@ impl Worker {
         for id in remove {
             self.remove_peer(id);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn media_lines_reads_kinds_mids_and_directions() {
-        let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\na=recvonly\r\n\
-                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=sendonly\r\n\
-                   m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\n\
-                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:3\r\n\
-                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v2\r\n";
-        assert_eq!(
-            media_lines(sdp),
-            vec![
-                (MediaKind::Video, "0".to_owned(), true),
-                (MediaKind::Audio, "1".to_owned(), false),
-                (MediaKind::Video, "v2".to_owned(), true),
-            ]
-        );
-        assert!(media_lines("garbage").is_empty());
     }
 }
