@@ -65,10 +65,18 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let (http, ws) = if config.tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     // The actual address (port 0 resolved) goes into the key file for the other commands.
     if let Some((path, mut k)) = key_file {
+        // The embedded default hands out development UserSigs (for the demo page) only while
+        // nothing but this machine can reach it, whatever the overrides moved.
+        config.web.dev_usersig &= addr.ip().is_loopback();
         k.listen = addr.to_string();
-        k.server_url = format!("ws://{addr}/ws");
+        k.server_url = format!("{ws}://{addr}/ws");
         if let Err(e) = k.write(&path) {
             eprintln!("error: {e}");
             return ExitCode::from(1);
@@ -80,8 +88,16 @@ pub fn run(args: ServeArgs) -> ExitCode {
         println!("  admin token: {}", k.admin_token);
     }
     println!(
-        "listening: ws://{addr}/ws (admin http://{addr}/admin, metrics http://{addr}/metrics)"
+        "listening: {ws}://{addr}/ws (admin {http}://{addr}/admin, metrics {http}://{addr}/metrics)"
     );
+    println!("web SDK:   {http}://{addr}/sdk/trtc.js");
+    if config.web.dev_usersig {
+        println!("demo page: {http}://{addr}/ (open it in two tabs)");
+    } else {
+        println!(
+            "demo page: {http}://{addr}/ (no development UserSigs here: the page needs your own)"
+        );
+    }
     tracing::info!(%addr, "rtcroom server listening");
     match rtcroom_server::run_until_signal(config, listener) {
         Ok(()) => {

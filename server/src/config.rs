@@ -22,10 +22,19 @@
 //!
 //! [admin]
 //! token = "an-admin-token"
+//!
+//! [web]
+//! allowed_origins = ["https://app.example.com"]   # WebSocket Origin check; empty: any
+//! dev_usersig = false                            # GET /dev/usersig, development only
+//!
+//! [tls]                                          # https:// and wss:// on `listen`
+//! cert_file = "/etc/rtcroom/cert.pem"            # PEM, leaf first, then intermediates
+//! key_file = "/etc/rtcroom/key.pem"              # PEM, PKCS#8, PKCS#1 or SEC1
 //! ```
 //!
 //! Environment: `RTCROOM__LISTEN=0.0.0.0:7900`, `RTCROOM__TIMEOUTS__HEARTBEAT_TIMEOUT_S=30`,
-//! `RTCROOM__ADMIN__TOKEN=...`, `RTCROOM__WEBHOOK__URL=...` (double underscore between levels).
+//! `RTCROOM__ADMIN__TOKEN=...`, `RTCROOM__WEBHOOK__URL=...` (double underscore between levels),
+//! `RTCROOM__WEB__ALLOWED_ORIGINS=https://a.example,https://b.example` (lists: commas).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -150,6 +159,28 @@ pub struct AdminConfig {
     pub hmac_key: Option<String>,
 }
 
+/// Browsers: the WebSocket `Origin` check and the development UserSig endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebConfig {
+    /// Page origins (`https://app.example.com`) allowed to open the signalling WebSocket;
+    /// empty allows any. Requests without an `Origin` header (non-browser clients) pass.
+    pub allowed_origins: Vec<String>,
+    /// Serve `GET /dev/usersig?userId=…`: a UserSig for anyone who asks, like TRTC's
+    /// `GenerateTestUserSig`. **Development only**: whoever reaches the server can then join
+    /// as anyone. The embedded default turns it on when it listens on loopback.
+    pub dev_usersig: bool,
+}
+
+/// TLS for `https://` and `wss://` on the listen address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM (leaf first).
+    pub cert_file: PathBuf,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
 /// The whole server configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServerConfig {
@@ -177,6 +208,12 @@ pub struct ServerConfig {
     /// The SFU media plane.
     #[serde(default)]
     pub media: crate::media::MediaConfig,
+    /// Browsers.
+    #[serde(default)]
+    pub web: WebConfig,
+    /// TLS; plain HTTP / WebSocket without it.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 fn default_listen() -> String {
@@ -199,6 +236,8 @@ impl ServerConfig {
             admin: AdminConfig::default(),
             workers: None,
             media: crate::media::MediaConfig::default(),
+            web: WebConfig::default(),
+            tls: None,
         }
     }
 
@@ -225,6 +264,8 @@ impl ServerConfig {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("web.allowed_origins")
             .source(vars)
     }
 
@@ -277,6 +318,22 @@ impl ServerConfig {
                 "limits.max_message_bytes must be at least 1024".into(),
             ));
         }
+        if let Some(bad) = self.web.allowed_origins.iter().find(|o| !valid_origin(o)) {
+            return Err(ConfigError::Invalid(format!(
+                "web.allowed_origins: {bad:?} is not an origin like https://app.example.com \
+                 (scheme, host and optional port; no path) or *"
+            )));
+        }
+        if let Some(tls) = &self.tls {
+            for (name, path) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if !path.is_file() {
+                    return Err(ConfigError::Invalid(format!(
+                        "tls.{name} {} is not a readable file",
+                        path.display()
+                    )));
+                }
+            }
+        }
         if self.limits.messages_per_second == 0 {
             return Err(ConfigError::Invalid(
                 "limits.messages_per_second must be at least 1".into(),
@@ -301,6 +358,28 @@ impl ServerConfig {
     pub fn app(&self, sdk_app_id: u32) -> Option<&AppConfig> {
         self.apps.iter().find(|a| a.sdk_app_id == sdk_app_id)
     }
+}
+
+/// Whether `listen` (`host:port`) resolves to loopback addresses only.
+pub fn listens_on_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match listen.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.trim_end_matches('/').contains(['/', '?', '#']))
 }
 
 /// What the embedded default server writes to its key file, so other commands can reach it.
@@ -399,6 +478,9 @@ impl EmbeddedKeyFile {
     pub fn server_config(&self) -> ServerConfig {
         let mut cfg = ServerConfig::single_app(&self.listen, self.sdk_app_id, &self.secret_key);
         cfg.admin.token = Some(self.admin_token.clone());
+        // The demo page at / gets its UserSigs here: only while nobody but this machine can
+        // reach the server (an RTCROOM__WEB__DEV_USERSIG override still decides).
+        cfg.web.dev_usersig = listens_on_loopback(&self.listen);
         cfg
     }
 }
@@ -443,12 +525,75 @@ key = "abc"
     }
 
     #[test]
+    fn web_and_tls_settings_are_checked() {
+        let mut c = ServerConfig::single_app("127.0.0.1:0", 1, "k");
+        for good in [
+            "*",
+            "https://app.example.com",
+            "http://127.0.0.1:8080",
+            "https://x/",
+        ] {
+            c.web.allowed_origins = vec![good.to_owned()];
+            assert!(c.validate().is_ok(), "{good}");
+        }
+        for bad in [
+            "app.example.com",
+            "https://x/path",
+            "ftp://x",
+            "https://",
+            "https://x?a",
+        ] {
+            c.web.allowed_origins = vec![bad.to_owned()];
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("allowed_origins"), "{bad}: {e}");
+        }
+        c.web.allowed_origins.clear();
+        c.tls = Some(TlsConfig {
+            cert_file: "/nonexistent/cert.pem".into(),
+            key_file: "/nonexistent/key.pem".into(),
+        });
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("tls.cert_file")
+        );
+    }
+
+    #[test]
+    fn the_embedded_default_hands_out_dev_usersigs_on_loopback_only() {
+        assert!(listens_on_loopback("127.0.0.1:7900"));
+        assert!(listens_on_loopback("[::1]:7900"));
+        assert!(!listens_on_loopback("0.0.0.0:7900"));
+        assert!(!listens_on_loopback("not an address"));
+        let file = |listen: &str| EmbeddedKeyFile {
+            server_url: String::new(),
+            listen: listen.to_owned(),
+            sdk_app_id: 1,
+            secret_key: "k".into(),
+            admin_token: "t".into(),
+        };
+        assert!(file("127.0.0.1:7900").server_config().web.dev_usersig);
+        assert!(!file("0.0.0.0:7900").server_config().web.dev_usersig);
+        assert!(
+            !ServerConfig::single_app("127.0.0.1:0", 1, "k")
+                .web
+                .dev_usersig
+        );
+    }
+
+    #[test]
     fn environment_overrides_lay_over_an_embedded_config() {
         let mut base = ServerConfig::single_app("127.0.0.1:7900", 1_400_000_000, "k");
         base.admin.token = Some("t".into());
         let vars: config::Map<String, String> = [
             ("RTCROOM__TIMEOUTS__EVENT_BATCH_S", "0.05"),
             ("RTCROOM__WORKERS", "3"),
+            (
+                "RTCROOM__WEB__ALLOWED_ORIGINS",
+                "https://a.example,http://127.0.0.1:8080",
+            ),
+            ("RTCROOM__WEB__DEV_USERSIG", "true"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -459,6 +604,11 @@ key = "abc"
             .unwrap();
         assert_eq!(cfg.timeouts.event_batch_s, 0.05);
         assert_eq!(cfg.workers, Some(3));
+        assert_eq!(
+            cfg.web.allowed_origins,
+            ["https://a.example", "http://127.0.0.1:8080"]
+        );
+        assert!(cfg.web.dev_usersig);
         // Everything else is the embedded config's.
         assert_eq!(cfg.apps, base.apps);
         assert_eq!(cfg.admin.token.as_deref(), Some("t"));

@@ -2,7 +2,9 @@
 //!
 //! The room server: TRTC-compatible signalling over WebSocket (`GET /ws`), TRTC's room rules,
 //! an admin REST API (`POST /admin/{Action}`), TRTC-format webhooks, Prometheus metrics
-//! (`GET /metrics`) and a health check (`GET /healthz`).
+//! (`GET /metrics`), a health check (`GET /healthz`), and for browsers the web SDK
+//! (`GET /sdk/trtc.js`), a demo page (`GET /`) and development UserSigs ([`web`]); plain or
+//! TLS (`[tls]`).
 //!
 //! The rules live in [`room::Room`], a clock-free state machine; the actors only drive it:
 //! one `SessionActor` per connection ([`session`]), one `RoomActor` per (sdkAppId, roomId)
@@ -19,6 +21,7 @@ pub mod registry;
 pub mod room;
 pub mod server;
 pub mod session;
+pub mod web;
 pub mod webhook;
 
 pub use config::{EmbeddedKeyFile, ServerConfig};

@@ -30,6 +30,16 @@ async fn ws_route(
     stream: web::Payload,
     shared: web::Data<Arc<SessionShared>>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    let origin = req
+        .headers()
+        .get(actix_web::http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    if !crate::web::origin_allowed(origin, &shared.config.web.allowed_origins) {
+        tracing::debug!(?origin, "websocket refused: origin not allowed");
+        return Ok(HttpResponse::Forbidden()
+            .content_type("text/plain")
+            .body("this origin may not open the signalling WebSocket (web.allowed_origins)\n"));
+    }
     let limit = shared.config.limits.max_message_bytes;
     ws::WsResponseBuilder::new(SessionActor::new(shared.get_ref().clone()), &req, stream)
         .frame_size(limit)
@@ -84,6 +94,41 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// The rustls server configuration for `tls`: the certificate chain and key from their PEM
+/// files, HTTP/1.1 only (the WebSocket upgrade needs it).
+pub fn tls_server_config(tls: &crate::config::TlsConfig) -> std::io::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("tls.{what} {}: {e}", path.display()),
+        )
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
+        .and_then(|i| i.collect())
+        .map_err(|e| invalid("cert_file", &tls.cert_file, &e))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "cert_file",
+            &tls.cert_file,
+            &"no certificate in it",
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+        .map_err(|e| invalid("key_file", &tls.key_file, &e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| std::io::Error::other(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| invalid("key_file", &tls.key_file, &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Serve on `listener` until `shutdown` resolves, then close every session and stop within
 /// the configured bound. Must run inside an actix `System`.
 pub async fn run(
@@ -96,6 +141,13 @@ pub async fn run(
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     install_crypto_provider();
+    let tls = config.tls.as_ref().map(tls_server_config).transpose()?;
+    if config.web.dev_usersig {
+        tracing::warn!(
+            "GET /dev/usersig hands out UserSigs to anyone who asks (web.dev_usersig): \
+             development only"
+        );
+    }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -127,6 +179,10 @@ pub async fn run(
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(crate::admin::MAX_BODY))
             .route("/ws", web::get().to(ws_route))
+            .route("/", web::get().to(crate::web::demo_page))
+            .route("/sdk/trtc.js", web::get().to(crate::web::sdk_js))
+            .route("/sdk/trtc.mjs", web::get().to(crate::web::sdk_mjs))
+            .route("/dev/usersig", web::get().to(crate::web::dev_usersig))
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(metrics_route))
             .route("/admin", web::post().to(crate::admin::admin_header))
@@ -139,8 +195,11 @@ pub async fn run(
     // Signalling frames are small and latency-bound: no Nagle delay behind an unacked write.
     .tcp_nodelay(true)
     .disable_signals()
-    .shutdown_timeout(config.timeouts.shutdown_timeout_s)
-    .listen(listener)?
+    .shutdown_timeout(config.timeouts.shutdown_timeout_s);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    }
     .run();
     let handle = server.handle();
     let server_task = actix_web::rt::spawn(server);
@@ -184,6 +243,7 @@ pub async fn shutdown_signal() {
 /// A server running on its own thread (for tests, benchmarks and the in-process demo).
 pub struct RunningServer {
     addr: SocketAddr,
+    tls: bool,
     metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -198,6 +258,7 @@ impl RunningServer {
         install_crypto_provider();
         let listener = bind(&config.listen)?;
         let addr = listener.local_addr()?;
+        let tls = config.tls.is_some();
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let m = metrics.clone();
@@ -210,6 +271,7 @@ impl RunningServer {
             })?;
         Ok(RunningServer {
             addr,
+            tls,
             metrics,
             stop: Some(tx),
             thread: Some(thread),
@@ -221,14 +283,16 @@ impl RunningServer {
         self.addr
     }
 
-    /// The signalling URL (`ws://addr/ws`).
+    /// The signalling URL (`ws://addr/ws`, or `wss://` with TLS).
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.addr)
     }
 
-    /// The HTTP base URL (`http://addr`).
+    /// The HTTP base URL (`http://addr`, or `https://` with TLS).
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The server's counters.

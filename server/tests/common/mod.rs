@@ -76,10 +76,18 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("connect");
+        Self::connect_with(url, None).await
+    }
+
+    /// Connect with a TLS connector (for `wss://`).
+    pub async fn connect_with(url: &str, tls: Option<tokio_tungstenite::Connector>) -> Client {
+        let (ws, _) = tokio::time::timeout(
+            DEADLINE,
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, tls),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect");
         Client {
             ws,
             next_id: 1,
@@ -229,6 +237,18 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = http_full(addr, method, path, headers, body).await;
+    (status, body)
+}
+
+/// A minimal HTTP/1.1 request over loopback: (status, response headers in lower case, body).
+pub async fn http_full(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -247,19 +267,16 @@ pub async fn http(
         .unwrap();
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_ascii_lowercase(), b.to_owned()))
         .unwrap_or_default();
-    let body = if text
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    let body = if head.contains("transfer-encoding: chunked") {
         dechunk(&body)
     } else {
         body
     };
-    (status, body)
+    (status, head, body)
 }
 
 fn dechunk(body: &str) -> String {
