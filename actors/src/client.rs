@@ -83,6 +83,8 @@ pub struct ClientSettings {
     pub auto_subscribe_output: SubscribeOutput,
     /// How long a new peer connection may take to connect (ICE + DTLS).
     pub media_connect_timeout: Duration,
+    /// TLS for a `wss://` server URL (system roots plus any extra CA); `None` for `ws://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Default for [`ClientSettings::media_connect_timeout`].
@@ -112,6 +114,7 @@ impl ClientSettings {
             reconnect: ReconnectPolicy::default(),
             auto_subscribe_output: SubscribeOutput::Discard,
             media_connect_timeout: DEFAULT_MEDIA_CONNECT_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -416,10 +419,11 @@ impl ClientActor {
         let generation = self.generation;
         tracing::info!(parent: &self.span, ?attempt, "connecting");
         let url = self.settings.server_url.clone();
+        let tls = self.settings.tls.clone();
         let timeout = self.settings.join_timeout;
         let deadline = Instant::now() + timeout;
         ctx.spawn(
-            async move { connect(&url, timeout).await }
+            async move { connect(&url, tls, timeout).await }
                 .into_actor(self)
                 .map(move |res, act, ctx| match res {
                     Ok(ws) => act.send_join(ctx, generation, attempt, ws, deadline),

@@ -51,6 +51,7 @@ pub mod quality;
 pub mod requests;
 pub mod room;
 pub mod signaling;
+pub mod tls;
 
 #[cfg(feature = "fault-injection")]
 pub use client::CrashPeerConnections;

@@ -371,14 +371,24 @@ impl Handler<Crash> for SignalingActor {
     }
 }
 
-/// Open a WebSocket to `url` within `timeout` (a timeout is the join's timeout error).
-/// Incoming messages are capped at [`MAX_INCOMING_BYTES`]; a bigger one ends the connection.
-pub async fn connect(url: &str, timeout: Duration) -> Result<WsStream, SignalError> {
+/// Open a WebSocket to `url` within `timeout` (a timeout is the join's timeout error), over
+/// TLS with `tls` for a `wss://` URL. Incoming messages are capped at [`MAX_INCOMING_BYTES`];
+/// a bigger one ends the connection.
+pub async fn connect(
+    url: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Result<WsStream, SignalError> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_INCOMING_BYTES))
         .max_frame_size(Some(MAX_INCOMING_BYTES));
     // Signalling frames are small and latency-bound: disable Nagle.
-    let open = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let open = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        Some(config),
+        true,
+        tls.map(tokio_tungstenite::Connector::Rustls),
+    );
     match tokio::time::timeout(timeout, open).await {
         Ok(Ok((ws, _response))) => Ok(ws),
         Ok(Err(e)) => Err(SignalError::Connect(e.to_string())),

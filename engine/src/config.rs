@@ -10,7 +10,7 @@ use rtcroom_actors::media::SubscribeOutput;
 use rtcroom_actors::requests::{DEFAULT_JOIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use rtcroom_actors::{ClientSettings, JoinParams};
 use rtcroom_protocol::error::extra;
-use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, UserId};
+use rtcroom_protocol::{Mode, Role, RoomId, RtcError, UserId};
 
 /// The signalling URL of the embedded default server (`rtcroom serve` on this machine).
 pub const DEFAULT_SERVER_URL: &str = "ws://127.0.0.1:7900/ws";
@@ -52,8 +52,11 @@ pub struct ClientConfig {
     /// How long a publish or subscribe peer connection may take to connect (ICE + DTLS);
     /// default 10 s.
     pub media_connect_timeout: Duration,
-    /// The signalling URL, `ws://host:port/ws`.
+    /// The signalling URL: `ws://host:port/ws`, or `wss://host/ws` for a server with TLS.
     pub server_url: String,
+    /// PEM certificates to trust for `wss://`, in addition to the system's roots (e.g. the
+    /// CA of a development server's self-signed certificate).
+    pub extra_ca_pem: Option<String>,
     /// Connect and join answer within this, else JOIN_ROOM_FAILED "join room timeout"
     /// (TRTC: 5 s).
     pub join_timeout: Duration,
@@ -83,6 +86,7 @@ impl Default for ClientConfig {
             auto_subscribe_output: SubscribeOutput::Discard,
             media_connect_timeout: rtcroom_actors::client::DEFAULT_MEDIA_CONNECT_TIMEOUT,
             server_url: DEFAULT_SERVER_URL.to_owned(),
+            extra_ca_pem: None,
             join_timeout: DEFAULT_JOIN_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
@@ -111,18 +115,19 @@ impl ClientConfig {
             return Err(invalid(extra::PARAM_EMPTY, "userSig must not be empty"));
         }
         let url = self.server_url.as_str();
-        if url.starts_with("wss://") {
-            return Err(RtcError::new(
-                ErrorCode::NotSupported,
-                "wss:// is not supported by this build (no TLS); use ws:// or a TLS proxy",
-            ));
-        }
-        if !url.starts_with("ws://") || url.len() <= "ws://".len() {
-            return Err(invalid(
-                extra::PARAM_TYPE,
-                format!("serverUrl must be a ws:// URL, got {url:?}"),
-            ));
-        }
+        let tls = match url.split_once("://") {
+            Some(("ws", host)) if !host.is_empty() => None,
+            Some(("wss", host)) if !host.is_empty() => Some(
+                rtcroom_actors::tls::client_config(self.extra_ca_pem.as_deref())
+                    .map_err(|e| invalid(extra::PARAM_TYPE, e.to_string()))?,
+            ),
+            _ => {
+                return Err(invalid(
+                    extra::PARAM_TYPE,
+                    format!("serverUrl must be a ws:// or wss:// URL, got {url:?}"),
+                ));
+            }
+        };
         for (name, d) in [
             ("joinTimeout", self.join_timeout),
             ("requestTimeout", self.request_timeout),
@@ -144,6 +149,7 @@ impl ClientConfig {
         s.auto_subscribe = self.auto_subscribe;
         s.auto_subscribe_output = self.auto_subscribe_output.clone();
         s.media_connect_timeout = self.media_connect_timeout;
+        s.tls = tls;
         s.join_timeout = self.join_timeout;
         s.request_timeout = self.request_timeout;
         s.heartbeat_interval = self.heartbeat_interval;
@@ -249,6 +255,7 @@ impl JoinOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtcroom_protocol::ErrorCode;
 
     fn good() -> ClientConfig {
         ClientConfig {
@@ -319,13 +326,30 @@ mod tests {
             }),
             (p, Some(5002))
         );
+        assert!(
+            ClientConfig {
+                server_url: "wss://x/ws".into(),
+                ..good()
+            }
+            .validate()
+            .unwrap()
+            .tls
+            .is_some()
+        );
         assert_eq!(
             extra_of(ClientConfig {
                 server_url: "wss://x/ws".into(),
+                extra_ca_pem: Some("garbage".into()),
                 ..good()
-            })
-            .0,
-            ErrorCode::NotSupported
+            }),
+            (p, Some(5002))
+        );
+        assert_eq!(
+            extra_of(ClientConfig {
+                server_url: "ws://".into(),
+                ..good()
+            }),
+            (p, Some(5002))
         );
         assert_eq!(
             extra_of(ClientConfig {
