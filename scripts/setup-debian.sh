@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what rtcroom needs on Debian 12, idempotently: the GStreamer packages (1.22), the
-# tools the tests call (gst-discoverer-1.0), pkg-config, and a Rust toolchain if none is there.
+# tools the tests call (gst-discoverer-1.0, headless Chromium for the browser tests),
+# pkg-config, and a Rust toolchain if none is there.
 # Safe to run again: it installs only what is missing, and runs `apt-get update` only then.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ PACKAGES=(
   gstreamer1.0-libav
   gstreamer1.0-tools
   gstreamer1.0-plugins-base-apps
+  chromium
   pkg-config
   build-essential
   ca-certificates
