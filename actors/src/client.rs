@@ -1340,6 +1340,14 @@ impl ClientActor {
         };
         let audio = params.audio && info.has_audio;
         let video = params.video && info.has_video;
+        // The stream's codec, as the server negotiated it with the publisher (H.264 for a
+        // server that does not say).
+        let video_codec = video.then(|| match info.video_codec {
+            Some(rtcroom_protocol::signal::VideoCodec::Vp8) => rtcroom_pipelines::VideoCodec::Vp8,
+            Some(rtcroom_protocol::signal::VideoCodec::H264) | None => {
+                rtcroom_pipelines::VideoCodec::H264
+            }
+        });
         if !audio && !video {
             return ready(Err(RtcError::invalid_operation(
                 None,
@@ -1373,7 +1381,7 @@ impl ClientActor {
         let (user, stream_type, output) = (params.user_id, params.stream_type, params.output);
         let jitter = params.jitter_latency;
         let build = tokio::task::spawn_blocking(move || {
-            RemoteMedia::start(&user, stream_type, audio, video, &output, jitter)
+            RemoteMedia::start(&user, stream_type, audio, video_codec, &output, jitter)
         });
         let span = self.span.clone();
         ctx.spawn(build.into_actor(self).map(move |res, act, ctx| {

@@ -101,5 +101,5 @@ pub use rtcroom_pipelines::{AudioProfile, SourceKind, VideoProfile};
 /// `stream_type`, `has_audio`, `has_video`.
 pub type RemoteStream = RemoteStreamInfo;
 pub use rtcroom_actors::{ClientEvent, ConnectionState, RemoteMutedState, RemoteStreamInfo};
-pub use rtcroom_protocol::signal::{BanReason, LeaveReason, StreamType};
+pub use rtcroom_protocol::signal::{BanReason, LeaveReason, StreamType, VideoCodec};
 pub use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};

@@ -14,7 +14,7 @@ use rtcroom_pipelines::{
     AppAudioInput, AppVideoInput, AudioProfile, AudioTrackConfig, LocalConfig, LocalOutputs,
     MediaKind, PipelineEvent, SourceKind, VideoProfile, VideoTrackConfig,
 };
-use rtcroom_protocol::signal::{self, StreamType};
+use rtcroom_protocol::signal::{self, StreamType, VideoCodec};
 use rtcroom_protocol::{ErrorCode, RtcError};
 use tokio::sync::oneshot;
 
@@ -34,6 +34,9 @@ pub struct StreamConfig {
     pub source: SourceKind,
     /// Video size, frame rate and bitrate (default TRTC `480p`).
     pub video_profile: VideoProfile,
+    /// The video codec sent (default H.264, as TRTC's Web SDK v4; VP8 on request).
+    /// Subscribers learn it from the stream's `video_codec`.
+    pub video_codec: VideoCodec,
     /// Audio profile (default TRTC `standard`).
     pub audio_profile: AudioProfile,
     /// Main (camera/mic) or auxiliary (screen share).
@@ -48,6 +51,7 @@ impl Default for StreamConfig {
             video: true,
             source: SourceKind::TestPattern { duration: None },
             video_profile: VideoProfile::default(),
+            video_codec: VideoCodec::H264,
             audio_profile: AudioProfile::default(),
             stream_type: StreamType::Main,
         }
@@ -58,6 +62,10 @@ impl StreamConfig {
     fn pipeline_config(&self) -> LocalConfig {
         let mut c = LocalConfig::new(self.source.clone());
         c.video = self.video.then(|| VideoTrackConfig {
+            codec: match self.video_codec {
+                VideoCodec::H264 => rtcroom_pipelines::VideoCodec::H264,
+                VideoCodec::Vp8 => rtcroom_pipelines::VideoCodec::Vp8,
+            },
             profile: self.video_profile,
             ..Default::default()
         });

@@ -13,7 +13,7 @@ use common::*;
 use rtcroom::{
     ClientEvent, ConnectionState, DecodedFrame, ErrorCode, FrameInfo, JoinOptions, LocalStream,
     Mode, RemoteStream, Role, StreamConfig, StreamType, SubscribeOptions, SubscribeOutput,
-    VideoProfile, create_stream,
+    VideoCodec, VideoProfile, create_stream,
 };
 
 /// Counts decoded frames per user and remembers the last video size.
@@ -110,6 +110,45 @@ async fn join(c: &TestClient, room: u32) {
         .expect("join succeeds");
 }
 
+/// VP8, as a browser publishes by default: the engine sends it when asked, the server
+/// answers with it and announces it, and a subscriber decodes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp8_is_published_announced_and_decoded() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let mut bob = media_client(&url, "bob", None);
+    let local = bounded(create_stream(StreamConfig {
+        video_codec: VideoCodec::Vp8,
+        ..test_stream()
+    }))
+    .await
+    .expect("VP8 stream starts");
+    join(&alice, 3011).await;
+    bounded(alice.publish(&local)).await.expect("publish VP8");
+    join(&bob, 3011).await;
+    let remote = wait_stream_added(&mut bob, "alice").await;
+    assert_eq!(remote.video_codec, Some(VideoCodec::Vp8));
+    let frames = Arc::new(Frames::default());
+    bounded(bob.subscribe(
+        &remote,
+        SubscribeOptions {
+            output: frames.output(),
+            jitter_latency: Duration::from_millis(20),
+            ..SubscribeOptions::default()
+        },
+    ))
+    .await
+    .expect("subscribe");
+    frames
+        .wait("30 VP8 frames and 10 audio frames", |f| {
+            f.video() >= 30 && f.audio() >= 10
+        })
+        .await;
+    assert_eq!(*frames.size.lock().unwrap(), Some((320, 240)));
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subscribe_decode_mute_unpublish() {
     let server = start(server_config("127.0.0.1:0"));
@@ -123,6 +162,7 @@ async fn publish_subscribe_decode_mute_unpublish() {
     let remote = wait_stream_added(&mut bob, "alice").await;
     assert_eq!(remote.stream_type, StreamType::Main);
     assert!(remote.has_audio && remote.has_video);
+    assert_eq!(remote.video_codec, Some(VideoCodec::H264));
 
     let frames = Arc::new(Frames::default());
     bounded(bob.subscribe(

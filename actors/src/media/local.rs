@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex};
 use actix::Recipient;
 
 use rtcroom_pipelines::{
-    KeyframeRequester, LocalConfig, LocalOutputs, LocalPipeline, MediaKind, RtpPacket,
+    KeyframeRequester, LocalConfig, LocalOutputs, LocalPipeline, MediaKind, RtpPacket, VideoCodec,
 };
 use rtcroom_protocol::signal::StreamType;
 use rtcroom_protocol::{ErrorCode, RtcError};
 use tokio::sync::mpsc;
-use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 use webrtc::track::track_local::TrackLocalWriter;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
@@ -31,6 +31,8 @@ pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f";
 /// Payload type of H.264 (as rtcroom-pipelines packetises it).
 pub const H264_PT: u8 = 102;
+/// Payload type of VP8 (as rtcroom-pipelines packetises it).
+pub const VP8_PT: u8 = rtcroom_pipelines::codec::VP8_PAYLOAD_TYPE;
 /// Payload type of Opus.
 pub const OPUS_PT: u8 = 111;
 
@@ -42,6 +44,25 @@ pub fn h264_capability() -> RTCRtpCodecCapability {
         channels: 0,
         sdp_fmtp_line: H264_FMTP.to_owned(),
         rtcp_feedback: vec![],
+    }
+}
+
+/// The VP8 codec as registered and sent.
+pub fn vp8_capability() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// A video codec as registered and sent, with its payload type.
+pub fn video_capability(codec: VideoCodec) -> (RTCRtpCodecCapability, u8) {
+    match codec {
+        VideoCodec::H264 => (h264_capability(), H264_PT),
+        VideoCodec::Vp8 => (vp8_capability(), VP8_PT),
     }
 }
 
@@ -188,9 +209,9 @@ impl LocalMedia {
         config: LocalConfig,
         stream_type: StreamType,
     ) -> Result<(Arc<LocalMedia>, LocalOutputs), RtcError> {
-        let video_track = config.video.as_ref().map(|_| {
+        let video_track = config.video.as_ref().map(|v| {
             Arc::new(TrackLocalStaticRTP::new(
-                h264_capability(),
+                video_capability(v.codec).0,
                 "video".into(),
                 "rtcroom".into(),
             ))

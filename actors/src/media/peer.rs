@@ -26,7 +26,7 @@ use rtcroom_protocol::{ErrorCode, RtcError};
 use tokio::sync::oneshot;
 use webrtc::api::APIBuilder;
 use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::MediaEngine;
+use webrtc::api::media_engine::{MIME_TYPE_VP8, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
@@ -37,14 +37,18 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtcp;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecParameters, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
+};
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 use webrtc::util::Marshal;
 
-use super::local::{H264_PT, LocalMedia, OPUS_PT, h264_capability, opus_capability};
+use super::local::{
+    H264_PT, LocalMedia, OPUS_PT, VP8_PT, h264_capability, opus_capability, vp8_capability,
+};
 use super::remote::RemoteMedia;
 
 /// How long an offer waits for ICE gathering (loopback gathers in a few ms).
@@ -157,17 +161,27 @@ fn ice_error(what: &str, e: impl std::fmt::Display) -> RtcError {
     RtcError::new(ErrorCode::IceTransportError, format!("{what}: {e}"))
 }
 
-/// A webrtc-rs peer connection set up for rtcroom's SFU.
-async fn new_peer_connection() -> Result<Arc<RTCPeerConnection>, RtcError> {
-    let mut m = MediaEngine::default();
+/// The RTCP feedback rtcroom's video codecs are registered with (NACK, PLI, FIR).
+fn video_feedback() -> Vec<webrtc::rtp_transceiver::RTCPFeedback> {
     let fb = |t: &str, p: &str| webrtc::rtp_transceiver::RTCPFeedback {
         typ: t.to_owned(),
         parameter: p.to_owned(),
     };
-    let mut video = h264_capability();
-    video.rtcp_feedback = vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")];
+    vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")]
+}
+
+/// A webrtc-rs peer connection set up for rtcroom's SFU.
+async fn new_peer_connection() -> Result<Arc<RTCPeerConnection>, RtcError> {
+    let mut m = MediaEngine::default();
+    let mut h264 = h264_capability();
+    h264.rtcp_feedback = video_feedback();
+    let mut vp8 = vp8_capability();
+    vp8.rtcp_feedback = video_feedback();
+    // H.264 first: an offer lists codecs in this order, and an uplink narrows it to its
+    // track's codec (`set_codec_preferences`), so the server answers with what is sent.
     let codecs = [
-        (video, H264_PT, RTPCodecType::Video),
+        (h264, H264_PT, RTPCodecType::Video),
+        (vp8, VP8_PT, RTPCodecType::Video),
         (opus_capability(), OPUS_PT, RTPCodecType::Audio),
     ];
     for (capability, payload_type, kind) in codecs {
@@ -317,6 +331,7 @@ impl PeerConnectionActor {
                     .into_iter()
                     .flatten()
                 {
+                    let capability = track.codec();
                     let t = pc
                         .add_transceiver_from_track(
                             track as Arc<dyn TrackLocal + Send + Sync>,
@@ -327,6 +342,25 @@ impl PeerConnectionActor {
                         )
                         .await
                         .map_err(|e| ice_error("add track", e))?;
+                    // Offer the track's codec only: the server answers a publisher with the
+                    // offer's first codec it forwards, and that must be the one we send.
+                    if t.kind() == RTPCodecType::Video {
+                        let payload_type = if capability.mime_type == MIME_TYPE_VP8 {
+                            VP8_PT
+                        } else {
+                            H264_PT
+                        };
+                        t.set_codec_preferences(vec![RTCRtpCodecParameters {
+                            capability: RTCRtpCodecCapability {
+                                rtcp_feedback: video_feedback(),
+                                ..capability
+                            },
+                            payload_type,
+                            ..Default::default()
+                        }])
+                        .await
+                        .map_err(|e| ice_error("codec preferences", e))?;
+                    }
                     senders.push(t.sender().await);
                 }
             }

@@ -152,7 +152,7 @@ impl RemoteMedia {
         user: &UserId,
         stream_type: StreamType,
         audio: bool,
-        video: bool,
+        video: Option<VideoCodec>,
         output: &SubscribeOutput,
         jitter_latency: std::time::Duration,
     ) -> Result<RemoteMedia, RtcError> {
@@ -184,7 +184,7 @@ impl RemoteMedia {
             }
         };
         let mut config = RemoteConfig::new(out);
-        config.video = video.then_some(VideoCodec::H264);
+        config.video = video;
         config.audio = audio.then_some(AudioCodec::Opus);
         config.jitter_latency = jitter_latency;
         let (pipeline, _events) = RemotePipeline::start(config).map_err(|e| {
