@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use rtcroom::{
     ClientConfig, ClientEvent, JoinOptions, Mode, RecordFormat, Role, RoomIdInput, SourceKind,
-    StreamConfig, StreamType, SubscribeOutput, VideoProfile,
+    StreamConfig, StreamType, SubscribeOutput, VideoCodec, VideoProfile,
 };
 use rtcroom_protocol::usersig::gen_user_sig;
 use rtcroom_server::config::{EmbeddedKeyFile, embedded_key_path};
@@ -211,6 +211,17 @@ pub struct PublishArgs {
     /// Loop the file instead of stopping at its end.
     #[arg(long = "loop")]
     looping: bool,
+    /// Video codec to send.
+    #[arg(long, value_name = "h264|vp8", default_value = "h264", value_parser = parse_codec)]
+    codec: VideoCodec,
+}
+
+fn parse_codec(s: &str) -> Result<VideoCodec, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "h264" | "h.264" => Ok(VideoCodec::H264),
+        "vp8" => Ok(VideoCodec::Vp8),
+        _ => Err(format!("codec must be h264 or vp8, got {s:?}")),
+    }
 }
 
 /// Run the broadcast bot.
@@ -245,6 +256,7 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
     let stream = rtcroom::create_stream(StreamConfig {
         source,
         video_profile: args.video_profile,
+        video_codec: args.codec,
         ..StreamConfig::default()
     })
     .await?;
@@ -339,6 +351,18 @@ pub fn record(args: RecordArgs) -> ExitCode {
 struct Recording {
     partial_dir: PathBuf,
     file_name: String,
+    format: RecordFormat,
+}
+
+/// The container a stream is recorded in: the one asked for when it can hold the stream's
+/// video codec (no transcoding), else Matroska, which holds both (WebM cannot hold H.264,
+/// MP4 here does not take VP8).
+fn container_for(requested: RecordFormat, codec: Option<VideoCodec>) -> RecordFormat {
+    match (requested, codec) {
+        (RecordFormat::WebM, Some(VideoCodec::H264))
+        | (RecordFormat::Mp4, Some(VideoCodec::Vp8)) => RecordFormat::Mkv,
+        (f, _) => f,
+    }
 }
 
 fn stream_type_name(t: StreamType) -> &'static str {
@@ -377,7 +401,6 @@ async fn run_record(
         r.room,
         out.display()
     );
-    let ext = format.extension();
     let mut active: std::collections::HashMap<(String, StreamType), Recording> = Default::default();
     let mut finished = Vec::new();
     let mut first_frame = first_frame;
@@ -388,9 +411,11 @@ async fn run_record(
     let done = until_done(bot.duration);
     tokio::pin!(done);
     let finalize = |rec: Recording, user: &str, t: StreamType, finished: &mut Vec<PathBuf>| {
-        let from = rec
-            .partial_dir
-            .join(format!("{user}_{}.{ext}", stream_type_name(t)));
+        let from = rec.partial_dir.join(format!(
+            "{user}_{}.{}",
+            stream_type_name(t),
+            rec.format.extension()
+        ));
         let to = out.join(&rec.file_name);
         if std::fs::rename(&from, &to).is_ok() {
             finished.push(to);
@@ -426,16 +451,26 @@ async fn run_record(
                     let stamp = chrono_stamp();
                     let partial_dir = out.join(format!(".partial-{user}-{}-{stamp}", stream_type_name(s.stream_type)));
                     std::fs::create_dir_all(&partial_dir)?;
+                    let container = container_for(format, s.video_codec);
+                    if container != format {
+                        println!(
+                            "{user} ({}) sends {}, which {format:?} cannot hold: recording it as {container:?}",
+                            stream_type_name(s.stream_type),
+                            s.video_codec.map_or("?".to_owned(), |c| c.to_string()),
+                        );
+                    }
                     let options = rtcroom::SubscribeOptions {
-                        output: SubscribeOutput::Record { dir: partial_dir.clone(), format },
+                        output: SubscribeOutput::Record { dir: partial_dir.clone(), format: container },
                         ..Default::default()
                     };
                     match client.subscribe(&s, options).await {
                         Ok(()) => {
-                            println!("recording {user} ({})", stream_type_name(s.stream_type));
+                            let codec = s.video_codec.map_or(String::new(), |c| format!(", {c}"));
+                            println!("recording {user} ({}{codec})", stream_type_name(s.stream_type));
                             active.insert(key, Recording {
                                 partial_dir,
-                                file_name: format!("{user}_{}_{stamp}.{ext}", stream_type_name(s.stream_type)),
+                                file_name: format!("{user}_{}_{stamp}.{}", stream_type_name(s.stream_type), container.extension()),
+                                format: container,
                             });
                         }
                         Err(e) => eprintln!("cannot record {user}: {e}"),
@@ -546,6 +581,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         source: "test".into(),
         video_profile: VideoProfile::P360,
         looping: false,
+        codec: VideoCodec::H264,
     };
     let publish_started = Instant::now();
     let publisher = tokio::spawn(run_publish(publisher_args));
@@ -581,6 +617,14 @@ mod tests {
         assert_eq!(parse_profile("4k").unwrap(), VideoProfile::P4K);
         assert!(parse_profile("999p").is_err());
         assert_eq!(parse_format("webm").unwrap(), RecordFormat::WebM);
+        use RecordFormat::{Mkv, Mp4, WebM};
+        let (h264, vp8) = (Some(VideoCodec::H264), Some(VideoCodec::Vp8));
+        assert_eq!(container_for(WebM, vp8), WebM);
+        assert_eq!(container_for(WebM, h264), Mkv);
+        assert_eq!(container_for(WebM, None), WebM);
+        assert_eq!(container_for(Mp4, h264), Mp4);
+        assert_eq!(container_for(Mp4, vp8), Mkv);
+        assert_eq!(container_for(Mkv, vp8), Mkv);
         assert!(parse_format("avi").is_err());
     }
 

@@ -38,7 +38,7 @@ fn recordings(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "mkv"))
+        .filter(|p| p.extension().is_some_and(|e| e == "mkv" || e == "webm"))
         .collect();
     v.sort();
     v
@@ -115,6 +115,8 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// Alice sends VP8 (as browsers do by default), bob H.264; the recorder asked for WebM
+/// writes alice's VP8 as WebM and bob's H.264, which WebM cannot hold, as Matroska.
 #[test]
 fn record_two_publishers_then_sigint_finalises_files() {
     let home = temp_dir("home");
@@ -122,7 +124,15 @@ fn record_two_publishers_then_sigint_finalises_files() {
     let mut server = spawn(&["serve", "--listen", "127.0.0.1:0"], &home);
     let _server_lines = wait_line(&mut server, "listening:");
     let mut recorder = spawn(
-        &["record", "--room-id", "77", "--out", out.to_str().unwrap()],
+        &[
+            "record",
+            "--room-id",
+            "77",
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "webm",
+        ],
         &home,
     );
     let rec_lines = wait_line(&mut recorder, "recording room");
@@ -140,6 +150,8 @@ fn record_two_publishers_then_sigint_finalises_files() {
                     "240p",
                     "--duration",
                     "4",
+                    "--codec",
+                    if *u == "alice" { "vp8" } else { "h264" },
                 ],
                 &home,
             )
@@ -167,11 +179,31 @@ fn record_two_publishers_then_sigint_finalises_files() {
     assert!(wait_exit(&mut recorder, Duration::from_secs(20)).success());
     let files = recordings(&out);
     assert_eq!(files.len(), 2, "{files:?}");
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        names[0].starts_with("alice_main_") && names[0].ends_with(".webm"),
+        "{names:?}"
+    );
+    assert!(
+        names[1].starts_with("bob_main_") && names[1].ends_with(".mkv"),
+        "{names:?}"
+    );
     for f in &files {
         let (video, audio, duration) = discover(f);
         assert!(video && audio, "{f:?}");
         assert!(duration > 2.0, "{f:?}: {duration}");
     }
+    let alice = Command::new("gst-discoverer-1.0")
+        .arg(&files[0])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&alice.stdout).contains("VP8"),
+        "alice's file holds VP8"
+    );
     Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
