@@ -1342,7 +1342,7 @@ impl ClientActor {
         let video = params.video && info.has_video;
         // The stream's codec, as the server negotiated it with the publisher (H.264 for a
         // server that does not say).
-        let video_codec = video.then(|| match info.video_codec {
+        let video_codec = video.then_some(match info.video_codec {
             Some(rtcroom_protocol::signal::VideoCodec::Vp8) => rtcroom_pipelines::VideoCodec::Vp8,
             Some(rtcroom_protocol::signal::VideoCodec::H264) | None => {
                 rtcroom_pipelines::VideoCodec::H264
