@@ -358,9 +358,8 @@ impl MediaPlane {
             .publishers
             .read()
             .ok()
-            .and_then(|p| p.get(&slot).and_then(|i| i.video))
-            .map(|v| v.codec);
-        if video && let Some(codec) = codec {
+            .and_then(|p| p.get(&slot).and_then(|i| i.video));
+        if video && let Some(codec) = codec.map(|f| f.codec) {
             let receivable = lines
                 .iter()
                 .any(|m| m.kind == MediaKind::Video && m.receives && m.first_of(codec).is_some());

@@ -49,8 +49,8 @@ pub(super) enum Cmd {
         offer: SdpOffer,
         /// The offer's audio/video m-lines.
         lines: Vec<MediaSection>,
-        /// The stream's video codec (none: no video published with media).
-        codec: Option<VideoCodec>,
+        /// The stream's video format (none: no video published with media).
+        codec: Option<VideoFormat>,
         reply: oneshot::Sender<Result<String, RtcError>>,
     },
     Remove {
@@ -186,8 +186,8 @@ enum VideoCodecs {
     None,
     /// A publisher: exactly the format chosen from its offer.
     Publisher(VideoFormat),
-    /// A subscriber: the stream's codec.
-    Subscriber(VideoCodec),
+    /// A subscriber: the stream's format (as its publisher sends it).
+    Subscriber(VideoFormat),
 }
 
 /// Events a drain produced that need the other peers (so they are handled after the drain).
@@ -648,13 +648,18 @@ impl Worker {
                     ),
                 }
             }
-            VideoCodecs::Subscriber(VideoCodec::H264) => {
+            VideoCodecs::Subscriber(f) if f.codec == VideoCodec::H264 => {
                 // Baseline and constrained baseline carry the same bitstream from WebRTC
-                // encoders (constrained baseline is a subset); accept either in the offer.
-                codecs.add_h264(127.into(), Some(121.into()), true, 0x42001f);
-                codecs.add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+                // encoders (constrained baseline is a subset); accept either in the offer,
+                // the publisher's own first, so the answer names it where the offer has it.
+                let mut profiles = [0x42001f, 0x42e01f];
+                if f.profile_level_id.map(|p| p >> 8) == Some(0x42e0) {
+                    profiles.reverse();
+                }
+                codecs.add_h264(127.into(), Some(121.into()), true, profiles[0]);
+                codecs.add_h264(108.into(), Some(109.into()), true, profiles[1]);
             }
-            VideoCodecs::Subscriber(VideoCodec::Vp8) => codecs.enable_vp8(true),
+            VideoCodecs::Subscriber(_) => codecs.enable_vp8(true),
         }
         config.build(Instant::now())
     }
@@ -705,7 +710,7 @@ impl Worker {
                 let usable = rtc.media(mid).is_some_and(|m| !m.disabled());
                 let pt = pts.iter().find(|(x, _)| *x == m.mid).map(|(_, pt)| *pt);
                 let codec = match (m.kind, video) {
-                    (MediaKind::Video, VideoCodecs::Subscriber(c)) => Some(*c),
+                    (MediaKind::Video, VideoCodecs::Subscriber(f)) => Some(f.codec),
                     _ => None,
                 };
                 if let Some(pt) = pt
