@@ -473,6 +473,15 @@ impl Room {
             })?;
         }
         let role = Role::effective(self.mode, input.role);
+        // A member whose socket dropped comes back (a client's silent re-join after a
+        // network blip): as in TRTC, the others notice nothing.
+        if self
+            .members
+            .get(&input.user_id)
+            .is_some_and(|m| !m.connected && m.role == role)
+        {
+            return Ok(self.resume(input, now));
+        }
         let mut effects = Vec::new();
         // A second join with the same userId replaces the first: the older session is kicked.
         let replacing = self.members.contains_key(&input.user_id);
@@ -556,6 +565,59 @@ impl Room {
             },
             effects,
         ))
+    }
+
+    /// A disconnected member joins again on a new session (its role unchanged): it keeps its
+    /// membership and its published streams (a re-publish updates them), and nobody hears of
+    /// it: no peer-leave / peer-join, no webhook. Its old session's subscriptions close (the
+    /// client subscribes again). The reply lists the others and their streams, not its own.
+    fn resume(&mut self, input: JoinInput, now: Instant) -> (Joined, Vec<Effect>) {
+        let user = input.user_id;
+        let mut old = None;
+        if let Some(m) = self.members.get_mut(&user) {
+            old = Some(std::mem::replace(&mut m.session, input.session));
+            m.connected = true;
+            m.last_seen = now;
+            m.privileges = input.privileges;
+        }
+        if let Some(old) = old {
+            self.sessions.remove(&old);
+        }
+        self.sessions.insert(input.session, user.clone());
+        self.dismiss_at = None;
+        let role = self.members.get(&user).map_or(Role::Anchor, |m| m.role);
+        let mut others = VisibleJson::default();
+        for (u, m) in &self.members {
+            if *u != user && self.visible(m.role) {
+                others.push(u, m.role);
+            }
+        }
+        let streams = self
+            .streams()
+            .into_iter()
+            .filter(|s| s.user_id != user)
+            .collect();
+        let effects = old
+            .map(|session| Effect::MemberGone {
+                user_id: user.clone(),
+                session,
+            })
+            .into_iter()
+            .collect();
+        let result = JoinResult {
+            room_id: self.key.room_id.clone(),
+            role,
+            members: Vec::new(),
+            streams,
+            heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
+        };
+        (
+            Joined {
+                result,
+                members_json: others.text,
+            },
+            effects,
+        )
     }
 
     /// Remove a member; `ban` sends it `client-banned` first. `exit_reason` is the webhook's.

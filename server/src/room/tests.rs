@@ -193,6 +193,73 @@ fn duplicate_user_kicks_the_older_session() {
 }
 
 #[test]
+fn a_dropped_member_rejoins_without_anyone_noticing() {
+    let t0 = Instant::now();
+    let t1 = t0 + Duration::from_secs(5);
+    let mut r = room(Mode::Rtc);
+    join(&mut r, 1, "alice", None, t0).unwrap();
+    join(&mut r, 2, "bob", None, t0).unwrap();
+    r.publish(1, StreamType::Main, true, true).unwrap();
+    r.publish(2, StreamType::Main, true, false).unwrap();
+    r.disconnected(1);
+    let (reply, fx) = join(&mut r, 3, "alice", None, t1).unwrap();
+    assert!(events(&fx).is_empty(), "nobody hears of it: {fx:?}");
+    assert!(removals(&fx).is_empty());
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Hook(_))),
+        "no webhook"
+    );
+    // The old session's subscriptions close; the new one subscribes again.
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::MemberGone { session: 1, user_id } if *user_id == uid("alice")
+    )));
+    // The reply lists the others and their streams, not alice herself.
+    let members: Vec<_> = reply.members.iter().map(|m| m.user_id.clone()).collect();
+    assert_eq!(members, vec![uid("bob")]);
+    let streams: Vec<_> = reply.streams.iter().map(|s| s.user_id.clone()).collect();
+    assert_eq!(streams, vec![uid("bob")]);
+    // Still a member with her stream, on the new session; the old one is gone.
+    assert_eq!(r.user_of(3), Some(&uid("alice")));
+    assert_eq!(r.user_of(1), None);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r.streams().len(), 2);
+    // Her re-publish is an update to the others, and heartbeats count again.
+    let fx = r.publish(3, StreamType::Main, true, true).unwrap();
+    assert!(matches!(
+        events(&fx).as_slice(),
+        [(2, ServerEvent::StreamUpdated(s))] if s.user_id == uid("alice")
+    ));
+    assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(90)));
+    assert!(
+        r.tick(t0 + Duration::from_secs(91))
+            .iter()
+            .all(|e| !matches!(e, Effect::Remove { session: 3, .. }))
+    );
+    // A member whose socket is still open is replaced the usual way (a kick), and a
+    // dropped member coming back in another role is a new join too.
+    let (_, fx) = join(&mut r, 4, "alice", None, t1).unwrap();
+    assert_eq!(removals(&fx), vec![(3, BanReason::Kick)]);
+}
+
+#[test]
+fn a_dropped_live_member_coming_back_in_another_role_is_a_new_join() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Live);
+    join(&mut r, 1, "anchor", Some(Role::Anchor), t0).unwrap();
+    join(&mut r, 2, "viewer", Some(Role::Audience), t0).unwrap();
+    r.disconnected(1);
+    let (_, fx) = join(&mut r, 3, "anchor", Some(Role::Audience), t0).unwrap();
+    assert!(events(&fx).contains(&(
+        2,
+        ServerEvent::PeerLeave {
+            user_id: uid("anchor"),
+            reason: LeaveReason::Kicked
+        }
+    )));
+}
+
+#[test]
 fn silent_members_are_evicted_with_reason_timeout() {
     let t0 = Instant::now();
     let mut r = room(Mode::Rtc);
