@@ -1604,6 +1604,10 @@
         const early = this._early;
         this._early = [];
         for (const ev of early) this._onServerEvent(ev);
+        if (gen === this._gen && this._signal && this._signal.closed && this._phase === 'joined') {
+          // The connection died between the answer and now (actors' `current_lost`).
+          this._onLost('lost right after joining');
+        }
         return;
       }
       if (this._signal) {
