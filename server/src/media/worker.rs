@@ -125,7 +125,7 @@ struct Peer {
     connected: bool,
     /// Our ICE password, to authenticate the first connectivity check (see [`super::stun`]).
     ice_password: String,
-    /// A check has been taken as the nomination (or the client nominated itself).
+    /// A check has been taken as the nomination.
     nominated: bool,
     next_timeout: Instant,
     dead: bool,
@@ -940,7 +940,7 @@ impl Worker {
         };
         // A new peer's first authenticated check is its nomination (see `super::stun`), so
         // DTLS answers go out at once instead of waiting for the client's own nomination.
-        let nominated = (!peer.nominated && super::stun::is_stun(data))
+        let nominated = (!peer.nominated && !peer.connected && super::stun::is_stun(data))
             .then(|| super::stun::with_use_candidate(data, &peer.ice_password))
             .flatten();
         let result = match nominated.as_deref().map(DatagramRecv::try_from) {
