@@ -30,7 +30,7 @@ use actix::prelude::*;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
     BanReason, ClientMessage, JoinRequest, JoinResult, MediaKind, PublishRequest, ReplyData,
-    ServerEvent, StreamInfo, StreamType, SubscribeRequest,
+    ServerEvent, StreamInfo, StreamType, SubscribeRequest, VideoCodec,
 };
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, UserId};
 use tokio::sync::oneshot;
@@ -218,6 +218,9 @@ struct Link {
     /// For downlinks: what was subscribed.
     audio: bool,
     video: bool,
+    /// For downlinks: the subscription as asked for, and the video codec its pipeline
+    /// decodes (a publisher that comes back with another codec is subscribed again).
+    subscription: Option<(SubscribeParams, Option<VideoCodec>)>,
     pc_id: PcId,
     state: LinkState,
     health: LinkHealth,
@@ -366,7 +369,9 @@ impl ClientActor {
             .filter(|e| {
                 matches!(
                     e,
-                    ClientEvent::StreamAdded(_) | ClientEvent::StreamRemoved(_)
+                    ClientEvent::StreamAdded(_)
+                        | ClientEvent::StreamRemoved(_)
+                        | ClientEvent::StreamUpdated(_)
                 )
             })
             .cloned()
@@ -375,6 +380,7 @@ impl ClientActor {
         for e in media {
             match e {
                 ClientEvent::StreamAdded(info) => self.on_stream_added(ctx, info),
+                ClientEvent::StreamUpdated(info) => self.on_stream_updated(ctx, info),
                 ClientEvent::StreamRemoved(_) if rejoin => {}
                 ClientEvent::StreamRemoved(info) => {
                     let key = LinkKey::Down(info.user_id, info.stream_type);
@@ -1210,6 +1216,22 @@ impl ClientActor {
         }
     }
 
+    /// A subscribed stream now sends another video codec (its publisher published again with
+    /// another one): the server sends a subscription only the codec it negotiated, so
+    /// subscribe again, the same way, with a pipeline for the new codec.
+    fn on_stream_updated(&mut self, ctx: &mut Context<Self>, info: StreamInfo) {
+        let key = LinkKey::Down(info.user_id.clone(), info.stream_type);
+        let Some((params, codec)) = self.links.get(&key).and_then(|l| l.subscription.clone())
+        else {
+            return;
+        };
+        if params.video && info.has_video && info.video_codec != codec {
+            tracing::info!(parent: &self.span, user = %info.user_id, from = ?codec, to = ?info.video_codec,
+                "the stream changed its video codec: subscribing again");
+            let _ = self.subscribe(ctx, params, false);
+        }
+    }
+
     fn on_stream_added(&mut self, ctx: &mut Context<Self>, info: StreamInfo) {
         let key = LinkKey::Down(info.user_id.clone(), info.stream_type);
         match self.links.get(&key) {
@@ -1257,6 +1279,7 @@ impl ClientActor {
                 role: PcRole::Uplink(local),
                 audio: false,
                 video: false,
+                subscription: None,
                 pc_id: 0,
                 state: LinkState::Waiting,
                 health: LinkHealth::new(LinkKind::Uplink),
@@ -1371,6 +1394,7 @@ impl ClientActor {
                 },
                 audio,
                 video,
+                subscription: Some((params.clone(), info.video_codec)),
                 pc_id: reserve,
                 state: LinkState::Negotiating,
                 health: LinkHealth::new(LinkKind::Downlink),
