@@ -389,7 +389,19 @@ fn build_track(
     match &config.output {
         RemoteOutput::Record { .. } => {
             match codec {
-                Codec::Video(VideoCodec::H264) => chain.push(make("h264parse")?),
+                Codec::Video(VideoCodec::H264) => {
+                    chain.push(make("h264parse")?);
+                    // Parameter sets in the stream (avc3), not in the caps (avc): a browser's
+                    // encoder changes resolution as its bandwidth estimate moves, and
+                    // matroskamux refuses new caps (codec_data) mid-stream, which failed the
+                    // whole recording.
+                    chain.push(capsfilter(
+                        gst::Caps::builder("video/x-h264")
+                            .field("stream-format", "avc3")
+                            .field("alignment", "au")
+                            .build(),
+                    )?);
+                }
                 Codec::Video(VideoCodec::Vp8) => {}
                 Codec::Audio(AudioCodec::Opus) => chain.push(make("opusparse")?),
             }
