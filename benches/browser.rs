@@ -20,7 +20,6 @@
 //!   playing `<video>` (`requestVideoFrameCallback`).
 
 #[path = "../tests/support/browser.rs"]
-#[allow(dead_code)]
 mod browser;
 
 use std::time::Duration;

@@ -236,6 +236,17 @@ impl Link {
     }
 }
 
+impl Drop for Link {
+    /// A link leaves the table only when it ends for good (unsubscribe, stream gone, replaced
+    /// by a new subscription, leave): a downlink's pipeline stops at once, so a recording is
+    /// finalised now, not when its closing peer connection lets go of it.
+    fn drop(&mut self) {
+        if let PcRole::Downlink { remote, .. } = &self.role {
+            remote.finish();
+        }
+    }
+}
+
 /// The user's handle was dropped: leave (best effort) and stop.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -89,9 +89,17 @@ impl Client {
 
     /// Leave the room (TRTC's `client.leave`). The state goes to DISCONNECTED at once; the
     /// server is told when joined. A join in flight fails with JOIN_ROOM_FAILED. The client
-    /// cannot join again.
+    /// cannot join again. Resolves once its subscriptions' pipelines have stopped (recordings
+    /// finalised; at most `STOP_TIMEOUT` + 1 s).
     pub async fn leave(&self) -> Result<(), RtcError> {
-        self.request(ClientRequest::Leave).await
+        let left = self.request(ClientRequest::Leave).await;
+        // Subscriptions' pipelines stop on threads of their own: wait for them, so a program
+        // that exits after leave() (a recording bot) leaves finalised files behind.
+        let limit = rtcroom_pipelines::STOP_TIMEOUT + std::time::Duration::from_secs(1);
+        if !rtcroom_actors::media::remote::stopped_pipelines(limit).await {
+            tracing::warn!("receive pipelines still stopping after {limit:?}");
+        }
+        left
     }
 
     /// Change role in live mode (TRTC's `client.switchRole`): audience → anchor makes this

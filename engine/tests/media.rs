@@ -110,6 +110,61 @@ async fn join(c: &TestClient, room: u32) {
         .expect("join succeeds");
 }
 
+/// Whether the Matroska file's Segment has its size written, which matroskamux does when it
+/// finalises the file (an unfinished file says "unknown size").
+fn matroska_finalised(path: &std::path::Path) -> bool {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let Some(at) = bytes.windows(4).position(|w| w == [0x18, 0x53, 0x80, 0x67]) else {
+        return false;
+    };
+    bytes
+        .get(at + 4..at + 12)
+        .is_some_and(|size| size != [0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+}
+
+/// A recording bot exits right after `leave()`: by then its files must be finalised (the
+/// pipelines stop on threads of their own, which the process would otherwise cut short).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_are_finalised_when_leave_returns() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let mut bob = media_client(&url, "bob", None);
+    let local = stream().await;
+    join(&alice, 3021).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    join(&bob, 3021).await;
+    let remote = wait_stream_added(&mut bob, "alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    bounded(bob.subscribe(
+        &remote,
+        SubscribeOptions {
+            output: SubscribeOutput::Record {
+                dir: dir.path().to_owned(),
+                format: rtcroom::RecordFormat::Mkv,
+            },
+            jitter_latency: Duration::from_millis(20),
+            ..SubscribeOptions::default()
+        },
+    ))
+    .await
+    .expect("subscribe");
+    let t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while bob.get_remote_stats().await[0].stats.video_packets_received < 100 {
+        assert!(t.elapsed() < DEADLINE, "no media to record");
+        tick.tick().await;
+    }
+    let file = dir.path().join("alice_main.mkv");
+    assert!(!matroska_finalised(&file), "still being written");
+    bounded(bob.client.leave()).await.expect("leave");
+    assert!(
+        matroska_finalised(&file),
+        "the recording is finalised when leave() returns"
+    );
+    drop(server);
+}
+
 /// VP8, as a browser publishes by default: the engine sends it when asked, the server
 /// answers with it and announces it, and a subscriber decodes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

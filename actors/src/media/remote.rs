@@ -4,8 +4,9 @@
 //! pipeline, so the application's frame callback keeps running.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rtcroom_pipelines::{
@@ -243,15 +244,60 @@ impl RemoteMedia {
     }
 }
 
+/// Receive pipelines being stopped on threads of their own (recordings being finalised).
+static STOPPING: LazyLock<tokio::sync::watch::Sender<usize>> =
+    LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
+/// Stop `pipeline` (end of stream, finalise a recording) on a thread of its own: the caller
+/// may be the engine thread. [`stopped_pipelines`] waits for it.
+fn stop_elsewhere(pipeline: impl FnOnce() + Send + 'static) {
+    STOPPING.send_modify(|n| *n += 1);
+    let done = || STOPPING.send_modify(|n| *n = n.saturating_sub(1));
+    let spawned = std::thread::Builder::new()
+        .name("rtcroom-remote-stop".into())
+        .spawn(move || {
+            pipeline();
+            done();
+        });
+    if spawned.is_err() {
+        // The closure (and with it the pipeline, which stops when dropped) went with it.
+        done();
+    }
+}
+
+/// Waits (at most `limit`) until every receive pipeline that was ended has stopped and its
+/// recording is finalised, so a process may exit after `leave()` without cutting a file short.
+/// `false` when the limit passed first.
+pub async fn stopped_pipelines(limit: Duration) -> bool {
+    let mut rx = STOPPING.subscribe();
+    tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+impl RemoteMedia {
+    /// The subscription ended: stop the pipeline (finalising a recording) now, elsewhere,
+    /// rather than when the last reference (a track reader of a closing peer connection) goes.
+    pub fn finish(self: &Arc<Self>) {
+        if self.pipeline.is_some() {
+            let me = self.clone();
+            stop_elsewhere(move || {
+                if let Some(p) = &me.pipeline {
+                    let _ = p.stop();
+                }
+            });
+        }
+    }
+}
+
 impl Drop for RemoteMedia {
     fn drop(&mut self) {
         // The last owner may be the engine thread: stop (finalise a recording) elsewhere.
+        // (After `finish`, stopping again is a no-op.)
         if let Some(p) = self.pipeline.take() {
-            let _ = std::thread::Builder::new()
-                .name("rtcroom-remote-stop".into())
-                .spawn(move || {
-                    let _ = p.stop();
-                });
+            stop_elsewhere(move || {
+                let _ = p.stop();
+            });
         }
     }
 }
@@ -259,6 +305,24 @@ impl Drop for RemoteMedia {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn leave_can_wait_for_pipelines_stopping_elsewhere() {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        stop_elsewhere(move || {
+            let _ = started_tx.send(());
+            // A slow stop (a muxer finalising a big file under load).
+            let _ = held.recv();
+        });
+        started.recv().expect("the stop runs");
+        assert!(
+            !stopped_pipelines(Duration::from_millis(50)).await,
+            "still stopping"
+        );
+        release.send(()).expect("release");
+        assert!(stopped_pipelines(Duration::from_secs(10)).await);
+    }
 
     #[test]
     fn losses_are_sequence_gaps_across_the_wrap() {
