@@ -551,20 +551,24 @@ impl Room {
                 streams: BTreeMap::new(),
             },
         );
-        let result = JoinResult {
+        Ok((
+            Joined {
+                result: self.join_result(role, streams),
+                members_json,
+            },
+            effects,
+        ))
+    }
+
+    /// A join's reply, its member list left to the pre-encoded `members_json`.
+    fn join_result(&self, role: Role, streams: Vec<StreamInfo>) -> JoinResult {
+        JoinResult {
             room_id: self.key.room_id.clone(),
             role,
             members: Vec::new(),
             streams,
             heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
-        };
-        Ok((
-            Joined {
-                result,
-                members_json,
-            },
-            effects,
-        ))
+        }
     }
 
     /// A disconnected member joins again on a new session (its role unchanged): it keeps its
@@ -604,16 +608,9 @@ impl Room {
             })
             .into_iter()
             .collect();
-        let result = JoinResult {
-            room_id: self.key.room_id.clone(),
-            role,
-            members: Vec::new(),
-            streams,
-            heartbeat_interval_s: HEARTBEAT_INTERVAL_S,
-        };
         (
             Joined {
-                result,
+                result: self.join_result(role, streams),
                 members_json: others.text,
             },
             effects,

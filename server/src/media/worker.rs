@@ -904,19 +904,23 @@ impl Worker {
 
     fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
         let now = Instant::now();
+        let destination = self.local;
+        let receive = |contents| {
+            Input::Receive(
+                now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination,
+                    contents,
+                },
+            )
+        };
         let Ok(contents) = data.try_into() else {
             self.stats.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: self.local,
-                contents,
-            },
-        );
+        let input = receive(contents);
         let id = match self.by_addr.get(&source) {
             Some(id) => Some(*id),
             None => {
@@ -946,15 +950,7 @@ impl Worker {
         let result = match nominated.as_deref().map(DatagramRecv::try_from) {
             Some(Ok(contents)) => {
                 peer.nominated = true;
-                peer.rtc.handle_input(Input::Receive(
-                    now,
-                    Receive {
-                        proto: Protocol::Udp,
-                        source,
-                        destination: self.local,
-                        contents,
-                    },
-                ))
+                peer.rtc.handle_input(receive(contents))
             }
             _ => peer.rtc.handle_input(input),
         };
