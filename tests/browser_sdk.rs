@@ -551,32 +551,6 @@ async fn browser_publishes_vp8_and_the_engine_decodes_it() {
  * 2. The browser publishes, `rtcroom record` writes a file
  * ---------------------------------------------------------------------------------------- */
 
-/// (has video, has audio, duration in seconds, the whole report) from gst-discoverer-1.0.
-fn discover(file: &Path) -> anyhow::Result<(bool, bool, f64, String)> {
-    let out = Command::new("gst-discoverer-1.0")
-        .arg(file)
-        .output()
-        .context("running gst-discoverer-1.0 (GStreamer's tools)")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let duration = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Duration: "))
-        .and_then(|d| {
-            let mut parts = d.split(':');
-            let h: f64 = parts.next()?.parse().ok()?;
-            let m: f64 = parts.next()?.parse().ok()?;
-            let s: f64 = parts.next()?.parse().ok()?;
-            Some(h * 3600.0 + m * 60.0 + s)
-        })
-        .unwrap_or(0.0);
-    Ok((
-        text.contains("video #"),
-        text.contains("audio #"),
-        duration,
-        text,
-    ))
-}
-
 /// What a Matroska/WebM file decodes to.
 struct Decoded {
     video: usize,
@@ -667,7 +641,12 @@ fn check_recording(
         "{name} was not finalised: its Matroska Segment has an unknown size (no duration, no \
          cues), so the muxer never got the end of stream before rtcroom record exited"
     );
-    let (video, audio, duration, text) = discover(file)?;
+    let support::Discovered {
+        video,
+        audio,
+        duration,
+        text,
+    } = support::discover(file);
     ensure!(video && audio, "{name} lacks video or audio:\n{text}");
     ensure!(duration > 2.0, "{name} lasts {duration} s:\n{text}");
     let want = match codec {

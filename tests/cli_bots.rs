@@ -6,32 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
+use support::discover;
+
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rtcroom-bots-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// (has video, has audio, duration in seconds) as gst-discoverer-1.0 reports them.
-fn discover(file: &Path) -> (bool, bool, f64) {
-    let out = Command::new("gst-discoverer-1.0")
-        .arg(file)
-        .output()
-        .expect("gst-discoverer-1.0 is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let duration = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Duration: "))
-        .and_then(|d| {
-            let mut parts = d.split(':');
-            let h: f64 = parts.next()?.parse().ok()?;
-            let m: f64 = parts.next()?.parse().ok()?;
-            let s: f64 = parts.next()?.parse().ok()?;
-            Some(h * 3600.0 + m * 60.0 + s)
-        })
-        .unwrap_or(0.0);
-    (text.contains("video #"), text.contains("audio #"), duration)
 }
 
 fn recordings(dir: &Path) -> Vec<PathBuf> {
@@ -68,7 +51,8 @@ fn demo_leaves_a_playable_recording() {
     );
     let name = files[0].file_name().unwrap().to_string_lossy().to_string();
     assert!(name.starts_with("broadcaster_main_2"), "{name}");
-    let (video, audio, duration) = discover(&files[0]);
+    let d = discover(&files[0]);
+    let (video, audio, duration) = (d.video, d.audio, d.duration);
     assert!(video && audio, "both streams in {name}");
     assert!((4.0..=6.5).contains(&duration), "about 5 s, got {duration}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -192,16 +176,12 @@ fn record_two_publishers_then_sigint_finalises_files() {
         "{names:?}"
     );
     for f in &files {
-        let (video, audio, duration) = discover(f);
-        assert!(video && audio, "{f:?}");
-        assert!(duration > 2.0, "{f:?}: {duration}");
+        let d = discover(f);
+        assert!(d.video && d.audio, "{f:?}");
+        assert!(d.duration > 2.0, "{f:?}: {}", d.duration);
     }
-    let alice = Command::new("gst-discoverer-1.0")
-        .arg(&files[0])
-        .output()
-        .unwrap();
     assert!(
-        String::from_utf8_lossy(&alice.stdout).contains("VP8"),
+        discover(&files[0]).text.contains("VP8"),
         "alice's file holds VP8"
     );
     Command::new("kill")
@@ -277,7 +257,7 @@ fn publisher_and_recorder_survive_a_server_restart() {
     // Media from after the restart was recorded: the recordings hold more than what was
     // published before it.
     let files = recordings(&out);
-    let total: f64 = files.iter().map(|f| discover(f).2).sum();
+    let total: f64 = files.iter().map(|f| discover(f).duration).sum();
     assert!(
         total > before_restart + 2.0,
         "files {files:?}: {total:.1} s recorded, {before_restart:.1} s before the restart"

@@ -104,6 +104,20 @@ fn media_client(url: &str, user: &str, auto: Option<SubscribeOutput>) -> TestCli
     TestClient::new(cfg)
 }
 
+/// Subscribe to `remote` into `output` with a 20 ms jitter buffer (first frames come soon).
+async fn subscribe_fast(c: &TestClient, remote: &RemoteStream, output: SubscribeOutput) {
+    bounded(c.subscribe(
+        remote,
+        SubscribeOptions {
+            output,
+            jitter_latency: Duration::from_millis(20),
+            ..SubscribeOptions::default()
+        },
+    ))
+    .await
+    .expect("subscribe");
+}
+
 async fn join(c: &TestClient, room: u32) {
     bounded(c.join(JoinOptions::new(room)))
         .await
@@ -136,19 +150,15 @@ async fn recordings_are_finalised_when_leave_returns() {
     join(&bob, 3021).await;
     let remote = wait_stream_added(&mut bob, "alice").await;
     let dir = tempfile::tempdir().unwrap();
-    bounded(bob.subscribe(
+    subscribe_fast(
+        &bob,
         &remote,
-        SubscribeOptions {
-            output: SubscribeOutput::Record {
-                dir: dir.path().to_owned(),
-                format: rtcroom::RecordFormat::Mkv,
-            },
-            jitter_latency: Duration::from_millis(20),
-            ..SubscribeOptions::default()
+        SubscribeOutput::Record {
+            dir: dir.path().to_owned(),
+            format: rtcroom::RecordFormat::Mkv,
         },
-    ))
-    .await
-    .expect("subscribe");
+    )
+    .await;
     let t = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     while bob.get_remote_stats().await[0].stats.video_packets_received < 100 {
@@ -185,16 +195,7 @@ async fn vp8_is_published_announced_and_decoded() {
     let remote = wait_stream_added(&mut bob, "alice").await;
     assert_eq!(remote.video_codec, Some(VideoCodec::Vp8));
     let frames = Arc::new(Frames::default());
-    bounded(bob.subscribe(
-        &remote,
-        SubscribeOptions {
-            output: frames.output(),
-            jitter_latency: Duration::from_millis(20),
-            ..SubscribeOptions::default()
-        },
-    ))
-    .await
-    .expect("subscribe");
+    subscribe_fast(&bob, &remote, frames.output()).await;
     frames
         .wait("30 VP8 frames and 10 audio frames", |f| {
             f.video() >= 30 && f.audio() >= 10
@@ -220,16 +221,7 @@ async fn publish_subscribe_decode_mute_unpublish() {
     assert_eq!(remote.video_codec, Some(VideoCodec::H264));
 
     let frames = Arc::new(Frames::default());
-    bounded(bob.subscribe(
-        &remote,
-        SubscribeOptions {
-            output: frames.output(),
-            jitter_latency: Duration::from_millis(20),
-            ..SubscribeOptions::default()
-        },
-    ))
-    .await
-    .expect("subscribe");
+    subscribe_fast(&bob, &remote, frames.output()).await;
     bob.wait_for(
         "stream-subscribed",
         |e| matches!(e, ClientEvent::StreamSubscribed(s) if s.user_id == uid("alice")),
