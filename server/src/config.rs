@@ -382,6 +382,21 @@ fn valid_origin(origin: &str) -> bool {
     matches!(rest, Some(r) if !r.is_empty() && !r.trim_end_matches('/').contains(['/', '?', '#']))
 }
 
+/// A new, empty file at `path` for secrets: on Unix created owner-only (0600), so no other
+/// user can read it at any moment. A file already there (a temporary file left by a crash,
+/// perhaps with wider permissions) is removed first rather than reused.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// What the embedded default server writes to its key file, so other commands can reach it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddedKeyFile {
@@ -454,23 +469,27 @@ impl EmbeddedKeyFile {
         Ok(file)
     }
 
-    /// Write the file (owner-only permissions on Unix).
+    /// Write the file: a temporary file created owner-only (0600 on Unix) before the secret
+    /// goes in, then renamed over `path`.
     pub fn write(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |source| ConfigError::KeyFile {
             path: path.to_owned(),
             source,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
+            // A directory made here is owner-only too; an existing one is left as it is.
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(err)?;
         }
         let text = toml::to_string(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, text).map_err(err)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-        }
+        let mut f = create_private(&tmp).map_err(err)?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
         std::fs::rename(&tmp, path).map_err(err)
     }
 
@@ -643,6 +662,31 @@ key = "abc"
         cfg.timeouts.heartbeat_timeout_s = 1.0;
         cfg.apps.clear();
         assert!(cfg.validate().unwrap_err().to_string().contains("apps"));
+    }
+
+    /// The key file's temporary file is owner-only from its creation, before a byte of the
+    /// secret is in it, even when a world-readable one was left behind by a crash.
+    #[cfg(unix)]
+    #[test]
+    fn the_key_file_is_private_from_its_creation() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rtcroom-priv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("embedded.toml.tmp");
+        let _ = std::fs::remove_file(&path);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let f = create_private(&path).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 0);
+        assert_eq!(mode(&path), 0o600, "fresh file");
+        drop(f);
+        // A stale temporary file, readable by all, is not reused as it is.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&path, "old").unwrap();
+        let f = create_private(&path).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 0);
+        assert_eq!(mode(&path), 0o600, "stale file");
+        drop(f);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
