@@ -68,8 +68,8 @@ pub enum ConfigError {
     },
 }
 
-/// One application (sdkAppId + secret key).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One application (sdkAppId + secret key). `Debug` shows the key as `"<redacted>"`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppConfig {
     /// The sdkAppId.
     pub sdk_app_id: u32,
@@ -78,6 +78,54 @@ pub struct AppConfig {
     /// Require a PrivateMapKey on join (TRTC's "enable permission key" switch).
     #[serde(default)]
     pub require_private_map_key: bool,
+}
+
+/// What `Debug` prints instead of a secret, so configs can be logged.
+const REDACTED: &str = "<redacted>";
+
+/// `Some("<redacted>")` for a set secret, `None` for none.
+fn redact_opt(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| REDACTED)
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("sdk_app_id", &self.sdk_app_id)
+            .field("secret_key", &REDACTED)
+            .field("require_private_map_key", &self.require_private_map_key)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("key", &REDACTED)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &redact_opt(&self.token))
+            .field("hmac_key", &redact_opt(&self.hmac_key))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EmbeddedKeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedKeyFile")
+            .field("server_url", &self.server_url)
+            .field("listen", &self.listen)
+            .field("sdk_app_id", &self.sdk_app_id)
+            .field("secret_key", &REDACTED)
+            .field("admin_token", &REDACTED)
+            .finish()
+    }
 }
 
 /// Limits.
@@ -140,8 +188,8 @@ impl Default for TimeoutsConfig {
     }
 }
 
-/// Where TRTC-format webhooks go.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Where TRTC-format webhooks go. `Debug` shows the key as `"<redacted>"`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookConfig {
     /// The receiver's URL (http).
     pub url: String,
@@ -149,8 +197,9 @@ pub struct WebhookConfig {
     pub key: String,
 }
 
-/// Admin API credentials. With neither set, the admin API refuses every call.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Admin API credentials. With neither set, the admin API refuses every call. `Debug` shows
+/// the credentials as `"<redacted>"`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdminConfig {
     /// A bearer token (`Authorization: Bearer <token>`).
@@ -398,7 +447,8 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// What the embedded default server writes to its key file, so other commands can reach it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `Debug` shows the key and the token as `"<redacted>"`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddedKeyFile {
     /// The signalling URL (`ws://127.0.0.1:7900/ws`).
     pub server_url: String,
@@ -646,6 +696,48 @@ key = "abc"
                 .to_string()
                 .contains("event_batch_s")
         );
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let mut cfg = ServerConfig::single_app("127.0.0.1:0", 1, "app-secret-1");
+        cfg.admin.token = Some("admin-token-2".into());
+        cfg.admin.hmac_key = Some("hmac-key-3".into());
+        cfg.webhook = Some(WebhookConfig {
+            url: "http://127.0.0.1:9/cb".into(),
+            key: "hook-key-4".into(),
+        });
+        let file = EmbeddedKeyFile {
+            server_url: "ws://127.0.0.1:7900/ws".into(),
+            listen: "127.0.0.1:7900".into(),
+            sdk_app_id: 1,
+            secret_key: "file-secret-5".into(),
+            admin_token: "file-token-6".into(),
+        };
+        for text in [
+            format!("{cfg:?}"),
+            format!("{cfg:#?}"),
+            format!("{file:?}"),
+            format!("{:?}", file.server_config()),
+        ] {
+            for secret in [
+                "app-secret-1",
+                "admin-token-2",
+                "hmac-key-3",
+                "hook-key-4",
+                "file-secret-5",
+                "file-token-6",
+            ] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+        let text = format!("{cfg:?}");
+        assert!(text.contains(r#"secret_key: "<redacted>""#), "{text}");
+        assert!(text.contains("sdk_app_id: 1"), "the rest is shown: {text}");
+        assert!(text.contains("http://127.0.0.1:9/cb"), "{text}");
+        assert!(format!("{file:?}").contains("127.0.0.1:7900"));
+        assert!(format!("{:?}", AdminConfig::default()).contains("token: None"));
     }
 
     #[test]
