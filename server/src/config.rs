@@ -49,6 +49,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7900";
 /// sdkAppId of the embedded default app.
 pub const EMBEDDED_SDK_APP_ID: u32 = 1_400_000_000;
 
+/// Largest `media.connect_timeout_s`: a peer that has not connected in ten minutes will not.
+pub const MAX_CONNECT_TIMEOUT_S: f64 = 600.0;
+
 /// Errors loading or writing configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -360,6 +363,13 @@ impl ServerConfig {
             return Err(ConfigError::Invalid(format!(
                 "timeouts.event_batch_s must be between 0 and 1 second, got {}",
                 t.event_batch_s
+            )));
+        }
+        let connect = self.media.connect_timeout_s;
+        if !(connect.is_finite() && connect > 0.0 && connect <= MAX_CONNECT_TIMEOUT_S) {
+            return Err(ConfigError::Invalid(format!(
+                "media.connect_timeout_s must be a number of seconds above 0 and at most \
+                 {MAX_CONNECT_TIMEOUT_S}, got {connect}"
             )));
         }
         if self.limits.max_message_bytes < 1024 {
@@ -738,6 +748,51 @@ key = "abc"
         assert!(text.contains("http://127.0.0.1:9/cb"), "{text}");
         assert!(format!("{file:?}").contains("127.0.0.1:7900"));
         assert!(format!("{:?}", AdminConfig::default()).contains("token: None"));
+    }
+
+    /// Settings that become a `Duration` are refused when `Duration::from_secs_f64` would
+    /// panic on them (negative, NaN, infinite, too large) or when they make no sense.
+    #[test]
+    fn second_settings_that_would_panic_are_refused_by_name() {
+        let bad = [-1.0, 0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e30];
+        let check = |cfg: &ServerConfig, key: &str, v: f64| {
+            let e = cfg.validate().expect_err(key).to_string();
+            assert!(e.contains(key), "{key} = {v}: {e}");
+        };
+        for v in bad.into_iter().chain([600.5]) {
+            let mut cfg = ServerConfig::single_app("127.0.0.1:0", 1, "k");
+            cfg.media.connect_timeout_s = v;
+            check(&cfg, "media.connect_timeout_s", v);
+        }
+        for v in bad {
+            for key in [
+                "join_timeout_s",
+                "heartbeat_timeout_s",
+                "live_audience_linger_s",
+            ] {
+                let mut cfg = ServerConfig::single_app("127.0.0.1:0", 1, "k");
+                let t = &mut cfg.timeouts;
+                *match key {
+                    "join_timeout_s" => &mut t.join_timeout_s,
+                    "heartbeat_timeout_s" => &mut t.heartbeat_timeout_s,
+                    _ => &mut t.live_audience_linger_s,
+                } = v;
+                check(&cfg, &format!("timeouts.{key}"), v);
+            }
+        }
+        for v in [-0.1, f64::NAN, f64::INFINITY, 1.5] {
+            let mut cfg = ServerConfig::single_app("127.0.0.1:0", 1, "k");
+            cfg.timeouts.event_batch_s = v;
+            check(&cfg, "timeouts.event_batch_s", v);
+        }
+        let mut cfg = ServerConfig::single_app("127.0.0.1:0", 1, "k");
+        for good in [0.5, 10.0, 600.0] {
+            cfg.media.connect_timeout_s = good;
+            assert!(cfg.validate().is_ok(), "{good}");
+            let _ = Duration::from_secs_f64(cfg.media.connect_timeout_s);
+        }
+        // Everything validate() accepts converts without a panic.
+        let _ = cfg.room_limits();
     }
 
     #[test]
