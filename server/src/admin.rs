@@ -12,12 +12,19 @@
 //! Authentication: `Authorization: Bearer <admin.token>`, or an HMAC-signed request:
 //! `X-Rtcroom-Timestamp: <unix seconds>` (within 300 s of the server clock) and
 //! `X-Rtcroom-Signature: base64(HMAC-SHA256(admin.hmac_key, "<timestamp>\n<Action>\n<body>"))`.
-//! Unauthenticated calls get 401 and change nothing.
+//! Unauthenticated calls get 401 and change nothing. A signed request is accepted once: the
+//! same signature again within its 300 s window gets 401 `AuthFailure` "replayed request"
+//! (the signature is the replay key, as the request carries no nonce; a client repeating a
+//! call signs it again with a new timestamp). At most [`MAX_REPLAY_ENTRIES`] signed requests
+//! are remembered per window; beyond that new signed requests get 429
+//! `RequestLimitExceeded` until old ones expire (bearer-token requests are not affected).
 //!
 //! Replies follow TRTC's envelope: `{"Response": {"RequestId": "...", ...}}`, errors as
 //! `{"Response": {"Error": {"Code": "...", "Message": "..."}, "RequestId": "..."}}`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
@@ -40,7 +47,88 @@ pub const MAX_SKEW_S: u64 = 300;
 /// TRTC's limit on users per RemoveUser call.
 pub const MAX_REMOVE_USERS: usize = 10;
 
+/// Signed requests remembered against replay, at most, within one ±[`MAX_SKEW_S`] window
+/// (about 100 bytes each: ~1 MB).
+pub const MAX_REPLAY_ENTRIES: usize = 10_000;
+
 static REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why a signed request was not admitted by the [`ReplayCache`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayRefusal {
+    /// This signature was already used and its window has not ended.
+    Replayed,
+    /// The cache holds its maximum of unexpired signatures: refuse rather than forget one
+    /// (forgetting would let that request be replayed).
+    Full,
+}
+
+/// Signatures of signed admin requests seen within their ±[`MAX_SKEW_S`] window. Plain
+/// logic: the caller passes the wall clock `now` (unix seconds).
+#[derive(Debug)]
+pub struct ReplayCache {
+    /// Signature → the last second at which its request is still within the window.
+    seen: HashMap<String, u64>,
+    /// The earliest expiry in `seen` (`u64::MAX` when empty): nothing to prune before it.
+    next_expiry: u64,
+    capacity: usize,
+}
+
+impl ReplayCache {
+    /// A cache that remembers at most `capacity` unexpired signatures.
+    pub fn new(capacity: usize) -> ReplayCache {
+        ReplayCache {
+            seen: HashMap::new(),
+            next_expiry: u64::MAX,
+            capacity,
+        }
+    }
+
+    /// Admit a request signed at `timestamp` with `signature` (already verified), once.
+    pub fn admit(
+        &mut self,
+        signature: &str,
+        timestamp: u64,
+        now: u64,
+    ) -> Result<(), ReplayRefusal> {
+        self.prune(now);
+        if self.seen.contains_key(signature) {
+            return Err(ReplayRefusal::Replayed);
+        }
+        if self.seen.len() >= self.capacity {
+            return Err(ReplayRefusal::Full);
+        }
+        // Accepted while |timestamp - now| <= MAX_SKEW_S: replayable until timestamp + that.
+        let expiry = timestamp.saturating_add(MAX_SKEW_S);
+        self.seen.insert(signature.to_owned(), expiry);
+        self.next_expiry = self.next_expiry.min(expiry);
+        Ok(())
+    }
+
+    /// Forget signatures whose window ended before `now`.
+    fn prune(&mut self, now: u64) {
+        if now <= self.next_expiry {
+            return;
+        }
+        self.seen.retain(|_, expiry| *expiry >= now);
+        self.next_expiry = self.seen.values().copied().min().unwrap_or(u64::MAX);
+    }
+
+    /// Signatures remembered now.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// The process's replay cache. One per process, not per server: a server is one per process
+/// in production, and signatures of servers with different keys never collide.
+static REPLAYS: LazyLock<Mutex<ReplayCache>> =
+    LazyLock::new(|| Mutex::new(ReplayCache::new(MAX_REPLAY_ENTRIES)));
 
 fn request_id() -> String {
     format!("rtcroom-{}", REQUEST_ID.fetch_add(1, Ordering::Relaxed))
@@ -78,20 +166,34 @@ pub fn admin_signature(key: &str, timestamp: u64, action: &str, body: &[u8]) -> 
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// Whether the request carries valid admin credentials.
-pub fn authenticated(
+/// Valid admin credentials a request carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// The bearer token.
+    Token,
+    /// A valid HMAC signature made at `timestamp` (still to be checked against replay).
+    Signed {
+        /// The signed `X-Rtcroom-Timestamp`.
+        timestamp: u64,
+        /// The `X-Rtcroom-Signature`.
+        signature: String,
+    },
+}
+
+/// The valid admin credentials the request carries, if any.
+pub fn authenticate(
     cfg: &AdminConfig,
     req: &HttpRequest,
     action: &str,
     body: &[u8],
     now: u64,
-) -> bool {
+) -> Option<Credential> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     if let (Some(token), Some(auth)) = (&cfg.token, header("Authorization"))
         && let Some(given) = auth.strip_prefix("Bearer ")
         && !token.is_empty()
     {
-        return ct_eq(given.trim().as_bytes(), token.as_bytes());
+        return ct_eq(given.trim().as_bytes(), token.as_bytes()).then_some(Credential::Token);
     }
     if let (Some(key), Some(ts), Some(sig)) = (
         &cfg.hmac_key,
@@ -99,18 +201,31 @@ pub fn authenticated(
         header("X-Rtcroom-Signature"),
     ) && !key.is_empty()
     {
-        let Ok(ts) = ts.parse::<u64>() else {
-            return false;
-        };
+        let ts = ts.parse::<u64>().ok()?;
         if ts.abs_diff(now) > MAX_SKEW_S {
-            return false;
+            return None;
         }
         return ct_eq(
             sig.as_bytes(),
             admin_signature(key, ts, action, body).as_bytes(),
-        );
+        )
+        .then(|| Credential::Signed {
+            timestamp: ts,
+            signature: sig.to_owned(),
+        });
     }
-    false
+    None
+}
+
+/// Whether the request carries valid admin credentials (replays not considered).
+pub fn authenticated(
+    cfg: &AdminConfig,
+    req: &HttpRequest,
+    action: &str,
+    body: &[u8],
+    now: u64,
+) -> bool {
+    authenticate(cfg, req, action, body, now).is_some()
 }
 
 #[derive(Deserialize)]
@@ -157,12 +272,43 @@ async fn handle(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    if !authenticated(&shared.config.admin, req, action, body, now) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "AuthFailure",
-            "missing or wrong admin credentials",
-        );
+    match authenticate(&shared.config.admin, req, action, body, now) {
+        None => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "AuthFailure",
+                "missing or wrong admin credentials",
+            );
+        }
+        Some(Credential::Token) => {}
+        Some(Credential::Signed {
+            timestamp,
+            signature,
+        }) => {
+            // A poisoned lock only means another request panicked while holding it; the map
+            // is still a valid map.
+            let admitted = REPLAYS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .admit(&signature, timestamp, now);
+            match admitted {
+                Ok(()) => {}
+                Err(ReplayRefusal::Replayed) => {
+                    tracing::warn!(action, "admin: replayed signed request refused");
+                    return error(StatusCode::UNAUTHORIZED, "AuthFailure", "replayed request");
+                }
+                Err(ReplayRefusal::Full) => {
+                    return error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "RequestLimitExceeded",
+                        format!(
+                            "more than {MAX_REPLAY_ENTRIES} signed admin requests within \
+                             {MAX_SKEW_S} s; retry later"
+                        ),
+                    );
+                }
+            }
+        }
     }
     let string_room = match action {
         "DismissRoom" | "RemoveUser" => Some(false),
@@ -253,6 +399,53 @@ mod tests {
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn a_signature_is_admitted_once_within_its_window() {
+        let ts = 1_700_000_000;
+        let mut cache = ReplayCache::new(10);
+        assert_eq!(cache.admit("sig-a", ts, ts), Ok(()));
+        assert_eq!(
+            cache.admit("sig-a", ts, ts + 1),
+            Err(ReplayRefusal::Replayed)
+        );
+        assert_eq!(cache.admit("sig-b", ts, ts + 1), Ok(()), "another request");
+        // Still refused on the window's last second (the signature is still accepted then)...
+        assert_eq!(
+            cache.admit("sig-a", ts, ts + MAX_SKEW_S),
+            Err(ReplayRefusal::Replayed)
+        );
+        assert_eq!(cache.len(), 2);
+        // ...and forgotten after it, when the timestamp check refuses the request anyway.
+        assert_eq!(cache.admit("sig-c", ts + 301, ts + MAX_SKEW_S + 1), Ok(()));
+        assert_eq!(cache.len(), 1, "sig-a and sig-b expired");
+        // A timestamp from the future (within the skew) is remembered until it is stale.
+        assert_eq!(cache.admit("sig-d", ts + 900, ts + 700), Ok(()));
+        assert_eq!(
+            cache.admit("sig-d", ts + 900, ts + 1200),
+            Err(ReplayRefusal::Replayed)
+        );
+        assert_eq!(cache.admit("sig-e", ts + 1200, ts + 1200), Ok(()));
+        assert_eq!(cache.len(), 2, "sig-c expired, sig-d kept");
+    }
+
+    #[test]
+    fn a_full_replay_cache_refuses_rather_than_forgets() {
+        let ts = 1_700_000_000;
+        let mut cache = ReplayCache::new(2);
+        assert_eq!(cache.admit("a", ts, ts), Ok(()));
+        assert_eq!(cache.admit("b", ts + 10, ts + 10), Ok(()));
+        assert_eq!(cache.admit("c", ts + 10, ts + 10), Err(ReplayRefusal::Full));
+        assert_eq!(cache.admit("a", ts, ts + 10), Err(ReplayRefusal::Replayed));
+        assert_eq!(cache.len(), 2);
+        // Once "a" expires there is room again; "b" is still remembered.
+        assert_eq!(cache.admit("c", ts + 301, ts + 301), Ok(()));
+        assert_eq!(
+            cache.admit("b", ts + 10, ts + 301),
+            Err(ReplayRefusal::Replayed)
+        );
+        assert!(!cache.is_empty());
     }
 
     #[test]
