@@ -19,6 +19,7 @@
 //! [webhook]
 //! url = "http://127.0.0.1:9000/trtc-callback"
 //! key = "callbackkey"
+//! max_in_flight = 256                            # deliveries at once; beyond: dropped, counted
 //!
 //! [admin]
 //! token = "an-admin-token"
@@ -106,6 +107,7 @@ impl std::fmt::Debug for WebhookConfig {
         f.debug_struct("WebhookConfig")
             .field("url", &self.url)
             .field("key", &REDACTED)
+            .field("max_in_flight", &self.max_in_flight)
             .finish()
     }
 }
@@ -191,6 +193,11 @@ impl Default for TimeoutsConfig {
     }
 }
 
+/// Default `webhook.max_in_flight`.
+pub const DEFAULT_WEBHOOK_MAX_IN_FLIGHT: usize = 256;
+/// Largest `webhook.max_in_flight`.
+pub const MAX_WEBHOOK_MAX_IN_FLIGHT: usize = 100_000;
+
 /// Where TRTC-format webhooks go. `Debug` shows the key as `"<redacted>"`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookConfig {
@@ -198,6 +205,25 @@ pub struct WebhookConfig {
     pub url: String,
     /// The key for the `Sign` header (base64 HMAC-SHA256 of the body).
     pub key: String,
+    /// Deliveries in flight (being sent or waiting for a retry) at most; a webhook beyond
+    /// that is dropped and counted in `rtcroom_webhooks_dropped_total`.
+    #[serde(default = "default_webhook_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_webhook_max_in_flight() -> usize {
+    DEFAULT_WEBHOOK_MAX_IN_FLIGHT
+}
+
+impl WebhookConfig {
+    /// Webhooks to `url` signed with `key`, the other settings default.
+    pub fn new(url: impl Into<String>, key: impl Into<String>) -> WebhookConfig {
+        WebhookConfig {
+            url: url.into(),
+            key: key.into(),
+            max_in_flight: DEFAULT_WEBHOOK_MAX_IN_FLIGHT,
+        }
+    }
 }
 
 /// Admin API credentials. With neither set, the admin API refuses every call. `Debug` shows
@@ -370,6 +396,14 @@ impl ServerConfig {
             return Err(ConfigError::Invalid(format!(
                 "media.connect_timeout_s must be a number of seconds above 0 and at most \
                  {MAX_CONNECT_TIMEOUT_S}, got {connect}"
+            )));
+        }
+        if let Some(w) = &self.webhook
+            && !(1..=MAX_WEBHOOK_MAX_IN_FLIGHT).contains(&w.max_in_flight)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "webhook.max_in_flight must be between 1 and {MAX_WEBHOOK_MAX_IN_FLIGHT}, got {}",
+                w.max_in_flight
             )));
         }
         if self.limits.max_message_bytes < 1024 {
@@ -599,6 +633,10 @@ key = "abc"
         assert_eq!(cfg.timeouts.join_timeout_s, 5.0);
         assert_eq!(cfg.limits.max_rtc_members, 300);
         assert_eq!(cfg.webhook.as_ref().unwrap().key, "abc");
+        assert_eq!(
+            cfg.webhook.as_ref().unwrap().max_in_flight,
+            DEFAULT_WEBHOOK_MAX_IN_FLIGHT
+        );
         assert_eq!(cfg.room_limits().heartbeat_timeout, Duration::from_secs(30));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -713,10 +751,7 @@ key = "abc"
         let mut cfg = ServerConfig::single_app("127.0.0.1:0", 1, "app-secret-1");
         cfg.admin.token = Some("admin-token-2".into());
         cfg.admin.hmac_key = Some("hmac-key-3".into());
-        cfg.webhook = Some(WebhookConfig {
-            url: "http://127.0.0.1:9/cb".into(),
-            key: "hook-key-4".into(),
-        });
+        cfg.webhook = Some(WebhookConfig::new("http://127.0.0.1:9/cb", "hook-key-4"));
         let file = EmbeddedKeyFile {
             server_url: "ws://127.0.0.1:7900/ws".into(),
             listen: "127.0.0.1:7900".into(),
@@ -793,6 +828,20 @@ key = "abc"
         }
         // Everything validate() accepts converts without a panic.
         let _ = cfg.room_limits();
+    }
+
+    #[test]
+    fn webhook_max_in_flight_is_checked() {
+        let mut cfg = ServerConfig::single_app("127.0.0.1:0", 1, "k");
+        cfg.webhook = Some(WebhookConfig::new("http://127.0.0.1:9/cb", "k"));
+        assert!(cfg.validate().is_ok());
+        for bad in [0, MAX_WEBHOOK_MAX_IN_FLIGHT + 1] {
+            if let Some(w) = &mut cfg.webhook {
+                w.max_in_flight = bad;
+            }
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("webhook.max_in_flight"), "{bad}: {e}");
+        }
     }
 
     #[test]

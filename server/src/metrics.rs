@@ -28,6 +28,8 @@ pub struct Metrics {
     pub webhooks_failed: AtomicU64,
     /// Webhooks dropped because the delivery queue was full.
     pub webhooks_dropped: AtomicU64,
+    /// Webhook deliveries in flight now (being sent or waiting for a retry).
+    pub webhooks_in_flight: AtomicI64,
     /// Failed joins by TRTC extra code (or main code when there is none).
     join_failures: Mutex<BTreeMap<i64, u64>>,
     /// The media plane's counters, once it runs.
@@ -144,6 +146,12 @@ impl Metrics {
             "rtcroom_webhooks_dropped_total",
             "Webhooks dropped, queue full.",
             self.webhooks_dropped.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "rtcroom_webhooks_in_flight",
+            "Webhook deliveries in flight (sending or waiting to retry).",
+            self.webhooks_in_flight.load(Ordering::Relaxed),
         );
         if let Some(m) = self.media.get() {
             let c = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {

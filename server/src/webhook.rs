@@ -4,7 +4,11 @@
 //! UniqueId, Role, TerminalType, UserType, Reason}}`; headers `Content-Type:
 //! application/json`, `Sign: base64(HMAC-SHA256(key, body))`, `SdkAppId`. Delivery: 5 s
 //! timeout, one immediate retry, then every 10 s, giving up one minute after the first try.
-//! Delivery runs on its own actor with a bounded queue, so a slow receiver never blocks a room.
+//! Delivery runs on its own actor, so a slow receiver never blocks a room; at most
+//! `webhook.max_in_flight` deliveries (default 256) are in flight (sending or waiting for a
+//! retry) at once, and a webhook beyond that is dropped and counted
+//! (`rtcroom_webhooks_dropped_total`), with a warning for the first and then every
+//! [`DROP_WARN_EVERY`]th drop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +30,8 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(10);
 /// Give up this long after the first attempt.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
-/// Deliveries in flight or queued before new webhooks are dropped (and counted).
-pub const MAX_PENDING: u64 = 10_000;
+/// A warning is logged for the first dropped webhook and then once per this many drops.
+pub const DROP_WARN_EVERY: u64 = 100;
 
 /// When to make attempt number `attempt` (0-based), as an offset from the first attempt;
 /// `None` once the schedule is over. Attempts: 0 s, 0 s (immediate retry), 10 s, 20 s, … 60 s.
@@ -123,7 +127,8 @@ pub struct Deliver {
 pub struct WebhookActor {
     config: Arc<WebhookConfig>,
     metrics: Arc<Metrics>,
-    pending: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
+    dropped: u64,
     client: Option<awc::Client>,
 }
 
@@ -133,9 +138,37 @@ impl WebhookActor {
         WebhookActor {
             config: Arc::new(config),
             metrics,
-            pending: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(AtomicU64::new(0)),
+            dropped: 0,
             client: None,
         }
+    }
+}
+
+/// One delivery in flight: counted from its start until it is delivered, given up or
+/// cancelled (the task dropped at shutdown).
+struct InFlight {
+    count: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl InFlight {
+    fn start(count: &Arc<AtomicU64>, metrics: &Arc<Metrics>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        metrics.webhooks_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            count: count.clone(),
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .webhooks_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -151,21 +184,32 @@ impl Handler<Deliver> for WebhookActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut Self::Context) {
-        if self.pending.load(Ordering::Relaxed) >= MAX_PENDING {
+        // Only this actor starts deliveries, so the count cannot grow between the check and
+        // the start below.
+        if self.in_flight.load(Ordering::Relaxed) >= self.config.max_in_flight as u64 {
             Metrics::inc(&self.metrics.webhooks_dropped);
+            self.dropped += 1;
+            if self.dropped % DROP_WARN_EVERY == 1 {
+                tracing::warn!(
+                    dropped = self.dropped,
+                    max_in_flight = self.config.max_in_flight,
+                    url = %self.config.url,
+                    "webhooks dropped: too many deliveries in flight (receiver slow or down)"
+                );
+            }
             return;
         }
         let Some(client) = self.client.clone() else {
             return;
         };
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        let in_flight = InFlight::start(&self.in_flight, &self.metrics);
         let body = body(&msg.key, &msg.hook, now_ms());
         let signature = sign(&self.config.key, &body);
         let url = self.config.url.clone();
         let app = msg.key.sdk_app_id.to_string();
         let metrics = self.metrics.clone();
-        let pending = self.pending.clone();
         actix::spawn(async move {
+            let _in_flight = in_flight;
             let start = tokio::time::Instant::now();
             let mut attempt = 0;
             let delivered = loop {
@@ -193,7 +237,6 @@ impl Handler<Deliver> for WebhookActor {
                 tracing::warn!(url, "webhook given up after retries");
                 Metrics::inc(&metrics.webhooks_failed);
             }
-            pending.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -203,6 +246,68 @@ mod tests {
     use super::*;
     use crate::room::HookEvent;
     use rtcroom_protocol::{Role, RoomId, UserId};
+
+    /// A receiver that accepts connections and never answers holds every delivery in
+    /// flight: past `max_in_flight` new webhooks are dropped and counted.
+    #[test]
+    fn deliveries_in_flight_are_bounded_and_drops_counted() {
+        // awc's client needs the process's rustls provider, as in the server.
+        crate::server::install_crypto_provider();
+        actix_web::rt::System::new().block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+            let silent = tokio::task::spawn_local(async move {
+                let mut held = Vec::new();
+                while let Ok((sock, _)) = listener.accept().await {
+                    held.push(sock);
+                    let _ = accepted_tx.send(());
+                }
+            });
+            let metrics = Arc::new(Metrics::default());
+            let mut config = WebhookConfig::new(format!("http://{addr}/cb"), "k");
+            config.max_in_flight = 2;
+            let actor = WebhookActor::new(config, metrics.clone()).start();
+            let key = RoomKey {
+                sdk_app_id: 1,
+                room_id: RoomId::numeric(7).unwrap(),
+            };
+            for _ in 0..5 {
+                let hook = Hook {
+                    event: HookEvent::EnterRoom,
+                    user_id: Some(UserId::new("alice").unwrap()),
+                    role: Some(Role::Anchor),
+                    reason: 0,
+                };
+                // `send` returns once the actor has handled the message.
+                actor
+                    .send(Deliver {
+                        key: key.clone(),
+                        hook,
+                    })
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(metrics.webhooks_dropped.load(Ordering::Relaxed), 3);
+            assert_eq!(metrics.webhooks_in_flight.load(Ordering::Relaxed), 2);
+            // The two in flight really reach the receiver.
+            for _ in 0..2 {
+                tokio::time::timeout(Duration::from_secs(10), accepted.recv())
+                    .await
+                    .expect("a delivery connects in time")
+                    .unwrap();
+            }
+            assert_eq!(metrics.webhooks_delivered.load(Ordering::Relaxed), 0);
+            assert_eq!(metrics.webhooks_failed.load(Ordering::Relaxed), 0);
+            let text = metrics.render();
+            assert!(
+                text.contains("\nrtcroom_webhooks_dropped_total 3\n"),
+                "{text}"
+            );
+            assert!(text.contains("\nrtcroom_webhooks_in_flight 2\n"), "{text}");
+            silent.abort();
+        });
+    }
 
     #[test]
     fn retry_schedule_is_trtcs() {

@@ -277,10 +277,7 @@ async fn receiver(
 async fn webhooks_are_signed_trtc_events_with_retry() {
     let (addr, mut rx) = receiver("hook-key", true).await;
     let mut cfg = config();
-    cfg.webhook = Some(WebhookConfig {
-        url: format!("http://{addr}/cb"),
-        key: "hook-key".into(),
-    });
+    cfg.webhook = Some(WebhookConfig::new(format!("http://{addr}/cb"), "hook-key"));
     let server = start(cfg);
     let url = server.ws_url();
     let (mut a, _) = joined(&url, "alice", "300", Mode::Rtc, None).await;
@@ -322,10 +319,7 @@ async fn https_webhooks_speak_tls() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut cfg = config();
-    cfg.webhook = Some(WebhookConfig {
-        url: format!("https://{addr}/cb"),
-        key: "k".into(),
-    });
+    cfg.webhook = Some(WebhookConfig::new(format!("https://{addr}/cb"), "k"));
     let server = start(cfg);
     let (mut a, _) = joined(&server.ws_url(), "alice", "301", Mode::Rtc, None).await;
     let (mut sock, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
