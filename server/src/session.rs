@@ -354,8 +354,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
                 return self.close(ctx, ws::CloseCode::Protocol, "protocol error");
             }
         };
-        let text: ByteString = match msg {
-            ws::Message::Text(t) => t,
+        let text: Option<ByteString> = match msg {
+            ws::Message::Text(t) => Some(t),
             ws::Message::Ping(p) => return ctx.pong(&p),
             ws::Message::Pong(_) => return,
             ws::Message::Close(_) => {
@@ -366,16 +366,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
                 ctx.close(None);
                 return ctx.stop();
             }
-            ws::Message::Binary(_) | ws::Message::Continuation(_) | ws::Message::Nop => {
-                return self.reply(
-                    ctx,
-                    0,
-                    Err(RtcError::invalid_parameter(
-                        Some(extra::PARAM_TYPE),
-                        "binary frames are not part of the protocol; send JSON text frames",
-                    )),
-                );
-            }
+            ws::Message::Nop => return,
+            // Answered with an error below, after the rate limiter: every data frame costs
+            // the server a reply, so every data frame counts against the limit.
+            ws::Message::Binary(_) | ws::Message::Continuation(_) => None,
         };
         Metrics::inc(&self.shared.metrics.messages_in);
         if !self.bucket.take(Instant::now()) {
@@ -395,6 +389,16 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
                 )),
             );
         }
+        let Some(text) = text else {
+            return self.reply(
+                ctx,
+                0,
+                Err(RtcError::invalid_parameter(
+                    Some(extra::PARAM_TYPE),
+                    "binary frames are not part of the protocol; send JSON text frames",
+                )),
+            );
+        };
         self.strikes = 0;
         match decode_client(text.as_bytes()) {
             Ok(env) => self.handle_envelope(env, ctx),

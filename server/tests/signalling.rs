@@ -520,6 +520,24 @@ async fn bad_input_gets_error_replies_or_a_clean_close() {
         Some(CloseCode::Policy)
     );
 
+    // A flood of binary frames counts against the same limit (they are answered with an
+    // error each, which costs the server as much as a text frame).
+    let mut binary = Client::connect(&url).await;
+    for _ in 0..40 {
+        binary.send_raw(Message::binary(vec![0u8; 8])).await;
+    }
+    while binary.closed.is_none() {
+        tokio::time::timeout(DEADLINE, binary.any_reply_or_close())
+            .await
+            .unwrap();
+    }
+    let close = binary.closed.clone().unwrap().expect("a close frame");
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (CloseCode::Policy, "message flood"),
+        "binary frames bypassed the rate limiter"
+    );
+
     // Other rooms never noticed: the first client still works.
     c.request(ClientMessage::Heartbeat).await.unwrap();
     server.stop().unwrap();
