@@ -273,6 +273,23 @@ impl RoomCore {
         }
     }
 
+    /// Close every media subscription of `session`.
+    fn close_subscriptions(&mut self, session: SessionId) {
+        let gone: Vec<_> = self
+            .subscriptions
+            .keys()
+            .filter(|(s, _, _)| *s == session)
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(peer) = self.subscriptions.remove(&k)
+                && let Some(media) = &self.ctx.media
+            {
+                media.unsubscribe(peer);
+            }
+        }
+    }
+
     /// Move the logged events into their recipients' `pending` lists.
     fn distribute(&mut self) {
         for (text, to) in std::mem::take(&mut self.log) {
@@ -350,21 +367,7 @@ impl RoomCore {
                         media.unpublish(&self.slot(user_id, stream_type), peer);
                     }
                 }
-                Effect::MemberGone { session, .. } => {
-                    let gone: Vec<_> = self
-                        .subscriptions
-                        .keys()
-                        .filter(|(s, _, _)| *s == session)
-                        .cloned()
-                        .collect();
-                    for k in gone {
-                        if let Some(peer) = self.subscriptions.remove(&k)
-                            && let Some(media) = &self.ctx.media
-                        {
-                            media.unsubscribe(peer);
-                        }
-                    }
-                }
+                Effect::MemberGone { session, .. } => self.close_subscriptions(session),
             }
         }
     }
@@ -676,6 +679,11 @@ impl Handler<RoomDisconnected> for RoomActor {
         let mut core = lock_room(&self.core);
         core.sessions.remove(&msg.session);
         core.room.disconnected(msg.session);
+        // It stays a member until its heartbeat timeout (TRTC keeps it 90 s), but nobody
+        // reads its subscriptions any more: close them now (a resumed client subscribes
+        // again). Its published streams stay: their media may still flow, and a resume
+        // re-publishes them.
+        core.close_subscriptions(msg.session);
     }
 }
 

@@ -421,3 +421,49 @@ async fn a_peer_that_never_connects_is_dropped() {
     assert_eq!(stats.peers.load(Ordering::Relaxed), 0);
     server.stop().unwrap();
 }
+
+#[tokio::test]
+async fn a_member_whose_signalling_drops_loses_its_subscriptions_at_once() {
+    let mut cfg = config();
+    // Far beyond the test's deadline: only the disconnect can close the peer in time.
+    cfg.media.connect_timeout_s = 60.0;
+    let server = start(cfg);
+    let url = server.ws_url();
+    let (mut anchor, _) = joined(&url, "a", "9", Mode::Rtc, None).await;
+    anchor
+        .request(ClientMessage::Publish(PublishRequest {
+            stream_type: StreamType::Main,
+            has_audio: true,
+            has_video: false,
+            sdp: None,
+        }))
+        .await
+        .unwrap();
+    let (mut viewer, _) = joined(&url, "v", "9", Mode::Rtc, None).await;
+    let pc = peer::subscriber(Arc::new(|_, _| {})).await;
+    let offer = peer::full_offer(&pc).await;
+    viewer
+        .request(ClientMessage::Subscribe(SubscribeRequest {
+            user_id: uid("a"),
+            stream_type: StreamType::Main,
+            audio: true,
+            video: false,
+            sdp: Some(offer),
+        }))
+        .await
+        .expect("subscribe accepted");
+    let stats = server.metrics().media().unwrap().clone();
+    assert_eq!(stats.peers.load(Ordering::Relaxed), 1);
+    // The viewer's socket closes without a leave: it stays a member for the heartbeat
+    // timeout (TRTC keeps it 90 s), but its subscriptions serve nobody and close now.
+    viewer
+        .send_raw(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+    wait_for(
+        "the dropped member's subscription peer to close",
+        Duration::from_secs(5),
+        || stats.peers.load(Ordering::Relaxed) == 0,
+    )
+    .await;
+    server.stop().unwrap();
+}
