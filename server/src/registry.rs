@@ -639,6 +639,14 @@ impl Handler<RoomRequest> for RoomActor {
                             "left the room while subscribing",
                         ));
                     }
+                    // The stream may have ended while the media was negotiated.
+                    if !core.room.has_stream(&user, st) {
+                        media.unsubscribe(peer);
+                        return Err(RtcError::new(
+                            ErrorCode::RemoteStreamNotExist,
+                            format!("{user}'s stream ended while subscribing"),
+                        ));
+                    }
                     if let Some(old) = core.subscriptions.insert((s, user, st), peer) {
                         media.unsubscribe(old);
                     }
