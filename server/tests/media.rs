@@ -421,3 +421,139 @@ async fn a_peer_that_never_connects_is_dropped() {
     assert_eq!(stats.peers.load(Ordering::Relaxed), 0);
     server.stop().unwrap();
 }
+
+/// The media plane on its own (no signalling): a publisher and a subscriber on one worker,
+/// synthetic Opus packets between them.
+mod plane {
+    use super::*;
+    use rtcroom_protocol::RoomId;
+    use rtcroom_server::media::{MediaConfig, MediaEvent, MediaPlane, PeerCloseReason, SlotKey};
+    use rtcroom_server::room::RoomKey;
+    use webrtc::track::track_local::TrackLocalWriter;
+
+    fn slot(user: &str) -> SlotKey {
+        SlotKey {
+            room: RoomKey {
+                sdk_app_id: 1400000001,
+                room_id: RoomId::numeric(9).unwrap(),
+            },
+            user: uid(user),
+            stream_type: StreamType::Main,
+        }
+    }
+
+    /// Publish, subscribe and connect both; returns the publisher, its peer id, the
+    /// subscriber's peer id and its received-packet count.
+    async fn publish_and_subscribe(
+        plane: &MediaPlane,
+        user: &str,
+    ) -> (
+        Publisher,
+        u64,
+        u64,
+        Arc<webrtc::peer_connection::RTCPeerConnection>,
+        Arc<AtomicU64>,
+    ) {
+        let publisher = Publisher::new().await;
+        let offer = peer::full_offer(&publisher.pc).await;
+        let published = plane.publish(slot(user), &offer).await.expect("publish");
+        peer::apply_answer(&publisher.pc, published.answer).await;
+        assert!(
+            peer::connected(&publisher.pc, Duration::from_secs(10)).await,
+            "publisher connects"
+        );
+        let received = Arc::new(AtomicU64::new(0));
+        let r = received.clone();
+        let pc = peer::subscriber(Arc::new(move |_, _| {
+            r.fetch_add(1, Ordering::Relaxed);
+        }))
+        .await;
+        let offer = peer::full_offer(&pc).await;
+        let (sub, answer) = plane
+            .subscribe(slot(user), true, true, &offer)
+            .await
+            .expect("subscribe");
+        peer::apply_answer(&pc, answer).await;
+        assert!(
+            peer::connected(&pc, Duration::from_secs(10)).await,
+            "subscriber connects"
+        );
+        (publisher, published.peer, sub, pc, received)
+    }
+
+    /// Send Opus-shaped packets until the subscriber has received `n` more.
+    async fn flows(publisher: &Publisher, received: &AtomicU64, n: u64) {
+        let start = received.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seq = 0u16;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while received.load(Ordering::Relaxed) < start + n {
+            assert!(Instant::now() < deadline, "media flows");
+            tick.tick().await;
+            seq = seq.wrapping_add(1);
+            let pkt = webrtc::rtp::packet::Packet {
+                header: webrtc::rtp::header::Header {
+                    version: 2,
+                    sequence_number: seq,
+                    timestamp: u32::from(seq) * 960,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+            };
+            publisher.audio.write_rtp(&pkt).await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_fault_closes_its_peers_and_the_worker_serves_again() {
+        // webrtc-rs's DTLS needs rustls' provider, which the server would install.
+        rtcroom_server::server::install_crypto_provider();
+        let plane = MediaPlane::start(&MediaConfig {
+            workers: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut events = plane.take_events().expect("the events");
+        assert!(plane.take_events().is_none(), "taken once");
+        let stats = plane.stats().clone();
+
+        let (p1, publisher, subscriber, _pc, received) =
+            publish_and_subscribe(&plane, "alice").await;
+        flows(&p1, &received, 5).await;
+
+        plane.inject_worker_fault(0);
+        let mut closed = Vec::new();
+        while closed.len() < 2 {
+            let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .expect("a peer-closed event")
+                .expect("the channel stays open");
+            let MediaEvent::PeerClosed { peer, reason } = e;
+            assert_eq!(reason, PeerCloseReason::WorkerFault);
+            closed.push(peer);
+        }
+        closed.sort();
+        let mut expected = vec![publisher, subscriber];
+        expected.sort();
+        assert_eq!(closed, expected);
+        assert_eq!(stats.worker_restarts.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.peers.load(Ordering::Relaxed), 0);
+        assert_eq!(plane.interned_slots(), 0, "the fault released the slots");
+
+        // The same worker (and socket) serves a new publisher and subscriber.
+        let (p2, publisher2, subscriber2, _pc2, received2) =
+            publish_and_subscribe(&plane, "bob").await;
+        flows(&p2, &received2, 5).await;
+        assert_eq!(stats.peers.load(Ordering::Relaxed), 2);
+
+        // Closing on request sends no event, and leaves nothing interned.
+        plane.close_peer(subscriber2);
+        plane.unpublish(&slot("bob"), publisher2);
+        wait_for("peers removed", Duration::from_secs(5), || {
+            stats.peers.load(Ordering::Relaxed) == 0 && plane.interned_slots() == 0
+        })
+        .await;
+        assert!(events.try_recv().is_err(), "no event for requested closes");
+        plane.shutdown();
+    }
+}
