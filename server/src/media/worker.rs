@@ -205,6 +205,8 @@ pub(super) struct Worker {
     free: Vec<u32>,
     ids: HashMap<PeerId, LocalPeer>,
     by_addr: HashMap<SocketAddr, LocalPeer>,
+    /// Reused by `drain`.
+    event_buf: Vec<Event>,
     /// No peer needs a timeout before this (kept as a lower bound, so the per-datagram path
     /// never scans all peers).
     earliest: Instant,
@@ -235,6 +237,7 @@ impl Worker {
             free: Vec::new(),
             ids: HashMap::new(),
             by_addr: HashMap::new(),
+            event_buf: Vec::new(),
             earliest: Instant::now(),
         }
     }
@@ -281,7 +284,9 @@ impl Worker {
             match turn {
                 Ok(Turn::Shutdown) => break,
                 Ok(Turn::Busy) => {
-                    // Let the runtime poll its I/O driver (socket readiness) and go round.
+                    // Let the runtime poll its I/O driver and go round: tokio's `try_recv_from`
+                    // answers from cached readiness (`Registration::try_io`), which only the
+                    // driver sets again once a read has drained the socket.
                     tokio::task::yield_now().await;
                     continue;
                 }
@@ -440,7 +445,9 @@ impl Worker {
 
     /// Drain one peer's output: datagrams go out as they come, events go to the router.
     fn drain(&mut self, lp: LocalPeer) {
-        let mut events = Vec::new();
+        // Every received RTP packet is an event: collect them in a kept buffer, not a new
+        // `Vec` per datagram (taken out so handling may use `self`).
+        let mut events = std::mem::take(&mut self.event_buf);
         let Some(peer) = self.peers.get_mut(lp.0 as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -470,9 +477,10 @@ impl Worker {
         if failed {
             self.mark_dead(lp, PeerCloseReason::Closed);
         }
-        for e in events {
+        for e in events.drain(..) {
             self.handle_event(lp, e);
         }
+        self.event_buf = events;
     }
 
     fn handle_event(&mut self, lp: LocalPeer, e: Event) {
