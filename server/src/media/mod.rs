@@ -738,3 +738,104 @@ impl MediaPlane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtcroom_protocol::RoomId;
+
+    /// A plane with one worker that never reads its queues (of `capacity` each).
+    fn stalled(capacity: usize) -> (MediaPlane, mpsc::Receiver<Cmd>, mpsc::Receiver<Data>) {
+        let (ctl, ctl_rx) = mpsc::channel(capacity);
+        let (data, data_rx) = mpsc::channel(capacity);
+        let (_, events) = mpsc::channel(1);
+        let plane = MediaPlane {
+            inner: Arc::new(Inner {
+                ctl: vec![ctl],
+                data: vec![data],
+                events: Mutex::new(Some(events)),
+                threads: Mutex::new(Vec::new()),
+                next_worker: AtomicUsize::new(0),
+                next_id: AtomicU64::new(1),
+                slots: Slots::default(),
+                stats: Arc::new(MediaStats::default()),
+                addrs: Vec::new(),
+                peer_stats: Arc::new(RwLock::new(HashMap::new())),
+                stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            }),
+        };
+        (plane, ctl_rx, data_rx)
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0\r\n\
+        a=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=setup:actpass\r\n\
+        a=mid:0\r\na=sendonly\r\na=rtcp-mux\r\na=msid:s1 a1\r\na=ssrc:1 cname:x\r\n\
+        a=rtpmap:111 opus/48000/2\r\n";
+
+    fn slot() -> SlotKey {
+        SlotKey {
+            room: RoomKey {
+                sdk_app_id: 1,
+                room_id: RoomId::numeric(1).unwrap(),
+            },
+            user: UserId::new("u").unwrap(),
+            stream_type: StreamType::Main,
+        }
+    }
+
+    #[test]
+    fn a_full_worker_queue_refuses_publish_and_counts_drops() {
+        let (plane, _ctl, _data) = stalled(1);
+        let drops = || plane.stats().worker_queue_drops.load(Ordering::Relaxed);
+        plane.close_peer(1 << 8);
+        assert_eq!(drops(), 0);
+        plane.close_peer(2 << 8);
+        assert_eq!(drops(), 1, "a full queue drops and counts");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt.block_on(plane.publish(slot(), OFFER)).unwrap_err();
+        assert_eq!(e.message, "media worker overloaded");
+        assert_eq!(e.code, ErrorCode::ServerTimeout);
+        assert_eq!(drops(), 2);
+        assert_eq!(
+            plane.interned_slots(),
+            0,
+            "the refused publish holds no slot"
+        );
+    }
+
+    #[test]
+    fn slot_ids_are_refcounted_and_not_reused() {
+        let slots = Slots::default();
+        let a = slots.acquire(&slot());
+        let b = slots.acquire(&slot());
+        assert_eq!(a.id(), b.id());
+        assert_eq!(
+            a.set_publisher(PublisherInfo {
+                peer: 5,
+                video: None
+            }),
+            None
+        );
+        assert_eq!(
+            b.set_publisher(PublisherInfo {
+                peer: 6,
+                video: None
+            }),
+            Some(5)
+        );
+        a.clear_publisher(5);
+        assert_eq!(slots.publisher(a.id()).map(|p| p.peer), Some(6));
+        let first = a.id();
+        drop(a);
+        assert_eq!(slots.len(), 1);
+        drop(b);
+        assert_eq!(slots.len(), 0);
+        let c = slots.acquire(&slot());
+        assert_ne!(c.id(), first, "a released id is not handed out again");
+    }
+}
