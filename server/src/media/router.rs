@@ -203,7 +203,8 @@ fn kind_index(kind: MediaKind) -> usize {
 struct Stream {
     /// The local publisher (the latest added; a replaced one is ignored until removed).
     publisher: Option<LocalPeer>,
-    /// Per kind: a generation that changes with the publisher and on each unmute.
+    /// Per kind: a generation that changes with the publisher and on each unmute (per kind:
+    /// a change in the middle of a video frame would give its packets two timestamp offsets).
     generation: [u64; 2],
     muted: [bool; 2],
     /// The local publisher has sent video (a keyframe request means something).
