@@ -442,18 +442,8 @@ mod plane {
         }
     }
 
-    /// Publish, subscribe and connect both; returns the publisher, its peer id, the
-    /// subscriber's peer id and its received-packet count.
-    async fn publish_and_subscribe(
-        plane: &MediaPlane,
-        user: &str,
-    ) -> (
-        Publisher,
-        u64,
-        u64,
-        Arc<webrtc::peer_connection::RTCPeerConnection>,
-        Arc<AtomicU64>,
-    ) {
+    /// Publish and connect; returns the publisher and its peer id.
+    async fn publish(plane: &MediaPlane, user: &str) -> (Publisher, u64) {
         let publisher = Publisher::new().await;
         let offer = peer::full_offer(&publisher.pc).await;
         let published = plane.publish(slot(user), &offer).await.expect("publish");
@@ -462,6 +452,18 @@ mod plane {
             peer::connected(&publisher.pc, Duration::from_secs(10)).await,
             "publisher connects"
         );
+        (publisher, published.peer)
+    }
+
+    type Subscription = (
+        u64,
+        Arc<webrtc::peer_connection::RTCPeerConnection>,
+        Arc<AtomicU64>,
+    );
+
+    /// Subscribe and connect; returns its peer id, its connection and its received-packet
+    /// count.
+    async fn subscribe(plane: &MediaPlane, user: &str) -> Subscription {
         let received = Arc::new(AtomicU64::new(0));
         let r = received.clone();
         let pc = peer::subscriber(Arc::new(move |_, _| {
@@ -478,7 +480,18 @@ mod plane {
             peer::connected(&pc, Duration::from_secs(10)).await,
             "subscriber connects"
         );
-        (publisher, published.peer, sub, pc, received)
+        (sub, pc, received)
+    }
+
+    async fn next_closed(
+        events: &mut tokio::sync::mpsc::Receiver<MediaEvent>,
+    ) -> (u64, PeerCloseReason) {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a peer-closed event")
+            .expect("the channel stays open");
+        let MediaEvent::PeerClosed { peer, reason } = e;
+        (peer, reason)
     }
 
     /// Send Opus-shaped packets until the subscriber has received `n` more.
@@ -517,18 +530,14 @@ mod plane {
         assert!(plane.take_events().is_none(), "taken once");
         let stats = plane.stats().clone();
 
-        let (p1, publisher, subscriber, _pc, received) =
-            publish_and_subscribe(&plane, "alice").await;
+        let (p1, publisher) = publish(&plane, "alice").await;
+        let (subscriber, _pc, received) = subscribe(&plane, "alice").await;
         flows(&p1, &received, 5).await;
 
         plane.inject_worker_fault(0);
         let mut closed = Vec::new();
         while closed.len() < 2 {
-            let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
-                .await
-                .expect("a peer-closed event")
-                .expect("the channel stays open");
-            let MediaEvent::PeerClosed { peer, reason } = e;
+            let (peer, reason) = next_closed(&mut events).await;
             assert_eq!(reason, PeerCloseReason::WorkerFault);
             closed.push(peer);
         }
@@ -541,8 +550,8 @@ mod plane {
         assert_eq!(plane.interned_slots(), 0, "the fault released the slots");
 
         // The same worker (and socket) serves a new publisher and subscriber.
-        let (p2, publisher2, subscriber2, _pc2, received2) =
-            publish_and_subscribe(&plane, "bob").await;
+        let (p2, publisher2) = publish(&plane, "bob").await;
+        let (subscriber2, _pc2, received2) = subscribe(&plane, "bob").await;
         flows(&p2, &received2, 5).await;
         assert_eq!(stats.peers.load(Ordering::Relaxed), 2);
 
@@ -554,6 +563,35 @@ mod plane {
         })
         .await;
         assert!(events.try_recv().is_err(), "no event for requested closes");
+        plane.shutdown();
+    }
+
+    /// The publisher's worker fails while the subscriber sits on another: the subscriber
+    /// stays, and a new publisher on the restarted worker reaches it (the other worker told
+    /// the restarted one its interest again).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_worker_learns_the_other_workers_interest_again() {
+        rtcroom_server::server::install_crypto_provider();
+        let plane = MediaPlane::start(&MediaConfig {
+            workers: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut events = plane.take_events().unwrap();
+        // Peers go to the workers in turn: the publisher to 0, the subscriber to 1.
+        let (p1, publisher) = publish(&plane, "alice").await;
+        let (_sub, _pc, received) = subscribe(&plane, "alice").await;
+        flows(&p1, &received, 5).await;
+        plane.inject_worker_fault(0);
+        assert_eq!(
+            next_closed(&mut events).await,
+            (publisher, PeerCloseReason::WorkerFault)
+        );
+        // The next peer goes to worker 0 again.
+        let (p2, _) = publish(&plane, "alice").await;
+        flows(&p2, &received, 5).await;
+        assert_eq!(plane.stats().worker_restarts.load(Ordering::Relaxed), 1);
+        assert!(events.try_recv().is_err(), "the subscriber lives on");
         plane.shutdown();
     }
 }
