@@ -209,6 +209,11 @@ struct Stream {
     muted: [bool; 2],
     /// The local publisher has sent video (a keyframe request means something).
     video_seen: bool,
+    /// A keyframe is wanted as soon as the publisher sends video: a forced request came
+    /// before its first video packet, or it replaced a publisher others were watching (a
+    /// rebuilt peer connection carries an encoder already mid-GOP, so its first frame is
+    /// not necessarily a keyframe).
+    keyframe_pending: bool,
     limiter: KeyframeLimiter,
     subscribers: Vec<LocalPeer>,
     /// Other workers with subscribers of this stream.
@@ -319,6 +324,7 @@ impl Router {
         s.generation = generation;
         s.muted = [false; 2];
         s.video_seen = false;
+        s.keyframe_pending = !s.subscribers.is_empty() || !s.remote.is_empty();
     }
 
     /// `peer` subscribes to `stream` with `tracks` (at most one per kind is used: the first).
@@ -420,6 +426,10 @@ impl Router {
         }
         if packet.kind == MediaKind::Video {
             s.video_seen = true;
+            if std::mem::take(&mut s.keyframe_pending) && s.limiter.allow(now, true) {
+                self.out
+                    .push_back(Output::RequestKeyframe { publisher: from });
+            }
         }
         let source = (s.generation[k] << 32) ^ u64::from(packet.ssrc) ^ ((self.me as u64) << 56);
         let routed = RoutedPacket {
@@ -525,9 +535,11 @@ impl Router {
             .get_mut(&stream)
             .and_then(|s| s.publisher.map(|p| (s, p)));
         if let Some((s, publisher)) = local {
-            // Before the publisher's first video packet there is nothing to ask for (and its
-            // first frame is a keyframe): leave the limiter untouched.
-            if s.video_seen && s.limiter.allow(now, force) {
+            // Before the publisher's first video packet there is nothing to ask for yet: a
+            // forced request waits for that packet, the limiter untouched.
+            if !s.video_seen {
+                s.keyframe_pending |= force;
+            } else if s.limiter.allow(now, force) {
                 self.out.push_back(Output::RequestKeyframe { publisher });
             }
         } else if relay {
@@ -779,25 +791,54 @@ mod tests {
     #[test]
     fn keyframe_requests_are_limited_to_one_a_second_and_forced_on_connect() {
         let mut r = room(1);
-        // No video yet: nothing to ask for.
+        // No video yet: nothing to ask for (the subscriber's connect is remembered).
         r.on_keyframe_request(LocalPeer(1), at(0));
         assert_eq!(keyframes(&outputs(&mut r)), 0);
         r.on_rtp(PUB, video(1, 0), at(0));
-        outputs(&mut r);
-        r.on_keyframe_request(LocalPeer(1), at(10));
-        r.on_keyframe_request(LocalPeer(1), at(500));
+        assert_eq!(
+            keyframes(&outputs(&mut r)),
+            1,
+            "the connect asks with the first video"
+        );
+        r.on_keyframe_request(LocalPeer(1), at(1010));
+        r.on_keyframe_request(LocalPeer(1), at(1500));
         assert_eq!(keyframes(&outputs(&mut r)), 1, "one a second");
         // A new subscriber connects: forced past the limiter.
         r.add_subscriber(LocalPeer(2), S, &av(100));
-        r.on_connected(LocalPeer(2), at(600));
+        r.on_connected(LocalPeer(2), at(1600));
         assert_eq!(keyframes(&outputs(&mut r)), 1, "forced on connect");
-        r.on_keyframe_request(LocalPeer(1), at(1500));
+        r.on_keyframe_request(LocalPeer(1), at(2500));
         assert_eq!(keyframes(&outputs(&mut r)), 0, "the forced one counts");
-        r.request_keyframe(S, false, at(1600));
+        r.request_keyframe(S, false, at(2700));
         assert_eq!(keyframes(&outputs(&mut r)), 1);
         // A publisher's own peer asking is no subscriber asking.
         r.on_keyframe_request(PUB, at(5000));
         assert_eq!(keyframes(&outputs(&mut r)), 0);
+    }
+
+    #[test]
+    fn a_keyframe_is_asked_of_a_replacing_publisher_and_for_a_request_before_video() {
+        let mut r = room(1);
+        // Forced before any video: asked for with the first video packet.
+        r.request_keyframe(S, true, at(0));
+        assert_eq!(keyframes(&outputs(&mut r)), 0, "nothing to ask yet");
+        r.on_rtp(PUB, video(1, 0), at(5));
+        assert_eq!(keyframes(&outputs(&mut r)), 1, "asked with the first video");
+        r.on_rtp(PUB, video(2, 0), at(6));
+        assert_eq!(keyframes(&outputs(&mut r)), 0, "once");
+        // The publisher's peer connection is rebuilt (a new peer replaces it) while a
+        // subscriber watches: its encoder is mid-GOP, so its first video asks for a keyframe
+        // even though no subscriber asked (their decoders may wait for one in silence).
+        let new_pub = LocalPeer(9);
+        r.add_publisher(new_pub, S);
+        outputs(&mut r);
+        r.on_rtp(new_pub, video(1, 0), at(3000));
+        assert!(
+            outputs(&mut r).iter().any(
+                |o| matches!(o, Output::RequestKeyframe { publisher } if *publisher == new_pub)
+            ),
+            "the replacing publisher is asked for a keyframe"
+        );
     }
 
     #[test]
@@ -908,9 +949,10 @@ mod tests {
         // Audio is not muted.
         assert!(r.on_rtp(PUB, audio(1, 0), at(600)));
         outputs(&mut r);
-        // The limiter has just let a request through: unmuting forces one anyway.
+        // The limiter let a request through at 0 (the subscriber connected before the first
+        // video) and refuses one now: unmuting forces one anyway.
         r.on_keyframe_request(LocalPeer(1), at(640));
-        assert_eq!(keyframes(&outputs(&mut r)), 1);
+        assert_eq!(keyframes(&outputs(&mut r)), 0);
         r.set_muted(S, MediaKind::Video, false, at(660));
         assert_eq!(keyframes(&outputs(&mut r)), 1, "keyframe on unmute");
         r.on_rtp(PUB, video(120, 60_000), at(660));
