@@ -187,6 +187,10 @@ struct SlotTable {
     by_key: HashMap<SlotKey, StreamId>,
     entries: HashMap<StreamId, SlotEntry>,
     next: u32,
+    /// Each published slot's video format, from its publish until its unpublish (the room
+    /// announces the stream that long): a subscription made while the publisher's peer
+    /// connection is being rebuilt (old peer gone, new one not yet there) still gets video.
+    formats: HashMap<SlotKey, Option<sdp::VideoFormat>>,
 }
 
 struct SlotEntry {
@@ -251,8 +255,17 @@ impl Slots {
         self.lock().entries.get(&stream)?.publisher
     }
 
+    fn set_format(&self, key: &SlotKey, video: Option<sdp::VideoFormat>) {
+        self.lock().formats.insert(key.clone(), video);
+    }
+
+    fn format(&self, key: &SlotKey) -> Option<sdp::VideoFormat> {
+        self.lock().formats.get(key).copied().flatten()
+    }
+
     fn clear_publisher_of(&self, key: &SlotKey, peer: PeerId) {
         let mut t = self.lock();
+        t.formats.remove(key);
         let Some(id) = t.by_key.get(key).copied() else {
             return;
         };
@@ -549,6 +562,7 @@ impl MediaPlane {
             .map_err(|e| RtcError::new(ErrorCode::NotSupported, e))?;
         let parsed = parse_offer(&offer)?;
         let (id, w) = self.new_peer();
+        let key = slot.clone();
         let slot = self.inner.slots.acquire(&slot);
         let (answer, replaced) = self
             .ask(w, |reply| Cmd::AddPublisher {
@@ -559,6 +573,7 @@ impl MediaPlane {
                 reply,
             })
             .await?;
+        self.inner.slots.set_format(&key, video);
         if let Some(old) = replaced {
             self.send(worker_of(old), Cmd::Remove { id: old });
         }
@@ -585,11 +600,7 @@ impl MediaPlane {
         }
         let offer = sdp::prepare_offer(offer);
         let lines = sdp::parse_media(&offer);
-        let codec = self
-            .inner
-            .slots
-            .find(&slot)
-            .and_then(|(_, p)| p.and_then(|p| p.video));
+        let codec = self.inner.slots.format(&slot);
         if video && let Some(codec) = codec.map(|f| f.codec) {
             let receivable = lines
                 .iter()
