@@ -205,6 +205,24 @@ impl Metrics {
                 "Datagrams dropped by a full socket buffer.",
                 &m.send_drops,
             );
+            c(
+                &mut out,
+                "rtcroom_media_worker_queue_drops_total",
+                "Messages dropped by a full media worker queue.",
+                &m.worker_queue_drops,
+            );
+            c(
+                &mut out,
+                "rtcroom_media_worker_restarts_total",
+                "Media workers restarted after a fault.",
+                &m.worker_restarts,
+            );
+            c(
+                &mut out,
+                "rtcroom_media_event_drops_total",
+                "Media peer events dropped (queue full or not taken).",
+                &m.event_drops,
+            );
             gauge(
                 &mut out,
                 "rtcroom_media_peers",
@@ -237,6 +255,19 @@ mod tests {
         );
         assert!(
             text.contains("rtcroom_join_failures_total{code=\"-102052\"} 1\n"),
+            "{text}"
+        );
+        let media = std::sync::Arc::new(crate::media::MediaStats::default());
+        media.worker_queue_drops.store(3, Ordering::Relaxed);
+        media.worker_restarts.store(1, Ordering::Relaxed);
+        m.attach_media(media);
+        let text = m.render();
+        assert!(
+            text.contains("\nrtcroom_media_worker_queue_drops_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nrtcroom_media_worker_restarts_total 1\n"),
             "{text}"
         );
         for line in text.lines().filter(|l| !l.starts_with('#')) {

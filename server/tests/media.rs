@@ -466,4 +466,182 @@ async fn a_member_whose_signalling_drops_loses_its_subscriptions_at_once() {
     )
     .await;
     server.stop().unwrap();
+
+/// The media plane on its own (no signalling): a publisher and a subscriber on one worker,
+/// synthetic Opus packets between them.
+mod plane {
+    use super::*;
+    use rtcroom_protocol::RoomId;
+    use rtcroom_server::media::{MediaConfig, MediaEvent, MediaPlane, PeerCloseReason, SlotKey};
+    use rtcroom_server::room::RoomKey;
+    use webrtc::track::track_local::TrackLocalWriter;
+
+    fn slot(user: &str) -> SlotKey {
+        SlotKey {
+            room: RoomKey {
+                sdk_app_id: 1400000001,
+                room_id: RoomId::numeric(9).unwrap(),
+            },
+            user: uid(user),
+            stream_type: StreamType::Main,
+        }
+    }
+
+    /// Publish and connect; returns the publisher and its peer id.
+    async fn publish(plane: &MediaPlane, user: &str) -> (Publisher, u64) {
+        let publisher = Publisher::new().await;
+        let offer = peer::full_offer(&publisher.pc).await;
+        let published = plane.publish(slot(user), &offer).await.expect("publish");
+        peer::apply_answer(&publisher.pc, published.answer).await;
+        assert!(
+            peer::connected(&publisher.pc, Duration::from_secs(10)).await,
+            "publisher connects"
+        );
+        (publisher, published.peer)
+    }
+
+    type Subscription = (
+        u64,
+        Arc<webrtc::peer_connection::RTCPeerConnection>,
+        Arc<AtomicU64>,
+    );
+
+    /// Subscribe and connect; returns its peer id, its connection and its received-packet
+    /// count.
+    async fn subscribe(plane: &MediaPlane, user: &str) -> Subscription {
+        let received = Arc::new(AtomicU64::new(0));
+        let r = received.clone();
+        let pc = peer::subscriber(Arc::new(move |_, _| {
+            r.fetch_add(1, Ordering::Relaxed);
+        }))
+        .await;
+        let offer = peer::full_offer(&pc).await;
+        let (sub, answer) = plane
+            .subscribe(slot(user), true, true, &offer)
+            .await
+            .expect("subscribe");
+        peer::apply_answer(&pc, answer).await;
+        assert!(
+            peer::connected(&pc, Duration::from_secs(10)).await,
+            "subscriber connects"
+        );
+        (sub, pc, received)
+    }
+
+    async fn next_closed(
+        events: &mut tokio::sync::mpsc::Receiver<MediaEvent>,
+    ) -> (u64, PeerCloseReason) {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("a peer-closed event")
+            .expect("the channel stays open");
+        let MediaEvent::PeerClosed { peer, reason } = e;
+        (peer, reason)
+    }
+
+    /// Send Opus-shaped packets until the subscriber has received `n` more.
+    async fn flows(publisher: &Publisher, received: &AtomicU64, n: u64) {
+        let start = received.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seq = 0u16;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while received.load(Ordering::Relaxed) < start + n {
+            assert!(Instant::now() < deadline, "media flows");
+            tick.tick().await;
+            seq = seq.wrapping_add(1);
+            let pkt = webrtc::rtp::packet::Packet {
+                header: webrtc::rtp::header::Header {
+                    version: 2,
+                    sequence_number: seq,
+                    timestamp: u32::from(seq) * 960,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+            };
+            publisher.audio.write_rtp(&pkt).await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_fault_closes_its_peers_and_the_worker_serves_again() {
+        // webrtc-rs's DTLS needs rustls' provider, which the server would install.
+        rtcroom_server::server::install_crypto_provider();
+        let plane = MediaPlane::start(&MediaConfig {
+            workers: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut events = plane.take_events().expect("the events");
+        assert!(plane.take_events().is_none(), "taken once");
+        let stats = plane.stats().clone();
+
+        let (p1, publisher) = publish(&plane, "alice").await;
+        let (subscriber, _pc, received) = subscribe(&plane, "alice").await;
+        flows(&p1, &received, 5).await;
+
+        plane.inject_worker_fault(0);
+        let mut closed = Vec::new();
+        while closed.len() < 2 {
+            let (peer, reason) = next_closed(&mut events).await;
+            assert_eq!(reason, PeerCloseReason::WorkerFault);
+            closed.push(peer);
+        }
+        closed.sort();
+        let mut expected = vec![publisher, subscriber];
+        expected.sort();
+        assert_eq!(closed, expected);
+        assert_eq!(stats.worker_restarts.load(Ordering::Relaxed), 1);
+        // The events go out as the worker drops its peers; the book-keeping follows.
+        wait_for(
+            "the fault to release peers and slots",
+            Duration::from_secs(5),
+            || stats.peers.load(Ordering::Relaxed) == 0 && plane.interned_slots() == 0,
+        )
+        .await;
+
+        // The same worker (and socket) serves a new publisher and subscriber.
+        let (p2, publisher2) = publish(&plane, "bob").await;
+        let (subscriber2, _pc2, received2) = subscribe(&plane, "bob").await;
+        flows(&p2, &received2, 5).await;
+        assert_eq!(stats.peers.load(Ordering::Relaxed), 2);
+
+        // Closing on request sends no event, and leaves nothing interned.
+        plane.close_peer(subscriber2);
+        plane.unpublish(&slot("bob"), publisher2);
+        wait_for("peers removed", Duration::from_secs(5), || {
+            stats.peers.load(Ordering::Relaxed) == 0 && plane.interned_slots() == 0
+        })
+        .await;
+        assert!(events.try_recv().is_err(), "no event for requested closes");
+        plane.shutdown();
+    }
+
+    /// The publisher's worker fails while the subscriber sits on another: the subscriber
+    /// stays, and a new publisher on the restarted worker reaches it (the other worker told
+    /// the restarted one its interest again).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_worker_learns_the_other_workers_interest_again() {
+        rtcroom_server::server::install_crypto_provider();
+        let plane = MediaPlane::start(&MediaConfig {
+            workers: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut events = plane.take_events().unwrap();
+        // Peers go to the workers in turn: the publisher to 0, the subscriber to 1.
+        let (p1, publisher) = publish(&plane, "alice").await;
+        let (_sub, _pc, received) = subscribe(&plane, "alice").await;
+        flows(&p1, &received, 5).await;
+        plane.inject_worker_fault(0);
+        assert_eq!(
+            next_closed(&mut events).await,
+            (publisher, PeerCloseReason::WorkerFault)
+        );
+        // The next peer goes to worker 0 again.
+        let (p2, _) = publish(&plane, "alice").await;
+        flows(&p2, &received, 5).await;
+        assert_eq!(plane.stats().worker_restarts.load(Ordering::Relaxed), 1);
+        assert!(events.try_recv().is_err(), "the subscriber lives on");
+        plane.shutdown();
+    }
 }

@@ -1,19 +1,42 @@
 //! The SFU media plane: WebRTC peers on str0m (RTP mode, ICE-lite), driven by media workers.
 //!
-//! Each **media worker** is a thread with its own UDP socket and a set of peers (one str0m
-//! `Rtc` each). A publisher's uplink is one peer; each subscription is one peer (one downlink
-//! per subscribed stream, as the TRTC v4 Web SDK does). Packets from a publisher are forwarded
-//! to the subscribers on the same worker directly and to each other worker that has
-//! subscribers for that stream with one message per packet per worker, so a large room's
-//! fan-out (encryption and sends) is spread over all workers, i.e. all cores.
+//! Each **media worker** ([`worker`]) is a thread with its own UDP socket and a set of peers
+//! (one str0m `Rtc` each). A publisher's uplink is one peer; each subscription is one peer (one
+//! downlink per subscribed stream, as the TRTC v4 Web SDK does). The worker is only an I/O
+//! driver: it reads the socket, finds the peer by ICE ufrag / source address, feeds str0m,
+//! runs the timers, and turns str0m events into inputs of its [`router::Router`] and the
+//! router's outputs into `write_rtp`, socket sends and channel sends.
 //!
-//! The server never decodes. It rewrites sequence numbers and timestamps per subscriber
-//! ([`rewrite::SeqRewriter`]) so a publisher restart does not break a subscriber's stream,
-//! relays keyframe requests to the publisher (at most one a second per stream, plus one at
-//! once for a new subscriber), and lets str0m answer NACKs from its per-stream send buffer and
-//! send SR/RR reports.
+//! The **router** is a sans-IO state machine (every call takes `now`; tested in virtual time)
+//! with interned `u32` ids: a published slot (room + user + stream type) is interned once per
+//! publish/subscribe here, in [`MediaPlane`], as a [`router::StreamId`] that every worker shares
+//! and that is released when the slot has neither publisher nor subscriber left; a peer is a
+//! [`router::LocalPeer`], the worker's index for it. The per-packet path hashes no string. The
+//! router owns the forwarding table, mute state, keyframe-request limiting (at most one a
+//! second per stream; forced for a new subscriber and on unmuting video) and the per-track
+//! sequence/timestamp rewriting ([`rewrite::SeqRewriter`]) that keeps a subscriber's stream
+//! continuous across a publisher restart or an unmute.
+//!
+//! Packets from a publisher are written to the subscribers on the same worker directly and
+//! sent to each other worker that has subscribers of that stream (its *interest*, announced
+//! by each worker's router) with one message per packet per worker, so a large room's fan-out
+//! (encryption and sends) is spread over all workers, i.e. all cores. str0m answers NACKs from
+//! its per-stream send buffer and sends SR/RR reports.
+//!
+//! Queues are bounded: commands from here and from other workers go on a control queue,
+//! forwarded packets and keyframe requests on a data queue; a full queue drops (counted in
+//! [`MediaStats::worker_queue_drops`]), except that a publish or subscribe fails with "media
+//! worker overloaded". A worker takes a batch of each source (control, data, socket) in turn,
+//! so neither starves the others.
+//!
+//! A peer that dies on its own (ICE disconnect, DTLS close, connect timeout, worker fault) is
+//! reported as a [`MediaEvent`] on the channel [`MediaPlane::take_events`] hands out; one
+//! closed on request (`unpublish`, `unsubscribe`, `close_peer`) is not. A panic in a worker is
+//! caught: its peers are dropped (reason [`PeerCloseReason::WorkerFault`]) and it serves new
+//! peers on the same socket ([`MediaStats::worker_restarts`]).
 
 pub mod rewrite;
+pub mod router;
 pub mod sdp;
 pub mod stun;
 mod worker;
@@ -21,7 +44,7 @@ mod worker;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rtcroom_protocol::signal::{MediaKind, StreamType, VideoCodec};
@@ -30,10 +53,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::room::RoomKey;
-use worker::{Cmd, Worker};
+use router::StreamId;
+use worker::{Cmd, Data, Worker, WorkerSetup};
 
 /// Requested UDP socket buffer size per worker (both directions).
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Capacity of each worker's control queue (publish, subscribe, remove, mute, interest).
+pub const CONTROL_QUEUE: usize = 1024;
+/// Capacity of each worker's data queue (packets from other workers, keyframe requests).
+pub const DATA_QUEUE: usize = 4096;
+/// Capacity of the [`MediaEvent`] queue.
+pub const EVENT_QUEUE: usize = 1024;
 
 /// Identifies one peer connection on the server. The low 8 bits are its worker's index.
 pub type PeerId = u64;
@@ -115,6 +146,186 @@ pub struct MediaStats {
     pub peers: AtomicU64,
     /// Peers dropped because they never connected.
     pub connect_timeouts: AtomicU64,
+    /// Messages dropped because a worker's queue was full (commands, forwarded packets,
+    /// keyframe requests).
+    pub worker_queue_drops: AtomicU64,
+    /// Workers restarted after a fault (a panic while handling something).
+    pub worker_restarts: AtomicU64,
+    /// [`MediaEvent`]s dropped because their queue was full (or nobody took it).
+    pub event_drops: AtomicU64,
+}
+
+/// Why a peer closed on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerCloseReason {
+    /// ICE lost the client (consent checks failed).
+    IceDisconnected,
+    /// The client closed it (DTLS close, a fatal error on its input).
+    Closed,
+    /// It did not connect (ICE + DTLS) within `media.connect_timeout_s`.
+    ConnectTimeout,
+    /// Its worker failed (a bug) and dropped all its peers.
+    WorkerFault,
+}
+
+/// What the media plane tells the server about its peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// A peer closed on its own (not by `unpublish`, `unsubscribe` or `close_peer`).
+    PeerClosed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: PeerCloseReason,
+    },
+}
+
+/// The interned slots: `SlotKey` ↔ [`StreamId`], with a reference count (publisher and
+/// subscriber peers, or a publish/subscribe under way) and the slot's publisher.
+#[derive(Default)]
+struct SlotTable {
+    by_key: HashMap<SlotKey, StreamId>,
+    entries: HashMap<StreamId, SlotEntry>,
+    next: u32,
+    /// Each published slot's video format, from its publish until its unpublish (the room
+    /// announces the stream that long): a subscription made while the publisher's peer
+    /// connection is being rebuilt (old peer gone, new one not yet there) still gets video.
+    formats: HashMap<SlotKey, Option<sdp::VideoFormat>>,
+}
+
+struct SlotEntry {
+    key: SlotKey,
+    refs: usize,
+    publisher: Option<PublisherInfo>,
+}
+
+/// The slot table, shared by the plane and the workers (locked only at command time and on
+/// keyframe relays, never per packet).
+#[derive(Clone, Default)]
+pub(crate) struct Slots(Arc<Mutex<SlotTable>>);
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotTable> {
+        // A worker that panicked holding the lock left the table consistent (each operation
+        // is a few map updates), so a poisoned lock is still usable.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reference to `key`'s id, interning it if need be. Ids are not reused (until the
+    /// `u32` wraps), so a packet still in flight for a released slot cannot reach another.
+    fn acquire(&self, key: &SlotKey) -> SlotRef {
+        let mut t = self.lock();
+        let id = match t.by_key.get(key) {
+            Some(id) => *id,
+            None => {
+                let mut id = StreamId(t.next);
+                while t.entries.contains_key(&id) {
+                    id = StreamId(id.0.wrapping_add(1));
+                }
+                t.next = id.0.wrapping_add(1);
+                t.by_key.insert(key.clone(), id);
+                t.entries.insert(
+                    id,
+                    SlotEntry {
+                        key: key.clone(),
+                        refs: 0,
+                        publisher: None,
+                    },
+                );
+                id
+            }
+        };
+        if let Some(e) = t.entries.get_mut(&id) {
+            e.refs += 1;
+        }
+        SlotRef {
+            slots: self.clone(),
+            id,
+        }
+    }
+
+    fn find(&self, key: &SlotKey) -> Option<(StreamId, Option<PublisherInfo>)> {
+        let t = self.lock();
+        let id = *t.by_key.get(key)?;
+        Some((id, t.entries.get(&id)?.publisher))
+    }
+
+    /// The publisher of `stream`, if any.
+    pub(crate) fn publisher(&self, stream: StreamId) -> Option<PublisherInfo> {
+        self.lock().entries.get(&stream)?.publisher
+    }
+
+    fn set_format(&self, key: &SlotKey, video: Option<sdp::VideoFormat>) {
+        self.lock().formats.insert(key.clone(), video);
+    }
+
+    fn format(&self, key: &SlotKey) -> Option<sdp::VideoFormat> {
+        self.lock().formats.get(key).copied().flatten()
+    }
+
+    fn clear_publisher_of(&self, key: &SlotKey, peer: PeerId) {
+        let mut t = self.lock();
+        t.formats.remove(key);
+        let Some(id) = t.by_key.get(key).copied() else {
+            return;
+        };
+        if let Some(e) = t.entries.get_mut(&id)
+            && e.publisher.map(|p| p.peer) == Some(peer)
+        {
+            e.publisher = None;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+/// One reference to an interned slot; dropping it releases it (the last one forgets the
+/// slot). A peer holds one for its life, so every way a peer goes releases it exactly once.
+pub(crate) struct SlotRef {
+    slots: Slots,
+    id: StreamId,
+}
+
+impl SlotRef {
+    /// The slot's id.
+    pub(crate) fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Record the slot's new publisher; returns the one it replaces (another peer).
+    pub(crate) fn set_publisher(&self, info: PublisherInfo) -> Option<PeerId> {
+        let mut t = self.slots.lock();
+        let e = t.entries.get_mut(&self.id)?;
+        let old = e.publisher.replace(info);
+        old.map(|o| o.peer).filter(|p| *p != info.peer)
+    }
+
+    /// Forget the slot's publisher if it is `peer`.
+    pub(crate) fn clear_publisher(&self, peer: PeerId) {
+        let mut t = self.slots.lock();
+        if let Some(e) = t.entries.get_mut(&self.id)
+            && e.publisher.map(|p| p.peer) == Some(peer)
+        {
+            e.publisher = None;
+        }
+    }
+}
+
+impl Drop for SlotRef {
+    fn drop(&mut self) {
+        let mut t = self.slots.lock();
+        let Some(e) = t.entries.get_mut(&self.id) else {
+            return;
+        };
+        e.refs = e.refs.saturating_sub(1);
+        if e.refs == 0
+            && let Some(e) = t.entries.remove(&self.id)
+        {
+            t.by_key.remove(&e.key);
+        }
+    }
 }
 
 /// Per-mid statistics of one peer, as str0m last reported them.
@@ -149,19 +360,26 @@ pub struct MediaPlane {
 }
 
 struct Inner {
-    workers: Vec<mpsc::UnboundedSender<Cmd>>,
-    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Each worker's control queue.
+    ctl: Vec<mpsc::Sender<Cmd>>,
+    /// Each worker's data queue.
+    data: Vec<mpsc::Sender<Data>>,
+    events: Mutex<Option<mpsc::Receiver<MediaEvent>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     next_worker: AtomicUsize,
     next_id: AtomicU64,
-    /// Each published stream's publisher peer (for keyframe requests) and video format (for
-    /// subscriptions).
-    publishers: Arc<RwLock<HashMap<SlotKey, PublisherInfo>>>,
+    /// The interned slots, with each one's publisher peer (for keyframe requests and mute)
+    /// and video format (for subscriptions).
+    slots: Slots,
     stats: Arc<MediaStats>,
     addrs: Vec<SocketAddr>,
     peer_stats: PeerStatsTable,
+    /// Set by `shutdown`.
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
-fn worker_of(id: PeerId) -> usize {
+/// The worker a peer lives on.
+pub(crate) fn worker_of(id: PeerId) -> usize {
     (id & 0xff) as usize
 }
 
@@ -170,6 +388,10 @@ fn stream_type_name(t: StreamType) -> &'static str {
         StreamType::Main => "main",
         StreamType::Auxiliary => "auxiliary",
     }
+}
+
+fn overloaded() -> RtcError {
+    RtcError::new(ErrorCode::ServerTimeout, "media worker overloaded")
 }
 
 /// Parse an offer for str0m. The error says what is wrong without str0m's parser internals
@@ -202,18 +424,23 @@ impl MediaPlane {
             .generate_certificate()
             .ok_or_else(|| std::io::Error::other("cannot generate the DTLS certificate"))?;
         let stats = Arc::new(MediaStats::default());
-        let publishers = Arc::new(RwLock::new(HashMap::new()));
+        let slots = Slots::default();
         let peer_stats: PeerStatsTable = Arc::new(RwLock::new(HashMap::new()));
-        let mut txs = Vec::with_capacity(n);
-        let mut rxs = Vec::with_capacity(n);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (mut ctl, mut ctl_rxs, mut data, mut data_rxs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..n {
-            let (tx, rx) = mpsc::unbounded_channel();
-            txs.push(tx);
-            rxs.push(rx);
+            let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+            ctl.push(tx);
+            ctl_rxs.push(rx);
+            let (tx, rx) = mpsc::channel(DATA_QUEUE);
+            data.push(tx);
+            data_rxs.push(rx);
         }
         let mut threads = Vec::with_capacity(n);
         let mut addrs = Vec::with_capacity(n);
-        for (idx, rx) in rxs.into_iter().enumerate() {
+        for (idx, (ctl_rx, data_rx)) in ctl_rxs.into_iter().zip(data_rxs).enumerate() {
             let socket = std::net::UdpSocket::bind(SocketAddr::new(config.bind_ip, 0))?;
             socket.set_nonblocking(true)?;
             // One socket carries every peer of the worker: give it room for bursts (the
@@ -225,18 +452,22 @@ impl MediaPlane {
             let announced =
                 SocketAddr::new(config.public_ip.unwrap_or(config.bind_ip), local.port());
             addrs.push(announced);
-            let worker = Worker::new(
+            let worker = Worker::new(WorkerSetup {
                 idx,
                 socket,
                 announced,
-                txs.clone(),
-                rx,
-                cert.clone(),
-                stats.clone(),
-                publishers.clone(),
-                peer_stats.clone(),
-                Duration::from_secs_f64(config.connect_timeout_s),
-            );
+                ctl: ctl.clone(),
+                data: data.clone(),
+                ctl_rx,
+                data_rx,
+                events: events_tx.clone(),
+                cert: cert.clone(),
+                stats: stats.clone(),
+                slots: slots.clone(),
+                peer_stats: peer_stats.clone(),
+                connect_timeout: Duration::from_secs_f64(config.connect_timeout_s),
+                stop: stop.clone(),
+            });
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("rtcroom-media-{idx}"))
@@ -245,14 +476,17 @@ impl MediaPlane {
         }
         Ok(MediaPlane {
             inner: Arc::new(Inner {
-                workers: txs,
-                threads: std::sync::Mutex::new(threads),
+                ctl,
+                data,
+                events: Mutex::new(Some(events_rx)),
+                threads: Mutex::new(threads),
                 next_worker: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
-                publishers,
+                slots,
                 stats,
                 addrs,
                 peer_stats,
+                stop,
             }),
         })
     }
@@ -267,35 +501,54 @@ impl MediaPlane {
         &self.inner.addrs
     }
 
+    /// The peer events ([`MediaEvent`]); the first call gets the receiver, later ones `None`.
+    /// Until it is taken (and while its queue of [`EVENT_QUEUE`] is full) events are dropped
+    /// and counted in [`MediaStats::event_drops`].
+    pub fn take_events(&self) -> Option<mpsc::Receiver<MediaEvent>> {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     fn new_peer(&self) -> (PeerId, usize) {
-        let w = self.inner.next_worker.fetch_add(1, Ordering::Relaxed) % self.inner.workers.len();
+        let w = self.inner.next_worker.fetch_add(1, Ordering::Relaxed) % self.inner.ctl.len();
         let id = (self.inner.next_id.fetch_add(1, Ordering::Relaxed) << 8) | w as u64;
         (id, w)
     }
 
-    fn send(&self, worker: usize, cmd: Cmd) {
-        if let Some(tx) = self.inner.workers.get(worker) {
-            let _ = tx.send(cmd);
+    /// Queue a control command; a full queue drops it (counted).
+    fn send(&self, worker: usize, cmd: Cmd) -> bool {
+        let sent = self
+            .inner
+            .ctl
+            .get(worker)
+            .is_some_and(|tx| tx.try_send(cmd).is_ok());
+        if !sent {
+            self.inner
+                .stats
+                .worker_queue_drops
+                .fetch_add(1, Ordering::Relaxed);
         }
+        sent
     }
 
-    fn broadcast(&self, make: impl Fn() -> Cmd) {
-        for tx in &self.inner.workers {
-            let _ = tx.send(make());
-        }
-    }
-
-    async fn ask(
+    /// Queue a command that carries a reply and wait for it; a full queue is an error, never
+    /// a silent drop.
+    async fn ask<T>(
         &self,
         worker: usize,
-        make: impl FnOnce(oneshot::Sender<Result<String, RtcError>>) -> Cmd,
-    ) -> Result<String, RtcError> {
+        make: impl FnOnce(oneshot::Sender<Result<T, RtcError>>) -> Cmd,
+    ) -> Result<T, RtcError> {
         let (tx, rx) = oneshot::channel();
-        self.send(worker, make(tx));
+        if !self.send(worker, make(tx)) {
+            return Err(overloaded());
+        }
         rx.await.unwrap_or_else(|_| {
             Err(RtcError::new(
                 ErrorCode::Unknown,
-                "the media worker stopped",
+                "the media worker stopped or failed",
             ))
         })
     }
@@ -309,25 +562,19 @@ impl MediaPlane {
             .map_err(|e| RtcError::new(ErrorCode::NotSupported, e))?;
         let parsed = parse_offer(&offer)?;
         let (id, w) = self.new_peer();
-        let old = self
-            .inner
-            .publishers
-            .read()
-            .ok()
-            .and_then(|p| p.get(&slot).map(|i| i.peer));
-        let answer = self
+        let key = slot.clone();
+        let slot = self.inner.slots.acquire(&slot);
+        let (answer, replaced) = self
             .ask(w, |reply| Cmd::AddPublisher {
                 id,
-                slot: slot.clone(),
+                slot,
                 offer: parsed,
                 video,
                 reply,
             })
             .await?;
-        if let Ok(mut p) = self.inner.publishers.write() {
-            p.insert(slot, PublisherInfo { peer: id, video });
-        }
-        if let Some(old) = old {
+        self.inner.slots.set_format(&key, video);
+        if let Some(old) = replaced {
             self.send(worker_of(old), Cmd::Remove { id: old });
         }
         Ok(Published {
@@ -353,12 +600,7 @@ impl MediaPlane {
         }
         let offer = sdp::prepare_offer(offer);
         let lines = sdp::parse_media(&offer);
-        let codec = self
-            .inner
-            .publishers
-            .read()
-            .ok()
-            .and_then(|p| p.get(&slot).and_then(|i| i.video));
+        let codec = self.inner.slots.format(&slot);
         if video && let Some(codec) = codec.map(|f| f.codec) {
             let receivable = lines
                 .iter()
@@ -381,65 +623,88 @@ impl MediaPlane {
             }
         }
         let parsed = parse_offer(&offer)?;
+        let msid = sdp::stream_msid(slot.user.as_str(), stream_type_name(slot.stream_type));
         let (id, w) = self.new_peer();
+        let slot = self.inner.slots.acquire(&slot);
         let answer = self
             .ask(w, |reply| Cmd::AddSubscriber {
                 id,
-                slot: slot.clone(),
+                slot,
                 audio,
                 video,
                 offer: parsed,
                 lines,
                 codec,
+                msid,
                 reply,
             })
             .await?;
-        // The worker has told every worker that it now wants the slot's packets; it asks the
-        // publisher for a keyframe once the subscriber has connected.
+        // The worker's router has told every worker that it now wants the slot's packets; it
+        // asks the publisher for a keyframe once the subscriber has connected.
         Ok((id, answer))
     }
 
     /// Ask the publisher of `slot` for a keyframe (rate-limited unless `force`).
     pub fn request_keyframe(&self, slot: &SlotKey, force: bool) {
-        let publisher = self
+        let Some((stream, Some(publisher))) = self.inner.slots.find(slot) else {
+            return;
+        };
+        let sent = self
             .inner
-            .publishers
-            .read()
-            .ok()
-            .and_then(|p| p.get(slot).map(|i| i.peer));
-        if let Some(p) = publisher {
-            self.send(
-                worker_of(p),
-                Cmd::KeyframeRequest {
-                    slot: slot.clone(),
-                    force,
-                },
-            );
+            .data
+            .get(worker_of(publisher.peer))
+            .is_some_and(|tx| tx.try_send(Data::Keyframe { stream, force }).is_ok());
+        if !sent {
+            self.inner
+                .stats
+                .worker_queue_drops
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Close a publisher peer (unpublish).
     pub fn unpublish(&self, slot: &SlotKey, id: PeerId) {
-        if let Ok(mut p) = self.inner.publishers.write()
-            && p.get(slot).map(|i| i.peer) == Some(id)
-        {
-            p.remove(slot);
-        }
+        self.inner.slots.clear_publisher_of(slot, id);
         self.send(worker_of(id), Cmd::Remove { id });
     }
 
     /// Close a subscriber peer (unsubscribe).
     pub fn unsubscribe(&self, id: PeerId) {
+        self.close_peer(id);
+    }
+
+    /// Close any peer (publisher or subscriber). No [`MediaEvent`] follows.
+    pub fn close_peer(&self, id: PeerId) {
         self.send(worker_of(id), Cmd::Remove { id });
     }
 
-    /// Stop or resume forwarding one kind of a stream (mute / unmute).
+    /// Stop or resume forwarding one kind of a stream (mute / unmute). Resuming continues
+    /// each subscriber's stream with no sequence gap and, for video, asks for a keyframe. A
+    /// new publisher of the slot starts unmuted.
     pub fn set_muted(&self, slot: &SlotKey, kind: MediaKind, muted: bool) {
-        self.broadcast(|| Cmd::Mute {
-            slot: slot.clone(),
-            kind,
-            muted,
-        });
+        let Some((stream, Some(publisher))) = self.inner.slots.find(slot) else {
+            return;
+        };
+        self.send(
+            worker_of(publisher.peer),
+            Cmd::Mute {
+                stream,
+                kind,
+                muted,
+            },
+        );
+    }
+
+    /// Make `worker` panic inside its loop (tests of the supervision).
+    #[doc(hidden)]
+    pub fn inject_worker_fault(&self, worker: usize) {
+        self.send(worker, Cmd::InjectFault);
+    }
+
+    /// How many slots are interned (for tests: none once every peer is gone).
+    #[doc(hidden)]
+    pub fn interned_slots(&self) -> usize {
+        self.inner.slots.len()
     }
 
     /// Statistics of one peer, summed over its audio and video (loss, jitter and RTT: the
@@ -472,13 +737,116 @@ impl MediaPlane {
 
     /// Stop the workers and wait for them.
     pub fn shutdown(&self) {
-        self.broadcast(|| Cmd::Shutdown);
-        let threads = match self.inner.threads.lock() {
-            Ok(mut t) => std::mem::take(&mut *t),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        };
+        // A worker whose queue is full is busy and sees the flag at its next turn.
+        self.inner.stop.store(true, Ordering::Relaxed);
+        for tx in &self.inner.ctl {
+            let _ = tx.try_send(Cmd::Shutdown);
+        }
+        let threads =
+            std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtcroom_protocol::RoomId;
+
+    /// A plane with one worker that never reads its queues (of `capacity` each).
+    fn stalled(capacity: usize) -> (MediaPlane, mpsc::Receiver<Cmd>, mpsc::Receiver<Data>) {
+        let (ctl, ctl_rx) = mpsc::channel(capacity);
+        let (data, data_rx) = mpsc::channel(capacity);
+        let (_, events) = mpsc::channel(1);
+        let plane = MediaPlane {
+            inner: Arc::new(Inner {
+                ctl: vec![ctl],
+                data: vec![data],
+                events: Mutex::new(Some(events)),
+                threads: Mutex::new(Vec::new()),
+                next_worker: AtomicUsize::new(0),
+                next_id: AtomicU64::new(1),
+                slots: Slots::default(),
+                stats: Arc::new(MediaStats::default()),
+                addrs: Vec::new(),
+                peer_stats: Arc::new(RwLock::new(HashMap::new())),
+                stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            }),
+        };
+        (plane, ctl_rx, data_rx)
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0\r\n\
+        a=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=setup:actpass\r\n\
+        a=mid:0\r\na=sendonly\r\na=rtcp-mux\r\na=msid:s1 a1\r\na=ssrc:1 cname:x\r\n\
+        a=rtpmap:111 opus/48000/2\r\n";
+
+    fn slot() -> SlotKey {
+        SlotKey {
+            room: RoomKey {
+                sdk_app_id: 1,
+                room_id: RoomId::numeric(1).unwrap(),
+            },
+            user: UserId::new("u").unwrap(),
+            stream_type: StreamType::Main,
+        }
+    }
+
+    #[test]
+    fn a_full_worker_queue_refuses_publish_and_counts_drops() {
+        let (plane, _ctl, _data) = stalled(1);
+        let drops = || plane.stats().worker_queue_drops.load(Ordering::Relaxed);
+        plane.close_peer(1 << 8);
+        assert_eq!(drops(), 0);
+        plane.close_peer(2 << 8);
+        assert_eq!(drops(), 1, "a full queue drops and counts");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt.block_on(plane.publish(slot(), OFFER)).unwrap_err();
+        assert_eq!(e.message, "media worker overloaded");
+        assert_eq!(e.code, ErrorCode::ServerTimeout);
+        assert_eq!(drops(), 2);
+        assert_eq!(
+            plane.interned_slots(),
+            0,
+            "the refused publish holds no slot"
+        );
+    }
+
+    #[test]
+    fn slot_ids_are_refcounted_and_not_reused() {
+        let slots = Slots::default();
+        let a = slots.acquire(&slot());
+        let b = slots.acquire(&slot());
+        assert_eq!(a.id(), b.id());
+        assert_eq!(
+            a.set_publisher(PublisherInfo {
+                peer: 5,
+                video: None
+            }),
+            None
+        );
+        assert_eq!(
+            b.set_publisher(PublisherInfo {
+                peer: 6,
+                video: None
+            }),
+            Some(5)
+        );
+        a.clear_publisher(5);
+        assert_eq!(slots.publisher(a.id()).map(|p| p.peer), Some(6));
+        let first = a.id();
+        drop(a);
+        assert_eq!(slots.len(), 1);
+        drop(b);
+        assert_eq!(slots.len(), 0);
+        let c = slots.acquire(&slot());
+        assert_ne!(c.id(), first, "a released id is not handed out again");
     }
 }

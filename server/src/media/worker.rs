@@ -1,10 +1,21 @@
-//! One media worker: a thread with a UDP socket, a current-thread tokio runtime and the str0m
-//! peers placed on it.
+//! One media worker: the I/O driver of a [`Router`]. A thread with a UDP socket, a
+//! current-thread tokio runtime and the str0m peers placed on it.
+//!
+//! The worker owns what touches the outside: the str0m `Rtc`s, the socket, the address →
+//! peer map, timers and the channels to the other workers. It turns str0m events into router
+//! inputs and router outputs into `write_rtp`, socket sends and channel sends; the forwarding
+//! decisions are the router's.
+//!
+//! A panic while handling anything (a router or str0m bug) is caught per loop turn: the
+//! worker drops its peers (each gets [`MediaEvent::PeerClosed`] with
+//! [`PeerCloseReason::WorkerFault`]), starts again with an empty router on the same socket,
+//! and tells the other workers to forget and re-send their interest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rtcroom_protocol::signal::{MediaKind, VideoCodec};
@@ -18,32 +29,35 @@ use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rewrite::{KeyframeLimiter, SeqRewriter};
-use super::sdp::{MediaSection, VideoFormat, answer_pts, stream_msid, unify_msid};
-use super::{MediaStats, PeerId, PublisherInfo, SlotKey};
+use super::router::{LocalPeer, Output as Route, RoutedPacket, Router, RtpIn, StreamId, TrackSpec};
+use super::sdp::{MediaSection, VideoFormat, answer_pts, unify_msid};
+use super::{
+    MediaEvent, MediaStats, PeerCloseReason, PeerId, PublisherInfo, SlotRef, Slots, worker_of,
+};
 
 /// Longest wait between loop turns when no peer needs anything sooner.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
-/// Datagrams or commands handled per loop turn before timers are looked at.
+/// Datagrams, commands or forwarded packets handled per source per loop turn.
 const BATCH: usize = 64;
 /// Largest UDP datagram read.
 const MAX_DATAGRAM: usize = 2000;
 /// How many packets a subscriber's send buffer keeps for NACK answers (video).
 const SEND_BUFFER_VIDEO: usize = 300;
 
-/// Commands to a worker.
+/// Control commands to a worker (from the media plane and from the other workers).
 pub(super) enum Cmd {
     AddPublisher {
         id: PeerId,
-        slot: SlotKey,
+        slot: SlotRef,
         offer: SdpOffer,
         /// The one video format to answer with (none: audio only).
         video: Option<VideoFormat>,
-        reply: oneshot::Sender<Result<String, RtcError>>,
+        /// The answer, and the publisher peer this one replaced.
+        reply: oneshot::Sender<Result<(String, Option<PeerId>), RtcError>>,
     },
     AddSubscriber {
         id: PeerId,
-        slot: SlotKey,
+        slot: SlotRef,
         audio: bool,
         video: bool,
         offer: SdpOffer,
@@ -51,76 +65,80 @@ pub(super) enum Cmd {
         lines: Vec<MediaSection>,
         /// The stream's video format (none: no video published with media).
         codec: Option<VideoFormat>,
+        /// The one `a=msid` stream id of the answer.
+        msid: String,
         reply: oneshot::Sender<Result<String, RtcError>>,
     },
+    /// Close a peer on request (no [`MediaEvent`]).
     Remove {
         id: PeerId,
     },
-    /// `worker` gained (+1) or lost (-1) a subscriber of `slot`.
+    /// `worker` has (or no longer has) subscribers of `stream`.
     Interest {
-        slot: SlotKey,
+        stream: StreamId,
         worker: usize,
-        delta: i32,
+        wants: bool,
     },
-    /// A packet from a publisher on another worker.
-    Forward {
-        slot: SlotKey,
-        packet: Arc<FwdPacket>,
-    },
-    KeyframeRequest {
-        slot: SlotKey,
-        force: bool,
+    /// `worker` restarted empty.
+    WorkerReset {
+        worker: usize,
     },
     Mute {
-        slot: SlotKey,
+        stream: StreamId,
         kind: MediaKind,
         muted: bool,
     },
+    /// Panic inside the worker (tests of the supervision).
+    InjectFault,
     Shutdown,
 }
 
-/// A packet on its way from a publisher to subscribers.
-pub(super) struct FwdPacket {
-    kind: MediaKind,
-    /// The video codec (`None` for audio).
-    codec: Option<VideoCodec>,
-    /// Changes when the publisher peer or its SSRC changes.
-    source: u64,
-    seq: u64,
-    ts: u32,
-    marker: bool,
-    clock_rate: u32,
-    arrival: Instant,
-    payload: Arc<[u8]>,
+/// Media traffic between workers (and keyframe requests).
+pub(super) enum Data {
+    /// A packet from a publisher on another worker.
+    Forward(Arc<RoutedPacket>),
+    /// Ask the stream's publisher (on this worker) for a keyframe.
+    Keyframe { stream: StreamId, force: bool },
 }
 
-struct OutTrack {
+/// What one worker is given at start.
+pub(super) struct WorkerSetup {
+    pub idx: usize,
+    pub socket: std::net::UdpSocket,
+    pub announced: SocketAddr,
+    pub ctl: Vec<mpsc::Sender<Cmd>>,
+    pub data: Vec<mpsc::Sender<Data>>,
+    pub ctl_rx: mpsc::Receiver<Cmd>,
+    pub data_rx: mpsc::Receiver<Data>,
+    pub events: mpsc::Sender<MediaEvent>,
+    pub cert: DtlsCert,
+    pub stats: Arc<MediaStats>,
+    pub slots: Slots,
+    pub peer_stats: super::PeerStatsTable,
+    pub connect_timeout: Duration,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Incoming SSRC of a publisher: what its packets are (cached from its m-line and payload
+/// type).
+#[derive(Clone, Copy)]
+struct SsrcInfo {
     kind: MediaKind,
-    /// The video codec negotiated with the subscriber (`None` for audio).
-    codec: Option<VideoCodec>,
-    mid: Mid,
-    /// The payload type the subscriber negotiated for it (from the answer it got).
     pt: Pt,
-    rewriter: SeqRewriter,
-}
-
-enum PeerRole {
-    Publisher {
-        slot: SlotKey,
-        /// Incoming SSRC → kind (cached from the stream's mid).
-        kinds: HashMap<Ssrc, MediaKind>,
-    },
-    Subscriber {
-        slot: SlotKey,
-        audio: bool,
-        video: bool,
-        tracks: Vec<OutTrack>,
-    },
+    codec: Option<VideoCodec>,
+    clock_rate: u32,
 }
 
 struct Peer {
+    id: PeerId,
+    /// The stream it publishes or receives (its reference keeps the id interned).
+    slot: SlotRef,
     rtc: Rtc,
-    role: PeerRole,
+    publisher: bool,
+    /// A publisher's incoming SSRCs.
+    ssrcs: HashMap<Ssrc, SsrcInfo>,
+    /// A subscriber's tracks' mids, in the order given to the router.
+    mids: Vec<Mid>,
     created: Instant,
     connected: bool,
     /// Our ICE password, to authenticate the first connectivity check (see [`super::stun`]).
@@ -128,49 +146,8 @@ struct Peer {
     /// A check has been taken as the nomination.
     nominated: bool,
     next_timeout: Instant,
-    dead: bool,
-}
-
-pub(super) struct Worker {
-    idx: usize,
-    socket: std::net::UdpSocket,
-    local: SocketAddr,
-    announced: SocketAddr,
-    workers: Vec<mpsc::UnboundedSender<Cmd>>,
-    rx: mpsc::UnboundedReceiver<Cmd>,
-    cert: DtlsCert,
-    stats: Arc<MediaStats>,
-    publishers: Arc<RwLock<HashMap<SlotKey, PublisherInfo>>>,
-    peer_stats: super::PeerStatsTable,
-    connect_timeout: Duration,
-    peers: HashMap<PeerId, Peer>,
-    by_addr: HashMap<SocketAddr, PeerId>,
-    /// Local publisher peer per slot.
-    publisher_of: HashMap<SlotKey, PeerId>,
-    /// Local subscriber peers per slot.
-    subscribers_of: HashMap<SlotKey, Vec<PeerId>>,
-    /// Subscriber counts per slot per worker (all workers).
-    interest: HashMap<SlotKey, Vec<i32>>,
-    limiters: HashMap<SlotKey, KeyframeLimiter>,
-    muted: HashSet<(SlotKey, MediaKindKey)>,
-    /// No peer needs a timeout before this (kept as a lower bound, so the per-datagram path
-    /// never scans all peers).
-    earliest: Instant,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum MediaKindKey {
-    Audio,
-    Video,
-}
-
-impl From<MediaKind> for MediaKindKey {
-    fn from(k: MediaKind) -> Self {
-        match k {
-            MediaKind::Audio => MediaKindKey::Audio,
-            MediaKind::Video => MediaKindKey::Video,
-        }
-    }
+    /// Why it died on its own (it is removed at the next timer turn).
+    dead: Option<PeerCloseReason>,
 }
 
 fn kind_of(k: str0m::media::MediaKind) -> MediaKind {
@@ -190,48 +167,77 @@ enum VideoCodecs {
     Subscriber(VideoFormat),
 }
 
-/// Events a drain produced that need the other peers (so they are handled after the drain).
-enum Routed {
-    Packet(SlotKey, Arc<FwdPacket>),
-    /// A subscriber wants a keyframe; `true` bypasses the rate limit.
-    Keyframe(SlotKey, bool),
+/// What woke the loop.
+enum Woke {
+    Cmd(Option<Cmd>),
+    Data(Option<Data>),
+    Datagram(usize, SocketAddr),
+    Nothing,
+}
+
+/// How a loop turn ended.
+enum Turn {
+    /// Something was handled: look again before waiting.
+    Busy,
+    Idle,
+    Shutdown,
+}
+
+pub(super) struct Worker {
+    idx: usize,
+    socket: std::net::UdpSocket,
+    local: SocketAddr,
+    announced: SocketAddr,
+    ctl: Vec<mpsc::Sender<Cmd>>,
+    data: Vec<mpsc::Sender<Data>>,
+    ctl_rx: mpsc::Receiver<Cmd>,
+    data_rx: mpsc::Receiver<Data>,
+    events: mpsc::Sender<MediaEvent>,
+    cert: DtlsCert,
+    stats: Arc<MediaStats>,
+    slots: Slots,
+    peer_stats: super::PeerStatsTable,
+    connect_timeout: Duration,
+    stop: Arc<AtomicBool>,
+    router: Router,
+    /// Indexed by [`LocalPeer`]; freed indexes are reused.
+    peers: Vec<Option<Peer>>,
+    free: Vec<u32>,
+    ids: HashMap<PeerId, LocalPeer>,
+    by_addr: HashMap<SocketAddr, LocalPeer>,
+    /// Reused by `drain`.
+    event_buf: Vec<Event>,
+    /// No peer needs a timeout before this (kept as a lower bound, so the per-datagram path
+    /// never scans all peers).
+    earliest: Instant,
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        idx: usize,
-        socket: std::net::UdpSocket,
-        announced: SocketAddr,
-        workers: Vec<mpsc::UnboundedSender<Cmd>>,
-        rx: mpsc::UnboundedReceiver<Cmd>,
-        cert: DtlsCert,
-        stats: Arc<MediaStats>,
-        publishers: Arc<RwLock<HashMap<SlotKey, PublisherInfo>>>,
-        peer_stats: super::PeerStatsTable,
-        connect_timeout: Duration,
-    ) -> Worker {
+    pub(super) fn new(s: WorkerSetup) -> Worker {
         // The socket is bound, so it has a local address.
-        let local = socket.local_addr().unwrap_or(announced);
+        let local = s.socket.local_addr().unwrap_or(s.announced);
         Worker {
-            idx,
-            socket,
+            idx: s.idx,
+            socket: s.socket,
             local,
-            announced,
-            workers,
-            rx,
-            cert,
-            stats,
-            publishers,
-            peer_stats,
-            connect_timeout,
-            peers: HashMap::new(),
+            announced: s.announced,
+            ctl: s.ctl,
+            data: s.data,
+            ctl_rx: s.ctl_rx,
+            data_rx: s.data_rx,
+            events: s.events,
+            cert: s.cert,
+            stats: s.stats,
+            slots: s.slots,
+            peer_stats: s.peer_stats,
+            connect_timeout: s.connect_timeout,
+            stop: s.stop,
+            router: Router::new(s.idx),
+            peers: Vec::new(),
+            free: Vec::new(),
+            ids: HashMap::new(),
             by_addr: HashMap::new(),
-            publisher_of: HashMap::new(),
-            subscribers_of: HashMap::new(),
-            interest: HashMap::new(),
-            limiters: HashMap::new(),
-            muted: HashSet::new(),
+            event_buf: Vec::new(),
             earliest: Instant::now(),
         }
     }
@@ -264,49 +270,154 @@ impl Worker {
             }
         };
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut woke = Woke::Nothing;
         loop {
-            let now = Instant::now();
-            let wake = self.earliest.min(now + IDLE_WAIT);
-            tokio::select! {
-                biased;
-                cmd = self.rx.recv() => match cmd {
-                    Some(Cmd::Shutdown) | None => break,
-                    Some(cmd) => {
-                        self.handle_cmd(cmd);
-                        // Take what else is queued without going round the loop.
-                        for _ in 0..BATCH {
-                            match self.rx.try_recv() {
-                                Ok(Cmd::Shutdown) => return self.close_all(),
-                                Ok(cmd) => self.handle_cmd(cmd),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                },
-                res = socket.recv_from(&mut buf) => {
-                    if let Ok((n, source)) = res {
-                        self.handle_datagram(&buf[..n], source);
-                    }
-                    // Drain what the socket already holds before anything else.
-                    for _ in 0..BATCH {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, source)) => self.handle_datagram(&buf[..n], source),
-                            Err(_) => break,
-                        }
-                    }
+            // Everything but the wait runs under `catch_unwind`: a panic costs this worker's
+            // peers, not the media plane.
+            let turn = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.turn(
+                    std::mem::replace(&mut woke, Woke::Nothing),
+                    &socket,
+                    &mut buf,
+                )
+            }));
+            match turn {
+                Ok(Turn::Shutdown) => break,
+                Ok(Turn::Busy) => {
+                    // Let the runtime poll its I/O driver and go round: tokio's `try_recv_from`
+                    // answers from cached readiness (`Registration::try_io`), which only the
+                    // driver sets again once a read has drained the socket.
+                    tokio::task::yield_now().await;
+                    continue;
                 }
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+                Ok(Turn::Idle) => {}
+                Err(_) => {
+                    self.recover();
+                    continue;
+                }
             }
-            let now = Instant::now();
-            if now >= self.earliest {
-                self.handle_timeouts(now);
-            }
+            let wake = self.earliest.min(Instant::now() + IDLE_WAIT);
+            // No preference: whichever is ready first (at random among ready ones); the next
+            // turn then takes a batch of every source in turn.
+            woke = tokio::select! {
+                cmd = self.ctl_rx.recv() => Woke::Cmd(cmd),
+                data = self.data_rx.recv() => Woke::Data(data),
+                res = socket.recv_from(&mut buf) => match res {
+                    Ok((n, source)) => Woke::Datagram(n, source),
+                    Err(_) => Woke::Nothing,
+                },
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => Woke::Nothing,
+            };
         }
         self.close_all();
     }
 
+    /// One loop turn: what woke the loop, then at most [`BATCH`] of each source (commands,
+    /// forwarded packets, datagrams) in turn, then due timers.
+    fn turn(&mut self, woke: Woke, socket: &tokio::net::UdpSocket, buf: &mut [u8]) -> Turn {
+        if self.stop.load(Ordering::Relaxed) {
+            return Turn::Shutdown;
+        }
+        let mut busy = false;
+        match woke {
+            Woke::Cmd(None | Some(Cmd::Shutdown)) => return Turn::Shutdown,
+            Woke::Cmd(Some(cmd)) => self.handle_cmd(cmd),
+            Woke::Data(Some(d)) => self.handle_data(d),
+            Woke::Datagram(n, source) => {
+                if let Some(d) = buf.get(..n) {
+                    self.handle_datagram(d, source);
+                }
+            }
+            Woke::Data(None) | Woke::Nothing => {}
+        }
+        for _ in 0..BATCH {
+            match self.ctl_rx.try_recv() {
+                Ok(Cmd::Shutdown) => return Turn::Shutdown,
+                Ok(cmd) => {
+                    busy = true;
+                    self.handle_cmd(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        for _ in 0..BATCH {
+            match self.data_rx.try_recv() {
+                Ok(d) => {
+                    busy = true;
+                    self.handle_data(d);
+                }
+                Err(_) => break,
+            }
+        }
+        for _ in 0..BATCH {
+            match socket.try_recv_from(buf) {
+                Ok((n, source)) => {
+                    busy = true;
+                    if let Some(d) = buf.get(..n) {
+                        self.handle_datagram(d, source);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        if now >= self.earliest {
+            self.handle_timeouts(now);
+        }
+        if busy { Turn::Busy } else { Turn::Idle }
+    }
+
+    /// After a panic: drop every peer (each its `WorkerFault` event), start an empty router,
+    /// and have the other workers forget this one's interest and re-send theirs.
+    fn recover(&mut self) {
+        tracing::error!(
+            worker = self.idx,
+            "media worker fault: dropping its peers and restarting"
+        );
+        self.stats.worker_restarts.fetch_add(1, Ordering::Relaxed);
+        let peers: Vec<Peer> = self.peers.drain(..).flatten().collect();
+        self.free.clear();
+        self.ids.clear();
+        self.by_addr.clear();
+        self.router = Router::new(self.idx);
+        self.earliest = Instant::now();
+        for peer in peers {
+            self.forget(&peer);
+            self.emit(peer.id, PeerCloseReason::WorkerFault);
+            // Dropping the peer releases its stream reference.
+        }
+        for (w, tx) in self.ctl.iter().enumerate() {
+            if w != self.idx && tx.try_send(Cmd::WorkerReset { worker: self.idx }).is_err() {
+                self.stats
+                    .worker_queue_drops
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Book-keeping of a peer that goes: counters, statistics, the publisher record.
+    fn forget(&self, peer: &Peer) {
+        self.stats.peers.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut table) = self.peer_stats.write() {
+            table.remove(&peer.id);
+        }
+        if peer.publisher {
+            peer.slot.clear_publisher(peer.id);
+        }
+    }
+
+    fn emit(&self, peer: PeerId, reason: PeerCloseReason) {
+        if self
+            .events
+            .try_send(MediaEvent::PeerClosed { peer, reason })
+            .is_err()
+        {
+            self.stats.event_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn close_all(&mut self) {
-        for (_, mut p) in self.peers.drain() {
+        for mut p in self.peers.drain(..).flatten() {
             p.rtc.disconnect();
         }
     }
@@ -318,13 +429,29 @@ impl Worker {
         }
     }
 
-    /// Drain one peer's output; returns events that involve other peers.
-    fn drain(&mut self, id: PeerId, routed: &mut Vec<Routed>) {
-        // Datagrams go out as they come (no copy); events are rare and handled after.
-        let mut events = Vec::new();
-        let Some(peer) = self.peers.get_mut(&id) else {
+    fn peer_mut(&mut self, lp: LocalPeer) -> Option<&mut Peer> {
+        self.peers.get_mut(lp.0 as usize)?.as_mut()
+    }
+
+    fn mark_dead(&mut self, lp: LocalPeer, reason: PeerCloseReason) {
+        if let Some(p) = self.peer_mut(lp)
+            && p.dead.is_none()
+        {
+            p.dead = Some(reason);
+        }
+        // Removed at the next timer turn, which is now.
+        self.earliest = Instant::now();
+    }
+
+    /// Drain one peer's output: datagrams go out as they come, events go to the router.
+    fn drain(&mut self, lp: LocalPeer) {
+        // Every received RTP packet is an event: collect them in a kept buffer, not a new
+        // `Vec` per datagram (taken out so handling may use `self`).
+        let mut events = std::mem::take(&mut self.event_buf);
+        let Some(peer) = self.peers.get_mut(lp.0 as usize).and_then(Option::as_mut) else {
             return;
         };
+        let mut failed = false;
         loop {
             match peer.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
@@ -341,85 +468,71 @@ impl Worker {
                 }
                 Ok(Output::Event(e)) => events.push(e),
                 Err(e) => {
-                    tracing::debug!(peer = id, error = %e, "peer failed");
-                    peer.dead = true;
+                    tracing::debug!(peer = peer.id, error = %e, "peer failed");
+                    failed = true;
                     break;
                 }
             }
         }
-        for e in events {
-            self.handle_event(id, e, routed);
+        if failed {
+            self.mark_dead(lp, PeerCloseReason::Closed);
         }
+        for e in events.drain(..) {
+            self.handle_event(lp, e);
+        }
+        self.event_buf = events;
     }
 
-    fn handle_event(&mut self, id: PeerId, e: Event, routed: &mut Vec<Routed>) {
-        let Some(peer) = self.peers.get_mut(&id) else {
+    fn handle_event(&mut self, lp: LocalPeer, e: Event) {
+        let Some(peer) = self.peers.get_mut(lp.0 as usize).and_then(Option::as_mut) else {
             return;
         };
         match e {
             Event::Connected => {
                 peer.connected = true;
-                // A new subscriber gets a keyframe at once (not rate-limited), asked for when
-                // it can receive it so its first frame does not wait a whole GOP.
-                if let PeerRole::Subscriber { slot, .. } = &peer.role {
-                    routed.push(Routed::Keyframe(slot.clone(), true));
-                }
+                self.router.on_connected(lp, Instant::now());
             }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => peer.dead = true,
-            Event::Closed => peer.dead = true,
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.mark_dead(lp, PeerCloseReason::IceDisconnected)
+            }
+            Event::Closed => self.mark_dead(lp, PeerCloseReason::Closed),
             Event::RtpPacket(pkt) => {
-                let PeerRole::Publisher { slot, kinds } = &mut peer.role else {
+                if !peer.publisher {
                     return;
-                };
+                }
                 let ssrc = pkt.header.ssrc;
-                let kind = match kinds.get(&ssrc) {
-                    Some(k) => *k,
-                    None => {
-                        let mut api = peer.rtc.direct_api();
-                        let Some(mid) = api.stream_rx(&ssrc).map(|s| s.mid()) else {
-                            return;
-                        };
-                        let Some(kind) = peer.rtc.media(mid).map(|m| kind_of(m.kind())) else {
-                            return;
-                        };
-                        kinds.insert(ssrc, kind);
-                        kind
-                    }
-                };
                 let pt = pkt.header.payload_type;
-                let Some(spec) = peer
-                    .rtc
-                    .codec_config()
-                    .params()
-                    .iter()
-                    .find(|p| p.pt() == pt)
-                    .map(|p| p.spec())
-                else {
-                    return;
-                };
-                let codec = match spec.codec {
-                    Codec::H264 => Some(VideoCodec::H264),
-                    Codec::Vp8 => Some(VideoCodec::Vp8),
-                    _ => None,
+                let info = match peer.ssrcs.get(&ssrc) {
+                    Some(i) if i.pt == pt => *i,
+                    _ => {
+                        let Some(info) = ssrc_info(&mut peer.rtc, ssrc, pt) else {
+                            return;
+                        };
+                        peer.ssrcs.insert(ssrc, info);
+                        info
+                    }
                 };
                 self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .bytes_in
                     .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
-                let packet = Arc::new(FwdPacket {
-                    kind,
-                    codec,
-                    source: id ^ (u64::from(*ssrc) << 16),
-                    seq: *pkt.seq_no,
-                    ts: pkt.header.timestamp,
-                    marker: pkt.header.marker,
-                    clock_rate: spec.clock_rate.get(),
-                    arrival: pkt.timestamp,
-                    payload: pkt.payload,
-                });
-                routed.push(Routed::Packet(slot.clone(), packet));
+                self.router.on_rtp(
+                    lp,
+                    RtpIn {
+                        kind: info.kind,
+                        codec: info.codec,
+                        ssrc: *ssrc,
+                        seq: *pkt.seq_no,
+                        ts: pkt.header.timestamp,
+                        marker: pkt.header.marker,
+                        clock_rate: info.clock_rate,
+                        payload: pkt.payload,
+                    },
+                    pkt.timestamp,
+                );
             }
             Event::MediaIngressStats(st) => {
+                let id = peer.id;
                 self.record_stats(id, st.mid, |m| {
                     m.bytes = st.bytes;
                     m.packets = st.packets;
@@ -431,6 +544,7 @@ impl Worker {
                 });
             }
             Event::MediaEgressStats(st) => {
+                let id = peer.id;
                 self.record_stats(id, st.mid, |m| {
                     m.bytes = st.bytes;
                     m.packets = st.packets;
@@ -441,11 +555,7 @@ impl Worker {
                     m.plis = st.plis;
                 });
             }
-            Event::KeyframeRequest(_) => {
-                if let PeerRole::Subscriber { slot, .. } = &peer.role {
-                    routed.push(Routed::Keyframe(slot.clone(), false));
-                }
-            }
+            Event::KeyframeRequest(_) => self.router.on_keyframe_request(lp, Instant::now()),
             _ => {}
         }
     }
@@ -460,162 +570,118 @@ impl Worker {
         }
     }
 
-    fn route(&mut self, routed: Vec<Routed>) {
-        for r in routed {
-            match r {
-                Routed::Packet(slot, packet) => {
-                    if let Some(counts) = self.interest.get(&slot) {
-                        for (w, n) in counts.iter().enumerate() {
-                            if *n > 0
-                                && w != self.idx
-                                && let Some(tx) = self.workers.get(w)
-                            {
-                                let _ = tx.send(Cmd::Forward {
-                                    slot: slot.clone(),
-                                    packet: packet.clone(),
-                                });
-                            }
-                        }
-                    }
-                    self.deliver(&slot, &packet);
-                }
-                Routed::Keyframe(slot, force) => {
-                    let publisher = self
-                        .publishers
-                        .read()
-                        .ok()
-                        .and_then(|p| p.get(&slot).map(|i| i.peer));
-                    if let Some(p) = publisher {
-                        let w = (p & 0xff) as usize;
-                        if w == self.idx {
-                            self.keyframe_request(&slot, force);
-                        } else if let Some(tx) = self.workers.get(w) {
-                            let _ = tx.send(Cmd::KeyframeRequest { slot, force });
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Write a packet to every local subscriber of `slot`.
-    fn deliver(&mut self, slot: &SlotKey, packet: &FwdPacket) {
-        if self.muted.contains(&(slot.clone(), packet.kind.into())) {
-            return;
-        }
-        let Some(subs) = self.subscribers_of.get_mut(slot) else {
-            return;
-        };
-        // Borrow the list out for the loop (drain needs `&mut self`); put it back after.
-        let subs = std::mem::take(subs);
-        let mut routed = Vec::new();
-        for &id in &subs {
-            let Some(peer) = self.peers.get_mut(&id) else {
-                continue;
-            };
-            if !peer.connected {
-                continue;
-            }
-            let PeerRole::Subscriber { tracks, .. } = &mut peer.role else {
-                continue;
-            };
-            // A track carries the codec negotiated with its subscriber only: after a publisher
-            // re-publishes with another codec, the subscriber is told (stream-updated) and
-            // subscribes again; until then it gets nothing it could not decode.
-            let Some(track) = tracks
-                .iter_mut()
-                .find(|t| t.kind == packet.kind && t.codec == packet.codec)
-            else {
-                continue;
-            };
-            let pt = track.pt;
-            let out = track.rewriter.map(
-                packet.source,
-                packet.seq,
-                packet.ts,
-                packet.arrival,
-                packet.clock_rate,
-            );
-            let mid = track.mid;
-            let nackable = packet.kind == MediaKind::Video;
-            let mut api = peer.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                continue;
-            };
-            tx.write_rtp(
-                RtpWrite::new(
+    /// Carry out everything the router has queued (writing may drain peers, whose events
+    /// queue more: this runs until the queue is empty).
+    fn pump(&mut self) {
+        while let Some(out) = self.router.poll_output() {
+            match out {
+                Route::Write {
+                    peer: lp,
+                    track,
+                    kind,
                     pt,
-                    out.seq.into(),
-                    out.ts,
-                    packet.arrival,
-                    packet.payload.clone(),
-                )
-                .marker(packet.marker)
-                .nackable(nackable),
-            );
-            self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .bytes_out
-                .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
-            // Single-mutation invariant: drain after each write (this sends the packet).
-            self.drain(id, &mut routed);
+                    seq,
+                    ts,
+                    marker,
+                    wallclock,
+                    payload,
+                } => {
+                    let Some(peer) = self.peers.get_mut(lp.0 as usize).and_then(Option::as_mut)
+                    else {
+                        continue;
+                    };
+                    let Some(mid) = peer.mids.get(track).copied() else {
+                        continue;
+                    };
+                    let mut api = peer.rtc.direct_api();
+                    let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                        continue;
+                    };
+                    let len = payload.len() as u64;
+                    tx.write_rtp(
+                        RtpWrite::new(pt.into(), seq.into(), ts, wallclock, payload)
+                            .marker(marker)
+                            .nackable(kind == MediaKind::Video),
+                    );
+                    self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+                    // Single-mutation invariant: drain after each write (this sends it).
+                    self.drain(lp);
+                }
+                Route::Forward { worker, packet } => {
+                    let sent = self
+                        .data
+                        .get(worker)
+                        .is_some_and(|tx| tx.try_send(Data::Forward(packet)).is_ok());
+                    if !sent {
+                        self.stats
+                            .worker_queue_drops
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Route::RequestKeyframe { publisher } => self.request_keyframe(publisher),
+                Route::RelayKeyframe { stream, force } => {
+                    let Some(publisher) = self.slots.publisher(stream) else {
+                        continue;
+                    };
+                    let w = worker_of(publisher.peer);
+                    if w == self.idx {
+                        self.router.request_keyframe(stream, force, Instant::now());
+                        continue;
+                    }
+                    let sent = self
+                        .data
+                        .get(w)
+                        .is_some_and(|tx| tx.try_send(Data::Keyframe { stream, force }).is_ok());
+                    if !sent {
+                        self.stats
+                            .worker_queue_drops
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Route::Interest { stream, wants } => {
+                    for (w, tx) in self.ctl.iter().enumerate() {
+                        if w != self.idx
+                            && tx
+                                .try_send(Cmd::Interest {
+                                    stream,
+                                    worker: self.idx,
+                                    wants,
+                                })
+                                .is_err()
+                        {
+                            self.stats
+                                .worker_queue_drops
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
         }
-        if let Some(v) = self.subscribers_of.get_mut(slot) {
-            *v = subs;
-        }
-        self.route(routed);
     }
 
-    fn keyframe_request(&mut self, slot: &SlotKey, force: bool) {
-        let now = Instant::now();
-        let allowed = self
-            .limiters
-            .entry(slot.clone())
-            .or_default()
-            .allow(now, force);
-        if !allowed {
+    /// PLI on every video stream a local publisher sends.
+    fn request_keyframe(&mut self, lp: LocalPeer) {
+        let Some(peer) = self.peers.get_mut(lp.0 as usize).and_then(Option::as_mut) else {
             return;
-        }
-        let Some(id) = self.publisher_of.get(slot).copied() else {
-            return;
-        };
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
-        let video_mids: Vec<Mid> = {
-            let PeerRole::Publisher { .. } = &peer.role else {
-                return;
-            };
-            let mut api = peer.rtc.direct_api();
-            let ssrcs: Vec<Ssrc> = if let PeerRole::Publisher { kinds, .. } = &peer.role {
-                kinds
-                    .iter()
-                    .filter(|(_, k)| **k == MediaKind::Video)
-                    .map(|(s, _)| *s)
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            ssrcs
-                .iter()
-                .filter_map(|s| api.stream_rx(s).map(|r| r.mid()))
-                .collect()
         };
         let mut requested = false;
-        for mid in video_mids {
-            if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
+        for (ssrc, info) in &peer.ssrcs {
+            if info.kind != MediaKind::Video {
+                continue;
+            }
+            let mut api = peer.rtc.direct_api();
+            let Some(mid) = api.stream_rx(ssrc).map(|r| r.mid()) else {
+                continue;
+            };
+            if let Some(rx) = api.stream_rx_by_mid(mid, None) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
                 requested = true;
             }
         }
         if requested {
             self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-            let mut routed = Vec::new();
-            self.drain(id, &mut routed);
-            self.route(routed);
-        } else if force {
-            // No video seen yet: let the next request through as soon as video exists.
-            self.limiters.remove(slot);
+            self.drain(lp);
         }
     }
 
@@ -664,19 +730,13 @@ impl Worker {
         config.build(Instant::now())
     }
 
-    fn accept(
-        &mut self,
-        id: PeerId,
-        offer: SdpOffer,
-        video: &VideoCodecs,
-        mut role: PeerRole,
-        lines: &[MediaSection],
-    ) -> Result<String, RtcError> {
+    /// A new peer's `Rtc` with our host candidate, and its answer to `offer`.
+    fn answer(&self, offer: SdpOffer, video: &VideoCodecs) -> Result<(Rtc, String), RtcError> {
         let mut rtc = self.new_rtc(video);
         let candidate = Candidate::host(self.announced, "udp")
             .map_err(|e| RtcError::new(ErrorCode::Unknown, format!("host candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
-        let mut answer = rtc
+        let answer = rtc
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| {
@@ -686,68 +746,129 @@ impl Worker {
                 )
             })?
             .to_sdp_string();
-        // A subscriber's tracks come from its offer's receiving m-lines that str0m accepted,
-        // each sent with the payload type its answer names.
-        if let PeerRole::Subscriber {
-            slot,
-            audio,
-            video: want_video,
-            tracks,
-        } = &mut role
-        {
-            let stream_type = match slot.stream_type {
-                rtcroom_protocol::signal::StreamType::Main => "main",
-                rtcroom_protocol::signal::StreamType::Auxiliary => "auxiliary",
-            };
-            answer = unify_msid(&answer, &stream_msid(slot.user.as_str(), stream_type));
-            let pts = answer_pts(&answer);
-            for m in lines {
-                let wanted = match m.kind {
-                    MediaKind::Audio => *audio,
-                    MediaKind::Video => *want_video,
-                };
-                let mid = Mid::from(m.mid.as_str());
-                let usable = rtc.media(mid).is_some_and(|m| !m.disabled());
-                let pt = pts.iter().find(|(x, _)| *x == m.mid).map(|(_, pt)| *pt);
-                let codec = match (m.kind, video) {
-                    (MediaKind::Video, VideoCodecs::Subscriber(f)) => Some(f.codec),
-                    _ => None,
-                };
-                if let Some(pt) = pt
-                    && wanted
-                    && m.receives
-                    && usable
-                    && !tracks.iter().any(|t| t.kind == m.kind)
-                {
-                    tracks.push(OutTrack {
-                        kind: m.kind,
-                        codec,
-                        mid,
-                        pt: pt.into(),
-                        rewriter: SeqRewriter::default(),
-                    });
-                }
-            }
-        }
+        Ok((rtc, answer))
+    }
+
+    /// Place a peer whose offer was accepted; returns its index.
+    fn insert(
+        &mut self,
+        id: PeerId,
+        slot: SlotRef,
+        mut rtc: Rtc,
+        publisher: bool,
+        mids: Vec<Mid>,
+    ) -> LocalPeer {
         let ice_password = rtc.direct_api().local_ice_credentials().pass;
         let now = Instant::now();
-        self.peers.insert(
+        let peer = Peer {
             id,
-            Peer {
-                rtc,
-                role,
-                created: now,
-                connected: false,
-                ice_password,
-                nominated: false,
-                next_timeout: now,
-                dead: false,
-            },
-        );
+            slot,
+            rtc,
+            publisher,
+            ssrcs: HashMap::new(),
+            mids,
+            created: now,
+            connected: false,
+            ice_password,
+            nominated: false,
+            next_timeout: now,
+            dead: None,
+        };
+        let lp = match self.free.pop() {
+            Some(i) => {
+                if let Some(p) = self.peers.get_mut(i as usize) {
+                    *p = Some(peer);
+                }
+                LocalPeer(i)
+            }
+            None => {
+                // At most 2^32 peers on one worker at once: a u32 index suffices.
+                let i = u32::try_from(self.peers.len()).unwrap_or(u32::MAX);
+                self.peers.push(Some(peer));
+                LocalPeer(i)
+            }
+        };
+        self.ids.insert(id, lp);
         self.stats.peers.fetch_add(1, Ordering::Relaxed);
-        let mut routed = Vec::new();
-        self.drain(id, &mut routed);
-        self.route(routed);
+        lp
+    }
+
+    fn add_publisher(
+        &mut self,
+        id: PeerId,
+        slot: SlotRef,
+        offer: SdpOffer,
+        video: Option<VideoFormat>,
+    ) -> Result<(String, Option<PeerId>), RtcError> {
+        let codecs = video.map_or(VideoCodecs::None, VideoCodecs::Publisher);
+        let (rtc, answer) = self.answer(offer, &codecs)?;
+        let stream = slot.id();
+        let replaced = slot.set_publisher(PublisherInfo { peer: id, video });
+        let lp = self.insert(id, slot, rtc, true, Vec::new());
+        self.router.add_publisher(lp, stream);
+        self.drain(lp);
+        self.pump();
+        Ok((answer, replaced))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_subscriber(
+        &mut self,
+        id: PeerId,
+        slot: SlotRef,
+        audio: bool,
+        video: bool,
+        offer: SdpOffer,
+        lines: &[MediaSection],
+        codec: Option<VideoFormat>,
+        msid: &str,
+    ) -> Result<String, RtcError> {
+        let codecs = codec.map_or(VideoCodecs::None, VideoCodecs::Subscriber);
+        let (mut rtc, answer) = self.answer(offer, &codecs)?;
+        let answer = unify_msid(&answer, msid);
+        // Its tracks come from its offer's receiving m-lines that str0m accepted, each sent
+        // with the payload type its answer names.
+        let pts = answer_pts(&answer);
+        let mut tracks: Vec<TrackSpec> = Vec::new();
+        let mut mids = Vec::new();
+        for m in lines {
+            let wanted = match m.kind {
+                MediaKind::Audio => audio,
+                MediaKind::Video => video,
+            };
+            let mid = Mid::from(m.mid.as_str());
+            let usable = rtc.media(mid).is_some_and(|m| !m.disabled());
+            let pt = pts.iter().find(|(x, _)| *x == m.mid).map(|(_, pt)| *pt);
+            let track_codec = match (m.kind, &codecs) {
+                (MediaKind::Video, VideoCodecs::Subscriber(f)) => Some(f.codec),
+                _ => None,
+            };
+            if let Some(pt) = pt
+                && wanted
+                && m.receives
+                && usable
+                && !tracks.iter().any(|t| t.kind == m.kind)
+            {
+                tracks.push(TrackSpec {
+                    kind: m.kind,
+                    codec: track_codec,
+                    pt,
+                });
+                mids.push(mid);
+            }
+        }
+        if tracks.is_empty() {
+            rtc.disconnect();
+            return Err(RtcError::new(
+                ErrorCode::InvalidParameter,
+                "the offer has no receivable audio or video m-line with a supported codec (Opus, H.264, VP8)",
+            ));
+        }
+        let stream = slot.id();
+        let lp = self.insert(id, slot, rtc, false, mids);
+        self.router.add_subscriber(lp, stream, &tracks);
+        self.drain(lp);
+        self.pump();
         Ok(answer)
     }
 
@@ -760,20 +881,7 @@ impl Worker {
                 video,
                 reply,
             } => {
-                let video = video.map_or(VideoCodecs::None, VideoCodecs::Publisher);
-                let res = self.accept(
-                    id,
-                    offer,
-                    &video,
-                    PeerRole::Publisher {
-                        slot: slot.clone(),
-                        kinds: HashMap::new(),
-                    },
-                    &[],
-                );
-                if res.is_ok() {
-                    self.publisher_of.insert(slot, id);
-                }
+                let res = self.add_publisher(id, slot, offer, video);
                 let _ = reply.send(res);
             }
             Cmd::AddSubscriber {
@@ -784,90 +892,59 @@ impl Worker {
                 offer,
                 lines,
                 codec,
+                msid,
                 reply,
             } => {
-                let codecs = codec.map_or(VideoCodecs::None, VideoCodecs::Subscriber);
-                let res = self.accept(
-                    id,
-                    offer,
-                    &codecs,
-                    PeerRole::Subscriber {
-                        slot: slot.clone(),
-                        audio,
-                        video,
-                        tracks: Vec::new(),
-                    },
-                    &lines,
-                );
-                let res = res.and_then(|answer| {
-                    let has_tracks = matches!(
-                        self.peers.get(&id).map(|p| &p.role),
-                        Some(PeerRole::Subscriber { tracks, .. }) if !tracks.is_empty()
-                    );
-                    if has_tracks {
-                        Ok(answer)
-                    } else {
-                        self.remove_peer(id);
-                        Err(RtcError::new(
-                            ErrorCode::InvalidParameter,
-                            "the offer has no receivable audio or video m-line with a supported codec (Opus, H.264, VP8)",
-                        ))
-                    }
-                });
-                if res.is_ok() {
-                    self.subscribers_of
-                        .entry(slot.clone())
-                        .or_default()
-                        .push(id);
-                    for tx in &self.workers {
-                        let _ = tx.send(Cmd::Interest {
-                            slot: slot.clone(),
-                            worker: self.idx,
-                            delta: 1,
-                        });
-                    }
-                }
+                let res = self.add_subscriber(id, slot, audio, video, offer, &lines, codec, &msid);
                 let _ = reply.send(res);
             }
-            Cmd::Remove { id } => self.remove_peer(id),
+            Cmd::Remove { id } => {
+                if let Some(lp) = self.ids.get(&id).copied() {
+                    self.remove_peer(lp, None);
+                }
+            }
             Cmd::Interest {
-                slot,
+                stream,
                 worker,
-                delta,
+                wants,
+            } => self.router.on_interest(stream, worker, wants),
+            Cmd::WorkerReset { worker } => {
+                self.router.on_worker_reset(worker);
+                self.pump();
+            }
+            Cmd::Mute {
+                stream,
+                kind,
+                muted,
             } => {
-                let n = self.workers.len();
-                let counts = self
-                    .interest
-                    .entry(slot.clone())
-                    .or_insert_with(|| vec![0; n]);
-                if let Some(c) = counts.get_mut(worker) {
-                    *c = (*c + delta).max(0);
-                }
-                if counts.iter().all(|c| *c == 0) {
-                    self.interest.remove(&slot);
-                }
+                self.router.set_muted(stream, kind, muted, Instant::now());
+                self.pump();
             }
-            Cmd::Forward { slot, packet } => self.deliver(&slot, &packet),
-            Cmd::KeyframeRequest { slot, force } => self.keyframe_request(&slot, force),
-            Cmd::Mute { slot, kind, muted } => {
-                if muted {
-                    self.muted.insert((slot, kind.into()));
-                } else {
-                    self.muted.remove(&(slot, kind.into()));
-                }
-            }
+            Cmd::InjectFault => panic!("media worker {}: injected fault", self.idx),
             Cmd::Shutdown => {}
         }
     }
 
-    fn remove_peer(&mut self, id: PeerId) {
-        let Some(mut peer) = self.peers.remove(&id) else {
+    fn handle_data(&mut self, d: Data) {
+        match d {
+            Data::Forward(packet) => self.router.on_forward(&packet),
+            Data::Keyframe { stream, force } => {
+                self.router.request_keyframe(stream, force, Instant::now())
+            }
+        }
+        self.pump();
+    }
+
+    /// Close a peer; `reason` is set when it died on its own (an event tells the server).
+    fn remove_peer(&mut self, lp: LocalPeer, reason: Option<PeerCloseReason>) {
+        let Some(mut peer) = self.peers.get_mut(lp.0 as usize).and_then(Option::take) else {
             return;
         };
-        self.stats.peers.fetch_sub(1, Ordering::Relaxed);
-        if let Ok(mut table) = self.peer_stats.write() {
-            table.remove(&id);
-        }
+        self.free.push(lp.0);
+        self.ids.remove(&peer.id);
+        self.by_addr.retain(|_, p| *p != lp);
+        self.router.remove_peer(lp);
+        self.forget(&peer);
         peer.rtc.disconnect();
         // Flush the goodbye (RTCP BYE / DTLS close) best effort.
         while let Ok(out) = peer.rtc.poll_output() {
@@ -877,29 +954,12 @@ impl Worker {
                 Output::Event(_) => {}
             }
         }
-        self.by_addr.retain(|_, p| *p != id);
-        match peer.role {
-            PeerRole::Publisher { slot, .. } => {
-                if self.publisher_of.get(&slot) == Some(&id) {
-                    self.publisher_of.remove(&slot);
-                }
-            }
-            PeerRole::Subscriber { slot, .. } => {
-                if let Some(v) = self.subscribers_of.get_mut(&slot) {
-                    v.retain(|p| *p != id);
-                    if v.is_empty() {
-                        self.subscribers_of.remove(&slot);
-                    }
-                }
-                for tx in &self.workers {
-                    let _ = tx.send(Cmd::Interest {
-                        slot: slot.clone(),
-                        worker: self.idx,
-                        delta: -1,
-                    });
-                }
-            }
+        if let Some(reason) = reason {
+            self.emit(peer.id, reason);
         }
+        // Dropping the peer releases its stream reference.
+        drop(peer);
+        self.pump();
     }
 
     fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
@@ -921,25 +981,26 @@ impl Worker {
             return;
         };
         let input = receive(contents);
-        let id = match self.by_addr.get(&source) {
-            Some(id) => Some(*id),
+        let lp = match self.by_addr.get(&source) {
+            Some(lp) => Some(*lp),
             None => {
-                let found = self
-                    .peers
-                    .iter()
-                    .find(|(_, p)| !p.dead && p.rtc.accepts(&input))
-                    .map(|(id, _)| *id);
-                if let Some(id) = found {
-                    self.by_addr.insert(source, id);
+                let found = self.peers.iter().enumerate().find_map(|(i, p)| {
+                    let p = p.as_ref()?;
+                    (p.dead.is_none() && p.rtc.accepts(&input)).then_some(i)
+                });
+                // Indexes fit in u32 (see `insert`).
+                let found = found.and_then(|i| u32::try_from(i).ok()).map(LocalPeer);
+                if let Some(lp) = found {
+                    self.by_addr.insert(source, lp);
                 }
                 found
             }
         };
-        let Some(id) = id else {
+        let Some(lp) = lp else {
             self.stats.dropped_datagrams.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let Some(peer) = self.peers.get_mut(&id) else {
+        let Some(peer) = self.peer_mut(lp) else {
             return;
         };
         // A new peer's first authenticated check is its nomination (see `super::stun`), so
@@ -955,55 +1016,80 @@ impl Worker {
             _ => peer.rtc.handle_input(input),
         };
         if let Err(e) = result {
-            tracing::debug!(peer = id, error = %e, "bad input from peer");
-            peer.dead = true;
+            tracing::debug!(peer = peer.id, error = %e, "bad input from peer");
+            self.mark_dead(lp, PeerCloseReason::Closed);
         }
-        let mut routed = Vec::new();
-        self.drain(id, &mut routed);
-        self.route(routed);
+        self.drain(lp);
+        self.pump();
     }
 
     fn handle_timeouts(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.next_timeout <= now || p.dead)
-            .map(|(id, _)| *id)
-            .collect();
-        // Recomputed below from every peer's next timeout (drain lowers it as it goes).
+        // Recomputed from every peer's next timeout (drain lowers it as it goes).
         self.earliest = self
             .peers
-            .values()
-            .filter(|p| p.next_timeout > now)
+            .iter()
+            .flatten()
+            .filter(|p| p.next_timeout > now && p.dead.is_none())
             .map(|p| p.next_timeout)
             .min()
             .unwrap_or(now + IDLE_WAIT);
-        let mut routed = Vec::new();
-        let mut remove = Vec::new();
-        for id in due {
-            let Some(peer) = self.peers.get_mut(&id) else {
+        for i in 0..self.peers.len() {
+            // Indexes fit in u32 (see `insert`).
+            let Ok(i) = u32::try_from(i) else {
+                break;
+            };
+            let lp = LocalPeer(i);
+            let Some(peer) = self.peers.get_mut(i as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            if !peer.dead
+            if peer.next_timeout > now && peer.dead.is_none() {
+                continue;
+            }
+            let mut dead = peer.dead;
+            if dead.is_none()
                 && !peer.connected
                 && now.saturating_duration_since(peer.created) > self.connect_timeout
             {
                 self.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-                peer.dead = true;
+                dead = Some(PeerCloseReason::ConnectTimeout);
             }
-            if peer.dead || !peer.rtc.is_alive() {
-                remove.push(id);
+            if dead.is_none() && !peer.rtc.is_alive() {
+                dead = Some(PeerCloseReason::Closed);
+            }
+            if let Some(reason) = dead {
+                self.remove_peer(lp, Some(reason));
                 continue;
             }
             if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                tracing::debug!(peer = id, error = %e, "peer timeout handling failed");
-                peer.dead = true;
+                tracing::debug!(peer = peer.id, error = %e, "peer timeout handling failed");
+                self.mark_dead(lp, PeerCloseReason::Closed);
             }
-            self.drain(id, &mut routed);
-        }
-        self.route(routed);
-        for id in remove {
-            self.remove_peer(id);
+            self.drain(lp);
+            self.pump();
         }
     }
+}
+
+/// What a publisher's packets on `ssrc` with payload type `pt` are (`None`: not ours to
+/// forward).
+fn ssrc_info(rtc: &mut Rtc, ssrc: Ssrc, pt: Pt) -> Option<SsrcInfo> {
+    let mid = rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid())?;
+    let kind = rtc.media(mid).map(|m| kind_of(m.kind()))?;
+    let spec = rtc
+        .codec_config()
+        .params()
+        .iter()
+        .find(|p| p.pt() == pt)
+        .map(|p| p.spec())?;
+    let codec = match spec.codec {
+        Codec::H264 => Some(VideoCodec::H264),
+        Codec::Vp8 => Some(VideoCodec::Vp8),
+        _ => None,
+    };
+    Some(SsrcInfo {
+        kind,
+        pt,
+        codec,
+        clock_rate: spec.clock_rate.get(),
+    })
 }

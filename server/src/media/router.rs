@@ -1,0 +1,1027 @@
+//! The forwarding logic of one media worker, with no I/O: a plain state machine that takes
+//! `now` in every call and queues what the worker has to do ([`Router::poll_output`]).
+//!
+//! Ids are interned `u32`s: a [`StreamId`] names a published slot (room + user + stream type,
+//! interned once per publish/subscribe by the media plane, the same on every worker) and a
+//! [`LocalPeer`] names a peer on this worker (the worker's index for it). The per-packet path
+//! hashes one `u32` and clones no string; the only allocation is one `Arc` per packet when
+//! other workers want it.
+//!
+//! What the router owns, per stream:
+//! - its local publisher (if it is on this worker) and the publisher's mute state,
+//! - its local subscribers, each with its tracks (kind, codec, payload type, rewriter),
+//! - which other workers have subscribers of it (their *interest*),
+//! - the keyframe-request limiter (at most one a second; forced for a new subscriber and on
+//!   unmuting video).
+//!
+//! A stream's entry exists while it has a local publisher, a local subscriber or a remote
+//! interest, and goes away with the last of them (mute state and limiter included).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rtcroom_protocol::signal::{MediaKind, VideoCodec};
+
+use super::rewrite::{KeyframeLimiter, SeqRewriter};
+
+/// A published stream, interned by the media plane (the same id on every worker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u32);
+
+/// A peer on this worker: the worker's index for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LocalPeer(pub u32);
+
+/// Most workers a router can address (the media plane runs at most 255).
+pub const MAX_WORKERS: usize = 256;
+
+/// One track a subscriber receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackSpec {
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The video codec negotiated with the subscriber (`None` for audio). The track gets
+    /// packets of that codec only.
+    pub codec: Option<VideoCodec>,
+    /// The payload type the subscriber's answer named for it.
+    pub pt: u8,
+}
+
+/// A packet from a local publisher, as str0m delivered it.
+#[derive(Clone, Debug)]
+pub struct RtpIn {
+    /// Audio or video (from the packet's m-line).
+    pub kind: MediaKind,
+    /// Its video codec (`None` for audio).
+    pub codec: Option<VideoCodec>,
+    /// The publisher's SSRC.
+    pub ssrc: u32,
+    /// Extended sequence number.
+    pub seq: u64,
+    /// RTP timestamp.
+    pub ts: u32,
+    /// RTP marker bit.
+    pub marker: bool,
+    /// The codec's clock rate (Hz).
+    pub clock_rate: u32,
+    /// The payload (shared with every subscriber's send buffer).
+    pub payload: Arc<[u8]>,
+}
+
+/// A publisher's packet on its way to subscribers (on this worker or another).
+#[derive(Clone, Debug)]
+pub struct RoutedPacket {
+    /// Its stream.
+    pub stream: StreamId,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Its video codec (`None` for audio).
+    pub codec: Option<VideoCodec>,
+    /// Changes when the publisher, its SSRC or its mute state changes: subscribers' rewriters
+    /// continue their output across a change.
+    pub source: u64,
+    /// Extended sequence number as received.
+    pub seq: u64,
+    /// RTP timestamp as received.
+    pub ts: u32,
+    /// RTP marker bit.
+    pub marker: bool,
+    /// The codec's clock rate (Hz).
+    pub clock_rate: u32,
+    /// When the publisher's worker received it.
+    pub arrival: Instant,
+    /// The payload.
+    pub payload: Arc<[u8]>,
+}
+
+/// What the worker has to do.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Write one packet to a local subscriber's track (str0m `write_rtp`).
+    Write {
+        /// The subscriber.
+        peer: LocalPeer,
+        /// Index of the track, in the order given to [`Router::add_subscriber`].
+        track: usize,
+        /// Audio or video (video is kept for NACK answers).
+        kind: MediaKind,
+        /// Payload type to send with.
+        pt: u8,
+        /// Rewritten extended sequence number.
+        seq: u64,
+        /// Rewritten RTP timestamp.
+        ts: u32,
+        /// RTP marker bit.
+        marker: bool,
+        /// Wall-clock time of the packet (its arrival at the publisher's worker).
+        wallclock: Instant,
+        /// The payload.
+        payload: Arc<[u8]>,
+    },
+    /// Hand a local publisher's packet to another worker that has subscribers of its stream.
+    Forward {
+        /// The worker.
+        worker: usize,
+        /// The packet (one allocation shared by all workers).
+        packet: Arc<RoutedPacket>,
+    },
+    /// Ask this local publisher for a keyframe (the limiter has let it through).
+    RequestKeyframe {
+        /// The publisher.
+        publisher: LocalPeer,
+    },
+    /// A local subscriber wants a keyframe of a stream published on another worker: pass
+    /// the request to the publisher's worker ([`Router::request_keyframe`] there).
+    RelayKeyframe {
+        /// The stream.
+        stream: StreamId,
+        /// Bypass the limiter (a new subscriber).
+        force: bool,
+    },
+    /// Tell every other worker whether this one wants `stream`'s packets
+    /// ([`Router::on_interest`] there).
+    Interest {
+        /// The stream.
+        stream: StreamId,
+        /// Whether this worker has subscribers of it.
+        wants: bool,
+    },
+}
+
+/// Sizes of the router's tables (for tests and debugging).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouterLen {
+    /// Local peers.
+    pub peers: usize,
+    /// Streams with any state.
+    pub streams: usize,
+}
+
+/// A set of worker indexes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct WorkerSet([u64; MAX_WORKERS / 64]);
+
+impl WorkerSet {
+    fn set(&mut self, w: usize, on: bool) {
+        if let Some(word) = self.0.get_mut(w / 64) {
+            if on {
+                *word |= 1 << (w % 64);
+            } else {
+                *word &= !(1 << (w % 64));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, word)| {
+            let mut bits = *word;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(i * 64 + b)
+            })
+        })
+    }
+}
+
+fn kind_index(kind: MediaKind) -> usize {
+    match kind {
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    /// The local publisher (the latest added; a replaced one is ignored until removed).
+    publisher: Option<LocalPeer>,
+    /// Per kind: a generation that changes with the publisher and on each unmute (per kind:
+    /// a change in the middle of a video frame would give its packets two timestamp offsets).
+    generation: [u64; 2],
+    muted: [bool; 2],
+    /// The local publisher has sent video (a keyframe request means something).
+    video_seen: bool,
+    /// A keyframe is wanted as soon as the publisher sends video: a forced request came
+    /// before its first video packet, or it replaced a publisher others were watching (a
+    /// rebuilt peer connection carries an encoder already mid-GOP, so its first frame is
+    /// not necessarily a keyframe).
+    keyframe_pending: bool,
+    limiter: KeyframeLimiter,
+    subscribers: Vec<LocalPeer>,
+    /// Other workers with subscribers of this stream.
+    remote: WorkerSet,
+}
+
+impl Stream {
+    fn is_unused(&self) -> bool {
+        self.publisher.is_none() && self.subscribers.is_empty() && self.remote.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Track {
+    spec: TrackSpec,
+    rewriter: SeqRewriter,
+}
+
+#[derive(Debug)]
+enum Role {
+    Publisher,
+    Subscriber(Vec<Track>),
+}
+
+#[derive(Debug)]
+struct PeerEntry {
+    stream: StreamId,
+    connected: bool,
+    role: Role,
+}
+
+/// The forwarding state machine of one worker. See the module docs.
+#[derive(Debug)]
+pub struct Router {
+    me: usize,
+    /// Indexed by [`LocalPeer`].
+    peers: Vec<Option<PeerEntry>>,
+    peer_count: usize,
+    streams: HashMap<StreamId, Stream>,
+    next_generation: u64,
+    out: VecDeque<Output>,
+}
+
+impl Router {
+    /// The router of worker `me`.
+    pub fn new(me: usize) -> Router {
+        Router {
+            me,
+            peers: Vec::new(),
+            peer_count: 0,
+            streams: HashMap::new(),
+            next_generation: 1,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The next thing for the worker to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Sizes of the tables.
+    pub fn len(&self) -> RouterLen {
+        RouterLen {
+            peers: self.peer_count,
+            streams: self.streams.len(),
+        }
+    }
+
+    /// No peer and no stream state left.
+    pub fn is_empty(&self) -> bool {
+        self.len() == RouterLen::default()
+    }
+
+    fn generation(&mut self) -> u64 {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        self.next_generation
+    }
+
+    fn entry(&mut self, peer: LocalPeer) -> Option<&mut PeerEntry> {
+        self.peers.get_mut(peer.0 as usize)?.as_mut()
+    }
+
+    fn insert_peer(&mut self, peer: LocalPeer, entry: PeerEntry) {
+        self.remove_peer(peer);
+        let i = peer.0 as usize;
+        if self.peers.len() <= i {
+            self.peers.resize_with(i + 1, || None);
+        }
+        self.peers[i] = Some(entry);
+        self.peer_count += 1;
+    }
+
+    /// `peer` publishes `stream` (replacing a previous local publisher, whose packets are
+    /// ignored from now on). A new publisher starts unmuted.
+    pub fn add_publisher(&mut self, peer: LocalPeer, stream: StreamId) {
+        self.insert_peer(
+            peer,
+            PeerEntry {
+                stream,
+                connected: false,
+                role: Role::Publisher,
+            },
+        );
+        let generation = [self.generation(), self.generation()];
+        let s = self.streams.entry(stream).or_default();
+        s.publisher = Some(peer);
+        s.generation = generation;
+        s.muted = [false; 2];
+        s.video_seen = false;
+        s.keyframe_pending = !s.subscribers.is_empty() || !s.remote.is_empty();
+    }
+
+    /// `peer` subscribes to `stream` with `tracks` (at most one per kind is used: the first).
+    pub fn add_subscriber(&mut self, peer: LocalPeer, stream: StreamId, tracks: &[TrackSpec]) {
+        let tracks = tracks
+            .iter()
+            .map(|spec| Track {
+                spec: *spec,
+                rewriter: SeqRewriter::default(),
+            })
+            .collect();
+        self.insert_peer(
+            peer,
+            PeerEntry {
+                stream,
+                connected: false,
+                role: Role::Subscriber(tracks),
+            },
+        );
+        let s = self.streams.entry(stream).or_default();
+        s.subscribers.push(peer);
+        if s.subscribers.len() == 1 {
+            self.out.push_back(Output::Interest {
+                stream,
+                wants: true,
+            });
+        }
+    }
+
+    /// `peer` has connected (ICE + DTLS). A subscriber gets a keyframe at once, past the
+    /// limiter, so its first frame does not wait for the publisher's next one.
+    pub fn on_connected(&mut self, peer: LocalPeer, now: Instant) {
+        let Some(e) = self.entry(peer) else {
+            return;
+        };
+        e.connected = true;
+        if let (Role::Subscriber(_), stream) = (&e.role, e.stream) {
+            self.keyframe(stream, true, true, now);
+        }
+    }
+
+    /// Forget `peer` and every stream state that only it kept.
+    pub fn remove_peer(&mut self, peer: LocalPeer) {
+        let Some(e) = self
+            .peers
+            .get_mut(peer.0 as usize)
+            .and_then(|slot| slot.take())
+        else {
+            return;
+        };
+        self.peer_count -= 1;
+        while self.peers.last().is_some_and(|p| p.is_none()) {
+            self.peers.pop();
+        }
+        let Some(s) = self.streams.get_mut(&e.stream) else {
+            return;
+        };
+        match e.role {
+            Role::Publisher => {
+                if s.publisher == Some(peer) {
+                    s.publisher = None;
+                }
+            }
+            Role::Subscriber(_) => {
+                let before = s.subscribers.len();
+                s.subscribers.retain(|p| *p != peer);
+                if before > 0 && s.subscribers.is_empty() {
+                    self.out.push_back(Output::Interest {
+                        stream: e.stream,
+                        wants: false,
+                    });
+                }
+            }
+        }
+        self.prune(e.stream);
+    }
+
+    fn prune(&mut self, stream: StreamId) {
+        if self.streams.get(&stream).is_some_and(Stream::is_unused) {
+            self.streams.remove(&stream);
+        }
+    }
+
+    /// A packet from local peer `from` (received at `now`): forwarded to the other workers
+    /// that want its stream and written to the local subscribers. Packets of a kind that is
+    /// muted, and of a publisher that has been replaced, are dropped. Returns whether the
+    /// packet was taken (not dropped).
+    pub fn on_rtp(&mut self, from: LocalPeer, packet: RtpIn, now: Instant) -> bool {
+        let Some(e) = self.peers.get(from.0 as usize).and_then(Option::as_ref) else {
+            return false;
+        };
+        let stream = e.stream;
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return false;
+        };
+        let k = kind_index(packet.kind);
+        if s.publisher != Some(from) || s.muted[k] {
+            return false;
+        }
+        if packet.kind == MediaKind::Video {
+            s.video_seen = true;
+            if std::mem::take(&mut s.keyframe_pending) && s.limiter.allow(now, true) {
+                self.out
+                    .push_back(Output::RequestKeyframe { publisher: from });
+            }
+        }
+        let source = (s.generation[k] << 32) ^ u64::from(packet.ssrc) ^ ((self.me as u64) << 56);
+        let routed = RoutedPacket {
+            stream,
+            kind: packet.kind,
+            codec: packet.codec,
+            source,
+            seq: packet.seq,
+            ts: packet.ts,
+            marker: packet.marker,
+            clock_rate: packet.clock_rate,
+            arrival: now,
+            payload: packet.payload,
+        };
+        if !s.remote.is_empty() {
+            let shared = Arc::new(routed.clone());
+            for worker in s.remote.iter() {
+                self.out.push_back(Output::Forward {
+                    worker,
+                    packet: shared.clone(),
+                });
+            }
+        }
+        self.deliver(&routed);
+        true
+    }
+
+    /// A packet another worker forwarded: written to the local subscribers.
+    pub fn on_forward(&mut self, packet: &RoutedPacket) {
+        self.deliver(packet);
+    }
+
+    fn deliver(&mut self, packet: &RoutedPacket) {
+        let Some(s) = self.streams.get(&packet.stream) else {
+            return;
+        };
+        for &sub in &s.subscribers {
+            let Some(PeerEntry {
+                connected: true,
+                role: Role::Subscriber(tracks),
+                ..
+            }) = self.peers.get_mut(sub.0 as usize).and_then(Option::as_mut)
+            else {
+                continue;
+            };
+            // A track carries the codec negotiated with its subscriber only: after a
+            // publisher re-publishes with another codec, the subscriber is told
+            // (stream-updated) and subscribes again; until then it gets nothing it could not
+            // decode.
+            let Some((track, t)) = tracks
+                .iter_mut()
+                .enumerate()
+                .find(|(_, t)| t.spec.kind == packet.kind && t.spec.codec == packet.codec)
+            else {
+                continue;
+            };
+            let out = t.rewriter.map(
+                packet.source,
+                packet.seq,
+                packet.ts,
+                packet.arrival,
+                packet.clock_rate,
+            );
+            self.out.push_back(Output::Write {
+                peer: sub,
+                track,
+                kind: packet.kind,
+                pt: t.spec.pt,
+                seq: out.seq,
+                ts: out.ts,
+                marker: packet.marker,
+                wallclock: packet.arrival,
+                payload: packet.payload.clone(),
+            });
+        }
+    }
+
+    /// A local subscriber asked for a keyframe (PLI/FIR): passed on to the publisher, rate
+    /// limited.
+    pub fn on_keyframe_request(&mut self, subscriber: LocalPeer, now: Instant) {
+        let Some(PeerEntry {
+            stream,
+            role: Role::Subscriber(_),
+            ..
+        }) = self.entry(subscriber)
+        else {
+            return;
+        };
+        let stream = *stream;
+        self.keyframe(stream, false, true, now);
+    }
+
+    /// Ask `stream`'s publisher for a keyframe if it is on this worker (from the room or a
+    /// relay from another worker; never relayed further). Limited to one a second unless
+    /// `force`.
+    pub fn request_keyframe(&mut self, stream: StreamId, force: bool, now: Instant) {
+        self.keyframe(stream, force, false, now);
+    }
+
+    fn keyframe(&mut self, stream: StreamId, force: bool, relay: bool, now: Instant) {
+        let local = self
+            .streams
+            .get_mut(&stream)
+            .and_then(|s| s.publisher.map(|p| (s, p)));
+        if let Some((s, publisher)) = local {
+            // Before the publisher's first video packet there is nothing to ask for yet: a
+            // forced request waits for that packet, the limiter untouched.
+            if !s.video_seen {
+                s.keyframe_pending |= force;
+            } else if s.limiter.allow(now, force) {
+                self.out.push_back(Output::RequestKeyframe { publisher });
+            }
+        } else if relay {
+            self.out.push_back(Output::RelayKeyframe { stream, force });
+        }
+    }
+
+    /// Stop or resume forwarding `kind` of `stream` (takes effect where its publisher is).
+    /// Resuming continues every subscriber's output sequence with no gap, and resuming
+    /// video asks the publisher for a keyframe at once.
+    pub fn set_muted(&mut self, stream: StreamId, kind: MediaKind, muted: bool, now: Instant) {
+        let k = kind_index(kind);
+        let generation = self.generation();
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let was = std::mem::replace(&mut s.muted[k], muted);
+        if was && !muted {
+            // The packets dropped while muted never reach the rewriters: a new source
+            // generation makes them continue at their last output + 1 (and the timestamp
+            // advanced by the time that passed) instead of jumping over the gap.
+            s.generation[k] = generation;
+            if kind == MediaKind::Video {
+                self.keyframe(stream, true, false, now);
+            }
+        }
+    }
+
+    /// Worker `worker` has (`wants`) or no longer has subscribers of `stream`.
+    pub fn on_interest(&mut self, stream: StreamId, worker: usize, wants: bool) {
+        if worker == self.me {
+            return;
+        }
+        if wants {
+            self.streams
+                .entry(stream)
+                .or_default()
+                .remote
+                .set(worker, true);
+        } else if let Some(s) = self.streams.get_mut(&stream) {
+            s.remote.set(worker, false);
+            self.prune(stream);
+        }
+    }
+
+    /// Worker `worker` restarted with no state: forget its interest, and tell it again which
+    /// streams this worker wants ([`Output::Interest`] for each).
+    pub fn on_worker_reset(&mut self, worker: usize) {
+        let mut wanted = Vec::new();
+        self.streams.retain(|id, s| {
+            s.remote.set(worker, false);
+            if !s.subscribers.is_empty() {
+                wanted.push(*id);
+            }
+            !s.is_unused()
+        });
+        wanted.sort();
+        for stream in wanted {
+            self.out.push_back(Output::Interest {
+                stream,
+                wants: true,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const S: StreamId = StreamId(7);
+    const PUB: LocalPeer = LocalPeer(0);
+
+    fn base() -> Instant {
+        // A fixed base: every test time is an offset from it.
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    fn at(ms: u64) -> Instant {
+        base() + Duration::from_millis(ms)
+    }
+
+    fn video(seq: u64, ts: u32) -> RtpIn {
+        RtpIn {
+            kind: MediaKind::Video,
+            codec: Some(VideoCodec::H264),
+            ssrc: 1111,
+            seq,
+            ts,
+            marker: false,
+            clock_rate: 90_000,
+            payload: Arc::from(&[1u8, 2, 3][..]),
+        }
+    }
+
+    fn audio(seq: u64, ts: u32) -> RtpIn {
+        RtpIn {
+            kind: MediaKind::Audio,
+            codec: None,
+            ssrc: 2222,
+            seq,
+            ts,
+            marker: false,
+            clock_rate: 48_000,
+            payload: Arc::from(&[9u8][..]),
+        }
+    }
+
+    fn outputs(r: &mut Router) -> Vec<Output> {
+        std::iter::from_fn(|| r.poll_output()).collect()
+    }
+
+    /// (peer, track, pt, seq, ts) of each write.
+    fn writes(out: &[Output]) -> Vec<(u32, usize, u8, u64, u32)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Write {
+                    peer,
+                    track,
+                    pt,
+                    seq,
+                    ts,
+                    ..
+                } => Some((peer.0, *track, *pt, *seq, *ts)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn keyframes(out: &[Output]) -> usize {
+        out.iter()
+            .filter(|o| matches!(o, Output::RequestKeyframe { publisher } if *publisher == PUB))
+            .count()
+    }
+
+    fn av(video_pt: u8) -> [TrackSpec; 2] {
+        [
+            TrackSpec {
+                kind: MediaKind::Audio,
+                codec: None,
+                pt: 111,
+            },
+            TrackSpec {
+                kind: MediaKind::Video,
+                codec: Some(VideoCodec::H264),
+                pt: video_pt,
+            },
+        ]
+    }
+
+    /// A router with a connected publisher of `S` and `n` connected subscribers (peers 1..=n,
+    /// video payload type 100 + i), outputs drained.
+    fn room(n: u32) -> Router {
+        let mut r = Router::new(0);
+        r.add_publisher(PUB, S);
+        r.on_connected(PUB, at(0));
+        for i in 1..=n {
+            r.add_subscriber(LocalPeer(i), S, &av(100 + i as u8));
+            r.on_connected(LocalPeer(i), at(0));
+        }
+        outputs(&mut r);
+        r
+    }
+
+    #[test]
+    fn forwards_to_every_connected_subscriber_with_its_payload_type() {
+        let mut r = room(3);
+        // A subscriber that has not connected yet gets nothing.
+        r.add_subscriber(LocalPeer(9), S, &av(127));
+        outputs(&mut r);
+        assert!(r.on_rtp(PUB, video(70_000, 1000), at(10)));
+        let w = writes(&outputs(&mut r));
+        let start = 70_000 & 0xffff;
+        assert_eq!(
+            w,
+            vec![
+                (1, 1, 101, start, 1000),
+                (2, 1, 102, start, 1000),
+                (3, 1, 103, start, 1000)
+            ]
+        );
+        assert!(r.on_rtp(PUB, audio(5, 960), at(20)));
+        let w = writes(&outputs(&mut r));
+        assert_eq!(w.len(), 3);
+        assert!(
+            w.iter()
+                .all(|(_, track, pt, seq, _)| (*track, *pt, *seq) == (0, 111, 5))
+        );
+        // Packets from a peer that is not the stream's publisher go nowhere.
+        assert!(!r.on_rtp(LocalPeer(1), video(1, 1), at(30)));
+        assert!(outputs(&mut r).is_empty());
+    }
+
+    #[test]
+    fn a_track_only_gets_its_negotiated_codec() {
+        let mut r = room(0);
+        r.add_subscriber(LocalPeer(1), S, &av(102));
+        let vp8 = [TrackSpec {
+            kind: MediaKind::Video,
+            codec: Some(VideoCodec::Vp8),
+            pt: 96,
+        }];
+        r.add_subscriber(LocalPeer(2), S, &vp8);
+        r.on_connected(LocalPeer(1), at(0));
+        r.on_connected(LocalPeer(2), at(0));
+        outputs(&mut r);
+        r.on_rtp(PUB, video(1, 0), at(1));
+        assert_eq!(writes(&outputs(&mut r)), vec![(1, 1, 102, 1, 0)]);
+        // The publisher re-publishes with VP8 (same stream): only the VP8 subscriber gets it.
+        let mut p = video(1, 0);
+        p.codec = Some(VideoCodec::Vp8);
+        r.on_rtp(PUB, p, at(2));
+        assert_eq!(writes(&outputs(&mut r)), vec![(2, 0, 96, 1, 0)]);
+        // Audio: subscriber 2 has no audio track.
+        r.on_rtp(PUB, audio(1, 0), at(3));
+        assert_eq!(writes(&outputs(&mut r)), vec![(1, 0, 111, 1, 0)]);
+    }
+
+    #[test]
+    fn a_replaced_publisher_continues_the_sequence_and_timestamps() {
+        let mut r = room(1);
+        for i in 0..10u64 {
+            r.on_rtp(PUB, video(500 + i, (i * 3000) as u32), at(33 * i));
+        }
+        let last = *writes(&outputs(&mut r)).last().unwrap();
+        // The new publisher (another peer, SSRC, sequence and timestamp base) is added
+        // before the old one is removed; the old one's late packets are ignored.
+        let new = LocalPeer(5);
+        r.add_publisher(new, S);
+        r.on_connected(new, at(400));
+        assert!(!r.on_rtp(PUB, video(510, 30_000), at(400)));
+        let mut p = video(40_000, 123_456_789);
+        p.ssrc = 9999;
+        assert!(r.on_rtp(new, p, at(430)));
+        r.remove_peer(PUB);
+        let w = writes(&outputs(&mut r));
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].3, last.3 + 1, "no sequence gap");
+        // 430 ms - 297 ms = 133 ms at 90 kHz.
+        assert_eq!(
+            w[0].4,
+            last.4 + 11_970,
+            "timestamp advanced by the wall time"
+        );
+    }
+
+    #[test]
+    fn keyframe_requests_are_limited_to_one_a_second_and_forced_on_connect() {
+        let mut r = room(1);
+        // No video yet: nothing to ask for (the subscriber's connect is remembered).
+        r.on_keyframe_request(LocalPeer(1), at(0));
+        assert_eq!(keyframes(&outputs(&mut r)), 0);
+        r.on_rtp(PUB, video(1, 0), at(0));
+        assert_eq!(
+            keyframes(&outputs(&mut r)),
+            1,
+            "the connect asks with the first video"
+        );
+        r.on_keyframe_request(LocalPeer(1), at(1010));
+        r.on_keyframe_request(LocalPeer(1), at(1500));
+        assert_eq!(keyframes(&outputs(&mut r)), 1, "one a second");
+        // A new subscriber connects: forced past the limiter.
+        r.add_subscriber(LocalPeer(2), S, &av(100));
+        r.on_connected(LocalPeer(2), at(1600));
+        assert_eq!(keyframes(&outputs(&mut r)), 1, "forced on connect");
+        r.on_keyframe_request(LocalPeer(1), at(2500));
+        assert_eq!(keyframes(&outputs(&mut r)), 0, "the forced one counts");
+        r.request_keyframe(S, false, at(2700));
+        assert_eq!(keyframes(&outputs(&mut r)), 1);
+        // A publisher's own peer asking is no subscriber asking.
+        r.on_keyframe_request(PUB, at(5000));
+        assert_eq!(keyframes(&outputs(&mut r)), 0);
+    }
+
+    #[test]
+    fn a_keyframe_is_asked_of_a_replacing_publisher_and_for_a_request_before_video() {
+        let mut r = room(1);
+        // Forced before any video: asked for with the first video packet.
+        r.request_keyframe(S, true, at(0));
+        assert_eq!(keyframes(&outputs(&mut r)), 0, "nothing to ask yet");
+        r.on_rtp(PUB, video(1, 0), at(5));
+        assert_eq!(keyframes(&outputs(&mut r)), 1, "asked with the first video");
+        r.on_rtp(PUB, video(2, 0), at(6));
+        assert_eq!(keyframes(&outputs(&mut r)), 0, "once");
+        // The publisher's peer connection is rebuilt (a new peer replaces it) while a
+        // subscriber watches: its encoder is mid-GOP, so its first video asks for a keyframe
+        // even though no subscriber asked (their decoders may wait for one in silence).
+        let new_pub = LocalPeer(9);
+        r.add_publisher(new_pub, S);
+        outputs(&mut r);
+        r.on_rtp(new_pub, video(1, 0), at(3000));
+        assert!(
+            outputs(&mut r).iter().any(
+                |o| matches!(o, Output::RequestKeyframe { publisher } if *publisher == new_pub)
+            ),
+            "the replacing publisher is asked for a keyframe"
+        );
+    }
+
+    #[test]
+    fn cross_worker_forwarding_follows_interest() {
+        // Worker 0 publishes; workers 2 and 3 subscribe.
+        let mut a = room(0);
+        let mut b = Router::new(2);
+        b.add_subscriber(LocalPeer(0), S, &av(100));
+        assert!(matches!(
+            outputs(&mut b)[..],
+            [Output::Interest {
+                stream: S,
+                wants: true
+            }]
+        ));
+        // Its second subscriber changes nothing for the others.
+        b.add_subscriber(LocalPeer(1), S, &av(100));
+        assert!(outputs(&mut b).is_empty());
+        a.on_interest(S, 2, true);
+        a.on_interest(S, 3, true);
+        a.on_interest(S, 0, true); // itself: ignored
+        a.on_rtp(PUB, video(1, 0), at(0));
+        let out = outputs(&mut a);
+        let to: Vec<usize> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Forward { worker, .. } => Some(*worker),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(to, vec![2, 3]);
+        // Worker 2 writes the forwarded packet to its connected subscriber.
+        b.on_connected(LocalPeer(0), at(1));
+        // Its keyframe request goes to the publisher's worker, forced.
+        assert!(matches!(
+            outputs(&mut b)[..],
+            [Output::RelayKeyframe {
+                stream: S,
+                force: true
+            }]
+        ));
+        let Some(Output::Forward { packet, .. }) = out.first() else {
+            panic!("forward");
+        };
+        b.on_forward(packet);
+        assert_eq!(writes(&outputs(&mut b)), vec![(0, 1, 100, 1, 0)]);
+        // Its last subscriber leaves: interest withdrawn, and the publisher's worker stops.
+        b.remove_peer(LocalPeer(0));
+        assert!(outputs(&mut b).is_empty());
+        b.remove_peer(LocalPeer(1));
+        assert!(matches!(
+            outputs(&mut b)[..],
+            [Output::Interest {
+                stream: S,
+                wants: false
+            }]
+        ));
+        assert!(b.is_empty());
+        a.on_interest(S, 2, false);
+        a.on_rtp(PUB, video(2, 0), at(2));
+        let out = outputs(&mut a);
+        assert!(
+            matches!(out[..], [Output::Forward { worker: 3, .. }]),
+            "{out:?}"
+        );
+        // Worker 3 restarts: its interest is forgotten.
+        a.on_worker_reset(3);
+        a.on_rtp(PUB, video(3, 0), at(3));
+        assert!(outputs(&mut a).is_empty());
+    }
+
+    #[test]
+    fn a_reset_worker_is_told_the_interest_again() {
+        let mut b = Router::new(1);
+        b.add_subscriber(LocalPeer(0), StreamId(3), &av(100));
+        b.add_subscriber(LocalPeer(1), StreamId(1), &av(100));
+        outputs(&mut b);
+        b.on_worker_reset(0);
+        let again: Vec<u32> = outputs(&mut b)
+            .iter()
+            .filter_map(|o| match o {
+                Output::Interest {
+                    stream,
+                    wants: true,
+                } => Some(stream.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(again, vec![1, 3]);
+    }
+
+    /// Defect caught: the old worker dropped muted packets before the rewriter and never
+    /// told it, so after unmuting the subscriber's sequence jumped over every packet dropped
+    /// while muted (here 10) and it NACKed packets that would never come; and unmuting video
+    /// asked for no keyframe, so the picture stayed frozen until the next one.
+    #[test]
+    fn unmuting_continues_the_sequence_and_asks_for_a_keyframe() {
+        let mut r = room(1);
+        for i in 0..10u64 {
+            r.on_rtp(PUB, video(100 + i, (i * 3000) as u32), at(33 * i));
+        }
+        let last = *writes(&outputs(&mut r)).last().unwrap();
+        r.set_muted(S, MediaKind::Video, true, at(330));
+        for i in 10..20u64 {
+            assert!(!r.on_rtp(PUB, video(100 + i, (i * 3000) as u32), at(33 * i)));
+        }
+        assert!(writes(&outputs(&mut r)).is_empty(), "nothing while muted");
+        // Audio is not muted.
+        assert!(r.on_rtp(PUB, audio(1, 0), at(600)));
+        outputs(&mut r);
+        // The limiter let a request through at 0 (the subscriber connected before the first
+        // video) and refuses one now: unmuting forces one anyway.
+        r.on_keyframe_request(LocalPeer(1), at(640));
+        assert_eq!(keyframes(&outputs(&mut r)), 0);
+        r.set_muted(S, MediaKind::Video, false, at(660));
+        assert_eq!(keyframes(&outputs(&mut r)), 1, "keyframe on unmute");
+        r.on_rtp(PUB, video(120, 60_000), at(660));
+        r.on_rtp(PUB, video(121, 63_000), at(693));
+        let w = writes(&outputs(&mut r));
+        assert_eq!(w[0].3, last.3 + 1, "no sequence gap after unmuting");
+        assert_eq!(w[1].3, last.3 + 2);
+        // 660 ms - 297 ms = 363 ms at 90 kHz, then the publisher's own deltas.
+        assert_eq!(w[0].4, last.4 + 32_670);
+        assert_eq!(w[1].4, last.4 + 32_670 + 3000);
+        // Unmuting what is not muted changes nothing (no keyframe, no new source).
+        r.set_muted(S, MediaKind::Video, false, at(700));
+        r.on_rtp(PUB, video(122, 66_000), at(726));
+        let out = outputs(&mut r);
+        assert_eq!(keyframes(&out), 0);
+        assert_eq!(writes(&out)[0].3, last.3 + 3);
+        // A new publisher starts unmuted.
+        r.set_muted(S, MediaKind::Audio, true, at(800));
+        r.add_publisher(LocalPeer(8), S);
+        assert!(r.on_rtp(LocalPeer(8), audio(1, 0), at(810)));
+    }
+
+    /// Defect caught: the old worker's per-slot `limiters` and `muted` entries (keyed by the
+    /// slot's strings) were never removed, so every stream ever published or muted stayed in
+    /// memory for the worker's life.
+    #[test]
+    fn removal_leaves_nothing_behind() {
+        let mut r = Router::new(0);
+        for round in 0..50u32 {
+            let stream = StreamId(round);
+            let publisher = LocalPeer(round % 4);
+            r.add_publisher(publisher, stream);
+            r.on_connected(publisher, at(0));
+            let subs: Vec<LocalPeer> = (0..3).map(|i| LocalPeer(10 + i + round % 7)).collect();
+            for s in &subs {
+                r.add_subscriber(*s, stream, &av(100));
+                r.on_connected(*s, at(u64::from(round)));
+            }
+            r.on_rtp(publisher, video(1, 0), at(u64::from(round)));
+            r.on_keyframe_request(subs[0], at(u64::from(round)));
+            r.set_muted(stream, MediaKind::Audio, true, at(1));
+            r.set_muted(stream, MediaKind::Video, true, at(1));
+            r.set_muted(stream, MediaKind::Video, false, at(2));
+            r.on_interest(stream, 3, true);
+            assert_eq!(
+                r.len(),
+                RouterLen {
+                    peers: 4,
+                    streams: 1
+                }
+            );
+            // Remove in a different order each round.
+            if round % 2 == 0 {
+                r.remove_peer(publisher);
+            }
+            for s in &subs {
+                r.remove_peer(*s);
+            }
+            r.remove_peer(publisher);
+            r.on_interest(stream, 3, false);
+            outputs(&mut r);
+            assert!(r.is_empty(), "round {round}: {:?}", r.len());
+        }
+        // Removing an unknown peer is harmless; interest alone keeps a stream until withdrawn.
+        r.remove_peer(LocalPeer(99));
+        r.on_interest(S, 1, true);
+        assert_eq!(r.len().streams, 1);
+        r.on_interest(S, 1, false);
+        assert!(r.is_empty());
+        assert!(r.peers.is_empty(), "the peer table shrinks");
+    }
+}
