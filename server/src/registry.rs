@@ -900,6 +900,17 @@ impl Registry {
             .unwrap_or_else(|_| Err(gone("the room closed".into())))
     }
 
+    /// A media peer closed on its own (ICE lost, connect timeout, worker fault): forget it
+    /// wherever a room records it. Rare, so every room is looked at.
+    pub fn peer_closed(&self, peer: PeerId) {
+        let cores: Vec<SharedRoom> = self.lock().rooms.values().map(|e| e.core.clone()).collect();
+        for core in cores {
+            let mut core = lock_room(&core);
+            core.publishers.retain(|_, p| *p != peer);
+            core.subscriptions.retain(|_, p| *p != peer);
+        }
+    }
+
     /// Close every session and stop accepting joins.
     pub fn shutdown(&self) {
         let mut rooms = self.lock();

@@ -168,6 +168,17 @@ pub async fn run(
     };
     let handles = room_arbiters.iter().map(|a| a.handle()).collect();
     let registry = Registry::new(room_ctx, handles);
+    if let Some(mut events) = media.take_events() {
+        let registry = registry.clone();
+        actix_web::rt::spawn(async move {
+            while let Some(crate::media::MediaEvent::PeerClosed { peer, reason }) =
+                events.recv().await
+            {
+                tracing::debug!(peer, ?reason, "media peer closed on its own");
+                registry.peer_closed(peer);
+            }
+        });
+    }
     let shared = Arc::new(SessionShared {
         config: config.clone(),
         metrics,
