@@ -466,6 +466,7 @@ async fn a_member_whose_signalling_drops_loses_its_subscriptions_at_once() {
     )
     .await;
     server.stop().unwrap();
+}
 
 /// The media plane on its own (no signalling): a publisher and a subscriber on one worker,
 /// synthetic Opus packets between them.
