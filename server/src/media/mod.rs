@@ -80,13 +80,12 @@ pub struct SlotKey {
     pub stream_type: StreamType,
 }
 
-/// A published stream's publisher peer and what it sends.
+/// A published stream's current publisher peer (its video format is kept apart, from publish
+/// to unpublish: see `SlotTable::formats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PublisherInfo {
     /// The publisher's peer.
     pub peer: PeerId,
-    /// Its video format (none: audio only).
-    pub video: Option<sdp::VideoFormat>,
 }
 
 /// What a publisher's offer was answered with.
@@ -825,20 +824,8 @@ mod tests {
         let a = slots.acquire(&slot());
         let b = slots.acquire(&slot());
         assert_eq!(a.id(), b.id());
-        assert_eq!(
-            a.set_publisher(PublisherInfo {
-                peer: 5,
-                video: None
-            }),
-            None
-        );
-        assert_eq!(
-            b.set_publisher(PublisherInfo {
-                peer: 6,
-                video: None
-            }),
-            Some(5)
-        );
+        assert_eq!(a.set_publisher(PublisherInfo { peer: 5 }), None);
+        assert_eq!(b.set_publisher(PublisherInfo { peer: 6 }), Some(5));
         a.clear_publisher(5);
         assert_eq!(slots.publisher(a.id()).map(|p| p.peer), Some(6));
         let first = a.id();

@@ -803,7 +803,7 @@ impl Worker {
         let codecs = video.map_or(VideoCodecs::None, VideoCodecs::Publisher);
         let (rtc, answer) = self.answer(offer, &codecs)?;
         let stream = slot.id();
-        let replaced = slot.set_publisher(PublisherInfo { peer: id, video });
+        let replaced = slot.set_publisher(PublisherInfo { peer: id });
         let lp = self.insert(id, slot, rtc, true, Vec::new());
         self.router.add_publisher(lp, stream);
         self.drain(lp);
