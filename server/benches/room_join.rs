@@ -33,6 +33,7 @@ fn burst(mode: Mode, n: u64, users: &[UserId]) -> usize {
                         Role::Audience
                     }),
                     privileges: None,
+                    kind: Default::default(),
                 },
                 now,
             )

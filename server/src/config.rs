@@ -149,6 +149,9 @@ pub struct LimitsConfig {
     pub messages_per_second: u32,
     /// Burst of signalling messages allowed above the sustained rate.
     pub message_burst: u32,
+    /// Events waiting for one member whose link is not reading them, beyond which the link
+    /// is closed as a slow consumer (1008 "slow consumer"); see `link.rs`.
+    pub max_pending_events: usize,
 }
 
 impl Default for LimitsConfig {
@@ -160,6 +163,7 @@ impl Default for LimitsConfig {
             max_message_bytes: rtcroom_protocol::signal::MAX_MESSAGE_BYTES,
             messages_per_second: 50,
             message_burst: 100,
+            max_pending_events: crate::link::LinkPolicy::default().max_pending_events,
         }
     }
 }
@@ -444,6 +448,9 @@ impl ServerConfig {
             heartbeat_timeout: Duration::from_secs_f64(self.timeouts.heartbeat_timeout_s),
             live_audience_linger: Duration::from_secs_f64(self.timeouts.live_audience_linger_s),
             event_batch: Duration::from_secs_f64(self.timeouts.event_batch_s),
+            link: crate::link::LinkPolicy {
+                max_pending_events: self.limits.max_pending_events.max(1),
+            },
         }
     }
 

@@ -14,7 +14,9 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
+pub mod link;
 pub mod media;
 pub mod metrics;
 pub mod registry;

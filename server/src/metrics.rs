@@ -22,6 +22,8 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     /// Members removed by the server (duplicate kick, admin removal, dismissal, timeout).
     pub kicks: AtomicU64,
+    /// Links closed because they did not read their events (slow consumers).
+    pub slow_consumers: AtomicU64,
     /// Webhooks delivered.
     pub webhooks_delivered: AtomicU64,
     /// Webhooks given up on after all retries.
@@ -128,6 +130,12 @@ impl Metrics {
             "rtcroom_kicks_total",
             "Members removed by the server.",
             self.kicks.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_slow_consumers_total",
+            "Links closed because they did not read their events.",
+            self.slow_consumers.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

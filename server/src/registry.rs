@@ -24,29 +24,11 @@ use rtcroom_protocol::signal::{
 use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, RtcError, UserId};
 
+use crate::link::{CLOSE_AWAY, CLOSE_NORMAL, CLOSE_POLICY, LinkTx, Offered};
 use crate::media::{MediaPlane, PeerId, SlotKey};
 use crate::metrics::Metrics;
 use crate::room::{Effect, JoinInput, Joined, Room, RoomInfo, RoomKey, RoomLimits, SessionId};
 use crate::webhook::{Deliver, WebhookActor};
-
-/// What a room sends to a session actor. Events travel encoded on their own
-/// (`{"event":...}`, encoded once per room, shared by every recipient); the session splices
-/// them into one frame with [`events_frame`](rtcroom_protocol::signal::events_frame).
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub enum ToSession {
-    /// Events to forward, oldest first.
-    Events(Vec<ByteString>),
-    /// Send these events (e.g. client-banned last), then close the socket.
-    Close {
-        /// Last events.
-        last: Vec<ByteString>,
-        /// Close code for the WebSocket close frame.
-        code: actix_web_actors::ws::CloseCode,
-        /// Close reason for the WebSocket close frame.
-        reason: &'static str,
-    },
-}
 
 /// Shared by the registry and all rooms.
 #[derive(Clone)]
@@ -174,20 +156,16 @@ pub struct RoomActor {
     core: SharedRoom,
 }
 
-/// A member's connection as its room sees it.
+/// A member's link as its room sees it.
 struct Connection {
-    recipient: Recipient<ToSession>,
+    link: LinkTx,
     /// Encoded events not yet handed over, oldest first.
     pending: Vec<ByteString>,
 }
 
 impl Connection {
-    fn close(self, code: actix_web_actors::ws::CloseCode, reason: &'static str) {
-        self.recipient.do_send(ToSession::Close {
-            last: self.pending,
-            code,
-            reason,
-        });
+    fn close(self, code: u16, reason: &'static str) {
+        self.link.close(self.pending, code, reason);
     }
 }
 
@@ -234,8 +212,14 @@ struct Stop;
 impl Handler<Flush> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) {
-        lock_room(&self.core).flush();
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
+        let mut core = lock_room(&self.core);
+        core.flush();
+        if !core.dirty.is_empty() && !core.flush_queued {
+            // Some outboxes were full: offer their (coalesced) events again a window later.
+            core.flush_queued = true;
+            ctx.notify_later(Flush, core.ctx.limits.event_batch);
+        }
     }
 }
 
@@ -304,19 +288,48 @@ impl RoomCore {
         }
     }
 
-    /// Hand every pending event to its session.
+    /// Hand every pending event to its link. A full outbox keeps its member's events
+    /// pending (they go out coalesced at a later flush, and the member stays in `dirty`); a
+    /// member with more than the policy's limit waiting is closed as a slow consumer.
     fn flush(&mut self) {
         self.distribute();
         self.flush_queued = false;
         self.last_flush = Some(Instant::now());
+        let mut slow = Vec::new();
         for s in std::mem::take(&mut self.dirty) {
-            if let Some(c) = self.sessions.get_mut(&s)
-                && !c.pending.is_empty()
-            {
-                c.recipient
-                    .do_send(ToSession::Events(std::mem::take(&mut c.pending)));
+            let Some(c) = self.sessions.get_mut(&s) else {
+                continue;
+            };
+            if c.pending.is_empty() {
+                continue;
+            }
+            match c.link.offer(std::mem::take(&mut c.pending)) {
+                Offered::Sent | Offered::Gone => {}
+                Offered::Full(events) => {
+                    c.pending = events;
+                    if c.pending.len() > self.ctx.limits.link.max_pending_events {
+                        slow.push(s);
+                    } else {
+                        self.dirty.push(s);
+                    }
+                }
             }
         }
+        for s in slow {
+            self.slow_consumer(s);
+        }
+    }
+
+    /// Close a member's link as a slow consumer: it counts as disconnected (it keeps its
+    /// place until its heartbeat timeout, as after any dropped connection).
+    fn slow_consumer(&mut self, session: SessionId) {
+        if let Some(c) = self.sessions.remove(&session) {
+            Metrics::inc(&self.ctx.metrics.slow_consumers);
+            tracing::info!(session, "closing a slow consumer's link");
+            c.link.close(Vec::new(), CLOSE_POLICY, "slow consumer");
+        }
+        self.room.disconnected(session);
+        self.close_subscriptions(session);
     }
 
     fn apply(&mut self, effects: Vec<Effect>) {
@@ -343,10 +356,7 @@ impl RoomCore {
                         let text = encode(&ServerEvent::ClientBanned { reason, message });
                         // Events queued for it go first, then the ban, then the close.
                         c.pending.push(ByteString::from(text));
-                        c.close(
-                            actix_web_actors::ws::CloseCode::Normal,
-                            ban_close_reason(reason),
-                        );
+                        c.close(CLOSE_NORMAL, ban_close_reason(reason));
                     }
                 }
                 Effect::Hook(hook) => {
@@ -398,7 +408,7 @@ impl RoomCore {
         if self.room.is_dismissed() {
             self.distribute();
             for (_, c) in self.sessions.drain() {
-                c.close(actix_web_actors::ws::CloseCode::Normal, "room dismissed");
+                c.close(CLOSE_NORMAL, "room dismissed");
             }
             self.registry.forget(self.room.key(), self.id);
             after.stop = true;
@@ -411,11 +421,11 @@ impl RoomCore {
     fn join(
         &mut self,
         input: JoinInput,
-        recipient: Recipient<ToSession>,
+        link: LinkTx,
         actor: &Addr<RoomActor>,
-    ) -> Result<Joined, JoinFailure> {
+    ) -> Result<Joined, (JoinFailure, LinkTx)> {
         if self.room.is_dismissed() {
-            return Err(JoinFailure::Gone);
+            return Err((JoinFailure::Gone, link));
         }
         let session = input.session;
         let now = Instant::now();
@@ -423,14 +433,17 @@ impl RoomCore {
             Ok((res, fx)) => (Ok(res), fx),
             Err(e) => (Err(e), Vec::new()),
         });
+        let mut refused_link = None;
         if result.is_ok() {
             self.sessions.insert(
                 session,
                 Connection {
-                    recipient,
+                    link,
                     pending: Vec::new(),
                 },
             );
+        } else {
+            refused_link = Some(link);
         }
         match after.flush_in {
             Some(d) if d.is_zero() => self.flush(),
@@ -440,7 +453,10 @@ impl RoomCore {
         if after.stop {
             actor.do_send(Stop);
         }
-        result.map_err(JoinFailure::Refused)
+        result.map_err(|e| {
+            let link = refused_link.expect("a refused join kept its link (set just above)");
+            (JoinFailure::Refused(e), link)
+        })
     }
 }
 
@@ -720,24 +736,49 @@ impl Handler<CloseAll> for RoomActor {
         let mut core = lock_room(&self.core);
         core.distribute();
         for (_, c) in core.sessions.drain() {
-            c.close(
-                actix_web_actors::ws::CloseCode::Away,
-                "server shutting down",
-            );
+            c.close(CLOSE_AWAY, "server shutting down");
         }
     }
 }
 
 // ---- registry --------------------------------------------------------------------------------
 
-/// A join, as the session hands it over after checking credentials.
-pub struct JoinRoom {
-    /// The room.
-    pub key: RoomKey,
-    /// The joiner.
-    pub input: JoinInput,
-    /// Where the room sends events.
-    pub recipient: Recipient<ToSession>,
+/// A joined member's handle on its room: what its link's driver uses to make requests.
+#[derive(Clone)]
+pub struct Member {
+    session: SessionId,
+    room: Addr<RoomActor>,
+}
+
+impl Member {
+    /// The member's id.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// A request from the member (anything but a join). A room that has closed answers
+    /// "not in the room".
+    pub async fn request(&self, msg: ClientMessage) -> Result<Option<ReplyData>, RtcError> {
+        self.room
+            .send(RoomRequest {
+                session: self.session,
+                msg,
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(RtcError::invalid_operation(
+                    Some(extra::NOT_ENTERED_ROOM),
+                    "the room has closed",
+                ))
+            })
+    }
+
+    /// The member's link went away without a leave.
+    pub fn disconnected(&self) {
+        self.room.do_send(RoomDisconnected {
+            session: self.session,
+        });
+    }
 }
 
 struct RoomEntry {
@@ -860,30 +901,47 @@ impl Registry {
         }
     }
 
-    /// Join a room, creating it if needed. The join runs right here, on the caller's thread,
-    /// under the room's lock (no message to the room's actor and no wait for its answer); if
-    /// the room ended between lookup and join, a fresh one is made once.
-    pub fn join(self: &Arc<Self>, msg: JoinRoom) -> Result<(Joined, Addr<RoomActor>), RtcError> {
-        let JoinRoom {
-            key,
-            input,
-            recipient,
-        } = msg;
+    /// Join room `key` as `input` over `link`, creating the room if needed. On success, the
+    /// reply for the joiner and its handle for later requests.
+    pub async fn join(
+        self: &Arc<Self>,
+        key: RoomKey,
+        input: JoinInput,
+        link: LinkTx,
+    ) -> Result<(Joined, Member), RtcError> {
+        let session = input.session;
+        let mut link = Some(link);
         for _attempt in 0..2 {
             let (addr, core) = self.room_for(&key, input.mode, input.privileges)?;
-            let joined = lock_room(&core).join(input.clone(), recipient.clone(), &addr);
+            let Some(l) = link.take() else { break };
+            let joined = lock_room(&core).join(input.clone(), l, &addr);
             match joined {
-                Ok(r) => return Ok((r, addr)),
-                Err(JoinFailure::Refused(e)) => return Err(e),
+                Ok(r) => {
+                    return Ok((
+                        r,
+                        Member {
+                            session,
+                            room: addr,
+                        },
+                    ));
+                }
+                Err((JoinFailure::Refused(e), _)) => return Err(e),
                 // The room ended between lookup and join. The step that ended it already
                 // took it out of the registry, so the next lookup makes a fresh one.
-                Err(JoinFailure::Gone) => {}
+                Err((JoinFailure::Gone, l)) => link = Some(l),
             }
         }
         Err(RtcError::new(
             ErrorCode::JoinRoomFailed,
             "the room closed while joining; try again",
         ))
+    }
+
+    /// The mode of room `key` if it exists (links without a mode of their own, WHIP and
+    /// WHEP, take the room's).
+    pub async fn room_mode(&self, key: &RoomKey) -> Option<Mode> {
+        let core = self.lock().rooms.get(key).map(|e| e.core.clone())?;
+        Some(lock_room(&core).room.mode())
     }
 
     /// An admin operation on a room.

@@ -16,6 +16,8 @@ use rtcroom_protocol::signal::{
 use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};
 
+use crate::link::LinkKind;
+
 /// One connection to the server.
 pub type SessionId = u64;
 
@@ -67,6 +69,8 @@ pub struct RoomLimits {
     /// Events to one member are coalesced into at most one frame per this window (the
     /// first after a quiet spell goes out at once).
     pub event_batch: Duration,
+    /// How slow links are treated.
+    pub link: crate::link::LinkPolicy,
 }
 
 impl Default for RoomLimits {
@@ -78,6 +82,7 @@ impl Default for RoomLimits {
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             live_audience_linger: DEFAULT_LIVE_AUDIENCE_LINGER,
             event_batch: DEFAULT_EVENT_BATCH,
+            link: crate::link::LinkPolicy::default(),
         }
     }
 }
@@ -202,6 +207,7 @@ struct Member {
     connected: bool,
     privileges: Option<Privileges>,
     streams: BTreeMap<StreamTypeKey, Stream>,
+    kind: LinkKind,
 }
 
 /// `StreamType` ordered for deterministic iteration.
@@ -242,6 +248,9 @@ pub struct JoinInput {
     pub role: Option<Role>,
     /// PrivateMapKey privileges, when one was presented.
     pub privileges: Option<Privileges>,
+    /// What carries the member (signalling members heartbeat; WHIP/WHEP ones live as long
+    /// as their media peer).
+    pub kind: LinkKind,
 }
 
 /// Everything about a room, for the admin API.
@@ -549,6 +558,7 @@ impl Room {
                 connected: true,
                 privileges: input.privileges,
                 streams: BTreeMap::new(),
+                kind: input.kind,
             },
         );
         Ok((
@@ -583,6 +593,7 @@ impl Room {
             m.connected = true;
             m.last_seen = now;
             m.privileges = input.privileges;
+            m.kind = input.kind;
         }
         if let Some(old) = old {
             self.sessions.remove(&old);
@@ -744,6 +755,7 @@ impl Room {
         let eviction = self
             .members
             .values()
+            .filter(|m| m.kind.heartbeats())
             .map(|m| m.last_seen + self.limits.heartbeat_timeout)
             .min();
         match (eviction, self.dismiss_at) {
@@ -759,7 +771,9 @@ impl Room {
         let silent: Vec<(UserId, Role)> = self
             .members
             .iter()
-            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > timeout)
+            .filter(|(_, m)| {
+                m.kind.heartbeats() && now.saturating_duration_since(m.last_seen) > timeout
+            })
             .map(|(u, m)| (u.clone(), m.role))
             .collect();
         let mut last_role = None;

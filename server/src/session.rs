@@ -2,26 +2,24 @@
 //! limits and size-limits frames, forwards requests to its room and writes replies and events.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
 use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    ClientEnvelope, ClientMessage, JoinRequest, PROTOCOL_VERSION, Reply, ReplyData, ReplyResult,
-    ServerMessage, decode_client, encode, events_frame, joined_reply_frame, request_id,
+    ClientEnvelope, ClientMessage, PROTOCOL_VERSION, Reply, ReplyData, ReplyResult, ServerMessage,
+    decode_client, encode, events_frame, joined_reply_frame, request_id,
 };
-use rtcroom_protocol::usersig::{verify_private_map_key, verify_user_sig};
 use rtcroom_protocol::{ErrorCode, RtcError};
 
 use crate::config::ServerConfig;
+use crate::link::{LinkKind, Outgoing};
 use crate::metrics::Metrics;
-use crate::registry::{JoinRoom, Registry, RoomActor, RoomDisconnected, RoomRequest, ToSession};
-use crate::room::{JoinInput, RoomKey, SessionId};
-
-static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+use crate::registry::{Member, Registry};
+use crate::room::SessionId;
 
 /// Server state shared by all sessions.
 pub struct SessionShared {
@@ -70,8 +68,10 @@ impl TokenBucket {
 enum State {
     /// Waiting for the join.
     New,
+    /// Joining (the room has not answered yet).
+    Joining,
     /// In a room.
-    Joined { room: Addr<RoomActor> },
+    Joined { member: Member },
     /// Left, kicked or closing.
     Closed,
 }
@@ -96,7 +96,7 @@ impl SessionActor {
             Instant::now(),
         );
         SessionActor {
-            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            id: crate::auth::next_session_id(),
             shared,
             state: State::New,
             bucket,
@@ -142,65 +142,6 @@ impl SessionActor {
         ctx.stop();
     }
 
-    /// Check the join's credentials and ids; on success, what the room needs.
-    fn check_join(&self, j: &JoinRequest) -> Result<(RoomKey, JoinInput), RtcError> {
-        let config = &self.shared.config;
-        let app = config.app(j.sdk_app_id).ok_or_else(|| {
-            RtcError::with_extra(
-                ErrorCode::SignalChannelSetupFailed,
-                extra::SDKAPPID_NOT_FOUND,
-                format!("sdkAppId {} is not configured on this server", j.sdk_app_id),
-            )
-        })?;
-        let room_id = j.room()?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let app_id = u64::from(j.sdk_app_id);
-        verify_user_sig(
-            &j.user_sig,
-            app_id,
-            &app.secret_key,
-            j.user_id.as_str(),
-            now,
-        )?;
-        let privileges = match &j.private_map_key {
-            Some(key) => Some(
-                verify_private_map_key(
-                    key,
-                    app_id,
-                    &app.secret_key,
-                    j.user_id.as_str(),
-                    &room_id,
-                    now,
-                )?
-                .privileges(),
-            ),
-            None if app.require_private_map_key => {
-                return Err(RtcError::with_extra(
-                    ErrorCode::JoinRoomFailed,
-                    extra::PRIVILEGE_FLAG_ERROR,
-                    "this app requires a privateMapKey to join",
-                ));
-            }
-            None => None,
-        };
-        Ok((
-            RoomKey {
-                sdk_app_id: j.sdk_app_id,
-                room_id,
-            },
-            JoinInput {
-                session: self.id,
-                user_id: j.user_id.clone(),
-                mode: j.mode,
-                role: j.role,
-                privileges,
-            },
-        ))
-    }
-
     fn join_failed(&self, ctx: &mut ws::WebsocketContext<Self>, id: u64, e: RtcError) {
         let code = e
             .extra_code
@@ -214,26 +155,35 @@ impl SessionActor {
         let id = env.id;
         match (&self.state, env.msg) {
             (State::New, ClientMessage::Join(j)) => {
-                let (key, input) = match self.check_join(&j) {
+                let (key, input) = match crate::auth::check_join(
+                    &self.shared.config,
+                    &j,
+                    self.id,
+                    LinkKind::Signalling,
+                ) {
                     Ok(v) => v,
                     Err(e) => return self.join_failed(ctx, id, e),
                 };
-                // The join runs to completion here (no await): nothing else of this session
-                // is handled before its reply is written.
-                let req = JoinRoom {
-                    key,
-                    input,
-                    recipient: ctx.address().recipient(),
-                };
-                match self.shared.registry.join(req) {
-                    Ok((result, room)) => {
-                        self.state = State::Joined { room };
-                        Metrics::inc(&self.shared.metrics.joins);
-                        let frame = joined_reply_frame(id, result.result, &result.members_json);
-                        self.send_text(ctx, frame);
-                    }
-                    Err(e) => self.join_failed(ctx, id, e),
-                }
+                let (link, outbox) = crate::link::link();
+                ctx.add_stream(outbox.into_stream());
+                self.state = State::Joining;
+                let registry = self.shared.registry.clone();
+                // Nothing else of this session is handled before the join's reply is written.
+                let fut = async move { registry.join(key, input, link).await }
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok((result, member)) => {
+                            act.state = State::Joined { member };
+                            Metrics::inc(&act.shared.metrics.joins);
+                            let frame = joined_reply_frame(id, result.result, &result.members_json);
+                            act.send_text(ctx, frame);
+                        }
+                        Err(e) => {
+                            act.state = State::New;
+                            act.join_failed(ctx, id, e);
+                        }
+                    });
+                ctx.wait(fut);
             }
             (State::New, _) => self.reply(
                 ctx,
@@ -251,21 +201,12 @@ impl SessionActor {
                     "already joined on this connection",
                 )),
             ),
-            (State::Joined { room }, msg) => {
+            (State::Joined { member }, msg) => {
                 let leaving = matches!(msg, ClientMessage::Leave);
-                let fut = room
-                    .send(RoomRequest {
-                        session: self.id,
-                        msg,
-                    })
+                let member = member.clone();
+                let fut = async move { member.request(msg).await }
                     .into_actor(self)
                     .map(move |res, act, ctx| {
-                        let res = res.unwrap_or_else(|_| {
-                            Err(RtcError::invalid_operation(
-                                Some(extra::NOT_ENTERED_ROOM),
-                                "the room has closed",
-                            ))
-                        });
                         act.reply(ctx, id, res);
                         if leaving {
                             act.close(ctx, ws::CloseCode::Normal, "left");
@@ -273,7 +214,7 @@ impl SessionActor {
                     });
                 ctx.wait(fut);
             }
-            (State::Closed, _) => {}
+            (State::Joining | State::Closed, _) => {}
         }
     }
 }
@@ -310,31 +251,32 @@ impl Actor for SessionActor {
             .metrics
             .connections
             .fetch_sub(1, Ordering::Relaxed);
-        if let State::Joined { room } = &self.state {
-            room.do_send(RoomDisconnected { session: self.id });
+        if let State::Joined { member } = &self.state {
+            member.disconnected();
         }
     }
 }
 
-impl Handler<ToSession> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
+impl StreamHandler<Outgoing> for SessionActor {
+    fn handle(&mut self, msg: Outgoing, ctx: &mut Self::Context) {
         match msg {
-            ToSession::Events(events) => {
+            Outgoing::Events(events) => {
                 if let Some(frame) = events_frame(&events) {
                     ctx.text(frame);
                 }
             }
-            ToSession::Close { last, code, reason } => {
+            Outgoing::Close { last, code, reason } => {
                 if let Some(frame) = events_frame(&last) {
                     ctx.text(frame);
                 }
                 // The room already forgot this session: no disconnect notice needed.
-                self.close(ctx, code, reason);
+                self.close(ctx, ws::CloseCode::from(code), reason);
             }
         }
     }
+
+    /// The room dropped its end without a close: nothing to do (the socket stays open).
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
@@ -359,8 +301,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
             ws::Message::Ping(p) => return ctx.pong(&p),
             ws::Message::Pong(_) => return,
             ws::Message::Close(_) => {
-                if let State::Joined { room } = &self.state {
-                    room.do_send(RoomDisconnected { session: self.id });
+                if let State::Joined { member } = &self.state {
+                    member.disconnected();
                 }
                 self.state = State::Closed;
                 ctx.close(None);

@@ -31,6 +31,7 @@ fn join(
             mode: r.mode(),
             role,
             privileges: None,
+            kind: Default::default(),
         },
         now,
     )
@@ -461,6 +462,7 @@ fn privileges_gate_enter_and_publish() {
                 mode: Mode::Rtc,
                 role: None,
                 privileges: Some(Privileges::from_bits(1)),
+                kind: Default::default(),
             },
             t0,
         )
@@ -473,6 +475,7 @@ fn privileges_gate_enter_and_publish() {
             mode: Mode::Rtc,
             role: None,
             privileges: Some(Privileges::from_bits(42)),
+            kind: Default::default(),
         },
         t0,
     )
@@ -509,6 +512,7 @@ fn mode_mismatch_is_refused() {
                 mode: Mode::Live,
                 role: None,
                 privileges: None,
+                kind: Default::default(),
             },
             t0,
         )
