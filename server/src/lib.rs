@@ -6,11 +6,11 @@
 //! (`GET /sdk/trtc.js`), a demo page (`GET /`) and development UserSigs ([`web`]); plain or
 //! TLS (`[tls]`).
 //!
-//! The rules live in [`room::Room`], a clock-free state machine; the actors only drive it:
-//! one `SessionActor` per connection ([`session`]), one `RoomActor` per (sdkAppId, roomId)
-//! and a `Registry` that finds rooms ([`registry`]). A room's state sits behind a lock shared
-//! by its actor (timers, requests, admin calls, event flushes) and the sessions joining it,
-//! which run their join on their own thread. See `docs/protocol.md` for the wire protocol.
+//! The rules live in [`room::Room`], a clock-free state machine; actors only drive it. Rooms
+//! are owned by room shards ([`shard`], one per core, by hash of (sdkAppId, roomId)), found
+//! through a [`registry::RoomDirectory`]; members are links with bounded outboxes ([`link`]):
+//! a signalling WebSocket ([`session`]), and later WHIP/WHEP. Media goes through the SFU's
+//! sans-IO router ([`media`]). See `docs/protocol.md` for the wire protocol.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -23,6 +23,7 @@ pub mod registry;
 pub mod room;
 pub mod server;
 pub mod session;
+pub mod shard;
 pub mod web;
 pub mod webhook;
 

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub kicks: AtomicU64,
     /// Links closed because they did not read their events (slow consumers).
     pub slow_consumers: AtomicU64,
+    /// Rooms dropped because their state machine panicked (their members were told 1011).
+    pub room_faults: AtomicU64,
     /// Webhooks delivered.
     pub webhooks_delivered: AtomicU64,
     /// Webhooks given up on after all retries.
@@ -136,6 +138,12 @@ impl Metrics {
             "rtcroom_slow_consumers_total",
             "Links closed because they did not read their events.",
             self.slow_consumers.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_room_faults_total",
+            "Rooms dropped because their state machine failed.",
+            self.room_faults.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

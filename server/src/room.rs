@@ -17,6 +17,7 @@ use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};
 
 use crate::link::LinkKind;
+use crate::media::PeerId;
 
 /// One connection to the server.
 pub type SessionId = u64;
@@ -179,13 +180,24 @@ pub enum Effect {
         user_id: UserId,
         /// Which.
         stream_type: StreamType,
+        /// Its media peer, when it had one.
+        peer: Option<PeerId>,
     },
-    /// A member is gone: close its subscriptions.
+    /// A member's session is gone (left, removed, or replaced by a resume): close its
+    /// subscriptions' media peers.
     MemberGone {
         /// Who.
         user_id: UserId,
         /// Its session.
         session: SessionId,
+        /// The media peers of its subscriptions.
+        subscriptions: Vec<PeerId>,
+    },
+    /// Close this subscription's media peer (replaced by a new subscription to the same
+    /// stream, or unsubscribed).
+    Unsubscribe {
+        /// The peer.
+        peer: PeerId,
     },
 }
 
@@ -196,6 +208,8 @@ struct Stream {
     audio_muted: bool,
     video_muted: bool,
     video_codec: Option<VideoCodec>,
+    /// The media peer carrying it (none for a signalling-only publish).
+    peer: Option<PeerId>,
 }
 
 #[derive(Clone, Debug)]
@@ -208,6 +222,32 @@ struct Member {
     privileges: Option<Privileges>,
     streams: BTreeMap<StreamTypeKey, Stream>,
     kind: LinkKind,
+    /// Its subscriptions: (publisher, stream) → media peer.
+    subscriptions: BTreeMap<(UserId, StreamTypeKey), PeerId>,
+}
+
+/// A member's media link: (whose stream, which stream, peer).
+pub type MediaLink = (UserId, StreamType, PeerId);
+
+/// What a media peer carries, for the room's index of peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerUse {
+    /// A published stream.
+    Uplink {
+        /// The publisher.
+        user_id: UserId,
+        /// Which stream.
+        stream_type: StreamType,
+    },
+    /// A subscription.
+    Downlink {
+        /// The subscriber.
+        subscriber: UserId,
+        /// Whose stream.
+        publisher: UserId,
+        /// Which stream.
+        stream_type: StreamType,
+    },
 }
 
 /// `StreamType` ordered for deterministic iteration.
@@ -295,6 +335,9 @@ pub struct Room {
     /// How many streams are published, so that a join into a room of thousands where nobody
     /// publishes does not walk every member to list none.
     streams_total: usize,
+    /// Every media peer the room's members hold, and what it carries. The room is the one
+    /// record of who publishes and subscribes what; this index finds a peer's owner in O(1).
+    peers: HashMap<PeerId, PeerUse>,
 }
 
 /// The visible members as a join reply lists them (encoded [`MemberInfo`]s joined by commas),
@@ -355,6 +398,7 @@ impl Room {
             dismissed: false,
             visible: VisibleJson::default(),
             streams_total: 0,
+            peers: HashMap::new(),
         }
     }
 
@@ -559,6 +603,7 @@ impl Room {
                 privileges: input.privileges,
                 streams: BTreeMap::new(),
                 kind: input.kind,
+                subscriptions: BTreeMap::new(),
             },
         );
         Ok((
@@ -588,8 +633,10 @@ impl Room {
     fn resume(&mut self, input: JoinInput, now: Instant) -> (Joined, Vec<Effect>) {
         let user = input.user_id;
         let mut old = None;
+        let mut subscriptions = Vec::new();
         if let Some(m) = self.members.get_mut(&user) {
             old = Some(std::mem::replace(&mut m.session, input.session));
+            subscriptions = std::mem::take(&mut m.subscriptions).into_values().collect();
             m.connected = true;
             m.last_seen = now;
             m.privileges = input.privileges;
@@ -612,10 +659,14 @@ impl Room {
             .into_iter()
             .filter(|s| s.user_id != user)
             .collect();
+        for p in &subscriptions {
+            self.peers.remove(p);
+        }
         let effects = old
             .map(|session| Effect::MemberGone {
                 user_id: user.clone(),
                 session,
+                subscriptions,
             })
             .into_iter()
             .collect();
@@ -653,7 +704,7 @@ impl Room {
             });
         }
         let others = self.others(None);
-        for t in member.streams.keys() {
+        for (t, stream) in &member.streams {
             effects.push(Effect::Event {
                 to: others.clone(),
                 event: ServerEvent::StreamRemoved {
@@ -661,15 +712,9 @@ impl Room {
                     stream_type: (*t).into(),
                 },
             });
-            effects.push(Effect::StreamEnded {
-                user_id: user_id.clone(),
-                stream_type: (*t).into(),
-            });
+            effects.push(self.stream_ended(user_id, *t, stream));
         }
-        effects.push(Effect::MemberGone {
-            user_id: user_id.clone(),
-            session: member.session,
-        });
+        effects.push(self.member_gone(user_id, &member));
         if self.visible(member.role) {
             effects.push(Effect::Event {
                 to: others,
@@ -884,10 +929,12 @@ impl Room {
         has_audio: bool,
         has_video: bool,
     ) -> RtcResult<Vec<Effect>> {
-        self.publish_media(session, stream_type, has_audio, has_video, None)
+        self.publish_media(session, stream_type, has_audio, has_video, None, None)
     }
 
-    /// Publish (or update) a stream whose media was negotiated with `video_codec`.
+    /// Publish (or update) a stream whose media was negotiated with `video_codec` on media
+    /// peer `peer` (which replaces the stream's previous peer: the media plane closed that
+    /// one when it took the new one).
     pub fn publish_media(
         &mut self,
         session: SessionId,
@@ -895,6 +942,7 @@ impl Room {
         has_audio: bool,
         has_video: bool,
         video_codec: Option<VideoCodec>,
+        peer: Option<PeerId>,
     ) -> RtcResult<Vec<Effect>> {
         self.check_publish(session, stream_type, has_audio, has_video)?;
         let (user, m) = self.member_mut(session)?;
@@ -907,11 +955,24 @@ impl Room {
                 audio_muted: false,
                 video_muted: false,
                 video_codec,
+                peer,
             },
         );
         let info = Self::stream_info(&user, key, &m.streams[&key]);
         if previous.is_none() {
             self.streams_total += 1;
+        }
+        if let Some(old) = previous.as_ref().and_then(|p| p.peer) {
+            self.peers.remove(&old);
+        }
+        if let Some(p) = peer {
+            self.peers.insert(
+                p,
+                PeerUse::Uplink {
+                    user_id: user.clone(),
+                    stream_type,
+                },
+            );
         }
         let mut effects = Vec::new();
         let others = self.others(Some(session));
@@ -961,10 +1022,7 @@ impl Room {
                     stream_type,
                 },
             },
-            Effect::StreamEnded {
-                user_id: user.clone(),
-                stream_type,
-            },
+            self.stream_ended(&user, StreamTypeKey::from(stream_type), &old),
         ];
         effects.extend(
             media_hooks(stream_type, (old.has_audio, old.has_video), (false, false))
@@ -1091,31 +1149,24 @@ impl Room {
             return Ok(Vec::new());
         }
         m.role = role;
-        let removed: Vec<StreamTypeKey> = if role == Role::Audience {
-            std::mem::take(&mut m.streams).into_keys().collect()
+        let removed: BTreeMap<StreamTypeKey, Stream> = if role == Role::Audience {
+            std::mem::take(&mut m.streams)
         } else {
-            Vec::new()
+            BTreeMap::new()
         };
         self.streams_total = self.streams_total.saturating_sub(removed.len());
         let others = self.others(Some(session));
-        let mut effects: Vec<Effect> = removed
-            .into_iter()
-            .flat_map(|t| {
-                [
-                    Effect::Event {
-                        to: others.clone(),
-                        event: ServerEvent::StreamRemoved {
-                            user_id: user.clone(),
-                            stream_type: t.into(),
-                        },
-                    },
-                    Effect::StreamEnded {
-                        user_id: user.clone(),
-                        stream_type: t.into(),
-                    },
-                ]
-            })
-            .collect();
+        let mut effects = Vec::new();
+        for (t, stream) in &removed {
+            effects.push(Effect::Event {
+                to: others.clone(),
+                event: ServerEvent::StreamRemoved {
+                    user_id: user.clone(),
+                    stream_type: (*t).into(),
+                },
+            });
+            effects.push(self.stream_ended(&user, *t, stream));
+        }
         effects.push(Effect::Event {
             to: others,
             event: match role {
@@ -1173,16 +1224,10 @@ impl Room {
                     reason: BanReason::RoomDisband,
                     message: "the room has been disbanded by the admin".to_owned(),
                 });
-                for t in m.streams.keys() {
-                    effects.push(Effect::StreamEnded {
-                        user_id: u.clone(),
-                        stream_type: (*t).into(),
-                    });
+                for (t, stream) in &m.streams {
+                    effects.push(self.stream_ended(u, *t, stream));
                 }
-                effects.push(Effect::MemberGone {
-                    user_id: u.clone(),
-                    session: m.session,
-                });
+                effects.push(self.member_gone(u, &m));
                 effects.push(Effect::Hook(Hook {
                     event: HookEvent::ExitRoom,
                     user_id: Some(u.clone()),
@@ -1195,6 +1240,184 @@ impl Room {
             self.dismiss_now(&mut effects);
         }
         effects
+    }
+
+    /// The effect of a stream's end, forgetting its peer.
+    fn stream_ended(&mut self, user: &UserId, t: StreamTypeKey, stream: &Stream) -> Effect {
+        if let Some(p) = stream.peer {
+            self.peers.remove(&p);
+        }
+        Effect::StreamEnded {
+            user_id: user.clone(),
+            stream_type: t.into(),
+            peer: stream.peer,
+        }
+    }
+
+    /// The effect of a member's session ending, forgetting its subscriptions' peers.
+    fn member_gone(&mut self, user: &UserId, m: &Member) -> Effect {
+        let subscriptions: Vec<PeerId> = m.subscriptions.values().copied().collect();
+        for p in &subscriptions {
+            self.peers.remove(p);
+        }
+        Effect::MemberGone {
+            user_id: user.clone(),
+            session: m.session,
+            subscriptions,
+        }
+    }
+
+    /// Record a subscription of `session` to `publisher`'s stream on media peer `peer`, once
+    /// the media is negotiated. Re-checks that the member is still here and the stream still
+    /// published (either may have gone while the media was negotiated). A previous
+    /// subscription to the same stream is replaced: its peer comes back in an
+    /// [`Effect::Unsubscribe`].
+    pub fn add_subscription(
+        &mut self,
+        session: SessionId,
+        publisher: &UserId,
+        stream_type: StreamType,
+        peer: PeerId,
+    ) -> RtcResult<Vec<Effect>> {
+        if !self.has_stream(publisher, stream_type) {
+            return Err(RtcError::new(
+                ErrorCode::RemoteStreamNotExist,
+                format!("{publisher}'s stream ended while subscribing"),
+            ));
+        }
+        let (user, m) = self.member_mut(session)?;
+        let old = m
+            .subscriptions
+            .insert((publisher.clone(), stream_type.into()), peer);
+        self.peers.insert(
+            peer,
+            PeerUse::Downlink {
+                subscriber: user,
+                publisher: publisher.clone(),
+                stream_type,
+            },
+        );
+        Ok(old
+            .map(|old| {
+                self.peers.remove(&old);
+                Effect::Unsubscribe { peer: old }
+            })
+            .into_iter()
+            .collect())
+    }
+
+    /// End `session`'s subscription to `publisher`'s stream.
+    pub fn unsubscribe(
+        &mut self,
+        session: SessionId,
+        publisher: &UserId,
+        stream_type: StreamType,
+    ) -> RtcResult<Vec<Effect>> {
+        let (_, m) = self.member_mut(session)?;
+        let Some(peer) = m
+            .subscriptions
+            .remove(&(publisher.clone(), stream_type.into()))
+        else {
+            return Err(RtcError::invalid_operation(
+                None,
+                "not subscribed to that stream",
+            ));
+        };
+        self.peers.remove(&peer);
+        Ok(vec![Effect::Unsubscribe { peer }])
+    }
+
+    /// End every subscription of `session` (its signalling dropped: nobody reads them).
+    pub fn end_subscriptions(&mut self, session: SessionId) -> Vec<Effect> {
+        let Ok((_, m)) = self.member_mut(session) else {
+            return Vec::new();
+        };
+        let peers: Vec<PeerId> = std::mem::take(&mut m.subscriptions).into_values().collect();
+        peers
+            .into_iter()
+            .map(|peer| {
+                self.peers.remove(&peer);
+                Effect::Unsubscribe { peer }
+            })
+            .collect()
+    }
+
+    /// What media peer `peer` carries, if a member of this room holds it.
+    pub fn peer_use(&self, peer: PeerId) -> Option<&PeerUse> {
+        self.peers.get(&peer)
+    }
+
+    /// Every media peer the room's members hold.
+    pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// `session`'s media peers: (publisher, stream, peer) of its published streams and of its
+    /// subscriptions.
+    pub fn links_of(&self, session: SessionId) -> (Vec<MediaLink>, Vec<MediaLink>) {
+        let Some((user, m)) = self
+            .sessions
+            .get(&session)
+            .and_then(|u| self.members.get(u).map(|m| (u, m)))
+        else {
+            return (Vec::new(), Vec::new());
+        };
+        let up = m
+            .streams
+            .iter()
+            .filter_map(|(t, s)| s.peer.map(|p| (user.clone(), StreamType::from(*t), p)))
+            .collect();
+        let down = m
+            .subscriptions
+            .iter()
+            .map(|((u, t), p)| (u.clone(), StreamType::from(*t), *p))
+            .collect();
+        (up, down)
+    }
+
+    /// A media peer closed on its own (ICE lost, connect timeout, worker fault): forget it.
+    /// A signalling member's published stream stays announced (its client rebuilds the peer
+    /// and publishes again); a WHIP or WHEP member, which lives by its media, leaves.
+    pub fn peer_closed(&mut self, peer: PeerId, now: Instant) -> Vec<Effect> {
+        let Some(usage) = self.peers.remove(&peer) else {
+            return Vec::new();
+        };
+        let owner = match &usage {
+            PeerUse::Uplink {
+                user_id,
+                stream_type,
+            } => {
+                if let Some(s) = self
+                    .members
+                    .get_mut(user_id)
+                    .and_then(|m| m.streams.get_mut(&StreamTypeKey::from(*stream_type)))
+                    && s.peer == Some(peer)
+                {
+                    s.peer = None;
+                }
+                user_id
+            }
+            PeerUse::Downlink {
+                subscriber,
+                publisher,
+                stream_type,
+            } => {
+                if let Some(m) = self.members.get_mut(subscriber) {
+                    let k = (publisher.clone(), StreamTypeKey::from(*stream_type));
+                    if m.subscriptions.get(&k) == Some(&peer) {
+                        m.subscriptions.remove(&k);
+                    }
+                }
+                subscriber
+            }
+        };
+        match self.members.get(owner) {
+            Some(m) if !m.kind.heartbeats() => {
+                let session = m.session;
+                self.leave(session, now)
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The room's members and streams.

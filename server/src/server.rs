@@ -137,6 +137,17 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    run_with(config, listener, metrics, shutdown, |_| {}).await
+}
+
+/// [`run`], handing the room registry to `ready` once the server is up.
+async fn run_with(
+    config: ServerConfig,
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(Arc<Registry>),
+) -> std::io::Result<()> {
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -166,8 +177,8 @@ pub async fn run(
         webhooks,
         media: Some(media.clone()),
     };
-    let handles = room_arbiters.iter().map(|a| a.handle()).collect();
-    let registry = Registry::new(room_ctx, handles);
+    let handles: Vec<_> = room_arbiters.iter().map(|a| a.handle()).collect();
+    let registry = Registry::new(room_ctx, &handles);
     if let Some(mut events) = media.take_events() {
         let registry = registry.clone();
         actix_web::rt::spawn(async move {
@@ -214,6 +225,7 @@ pub async fn run(
     .run();
     let handle = server.handle();
     let server_task = actix_web::rt::spawn(server);
+    ready(registry.clone());
     shutdown.await;
     tracing::info!("shutting down: closing sessions");
     registry.shutdown();
@@ -256,6 +268,7 @@ pub struct RunningServer {
     addr: SocketAddr,
     tls: bool,
     metrics: Arc<Metrics>,
+    registry: Option<Arc<Registry>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
@@ -273,20 +286,39 @@ impl RunningServer {
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let m = metrics.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("rtcroom-server".into())
             .spawn(move || {
-                actix_web::rt::System::new().block_on(run(config, listener, m, async move {
-                    let _ = rx.await;
-                }))
+                actix_web::rt::System::new().block_on(run_with(
+                    config,
+                    listener,
+                    m,
+                    async move {
+                        let _ = rx.await;
+                    },
+                    move |registry| {
+                        let _ = ready_tx.send(registry);
+                    },
+                ))
             })?;
-        Ok(RunningServer {
+        let mut server = RunningServer {
             addr,
             tls,
             metrics,
+            registry: None,
             stop: Some(tx),
             thread: Some(thread),
-        })
+        };
+        // Up in milliseconds; if it failed instead, the thread's error says why.
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(registry) => server.registry = Some(registry),
+            Err(_) => {
+                server.stop_inner()?;
+                return Err(std::io::Error::other("the server did not start"));
+            }
+        }
+        Ok(server)
     }
 
     /// The bound address.
@@ -309,6 +341,13 @@ impl RunningServer {
     /// The server's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The server's room registry (for tests and tools in the same process).
+    pub fn registry(&self) -> &Arc<Registry> {
+        self.registry
+            .as_ref()
+            .expect("set by spawn before it returns the server")
     }
 
     /// Shut down and wait for the thread.

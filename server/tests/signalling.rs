@@ -585,3 +585,95 @@ async fn shutdown_closes_sessions_within_a_bound() {
     stopper.join().unwrap().unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(8));
 }
+
+#[tokio::test]
+async fn a_room_that_fails_closes_its_links_with_1011_and_can_be_joined_again() {
+    let server = start(config());
+    let url = server.ws_url();
+    let (mut alice, _) = joined(&url, "alice", "2001", Mode::Rtc, None).await;
+    let (mut bob, _) = joined(&url, "bob", "2001", Mode::Rtc, None).await;
+    assert_eq!(
+        alice.event().await,
+        ServerEvent::PeerJoin {
+            user_id: uid("bob")
+        }
+    );
+    let (mut carol, _) = joined(&url, "carol", "2002", Mode::Rtc, None).await;
+    let key = rtcroom_server::room::RoomKey {
+        sdk_app_id: APP,
+        room_id: RoomId::numeric(2001).unwrap(),
+    };
+    assert!(server.registry().inject_room_fault(&key).await);
+    // The room's next step (this request, or its timer) panics: both members are told.
+    let _ = alice.send(ClientMessage::Heartbeat).await;
+    for c in [&mut alice, &mut bob] {
+        let frame = c.closed().await.expect("a close frame");
+        assert_eq!(frame.code, CloseCode::Error, "1011: {frame:?}");
+        assert_eq!(frame.reason.as_str(), "room failed");
+    }
+    assert_eq!(
+        server
+            .metrics()
+            .room_faults
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The process carries on: the other room is untouched, and the failed one can be
+    // joined again (a fresh room).
+    carol.request(ClientMessage::Heartbeat).await.unwrap();
+    let (_alice, r) = joined(&url, "alice", "2001", Mode::Rtc, None).await;
+    assert!(r.members.is_empty(), "a fresh room: {:?}", r.members);
+    assert!(
+        !server
+            .registry()
+            .inject_room_fault(&rtcroom_server::room::RoomKey {
+                sdk_app_id: APP,
+                room_id: RoomId::numeric(2999).unwrap(),
+            })
+            .await
+    );
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_first_join_creates_no_room() {
+    let server = start(config());
+    let url = server.ws_url();
+    let room = RoomId::numeric(2101).unwrap();
+    // May create the room (bit 1) but not enter it (bit 2).
+    let mut j = join_req("alice", "2101", Mode::Rtc, None);
+    j.private_map_key = Some(gen_private_map_key(
+        u64::from(APP),
+        KEY,
+        "alice",
+        300,
+        now(),
+        &room,
+        Privileges::from_bits(1),
+    ));
+    let mut c = Client::connect(&url).await;
+    let e = c.join(j).await.unwrap_err();
+    assert_eq!(e.extra_code, Some(-102011), "{e:?}");
+    assert_eq!(
+        server
+            .metrics()
+            .rooms
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // Nobody can enter a room that was never created without the create bit.
+    let mut j = join_req("bob", "2101", Mode::Rtc, None);
+    j.private_map_key = Some(gen_private_map_key(
+        u64::from(APP),
+        KEY,
+        "bob",
+        300,
+        now(),
+        &room,
+        Privileges::from_bits(2),
+    ));
+    let mut c = Client::connect(&url).await;
+    let e = c.join(j).await.unwrap_err();
+    assert_eq!(e.extra_code, Some(-102010), "{e:?}");
+    server.stop().unwrap();
+}

@@ -213,7 +213,7 @@ fn a_dropped_member_rejoins_without_anyone_noticing() {
     // The old session's subscriptions close; the new one subscribes again.
     assert!(fx.iter().any(|e| matches!(
         e,
-        Effect::MemberGone { session: 1, user_id } if *user_id == uid("alice")
+        Effect::MemberGone { session: 1, user_id, .. } if *user_id == uid("alice")
     )));
     // The reply lists the others and their streams, not alice herself.
     let members: Vec<_> = reply.members.iter().map(|m| m.user_id.clone()).collect();
@@ -611,4 +611,154 @@ fn join_stream_lists_follow_publish_unpublish_leaves_kicks_and_role_changes() {
     r.publish(1, main, true, true).unwrap();
     r.dismiss();
     assert!(r.streams().is_empty());
+}
+
+// ---- the room is the one record of media peers ------------------------------------------------
+
+fn released(effects: &[Effect]) -> Vec<PeerId> {
+    let mut out: Vec<PeerId> = effects
+        .iter()
+        .flat_map(|e| match e {
+            Effect::StreamEnded { peer, .. } => peer.iter().copied().collect(),
+            Effect::MemberGone { subscriptions, .. } => subscriptions.clone(),
+            Effect::Unsubscribe { peer } => vec![*peer],
+            _ => Vec::new(),
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+fn join_kind(r: &mut Room, session: SessionId, user: &str, kind: LinkKind, now: Instant) {
+    r.join(
+        JoinInput {
+            session,
+            user_id: uid(user),
+            mode: r.mode(),
+            role: None,
+            privileges: None,
+            kind,
+        },
+        now,
+    )
+    .unwrap();
+}
+
+/// alice (1) publishes main on peer 10; bob (2) subscribes to it on peer 20.
+fn alice_publishes_bob_subscribes(t0: Instant) -> Room {
+    let mut r = room(Mode::Rtc);
+    join(&mut r, 1, "alice", None, t0).unwrap();
+    join(&mut r, 2, "bob", None, t0).unwrap();
+    r.publish_media(1, StreamType::Main, true, true, None, Some(10))
+        .unwrap();
+    assert!(
+        r.add_subscription(2, &uid("alice"), StreamType::Main, 20)
+            .unwrap()
+            .is_empty()
+    );
+    r
+}
+
+#[test]
+fn leaving_releases_the_members_own_peers_only() {
+    let t0 = Instant::now();
+    let mut r = alice_publishes_bob_subscribes(t0);
+    assert!(r.peer_use(10).is_some() && r.peer_use(20).is_some());
+    // bob leaves: his subscription's peer, nothing of alice's.
+    let fx = r.leave(2, t0);
+    assert_eq!(released(&fx), vec![20]);
+    assert_eq!(r.peers().collect::<Vec<_>>(), vec![10]);
+    // alice leaves: her stream's peer.
+    let fx = r.leave(1, t0);
+    assert_eq!(released(&fx), vec![10]);
+    assert_eq!(r.peers().count(), 0);
+}
+
+#[test]
+fn a_second_subscription_to_a_stream_replaces_the_first() {
+    let t0 = Instant::now();
+    let mut r = alice_publishes_bob_subscribes(t0);
+    let fx = r
+        .add_subscription(2, &uid("alice"), StreamType::Main, 21)
+        .unwrap();
+    assert_eq!(released(&fx), vec![20]);
+    assert_eq!(r.peer_use(20), None);
+    let (_, down) = r.links_of(2);
+    assert_eq!(down, vec![(uid("alice"), StreamType::Main, 21)]);
+    assert_eq!(
+        released(&r.unsubscribe(2, &uid("alice"), StreamType::Main).unwrap()),
+        vec![21]
+    );
+    assert!(r.unsubscribe(2, &uid("alice"), StreamType::Main).is_err());
+}
+
+#[test]
+fn a_subscription_to_a_stream_that_ended_meanwhile_is_refused() {
+    let t0 = Instant::now();
+    let mut r = alice_publishes_bob_subscribes(t0);
+    let fx = r.unpublish(1, StreamType::Main).unwrap();
+    assert_eq!(released(&fx), vec![10]);
+    let e = r
+        .add_subscription(2, &uid("alice"), StreamType::Main, 22)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::RemoteStreamNotExist);
+    assert_eq!(r.peer_use(22), None);
+}
+
+#[test]
+fn a_dropped_signalling_link_ends_its_subscriptions_but_keeps_its_streams() {
+    let t0 = Instant::now();
+    let mut r = alice_publishes_bob_subscribes(t0);
+    r.publish_media(2, StreamType::Main, true, false, None, Some(11))
+        .unwrap();
+    r.disconnected(2);
+    assert_eq!(released(&r.end_subscriptions(2)), vec![20]);
+    assert_eq!(r.links_of(2).0, vec![(uid("bob"), StreamType::Main, 11)]);
+}
+
+#[test]
+fn dismissing_releases_every_peer() {
+    let t0 = Instant::now();
+    let mut r = alice_publishes_bob_subscribes(t0);
+    assert_eq!(released(&r.dismiss()), vec![10, 20]);
+    assert_eq!(r.peers().count(), 0);
+}
+
+#[test]
+fn a_signalling_publishers_lost_peer_is_forgotten_and_its_stream_stays() {
+    let t0 = Instant::now();
+    let mut r = alice_publishes_bob_subscribes(t0);
+    assert!(r.peer_closed(10, t0).is_empty());
+    assert!(r.has_stream(&uid("alice"), StreamType::Main));
+    assert_eq!(r.links_of(1).0, vec![]);
+    // A closed peer is forgotten once; a re-publish takes a new one.
+    assert!(r.peer_closed(10, t0).is_empty());
+    r.publish_media(1, StreamType::Main, true, true, None, Some(12))
+        .unwrap();
+    assert_eq!(r.links_of(1).0, vec![(uid("alice"), StreamType::Main, 12)]);
+}
+
+#[test]
+fn a_whip_member_leaves_when_its_peer_closes_and_is_never_evicted_for_silence() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Rtc);
+    join(&mut r, 1, "viewer", None, t0).unwrap();
+    join_kind(&mut r, 2, "obs", LinkKind::Whip, t0);
+    r.publish_media(2, StreamType::Main, true, true, None, Some(30))
+        .unwrap();
+    // Long past the heartbeat timeout, only the silent signalling member is evicted.
+    let later = t0 + RoomLimits::default().heartbeat_timeout * 2;
+    r.heartbeat(1, later);
+    assert!(r.tick(later).is_empty());
+    assert_eq!(r.user_of(2), Some(&uid("obs")));
+    // Its media peer closes: it leaves, and the viewer hears of it.
+    let fx = r.peer_closed(30, later);
+    assert_eq!(r.user_of(2), None);
+    let ev = events(&fx);
+    assert!(ev.iter().any(|(to, e)| *to == 1
+        && matches!(e, ServerEvent::StreamRemoved { user_id, .. } if *user_id == uid("obs"))));
+    assert!(ev.iter().any(|(to, e)| *to == 1
+        && matches!(e, ServerEvent::PeerLeave { user_id, .. } if *user_id == uid("obs"))));
+    // The closed peer is not closed a second time.
+    assert!(released(&fx).is_empty());
 }

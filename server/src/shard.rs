@@ -1,0 +1,1016 @@
+//! Room shards. Rooms are spread over a fixed set of [`RoomShard`] actors (one per core, each
+//! on its own thread), chosen by a hash of (sdkAppId, roomId) ([`crate::registry`]). A shard
+//! owns its rooms outright: the [`Room`] state machine (the one record of membership and of
+//! who publishes and subscribes what), the members' links and their pending events. Nothing
+//! of a room is shared with another thread, so nothing is locked: every input is a message
+//! to the shard, handled as one state-machine step whose [`Effect`]s the shard carries out
+//! (events to links, webhooks, media teardown).
+//!
+//! **Supervision.** Each room step runs under `catch_unwind`. A room that panics is dropped
+//! whole: its members' links are closed with 1011 "room failed" (they can join again at once
+//! and get a fresh room), its media peers are closed, `rtcroom_room_faults_total` counts it,
+//! and the shard and its other rooms carry on.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use rtcroom_protocol::error::extra;
+use rtcroom_protocol::signal::{
+    BanReason, ClientMessage, MemberStats, ReplyData, ServerEvent, StreamType, encode,
+};
+use rtcroom_protocol::usersig::Privilege;
+use rtcroom_protocol::{ErrorCode, Mode, RtcError, UserId};
+
+use crate::link::{CLOSE_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_POLICY, LinkTx, Offered};
+use crate::media::{MediaPlane, PeerId, SlotKey};
+use crate::metrics::Metrics;
+use crate::registry::{AdminOp, AdminReply, RoomContext};
+use crate::room::{Effect, JoinInput, Joined, Room, RoomKey, SessionId};
+
+/// Session ids hashed with one multiply (Fibonacci hashing): every event to every member
+/// looks its session up, and SipHash dominated a burst of joins into a big room. The ids come
+/// from a process-wide counter, not from the network, so there is nothing to flood.
+#[derive(Default, Clone, Copy)]
+pub struct SessionIdHasher(u64);
+
+impl std::hash::Hasher for SessionIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by session id.
+pub type SessionMap<V> = HashMap<SessionId, V, std::hash::BuildHasherDefault<SessionIdHasher>>;
+
+/// How long to wait before flushing events that just became pending: at once when the last
+/// flush is a whole `window` ago, else until it is.
+pub fn flush_delay(last_flush: Option<Instant>, now: Instant, window: Duration) -> Duration {
+    match last_flush {
+        Some(last) => (last + window).saturating_duration_since(now),
+        None => Duration::ZERO,
+    }
+}
+
+fn ban_close_reason(reason: BanReason) -> &'static str {
+    match reason {
+        BanReason::Kick => "kick",
+        BanReason::Banned => "banned",
+        BanReason::RoomDisband => "room_disband",
+        BanReason::UserTimeOut => "user_time_out",
+    }
+}
+
+fn not_in_room(what: &str) -> RtcError {
+    RtcError::invalid_operation(Some(extra::NOT_ENTERED_ROOM), what.to_owned())
+}
+
+// ---- messages ---------------------------------------------------------------------------------
+
+/// Join room `key` (created if needed) over `link`.
+#[derive(Message)]
+#[rtype(result = "Result<Joined, RtcError>")]
+pub struct Join {
+    /// The room.
+    pub key: RoomKey,
+    /// The joiner, its credentials already checked.
+    pub input: JoinInput,
+    /// Where the room sends the member's events.
+    pub link: LinkTx,
+}
+
+/// A request from a joined member.
+#[derive(Message)]
+#[rtype(result = "Result<Option<ReplyData>, RtcError>")]
+pub struct Request {
+    /// The member's room.
+    pub key: RoomKey,
+    /// Who.
+    pub session: SessionId,
+    /// What (not a join).
+    pub msg: ClientMessage,
+}
+
+/// A member's link closed without a leave.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnected {
+    /// The member's room.
+    pub key: RoomKey,
+    /// Who.
+    pub session: SessionId,
+}
+
+/// An admin operation on a room.
+#[derive(Message)]
+#[rtype(result = "Result<AdminReply, RtcError>")]
+pub struct Admin {
+    /// The room.
+    pub key: RoomKey,
+    /// What.
+    pub op: AdminOp,
+}
+
+/// The mode of a room, if it exists.
+#[derive(Message)]
+#[rtype(result = "Option<Mode>")]
+pub struct ModeOf(pub RoomKey);
+
+/// A media peer closed on its own.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct PeerClosed(pub PeerId);
+
+/// Close every link and refuse new joins (server shutdown).
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct CloseAll;
+
+/// Make the next step of room `key` panic (tests of the supervision).
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct InjectFault(pub RoomKey);
+
+/// Hand room `key`'s pending events to their links (the room with that id, not a newer one
+/// under the same key).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush {
+    key: RoomKey,
+    id: u64,
+}
+
+// ---- one room's state -------------------------------------------------------------------------
+
+/// A member's link as its room sees it.
+struct Connection {
+    link: LinkTx,
+    /// Encoded events not yet handed over, oldest first.
+    pending: Vec<ByteString>,
+}
+
+/// One room: the state machine plus its members' links and pending events.
+struct RoomCore {
+    room: Room,
+    id: u64,
+    /// The members' links. Events are coalesced: a flush runs at most once per batch window
+    /// ([`crate::room::RoomLimits::event_batch`]), so a burst of joins costs each member one
+    /// frame per window, not one per event, while a lone event on a quiet room goes out at
+    /// once.
+    links: SessionMap<Connection>,
+    /// Events not yet handed to their recipients' `pending` lists, oldest first. A join into
+    /// a room of N members raises an event for N others; queuing it once here keeps that
+    /// O(N) fan-out out of the join and does it at the next flush.
+    log: Vec<(ByteString, Vec<SessionId>)>,
+    /// Members with pending events, each once.
+    dirty: Vec<SessionId>,
+    flush_queued: bool,
+    last_flush: Option<Instant>,
+    /// The next step panics (fault injection).
+    fault: bool,
+}
+
+/// What the shard has left to do after a room step.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+struct After {
+    /// Schedule a flush after this long (zero: at once).
+    flush_in: Option<Duration>,
+    /// The room is over: drop it.
+    over: bool,
+}
+
+impl RoomCore {
+    fn new(room: Room, id: u64) -> RoomCore {
+        RoomCore {
+            room,
+            id,
+            links: SessionMap::default(),
+            log: Vec::new(),
+            dirty: Vec::new(),
+            flush_queued: false,
+            last_flush: None,
+            fault: false,
+        }
+    }
+
+    fn slot(&self, user: UserId, stream_type: StreamType) -> SlotKey {
+        SlotKey {
+            room: self.room.key().clone(),
+            user,
+            stream_type,
+        }
+    }
+
+    /// Move the logged events into their recipients' `pending` lists.
+    fn distribute(&mut self) {
+        for (text, to) in std::mem::take(&mut self.log) {
+            for s in &to {
+                if let Some(c) = self.links.get_mut(s) {
+                    if c.pending.is_empty() {
+                        self.dirty.push(*s);
+                    }
+                    c.pending.push(text.clone());
+                }
+            }
+        }
+    }
+
+    /// Hand every pending event to its link. A full outbox keeps its member's events pending
+    /// (they go out coalesced at a later flush, and the member stays dirty); a member with
+    /// more than the policy's limit waiting is closed as a slow consumer.
+    fn flush(&mut self, ctx: &RoomContext) {
+        self.distribute();
+        self.flush_queued = false;
+        self.last_flush = Some(Instant::now());
+        let mut slow = Vec::new();
+        for s in std::mem::take(&mut self.dirty) {
+            let Some(c) = self.links.get_mut(&s) else {
+                continue;
+            };
+            if c.pending.is_empty() {
+                continue;
+            }
+            match c.link.offer(std::mem::take(&mut c.pending)) {
+                Offered::Sent | Offered::Gone => {}
+                Offered::Full(events) => {
+                    c.pending = events;
+                    if c.pending.len() > ctx.limits.link.max_pending_events {
+                        slow.push(s);
+                    } else {
+                        self.dirty.push(s);
+                    }
+                }
+            }
+        }
+        for s in slow {
+            if let Some(c) = self.links.remove(&s) {
+                Metrics::inc(&ctx.metrics.slow_consumers);
+                tracing::info!(session = s, room = %self.room.key(), "closing a slow consumer");
+                c.link.close(Vec::new(), CLOSE_POLICY, "slow consumer");
+            }
+            // As after any dropped connection: it keeps its place until its heartbeat
+            // timeout, and nobody reads its subscriptions any more.
+            self.room.disconnected(s);
+            let fx = self.room.end_subscriptions(s);
+            self.apply(ctx, fx);
+        }
+    }
+
+    fn apply(&mut self, ctx: &RoomContext, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Event { to, event } => {
+                    if to.is_empty() {
+                        continue;
+                    }
+                    ctx.metrics
+                        .messages_out
+                        .fetch_add(to.len() as u64, Ordering::Relaxed);
+                    self.log.push((ByteString::from(encode(&event)), to));
+                }
+                Effect::Remove {
+                    session,
+                    reason,
+                    message,
+                } => {
+                    Metrics::inc(&ctx.metrics.kicks);
+                    self.distribute();
+                    if let Some(mut c) = self.links.remove(&session) {
+                        let text = encode(&ServerEvent::ClientBanned { reason, message });
+                        // Events queued for it go first, then the ban, then the close.
+                        c.pending.push(ByteString::from(text));
+                        c.link
+                            .close(c.pending, CLOSE_NORMAL, ban_close_reason(reason));
+                    }
+                }
+                Effect::Hook(hook) => {
+                    if let Some(w) = &ctx.webhooks {
+                        w.do_send(crate::webhook::Deliver {
+                            key: self.room.key().clone(),
+                            hook,
+                        });
+                    }
+                }
+                Effect::StreamEnded {
+                    user_id,
+                    stream_type,
+                    peer,
+                } => {
+                    if let (Some(peer), Some(media)) = (peer, &ctx.media) {
+                        media.unpublish(&self.slot(user_id, stream_type), peer);
+                    }
+                }
+                Effect::MemberGone { subscriptions, .. } => {
+                    if let Some(media) = &ctx.media {
+                        for peer in subscriptions {
+                            media.unsubscribe(peer);
+                        }
+                    }
+                }
+                Effect::Unsubscribe { peer } => {
+                    if let Some(media) = &ctx.media {
+                        media.unsubscribe(peer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run `f` on the room and apply its effects; keeps the member gauge right and closes the
+    /// links of a room that is over. Panics (a bug) propagate to the shard's `catch_unwind`.
+    fn step<T>(
+        &mut self,
+        ctx: &RoomContext,
+        f: impl FnOnce(&mut Room) -> (T, Vec<Effect>),
+    ) -> (T, After) {
+        if std::mem::take(&mut self.fault) {
+            panic!("injected room fault");
+        }
+        let before = self.room.len() as i64;
+        let (out, effects) = f(&mut self.room);
+        self.apply(ctx, effects);
+        let mut after = After::default();
+        if (!self.dirty.is_empty() || !self.log.is_empty()) && !self.flush_queued {
+            self.flush_queued = true;
+            after.flush_in = Some(flush_delay(
+                self.last_flush,
+                Instant::now(),
+                ctx.limits.event_batch,
+            ));
+        }
+        let now_len = self.room.len() as i64;
+        ctx.metrics
+            .members
+            .fetch_add(now_len - before, Ordering::Relaxed);
+        if self.room.is_dismissed() {
+            self.distribute();
+            for (_, c) in self.links.drain() {
+                c.link.close(c.pending, CLOSE_NORMAL, "room dismissed");
+            }
+            after.over = true;
+        }
+        (out, after)
+    }
+}
+
+// ---- the shard --------------------------------------------------------------------------------
+
+/// Owns a share of the server's rooms (see the module docs).
+pub struct RoomShard {
+    ctx: RoomContext,
+    rooms: HashMap<RoomKey, RoomCore>,
+    next_id: u64,
+    closing: bool,
+}
+
+type Reply<T> = Result<T, RtcError>;
+type RequestResult = Reply<Option<ReplyData>>;
+
+impl RoomShard {
+    /// A shard with no rooms yet.
+    pub fn new(ctx: RoomContext) -> RoomShard {
+        RoomShard {
+            ctx,
+            rooms: HashMap::new(),
+            next_id: 1,
+            closing: false,
+        }
+    }
+
+    /// Run one step of room `key` under `catch_unwind`, then carry out what it left to do
+    /// (flush, drop the room). `None`: no such room (or it has id other than `id`), or it
+    /// panicked and was dropped.
+    fn step<T>(
+        &mut self,
+        key: &RoomKey,
+        id: Option<u64>,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut RoomCore, &RoomContext) -> (T, After),
+    ) -> Option<T> {
+        let core = self.rooms.get_mut(key)?;
+        if id.is_some_and(|id| id != core.id) {
+            return None;
+        }
+        let rctx = &self.ctx;
+        match catch_unwind(AssertUnwindSafe(|| f(core, rctx))) {
+            Ok((out, after)) => {
+                self.follow_up(key, after, ctx);
+                Some(out)
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(room = %key, panic = %what, "room failed; dropping it");
+                self.fail_room(key);
+                None
+            }
+        }
+    }
+
+    fn follow_up(&mut self, key: &RoomKey, after: After, ctx: &mut Context<Self>) {
+        if after.over {
+            self.drop_room(key);
+            return;
+        }
+        match after.flush_in {
+            Some(d) if d.is_zero() => self.flush(key, None, ctx),
+            Some(d) => {
+                if let Some(core) = self.rooms.get(key) {
+                    ctx.notify_later(
+                        Flush {
+                            key: key.clone(),
+                            id: core.id,
+                        },
+                        d,
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn flush(&mut self, key: &RoomKey, id: Option<u64>, ctx: &mut Context<Self>) {
+        let retry = self.step(key, id, ctx, |core, rctx| {
+            core.flush(rctx);
+            // Outboxes that were full: offer their (coalesced) events again a window later.
+            let retry = !core.dirty.is_empty() && !core.flush_queued;
+            if retry {
+                core.flush_queued = true;
+            }
+            ((retry, core.id), After::default())
+        });
+        if let Some((true, id)) = retry {
+            ctx.notify_later(
+                Flush {
+                    key: key.clone(),
+                    id,
+                },
+                self.ctx.limits.event_batch,
+            );
+        }
+    }
+
+    /// A room that is over: forget it.
+    fn drop_room(&mut self, key: &RoomKey) {
+        if self.rooms.remove(key).is_some() {
+            self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A room that panicked: close its links (1011), release its media, forget it.
+    fn fail_room(&mut self, key: &RoomKey) {
+        let Some(core) = self.rooms.remove(key) else {
+            return;
+        };
+        Metrics::inc(&self.ctx.metrics.room_faults);
+        self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+        self.ctx
+            .metrics
+            .members
+            .fetch_sub(core.room.len() as i64, Ordering::Relaxed);
+        // Read what can be read of a room whose step did not finish; each read is plain
+        // data, so nothing here can panic again.
+        for (_, c) in core.links {
+            c.link.close(Vec::new(), CLOSE_INTERNAL, "room failed");
+        }
+        if let Some(media) = &self.ctx.media {
+            for peer in core.room.peers() {
+                media.close_peer(peer);
+            }
+        }
+    }
+
+    /// The room for a join, created if needed; `true` when created by this join.
+    fn room_for(&mut self, key: &RoomKey, input: &JoinInput) -> Reply<bool> {
+        if self.closing {
+            return Err(RtcError::new(
+                ErrorCode::JoinRoomFailed,
+                "the server is shutting down",
+            ));
+        }
+        if self.rooms.contains_key(key) {
+            return Ok(false);
+        }
+        if let Some(p) = input.privileges
+            && !p.contains(Privilege::CreateRoom)
+        {
+            return Err(RtcError::with_extra(
+                ErrorCode::JoinRoomFailed,
+                extra::NO_PERMISSION_CREATE_ROOM,
+                "the room does not exist and the privateMapKey does not grant creating it (bit 1)",
+            ));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let room = Room::new(key.clone(), input.mode, self.ctx.limits.clone());
+        self.rooms.insert(key.clone(), RoomCore::new(room, id));
+        self.ctx.metrics.rooms.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn media(&self) -> Reply<MediaPlane> {
+        self.ctx.media.clone().ok_or_else(|| {
+            RtcError::new(
+                ErrorCode::NotSupported,
+                "this server runs without the media plane",
+            )
+        })
+    }
+}
+
+impl Actor for RoomShard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Tick often enough that eviction happens within a quarter of the timeout (≤ 1 s).
+        let every = (self.ctx.limits.heartbeat_timeout / 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+        ctx.run_interval(every, |act, ctx| {
+            let now = Instant::now();
+            let keys: Vec<RoomKey> = act.rooms.keys().cloned().collect();
+            for key in keys {
+                act.step(&key, None, ctx, |core, rctx| {
+                    core.step(rctx, |room| ((), room.tick(now)))
+                });
+            }
+        });
+    }
+}
+
+impl Handler<Join> for RoomShard {
+    type Result = Reply<Joined>;
+
+    fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
+        let Join { key, input, link } = msg;
+        let created = self.room_for(&key, &input)?;
+        let session = input.session;
+        let now = Instant::now();
+        let result = self.step(&key, None, ctx, move |core, rctx| {
+            let (res, after) = core.step(rctx, |room| match room.join(input, now) {
+                Ok((joined, mut fx)) => {
+                    if created {
+                        // Only now that every check has passed does the room exist: its
+                        // creation webhook goes out first.
+                        fx.insert(0, room.created());
+                    }
+                    (Ok(joined), fx)
+                }
+                Err(e) => (Err(e), Vec::new()),
+            });
+            if res.is_ok() {
+                core.links.insert(
+                    session,
+                    Connection {
+                        link,
+                        pending: Vec::new(),
+                    },
+                );
+            }
+            let over = after.over || (created && res.is_err());
+            (res.map(|j| (j, created)), After { over, ..after })
+        });
+        // A refused first join left nothing behind: the room was dropped in the step's follow-up
+        // and no webhook went out.
+        match result {
+            Some(Ok((joined, _))) => Ok(joined),
+            Some(Err(e)) => Err(e),
+            None => Err(RtcError::new(
+                ErrorCode::JoinRoomFailed,
+                "the room failed while joining; try again",
+            )),
+        }
+    }
+}
+
+impl Handler<Request> for RoomShard {
+    type Result = ActorResponse<Self, RequestResult>;
+
+    fn handle(&mut self, msg: Request, ctx: &mut Self::Context) -> Self::Result {
+        let Request { key, session, msg } = msg;
+        let gone = || not_in_room("not in the room (removed or timed out)");
+        let Some(id) = self.rooms.get(&key).map(|c| c.id) else {
+            return ActorResponse::reply(Err(gone()));
+        };
+        let now = Instant::now();
+        let media = self.ctx.media.clone();
+        // Synchronous requests, and the checks of those that negotiate media.
+        enum Next {
+            Done(RequestResult),
+            Publish {
+                slot: SlotKey,
+                sdp: String,
+                st: StreamType,
+                audio: bool,
+                video: bool,
+            },
+            Subscribe {
+                slot: SlotKey,
+                sdp: String,
+                audio: bool,
+                video: bool,
+            },
+        }
+        let media_ok = self.media();
+        let next = self.step(&key, Some(id), ctx, |core, rctx| {
+            let Some(me) = core.room.user_of(session).cloned() else {
+                return (Next::Done(Err(gone())), After::default());
+            };
+            core.room.heartbeat(session, now);
+            let none = |r: Result<Vec<Effect>, RtcError>| match r {
+                Ok(fx) => (Ok(None), fx),
+                Err(e) => (Err(e), Vec::new()),
+            };
+            let done = |(r, after): (RequestResult, After)| (Next::Done(r), after);
+            match msg {
+                ClientMessage::Heartbeat => (Next::Done(Ok(None)), After::default()),
+                ClientMessage::GetStats => {
+                    let mut stats = MemberStats::default();
+                    if let Some(media) = &media {
+                        let (up, down) = core.room.links_of(session);
+                        for (user, st, peer) in up {
+                            if let Some(mut l) = media.link_stats(peer) {
+                                (l.user_id, l.stream_type) = (Some(user), Some(st));
+                                stats.uplinks.push(l);
+                            }
+                        }
+                        for (user, st, peer) in down {
+                            if let Some(mut l) = media.link_stats(peer) {
+                                (l.user_id, l.stream_type) = (Some(user), Some(st));
+                                stats.downlinks.push(l);
+                            }
+                        }
+                    }
+                    (
+                        Next::Done(Ok(Some(ReplyData::Stats(stats)))),
+                        After::default(),
+                    )
+                }
+                ClientMessage::Leave => {
+                    core.links.remove(&session);
+                    done(core.step(rctx, |room| (Ok(None), room.leave(session, now))))
+                }
+                ClientMessage::Publish(p) => {
+                    let (st, a, v) = (p.stream_type, p.has_audio, p.has_video);
+                    match (p.sdp, &media) {
+                        (Some(sdp), Some(_)) => match core.room.check_publish(session, st, a, v) {
+                            Ok(()) => (
+                                Next::Publish {
+                                    slot: core.slot(me, st),
+                                    sdp,
+                                    st,
+                                    audio: a,
+                                    video: v,
+                                },
+                                After::default(),
+                            ),
+                            Err(e) => (Next::Done(Err(e)), After::default()),
+                        },
+                        // Signalling only (no offer, or no media plane): announce the stream.
+                        _ => done(core.step(rctx, |room| none(room.publish(session, st, a, v)))),
+                    }
+                }
+                ClientMessage::Unpublish { stream_type } => {
+                    done(core.step(rctx, |room| none(room.unpublish(session, stream_type))))
+                }
+                ClientMessage::Mute {
+                    stream_type,
+                    kind,
+                    muted,
+                } => {
+                    let (r, after) = core.step(rctx, |room| {
+                        none(room.mute(session, stream_type, kind, muted))
+                    });
+                    if r.is_ok()
+                        && let Some(media) = &media
+                    {
+                        media.set_muted(&core.slot(me, stream_type), kind, muted);
+                    }
+                    (Next::Done(r), after)
+                }
+                ClientMessage::SwitchRole { role } => {
+                    done(core.step(rctx, |room| none(room.switch_role(session, role))))
+                }
+                ClientMessage::Subscribe(sub) => {
+                    let (user, st) = (sub.user_id, sub.stream_type);
+                    if let Err(e) = core
+                        .room
+                        .check_subscribe(session, &user, st, sub.audio, sub.video)
+                    {
+                        return (Next::Done(Err(e)), After::default());
+                    }
+                    if let Err(e) = &media_ok {
+                        return (Next::Done(Err(e.clone())), After::default());
+                    }
+                    let Some(sdp) = sub.sdp else {
+                        return (
+                            Next::Done(Err(RtcError::invalid_parameter(
+                                Some(extra::PARAM_REQUIRED),
+                                "subscribe needs an SDP offer (sdp) with recvonly audio/video",
+                            ))),
+                            After::default(),
+                        );
+                    };
+                    (
+                        Next::Subscribe {
+                            slot: core.slot(user, st),
+                            sdp,
+                            audio: sub.audio,
+                            video: sub.video,
+                        },
+                        After::default(),
+                    )
+                }
+                ClientMessage::Unsubscribe {
+                    user_id,
+                    stream_type,
+                } => done(core.step(rctx, |room| {
+                    none(room.unsubscribe(session, &user_id, stream_type))
+                })),
+                ClientMessage::Join(_) => (
+                    Next::Done(Err(RtcError::invalid_operation(
+                        Some(extra::REPEATED_CALL),
+                        "already joined",
+                    ))),
+                    After::default(),
+                ),
+                _ => (
+                    Next::Done(Err(RtcError::invalid_parameter(
+                        None,
+                        "unsupported request",
+                    ))),
+                    After::default(),
+                ),
+            }
+        });
+        let Some(next) = next else {
+            return ActorResponse::reply(Err(RtcError::new(
+                ErrorCode::InvalidOperation,
+                "the room failed; join again",
+            )));
+        };
+        let media = match (&next, media) {
+            (Next::Done(_), _) => None,
+            (_, Some(m)) => Some(m),
+            (_, None) => {
+                return ActorResponse::reply(Err(RtcError::new(
+                    ErrorCode::NotSupported,
+                    "this server runs without the media plane",
+                )));
+            }
+        };
+        match (next, media) {
+            (Next::Done(r), _) => ActorResponse::reply(r),
+            (
+                Next::Publish {
+                    slot,
+                    sdp,
+                    st,
+                    audio,
+                    video,
+                },
+                Some(media),
+            ) => {
+                let fut = async move { (media.publish(slot.clone(), &sdp).await, slot, media) };
+                ActorResponse::r#async(fut.into_actor(self).map(
+                    move |(res, slot, media), act, ctx| {
+                        let published = res?;
+                        let peer = published.peer;
+                        let codec = published.video_codec;
+                        // Commit now that the media is up; the member (or the room) may have
+                        // gone meanwhile.
+                        let committed = act.step(&key, Some(id), ctx, |core, rctx| {
+                            core.step(rctx, |room| {
+                                match room.publish_media(
+                                    session,
+                                    st,
+                                    audio,
+                                    video,
+                                    codec,
+                                    Some(peer),
+                                ) {
+                                    Ok(fx) => (Ok(()), fx),
+                                    Err(e) => (Err(e), Vec::new()),
+                                }
+                            })
+                        });
+                        match committed {
+                            Some(Ok(())) => Ok(Some(ReplyData::Answer {
+                                sdp: published.answer,
+                            })),
+                            Some(Err(e)) => {
+                                media.unpublish(&slot, peer);
+                                Err(e)
+                            }
+                            None => {
+                                media.unpublish(&slot, peer);
+                                Err(not_in_room("the room closed while publishing"))
+                            }
+                        }
+                    },
+                ))
+            }
+            (
+                Next::Subscribe {
+                    slot,
+                    sdp,
+                    audio,
+                    video,
+                },
+                Some(media),
+            ) => {
+                let publisher = slot.user.clone();
+                let st = slot.stream_type;
+                let fut = async move { (media.subscribe(slot, audio, video, &sdp).await, media) };
+                ActorResponse::r#async(fut.into_actor(self).map(move |(res, media), act, ctx| {
+                    let (peer, answer) = res?;
+                    let committed = act.step(&key, Some(id), ctx, |core, rctx| {
+                        core.step(rctx, |room| {
+                            match room.add_subscription(session, &publisher, st, peer) {
+                                Ok(fx) => (Ok(()), fx),
+                                Err(e) => (Err(e), Vec::new()),
+                            }
+                        })
+                    });
+                    match committed {
+                        Some(Ok(())) => Ok(Some(ReplyData::Answer { sdp: answer })),
+                        Some(Err(e)) => {
+                            media.unsubscribe(peer);
+                            Err(e)
+                        }
+                        None => {
+                            media.unsubscribe(peer);
+                            Err(not_in_room("the room closed while subscribing"))
+                        }
+                    }
+                }))
+            }
+            (_, None) => ActorResponse::reply(Err(RtcError::new(
+                ErrorCode::NotSupported,
+                "this server runs without the media plane",
+            ))),
+        }
+    }
+}
+
+impl Handler<Disconnected> for RoomShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnected, ctx: &mut Self::Context) {
+        let Disconnected { key, session } = msg;
+        self.step(&key, None, ctx, |core, rctx| {
+            core.links.remove(&session);
+            // It stays a member until its heartbeat timeout (TRTC keeps it 90 s), but nobody
+            // reads its subscriptions any more: close them now (a resumed client subscribes
+            // again). Its published streams stay: their media may still flow, and a resume
+            // re-publishes them.
+            core.step(rctx, |room| {
+                room.disconnected(session);
+                ((), room.end_subscriptions(session))
+            })
+        });
+    }
+}
+
+impl Handler<Admin> for RoomShard {
+    type Result = Reply<AdminReply>;
+
+    fn handle(&mut self, msg: Admin, ctx: &mut Self::Context) -> Self::Result {
+        let Admin { key, op } = msg;
+        let now = Instant::now();
+        let r = self.step(&key, None, ctx, |core, rctx| match op {
+            AdminOp::Describe => (Ok(AdminReply::Info(core.room.describe())), After::default()),
+            AdminOp::Dismiss => core.step(rctx, |room| (Ok(AdminReply::Done), room.dismiss())),
+            AdminOp::Remove(users) => core.step(rctx, |room| {
+                (Ok(AdminReply::Done), room.remove_users(&users, now))
+            }),
+        });
+        r.unwrap_or_else(|| {
+            Err(RtcError::with_extra(
+                ErrorCode::InvalidParameter,
+                extra::ROOM_NOT_EXIST,
+                format!("room {} does not exist", key.room_id),
+            ))
+        })
+    }
+}
+
+impl Handler<ModeOf> for RoomShard {
+    type Result = Option<Mode>;
+
+    fn handle(&mut self, ModeOf(key): ModeOf, _ctx: &mut Self::Context) -> Self::Result {
+        self.rooms.get(&key).map(|c| c.room.mode())
+    }
+}
+
+impl Handler<PeerClosed> for RoomShard {
+    type Result = ();
+
+    /// Rare (ICE lost, connect timeout, worker fault), so every room of the shard is asked;
+    /// each answers from its own index of peers in O(1).
+    fn handle(&mut self, PeerClosed(peer): PeerClosed, ctx: &mut Self::Context) {
+        let Some(key) = self
+            .rooms
+            .iter()
+            .find(|(_, c)| c.room.peer_use(peer).is_some())
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        let now = Instant::now();
+        self.step(&key, None, ctx, |core, rctx| {
+            core.step(rctx, |room| ((), room.peer_closed(peer, now)))
+        });
+    }
+}
+
+impl Handler<CloseAll> for RoomShard {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseAll, _ctx: &mut Self::Context) {
+        self.closing = true;
+        for core in self.rooms.values_mut() {
+            core.distribute();
+            for (_, c) in core.links.drain() {
+                c.link.close(c.pending, CLOSE_AWAY, "server shutting down");
+            }
+        }
+    }
+}
+
+impl Handler<InjectFault> for RoomShard {
+    type Result = bool;
+
+    fn handle(&mut self, InjectFault(key): InjectFault, _ctx: &mut Self::Context) -> bool {
+        match self.rooms.get_mut(&key) {
+            Some(core) => {
+                core.fault = true;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Handler<Flush> for RoomShard {
+    type Result = ();
+
+    fn handle(&mut self, Flush { key, id }: Flush, ctx: &mut Self::Context) {
+        self.flush(&key, Some(id), ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flush_at_once_after_a_quiet_spell_else_at_the_end_of_the_window() {
+        let t0 = Instant::now();
+        let w = Duration::from_millis(10);
+        assert_eq!(flush_delay(None, t0, w), Duration::ZERO);
+        assert_eq!(
+            flush_delay(Some(t0), t0 + Duration::from_millis(3), w),
+            Duration::from_millis(7)
+        );
+        assert_eq!(flush_delay(Some(t0), t0 + w, w), Duration::ZERO);
+        assert_eq!(
+            flush_delay(Some(t0), t0 + Duration::from_secs(5), w),
+            Duration::ZERO
+        );
+        assert_eq!(flush_delay(Some(t0), t0, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn session_ids_spread_over_buckets() {
+        use std::hash::BuildHasher;
+        let b = std::hash::BuildHasherDefault::<SessionIdHasher>::default();
+        let mut low: std::collections::HashSet<u64> = Default::default();
+        let mut top: std::collections::HashSet<u64> = Default::default();
+        for id in 1..=1024u64 {
+            let h = b.hash_one(id);
+            low.insert(h & 1023);
+            top.insert(h >> 57);
+        }
+        // Sequential ids fill every low-bit bucket and use all 7-bit tags.
+        assert_eq!(low.len(), 1024);
+        assert_eq!(top.len(), 128);
+    }
+}
