@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use actix_web_actors::ws;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RoomContext};
-use crate::session::{SessionActor, SessionShared};
+use crate::session::SessionShared;
 use crate::webhook::WebhookActor;
 
 /// rustls (https webhooks) needs one process-wide crypto provider when several are compiled
@@ -40,10 +39,7 @@ async fn ws_route(
             .content_type("text/plain")
             .body("this origin may not open the signalling WebSocket (web.allowed_origins)\n"));
     }
-    let limit = shared.config.limits.max_message_bytes;
-    ws::WsResponseBuilder::new(SessionActor::new(shared.get_ref().clone()), &req, stream)
-        .frame_size(limit)
-        .start()
+    crate::session::start(&req, stream, shared.get_ref().clone()).await
 }
 
 async fn healthz() -> HttpResponse {

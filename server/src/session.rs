@@ -1,12 +1,19 @@
-//! `SessionActor`: one per WebSocket connection. It checks the join (credentials, ids), rate
-//! limits and size-limits frames, forwards requests to its room and writes replies and events.
+//! The signalling WebSocket link: one task per connection (`actix-ws`). It checks the join
+//! (credentials, ids), rate limits and size-limits frames, hands requests to the member's
+//! room and writes replies and the room's events.
+//!
+//! One task reads the socket, the member's outbox and the join deadline, and is the only
+//! writer, so replies and events go out in the order they were produced. Writes wait for the
+//! socket: a client that stops reading stops this task from draining its outbox, and the room
+//! then applies its slow-consumer policy (`link.rs`).
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
-use actix_web_actors::ws;
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
@@ -16,12 +23,12 @@ use rtcroom_protocol::signal::{
 use rtcroom_protocol::{ErrorCode, RtcError};
 
 use crate::config::ServerConfig;
-use crate::link::{LinkKind, Outgoing};
+use crate::link::{LinkKind, LinkRx, Outgoing};
 use crate::metrics::Metrics;
 use crate::registry::{Member, Registry};
 use crate::room::SessionId;
 
-/// Server state shared by all sessions.
+/// Server state shared by all links.
 pub struct SessionShared {
     /// The configuration.
     pub config: ServerConfig,
@@ -65,93 +72,404 @@ impl TokenBucket {
     }
 }
 
+/// Watches the frame headers in a client's bytes and fails the stream as soon as one declares
+/// a payload over the limit. The WebSocket codec underneath checks a frame's size only once
+/// the whole frame has arrived, buffering it all until then: a header declaring a gigabyte
+/// would hold the connection's memory growing for as long as the client keeps sending.
+struct FrameGuard<S> {
+    inner: S,
+    limit: u64,
+    /// Bytes of the current frame's header seen so far (at most 14).
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    payload_left: u64,
+    tripped: Rc<Cell<bool>>,
+}
+
+impl<S> FrameGuard<S> {
+    fn new(inner: S, limit: usize, tripped: Rc<Cell<bool>>) -> Self {
+        FrameGuard {
+            inner,
+            limit: limit as u64,
+            header: [0; 14],
+            have: 0,
+            payload_left: 0,
+            tripped,
+        }
+    }
+
+    /// Follow the frames through `chunk`; `false` when a header declares too much.
+    fn check(&mut self, chunk: &[u8]) -> bool {
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.payload_left > 0 {
+                let n =
+                    (chunk.len() - i).min(usize::try_from(self.payload_left).unwrap_or(usize::MAX));
+                i += n;
+                self.payload_left -= n as u64;
+                continue;
+            }
+            self.header[self.have] = chunk[i];
+            self.have += 1;
+            i += 1;
+            if self.have < 2 {
+                continue;
+            }
+            let len7 = self.header[1] & 0x7F;
+            let ext = match len7 {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+            if self.have < 2 + ext + mask {
+                continue;
+            }
+            let len = match len7 {
+                126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                127 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&self.header[2..10]);
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            if len > self.limit {
+                return false;
+            }
+            self.have = 0;
+            self.payload_left = len;
+        }
+        true
+    }
+}
+
+impl<S> futures_util::Stream for FrameGuard<S>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>>
+        + Unpin,
+{
+    type Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.tripped.get() {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if self.check(&chunk) {
+                    Poll::Ready(Some(Ok(chunk)))
+                } else {
+                    self.tripped.set(true);
+                    Poll::Ready(Some(Err(actix_web::error::PayloadError::Overflow)))
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Accept a WebSocket upgrade and run its session on this worker's thread.
+pub async fn start(
+    req: &actix_web::HttpRequest,
+    body: actix_web::web::Payload,
+    shared: Arc<SessionShared>,
+) -> Result<actix_web::HttpResponse, actix_web::Error> {
+    use actix_web::FromRequest;
+    let limit = shared.config.limits.max_message_bytes;
+    let tripped = Rc::new(Cell::new(false));
+    let guarded = FrameGuard::new(body.into_inner(), limit, tripped.clone());
+    let mut payload = actix_web::dev::Payload::Stream {
+        payload: Box::pin(guarded)
+            as std::pin::Pin<
+                Box<
+                    dyn futures_util::Stream<
+                            Item = Result<actix_web::web::Bytes, actix_web::error::PayloadError>,
+                        >,
+                >,
+            >,
+    };
+    let body = actix_web::web::Payload::from_request(req, &mut payload).await?;
+    let (response, ws, stream) = actix_ws::handle(req, body)?;
+    // A frame whose header declares more than the limit is refused from its header; a
+    // message assembled from continuation frames is bounded the same way.
+    let stream = stream
+        .max_frame_size(limit)
+        .aggregate_continuations()
+        .max_continuation_size(limit);
+    actix_web::rt::spawn(Session::new(shared, ws, tripped).run(stream));
+    Ok(response)
+}
+
 enum State {
     /// Waiting for the join.
     New,
-    /// Joining (the room has not answered yet).
-    Joining,
-    /// In a room.
-    Joined { member: Member },
-    /// Left, kicked or closing.
-    Closed,
+    /// In a room; its events arrive on `outbox`.
+    Joined {
+        member: Member,
+        outbox: Option<LinkRx>,
+    },
+}
+
+/// How a session ended.
+enum End {
+    /// Close with this code and reason; tell the room the member dropped if it still has it.
+    Close(CloseCode, String),
+    /// The room removed the member (kick, dismissal, shutdown, failure) or it left: close
+    /// without telling the room.
+    Removed(CloseCode, String),
+    /// The socket is gone (client closed or write failed).
+    Gone,
 }
 
 /// One signalling connection.
-pub struct SessionActor {
+struct Session {
     id: SessionId,
     shared: Arc<SessionShared>,
+    ws: actix_ws::Session,
     state: State,
     bucket: TokenBucket,
     /// Messages refused by the rate limiter in a row; the connection closes past the burst.
     strikes: u32,
+    /// The frame guard refused a frame's declared size.
+    oversized: Rc<Cell<bool>>,
 }
 
-impl SessionActor {
-    /// A new session.
-    pub fn new(shared: Arc<SessionShared>) -> Self {
+/// Keeps the open-connections gauge right however the task ends.
+struct Counted(Arc<Metrics>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Session {
+    fn new(
+        shared: Arc<SessionShared>,
+        ws: actix_ws::Session,
+        oversized: Rc<Cell<bool>>,
+    ) -> Session {
         let limits = &shared.config.limits;
         let bucket = TokenBucket::new(
             limits.messages_per_second,
             limits.message_burst,
             Instant::now(),
         );
-        SessionActor {
+        Session {
             id: crate::auth::next_session_id(),
             shared,
+            ws,
             state: State::New,
             bucket,
             strikes: 0,
+            oversized,
         }
     }
 
-    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, msg: &ServerMessage) {
-        self.send_text(ctx, encode(msg));
+    async fn run(
+        mut self,
+        mut stream: impl futures_util::Stream<Item = Result<AggregatedMessage, ProtocolError>> + Unpin,
+    ) {
+        use futures_util::StreamExt;
+        self.shared
+            .metrics
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
+        let _counted = Counted(self.shared.metrics.clone());
+        let join_timeout = Duration::from_secs_f64(self.shared.config.timeouts.join_timeout_s);
+        let join_deadline = tokio::time::Instant::now() + join_timeout;
+        let end = loop {
+            let joining = matches!(self.state, State::New);
+            let outbox = match &mut self.state {
+                State::Joined {
+                    outbox: Some(rx), ..
+                } => Some(rx),
+                _ => None,
+            };
+            let step = tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => self.incoming(msg).await,
+                    None => Err(End::Gone),
+                },
+                out = async { outbox.expect("polled only when present").recv().await },
+                    if outbox.is_some() => self.outgoing(out).await,
+                () = tokio::time::sleep_until(join_deadline), if joining => {
+                    self.join_failed(
+                        0,
+                        RtcError::new(
+                            ErrorCode::JoinRoomFailed,
+                            format!(
+                                "no join within {:.1} s of connecting",
+                                join_timeout.as_secs_f64()
+                            ),
+                        ),
+                    )
+                    .await;
+                    Err(End::Close(CloseCode::Policy, "join timeout".into()))
+                }
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        let (code, reason, tell_room) = match end {
+            End::Close(code, reason) => (Some(code), reason, true),
+            End::Removed(code, reason) => (Some(code), reason, false),
+            End::Gone => (None, String::new(), true),
+        };
+        if tell_room && let State::Joined { member, .. } = &self.state {
+            member.disconnected();
+        }
+        if let Some(code) = code {
+            let _ = self
+                .ws
+                .close(Some(CloseReason {
+                    code,
+                    description: Some(reason),
+                }))
+                .await;
+        }
     }
 
-    fn send_text(&self, ctx: &mut ws::WebsocketContext<Self>, text: String) {
+    async fn send_text(&mut self, text: impl Into<ByteString>) -> Result<(), End> {
         Metrics::inc(&self.shared.metrics.messages_out);
-        ctx.text(text);
+        self.ws.text(text).await.map_err(|_| End::Gone)
     }
 
-    fn reply(
-        &self,
-        ctx: &mut ws::WebsocketContext<Self>,
+    async fn reply(
+        &mut self,
         id: u64,
         result: Result<Option<ReplyData>, RtcError>,
-    ) {
+    ) -> Result<(), End> {
         let result = match result {
             Ok(data) => ReplyResult::Ok { data },
             Err(error) => ReplyResult::Err { error },
         };
-        self.send(
-            ctx,
-            &ServerMessage::Reply(Reply {
-                v: PROTOCOL_VERSION,
-                id,
-                result,
-            }),
-        );
-    }
-
-    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: ws::CloseCode, reason: &str) {
-        self.state = State::Closed;
-        ctx.close(Some(ws::CloseReason {
-            code,
-            description: Some(reason.to_owned()),
+        let text = encode(&ServerMessage::Reply(Reply {
+            v: PROTOCOL_VERSION,
+            id,
+            result,
         }));
-        ctx.stop();
+        self.send_text(text).await
     }
 
-    fn join_failed(&self, ctx: &mut ws::WebsocketContext<Self>, id: u64, e: RtcError) {
+    async fn join_failed(&mut self, id: u64, e: RtcError) {
         let code = e
             .extra_code
             .map(i64::from)
             .unwrap_or(i64::from(e.code.value()));
         self.shared.metrics.join_failed(code);
-        self.reply(ctx, id, Err(e));
+        let _ = self.reply(id, Err(e)).await;
     }
 
-    fn handle_envelope(&mut self, env: ClientEnvelope, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Events or a close from the room.
+    async fn outgoing(&mut self, out: Option<Outgoing>) -> Result<(), End> {
+        match out {
+            Some(Outgoing::Events(events)) => match events_frame(&events) {
+                Some(frame) => self.ws.text(frame).await.map_err(|_| End::Gone),
+                None => Ok(()),
+            },
+            Some(Outgoing::Close { last, code, reason }) => {
+                if let Some(frame) = events_frame(&last) {
+                    self.ws.text(frame).await.map_err(|_| End::Gone)?;
+                }
+                Err(End::Removed(CloseCode::from(code), reason.to_owned()))
+            }
+            None => {
+                // The room let go of the link without a close (it has no more events for
+                // it); the socket stays open for the member's remaining requests.
+                if let State::Joined { outbox, .. } = &mut self.state {
+                    *outbox = None;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A frame from the client.
+    async fn incoming(
+        &mut self,
+        item: Result<AggregatedMessage, ProtocolError>,
+    ) -> Result<(), End> {
+        let limit = self.shared.config.limits.max_message_bytes;
+        let msg = match item {
+            Ok(m) => m,
+            Err(ProtocolError::Overflow) | Err(ProtocolError::Io(_)) if self.oversized.get() => {
+                return Err(End::Close(
+                    CloseCode::Size,
+                    format!("frame over {limit} bytes"),
+                ));
+            }
+            Err(ProtocolError::Overflow) => {
+                return Err(End::Close(
+                    CloseCode::Size,
+                    format!("frame over {limit} bytes"),
+                ));
+            }
+            Err(ProtocolError::Io(e)) if e.to_string().contains("continuation size") => {
+                return Err(End::Close(
+                    CloseCode::Size,
+                    format!("message over {limit} bytes"),
+                ));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket protocol error");
+                return Err(End::Close(CloseCode::Protocol, "protocol error".into()));
+            }
+        };
+        let text: Option<ByteString> = match msg {
+            AggregatedMessage::Text(t) => Some(t),
+            AggregatedMessage::Ping(p) => return self.ws.pong(&p).await.map_err(|_| End::Gone),
+            AggregatedMessage::Pong(_) => return Ok(()),
+            AggregatedMessage::Close(_) => {
+                return Err(End::Close(CloseCode::Normal, String::new()));
+            }
+            // Answered with an error below, after the rate limiter: every data frame costs
+            // the server a reply, so every data frame counts against the limit.
+            AggregatedMessage::Binary(_) => None,
+        };
+        Metrics::inc(&self.shared.metrics.messages_in);
+        if !self.bucket.take(Instant::now()) {
+            self.strikes += 1;
+            if self.strikes > self.shared.config.limits.message_burst {
+                return Err(End::Close(CloseCode::Policy, "message flood".into()));
+            }
+            let rate = self.shared.config.limits.messages_per_second;
+            return self
+                .reply(
+                    0,
+                    Err(RtcError::invalid_operation(
+                        None,
+                        format!("too many messages: at most {rate} per second"),
+                    )),
+                )
+                .await;
+        }
+        let Some(text) = text else {
+            return self
+                .reply(
+                    0,
+                    Err(RtcError::invalid_parameter(
+                        Some(extra::PARAM_TYPE),
+                        "binary frames are not part of the protocol; send JSON text frames",
+                    )),
+                )
+                .await;
+        };
+        self.strikes = 0;
+        match decode_client(text.as_bytes()) {
+            Ok(env) => self.envelope(env).await,
+            Err(e) => self.reply(request_id(text.as_bytes()), Err(e.into())).await,
+        }
+    }
+
+    async fn envelope(&mut self, env: ClientEnvelope) -> Result<(), End> {
         let id = env.id;
         match (&self.state, env.msg) {
             (State::New, ClientMessage::Join(j)) => {
@@ -162,189 +480,59 @@ impl SessionActor {
                     LinkKind::Signalling,
                 ) {
                     Ok(v) => v,
-                    Err(e) => return self.join_failed(ctx, id, e),
+                    Err(e) => {
+                        self.join_failed(id, e).await;
+                        return Ok(());
+                    }
                 };
                 let (link, outbox) = crate::link::link();
-                ctx.add_stream(outbox.into_stream());
-                self.state = State::Joining;
-                let registry = self.shared.registry.clone();
                 // Nothing else of this session is handled before the join's reply is written.
-                let fut = async move { registry.join(key, input, link).await }
-                    .into_actor(self)
-                    .map(move |res, act, ctx| match res {
-                        Ok((result, member)) => {
-                            act.state = State::Joined { member };
-                            Metrics::inc(&act.shared.metrics.joins);
-                            let frame = joined_reply_frame(id, result.result, &result.members_json);
-                            act.send_text(ctx, frame);
-                        }
-                        Err(e) => {
-                            act.state = State::New;
-                            act.join_failed(ctx, id, e);
-                        }
-                    });
-                ctx.wait(fut);
+                match self.shared.registry.join(key, input, link).await {
+                    Ok((result, member)) => {
+                        self.state = State::Joined {
+                            member,
+                            outbox: Some(outbox),
+                        };
+                        Metrics::inc(&self.shared.metrics.joins);
+                        let frame = joined_reply_frame(id, result.result, &result.members_json);
+                        self.send_text(frame).await
+                    }
+                    Err(e) => {
+                        self.join_failed(id, e).await;
+                        Ok(())
+                    }
+                }
             }
-            (State::New, _) => self.reply(
-                ctx,
-                id,
-                Err(RtcError::invalid_operation(
-                    Some(extra::NOT_ENTERED_ROOM),
-                    "join the room first: the first message must be a join",
-                )),
-            ),
-            (State::Joined { .. }, ClientMessage::Join(_)) => self.reply(
-                ctx,
-                id,
-                Err(RtcError::invalid_operation(
-                    Some(extra::REPEATED_CALL),
-                    "already joined on this connection",
-                )),
-            ),
-            (State::Joined { member }, msg) => {
+            (State::New, _) => {
+                self.reply(
+                    id,
+                    Err(RtcError::invalid_operation(
+                        Some(extra::NOT_ENTERED_ROOM),
+                        "join the room first: the first message must be a join",
+                    )),
+                )
+                .await
+            }
+            (State::Joined { .. }, ClientMessage::Join(_)) => {
+                self.reply(
+                    id,
+                    Err(RtcError::invalid_operation(
+                        Some(extra::REPEATED_CALL),
+                        "already joined on this connection",
+                    )),
+                )
+                .await
+            }
+            (State::Joined { member, .. }, msg) => {
                 let leaving = matches!(msg, ClientMessage::Leave);
                 let member = member.clone();
-                let fut = async move { member.request(msg).await }
-                    .into_actor(self)
-                    .map(move |res, act, ctx| {
-                        act.reply(ctx, id, res);
-                        if leaving {
-                            act.close(ctx, ws::CloseCode::Normal, "left");
-                        }
-                    });
-                ctx.wait(fut);
-            }
-            (State::Joining | State::Closed, _) => {}
-        }
-    }
-}
-
-impl Actor for SessionActor {
-    type Context = ws::WebsocketContext<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.shared
-            .metrics
-            .connections
-            .fetch_add(1, Ordering::Relaxed);
-        let timeout = Duration::from_secs_f64(self.shared.config.timeouts.join_timeout_s);
-        ctx.run_later(timeout, move |act, ctx| {
-            if matches!(act.state, State::New) {
-                act.join_failed(
-                    ctx,
-                    0,
-                    RtcError::new(
-                        ErrorCode::JoinRoomFailed,
-                        format!(
-                            "no join within {:.1} s of connecting",
-                            timeout.as_secs_f64()
-                        ),
-                    ),
-                );
-                act.close(ctx, ws::CloseCode::Policy, "join timeout");
-            }
-        });
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.shared
-            .metrics
-            .connections
-            .fetch_sub(1, Ordering::Relaxed);
-        if let State::Joined { member } = &self.state {
-            member.disconnected();
-        }
-    }
-}
-
-impl StreamHandler<Outgoing> for SessionActor {
-    fn handle(&mut self, msg: Outgoing, ctx: &mut Self::Context) {
-        match msg {
-            Outgoing::Events(events) => {
-                if let Some(frame) = events_frame(&events) {
-                    ctx.text(frame);
+                let res = member.request(msg).await;
+                self.reply(id, res).await?;
+                if leaving {
+                    return Err(End::Removed(CloseCode::Normal, "left".into()));
                 }
+                Ok(())
             }
-            Outgoing::Close { last, code, reason } => {
-                if let Some(frame) = events_frame(&last) {
-                    ctx.text(frame);
-                }
-                // The room already forgot this session: no disconnect notice needed.
-                self.close(ctx, ws::CloseCode::from(code), reason);
-            }
-        }
-    }
-
-    /// The room dropped its end without a close: nothing to do (the socket stays open).
-    fn finished(&mut self, _ctx: &mut Self::Context) {}
-}
-
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
-    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        let msg = match item {
-            Ok(m) => m,
-            Err(ws::ProtocolError::Overflow) => {
-                let limit = self.shared.config.limits.max_message_bytes;
-                return self.close(
-                    ctx,
-                    ws::CloseCode::Size,
-                    &format!("frame over {limit} bytes"),
-                );
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "websocket protocol error");
-                return self.close(ctx, ws::CloseCode::Protocol, "protocol error");
-            }
-        };
-        let text: Option<ByteString> = match msg {
-            ws::Message::Text(t) => Some(t),
-            ws::Message::Ping(p) => return ctx.pong(&p),
-            ws::Message::Pong(_) => return,
-            ws::Message::Close(_) => {
-                if let State::Joined { member } = &self.state {
-                    member.disconnected();
-                }
-                self.state = State::Closed;
-                ctx.close(None);
-                return ctx.stop();
-            }
-            ws::Message::Nop => return,
-            // Answered with an error below, after the rate limiter: every data frame costs
-            // the server a reply, so every data frame counts against the limit.
-            ws::Message::Binary(_) | ws::Message::Continuation(_) => None,
-        };
-        Metrics::inc(&self.shared.metrics.messages_in);
-        if !self.bucket.take(Instant::now()) {
-            self.strikes += 1;
-            if self.strikes > self.shared.config.limits.message_burst {
-                return self.close(ctx, ws::CloseCode::Policy, "message flood");
-            }
-            return self.reply(
-                ctx,
-                0,
-                Err(RtcError::invalid_operation(
-                    None,
-                    format!(
-                        "too many messages: at most {} per second",
-                        self.shared.config.limits.messages_per_second
-                    ),
-                )),
-            );
-        }
-        let Some(text) = text else {
-            return self.reply(
-                ctx,
-                0,
-                Err(RtcError::invalid_parameter(
-                    Some(extra::PARAM_TYPE),
-                    "binary frames are not part of the protocol; send JSON text frames",
-                )),
-            );
-        };
-        self.strikes = 0;
-        match decode_client(text.as_bytes()) {
-            Ok(env) => self.handle_envelope(env, ctx),
-            Err(e) => self.reply(ctx, request_id(text.as_bytes()), Err(e.into())),
         }
     }
 }
@@ -352,6 +540,54 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for SessionActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn guard(limit: usize) -> FrameGuard<()> {
+        FrameGuard::new((), limit, Rc::new(Cell::new(false)))
+    }
+
+    /// A masked client frame header declaring `len` bytes.
+    fn header(len: u64) -> Vec<u8> {
+        let mut h = vec![0x81];
+        if len < 126 {
+            h.push(0x80 | len as u8);
+        } else if len < 65536 {
+            h.push(0x80 | 126);
+            h.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            h.push(0x80 | 127);
+            h.extend_from_slice(&len.to_be_bytes());
+        }
+        h.extend_from_slice(&[9, 9, 9, 9]);
+        h
+    }
+
+    #[test]
+    fn the_guard_follows_frames_and_refuses_a_header_over_the_limit() {
+        let mut g = guard(1000);
+        // Two small frames and a 1000-byte one, cut at every awkward place.
+        let mut bytes = header(5);
+        bytes.extend_from_slice(b"hello");
+        bytes.extend(header(300));
+        bytes.extend(vec![7u8; 300]);
+        bytes.extend(header(1000));
+        bytes.extend(vec![7u8; 1000]);
+        for chunk in bytes.chunks(3) {
+            assert!(g.check(chunk));
+        }
+        assert_eq!((g.have, g.payload_left), (0, 0), "between frames");
+        // One byte over, declared with the 16-bit and the 64-bit length forms.
+        assert!(!guard(1000).check(&header(1001)));
+        let big = header(1 << 30);
+        let mut g = guard(1000);
+        assert!(g.check(&big[..5]), "not known yet");
+        assert!(!g.check(&big[5..]), "known from the header alone");
+        // Payload bytes that look like headers are not read as headers.
+        let mut g = guard(1000);
+        let mut bytes = header(10);
+        bytes.extend(vec![0xFF; 10]);
+        bytes.extend(header(0));
+        assert!(g.check(&bytes));
+    }
 
     #[test]
     fn bucket_allows_burst_then_rate() {

@@ -677,3 +677,203 @@ async fn a_refused_first_join_creates_no_room() {
     assert_eq!(e.extra_code, Some(-102010), "{e:?}");
     server.stop().unwrap();
 }
+
+/// Open a WebSocket over a raw TCP connection (the upgrade by hand), for frames no client
+/// library would send.
+async fn raw_ws(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(DEADLINE, s.read_exact(&mut b))
+            .await
+            .expect("handshake in time")
+            .unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+#[tokio::test]
+async fn a_frame_declaring_a_huge_payload_is_refused_from_its_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config());
+    let mut s = raw_ws(server.addr()).await;
+    // FIN + text, masked, 64-bit length of 1 GiB, a mask, and only a few payload bytes.
+    let mut frame = vec![0x81, 0xFF];
+    frame.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend_from_slice(b"{\"v\":1");
+    s.write_all(&frame).await.unwrap();
+    // The close comes at once, not after a gigabyte.
+    let mut head = [0u8; 4];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut head))
+        .await
+        .expect("a close frame in time")
+        .unwrap();
+    if head[0] != 0x88 {
+        let mut rest = vec![0u8; usize::from(head[1]) - 2];
+        s.read_exact(&mut rest).await.unwrap();
+        panic!("not a close: {:?}{}", head, String::from_utf8_lossy(&rest));
+    }
+    assert_eq!(
+        u16::from_be_bytes([head[2], head[3]]),
+        1009,
+        "1009 message too big"
+    );
+    server.stop().unwrap();
+}
+
+/// A client frame (masked with a zero key, so the payload goes as it is).
+fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 65536);
+    let mut f = vec![first_byte];
+    if payload.len() < 126 {
+        f.push(0x80 | payload.len() as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Read one server frame (unmasked, short): (first byte, payload).
+async fn server_frame(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut head))
+        .await
+        .expect("a frame in time")
+        .unwrap();
+    let len = match head[1] & 0x7F {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).await.unwrap();
+            usize::from(u16::from_be_bytes(l))
+        }
+        127 => panic!("unexpectedly long frame"),
+        n => usize::from(n),
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    (head[0], payload)
+}
+
+#[tokio::test]
+async fn a_text_message_split_into_continuation_frames_is_answered_once() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(config());
+    let mut s = raw_ws(server.addr()).await;
+    let text = rtcroom_protocol::signal::encode(&rtcroom_protocol::signal::ClientEnvelope::new(
+        7,
+        ClientMessage::Join(join_req("alice", "2201", Mode::Rtc, None)),
+    ));
+    let (a, b) = text.as_bytes().split_at(text.len() / 2);
+    // Text without FIN, then a continuation with FIN.
+    let mut frames = client_frame(0x01, a);
+    frames.extend(client_frame(0x80, b));
+    s.write_all(&frames).await.unwrap();
+    let (op, payload) = server_frame(&mut s).await;
+    assert_eq!(op, 0x81, "a text frame");
+    let reply = String::from_utf8(payload).unwrap();
+    assert!(
+        reply.contains("\"id\":7") && !reply.contains("\"error\""),
+        "one reply, the join's: {reply}"
+    );
+    // Nothing else was answered: the next reply is the heartbeat's.
+    let hb = rtcroom_protocol::signal::encode(&rtcroom_protocol::signal::ClientEnvelope::new(
+        8,
+        ClientMessage::Heartbeat,
+    ));
+    s.write_all(&client_frame(0x81, hb.as_bytes()))
+        .await
+        .unwrap();
+    let (_, payload) = server_frame(&mut s).await;
+    let reply = String::from_utf8(payload).unwrap();
+    assert!(reply.contains("\"id\":8"), "{reply}");
+    server.stop().unwrap();
+}
+
+#[tokio::test]
+async fn a_member_that_stops_reading_is_closed_as_a_slow_consumer() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::atomic::Ordering;
+    let mut cfg = config();
+    cfg.limits.max_pending_events = 16;
+    cfg.limits.messages_per_second = 1_000_000;
+    cfg.limits.message_burst = 1_000_000;
+    let server = start(cfg);
+    let url = server.ws_url();
+    // The victim: a small receive buffer, and it stops reading after its join.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(server.addr()).await.unwrap();
+    let (mut victim, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+        .await
+        .unwrap();
+    let join = rtcroom_protocol::signal::encode(&rtcroom_protocol::signal::ClientEnvelope::new(
+        1,
+        ClientMessage::Join(join_req("victim", "2301", Mode::Rtc, None)),
+    ));
+    victim.send(Message::text(join)).await.unwrap();
+    let reply = tokio::time::timeout(DEADLINE, victim.next()).await.unwrap();
+    assert!(matches!(reply, Some(Ok(Message::Text(_)))), "{reply:?}");
+    // The talker makes events for the victim (mute toggles) until the server gives up on it.
+    let (mut talker, _) = joined(&url, "talker", "2301", Mode::Rtc, None).await;
+    talker.request(publish(true, true)).await.unwrap();
+    let slow = &server.metrics().slow_consumers;
+    let mut toggles = 0u32;
+    while slow.load(Ordering::Relaxed) == 0 {
+        assert!(
+            toggles < 400_000,
+            "no slow-consumer close after {toggles} events"
+        );
+        let mut ids = Vec::new();
+        for _ in 0..500 {
+            toggles += 1;
+            ids.push(
+                talker
+                    .send(ClientMessage::Mute {
+                        stream_type: StreamType::Main,
+                        kind: MediaKind::Audio,
+                        muted: toggles % 2 == 1,
+                    })
+                    .await,
+            );
+        }
+        for id in ids {
+            talker.reply(id).await;
+        }
+    }
+    // The talker is unaffected; the victim, once it reads again, finds the close.
+    talker.request(ClientMessage::Heartbeat).await.unwrap();
+    let close = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match victim.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the close in time")
+    .expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert_eq!(close.reason.as_str(), "slow consumer");
+    assert_eq!(slow.load(Ordering::Relaxed), 1);
+    server.stop().unwrap();
+}
