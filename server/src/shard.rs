@@ -315,7 +315,15 @@ impl RoomCore {
                         media.unpublish(&self.slot(user_id, stream_type), peer);
                     }
                 }
-                Effect::MemberGone { subscriptions, .. } => {
+                Effect::MemberGone {
+                    session,
+                    subscriptions,
+                    ..
+                } => {
+                    // A member that left without a request of its own (a WHIP/WHEP member
+                    // whose peer closed) or a session replaced by a resume: let go of its link,
+                    // which tells the link's driver it is over.
+                    self.links.remove(&session);
                     if let Some(media) = &ctx.media {
                         for peer in subscriptions {
                             media.unsubscribe(peer);
