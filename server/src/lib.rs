@@ -25,6 +25,7 @@ pub mod server;
 pub mod session;
 pub mod web;
 pub mod webhook;
+pub mod whip;
 
 pub use config::{EmbeddedKeyFile, ServerConfig};
 pub use server::{RunningServer, run, run_until_signal, shutdown_signal};
