@@ -100,16 +100,19 @@ struct Bot {
 }
 
 impl Bot {
+    /// A bot joining over signalling.
     fn spawn(server: &RunningServer, args: &[&str]) -> Bot {
+        let app = APP.to_string();
+        let url = server.ws_url();
+        let mut all = args.to_vec();
+        all.extend(["--server", &url, "--sdk-app-id", &app]);
+        all.extend(["--secret-key", KEY, "--mode", "rtc"]);
+        Bot::spawn_raw(&all)
+    }
+
+    fn spawn_raw(args: &[&str]) -> Bot {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
             .args(args)
-            .args([
-                "--server",
-                &server.ws_url(),
-                "--sdk-app-id",
-                &APP.to_string(),
-            ])
-            .args(["--secret-key", KEY, "--mode", "rtc"])
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -317,4 +320,76 @@ async fn chromium_whep_viewer_decodes_rtcroom_publish() {
         .expect("DELETE");
     assert_eq!(status, json!(200));
     publisher.interrupt();
+}
+
+/// `rtcroom publish --whip` sends the test pattern and tone over WHIP; `rtcroom record`
+/// (over signalling, in the same room) records both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtcroom_publish_over_whip_is_recorded() {
+    let server = start_server();
+    let out = temp_dir("cli");
+    let mut recorder = Bot::spawn(
+        &server,
+        &[
+            "record",
+            "--room-id",
+            "7003",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    recorder.wait_line("recording room");
+    let endpoint = format!("{}/whip/{APP}/whipbot?roomId=7003", server.http_url());
+    let token = sig("whipbot");
+    let mut publisher = Bot::spawn_raw(&[
+        "publish",
+        "--whip",
+        &endpoint,
+        "--token",
+        &token,
+        "--video-profile",
+        "240p",
+    ]);
+    publisher.wait_line("publishing over WHIP at");
+    recorder.wait_line("recording whipbot");
+    // Two progress lines of the publisher: media has flowed for about two seconds.
+    publisher.wait_line("packets");
+    publisher.wait_line("packets");
+    publisher.interrupt();
+    assert!(
+        publisher.seen.iter().any(|l| l.contains("/whip/resource/")),
+        "{:#?}",
+        publisher.seen
+    );
+    // The DELETE ended the WHIP member: the recorder sees its stream stop.
+    recorder.wait_line("whipbot (main) stopped");
+    recorder.interrupt();
+    let files = recordings(&out);
+    assert_eq!(files.len(), 1, "{files:?} {:#?}", recorder.seen);
+    let d = discover(&files[0]);
+    assert!(d.video && d.audio, "{}", d.text);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A WHIP token that does not verify: the bot says what the server said and exits 1.
+#[test]
+fn rtcroom_publish_over_whip_reports_a_refusal() {
+    let server = start_server();
+    let endpoint = format!("{}/whip/{APP}/whipbot?roomId=7004", server.http_url());
+    let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
+        .args([
+            "publish",
+            "--whip",
+            &endpoint,
+            "--token",
+            &sig("someone-else"),
+        ])
+        .output()
+        .expect("rtcroom runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("70013"),
+        "{stderr}"
+    );
 }
