@@ -198,7 +198,8 @@ fn parse_profile(s: &str) -> Result<VideoProfile, String> {
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  rtcroom publish --room-id 1234\n  \
     rtcroom publish --room-id 1234 --source movie.mp4 --loop --video-profile 720p\n  \
-    rtcroom publish --server ws://host:7900/ws --sdk-app-id 1400000000 --secret-key KEY --str-room-id class-1 --duration 60")]
+    rtcroom publish --server ws://host:7900/ws --sdk-app-id 1400000000 --secret-key KEY --str-room-id class-1 --duration 60\n  \
+    rtcroom publish --whip 'http://host:7900/whip/1400000000/bot?roomId=1234' --token USERSIG")]
 pub struct PublishArgs {
     #[command(flatten)]
     bot: BotArgs,
@@ -214,6 +215,13 @@ pub struct PublishArgs {
     /// Video codec to send.
     #[arg(long, value_name = "h264|vp8", default_value = "h264", value_parser = parse_codec)]
     codec: VideoCodec,
+    /// Publish over WHIP (RFC 9725) to this endpoint instead of joining over signalling:
+    /// `http(s)://host/whip/{sdkAppId}/{userId}?roomId=…` (the room and user are in the URL).
+    #[arg(long, value_name = "URL", requires = "token")]
+    whip: Option<String>,
+    /// The WHIP bearer token: the user's UserSig.
+    #[arg(long, value_name = "T", requires = "whip")]
+    token: Option<String>,
 }
 
 fn parse_codec(s: &str) -> Result<VideoCodec, String> {
@@ -224,12 +232,43 @@ fn parse_codec(s: &str) -> Result<VideoCodec, String> {
     }
 }
 
+/// The media `rtcroom publish` sends.
+fn publish_source(args: &PublishArgs) -> anyhow::Result<SourceKind> {
+    if args.source == "test" {
+        return Ok(SourceKind::TestPattern { duration: None });
+    }
+    let path = PathBuf::from(&args.source);
+    if !path.is_file() {
+        bail!("--source {}: no such file", path.display());
+    }
+    Ok(SourceKind::File {
+        path,
+        looping: args.looping,
+    })
+}
+
 /// Run the broadcast bot.
 pub fn publish(args: PublishArgs) -> ExitCode {
     finish(runtime().and_then(|rt| rt.block_on(run_publish(args))))
 }
 
 async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
+    if let (Some(url), Some(token)) = (&args.whip, &args.token) {
+        return crate::whip::publish(
+            crate::whip::WhipPublish {
+                url: url.clone(),
+                token: token.clone(),
+                source: publish_source(&args)?,
+                profile: args.video_profile,
+                codec: match args.codec {
+                    VideoCodec::Vp8 => rtcroom_pipelines::VideoCodec::Vp8,
+                    _ => rtcroom_pipelines::VideoCodec::H264,
+                },
+            },
+            until_done(args.bot.duration),
+        )
+        .await;
+    }
     if args.bot.mode == Mode::Live && args.bot.role == Some(Role::Audience) {
         bail!("an audience member cannot publish (TRTC 5107): use --role anchor");
     }
@@ -241,18 +280,7 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
         .join(JoinOptions::new(r.room.clone()).with_role(Role::Anchor))
         .await?;
     let joined_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let source = if args.source == "test" {
-        SourceKind::TestPattern { duration: None }
-    } else {
-        let path = PathBuf::from(&args.source);
-        if !path.is_file() {
-            bail!("--source {}: no such file", path.display());
-        }
-        SourceKind::File {
-            path,
-            looping: args.looping,
-        }
-    };
+    let source = publish_source(&args)?;
     let stream = rtcroom::create_stream(StreamConfig {
         source,
         video_profile: args.video_profile,
@@ -582,6 +610,8 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         video_profile: VideoProfile::P360,
         looping: false,
         codec: VideoCodec::H264,
+        whip: None,
+        token: None,
     };
     let publish_started = Instant::now();
     let publisher = tokio::spawn(run_publish(publisher_args));

@@ -6,6 +6,7 @@ mod bench;
 mod bots;
 mod serve;
 mod usersig;
+mod whip;
 
 use std::process::ExitCode;
 

@@ -152,6 +152,8 @@ pub struct LimitsConfig {
     /// Events waiting for one member whose link is not reading them, beyond which the link
     /// is closed as a slow consumer (1008 "slow consumer"); see `link.rs`.
     pub max_pending_events: usize,
+    /// WHIP/WHEP sessions held at once on this server; beyond it a new one gets 503.
+    pub max_whip_resources: usize,
 }
 
 impl Default for LimitsConfig {
@@ -164,6 +166,7 @@ impl Default for LimitsConfig {
             messages_per_second: 50,
             message_burst: 100,
             max_pending_events: crate::link::LinkPolicy::default().max_pending_events,
+            max_whip_resources: crate::whip::DEFAULT_MAX_RESOURCES,
         }
     }
 }

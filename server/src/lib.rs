@@ -26,6 +26,7 @@ pub mod session;
 pub mod shard;
 pub mod web;
 pub mod webhook;
+pub mod whip;
 
 pub use config::{EmbeddedKeyFile, ServerConfig};
 pub use server::{RunningServer, run, run_until_signal, shutdown_signal};

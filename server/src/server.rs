@@ -192,9 +192,14 @@ async fn run_with(
         registry: registry.clone(),
     });
     let data = web::Data::new(shared);
+    let whip = web::Data::new(crate::whip::WhipResources::new(
+        config.limits.max_whip_resources,
+    ));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(whip.clone())
+            .configure(crate::whip::configure)
             .app_data(web::PayloadConfig::new(crate::admin::MAX_BODY))
             .route("/ws", web::get().to(ws_route))
             .route("/", web::get().to(crate::web::demo_page))

@@ -162,7 +162,7 @@ fn ice_error(what: &str, e: impl std::fmt::Display) -> RtcError {
 }
 
 /// The RTCP feedback rtcroom's video codecs are registered with (NACK, PLI, FIR).
-fn video_feedback() -> Vec<webrtc::rtp_transceiver::RTCPFeedback> {
+pub fn video_feedback() -> Vec<webrtc::rtp_transceiver::RTCPFeedback> {
     let fb = |t: &str, p: &str| webrtc::rtp_transceiver::RTCPFeedback {
         typ: t.to_owned(),
         parameter: p.to_owned(),
@@ -170,8 +170,9 @@ fn video_feedback() -> Vec<webrtc::rtp_transceiver::RTCPFeedback> {
     vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")]
 }
 
-/// A webrtc-rs peer connection set up for rtcroom's SFU.
-async fn new_peer_connection() -> Result<Arc<RTCPeerConnection>, RtcError> {
+/// A webrtc-rs peer connection set up for rtcroom's SFU (also used by the CLI's WHIP
+/// publisher).
+pub async fn new_peer_connection() -> Result<Arc<RTCPeerConnection>, RtcError> {
     let mut m = MediaEngine::default();
     let mut h264 = h264_capability();
     h264.rtcp_feedback = video_feedback();
@@ -274,7 +275,9 @@ pub fn nomination_pokes(answer: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-async fn poke_nomination(pc: Arc<RTCPeerConnection>, answer: String) {
+/// Poke webrtc-rs into nominating at once after an ICE-lite answer (see
+/// [`nomination_pokes`]).
+pub async fn poke_nomination(pc: Arc<RTCPeerConnection>, answer: String) {
     use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
     use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
     for ((candidate, sdp_mid), delay) in nomination_pokes(&answer).into_iter().zip(NOMINATION_POKES)
