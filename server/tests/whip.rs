@@ -665,3 +665,49 @@ async fn whip_into_a_live_room_is_an_anchor_and_whep_is_audience() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_publisher_whose_peer_closes_leaves_the_room_and_its_resource_ends() {
+    let server = start(config());
+    let addr = server.addr();
+    let (mut bob, _) = joined(&server.ws_url(), "bob", "5100", Mode::Rtc, None).await;
+    let feed = Feed::new().await;
+    let offer = peer::full_offer(&feed.publisher.pc).await;
+    let r = post_offer(
+        addr,
+        &format!("/whip/{APP}/alice?roomId=5100"),
+        "alice",
+        &offer,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let location = r.header("location").expect("a Location header");
+    peer::apply_answer(&feed.publisher.pc, r.body.clone()).await;
+    assert!(peer::connected(&feed.publisher.pc, DEADLINE).await);
+    event_where(
+        &mut bob,
+        "stream-added alice",
+        |e| matches!(e, ServerEvent::StreamAdded(s) if s.user_id == uid("alice")),
+    )
+    .await;
+    // The encoder goes away without a DELETE (a crashed OBS): its DTLS close reaches the
+    // server, whose room lets the member go, with no heartbeat timeout to wait out.
+    feed.publisher.pc.close().await.unwrap();
+    event_where(
+        &mut bob,
+        "peer-leave alice",
+        |e| matches!(e, ServerEvent::PeerLeave { user_id, .. } if *user_id == uid("alice")),
+    )
+    .await;
+    // The resource ended with it (PATCH, which changes nothing, answers 405 while it lives
+    // and 404 once it is gone).
+    let mut status = 0;
+    for _ in 0..250 {
+        status = request(addr, "PATCH", &location, &[], "").await.status;
+        if status == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 404, "the resource is gone");
+}
