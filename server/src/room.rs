@@ -2,7 +2,7 @@
 //!
 //! A [`Room`] holds the members of one (sdkAppId, roomId), applies TRTC's rules (member and
 //! publisher limits, live-mode roles, duplicate-userId kicks, heartbeat eviction, dismissal)
-//! and answers every input with a list of [`Effect`]s for its driver (the `RoomActor`) to carry
+//! and answers every input with a list of [`Effect`]s for its driver (the room's shard, `shard.rs`) to carry
 //! out: events to send, sessions to remove, webhooks to fire.
 
 use std::collections::{BTreeMap, HashMap};
