@@ -75,40 +75,108 @@ pub trait RoomDirectory: Send + Sync + 'static {
     fn locate<'a>(&'a self, key: &'a RoomKey) -> BoxFuture<'a, Result<RoomLocation, RtcError>>;
 
     /// Every shard on this node (for what concerns them all: shutdown, media events).
-    fn local_shards(&self) -> &[Addr<RoomShard>];
+    fn local_shards(&self) -> Vec<Addr<RoomShard>>;
 }
 
-/// Rooms spread over this process's shards by a hash of (sdkAppId, roomId).
+/// Rooms spread over this process's shards by a hash of (sdkAppId, roomId). The shards run on
+/// the threads that serve connections (one per HTTP worker, see [`Registry::start_shard_here`]),
+/// so a join whose room lives on its connection's own thread costs no thread switch.
 pub struct LocalDirectory {
-    shards: Vec<Addr<RoomShard>>,
+    slots: Vec<std::sync::OnceLock<Addr<RoomShard>>>,
+    /// Replacements of shards whose thread went away (a restarted worker).
+    replaced: std::sync::Mutex<Vec<Option<Addr<RoomShard>>>>,
+    next: std::sync::atomic::AtomicUsize,
+    filled: tokio::sync::Notify,
     hasher: std::hash::RandomState,
 }
 
+/// How long a join waits for its shard to start (only ever at server start).
+const SHARD_START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl LocalDirectory {
-    /// A directory over `shards` (at least one).
-    pub fn new(shards: Vec<Addr<RoomShard>>) -> LocalDirectory {
-        assert!(!shards.is_empty(), "a directory needs at least one shard");
+    /// A directory of `n` shards (at least one), started later by
+    /// [`LocalDirectory::start_here`].
+    pub fn new(n: usize) -> LocalDirectory {
+        let n = n.max(1);
         LocalDirectory {
-            shards,
+            slots: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+            replaced: std::sync::Mutex::new(vec![None; n]),
+            next: std::sync::atomic::AtomicUsize::new(0),
+            filled: tokio::sync::Notify::new(),
             hasher: std::hash::RandomState::new(),
         }
     }
 
-    /// The shard owning `key`.
-    pub fn shard_of(&self, key: &RoomKey) -> &Addr<RoomShard> {
-        // `new` refuses an empty list, so the modulus is never zero.
-        &self.shards[(self.hasher.hash_one(key) % self.shards.len() as u64) as usize]
+    /// The slot owning `key`.
+    fn slot_of(&self, key: &RoomKey) -> usize {
+        // `new` makes at least one slot, so the modulus is never zero.
+        (self.hasher.hash_one(key) % self.slots.len() as u64) as usize
+    }
+
+    fn shard(&self, slot: usize) -> Option<Addr<RoomShard>> {
+        let replaced = self
+            .replaced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(slot)
+            .cloned()
+            .flatten();
+        replaced.or_else(|| self.slots.get(slot).and_then(|s| s.get().cloned()))
+    }
+
+    /// Start a shard on the current thread (an actix arbiter) in the next free slot; a slot
+    /// whose shard has stopped (its thread was restarted) is taken over.
+    pub fn start_here(&self, ctx: RoomContext) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = self.slots.get(i) {
+            let _ = slot.set(RoomShard::new(ctx).start());
+        } else {
+            let dead =
+                (0..self.slots.len()).find(|&s| self.shard(s).is_some_and(|a| !a.connected()));
+            if let Some(s) = dead {
+                let addr = RoomShard::new(ctx).start();
+                if let Some(r) = self
+                    .replaced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(s)
+                {
+                    *r = Some(addr);
+                }
+            }
+        }
+        self.filled.notify_waiters();
     }
 }
 
 impl RoomDirectory for LocalDirectory {
     fn locate<'a>(&'a self, key: &'a RoomKey) -> BoxFuture<'a, Result<RoomLocation, RtcError>> {
-        let shard = self.shard_of(key).clone();
-        Box::pin(std::future::ready(Ok(RoomLocation::Local(shard))))
+        let slot = self.slot_of(key);
+        if let Some(shard) = self.shard(slot) {
+            return Box::pin(std::future::ready(Ok(RoomLocation::Local(shard))));
+        }
+        // Only while the server starts: wait for the slot's shard.
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + SHARD_START_WAIT;
+            loop {
+                let filled = self.filled.notified();
+                if let Some(shard) = self.shard(slot) {
+                    return Ok(RoomLocation::Local(shard));
+                }
+                if tokio::time::timeout_at(deadline, filled).await.is_err() {
+                    return Err(RtcError::new(
+                        ErrorCode::JoinRoomFailed,
+                        "the room's shard has not started",
+                    ));
+                }
+            }
+        })
     }
 
-    fn local_shards(&self) -> &[Addr<RoomShard>] {
-        &self.shards
+    fn local_shards(&self) -> Vec<Addr<RoomShard>> {
+        (0..self.slots.len())
+            .filter_map(|s| self.shard(s))
+            .collect()
     }
 }
 
@@ -160,34 +228,30 @@ impl Member {
 /// Finds rooms' owners and hands them work. Shared (`Arc`) by every link driver and the admin
 /// API.
 pub struct Registry {
-    directory: Box<dyn RoomDirectory>,
+    /// How rooms are found.
+    directory: Arc<dyn RoomDirectory>,
+    /// This process's shards (behind `directory`).
+    local: Arc<LocalDirectory>,
+    ctx: RoomContext,
     closing: AtomicBool,
 }
 
 impl Registry {
-    /// A registry with one shard on each of `arbiters` (with none, one shard on the current
-    /// arbiter), found through a [`LocalDirectory`].
-    pub fn new(ctx: RoomContext, arbiters: &[ArbiterHandle]) -> Arc<Registry> {
-        let shards: Vec<Addr<RoomShard>> = if arbiters.is_empty() {
-            vec![RoomShard::new(ctx).start()]
-        } else {
-            arbiters
-                .iter()
-                .map(|a| {
-                    let ctx = ctx.clone();
-                    RoomShard::start_in_arbiter(a, move |_| RoomShard::new(ctx))
-                })
-                .collect()
-        };
-        Self::with_directory(Box::new(LocalDirectory::new(shards)))
-    }
-
-    /// A registry over any directory.
-    pub fn with_directory(directory: Box<dyn RoomDirectory>) -> Arc<Registry> {
+    /// A registry of `shards` room shards, each started on its own thread by
+    /// [`Registry::start_shard_here`] (the server does so on each HTTP worker thread).
+    pub fn new(ctx: RoomContext, shards: usize) -> Arc<Registry> {
+        let local = Arc::new(LocalDirectory::new(shards));
         Arc::new(Registry {
-            directory,
+            directory: local.clone(),
+            local,
+            ctx,
             closing: AtomicBool::new(false),
         })
+    }
+
+    /// Start one of the registry's shards on the current thread (an actix arbiter).
+    pub fn start_shard_here(&self) {
+        self.local.start_here(self.ctx.clone());
     }
 
     async fn shard(&self, key: &RoomKey) -> Result<Addr<RoomShard>, RtcError> {
