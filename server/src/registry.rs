@@ -129,12 +129,12 @@ impl LocalDirectory {
     pub fn start_here(&self, ctx: RoomContext) {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = self.slots.get(i) {
-            let _ = slot.set(RoomShard::new(ctx).start());
+            let _ = slot.set(shard::start_here(ctx, i));
         } else {
             let dead =
                 (0..self.slots.len()).find(|&s| self.shard(s).is_some_and(|a| !a.connected()));
             if let Some(s) = dead {
-                let addr = RoomShard::new(ctx).start();
+                let addr = shard::start_here(ctx, s);
                 if let Some(r) = self
                     .replaced
                     .lock()
@@ -275,8 +275,25 @@ impl Registry {
                 "the server is shutting down",
             ));
         }
-        let shard = self.shard(&key).await?;
         let session = input.session;
+        // A room owned by this thread's shard is joined right here, to completion.
+        let slot = self.local.slot_of(&key);
+        let (input, link) = match shard::join_here(slot, key.clone(), input, link) {
+            Ok((joined, shard)) => {
+                return joined.map(|j| {
+                    (
+                        j,
+                        Member {
+                            session,
+                            key,
+                            shard,
+                        },
+                    )
+                });
+            }
+            Err((_, input, link)) => (input, link),
+        };
+        let shard = self.shard(&key).await?;
         let joined = shard
             .send(shard::Join {
                 key: key.clone(),

@@ -11,8 +11,10 @@
 //! and get a fresh room), its media peers are closed, `rtcroom_room_faults_total` counts it,
 //! and the shard and its other rooms carry on.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -381,25 +383,96 @@ impl RoomCore {
 /// Messages a shard's mailbox holds before senders wait.
 const MAILBOX: usize = 65_536;
 
-/// Owns a share of the server's rooms (see the module docs).
-pub struct RoomShard {
+/// A shard's rooms. Owned by the shard's thread: the [`RoomShard`] actor drives it, and a
+/// link driver on the same thread may run a join on it directly ([`join_here`]).
+pub struct ShardCore {
     ctx: RoomContext,
     rooms: HashMap<RoomKey, RoomCore>,
     next_id: u64,
     closing: bool,
+    /// Flushes to run later: (room, room id, delay). The actor turns them into timers.
+    timers: Vec<(RoomKey, u64, Duration)>,
 }
+
+/// Owns a share of the server's rooms (see the module docs).
+pub struct RoomShard {
+    core: Rc<RefCell<ShardCore>>,
+}
+
+/// The shard of the current thread, for joins that need no message.
+struct HereShard {
+    slot: usize,
+    core: Rc<RefCell<ShardCore>>,
+    addr: Addr<RoomShard>,
+}
+
+thread_local! {
+    static HERE: RefCell<Option<HereShard>> = const { RefCell::new(None) };
+}
+
+/// Start a shard for directory slot `slot` on the current thread (an actix arbiter), and make
+/// it this thread's shard for [`join_here`].
+pub fn start_here(ctx: RoomContext, slot: usize) -> Addr<RoomShard> {
+    let core = Rc::new(RefCell::new(ShardCore::new(ctx)));
+    let addr = RoomShard { core: core.clone() }.start();
+    HERE.with(|h| {
+        *h.borrow_mut() = Some(HereShard {
+            slot,
+            core,
+            addr: addr.clone(),
+        })
+    });
+    addr
+}
+
+/// Join on this thread's shard when it owns `slot`: the join runs to completion right here,
+/// with no message to the shard and no wait for its answer (in a burst of joins, the hop
+/// put every reply behind the reading of every other join). `Err(link)` when this thread's
+/// shard is another.
+#[allow(clippy::result_large_err)]
+pub fn join_here(slot: usize, key: RoomKey, input: JoinInput, link: LinkTx) -> JoinedHere {
+    HERE.with(|h| {
+        let h = h.borrow();
+        let Some(here) = h.as_ref().filter(|here| here.slot == slot) else {
+            return Err((key, input, link));
+        };
+        // Never held across an await, and the shard's handlers do not call back into link
+        // drivers, so the shard is free whenever a link driver runs.
+        let Ok(mut core) = here.core.try_borrow_mut() else {
+            return Err((key, input, link));
+        };
+        let r = core.join(key, input, link);
+        for (key, id, delay) in core.timers.drain(..) {
+            here.addr.do_send(FlushLater { key, id, delay });
+        }
+        Ok((r, here.addr.clone()))
+    })
+}
+
+/// What [`join_here`] did: the join's result and the shard, or the join handed back.
+pub type JoinedHere = Result<(Reply<Joined>, Addr<RoomShard>), (RoomKey, JoinInput, LinkTx)>;
 
 type Reply<T> = Result<T, RtcError>;
 type RequestResult = Reply<Option<ReplyData>>;
 
 impl RoomShard {
+    /// Turn the flushes the core asked for into timers.
+    fn schedule(&self, ctx: &mut Context<Self>) {
+        for (key, id, delay) in self.core.borrow_mut().timers.drain(..) {
+            ctx.notify_later(Flush { key, id }, delay);
+        }
+    }
+}
+
+impl ShardCore {
     /// A shard with no rooms yet.
-    pub fn new(ctx: RoomContext) -> RoomShard {
-        RoomShard {
+    pub fn new(ctx: RoomContext) -> ShardCore {
+        ShardCore {
             ctx,
             rooms: HashMap::new(),
             next_id: 1,
             closing: false,
+            timers: Vec::new(),
         }
     }
 
@@ -410,7 +483,6 @@ impl RoomShard {
         &mut self,
         key: &RoomKey,
         id: Option<u64>,
-        ctx: &mut Context<Self>,
         f: impl FnOnce(&mut RoomCore, &RoomContext) -> (T, After),
     ) -> Option<T> {
         let core = self.rooms.get_mut(key)?;
@@ -420,7 +492,7 @@ impl RoomShard {
         let rctx = &self.ctx;
         match catch_unwind(AssertUnwindSafe(|| f(core, rctx))) {
             Ok((out, after)) => {
-                self.follow_up(key, after, ctx);
+                self.follow_up(key, after);
                 Some(out)
             }
             Err(panic) => {
@@ -436,30 +508,24 @@ impl RoomShard {
         }
     }
 
-    fn follow_up(&mut self, key: &RoomKey, after: After, ctx: &mut Context<Self>) {
+    fn follow_up(&mut self, key: &RoomKey, after: After) {
         if after.over {
             self.drop_room(key);
             return;
         }
         match after.flush_in {
-            Some(d) if d.is_zero() => self.flush(key, None, ctx),
+            Some(d) if d.is_zero() => self.flush(key, None),
             Some(d) => {
                 if let Some(core) = self.rooms.get(key) {
-                    ctx.notify_later(
-                        Flush {
-                            key: key.clone(),
-                            id: core.id,
-                        },
-                        d,
-                    );
+                    self.timers.push((key.clone(), core.id, d));
                 }
             }
             None => {}
         }
     }
 
-    fn flush(&mut self, key: &RoomKey, id: Option<u64>, ctx: &mut Context<Self>) {
-        let retry = self.step(key, id, ctx, |core, rctx| {
+    fn flush(&mut self, key: &RoomKey, id: Option<u64>) {
+        let retry = self.step(key, id, |core, rctx| {
             core.flush(rctx);
             // Outboxes that were full: offer their (coalesced) events again a window later.
             let retry = !core.dirty.is_empty() && !core.flush_queued;
@@ -469,13 +535,8 @@ impl RoomShard {
             ((retry, core.id), After::default())
         });
         if let Some((true, id)) = retry {
-            ctx.notify_later(
-                Flush {
-                    key: key.clone(),
-                    id,
-                },
-                self.ctx.limits.event_batch,
-            );
+            self.timers
+                .push((key.clone(), id, self.ctx.limits.event_batch));
         }
     }
 
@@ -557,29 +618,31 @@ impl Actor for RoomShard {
         // upstream (each link's rate limiter), so a deep mailbox is safe.
         ctx.set_mailbox_capacity(MAILBOX);
         // Tick often enough that eviction happens within a quarter of the timeout (≤ 1 s).
-        let every = (self.ctx.limits.heartbeat_timeout / 4)
+        let every = (self.core.borrow().ctx.limits.heartbeat_timeout / 4)
             .clamp(Duration::from_millis(20), Duration::from_secs(1));
         ctx.run_interval(every, |act, ctx| {
             let now = Instant::now();
-            let keys: Vec<RoomKey> = act.rooms.keys().cloned().collect();
-            for key in keys {
-                act.step(&key, None, ctx, |core, rctx| {
-                    core.step(rctx, |room| ((), room.tick(now)))
-                });
+            {
+                let mut shard = act.core.borrow_mut();
+                let keys: Vec<RoomKey> = shard.rooms.keys().cloned().collect();
+                for key in keys {
+                    shard.step(&key, None, |core, rctx| {
+                        core.step(rctx, |room| ((), room.tick(now)))
+                    });
+                }
             }
+            act.schedule(ctx);
         });
     }
 }
 
-impl Handler<Join> for RoomShard {
-    type Result = Reply<Joined>;
-
-    fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
-        let Join { key, input, link } = msg;
+impl ShardCore {
+    /// Join room `key` (created if needed) over `link`.
+    fn join(&mut self, key: RoomKey, input: JoinInput, link: LinkTx) -> Reply<Joined> {
         let created = self.room_for(&key, &input)?;
         let session = input.session;
         let now = Instant::now();
-        let result = self.step(&key, None, ctx, move |core, rctx| {
+        let result = self.step(&key, None, move |core, rctx| {
             let (res, after) = core.step(rctx, |room| match room.join(input, now) {
                 Ok((joined, mut fx)) => {
                     if created {
@@ -601,18 +664,44 @@ impl Handler<Join> for RoomShard {
                 );
             }
             let over = after.over || (created && res.is_err());
-            (res.map(|j| (j, created)), After { over, ..after })
+            (res, After { over, ..after })
         });
-        // A refused first join left nothing behind: the room was dropped in the step's follow-up
-        // and no webhook went out.
-        match result {
-            Some(Ok((joined, _))) => Ok(joined),
-            Some(Err(e)) => Err(e),
-            None => Err(RtcError::new(
+        // A refused first join left nothing behind: the room was dropped in the step's
+        // follow-up and no webhook went out.
+        result.unwrap_or_else(|| {
+            Err(RtcError::new(
                 ErrorCode::JoinRoomFailed,
                 "the room failed while joining; try again",
-            )),
-        }
+            ))
+        })
+    }
+}
+
+impl Handler<Join> for RoomShard {
+    type Result = Reply<Joined>;
+
+    fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
+        let Join { key, input, link } = msg;
+        let r = self.core.borrow_mut().join(key, input, link);
+        self.schedule(ctx);
+        r
+    }
+}
+
+/// Run a flush later (a join made on the shard's thread without a message asks for it).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushLater {
+    key: RoomKey,
+    id: u64,
+    delay: Duration,
+}
+
+impl Handler<FlushLater> for RoomShard {
+    type Result = ();
+
+    fn handle(&mut self, FlushLater { key, id, delay }: FlushLater, ctx: &mut Self::Context) {
+        ctx.notify_later(Flush { key, id }, delay);
     }
 }
 
@@ -622,11 +711,11 @@ impl Handler<Request> for RoomShard {
     fn handle(&mut self, msg: Request, ctx: &mut Self::Context) -> Self::Result {
         let Request { key, session, msg } = msg;
         let gone = || not_in_room("not in the room (removed or timed out)");
-        let Some(id) = self.rooms.get(&key).map(|c| c.id) else {
+        let Some(id) = self.core.borrow().rooms.get(&key).map(|c| c.id) else {
             return ActorResponse::reply(Err(gone()));
         };
         let now = Instant::now();
-        let media = self.ctx.media.clone();
+        let media = self.core.borrow().ctx.media.clone();
         // Synchronous requests, and the checks of those that negotiate media.
         enum Next {
             Done(RequestResult),
@@ -644,8 +733,8 @@ impl Handler<Request> for RoomShard {
                 video: bool,
             },
         }
-        let media_ok = self.media();
-        let next = self.step(&key, Some(id), ctx, |core, rctx| {
+        let media_ok = self.core.borrow().media();
+        let next = self.core.borrow_mut().step(&key, Some(id), |core, rctx| {
             let Some(me) = core.room.user_of(session).cloned() else {
                 return (Next::Done(Err(gone())), After::default());
             };
@@ -776,6 +865,7 @@ impl Handler<Request> for RoomShard {
                 ),
             }
         });
+        self.schedule(ctx);
         let Some(next) = next else {
             return ActorResponse::reply(Err(RtcError::new(
                 ErrorCode::InvalidOperation,
@@ -812,7 +902,7 @@ impl Handler<Request> for RoomShard {
                         let codec = published.video_codec;
                         // Commit now that the media is up; the member (or the room) may have
                         // gone meanwhile.
-                        let committed = act.step(&key, Some(id), ctx, |core, rctx| {
+                        let committed = act.core.borrow_mut().step(&key, Some(id), |core, rctx| {
                             core.step(rctx, |room| {
                                 match room.publish_media(
                                     session,
@@ -827,6 +917,7 @@ impl Handler<Request> for RoomShard {
                                 }
                             })
                         });
+                        act.schedule(ctx);
                         match committed {
                             Some(Ok(())) => Ok(Some(ReplyData::Answer {
                                 sdp: published.answer,
@@ -857,7 +948,7 @@ impl Handler<Request> for RoomShard {
                 let fut = async move { (media.subscribe(slot, audio, video, &sdp).await, media) };
                 ActorResponse::r#async(fut.into_actor(self).map(move |(res, media), act, ctx| {
                     let (peer, answer) = res?;
-                    let committed = act.step(&key, Some(id), ctx, |core, rctx| {
+                    let committed = act.core.borrow_mut().step(&key, Some(id), |core, rctx| {
                         core.step(rctx, |room| {
                             match room.add_subscription(session, &publisher, st, peer) {
                                 Ok(fx) => (Ok(()), fx),
@@ -865,6 +956,7 @@ impl Handler<Request> for RoomShard {
                             }
                         })
                     });
+                    act.schedule(ctx);
                     match committed {
                         Some(Ok(())) => Ok(Some(ReplyData::Answer { sdp: answer })),
                         Some(Err(e)) => {
@@ -891,7 +983,7 @@ impl Handler<Disconnected> for RoomShard {
 
     fn handle(&mut self, msg: Disconnected, ctx: &mut Self::Context) {
         let Disconnected { key, session } = msg;
-        self.step(&key, None, ctx, |core, rctx| {
+        self.core.borrow_mut().step(&key, None, |core, rctx| {
             core.links.remove(&session);
             // It stays a member until its heartbeat timeout (TRTC keeps it 90 s), but nobody
             // reads its subscriptions any more: close them now (a resumed client subscribes
@@ -902,6 +994,7 @@ impl Handler<Disconnected> for RoomShard {
                 ((), room.end_subscriptions(session))
             })
         });
+        self.schedule(ctx);
     }
 }
 
@@ -911,13 +1004,17 @@ impl Handler<Admin> for RoomShard {
     fn handle(&mut self, msg: Admin, ctx: &mut Self::Context) -> Self::Result {
         let Admin { key, op } = msg;
         let now = Instant::now();
-        let r = self.step(&key, None, ctx, |core, rctx| match op {
-            AdminOp::Describe => (Ok(AdminReply::Info(core.room.describe())), After::default()),
-            AdminOp::Dismiss => core.step(rctx, |room| (Ok(AdminReply::Done), room.dismiss())),
-            AdminOp::Remove(users) => core.step(rctx, |room| {
-                (Ok(AdminReply::Done), room.remove_users(&users, now))
-            }),
-        });
+        let r = self
+            .core
+            .borrow_mut()
+            .step(&key, None, |core, rctx| match op {
+                AdminOp::Describe => (Ok(AdminReply::Info(core.room.describe())), After::default()),
+                AdminOp::Dismiss => core.step(rctx, |room| (Ok(AdminReply::Done), room.dismiss())),
+                AdminOp::Remove(users) => core.step(rctx, |room| {
+                    (Ok(AdminReply::Done), room.remove_users(&users, now))
+                }),
+            });
+        self.schedule(ctx);
         r.unwrap_or_else(|| {
             Err(RtcError::with_extra(
                 ErrorCode::InvalidParameter,
@@ -932,7 +1029,7 @@ impl Handler<ModeOf> for RoomShard {
     type Result = Option<Mode>;
 
     fn handle(&mut self, ModeOf(key): ModeOf, _ctx: &mut Self::Context) -> Self::Result {
-        self.rooms.get(&key).map(|c| c.room.mode())
+        self.core.borrow().rooms.get(&key).map(|c| c.room.mode())
     }
 }
 
@@ -943,6 +1040,8 @@ impl Handler<PeerClosed> for RoomShard {
     /// each answers from its own index of peers in O(1).
     fn handle(&mut self, PeerClosed(peer): PeerClosed, ctx: &mut Self::Context) {
         let Some(key) = self
+            .core
+            .borrow()
             .rooms
             .iter()
             .find(|(_, c)| c.room.peer_use(peer).is_some())
@@ -951,9 +1050,10 @@ impl Handler<PeerClosed> for RoomShard {
             return;
         };
         let now = Instant::now();
-        self.step(&key, None, ctx, |core, rctx| {
+        self.core.borrow_mut().step(&key, None, |core, rctx| {
             core.step(rctx, |room| ((), room.peer_closed(peer, now)))
         });
+        self.schedule(ctx);
     }
 }
 
@@ -961,8 +1061,9 @@ impl Handler<CloseAll> for RoomShard {
     type Result = ();
 
     fn handle(&mut self, _: CloseAll, _ctx: &mut Self::Context) {
-        self.closing = true;
-        for core in self.rooms.values_mut() {
+        let mut shard = self.core.borrow_mut();
+        shard.closing = true;
+        for core in shard.rooms.values_mut() {
             core.distribute();
             for (_, c) in core.links.drain() {
                 c.link.close(c.pending, CLOSE_AWAY, "server shutting down");
@@ -975,7 +1076,7 @@ impl Handler<InjectFault> for RoomShard {
     type Result = bool;
 
     fn handle(&mut self, InjectFault(key): InjectFault, _ctx: &mut Self::Context) -> bool {
-        match self.rooms.get_mut(&key) {
+        match self.core.borrow_mut().rooms.get_mut(&key) {
             Some(core) => {
                 core.fault = true;
                 true
@@ -989,7 +1090,8 @@ impl Handler<Flush> for RoomShard {
     type Result = ();
 
     fn handle(&mut self, Flush { key, id }: Flush, ctx: &mut Self::Context) {
-        self.flush(&key, Some(id), ctx);
+        self.core.borrow_mut().flush(&key, Some(id));
+        self.schedule(ctx);
     }
 }
 
