@@ -21,6 +21,7 @@ use sha1::Sha1;
 const HEADER: usize = 20;
 const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
+const ATTR_USERNAME: u16 = 0x0006;
 const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
 const ATTR_USE_CANDIDATE: u16 = 0x0025;
 const ATTR_FINGERPRINT: u16 = 0x8028;
@@ -126,9 +127,45 @@ pub fn with_use_candidate(datagram: &[u8], password: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The receiving agent's ufrag that a binding request names in its USERNAME
+/// (`"<receiver's ufrag>:<sender's ufrag>"`, RFC 8445 §7.2.2), so that a check from a new
+/// address finds its peer by one map lookup. `None` for anything else.
+pub fn local_ufrag(datagram: &[u8]) -> Option<&str> {
+    if !is_stun(datagram) || datagram[..2] != BINDING_REQUEST {
+        return None;
+    }
+    let mut at = HEADER;
+    while at + 4 <= datagram.len() {
+        let kind = u16::from_be_bytes([datagram[at], datagram[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([datagram[at + 2], datagram[at + 3]]));
+        let value = datagram.get(at + 4..at + 4 + len)?;
+        if kind == ATTR_USERNAME {
+            let username = std::str::from_utf8(value).ok()?;
+            return username.split(':').next().filter(|u| !u.is_empty());
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_binding_request_names_the_receivers_ufrag() {
+        let r = request("pw", false);
+        assert_eq!(local_ufrag(&r), Some("srvU"));
+        // Not a binding request, cut short, or no STUN at all: nothing.
+        let mut response = r.clone();
+        response[..2].copy_from_slice(&[0x01, 0x01]);
+        assert_eq!(local_ufrag(&response), None);
+        assert_eq!(local_ufrag(&r[..HEADER + 6]), None);
+        assert_eq!(
+            local_ufrag(b"\x80\x60 an RTP packet, long enough to look at"),
+            None
+        );
+    }
 
     /// A binding request as a browser sends it: USERNAME, ICE-CONTROLLING, PRIORITY, then
     /// MESSAGE-INTEGRITY and FINGERPRINT. (That str0m's ICE agent accepts the rewritten

@@ -11,7 +11,9 @@
 //! [`PeerCloseReason::WorkerFault`]), starts again with an empty router on the same socket,
 //! and tells the other workers to forget and re-send their interest.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use rtcroom_protocol::signal::{MediaKind, VideoCodec};
 use rtcroom_protocol::{ErrorCode, RtcError};
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 use str0m::change::SdpOffer;
 use str0m::crypto::dtls::DtlsCert;
 use str0m::format::{Codec, FormatParams};
@@ -146,6 +149,10 @@ struct Peer {
     /// A check has been taken as the nomination.
     nominated: bool,
     next_timeout: Instant,
+    /// The instant of its current entry in the worker's timer heap.
+    scheduled: Option<Instant>,
+    /// Our ICE ufrag (its key in `by_ufrag`).
+    ice_ufrag: String,
     /// Why it died on its own (it is removed at the next timer turn).
     dead: Option<PeerCloseReason>,
 }
@@ -205,12 +212,22 @@ pub(super) struct Worker {
     free: Vec<u32>,
     ids: HashMap<PeerId, LocalPeer>,
     by_addr: HashMap<SocketAddr, LocalPeer>,
+    /// Our ICE ufrag of each peer: a check from an address not seen yet names its peer here.
+    by_ufrag: HashMap<String, LocalPeer>,
     /// Reused by `drain`.
     event_buf: Vec<Event>,
     /// No peer needs a timeout before this (kept as a lower bound, so the per-datagram path
     /// never scans all peers).
     earliest: Instant,
+    /// When peers want their timeouts handled: (instant, peer index), earliest first. At most
+    /// one entry per peer is current (`Peer::scheduled`); others are stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Datagrams to send, sent together at the end of the loop turn (`sendmmsg`).
+    out: Vec<(Vec<u8>, SocketAddr)>,
 }
+
+/// Datagrams sent per `sendmmsg` call (and queued at most before one).
+const SEND_BATCH: usize = 64;
 
 impl Worker {
     pub(super) fn new(s: WorkerSetup) -> Worker {
@@ -237,8 +254,11 @@ impl Worker {
             free: Vec::new(),
             ids: HashMap::new(),
             by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
             event_buf: Vec::new(),
             earliest: Instant::now(),
+            timers: BinaryHeap::new(),
+            out: Vec::with_capacity(SEND_BATCH),
         }
     }
 
@@ -364,6 +384,7 @@ impl Worker {
         if now >= self.earliest {
             self.handle_timeouts(now);
         }
+        self.flush_sends();
         if busy { Turn::Busy } else { Turn::Idle }
     }
 
@@ -379,6 +400,9 @@ impl Worker {
         self.free.clear();
         self.ids.clear();
         self.by_addr.clear();
+        self.by_ufrag.clear();
+        self.timers.clear();
+        self.out.clear();
         self.router = Router::new(self.idx);
         self.earliest = Instant::now();
         for peer in peers {
@@ -420,13 +444,45 @@ impl Worker {
         for mut p in self.peers.drain(..).flatten() {
             p.rtc.disconnect();
         }
+        self.flush_sends();
     }
 
-    fn send_to(&self, contents: &[u8], dest: SocketAddr) {
-        // Non-blocking: a full socket buffer drops the datagram (WebRTC recovers via NACK/PLI).
-        if self.socket.send_to(contents, dest).is_err() {
-            self.stats.send_drops.fetch_add(1, Ordering::Relaxed);
+    /// Queue a datagram; it goes out with the turn's others (or at once if the batch is full).
+    fn send_to(&mut self, contents: Vec<u8>, dest: SocketAddr) {
+        self.out.push((contents, dest));
+        if self.out.len() >= SEND_BATCH {
+            self.flush_sends();
         }
+    }
+
+    /// Send the queued datagrams, [`SEND_BATCH`] per system call. Non-blocking: a datagram the
+    /// socket refuses (send buffer full) is dropped and counted; WebRTC recovers via NACK/PLI.
+    fn flush_sends(&mut self) {
+        let mut start = 0;
+        while start < self.out.len() {
+            let end = (start + SEND_BATCH).min(self.out.len());
+            let batch = &self.out[start..end];
+            let addrs: Vec<SocketAddrAny> = batch.iter().map(|(_, a)| (*a).into()).collect();
+            let iovs: Vec<[IoSlice<'_>; 1]> =
+                batch.iter().map(|(d, _)| [IoSlice::new(d)]).collect();
+            let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = batch
+                .iter()
+                .map(|_| SendAncillaryBuffer::default())
+                .collect();
+            let mut msgs: Vec<MMsgHdr<'_>> = addrs
+                .iter()
+                .zip(&iovs)
+                .zip(controls.iter_mut())
+                .map(|((addr, iov), control)| MMsgHdr::new_with_addr(addr, iov, control))
+                .collect();
+            let sent = sendmmsg(&self.socket, &mut msgs, SendFlags::DONTWAIT).unwrap_or(0);
+            // The kernel stops at the first datagram it refuses: drop that one, go on.
+            if sent < batch.len() {
+                self.stats.send_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            start += sent + usize::from(sent < batch.len());
+        }
+        self.out.clear();
     }
 
     fn peer_mut(&mut self, lp: LocalPeer) -> Option<&mut Peer> {
@@ -440,7 +496,9 @@ impl Worker {
             p.dead = Some(reason);
         }
         // Removed at the next timer turn, which is now.
-        self.earliest = Instant::now();
+        let now = Instant::now();
+        self.timers.push(Reverse((now, lp.0)));
+        self.earliest = now;
     }
 
     /// Drain one peer's output: datagrams go out as they come, events go to the router.
@@ -456,16 +514,16 @@ impl Worker {
             match peer.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
                     peer.next_timeout = t;
+                    // One current heap entry per peer: a later timeout keeps the earlier
+                    // entry, which re-schedules when it comes due.
+                    if peer.scheduled.is_none_or(|at| t < at) {
+                        self.timers.push(Reverse((t, lp.0)));
+                        peer.scheduled = Some(t);
+                    }
                     self.earliest = self.earliest.min(t);
                     break;
                 }
-                Ok(Output::Transmit(t)) => {
-                    // Non-blocking: a full socket buffer drops the datagram (WebRTC recovers
-                    // via NACK/PLI).
-                    if self.socket.send_to(&t.contents, t.destination).is_err() {
-                        self.stats.send_drops.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                Ok(Output::Transmit(t)) => self.out.push((t.contents.into(), t.destination)),
                 Ok(Output::Event(e)) => events.push(e),
                 Err(e) => {
                     tracing::debug!(peer = peer.id, error = %e, "peer failed");
@@ -473,6 +531,9 @@ impl Worker {
                     break;
                 }
             }
+        }
+        if self.out.len() >= SEND_BATCH {
+            self.flush_sends();
         }
         if failed {
             self.mark_dead(lp, PeerCloseReason::Closed);
@@ -758,7 +819,8 @@ impl Worker {
         publisher: bool,
         mids: Vec<Mid>,
     ) -> LocalPeer {
-        let ice_password = rtc.direct_api().local_ice_credentials().pass;
+        let credentials = rtc.direct_api().local_ice_credentials();
+        let (ice_ufrag, ice_password) = (credentials.ufrag, credentials.pass);
         let now = Instant::now();
         let peer = Peer {
             id,
@@ -772,6 +834,8 @@ impl Worker {
             ice_password,
             nominated: false,
             next_timeout: now,
+            scheduled: Some(now),
+            ice_ufrag: ice_ufrag.clone(),
             dead: None,
         };
         let lp = match self.free.pop() {
@@ -789,6 +853,12 @@ impl Worker {
             }
         };
         self.ids.insert(id, lp);
+        self.by_ufrag.insert(ice_ufrag, lp);
+        // Its first timeout at once, and a look when its time to connect is up.
+        self.timers.push(Reverse((now, lp.0)));
+        self.timers
+            .push(Reverse((now + self.connect_timeout, lp.0)));
+        self.earliest = now;
         self.stats.peers.fetch_add(1, Ordering::Relaxed);
         lp
     }
@@ -942,6 +1012,7 @@ impl Worker {
         };
         self.free.push(lp.0);
         self.ids.remove(&peer.id);
+        self.by_ufrag.remove(&peer.ice_ufrag);
         self.by_addr.retain(|_, p| *p != lp);
         self.router.remove_peer(lp);
         self.forget(&peer);
@@ -949,7 +1020,7 @@ impl Worker {
         // Flush the goodbye (RTCP BYE / DTLS close) best effort.
         while let Ok(out) = peer.rtc.poll_output() {
             match out {
-                Output::Transmit(t) => self.send_to(&t.contents, t.destination),
+                Output::Transmit(t) => self.send_to(t.contents.into(), t.destination),
                 Output::Timeout(_) => break,
                 Output::Event(_) => {}
             }
@@ -984,12 +1055,15 @@ impl Worker {
         let lp = match self.by_addr.get(&source) {
             Some(lp) => Some(*lp),
             None => {
-                let found = self.peers.iter().enumerate().find_map(|(i, p)| {
-                    let p = p.as_ref()?;
-                    (p.dead.is_none() && p.rtc.accepts(&input)).then_some(i)
-                });
-                // Indexes fit in u32 (see `insert`).
-                let found = found.and_then(|i| u32::try_from(i).ok()).map(LocalPeer);
+                // A new address: its first datagram is a connectivity check naming our ufrag.
+                let found = super::stun::local_ufrag(data)
+                    .and_then(|u| self.by_ufrag.get(u).copied())
+                    .filter(|lp| {
+                        self.peers
+                            .get(lp.0 as usize)
+                            .and_then(Option::as_ref)
+                            .is_some_and(|p| p.dead.is_none() && p.rtc.accepts(&input))
+                    });
                 if let Some(lp) = found {
                     self.by_addr.insert(source, lp);
                 }
@@ -1024,27 +1098,40 @@ impl Worker {
     }
 
     fn handle_timeouts(&mut self, now: Instant) {
-        // Recomputed from every peer's next timeout (drain lowers it as it goes).
-        self.earliest = self
-            .peers
-            .iter()
-            .flatten()
-            .filter(|p| p.next_timeout > now && p.dead.is_none())
-            .map(|p| p.next_timeout)
-            .min()
-            .unwrap_or(now + IDLE_WAIT);
-        for i in 0..self.peers.len() {
-            // Indexes fit in u32 (see `insert`).
-            let Ok(i) = u32::try_from(i) else {
+        // The peers due now, each once (a peer's drain may schedule it for `now` again: that
+        // waits for the next turn).
+        let mut due: Vec<u32> = Vec::new();
+        while let Some(&Reverse((at, i))) = self.timers.peek() {
+            if at > now {
                 break;
+            }
+            self.timers.pop();
+            let Some(peer) = self.peers.get_mut(i as usize).and_then(Option::as_mut) else {
+                continue;
             };
+            if peer.scheduled == Some(at) {
+                peer.scheduled = None;
+            }
+            let connect_due = !peer.connected
+                && now.saturating_duration_since(peer.created) > self.connect_timeout;
+            if peer.next_timeout > now && peer.dead.is_none() && !connect_due {
+                // Stale: its timeout moved later. Keep one entry for it.
+                let next = peer.next_timeout;
+                if peer.scheduled.is_none_or(|s| next < s) {
+                    self.timers.push(Reverse((next, i)));
+                    peer.scheduled = Some(next);
+                }
+                continue;
+            }
+            if !due.contains(&i) {
+                due.push(i);
+            }
+        }
+        for i in due {
             let lp = LocalPeer(i);
             let Some(peer) = self.peers.get_mut(i as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            if peer.next_timeout > now && peer.dead.is_none() {
-                continue;
-            }
             let mut dead = peer.dead;
             if dead.is_none()
                 && !peer.connected
@@ -1067,6 +1154,10 @@ impl Worker {
             self.drain(lp);
             self.pump();
         }
+        self.earliest = self
+            .timers
+            .peek()
+            .map_or(now + IDLE_WAIT, |Reverse((at, _))| *at);
     }
 }
 
