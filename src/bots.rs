@@ -438,15 +438,42 @@ async fn run_record(
     let mut first_poll = tokio::time::interval(Duration::from_millis(10));
     let done = until_done(bot.duration);
     tokio::pin!(done);
+    // A stream's recording may be in several files: after a re-join the engine records the
+    // resumed subscription into a new one (`<user>_<type>-1.<ext>`, …), so that no file
+    // holds two timelines. Each becomes `<user>_<type>_<start>[-N].<ext>`.
     let finalize = |rec: Recording, user: &str, t: StreamType, finished: &mut Vec<PathBuf>| {
-        let from = rec.partial_dir.join(format!(
-            "{user}_{}.{}",
-            stream_type_name(t),
-            rec.format.extension()
-        ));
-        let to = out.join(&rec.file_name);
-        if std::fs::rename(&from, &to).is_ok() {
-            finished.push(to);
+        let ext = rec.format.extension();
+        let stem = format!("{user}_{}", stream_type_name(t));
+        let mut parts: Vec<(String, PathBuf)> = std::fs::read_dir(&rec.partial_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let suffix = name
+                    .strip_prefix(stem.as_str())?
+                    .strip_suffix(&format!(".{ext}"))?
+                    .to_owned();
+                (suffix.is_empty() || suffix.starts_with('-')).then(|| (suffix, e.path()))
+            })
+            .collect();
+        // "" first, then -1, -2, … in order.
+        parts.sort_by_key(|(suffix, _)| {
+            suffix
+                .trim_start_matches('-')
+                .parse::<u32>()
+                .map_or(0, |n| n + 1)
+        });
+        let base = rec
+            .file_name
+            .strip_suffix(&format!(".{ext}"))
+            .unwrap_or(&rec.file_name)
+            .to_owned();
+        for (suffix, from) in parts {
+            let to = out.join(format!("{base}{suffix}.{ext}"));
+            if std::fs::rename(&from, &to).is_ok() {
+                finished.push(to);
+            }
         }
         let _ = std::fs::remove_dir(&rec.partial_dir);
     };

@@ -203,8 +203,70 @@ fn free_port() -> u16 {
 
 #[test]
 fn publisher_and_recorder_survive_a_server_restart() {
-    let home = temp_dir("restart-home");
-    let out = temp_dir("restart-rec");
+    let Restarted {
+        files,
+        before_restart,
+        ..
+    } = restart_scenario("-TERM", false);
+    // Media from after the restart was recorded: the recordings hold more than what was
+    // published before it.
+    let total: f64 = files.iter().map(|f| discover(f).duration).sum();
+    assert!(
+        total > before_restart + 2.0,
+        "files {files:?}: {total:.1} s recorded, {before_restart:.1} s before the restart"
+    );
+    remove_parent(&files);
+}
+
+#[test]
+fn a_server_killed_mid_recording_leaves_no_file_with_two_timelines() {
+    for recorder_late in [false, true] {
+        no_two_timelines(recorder_late);
+    }
+}
+
+fn no_two_timelines(recorder_late: bool) {
+    let r = restart_scenario("-KILL", recorder_late);
+    let durations: Vec<(PathBuf, f64)> = r
+        .files
+        .iter()
+        .map(|f| (f.clone(), discover(f).duration))
+        .collect();
+    let total: f64 = durations.iter().map(|(_, d)| d).sum();
+    // Each file holds one timeline, so together they cover what was published before the
+    // kill and after the recorder came back, less a reconnection (≤ 3 s). A file that went on
+    // after the restart with timestamps from 0 again reports only the longer of its two
+    // parts, seconds below this.
+    let expected = r.before_restart + (r.published_for - r.back_at);
+    assert!(
+        total >= expected - 3.0,
+        "{durations:?}: {total:.1} s recorded, {expected:.1} s expected (recorder late: \
+         {recorder_late}; killed at {:.1} s, back at {:.1} s, publisher done at {:.1} s)",
+        r.before_restart,
+        r.back_at,
+        r.published_for
+    );
+    remove_parent(&r.files);
+}
+
+fn remove_parent(files: &[PathBuf]) {
+    if let Some(dir) = files.first().and_then(|f| f.parent()) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A server stopped with `signal` and started again, under a publisher and a recorder. With
+/// `recorder_late`, the recorder is frozen (SIGSTOP) across the restart and thawed only once
+/// the publisher is back: it then re-joins a room where the stream is already published,
+/// so it resumes its subscription instead of seeing the stream go and come back.
+fn restart_scenario(signal: &str, recorder_late: bool) -> Restarted {
+    let tag = format!(
+        "{}{}",
+        signal.trim_start_matches('-').to_lowercase(),
+        if recorder_late { "-late" } else { "" }
+    );
+    let home = temp_dir(&format!("restart-home-{tag}"));
+    let out = temp_dir(&format!("restart-rec-{tag}"));
     let listen = format!("127.0.0.1:{}", free_port());
     let mut server = spawn(&["serve", "--listen", &listen], &home);
     let _s = wait_line(&mut server, "listening:");
@@ -223,11 +285,11 @@ fn publisher_and_recorder_survive_a_server_restart() {
             "--video-profile",
             "240p",
             "--duration",
-            "14",
+            "20",
         ],
         &home,
     );
-    let _pub_lines = wait_line(&mut publisher, "publishing as alice");
+    let pub_lines = wait_line(&mut publisher, "publishing as alice");
     let published_at = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -238,15 +300,61 @@ fn publisher_and_recorder_survive_a_server_restart() {
             break;
         }
     }
-    // Kill the server and start it again on the same address (same key file).
+    // Let a few seconds of media reach the file: the recorder's progress lines say how long
+    // it has been running.
+    loop {
+        let line = rec_lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("recorder output");
+        let secs = line
+            .strip_prefix('[')
+            .and_then(|l| l.split(" s]").next())
+            .and_then(|t| t.trim().parse::<f64>().ok());
+        if secs.is_some_and(|t| t >= 6.0) {
+            break;
+        }
+    }
+    if recorder_late {
+        Command::new("kill")
+            .args(["-STOP", &recorder.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    // Stop the server (as told) and start it again on the same address (same key file).
     Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args([signal, &server.id().to_string()])
         .status()
         .unwrap();
-    assert!(wait_exit(&mut server, Duration::from_secs(20)).success());
+    let status = wait_exit(&mut server, Duration::from_secs(20));
+    if signal == "-TERM" {
+        assert!(status.success());
+    }
     let before_restart = published_at.elapsed().as_secs_f64();
     let mut server = spawn(&["serve", "--listen", &listen], &home);
     let _s = wait_line(&mut server, "listening:");
+    if recorder_late {
+        // The publisher's progress lines: one not connected, then two connected ones.
+        let mut seen_down = false;
+        let mut up = 0;
+        while up < 2 {
+            let line = pub_lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("publisher output");
+            if !line.starts_with('[') {
+                continue;
+            }
+            if !line.contains("Connected") {
+                seen_down = true;
+            } else if seen_down {
+                up += 1;
+            }
+        }
+        Command::new("kill")
+            .args(["-CONT", &recorder.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    let back_at = published_at.elapsed().as_secs_f64();
     // Both bots reconnect by themselves; the publisher keeps publishing until its duration.
     assert!(wait_exit(&mut publisher, Duration::from_secs(40)).success());
     Command::new("kill")
@@ -254,19 +362,32 @@ fn publisher_and_recorder_survive_a_server_restart() {
         .status()
         .unwrap();
     assert!(wait_exit(&mut recorder, Duration::from_secs(20)).success());
-    // Media from after the restart was recorded: the recordings hold more than what was
-    // published before it.
+    let published_for = published_at.elapsed().as_secs_f64();
     let files = recordings(&out);
     let total: f64 = files.iter().map(|f| discover(f).duration).sum();
-    assert!(
-        total > before_restart + 2.0,
-        "files {files:?}: {total:.1} s recorded, {before_restart:.1} s before the restart"
-    );
     Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
         .unwrap();
     let _ = wait_exit(&mut server, Duration::from_secs(20));
     let _ = std::fs::remove_dir_all(&home);
-    let _ = std::fs::remove_dir_all(&out);
+    // The files stay for the caller to look at (it removes them).
+    let _ = (total, &out);
+    Restarted {
+        files,
+        before_restart,
+        back_at,
+        published_for,
+    }
+}
+
+/// What [`restart_scenario`] saw (seconds since the publisher started).
+struct Restarted {
+    files: Vec<PathBuf>,
+    /// When the server was stopped.
+    before_restart: f64,
+    /// When the recorder could come back (the server listening again, or the recorder thawed).
+    back_at: f64,
+    /// When the publisher stopped.
+    published_for: f64,
 }

@@ -1216,6 +1216,16 @@ impl ClientActor {
                     self.stream_info(user, stream_type.to_owned()).is_some()
                 }
             };
+            // A recording continues in a new file: the media after a re-join is another
+            // RTP session (new sequence numbers and timestamps from the server), and one
+            // file must never hold two timelines. Subscribing again builds a new pipeline
+            // (the old one finalises its file as it goes).
+            let recording = self.links.get(&key).and_then(|l| {
+                l.subscription
+                    .as_ref()
+                    .filter(|(p, _)| matches!(p.output, SubscribeOutput::Record { .. }))
+                    .map(|(p, _)| p.clone())
+            });
             if let Some(link) = self.links.get_mut(&key) {
                 link.health.connected();
                 link.close();
@@ -1223,7 +1233,12 @@ impl ClientActor {
                     continue;
                 }
             }
-            self.negotiate_link(ctx, key, None);
+            match recording {
+                Some(params) => {
+                    let _ = self.subscribe(ctx, params, false);
+                }
+                None => self.negotiate_link(ctx, key, None),
+            }
         }
     }
 

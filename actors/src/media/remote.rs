@@ -146,6 +146,20 @@ impl std::fmt::Debug for RemoteMedia {
     }
 }
 
+/// Where a recording goes: `dir/<stem>.<ext>`, or `dir/<stem>-<n>.<ext>` (n = 1, 2, …) when
+/// earlier files of the same stream are there (a subscription that resumed after a re-join
+/// records into a new file: one file, one timeline).
+pub fn record_path(dir: &std::path::Path, stem: &str, ext: &str) -> std::path::PathBuf {
+    let first = dir.join(format!("{stem}.{ext}"));
+    if !first.exists() {
+        return first;
+    }
+    (1u32..)
+        .map(|n| dir.join(format!("{stem}-{n}.{ext}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
 impl RemoteMedia {
     /// Builds and starts the receive pipeline for `user`'s `stream_type` with the tracks
     /// asked for. Blocks (GStreamer state changes): run it off the engine thread.
@@ -167,7 +181,7 @@ impl RemoteMedia {
                     StreamType::Auxiliary => "auxiliary",
                 };
                 RemoteOutput::Record {
-                    path: dir.join(format!("{user}_{kind}.{}", format.extension())),
+                    path: record_path(dir, &format!("{user}_{kind}"), format.extension()),
                     format: *format,
                 }
             }
@@ -299,6 +313,34 @@ impl Drop for RemoteMedia {
                 let _ = p.stop();
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod record_path_tests {
+    use super::record_path;
+
+    #[test]
+    fn a_second_recording_of_a_stream_gets_its_own_file() {
+        let dir = std::env::temp_dir().join(format!("rtcroom-record-path-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = record_path(&dir, "alice_main", "mkv");
+        assert_eq!(first, dir.join("alice_main.mkv"));
+        std::fs::write(&first, b"x").unwrap();
+        let second = record_path(&dir, "alice_main", "mkv");
+        assert_eq!(second, dir.join("alice_main-1.mkv"));
+        std::fs::write(&second, b"x").unwrap();
+        assert_eq!(
+            record_path(&dir, "alice_main", "mkv"),
+            dir.join("alice_main-2.mkv")
+        );
+        // Another stream starts at its plain name.
+        assert_eq!(
+            record_path(&dir, "bob_main", "mkv"),
+            dir.join("bob_main.mkv")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
