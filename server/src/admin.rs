@@ -189,17 +189,37 @@ pub fn authenticate(
     now: u64,
 ) -> Option<Credential> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if let (Some(token), Some(auth)) = (&cfg.token, header("Authorization"))
+    check_credentials(
+        cfg,
+        header("Authorization"),
+        header("X-Rtcroom-Timestamp"),
+        header("X-Rtcroom-Signature"),
+        action,
+        body,
+        now,
+    )
+}
+
+/// [`authenticate`] on the header values themselves (`Authorization`,
+/// `X-Rtcroom-Timestamp`, `X-Rtcroom-Signature`): plain logic, for tests and fuzzing.
+#[doc(hidden)]
+pub fn check_credentials(
+    cfg: &AdminConfig,
+    authorization: Option<&str>,
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    action: &str,
+    body: &[u8],
+    now: u64,
+) -> Option<Credential> {
+    if let (Some(token), Some(auth)) = (&cfg.token, authorization)
         && let Some(given) = auth.strip_prefix("Bearer ")
         && !token.is_empty()
     {
         return ct_eq(given.trim().as_bytes(), token.as_bytes()).then_some(Credential::Token);
     }
-    if let (Some(key), Some(ts), Some(sig)) = (
-        &cfg.hmac_key,
-        header("X-Rtcroom-Timestamp"),
-        header("X-Rtcroom-Signature"),
-    ) && !key.is_empty()
+    if let (Some(key), Some(ts), Some(sig)) = (&cfg.hmac_key, timestamp, signature)
+        && !key.is_empty()
     {
         let ts = ts.parse::<u64>().ok()?;
         if ts.abs_diff(now) > MAX_SKEW_S {
@@ -310,71 +330,11 @@ async fn handle(
             }
         }
     }
-    let string_room = match action {
-        "DismissRoom" | "RemoveUser" => Some(false),
-        "DismissRoomByStrRoomId" | "RemoveUserByStrRoomId" => Some(true),
-        "DescribeRoomInfo" => None,
-        other => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "InvalidAction",
-                format!("unknown action {other:?}"),
-            );
-        }
-    };
-    let parsed: RoomBody = match serde_json::from_slice(body) {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "InvalidParameter",
-                format!("body: {e}"),
-            );
-        }
-    };
-    let use_string = string_room.unwrap_or(parsed.room_id.is_string());
-    let room_id = match RoomId::from_json(&parsed.room_id, use_string) {
+    let request = match parse_request(action, body, |app| shared.config.app(app).is_some()) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "InvalidParameter", e.message),
+        Err(r) => return error(r.status, r.code, r.message),
     };
-    if shared.config.app(parsed.sdk_app_id).is_none() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameter.SdkAppId",
-            format!("sdkAppId {} is not configured", parsed.sdk_app_id),
-        );
-    }
-    let op = match action {
-        "DismissRoom" | "DismissRoomByStrRoomId" => AdminOp::Dismiss,
-        "DescribeRoomInfo" => AdminOp::Describe,
-        _ => {
-            if parsed.user_ids.is_empty() || parsed.user_ids.len() > MAX_REMOVE_USERS {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidParameter.UserIds",
-                    format!("UserIds must list 1 to {MAX_REMOVE_USERS} users"),
-                );
-            }
-            let mut users = Vec::new();
-            for u in &parsed.user_ids {
-                match UserId::new(u) {
-                    Ok(u) => users.push(u),
-                    Err(e) => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "InvalidParameter.UserIds",
-                            e.message,
-                        );
-                    }
-                }
-            }
-            AdminOp::Remove(users)
-        }
-    };
-    let key = RoomKey {
-        sdk_app_id: parsed.sdk_app_id,
-        room_id,
-    };
+    let (key, op) = (request.key, request.op);
     match shared.registry.admin(key, op).await {
         Ok(AdminReply::Done) => {
             HttpResponse::Ok().json(json!({ "Response": { "RequestId": request_id() } }))
@@ -388,6 +348,109 @@ async fn handle(
             e.message,
         ),
     }
+}
+
+/// An admin request that [`parse_request`] accepted: the room and what to do with it.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct AdminRequest {
+    /// The room.
+    pub key: RoomKey,
+    /// The operation.
+    pub op: AdminOp,
+}
+
+/// Why [`parse_request`] refused a request: the HTTP status, TRTC's error code and a message.
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// TRTC error code (`InvalidParameter`, ...).
+    pub code: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Refusal {
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// An authenticated admin request's action and body, checked: the action is known, the body
+/// names a room of an app for which `app_configured` holds and, for RemoveUser, 1 to
+/// [`MAX_REMOVE_USERS`] valid user ids. Plain logic (the handler's, for tests and fuzzing).
+#[doc(hidden)]
+pub fn parse_request(
+    action: &str,
+    body: &[u8],
+    app_configured: impl Fn(u32) -> bool,
+) -> Result<AdminRequest, Refusal> {
+    let string_room = match action {
+        "DismissRoom" | "RemoveUser" => Some(false),
+        "DismissRoomByStrRoomId" | "RemoveUserByStrRoomId" => Some(true),
+        "DescribeRoomInfo" => None,
+        other => {
+            return Err(Refusal::bad_request(
+                "InvalidAction",
+                format!("unknown action {other:?}"),
+            ));
+        }
+    };
+    let parsed: RoomBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(Refusal::bad_request(
+                "InvalidParameter",
+                format!("body: {e}"),
+            ));
+        }
+    };
+    let use_string = string_room.unwrap_or(parsed.room_id.is_string());
+    let room_id = match RoomId::from_json(&parsed.room_id, use_string) {
+        Ok(r) => r,
+        Err(e) => return Err(Refusal::bad_request("InvalidParameter", e.message)),
+    };
+    if !app_configured(parsed.sdk_app_id) {
+        return Err(Refusal::bad_request(
+            "InvalidParameter.SdkAppId",
+            format!("sdkAppId {} is not configured", parsed.sdk_app_id),
+        ));
+    }
+    let op = match action {
+        "DismissRoom" | "DismissRoomByStrRoomId" => AdminOp::Dismiss,
+        "DescribeRoomInfo" => AdminOp::Describe,
+        _ => {
+            if parsed.user_ids.is_empty() || parsed.user_ids.len() > MAX_REMOVE_USERS {
+                return Err(Refusal::bad_request(
+                    "InvalidParameter.UserIds",
+                    format!("UserIds must list 1 to {MAX_REMOVE_USERS} users"),
+                ));
+            }
+            let mut users = Vec::new();
+            for u in &parsed.user_ids {
+                match UserId::new(u) {
+                    Ok(u) => users.push(u),
+                    Err(e) => {
+                        return Err(Refusal::bad_request("InvalidParameter.UserIds", e.message));
+                    }
+                }
+            }
+            AdminOp::Remove(users)
+        }
+    };
+    Ok(AdminRequest {
+        key: RoomKey {
+            sdk_app_id: parsed.sdk_app_id,
+            room_id,
+        },
+        op,
+    })
 }
 
 #[cfg(test)]
@@ -490,5 +553,52 @@ mod tests {
             b"{}",
             now
         ));
+    }
+
+    #[test]
+    fn requests_are_checked_in_the_handlers_order() {
+        let known = |app: u32| app == 1400000000;
+        let code = |action: &str, body: &str| {
+            parse_request(action, body.as_bytes(), known)
+                .map(|r| format!("{:?} {}", r.op, r.key))
+                .unwrap_or_else(|r| r.code.to_owned())
+        };
+        assert_eq!(code("Nope", "{}"), "InvalidAction");
+        assert_eq!(code("DismissRoom", "{"), "InvalidParameter");
+        assert_eq!(
+            code("DismissRoom", r#"{"SdkAppId":1400000000,"RoomId":"a"}"#),
+            "InvalidParameter"
+        );
+        assert_eq!(
+            code("DismissRoom", r#"{"SdkAppId":1,"RoomId":5}"#),
+            "InvalidParameter.SdkAppId"
+        );
+        // The app is checked before the user ids.
+        assert_eq!(
+            code("RemoveUser", r#"{"SdkAppId":1,"RoomId":5}"#),
+            "InvalidParameter.SdkAppId"
+        );
+        assert_eq!(
+            code("RemoveUser", r#"{"SdkAppId":1400000000,"RoomId":5}"#),
+            "InvalidParameter.UserIds"
+        );
+        assert_eq!(
+            code(
+                "RemoveUserByStrRoomId",
+                r#"{"SdkAppId":1400000000,"RoomId":"r","UserIds":["a b"]}"#
+            ),
+            "InvalidParameter.UserIds"
+        );
+        assert_eq!(
+            code(
+                "RemoveUserByStrRoomId",
+                r#"{"SdkAppId":1400000000,"RoomId":"r","UserIds":["alice"]}"#
+            ),
+            r#"Remove([UserId("alice")]) 1400000000/"r""#
+        );
+        assert_eq!(
+            code("DescribeRoomInfo", r#"{"SdkAppId":1400000000,"RoomId":7}"#),
+            "Describe 1400000000/7"
+        );
     }
 }

@@ -394,8 +394,10 @@ fn overloaded() -> RtcError {
 }
 
 /// Parse an offer for str0m. The error says what is wrong without str0m's parser internals
-/// (its `Display` names a byte offset as a pointer, which is no use to a client).
-fn parse_offer(sdp: &str) -> Result<str0m::change::SdpOffer, RtcError> {
+/// (its `Display` names a byte offset as a pointer, which is no use to a client). Public for
+/// the fuzz targets only.
+#[doc(hidden)]
+pub fn parse_offer(sdp: &str) -> Result<str0m::change::SdpOffer, RtcError> {
     str0m::change::SdpOffer::from_sdp_string(sdp).map_err(|e| {
         tracing::debug!(error = %e, "unparsable SDP offer");
         RtcError::new(
