@@ -152,7 +152,7 @@ async fn publish_to_two_subscribers_then_late_joiner_then_unpublish() {
         .await
         .unwrap()
         .unwrap();
-    let keyframes = local.keyframe_requester();
+    let keyframes = local.encoder_control();
     let requests = Arc::new(AtomicU64::new(0));
     let r = requests.clone();
     publisher.on_keyframe_request(move || {
@@ -645,4 +645,71 @@ mod plane {
         assert!(events.try_recv().is_err(), "the subscriber lives on");
         plane.shutdown();
     }
+}
+
+/// Behind a 1:1 NAT: the workers bind 127.0.0.1, the candidates announce 127.0.0.2
+/// (`media.public_ip`), and a small NAT in the test forwards 127.0.0.2:port ↔ 127.0.0.1:port.
+/// The server must take the checks sent to the announced address as its own (it once gave
+/// str0m the bound address, and every check was dropped: no publisher ever connected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_announcing_a_public_ip_behind_a_nat_connects() {
+    let mut cfg = config();
+    cfg.media.workers = 1;
+    cfg.media.public_ip = Some("127.0.0.2".parse().unwrap());
+    let server = start(cfg);
+    let (mut anchor, _) = joined(&server.ws_url(), "a", "9", Mode::Rtc, None).await;
+    let publisher = Publisher::new().await;
+    let offer = peer::full_offer(&publisher.pc).await;
+    let reply = anchor
+        .request(ClientMessage::Publish(PublishRequest {
+            stream_type: StreamType::Main,
+            has_audio: true,
+            has_video: true,
+            sdp: Some(offer),
+        }))
+        .await
+        .unwrap();
+    let answer = answer_of(reply);
+    let port: u16 = answer
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.strip_prefix("a=candidate:")?.split_whitespace().collect();
+            (f.get(4) == Some(&"127.0.0.2")).then(|| f[5].parse().unwrap())
+        })
+        .expect("the answer announces 127.0.0.2");
+    // The NAT: outside 127.0.0.2:port, inside 127.0.0.1:port, one mapping (one client).
+    let outside = Arc::new(
+        tokio::net::UdpSocket::bind(("127.0.0.2", port))
+            .await
+            .unwrap(),
+    );
+    let inside = Arc::new(tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap());
+    inside.connect(("127.0.0.1", port)).await.unwrap();
+    let client = Arc::new(std::sync::Mutex::new(None));
+    let (o, i, c) = (outside.clone(), inside.clone(), client.clone());
+    let out_to_in = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = o.recv_from(&mut buf).await {
+            *c.lock().unwrap() = Some(from);
+            let _ = i.send(&buf[..n]).await;
+        }
+    });
+    let (o, i, c) = (outside.clone(), inside.clone(), client.clone());
+    let in_to_out = tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        while let Ok(n) = i.recv(&mut buf).await {
+            let to = *c.lock().unwrap();
+            if let Some(to) = to {
+                let _ = o.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    peer::apply_answer(&publisher.pc, answer).await;
+    assert!(
+        peer::connected(&publisher.pc, Duration::from_secs(10)).await,
+        "the publisher connects through the NAT"
+    );
+    out_to_in.abort();
+    in_to_out.abort();
+    server.stop().unwrap();
 }

@@ -193,7 +193,6 @@ enum Turn {
 pub(super) struct Worker {
     idx: usize,
     socket: std::net::UdpSocket,
-    local: SocketAddr,
     announced: SocketAddr,
     ctl: Vec<mpsc::Sender<Cmd>>,
     data: Vec<mpsc::Sender<Data>>,
@@ -231,12 +230,9 @@ const SEND_BATCH: usize = 64;
 
 impl Worker {
     pub(super) fn new(s: WorkerSetup) -> Worker {
-        // The socket is bound, so it has a local address.
-        let local = s.socket.local_addr().unwrap_or(s.announced);
         Worker {
             idx: s.idx,
             socket: s.socket,
-            local,
             announced: s.announced,
             ctl: s.ctl,
             data: s.data,
@@ -1035,7 +1031,10 @@ impl Worker {
 
     fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
         let now = Instant::now();
-        let destination = self.local;
+        // The address the datagram was sent to, as ICE knows it: our announced candidate.
+        // Behind a 1:1 NAT (`media.public_ip`), that is not the address the socket is bound
+        // to, and str0m drops checks to an address it has no candidate for.
+        let destination = self.announced;
         let receive = |contents| {
             Input::Receive(
                 now,
