@@ -204,7 +204,7 @@ pub async fn publish(
         .await
         .context("the pipeline thread")??;
     let (pc, video, audio, video_sender) = sending_peer(p.codec).await?;
-    let keyframes = local.keyframe_requester();
+    let keyframes = local.encoder_control();
     tokio::spawn(async move {
         while let Ok((pkts, _)) = video_sender.read_rtcp().await {
             for pkt in pkts {

@@ -73,7 +73,7 @@ pub use sink::{
 };
 pub use source::{
     AppAudioFormat, AppAudioInput, AppVideoFormat, AppVideoInput, AudioTrackConfig,
-    DEFAULT_RTP_QUEUE, KeyframeRequester, LocalConfig, LocalOutputs, LocalPipeline, LocalStats,
+    DEFAULT_RTP_QUEUE, EncoderControl, LocalConfig, LocalOutputs, LocalPipeline, LocalStats,
     RawVideoFormat, STOP_TIMEOUT, SourceKind, VideoTrackConfig, microphone_factory,
 };
 
@@ -104,7 +104,7 @@ const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<LocalPipeline>();
     send_sync::<RemotePipeline>();
-    send_sync::<KeyframeRequester>();
+    send_sync::<EncoderControl>();
     send_sync::<AppVideoInput>();
     send_sync::<AppAudioInput>();
     send_sync::<RtpPacket>();

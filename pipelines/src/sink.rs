@@ -367,7 +367,13 @@ fn build_track(
     };
     set_props(
         &jitter,
-        &[("latency", latency_ms.to_string()), ("mode", mode.into())],
+        &[
+            ("latency", latency_ms.to_string()),
+            ("mode", mode.into()),
+            // A packet given up on becomes a gap event, which the Opus decoder fills from the
+            // next packet's in-band FEC (or conceals).
+            ("do-lost", (codec.kind() == MediaKind::Audio).to_string()),
+        ],
     )?;
     let mut chain: Vec<gst::Element> = vec![appsrc.clone().upcast(), jitter];
     match codec {
@@ -514,7 +520,15 @@ fn decoder_chain(codec: Codec) -> Result<Vec<gst::Element>> {
             vec![make("h264parse")?, make(dec)?]
         }
         Codec::Video(VideoCodec::Vp8) => vec![make("vp8dec")?],
-        Codec::Audio(AudioCodec::Opus) => vec![make("opusdec")?],
+        Codec::Audio(AudioCodec::Opus) => {
+            let dec = make("opusdec")?;
+            // Recover a lost frame from the next packet's FEC; conceal what FEC cannot.
+            set_props(
+                &dec,
+                &[("use-inband-fec", "true".into()), ("plc", "true".into())],
+            )?;
+            vec![dec]
+        }
     })
 }
 

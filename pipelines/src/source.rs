@@ -135,6 +135,10 @@ pub struct AudioTrackConfig {
     pub codec: AudioCodec,
     /// Channels and bitrate.
     pub profile: AudioProfile,
+    /// Packet loss (percent) the Opus encoder expects at the start, until
+    /// [`EncoderControl::set_expected_loss`] says otherwise: in-band FEC is always on, and
+    /// carries data in proportion to this.
+    pub expected_loss_pct: u8,
 }
 
 /// Configuration of a [`LocalPipeline`].
@@ -262,14 +266,16 @@ fn push(
         .map_err(|e| PipelineError::Flow(format!("{e:?}")))
 }
 
-/// Asks the video encoder of a local pipeline for a keyframe. Cheap to clone, `Send + Sync`,
-/// callable from any thread (including async tasks: it does not block).
+/// Steers the encoders of a running local pipeline: keyframes for the video encoder, the
+/// expected packet loss for Opus in-band FEC. Cheap to clone, `Send + Sync`, callable from any
+/// thread (including async tasks: nothing here blocks).
 #[derive(Debug, Clone)]
-pub struct KeyframeRequester {
+pub struct EncoderControl {
     encoder: Option<gst::Element>,
+    audio: Option<gst::Element>,
 }
 
-impl KeyframeRequester {
+impl EncoderControl {
     /// Sends a force-key-unit event (with SPS/PPS) upstream into the encoder. Returns whether
     /// the encoder accepted it; `false` for a pipeline without video.
     pub fn request_keyframe(&self) -> bool {
@@ -282,6 +288,18 @@ impl KeyframeRequester {
         let ok = enc.static_pad("src").is_some_and(|pad| pad.send_event(ev));
         tracing::debug!(accepted = ok, "keyframe requested");
         ok
+    }
+
+    /// Tells the Opus encoder how much packet loss to expect (percent, clamped to 0..=100),
+    /// e.g. from RTCP receiver reports: Opus spends bits on in-band FEC (a low-bitrate copy
+    /// of each frame in the next packet, which the receiver's decoder uses for a lost one) in
+    /// proportion. Returns `false` for a pipeline without audio.
+    pub fn set_expected_loss(&self, pct: u8) -> bool {
+        let Some(enc) = &self.audio else {
+            return false;
+        };
+        enc.set_property("packet-loss-percentage", i32::from(pct.min(100)));
+        true
     }
 }
 
@@ -309,7 +327,7 @@ pub struct LocalPipeline {
     /// Stop by sending EOS to the sources (not for files: their decodebin/looping segment
     /// handling wants it at the branch heads).
     eos_at_sources: bool,
-    keyframes: KeyframeRequester,
+    keyframes: EncoderControl,
     encoder: Option<EncoderKind>,
     counters: Arc<Counters>,
     stopped: AtomicBool,
@@ -344,6 +362,7 @@ impl LocalPipeline {
         let mut heads = Vec::new();
         let mut encoder_kind = None;
         let mut encoder_el = None;
+        let mut audio_el = None;
         let mut app_video = None;
         let mut app_audio = None;
         let sync = config.realtime && matches!(config.source, SourceKind::File { .. });
@@ -363,7 +382,8 @@ impl LocalPipeline {
         }
         if let Some(a) = &config.audio {
             a.profile.validate()?;
-            let head = build_audio_branch(&pipeline, a, sync, &counters, &rtp_tx)?;
+            let (head, enc) = build_audio_branch(&pipeline, a, sync, &counters, &rtp_tx)?;
+            audio_el = Some(enc);
             if let Some((src, app)) = audio_source(&config)? {
                 pipeline.add(&src)?;
                 src.link(&head)?;
@@ -382,8 +402,9 @@ impl LocalPipeline {
             pipeline,
             watch,
             heads,
-            keyframes: KeyframeRequester {
+            keyframes: EncoderControl {
                 encoder: encoder_el,
+                audio: audio_el,
             },
             encoder: encoder_kind,
             counters,
@@ -432,8 +453,8 @@ impl LocalPipeline {
         self.keyframes.request_keyframe()
     }
 
-    /// A handle to request keyframes from other threads or tasks.
-    pub fn keyframe_requester(&self) -> KeyframeRequester {
+    /// A handle to steer the encoders (keyframes, expected loss) from other threads or tasks.
+    pub fn encoder_control(&self) -> EncoderControl {
         self.keyframes.clone()
     }
 
@@ -581,7 +602,7 @@ fn build_audio_branch(
     sync: bool,
     counters: &Arc<Counters>,
     tx: &mpsc::Sender<RtpPacket>,
-) -> Result<gst::Element> {
+) -> Result<(gst::Element, gst::Element)> {
     let p = a.profile;
     let convert = make("audioconvert")?;
     let resample = make("audioresample")?;
@@ -599,6 +620,14 @@ fn build_audio_branch(
             ("bitrate", (u64::from(p.bitrate_kbps) * 1000).to_string()),
             ("frame-size", OPUS_FRAME_MS.to_string()),
             ("inband-fec", "true".into()),
+            // What WebRTC stacks use (libwebrtc's OPUS_APPLICATION_VOIP): speech-first mode
+            // decisions, and the SILK layer (the one that carries FEC) at any expected loss,
+            // where "generic" keeps music-like input in CELT (no FEC) below ~8 % loss.
+            ("audio-type", "voice".into()),
+            (
+                "packet-loss-percentage",
+                a.expected_loss_pct.min(100).to_string(),
+            ),
         ],
     )?;
     let codec = Codec::Audio(a.codec);
@@ -614,7 +643,7 @@ fn build_audio_branch(
     let chain = [&convert, &resample, &raw_caps, &queue, &enc, &pay, &sink];
     pipeline.add_many(chain)?;
     link_chain(&chain)?;
-    Ok(convert)
+    Ok((convert, enc))
 }
 
 /// The appsink that hands RTP packets to the channel without ever blocking.

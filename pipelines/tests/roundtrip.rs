@@ -150,6 +150,7 @@ fn stereo_audio_profile_round_trips_as_stereo() {
     cfg.audio = Some(AudioTrackConfig {
         codec: AudioCodec::Opus,
         profile: AudioProfile::HIGH_STEREO,
+        ..Default::default()
     });
     let rt = rt();
     let (cb, frames) = collector();
@@ -334,7 +335,7 @@ fn keyframe_request_forces_an_idr_on_the_next_frame() {
     let rt = rt();
     let (local, mut out) = LocalPipeline::start(cfg).expect("local");
     let input = out.app_video.take().expect("input");
-    let requester = local.keyframe_requester();
+    let requester = local.encoder_control();
     // Frame index of a relative RTP timestamp (rounded: the clock conversion may be 1 tick off).
     let frame_of = |rel: u32| (u64::from(rel) * 15 + 45_000) / 90_000;
     let mut keyframe_ts = BTreeSet::new();

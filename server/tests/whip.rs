@@ -115,7 +115,7 @@ impl Feed {
             .await
             .unwrap()
             .unwrap();
-        let keyframes = local.keyframe_requester();
+        let keyframes = local.encoder_control();
         publisher.on_keyframe_request(move || {
             keyframes.request_keyframe();
         });

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use actix::Recipient;
 
 use rtcroom_pipelines::{
-    KeyframeRequester, LocalConfig, LocalOutputs, LocalPipeline, MediaKind, RtpPacket, VideoCodec,
+    EncoderControl, LocalConfig, LocalOutputs, LocalPipeline, MediaKind, RtpPacket, VideoCodec,
 };
 use rtcroom_protocol::signal::StreamType;
 use rtcroom_protocol::{ErrorCode, RtcError};
@@ -173,7 +173,9 @@ pub struct LocalMedia {
 struct PipelineState {
     config: LocalConfig,
     pipeline: Option<LocalPipeline>,
-    keyframes: Option<KeyframeRequester>,
+    encoders: Option<EncoderControl>,
+    /// Smoothed packet loss the receivers report (percent), given to the Opus encoder.
+    expected_loss: u8,
     /// Bumped on every restart, so an old pump stops writing.
     epoch: u64,
 }
@@ -201,6 +203,26 @@ fn pipeline_error(e: rtcroom_pipelines::PipelineError) -> RtcError {
     )
 }
 
+/// The Opus encoder's expected loss (percent) after the server reported `fraction_lost`
+/// (1/256 units) on this publisher's uplink. An SFU terminates RTCP, so the publisher hears
+/// only of its own leg; each subscriber's downlink loses about as much again, so the
+/// end-to-end loss FEC has to cover is taken as twice the reported one. Rises at once to a
+/// higher figure, so FEC is there for the next burst, and decays by a quarter of the
+/// difference per report (they come every second or few), so one clean interval does not
+/// switch FEC off. Capped at 50 %: beyond that FEC cannot keep up and only takes bits from
+/// the primary encoding.
+pub fn next_expected_loss(previous: u8, fraction_lost: u8) -> u8 {
+    let reported = (u32::from(fraction_lost) * 200).div_ceil(256).min(50);
+    let previous = u32::from(previous.min(50));
+    let next = if reported >= previous {
+        reported
+    } else {
+        previous - (previous - reported).div_ceil(4)
+    };
+    // At most 50 by the two `min`s above.
+    next as u8
+}
+
 impl LocalMedia {
     /// Builds and starts the pipeline. Blocks (GStreamer state changes): run it off the
     /// engine thread. Returns the stream and the pipeline outputs; give `outputs.rtp` to
@@ -224,7 +246,7 @@ impl LocalMedia {
             ))
         });
         let (pipeline, outputs) = LocalPipeline::start(config.clone()).map_err(pipeline_error)?;
-        let keyframes = Some(pipeline.keyframe_requester());
+        let encoders = Some(pipeline.encoder_control());
         let media = Arc::new(LocalMedia {
             stream_type,
             video_track,
@@ -234,7 +256,8 @@ impl LocalMedia {
             state: Mutex::new(PipelineState {
                 config,
                 pipeline: Some(pipeline),
-                keyframes,
+                encoders,
+                expected_loss: 0,
                 epoch: 0,
             }),
             counters: Counters::default(),
@@ -316,8 +339,20 @@ impl LocalMedia {
         self.counters
             .keyframe_requests
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(k) = &lock(&self.state).keyframes {
+        if let Some(k) = &lock(&self.state).encoders {
             k.request_keyframe();
+        }
+    }
+
+    /// A receiver's loss report for this stream (RTCP receiver report, `fraction_lost` in
+    /// 1/256): smoothed by [`next_expected_loss`] and handed to the Opus encoder, which sizes
+    /// its in-band FEC by it. The path's loss is shared by the stream's tracks, so a video
+    /// track's report counts too.
+    pub fn on_loss_report(&self, fraction_lost: u8) {
+        let mut s = lock(&self.state);
+        s.expected_loss = next_expected_loss(s.expected_loss, fraction_lost);
+        if let Some(k) = &s.encoders {
+            k.set_expected_loss(s.expected_loss);
         }
     }
 
@@ -396,7 +431,10 @@ impl LocalMedia {
             let mut s = lock(&self.state);
             s.epoch += 1;
             s.config = config;
-            s.keyframes = Some(pipeline.keyframe_requester());
+            s.encoders = Some(pipeline.encoder_control());
+            if let Some(k) = &s.encoders {
+                k.set_expected_loss(s.expected_loss);
+            }
             s.pipeline.replace(pipeline)
         };
         if let Some(old) = old {
@@ -411,7 +449,7 @@ impl LocalMedia {
         let old = {
             let mut s = lock(&self.state);
             s.epoch += 1;
-            s.keyframes = None;
+            s.encoders = None;
             s.pipeline.take()
         };
         if let Some(old) = old {
@@ -437,6 +475,26 @@ impl Drop for LocalMedia {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expected_loss_rises_at_once_and_decays_slowly() {
+        // 10 % uplink loss is 26/256: about 20 % end to end over two such legs.
+        assert_eq!(next_expected_loss(0, 26), 21);
+        assert_eq!(next_expected_loss(21, 0), 15);
+        assert_eq!(next_expected_loss(15, 0), 11);
+        assert_eq!(next_expected_loss(15, 26), 21);
+        let mut e = 21;
+        for _ in 0..20 {
+            e = next_expected_loss(e, 0);
+        }
+        assert_eq!(e, 0, "clean reports bring it back to 0");
+        assert_eq!(next_expected_loss(3, 255), 50, "capped");
+        assert_eq!(
+            next_expected_loss(200, 0),
+            37,
+            "a previous value above the cap is capped"
+        );
+    }
 
     #[test]
     fn continuity_closes_mute_gaps_and_restart_jumps() {

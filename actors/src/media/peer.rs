@@ -213,8 +213,9 @@ pub async fn new_peer_connection() -> Result<Arc<RTCPeerConnection>, RtcError> {
         .map_err(|e| ice_error("new peer connection", e))
 }
 
-/// Reads RTCP from a sender (webrtc-rs needs it read for its interceptors) and turns each
-/// PLI/FIR into a keyframe request. Ends with the sender.
+/// Reads RTCP from a sender (webrtc-rs needs it read for its interceptors), turns each
+/// PLI/FIR into a keyframe request and each receiver report's loss into the Opus encoder's
+/// expected loss (its in-band FEC). Ends with the sender.
 async fn read_sender_rtcp(sender: Arc<RTCRtpSender>, local: Arc<LocalMedia>) {
     while let Ok((pkts, _)) = sender.read_rtcp().await {
         for p in pkts {
@@ -227,6 +228,11 @@ async fn read_sender_rtcp(sender: Arc<RTCRtpSender>, local: Arc<LocalMedia>) {
                     .is_some()
             {
                 local.request_keyframe();
+            }
+            if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>()
+                && let Some(worst) = rr.reports.iter().map(|r| r.fraction_lost).max()
+            {
+                local.on_loss_report(worst);
             }
         }
     }
