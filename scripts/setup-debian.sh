@@ -18,6 +18,8 @@ PACKAGES=(
   gstreamer1.0-plugins-base-apps
   chromium
   pkg-config
+  iproute2
+  iptables
   build-essential
   ca-certificates
   curl

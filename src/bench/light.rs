@@ -69,8 +69,12 @@ pub struct LightPeer {
 
 impl LightPeer {
     /// A peer offering `direction` audio (and video when `video`); returns it and its offer.
-    pub async fn new(direction: Direction, video: bool) -> anyhow::Result<(LightPeer, String)> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    pub async fn new(
+        direction: Direction,
+        video: bool,
+        bind_ip: std::net::IpAddr,
+    ) -> anyhow::Result<(LightPeer, String)> {
+        let socket = UdpSocket::bind((bind_ip, 0)).await?;
         let local = socket.local_addr()?;
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
@@ -168,6 +172,16 @@ pub struct SubStats {
     pub bytes: AtomicU64,
     /// Packets missing by sequence number (all kinds).
     pub lost: AtomicU64,
+    /// Video packets received (each sequence number once, however often it arrived).
+    pub video_packets: AtomicU64,
+    /// Video packets missing by sequence number at the end (after any repair).
+    pub video_lost: AtomicU64,
+    /// Audio packets received (each sequence number once).
+    pub audio_packets: AtomicU64,
+    /// Audio packets missing by sequence number at the end.
+    pub audio_lost: AtomicU64,
+    /// Of those, how many the next packet's Opus in-band FEC recovers.
+    pub audio_fec_recovered: AtomicU64,
     /// Video gaps over 500 ms after the first video packet.
     pub freezes: AtomicU64,
     /// Microseconds from subscribe to the first video packet (0 until then).
@@ -203,22 +217,153 @@ pub fn is_h264_keyframe(p: &[u8]) -> bool {
     }
 }
 
-/// Per-stream sequence tracking for loss: expected (first..=highest) minus received.
+/// Whether an Opus packet carries in-band FEC (LBRR) data for the frame before it: the SILK
+/// layer's header flags (RFC 6716 §4.2.3: one VAD bit per SILK frame, then the LBRR flag,
+/// per channel), read with the range decoder of §4.1. CELT-only packets carry none. Packets
+/// of several frames (TOC code 2 and 3) are read as their first frame's flags only when code
+/// 1 (equal sizes) and are otherwise counted as carrying none.
+pub fn opus_has_fec(p: &[u8]) -> bool {
+    let Some(&toc) = p.first() else {
+        return false;
+    };
+    let config = toc >> 3;
+    if config >= 16 || toc & 3 > 1 {
+        return false;
+    }
+    let silk_frames = match config {
+        // SILK-only: 10, 20, 40, 60 ms (one SILK frame per 20 ms, one for 10 ms).
+        0..=11 => [1, 1, 2, 3][usize::from(config & 3)],
+        // Hybrid: 10 or 20 ms.
+        _ => 1,
+    };
+    let channels = if toc & 4 != 0 { 2 } else { 1 };
+    let mut dec = RangeDecoder::new(&p[1..]);
+    for _ in 0..channels {
+        for _ in 0..silk_frames {
+            dec.bit_logp(1);
+        }
+        if dec.bit_logp(1) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The start of Opus's range decoder (RFC 6716 §4.1), enough to read flag bits.
+struct RangeDecoder<'a> {
+    data: &'a [u8],
+    pos: usize,
+    rng: u32,
+    val: u32,
+    rem: u32,
+}
+
+impl<'a> RangeDecoder<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        let mut d = RangeDecoder {
+            data,
+            pos: 0,
+            rng: 128,
+            val: 0,
+            rem: 0,
+        };
+        d.rem = d.byte();
+        d.val = 127 - (d.rem >> 1);
+        d.normalize();
+        d
+    }
+
+    fn byte(&mut self) -> u32 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        u32::from(b)
+    }
+
+    fn normalize(&mut self) {
+        while self.rng <= 1 << 23 {
+            self.rng <<= 8;
+            let sym = self.rem;
+            self.rem = self.byte();
+            let sym = ((sym << 8) | self.rem) >> 1;
+            self.val = ((self.val << 8) + (255 & !sym)) & 0x7fff_ffff;
+        }
+    }
+
+    fn bit_logp(&mut self, logp: u32) -> bool {
+        let s = self.rng >> logp;
+        let bit = self.val < s;
+        if bit {
+            self.rng = s;
+        } else {
+            self.val -= s;
+            self.rng -= s;
+        }
+        self.normalize();
+        bit
+    }
+}
+
+/// Per-stream sequence tracking for loss: expected (first..=highest) minus received, where a
+/// sequence number that arrives twice (a resend of one that was not lost) counts once; and,
+/// for Opus, how many of the lost packets the next packet's in-band FEC recovers.
 #[derive(Default)]
 struct SeqTrack {
     first: Option<u64>,
     highest: u64,
     received: u64,
+    /// The last `SEEN_WINDOW` sequence numbers up to `highest`: (arrived, carries FEC).
+    seen: std::collections::VecDeque<(bool, bool)>,
+    /// Lost packets whose successor arrived carrying FEC, among those out of the window.
+    fec_recovered: u64,
 }
 
+/// How far back duplicates are recognised (resends arrive within a second or so).
+const SEEN_WINDOW: u64 = 4096;
+
 impl SeqTrack {
-    fn see(&mut self, seq: u64) {
+    fn see(&mut self, seq: u64, fec: bool) {
         let first = *self.first.get_or_insert(seq);
-        if seq < first {
-            self.first = Some(seq);
+        if self.seen.is_empty() {
+            self.highest = seq;
+            self.seen.push_back((true, fec));
+            self.received = 1;
+            return;
         }
-        self.highest = self.highest.max(seq);
-        self.received += 1;
+        if seq > self.highest {
+            for _ in self.highest + 1..seq {
+                self.seen.push_back((false, false));
+            }
+            self.seen.push_back((true, fec));
+            self.highest = seq;
+            while self.seen.len() as u64 > SEEN_WINDOW {
+                self.pop_oldest();
+            }
+            self.received += 1;
+            return;
+        }
+        let back = self.highest - seq;
+        if back >= SEEN_WINDOW || seq < first {
+            // Too old to tell a duplicate from a late one; older than the first: a new start.
+            if seq < first {
+                self.first = Some(seq);
+                self.received += 1;
+            }
+            return;
+        }
+        let idx = self.seen.len() - 1 - back as usize;
+        if !self.seen[idx].0 {
+            self.seen[idx] = (true, fec);
+            self.received += 1;
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((arrived, _)) = self.seen.pop_front()
+            && !arrived
+            && self.seen.front().is_some_and(|&(a, f)| a && f)
+        {
+            self.fec_recovered += 1;
+        }
     }
 
     fn lost(&self) -> u64 {
@@ -226,6 +371,17 @@ impl SeqTrack {
             Some(f) => (self.highest - f + 1).saturating_sub(self.received),
             None => 0,
         }
+    }
+
+    /// Lost packets the next packet's FEC recovers (a decoder with in-band FEC on plays them).
+    fn recovered_by_fec(&self) -> u64 {
+        let in_window = self
+            .seen
+            .iter()
+            .zip(self.seen.iter().skip(1))
+            .filter(|((a, _), (b, f))| !a && *b && *f)
+            .count() as u64;
+        self.fec_recovered + in_window
     }
 }
 
@@ -237,7 +393,8 @@ pub async fn run_subscriber(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 2000];
-    let mut seqs: std::collections::HashMap<u32, SeqTrack> = Default::default();
+    // Per SSRC: the sequence track and whether it is video.
+    let mut seqs: std::collections::HashMap<u32, (SeqTrack, bool)> = Default::default();
     let mut last_video: Option<Instant> = None;
     let video_mid = peer.mid(MediaKind::Video);
     let mut nacks: std::collections::HashMap<Mid, u64> = Default::default();
@@ -265,7 +422,12 @@ pub async fn run_subscriber(
                 stats
                     .bytes
                     .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
-                seqs.entry(*p.header.ssrc).or_default().see(*p.seq_no);
+                let video = is_video(&p);
+                let fec = !video && opus_has_fec(&p.payload);
+                seqs.entry(*p.header.ssrc)
+                    .or_insert_with(|| (SeqTrack::default(), video))
+                    .0
+                    .see(*p.seq_no, fec);
                 if !is_video(&p) && stats.first_audio_us.load(Ordering::Relaxed) == 0 {
                     let us = started.elapsed().as_micros().max(1) as u64;
                     stats.first_audio_us.store(us, Ordering::Relaxed);
@@ -308,8 +470,31 @@ pub async fn run_subscriber(
             _ = stop.changed() => break,
         }
     }
-    let lost: u64 = seqs.values().map(SeqTrack::lost).sum();
-    stats.lost.store(lost, Ordering::Relaxed);
+    let count = |video: bool, f: fn(&SeqTrack) -> u64| -> u64 {
+        seqs.values()
+            .filter(|(_, v)| *v == video)
+            .map(|(t, _)| f(t))
+            .sum()
+    };
+    stats.lost.store(
+        count(true, SeqTrack::lost) + count(false, SeqTrack::lost),
+        Ordering::Relaxed,
+    );
+    stats
+        .video_lost
+        .store(count(true, SeqTrack::lost), Ordering::Relaxed);
+    stats
+        .audio_lost
+        .store(count(false, SeqTrack::lost), Ordering::Relaxed);
+    stats
+        .video_packets
+        .store(count(true, |t| t.received), Ordering::Relaxed);
+    stats
+        .audio_packets
+        .store(count(false, |t| t.received), Ordering::Relaxed);
+    stats
+        .audio_fec_recovered
+        .store(count(false, SeqTrack::recovered_by_fec), Ordering::Relaxed);
 }
 
 fn is_video(p: &str0m::rtp::RtpPacket) -> bool {
@@ -430,11 +615,71 @@ mod tests {
     fn loss_from_sequence_gaps() {
         let mut t = SeqTrack::default();
         for s in [10, 11, 14] {
-            t.see(s);
+            t.see(s, false);
         }
         assert_eq!(t.lost(), 2);
-        t.see(12);
+        t.see(12, false);
         assert_eq!(t.lost(), 1, "a late packet is not lost");
         assert_eq!(SeqTrack::default().lost(), 0);
+    }
+
+    #[test]
+    fn fec_recovers_a_lost_packet_only_when_the_next_one_carries_it() {
+        let mut t = SeqTrack::default();
+        // 2 lost, 3 carries FEC: recovered. 5 and 6 lost: only 6 (7 carries FEC) recovered.
+        // 9 lost, 10 has no FEC: not recovered.
+        for (s, fec) in [
+            (1, true),
+            (3, true),
+            (4, true),
+            (7, true),
+            (8, true),
+            (10, false),
+        ] {
+            t.see(s, fec);
+        }
+        assert_eq!(t.lost(), 4);
+        assert_eq!(t.recovered_by_fec(), 2);
+        // The same when the packets have left the window.
+        t.see(10 + 2 * SEEN_WINDOW, false);
+        assert_eq!(t.recovered_by_fec(), 2);
+        assert_eq!(t.fec_recovered, 2, "counted as they left the window");
+    }
+
+    #[test]
+    fn opus_fec_flag_is_read_from_the_silk_header() {
+        // CELT-only (config 31) never carries FEC; nor does an empty packet.
+        assert!(!opus_has_fec(&[31 << 3, 0xff, 0xff]));
+        assert!(!opus_has_fec(&[]));
+        // SILK-only 20 ms mono (config 1). The first byte 0x00 decodes as val = 127 ≥ 64:
+        // VAD 0, then (after val -= 64) 63 ≥ 32: LBRR 0.
+        assert!(!opus_has_fec(&[1 << 3, 0x00, 0x00, 0x00]));
+        // 0xff: val = 0 < 64: VAD 1; 0 < 32: LBRR 1.
+        assert!(opus_has_fec(&[1 << 3, 0xff, 0xff, 0xff]));
+        // 0x80: val = 63 < 64: VAD 1; then rng 64, s 32, 63 ≥ 32: LBRR 0.
+        assert!(!opus_has_fec(&[1 << 3, 0x80, 0x00, 0x00]));
+        // 0xC0: val = 31: VAD 1; 31 < 32: LBRR 1.
+        assert!(opus_has_fec(&[1 << 3, 0xc0, 0x00, 0x00]));
+        // Stereo: the side channel's LBRR flag counts too.
+        assert!(opus_has_fec(&[(1 << 3) | 4, 0xff, 0xff, 0xff]));
+        // Code 3 (several frames, sizes coded): not read.
+        assert!(!opus_has_fec(&[(1 << 3) | 3, 0xff, 0xff, 0xff]));
+    }
+
+    #[test]
+    fn a_packet_arriving_twice_does_not_hide_a_loss() {
+        let mut t = SeqTrack::default();
+        for s in [100, 101, 103, 101, 103, 104] {
+            t.see(s, false);
+        }
+        assert_eq!(t.lost(), 1, "102 is lost; 101 and 103 came twice");
+        assert_eq!(t.received, 4);
+        t.see(102, false);
+        t.see(102, false);
+        assert_eq!(t.lost(), 0);
+        // Far beyond the window, a repeat of an old number is not counted again.
+        t.see(104 + SEEN_WINDOW + 10, false);
+        t.see(101, false);
+        assert_eq!(t.lost(), SEEN_WINDOW + 9);
     }
 }

@@ -29,8 +29,10 @@ pub const MAX_SUBSCRIBERS: usize = 2000;
 /// Length of the pre-encoded clip that is replayed in a loop.
 const CLIP: Duration = Duration::from_secs(6);
 
-/// Encode the clip once: 720p30 H.264 at 1.5 Mbit/s + Opus, as fast as the CPU allows.
-fn pre_encode() -> anyhow::Result<(Vec<Recorded>, Duration)> {
+/// Encode the clip once: 720p30 H.264 at 1.5 Mbit/s + Opus, as fast as the CPU allows. The
+/// Opus encoder expects `expected_loss_pct` loss, as the engine's does once receiver reports
+/// say so: its in-band FEC carries data in proportion.
+fn pre_encode(expected_loss_pct: u8) -> anyhow::Result<(Vec<Recorded>, Duration)> {
     rtcroom_pipelines::preload()?;
     let mut cfg = LocalConfig::new(SourceKind::TestPattern {
         duration: Some(CLIP),
@@ -39,7 +41,10 @@ fn pre_encode() -> anyhow::Result<(Vec<Recorded>, Duration)> {
         profile: VideoProfile::new(1280, 720, 30, 1500),
         ..Default::default()
     });
-    cfg.audio = Some(AudioTrackConfig::default());
+    cfg.audio = Some(AudioTrackConfig {
+        expected_loss_pct,
+        ..Default::default()
+    });
     cfg.realtime = false;
     let (local, mut out) = LocalPipeline::start(cfg)?;
     let mut packets = Vec::new();
@@ -291,7 +296,14 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     }
     let rate = if rate > 0.0 { rate } else { 100.0 };
     eprintln!("{scenario}: encoding the clip once...");
-    let (mut clip, clip_len) = tokio::task::spawn_blocking(pre_encode).await??;
+    // What the engine's Opus encoder settles on when the server reports this uplink loss
+    // (twice it, for the subscriber's leg).
+    let fraction_lost = (common.loss.unwrap_or(0.0) * 2.56)
+        .round()
+        .clamp(0.0, 255.0) as u8;
+    let expected_loss = rtcroom_actors::media::local::next_expected_loss(0, fraction_lost);
+    let (mut clip, clip_len) =
+        tokio::task::spawn_blocking(move || pre_encode(expected_loss)).await??;
     if audio_only {
         clip.retain(|r| !r.video);
     }
@@ -321,7 +333,8 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
             Role::Anchor,
         )?))
         .await?;
-        let (mut peer, offer) = LightPeer::new(Direction::SendOnly, !audio_only).await?;
+        let (mut peer, offer) =
+            LightPeer::new(Direction::SendOnly, !audio_only, target.client_ip).await?;
         let reply = sig
             .request(ClientMessage::Publish(PublishRequest {
                 stream_type: StreamType::Main,
@@ -330,7 +343,11 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
                 sdp: Some(offer),
             }))
             .await?;
-        peer.accept_answer(&answer(reply)?)?;
+        let sdp = answer(reply)?;
+        if let Some(r) = &target.relays {
+            r.cover(&sdp).await?;
+        }
+        peer.accept_answer(&sdp)?;
         pub_peers.push(peer);
         pub_stats.push(Arc::new(PubStats::default()));
         tasks.push(tokio::spawn(sig.idle(stop_rx.clone())));
@@ -382,7 +399,8 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         .await?;
         join_ms.push(tj.elapsed().as_secs_f64() * 1e3);
         for p in 0..publishers {
-            let (mut peer, offer) = LightPeer::new(Direction::RecvOnly, !audio_only).await?;
+            let (mut peer, offer) =
+                LightPeer::new(Direction::RecvOnly, !audio_only, target.client_ip).await?;
             let t0 = Instant::now();
             let reply = sig
                 .request(ClientMessage::Subscribe(SubscribeRequest {
@@ -394,7 +412,11 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
                     sdp: Some(offer),
                 }))
                 .await?;
-            peer.accept_answer(&answer(reply)?)?;
+            let sdp = answer(reply)?;
+            if let Some(r) = &target.relays {
+                r.cover(&sdp).await?;
+            }
+            peer.accept_answer(&sdp)?;
             let stats = Arc::new(SubStats::default());
             tasks.push(tokio::spawn(light::run_subscriber(
                 peer,
@@ -496,6 +518,22 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
             .collect()
     };
     let lost = sum(|s| &s.lost);
+    // Loss left after repair, per media kind, over each subscription's whole life.
+    let kind_loss = |lost: u64, got: u64| {
+        if lost + got > 0 {
+            Some(100.0 * lost as f64 / (lost + got) as f64)
+        } else {
+            None
+        }
+    };
+    let video_loss = kind_loss(sum(|s| &s.video_lost), sum(|s| &s.video_packets));
+    let audio_loss = kind_loss(sum(|s| &s.audio_lost), sum(|s| &s.audio_packets));
+    // Audio a decoder with in-band FEC on still misses: lost packets whose successor did not
+    // bring their FEC copy (it is concealed).
+    let audio_loss_fec = kind_loss(
+        sum(|s| &s.audio_lost) - sum(|s| &s.audio_fec_recovered),
+        sum(|s| &s.audio_packets) + sum(|s| &s.audio_fec_recovered),
+    );
     let received_total = sum(|s| &s.packets);
     let freezes = sum(|s| &s.freezes);
     let nacks = sum(|s| &s.nacks);
@@ -518,6 +556,8 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
                 "packets": s.packets.load(Ordering::Relaxed),
                 "bytes": s.bytes.load(Ordering::Relaxed),
                 "lost": s.lost.load(Ordering::Relaxed),
+                "video_lost": s.video_lost.load(Ordering::Relaxed),
+                "audio_lost": s.audio_lost.load(Ordering::Relaxed),
                 "freezes": s.freezes.load(Ordering::Relaxed),
                 "first_audio_ms": us(&s.first_audio_us),
                 "first_video_packet_ms": us(&s.first_video_us),
@@ -598,6 +638,19 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         "series": series,
         "per_subscription": per_subscription,
     });
+    // Loss after repair per kind, and the link it was measured on (a second object: one
+    // `json!` this size reaches the macro's recursion limit).
+    let mut report = report;
+    for (k, v) in [
+        ("video_loss_pct", json!(video_loss)),
+        ("audio_loss_pct", json!(audio_loss)),
+        ("audio_loss_after_fec_pct", json!(audio_loss_fec)),
+        ("audio_expected_loss_pct", json!(expected_loss)),
+        ("link", json!(target.link)),
+        ("delay", json!(target.relays.as_ref().map(|r| r.delay()))),
+    ] {
+        report[k] = v;
+    }
     let f = |v: &serde_json::Value| {
         v.as_f64()
             .map(|x| format!("{x:.2}"))
@@ -618,7 +671,28 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         "join                  {} ms",
         super::fmt_p(&report["join_ms"])
     );
+    if let Some(link) = &target.link {
+        println!(
+            "link                  server in a network namespace, {}% random UDP loss each way{}",
+            link.loss_pct,
+            link.rate_kbit
+                .map(|r| format!(", downlink {r} kbit/s"))
+                .unwrap_or_default()
+        );
+        if let Some(d) = target.relays.as_ref().map(|r| r.delay()) {
+            println!(
+                "delay                 {} ms + up to {} ms jitter each way (UDP relay)",
+                d.delay_ms, d.jitter_ms
+            );
+        }
+    }
     println!("loss                  {}%", f(&report["loss_pct"]));
+    println!(
+        "loss after repair     video {}% (NACK/RTX), audio {}% ({}% after in-band FEC)",
+        f(&report["video_loss_pct"]),
+        f(&report["audio_loss_pct"]),
+        f(&report["audio_loss_after_fec_pct"])
+    );
     println!("freezes (>500 ms)     {freezes}");
     println!(
         "first audio packet    {} ms",
@@ -651,7 +725,6 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     if let Some(m) = mem_per_sub {
         println!("server memory         {:.1} KB per subscriber", m / 1e3);
     }
-    let mut report = report;
     report["first_video_packet_ms_samples"] = json!(first_packet);
     super::write_reports(&common, &report)?;
     if recv == 0 {

@@ -12,6 +12,8 @@
 mod html;
 mod light;
 mod media;
+mod netns;
+mod relay;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -73,6 +75,72 @@ pub struct CommonArgs {
     /// a load generator on its own machine. Needs 2 CPUs or more; not used with --server.
     #[arg(long)]
     pin: bool,
+    /// Run the embedded server in a network namespace of its own, reached over a veth pair
+    /// (needs root); implied by --loss and --rate-kbit.
+    #[arg(long)]
+    netns: bool,
+    /// Drop this percentage of the server's UDP datagrams at random, in each direction
+    /// (iptables in the server's namespace): publishers' uplinks and subscribers' downlinks
+    /// both lose it. Implies --netns.
+    #[arg(long, value_name = "PCT")]
+    loss: Option<f64>,
+    /// Limit the server's downlink (server → clients) to this many kbit/s (tc tbf in the
+    /// server's namespace). Implies --netns.
+    #[arg(long, value_name = "KBIT")]
+    rate_kbit: Option<u32>,
+    /// Delay the media this many milliseconds each way (a userspace UDP relay between the
+    /// clients and the server; this kernel has no netem). Implies --netns.
+    #[arg(long, value_name = "MS")]
+    delay_ms: Option<f64>,
+    /// Add a uniformly random extra delay of up to this many milliseconds each way (packets
+    /// may overtake each other). Implies --netns.
+    #[arg(long, value_name = "MS")]
+    jitter_ms: Option<f64>,
+}
+
+impl CommonArgs {
+    /// The link impairment asked for, if any (`--netns` alone: an unimpaired namespace).
+    fn impairment(&self) -> Option<netns::Impairment> {
+        (self.netns || self.loss.is_some() || self.rate_kbit.is_some() || self.delay().is_some())
+            .then(|| netns::Impairment {
+                loss_pct: self.loss.unwrap_or(0.0),
+                rate_kbit: self.rate_kbit,
+            })
+    }
+
+    /// The delay asked for (zero: none).
+    fn delay(&self) -> relay::Delay {
+        relay::Delay {
+            delay_ms: self.delay_ms.unwrap_or(0.0),
+            jitter_ms: self.jitter_ms.unwrap_or(0.0),
+        }
+    }
+}
+
+/// The local address this machine sends from to reach `url`'s host (the light clients bind
+/// it, so their media reaches a server in another namespace or on another machine).
+fn source_ip_for(url: &str) -> anyhow::Result<std::net::IpAddr> {
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, r)| r)
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(rest)
+        .with_context(|| format!("resolving {rest}"))?
+        .next()
+        .with_context(|| format!("{rest} resolves to no address"))?;
+    let any: std::net::SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    // Connecting a UDP socket sends nothing; it only picks the route and the source.
+    let probe = std::net::UdpSocket::bind(any)?;
+    probe
+        .connect(addr)
+        .with_context(|| format!("no route to {addr}"))?;
+    Ok(probe.local_addr()?.ip())
 }
 
 /// Write the reports the flags ask for.
@@ -299,12 +367,20 @@ struct Target {
     sdk_app_id: u32,
     secret_key: String,
     child: Option<EmbeddedChild>,
+    /// The address light clients bind their media sockets to.
+    client_ip: std::net::IpAddr,
+    /// The impairment the link to the embedded server has, if it runs in a namespace.
+    link: Option<netns::Impairment>,
+    /// The delaying relays the media goes through, with --delay-ms/--jitter-ms.
+    relays: Option<relay::Relays>,
 }
 
-/// An embedded server run as a child process.
+/// An embedded server run as a child process (in its namespace, when there is one).
 struct EmbeddedChild {
     child: Child,
     _home: TempDir,
+    // Dropped after the child is killed (fields drop after `Drop::drop`).
+    _netns: Option<netns::Netns>,
 }
 
 struct TempDir(PathBuf);
@@ -378,11 +454,17 @@ impl Target {
             let (Some(app), Some(key)) = (common.sdk_app_id, common.secret_key.clone()) else {
                 bail!("--server needs --sdk-app-id and --secret-key (or RTCROOM_SECRET_KEY)");
             };
+            if common.impairment().is_some() {
+                bail!("--netns, --loss and --rate-kbit need the embedded server (no --server)");
+            }
             return Ok(Target {
                 url: url.clone(),
                 sdk_app_id: app,
                 secret_key: key,
                 child: None,
+                client_ip: source_ip_for(url)?,
+                link: None,
+                relays: None,
             });
         }
         let home = std::env::temp_dir().join(format!(
@@ -393,8 +475,39 @@ impl Target {
         std::fs::create_dir_all(&home).context("temporary directory")?;
         let home = TempDir(home);
         let exe = std::env::current_exe().context("locating the rtcroom binary")?;
-        let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let link = common.impairment();
+        let delay = common.delay();
+        delay.validate()?;
+        let netns = link.as_ref().map(netns::Netns::create).transpose()?;
+        // With a delay, the server announces the relays' address (the host's end).
+        let relays = match &netns {
+            Some(ns) if delay.is_some() => Some(relay::Relays::new(
+                ns.host_ip.into(),
+                ns.ns_ip.into(),
+                delay,
+            )),
+            _ => None,
+        };
+        let mut command = match &netns {
+            // `ip netns exec` execs the server: the child's pid is the server's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name])
+                    .arg(&exe)
+                    .args(["serve", "--listen", &format!("{}:0", ns.ns_ip)])
+                    .env("RTCROOM__MEDIA__BIND_IP", ns.ns_ip.to_string());
+                if relays.is_some() {
+                    c.env("RTCROOM__MEDIA__PUBLIC_IP", ns.host_ip.to_string());
+                }
+                c
+            }
+            None => {
+                let mut c = Command::new(&exe);
+                c.args(["serve", "--listen", "127.0.0.1:0"]);
+                c
+            }
+        };
+        let mut child = command
             .env("RTCROOM_HOME", &home.0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -420,10 +533,17 @@ impl Target {
         let key = EmbeddedKeyFile::read(&home.0.join("embedded.toml"))?
             .context("the embedded server wrote no key file")?;
         Ok(Target {
+            client_ip: source_ip_for(&url)?,
             url,
             sdk_app_id: key.sdk_app_id,
             secret_key: key.secret_key,
-            child: Some(EmbeddedChild { child, _home: home }),
+            child: Some(EmbeddedChild {
+                child,
+                _home: home,
+                _netns: netns,
+            }),
+            link,
+            relays,
         })
     }
 
