@@ -744,7 +744,7 @@ fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
-/// Run `rtcroom record` for 6 s while the browser publishes, switching to 120p once the
+/// Run `rtcroom record` for 8 s while the browser publishes, switching to 120p once the
 /// recording is under way; check the file (finalised, both tracks, the codec, frames of both
 /// sizes).
 /// `live`: the browser joins live mode as anchor and the recorder keeps its default (live,
@@ -797,7 +797,7 @@ async fn browser_to_recorder_run(
         .args(["--room-id", &room.to_string()])
         .arg("--out")
         .arg(&out)
-        .args(["--format", format, "--duration", "6"])
+        .args(["--format", format, "--duration", "8"])
         .env("RTCROOM_HOME", dir.join("home"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -812,7 +812,10 @@ async fn browser_to_recorder_run(
     // while publishing): the encoder's output changes size mid-recording, as it also does by
     // itself when Chromium adapts to bandwidth or CPU.
     let switched = async {
-        wait_recording_grows(&out, 20_000).await?;
+        // Enough that the file holds decodable frames of the first size: the keyframe that
+        // answers the recorder's request comes a round trip and an encode after the first
+        // packets (under load, 20 KB was sometimes only the deltas before it).
+        wait_recording_grows(&out, 60_000).await?;
         let before = page.eval("H.clients.web.getLocalVideoStats()").await?;
         page.eval("H.locals.web.setVideoProfile('120p')").await?;
         page.wait_for(
@@ -847,7 +850,7 @@ async fn browser_to_recorder_run(
             unsafe {
                 libc::kill(pid as i32, libc::SIGKILL);
             }
-            bail!("rtcroom record (6 s) did not exit within 40 s");
+            bail!("rtcroom record (8 s) did not exit within 40 s");
         }
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -870,8 +873,15 @@ async fn browser_to_recorder_run(
         .await?;
     }
 
-    let (name, duration, decoded) = check_recording(&out, codec, format)
-        .with_context(|| format!("rtcroom record printed:\n{stdout}{stderr}"))?;
+    let (name, duration, decoded) = check_recording(&out, codec, format).with_context(|| {
+        format!(
+            "the browser sent {}×{} before the switch, at {:.1} s; rtcroom record printed:\n\
+             {stdout}{stderr}",
+            switched.0["web"]["frameWidth"],
+            switched.0["web"]["frameHeight"],
+            switched.1.as_secs_f64()
+        )
+    })?;
     eprintln!(
         "[{tag}] browser join round trip {} ms, publish → connected {} ms; rtcroom record \
          ran {:.1} s; switched to 120p {:.1} s in (sending {}×{} before); {name}: \

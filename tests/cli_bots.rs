@@ -221,12 +221,20 @@ fn publisher_and_recorder_survive_a_server_restart() {
 #[test]
 fn a_server_killed_mid_recording_leaves_no_file_with_two_timelines() {
     for recorder_late in [false, true] {
-        no_two_timelines(recorder_late);
+        no_two_timelines("-KILL", recorder_late);
     }
 }
 
-fn no_two_timelines(recorder_late: bool) {
-    let r = restart_scenario("-KILL", recorder_late);
+/// A server frozen (SIGSTOP) until the publisher notices (ICE consent lost), then thawed:
+/// the same process carries on, both bots get back, media flows again and the recordings
+/// hold one timeline each.
+#[test]
+fn a_frozen_server_thawed_mid_recording_gets_media_flowing_again() {
+    no_two_timelines("-STOP", false);
+}
+
+fn no_two_timelines(signal: &str, recorder_late: bool) {
+    let r = restart_scenario(signal, recorder_late);
     let durations: Vec<(PathBuf, f64)> = r
         .files
         .iter()
@@ -320,18 +328,34 @@ fn restart_scenario(signal: &str, recorder_late: bool) -> Restarted {
             .status()
             .unwrap();
     }
-    // Stop the server (as told) and start it again on the same address (same key file).
+    // Stop the server (as told) and start it again on the same address (same key file); or,
+    // with SIGSTOP, freeze it until the publisher has noticed, and thaw it.
     Command::new("kill")
         .args([signal, &server.id().to_string()])
         .status()
         .unwrap();
-    let status = wait_exit(&mut server, Duration::from_secs(20));
-    if signal == "-TERM" {
-        assert!(status.success());
-    }
     let before_restart = published_at.elapsed().as_secs_f64();
-    let mut server = spawn(&["serve", "--listen", &listen], &home);
-    let _s = wait_line(&mut server, "listening:");
+    if signal == "-STOP" {
+        loop {
+            let line = pub_lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the publisher never noticed the frozen server");
+            if line.starts_with('[') && !line.contains("Connected") {
+                break;
+            }
+        }
+        Command::new("kill")
+            .args(["-CONT", &server.id().to_string()])
+            .status()
+            .unwrap();
+    } else {
+        let status = wait_exit(&mut server, Duration::from_secs(20));
+        if signal == "-TERM" {
+            assert!(status.success());
+        }
+        server = spawn(&["serve", "--listen", &listen], &home);
+        let _s = wait_line(&mut server, "listening:");
+    }
     if recorder_late {
         // The publisher's progress lines: one not connected, then two connected ones.
         let mut seen_down = false;
