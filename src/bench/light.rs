@@ -520,18 +520,27 @@ pub async fn run_publisher(
     let vmid = peer.mid(MediaKind::Video);
     let amid = peer.mid(MediaKind::Audio).context("audio mid")?;
     let mut buf = vec![0u8; 2000];
-    let start = Instant::now();
+    // The clip starts once the connection is up, as a live encoder's output would: packets
+    // written before would be lost, and replaying the ones due meanwhile in one burst (after
+    // a slow handshake on a lossy link) overruns the server's NACK window.
+    let mut start: Option<Instant> = None;
     let (mut vseq, mut aseq) = (1u64, 1u64);
     let mut index = 0usize;
     let mut lap = 0u32;
-    let mut ignore = |_e: Event| {};
     loop {
-        let Some(timeout) = peer.drain(&mut ignore).await else {
+        let mut connected = false;
+        let Some(timeout) = peer
+            .drain(&mut |e: Event| connected |= matches!(e, Event::Connected))
+            .await
+        else {
             anyhow::bail!("the publisher's connection failed");
         };
+        if connected && start.is_none() {
+            start = Some(Instant::now());
+        }
         let item = &clip[index];
-        let due = start + clip_len * lap + item.at;
-        let wake = timeout.min(due);
+        let due = start.map(|s| s + clip_len * lap + item.at);
+        let wake = due.map_or(timeout, |d| timeout.min(d));
         tokio::select! {
             r = peer.socket.recv_from(&mut buf) => {
                 if let Ok((n, src)) = r && !peer.input(&buf[..n], src) {
@@ -543,7 +552,7 @@ pub async fn run_publisher(
             _ = stop.changed() => return Ok(()),
         }
         let now = Instant::now();
-        if now >= due {
+        if due.is_some_and(|d| now >= d) {
             let (mid, codec, seq, rate) = match (item.video, vmid) {
                 (true, Some(v)) => (Some(v), Codec::H264, &mut vseq, 90_000u64),
                 (true, None) => (None, Codec::H264, &mut vseq, 90_000u64),

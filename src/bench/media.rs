@@ -32,7 +32,7 @@ const CLIP: Duration = Duration::from_secs(6);
 /// Encode the clip once: 720p30 H.264 at 1.5 Mbit/s + Opus, as fast as the CPU allows. The
 /// Opus encoder expects `expected_loss_pct` loss, as the engine's does once receiver reports
 /// say so: its in-band FEC carries data in proportion.
-fn pre_encode(expected_loss_pct: u8) -> anyhow::Result<(Vec<Recorded>, Duration)> {
+pub(super) fn pre_encode(expected_loss_pct: u8) -> anyhow::Result<(Vec<Recorded>, Duration)> {
     rtcroom_pipelines::preload()?;
     let mut cfg = LocalConfig::new(SourceKind::TestPattern {
         duration: Some(CLIP),
@@ -86,6 +86,7 @@ fn pre_encode(expected_loss_pct: u8) -> anyhow::Result<(Vec<Recorded>, Duration)
             payload: payload.into(),
         });
     }
+    pace(&mut clip, PACING_BITS_PER_S);
     clip.sort_by_key(|r| r.at);
     if clip.is_empty() {
         bail!("the encoder produced no packets");
@@ -93,24 +94,43 @@ fn pre_encode(expected_loss_pct: u8) -> anyhow::Result<(Vec<Recorded>, Duration)
     Ok((clip, CLIP))
 }
 
+/// The clip's video (1.5 Mbit/s) is sent at most 2.5 times as fast, as libwebrtc's paced
+/// sender does: a keyframe's packets leave over a few hundred milliseconds instead of in one
+/// burst (which no browser sends, and which overruns a receiver's NACK window).
+const PACING_BITS_PER_S: f64 = 2.5 * 1_500_000.0;
+
+/// Spread the video packets so that none leaves before the previous one's bits have left at
+/// `bits_per_s` (a leaky bucket; packets keep their order and RTP timestamps; a packet never
+/// leaves before its frame's time).
+fn pace(clip: &mut [Recorded], bits_per_s: f64) {
+    let mut free_at = Duration::ZERO;
+    for r in clip.iter_mut().filter(|r| r.video) {
+        r.at = r.at.max(free_at);
+        free_at = r.at + Duration::from_secs_f64(r.payload.len() as f64 * 8.0 / bits_per_s);
+    }
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A minimal signalling client: requests and their replies; events are skipped.
-struct Signal {
+pub(super) struct Signal {
     ws: Ws,
     next_id: u64,
 }
 
 impl Signal {
-    async fn connect(url: &str) -> anyhow::Result<Signal> {
+    pub(super) async fn connect(url: &str) -> anyhow::Result<Signal> {
         let ws = tokio::time::timeout(Duration::from_secs(10), super::ws_connect(url))
             .await
             .context("connect timeout")??;
         Ok(Signal { ws, next_id: 1 })
     }
 
-    async fn request(&mut self, msg: ClientMessage) -> anyhow::Result<Option<ReplyData>> {
+    pub(super) async fn request(
+        &mut self,
+        msg: ClientMessage,
+    ) -> anyhow::Result<Option<ReplyData>> {
         let id = self.next_id;
         self.next_id += 1;
         self.ws
@@ -136,6 +156,16 @@ impl Signal {
         }
     }
 
+    /// Leave the room and close the connection (bounded).
+    pub(super) async fn leave(mut self) {
+        let bye = Message::text(encode(&ClientEnvelope::new(0, ClientMessage::Leave)));
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = self.ws.send(bye).await;
+            let _ = self.ws.close(None).await;
+        })
+        .await;
+    }
+
     /// Keep the socket drained (events) and alive (heartbeats) until `stop` flips.
     async fn idle(mut self, mut stop: watch::Receiver<bool>) {
         let mut beat = tokio::time::interval(Duration::from_secs(2));
@@ -156,13 +186,18 @@ impl Signal {
     }
 }
 
-fn join(target: &Target, user: &str, room: &str, role: Role) -> anyhow::Result<JoinRequest> {
+pub(super) fn join(
+    target: &Target,
+    user: &str,
+    room: &str,
+    role: Role,
+) -> anyhow::Result<JoinRequest> {
     let mut j = target.join_request(user, room, Mode::Live)?;
     j.role = Some(role);
     Ok(j)
 }
 
-fn answer(r: Option<ReplyData>) -> anyhow::Result<String> {
+pub(super) fn answer(r: Option<ReplyData>) -> anyhow::Result<String> {
     match r {
         Some(ReplyData::Answer { sdp }) => Ok(sdp),
         other => bail!("expected an SDP answer, got {other:?}"),
@@ -731,4 +766,40 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         bail!("no media reached the subscribers");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(video: bool, at_ms: u64, bytes: usize) -> Recorded {
+        Recorded {
+            video,
+            at: Duration::from_millis(at_ms),
+            ts: 0,
+            marker: false,
+            payload: vec![0u8; bytes].into(),
+        }
+    }
+
+    #[test]
+    fn pacing_spreads_a_burst_and_leaves_audio_alone() {
+        // A 4-packet "keyframe" of 1,000 bytes each at t = 0, audio at 0, a delta at 100 ms.
+        // At 8 Mbit/s, 1,000 bytes take 1 ms.
+        let mut clip = vec![
+            rec(true, 0, 1000),
+            rec(true, 0, 1000),
+            rec(false, 0, 100),
+            rec(true, 0, 1000),
+            rec(true, 0, 1000),
+            rec(true, 100, 1000),
+        ];
+        pace(&mut clip, 8_000_000.0);
+        let at: Vec<u64> = clip.iter().map(|r| r.at.as_millis() as u64).collect();
+        assert_eq!(at, vec![0, 1, 0, 2, 3, 100]);
+        // A burst longer than the gap to the next frame delays that frame's packets too.
+        let mut clip = vec![rec(true, 0, 10_000), rec(true, 5, 1000)];
+        pace(&mut clip, 8_000_000.0);
+        assert_eq!(clip[1].at, Duration::from_millis(10));
+    }
 }

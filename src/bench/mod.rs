@@ -14,6 +14,7 @@ mod light;
 mod media;
 mod netns;
 mod relay;
+mod soak;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -209,6 +210,27 @@ enum Scenario {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Members come and go for a long time (publish, subscribe, unsubscribe, unpublish,
+    /// leave, in cycles on several loops), with the server's RSS, file descriptors and
+    /// threads sampled: shows whether anything accumulates.
+    #[command(after_help = "Example (30 minutes):\n  \
+        rtcroom bench soak --slots 8 --rooms 4 --duration 1800 --json soak.json")]
+    Soak {
+        /// Loops running cycles side by side.
+        #[arg(long, value_name = "N", default_value_t = 8)]
+        slots: usize,
+        /// Rooms the loops take in turn.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        rooms: usize,
+        /// Seconds of media per cycle.
+        #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+        hold: f64,
+        /// Seconds between samples of the server.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        sample: f64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
     /// N clients join one room (concurrently, or at --rate per second), hold, and leave.
     #[command(after_help = "Examples:\n  rtcroom bench join --clients 200\n  \
         rtcroom bench join --clients 10000 --mode live --rate 2000 --json join.json")]
@@ -233,6 +255,7 @@ impl Scenario {
             Scenario::Meeting { common, .. }
             | Scenario::AudioRoom { common, .. }
             | Scenario::Livestream { common, .. }
+            | Scenario::Soak { common, .. }
             | Scenario::Join { common, .. } => common,
         }
     }
@@ -339,6 +362,13 @@ pub fn run(args: BenchArgs) -> ExitCode {
             rate,
             common,
         } => rt.block_on(media::livestream(subscribers, rate, common)),
+        Scenario::Soak {
+            slots,
+            rooms,
+            hold,
+            sample,
+            common,
+        } => rt.block_on(soak::soak(slots, rooms, hold, sample, common)),
         Scenario::Meeting {
             publishers,
             subscribers,
