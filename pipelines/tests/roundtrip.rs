@@ -444,3 +444,45 @@ fn forced_encoder_is_used_or_refused() {
     );
     auto.stop().expect("stop");
 }
+
+/// Opus's TOC configuration (RFC 6716 §3.1) of an RTP packet with a 12-byte header; 16 and
+/// up is CELT-only, which carries no in-band FEC; below is SILK or hybrid, which can.
+fn opus_config(p: &rtcroom_pipelines::RtpPacket) -> u8 {
+    p.data[12] >> 3
+}
+
+#[test]
+fn the_expected_loss_puts_opus_into_a_mode_that_carries_fec() {
+    // Our test tone is music to Opus: CELT-only (no FEC) while no loss is expected. Told to
+    // expect 20 % loss mid-stream (as receiver reports do), it switches to hybrid, the mode
+    // whose SILK layer carries FEC.
+    let mut cfg = local(
+        SourceKind::TestPattern {
+            duration: Some(Duration::from_secs(3)),
+        },
+        VideoCodec::H264,
+    );
+    cfg.video = None;
+    cfg.realtime = true;
+    let rt = rt();
+    let (local, mut out) = LocalPipeline::start(cfg).expect("local");
+    let control = local.encoder_control();
+    let mut configs = Vec::new();
+    while configs.len() < 60 {
+        let p = recv_timeout(&rt, &mut out.rtp, Duration::from_secs(10)).expect("rtp in time");
+        configs.push(opus_config(&p));
+    }
+    assert!(control.set_expected_loss(20), "the pipeline has an Opus encoder");
+    // 3 s of 20 ms packets: 150 (the last few may stay in the encoder at the end).
+    while configs.len() < 140 {
+        let p = recv_timeout(&rt, &mut out.rtp, Duration::from_secs(10)).expect("rtp in time");
+        configs.push(opus_config(&p));
+    }
+    local.stop().expect("stop");
+    let celt = |s: &[u8]| s.iter().filter(|&&c| c >= 16).count();
+    // The encoder starts in hybrid for its first ~17 packets whatever it is told.
+    let before = &configs[20..58];
+    let after = &configs[configs.len() - 40..];
+    assert!(celt(before) >= 34, "before: {before:?}");
+    assert!(celt(after) <= 4, "after: {after:?}");
+}
