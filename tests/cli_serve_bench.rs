@@ -251,6 +251,17 @@ fn bench_livestream_forwards_to_every_subscriber() {
     assert_eq!(r["scenario"], "livestream");
     assert_eq!(r["subscribers"], 3);
     assert!(r["first_video_packet_ms"]["p50"].as_f64().unwrap() > 0.0);
+    // The light publisher answers the server's keyframe request on subscribe at once (its
+    // clip has a keyframe every 2 s: waiting for the next one would take ~1 s on average).
+    assert!(
+        r["publisher_keyframes_on_request"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    let first_frame = r["first_frame_ms"]["p50"].as_f64().unwrap();
+    assert!(
+        first_frame > 0.0 && first_frame < 500.0,
+        "subscribe → first complete keyframe: {first_frame} ms"
+    );
 }
 
 #[test]

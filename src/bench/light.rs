@@ -28,6 +28,8 @@ pub struct Recorded {
     pub ts: u32,
     /// Marker bit.
     pub marker: bool,
+    /// The first packet of a keyframe (where a replay may jump on a keyframe request).
+    pub key: bool,
     /// Payload (no header).
     pub payload: Arc<[u8]>,
 }
@@ -186,9 +188,10 @@ pub struct SubStats {
     pub freezes: AtomicU64,
     /// Microseconds from subscribe to the first video packet (0 until then).
     pub first_video_us: AtomicU64,
-    /// Microseconds from subscribe to the first H.264 keyframe packet, i.e. the first frame a
-    /// decoder could show (0 until then).
-    pub first_keyframe_us: AtomicU64,
+    /// Microseconds from subscribe to the first complete H.264 keyframe (every packet from
+    /// its first to its marker received), i.e. the first frame a decoder can show (0 until
+    /// then).
+    pub first_frame_us: AtomicU64,
     /// Microseconds from subscribe to the first audio packet (0 until then).
     pub first_audio_us: AtomicU64,
     /// Interarrival jitter of the video (or audio, if no video) in milliseconds × 1000, as
@@ -207,8 +210,21 @@ pub fn is_h264_keyframe(p: &[u8]) -> bool {
     };
     match first & 0x1f {
         5 | 7 => true,
-        // STAP-A: first aggregated NAL after the 2-byte size.
-        24 => p.get(3).is_some_and(|b| matches!(b & 0x1f, 5 | 7)),
+        // STAP-A: any aggregated NAL (each after its 2-byte size; an access unit delimiter
+        // or SEI may come first).
+        24 => {
+            let mut i = 1;
+            while let (Some(&hi), Some(&lo)) = (p.get(i), p.get(i + 1)) {
+                let Some(&nal) = p.get(i + 2) else {
+                    break;
+                };
+                if matches!(nal & 0x1f, 5 | 7) {
+                    return true;
+                }
+                i += 2 + (usize::from(hi) << 8 | usize::from(lo));
+            }
+            false
+        }
         // FU-A with the start bit.
         28 => p
             .get(1)
@@ -385,6 +401,45 @@ impl SeqTrack {
     }
 }
 
+/// Watches video packets for the first complete keyframe: every sequence number from the
+/// keyframe's first packet to its marker packet received (in any order, resends included).
+#[derive(Default, Debug)]
+struct KeyframeAssembly {
+    /// RTP timestamp of the keyframe being assembled.
+    ts: Option<u32>,
+    /// Its first packet (the lowest that starts a keyframe), its marker packet.
+    first: Option<u64>,
+    last: Option<u64>,
+    got: std::collections::BTreeSet<u64>,
+}
+
+impl KeyframeAssembly {
+    /// A video packet; returns true once a keyframe is complete.
+    fn see(&mut self, seq: u64, ts: u32, marker: bool, key_start: bool) -> bool {
+        if key_start && self.ts != Some(ts) {
+            // A newer keyframe starts (or the first): assemble that one.
+            *self = KeyframeAssembly {
+                ts: Some(ts),
+                ..Default::default()
+            };
+        }
+        if self.ts != Some(ts) {
+            return false;
+        }
+        if key_start {
+            self.first = Some(self.first.map_or(seq, |f| f.min(seq)));
+        }
+        if marker {
+            self.last = Some(seq);
+        }
+        self.got.insert(seq);
+        match (self.first, self.last) {
+            (Some(f), Some(l)) if l >= f => self.got.range(f..=l).count() as u64 == l - f + 1,
+            _ => false,
+        }
+    }
+}
+
 /// Run a subscriber until `stop` flips; counts into `stats`.
 pub async fn run_subscriber(
     mut peer: LightPeer,
@@ -396,6 +451,7 @@ pub async fn run_subscriber(
     // Per SSRC: the sequence track and whether it is video.
     let mut seqs: std::collections::HashMap<u32, (SeqTrack, bool)> = Default::default();
     let mut last_video: Option<Instant> = None;
+    let mut first_frame = KeyframeAssembly::default();
     let video_mid = peer.mid(MediaKind::Video);
     let mut nacks: std::collections::HashMap<Mid, u64> = Default::default();
     let mut plis: std::collections::HashMap<Mid, u64> = Default::default();
@@ -443,10 +499,15 @@ pub async fn run_subscriber(
                     if last_video.is_none() {
                         stats.first_video_us.store(us, Ordering::Relaxed);
                     }
-                    if stats.first_keyframe_us.load(Ordering::Relaxed) == 0
-                        && is_h264_keyframe(&p.payload)
+                    if stats.first_frame_us.load(Ordering::Relaxed) == 0
+                        && first_frame.see(
+                            *p.seq_no,
+                            p.header.timestamp,
+                            p.header.marker,
+                            is_h264_keyframe(&p.payload),
+                        )
                     {
-                        stats.first_keyframe_us.store(us, Ordering::Relaxed);
+                        stats.first_frame_us.store(us, Ordering::Relaxed);
                     }
                     last_video = Some(now);
                 }
@@ -507,9 +568,132 @@ fn is_video(p: &str0m::rtp::RtpPacket) -> bool {
 pub struct PubStats {
     /// RTP packets written.
     pub packets: AtomicU64,
+    /// Keyframe requests answered by jumping to the clip's next keyframe.
+    pub keyframes_on_request: AtomicU64,
 }
 
-/// Replay `clip` in a loop, paced in real time, until `stop` flips.
+/// Where a replay is in its clip: the next packet, the lap, and how far keyframe requests
+/// have moved it ahead of the wall clock. A plain state machine: [`Replay::due`] says when
+/// the next packet leaves, [`Replay::next`] takes it, [`Replay::keyframe_request`] jumps to
+/// the clip's next keyframe the way an encoder asked for one would produce one now.
+#[derive(Debug)]
+pub struct Replay {
+    clip: Arc<Vec<Recorded>>,
+    clip_len: Duration,
+    index: usize,
+    lap: u32,
+    /// Clip time skipped by jumps: subtracted from due times and RTP timestamps, so that
+    /// both stay continuous with the wall clock.
+    skipped: Duration,
+    /// The last video packet sent did not end its frame: a jump now would cut the frame.
+    mid_frame: bool,
+    /// A request came mid-frame: served at the frame's end (requests meanwhile join it).
+    pending: bool,
+}
+
+/// One packet to send: kind, RTP timestamp, marker, payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayPacket {
+    /// Video (or audio).
+    pub video: bool,
+    /// RTP timestamp (wraps at 32 bits).
+    pub ts: u32,
+    /// Marker bit.
+    pub marker: bool,
+    /// Payload.
+    pub payload: Arc<[u8]>,
+}
+
+impl Replay {
+    /// A replay of `clip` (not empty), one lap every `clip_len`.
+    pub fn new(clip: Arc<Vec<Recorded>>, clip_len: Duration) -> Replay {
+        Replay {
+            clip,
+            clip_len,
+            index: 0,
+            lap: 0,
+            skipped: Duration::ZERO,
+            mid_frame: false,
+            pending: false,
+        }
+    }
+
+    /// When the next packet is due, for a replay that started at `start`.
+    pub fn due(&self, start: Instant) -> Instant {
+        let at = self.clip_len * self.lap + self.clip[self.index].at;
+        start + at.saturating_sub(self.skipped)
+    }
+
+    fn ticks(d: Duration, rate: u64) -> u64 {
+        (d.as_secs_f64() * rate as f64).round() as u64
+    }
+
+    /// Take the next packet.
+    pub fn next(&mut self) -> ReplayPacket {
+        let item = &self.clip[self.index];
+        let rate = if item.video { 90_000 } else { 48_000 };
+        let lap_ticks = Self::ticks(self.clip_len, rate) * u64::from(self.lap);
+        // RTP time wraps at 32 bits by design.
+        let ts =
+            (u64::from(item.ts) + lap_ticks).wrapping_sub(Self::ticks(self.skipped, rate)) as u32;
+        let p = ReplayPacket {
+            video: item.video,
+            ts,
+            marker: item.marker,
+            payload: item.payload.clone(),
+        };
+        if p.video {
+            self.mid_frame = !p.marker;
+        }
+        self.index += 1;
+        if self.index == self.clip.len() {
+            self.index = 0;
+            self.lap += 1;
+        }
+        p
+    }
+
+    /// A keyframe was asked for: move ahead to the clip's next keyframe (audio skips with
+    /// it, staying in step), as an encoder produces one at once. While a frame is being sent
+    /// the request waits for its end (a jump would cut it), and requests meanwhile are
+    /// served together. Returns whether it jumped now.
+    pub fn keyframe_request(&mut self) -> bool {
+        if self.mid_frame {
+            self.pending = true;
+            return false;
+        }
+        self.pending = false;
+        let n = self.clip.len();
+        let Some(steps) = (0..n).find(|k| {
+            let r = &self.clip[(self.index + k) % n];
+            r.video && r.key
+        }) else {
+            return false;
+        };
+        if steps == 0 {
+            // The next packet starts a keyframe already.
+            return true;
+        }
+        let from = self.clip_len * self.lap + self.clip[self.index].at;
+        let target = self.index + steps;
+        let (index, lap) = (target % n, self.lap + (target / n) as u32);
+        let to = self.clip_len * lap + self.clip[index].at;
+        // Everything between is skipped; audio and video alike, in clip time.
+        self.skipped += to.saturating_sub(from);
+        self.index = index;
+        self.lap = lap;
+        true
+    }
+
+    /// Serve a request that waited for the end of a frame; returns whether it jumped.
+    pub fn poll(&mut self) -> bool {
+        self.pending && !self.mid_frame && self.keyframe_request()
+    }
+}
+
+/// Replay `clip` in a loop, paced in real time, until `stop` flips. A keyframe request
+/// (PLI/FIR from the server) jumps the replay to the clip's next keyframe, as an encoder
+/// would produce one at once.
 pub async fn run_publisher(
     mut peer: LightPeer,
     clip: Arc<Vec<Recorded>>,
@@ -525,12 +709,15 @@ pub async fn run_publisher(
     // a slow handshake on a lossy link) overruns the server's NACK window.
     let mut start: Option<Instant> = None;
     let (mut vseq, mut aseq) = (1u64, 1u64);
-    let mut index = 0usize;
-    let mut lap = 0u32;
+    let mut replay = Replay::new(clip, clip_len);
     loop {
-        let mut connected = false;
+        let (mut connected, mut keyframe) = (false, false);
         let Some(timeout) = peer
-            .drain(&mut |e: Event| connected |= matches!(e, Event::Connected))
+            .drain(&mut |e: Event| match e {
+                Event::Connected => connected = true,
+                Event::KeyframeRequest(_) => keyframe = true,
+                _ => {}
+            })
             .await
         else {
             anyhow::bail!("the publisher's connection failed");
@@ -538,8 +725,17 @@ pub async fn run_publisher(
         if connected && start.is_none() {
             start = Some(Instant::now());
         }
-        let item = &clip[index];
-        let due = start.map(|s| s + clip_len * lap + item.at);
+        if start.is_some() {
+            let jumped = if keyframe {
+                replay.keyframe_request()
+            } else {
+                replay.poll()
+            };
+            if jumped {
+                stats.keyframes_on_request.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let due = start.map(|s| replay.due(s));
         let wake = due.map_or(timeout, |d| timeout.min(d));
         tokio::select! {
             r = peer.socket.recv_from(&mut buf) => {
@@ -553,30 +749,23 @@ pub async fn run_publisher(
         }
         let now = Instant::now();
         if due.is_some_and(|d| now >= d) {
-            let (mid, codec, seq, rate) = match (item.video, vmid) {
-                (true, Some(v)) => (Some(v), Codec::H264, &mut vseq, 90_000u64),
-                (true, None) => (None, Codec::H264, &mut vseq, 90_000u64),
-                (false, _) => (Some(amid), Codec::Opus, &mut aseq, 48_000u64),
+            let p = replay.next();
+            let (mid, codec, seq) = match (p.video, vmid) {
+                (true, Some(v)) => (Some(v), Codec::H264, &mut vseq),
+                (true, None) => (None, Codec::H264, &mut vseq),
+                (false, _) => (Some(amid), Codec::Opus, &mut aseq),
             };
-            let lap_ticks = (clip_len.as_secs_f64() * rate as f64) as u64 * u64::from(lap);
-            // RTP time wraps at 32 bits by design.
-            let ts = (u64::from(item.ts) + lap_ticks) as u32;
             if let Some(mid) = mid
                 && let Some(pt) = peer.pt(codec)
                 && let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(mid, None)
             {
                 tx.write_rtp(
-                    RtpWrite::new(pt, (*seq).into(), ts, now, item.payload.clone())
-                        .marker(item.marker)
-                        .nackable(item.video),
+                    RtpWrite::new(pt, (*seq).into(), p.ts, now, p.payload)
+                        .marker(p.marker)
+                        .nackable(p.video),
                 );
                 *seq += 1;
                 stats.packets.fetch_add(1, Ordering::Relaxed);
-            }
-            index += 1;
-            if index == clip.len() {
-                index = 0;
-                lap += 1;
             }
         } else if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
             anyhow::bail!("the publisher's connection failed");
@@ -618,6 +807,10 @@ mod tests {
         assert!(is_h264_keyframe(&[0x7c, 0x85]));
         assert!(!is_h264_keyframe(&[0x7c, 0x05]));
         assert!(!is_h264_keyframe(&[]));
+        // STAP-A with an access unit delimiter before the SPS; and one with the AUD alone.
+        assert!(is_h264_keyframe(&[0x78, 0, 2, 0x09, 0xf0, 0, 1, 0x67]));
+        assert!(!is_h264_keyframe(&[0x78, 0, 2, 0x09, 0xf0]));
+        assert!(!is_h264_keyframe(&[0x78, 0, 9, 0x09]));
     }
 
     #[test]
@@ -630,6 +823,78 @@ mod tests {
         t.see(12, false);
         assert_eq!(t.lost(), 1, "a late packet is not lost");
         assert_eq!(SeqTrack::default().lost(), 0);
+    }
+
+    #[test]
+    fn a_keyframe_is_complete_when_every_packet_to_its_marker_arrived() {
+        let mut k = KeyframeAssembly::default();
+        // A delta frame first: nothing.
+        assert!(!k.see(1, 100, true, false));
+        // Keyframe at ts 200: packets 2 (start), 3, 5 (marker); 4 is missing.
+        assert!(!k.see(2, 200, false, true));
+        assert!(!k.see(3, 200, false, false));
+        assert!(!k.see(5, 200, true, false));
+        // Another frame's packet does not complete it.
+        assert!(!k.see(6, 300, false, false));
+        // The resend of 4 does.
+        assert!(k.see(4, 200, false, false));
+        // A newer keyframe that starts before the old one completed replaces it.
+        let mut k = KeyframeAssembly::default();
+        assert!(!k.see(10, 400, false, true));
+        assert!(!k.see(20, 500, false, true));
+        assert!(!k.see(12, 400, true, false));
+        assert!(k.see(21, 500, true, false));
+    }
+
+    #[test]
+    fn a_replay_jumps_to_the_next_keyframe_on_request_keeping_time_continuous() {
+        let ms = Duration::from_millis;
+        let rec = |video: bool, at: u64, key: bool, marker: bool| Recorded {
+            video,
+            at: ms(at),
+            ts: (at * if video { 90 } else { 48 }) as u32,
+            marker,
+            key,
+            payload: vec![0u8; 10].into(),
+        };
+        // Keyframes at 0 (two packets) and 1000 ms; deltas at 500 and 1500; audio at 250
+        // and 1250.
+        let clip = Arc::new(vec![
+            rec(true, 0, true, false),
+            rec(true, 0, false, true),
+            rec(false, 250, false, true),
+            rec(true, 500, false, true),
+            rec(true, 1000, true, true),
+            rec(false, 1250, false, true),
+            rec(true, 1500, false, true),
+        ]);
+        let t0 = Instant::now();
+        let mut r = Replay::new(clip, ms(2000));
+        assert_eq!(r.next().ts, 0);
+        // Mid-frame: the request waits for the frame's end, and a second one joins it.
+        assert!(!r.keyframe_request());
+        assert!(!r.keyframe_request());
+        assert!(!r.poll());
+        assert!(r.next().marker);
+        assert_eq!(r.due(t0), t0 + ms(250));
+        // Served at the frame's end: the next keyframe (1000 ms) goes out when the audio at
+        // 250 would have, with the timestamps of 250 ms of wall clock.
+        assert!(r.poll());
+        assert!(!r.poll(), "served once");
+        assert_eq!(r.due(t0), t0 + ms(250));
+        let p = r.next();
+        assert!(p.video);
+        assert_eq!(p.ts, 250 * 90);
+        // Audio after it: 1250 ms in the clip, 500 ms of wall clock.
+        assert_eq!(r.due(t0), t0 + ms(500));
+        assert_eq!(r.next().ts, 500 * 48);
+        // Across the end of the clip: the next keyframe is the next lap's first.
+        // (From 1500 ms to the next lap's 0 ms: 500 ms more skipped, 1250 in all.)
+        assert!(r.keyframe_request());
+        assert_eq!(r.due(t0), t0 + ms(750));
+        let p = r.next();
+        assert!(p.video);
+        assert_eq!(p.ts, 750 * 90);
     }
 
     #[test]

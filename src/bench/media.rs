@@ -83,15 +83,58 @@ pub(super) fn pre_encode(expected_loss_pct: u8) -> anyhow::Result<(Vec<Recorded>
             at: Duration::from_secs_f64(f64::from(rel) / rate),
             ts: rel,
             marker,
+            key: false,
             payload: payload.into(),
         });
     }
+    mark_keyframes(&mut clip);
     pace(&mut clip, PACING_BITS_PER_S);
     clip.sort_by_key(|r| r.at);
     if clip.is_empty() {
         bail!("the encoder produced no packets");
     }
     Ok((clip, CLIP))
+}
+
+/// Mark the first packet of every video frame (packets of one RTP timestamp) that holds
+/// an IDR or SPS: where a replay may jump when asked for a keyframe.
+fn mark_keyframes(clip: &mut [Recorded]) {
+    let video: Vec<usize> = (0..clip.len()).filter(|&i| clip[i].video).collect();
+    let mut start = 0;
+    while start < video.len() {
+        let ts = clip[video[start]].ts;
+        let end = (start..video.len())
+            .find(|&k| clip[video[k]].ts != ts)
+            .unwrap_or(video.len());
+        if video[start..end]
+            .iter()
+            .any(|&i| light::is_h264_keyframe(&clip[i].payload))
+        {
+            clip[video[start]].key = true;
+        }
+        start = end;
+    }
+}
+
+/// Sizes in bytes of the clip's keyframes (all packets of each keyframe's frame).
+fn keyframe_sizes(clip: &[Recorded]) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut current: Option<(u32, usize)> = None;
+    for r in clip.iter().filter(|r| r.video) {
+        match &mut current {
+            Some((ts, n)) if *ts == r.ts => *n += r.payload.len(),
+            _ => {
+                if let Some((_, n)) = current.take() {
+                    sizes.push(n);
+                }
+                if r.key {
+                    current = Some((r.ts, r.payload.len()));
+                }
+            }
+        }
+    }
+    sizes.extend(current.map(|(_, n)| n));
+    sizes
 }
 
 /// The clip's video (1.5 Mbit/s) is sent at most 2.5 times as fast, as libwebrtc's paced
@@ -343,6 +386,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         clip.retain(|r| !r.video);
     }
     let clip_video = clip.iter().filter(|r| r.video).count();
+    let keyframes = keyframe_sizes(&clip);
     let clip = Arc::new(clip);
     let target = Target::new(&common).await?;
     let room = format!("{}", 1 + (std::process::id() % 1_000_000));
@@ -574,7 +618,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     let nacks = sum(|s| &s.nacks);
     let plis = sum(|s| &s.plis);
     let first_packet = samples_ms(|s| &s.first_video_us);
-    let first_frame = samples_ms(|s| &s.first_keyframe_us);
+    let first_frame = samples_ms(|s| &s.first_frame_us);
     let first_audio = samples_ms(|s| &s.first_audio_us);
     let jitter: Vec<f64> = subs
         .iter()
@@ -596,7 +640,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
                 "freezes": s.freezes.load(Ordering::Relaxed),
                 "first_audio_ms": us(&s.first_audio_us),
                 "first_video_packet_ms": us(&s.first_video_us),
-                "first_keyframe_ms": us(&s.first_keyframe_us),
+                "first_frame_ms": us(&s.first_frame_us),
                 "jitter_ms": s.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
                 "nacks": s.nacks.load(Ordering::Relaxed),
                 "plis": s.plis.load(Ordering::Relaxed),
@@ -682,6 +726,16 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         ("audio_loss_after_fec_pct", json!(audio_loss_fec)),
         ("audio_expected_loss_pct", json!(expected_loss)),
         ("link", json!(target.link)),
+        ("clip_keyframe_bytes", json!(keyframes)),
+        (
+            "publisher_keyframes_on_request",
+            json!(
+                pub_stats
+                    .iter()
+                    .map(|s| s.keyframes_on_request.load(Ordering::Relaxed))
+                    .sum::<u64>()
+            ),
+        ),
         ("delay", json!(target.relays.as_ref().map(|r| r.delay()))),
     ] {
         report[k] = v;
@@ -744,7 +798,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
             super::fmt_p(&report["first_video_packet_ms"])
         );
         println!(
-            "first keyframe        {} ms (the clip is replayed as encoded: keyframes every 2 s)",
+            "first frame           {} ms (subscribe → first complete keyframe)",
             super::fmt_p(&report["first_frame_ms"])
         );
     }
@@ -778,8 +832,36 @@ mod tests {
             at: Duration::from_millis(at_ms),
             ts: 0,
             marker: false,
+            key: false,
             payload: vec![0u8; bytes].into(),
         }
+    }
+
+    #[test]
+    fn a_keyframe_is_marked_at_its_frames_first_packet() {
+        let pkt = |video: bool, ts: u32, payload: &[u8]| Recorded {
+            video,
+            at: Duration::ZERO,
+            ts,
+            marker: false,
+            key: false,
+            payload: payload.into(),
+        };
+        let mut clip = vec![
+            // Frame 0: an SEI, then the IDR's first fragment (FU-A start, type 5).
+            pkt(true, 0, &[0x06, 1]),
+            pkt(false, 0, &[1]),
+            pkt(true, 0, &[0x7c, 0x85]),
+            // Frame 1: a delta.
+            pkt(true, 3000, &[0x41, 1]),
+            // Frame 2: an SPS.
+            pkt(true, 6000, &[0x67, 1]),
+        ];
+        mark_keyframes(&mut clip);
+        let keys: Vec<bool> = clip.iter().map(|r| r.key).collect();
+        assert_eq!(keys, vec![true, false, false, false, true]);
+        // Frame 0's two video packets (the audio between is not counted), frame 2's one.
+        assert_eq!(keyframe_sizes(&clip), vec![4, 2]);
     }
 
     #[test]
