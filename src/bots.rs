@@ -402,7 +402,7 @@ fn stream_type_name(t: StreamType) -> &'static str {
 
 /// The recording bot: subscribe to every stream that is or becomes published, one file per
 /// user and stream type. Returns the finished files. `first_frame` is notified when the first
-/// media reaches a recording.
+/// whole video frame (reassembled from RTP, after the jitter buffer) goes to a recording.
 async fn run_record(
     bot: &BotArgs,
     out: &Path,
@@ -434,7 +434,7 @@ async fn run_record(
     let mut first_frame = first_frame;
     let started = Instant::now();
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
-    // Until the first media arrives, look often (the demo reports first-frame time).
+    // Until the first frame is recorded, look often (the demo reports when).
     let mut first_poll = tokio::time::interval(Duration::from_millis(10));
     let done = until_done(bot.duration);
     tokio::pin!(done);
@@ -482,7 +482,7 @@ async fn run_record(
             _ = &mut done => break,
             _ = first_poll.tick(), if first_frame.is_some() => {
                 let stats = client.get_remote_stats().await;
-                if stats.iter().any(|s| s.stats.video_packets_received > 0)
+                if stats.iter().any(|s| s.stats.video_frames_received > 0)
                     && let Some(tx) = first_frame.take()
                 {
                     let _ = tx.send(Instant::now());
@@ -585,8 +585,8 @@ fn chrono_stamp() -> String {
 #[derive(Args, Debug)]
 #[command(
     after_help = "Starts a room server in this process on loopback (its own fresh key), a \
-broadcast bot publishing the test pattern and tone, and a recording bot; prints the join and \
-first-frame times and leaves a playable recording.\n\nExample:\n  rtcroom demo --duration 10 --out demo-out"
+broadcast bot publishing the test pattern and tone, and a recording bot; prints when the first \
+video frame went into the recording and leaves a playable recording.\n\nExample:\n  rtcroom demo --duration 10 --out demo-out"
 )]
 pub struct DemoArgs {
     /// How long to run, in seconds.
@@ -644,7 +644,8 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let publisher = tokio::spawn(run_publish(publisher_args));
     if let Ok(Ok(at)) = tokio::time::timeout(Duration::from_secs_f64(args.duration), ff_rx).await {
         println!(
-            "first video at the recorder: {:.0} ms after the broadcaster started",
+            "first video frame into the recording: {:.0} ms after the broadcaster started \
+             (a whole frame out of the recorder's jitter buffer)",
             at.duration_since(publish_started).as_secs_f64() * 1e3
         );
     }

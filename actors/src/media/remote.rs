@@ -89,6 +89,9 @@ pub struct RemoteMediaStats {
     pub video_bytes_received: u64,
     /// Video packets lost (gaps in sequence numbers).
     pub video_packets_lost: u64,
+    /// Whole video frames reassembled from RTP (after the jitter buffer): what a recording
+    /// writes, or what the decoder gets.
+    pub video_frames_received: u64,
     /// Video frames out of the decoder.
     pub video_frames_decoded: u64,
     /// Audio frames out of the decoder.
@@ -250,6 +253,7 @@ impl RemoteMedia {
             video_packets_received: r(&self.video.packets),
             video_bytes_received: r(&self.video.bytes),
             video_packets_lost: r(&self.video.lost),
+            video_frames_received: p.video_frames,
             video_frames_decoded: p.decoded_video_frames,
             audio_frames_decoded: p.decoded_audio_frames,
             width: (size >> 32) as u32,
