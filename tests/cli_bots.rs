@@ -42,7 +42,10 @@ fn demo_leaves_a_playable_recording() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("joined in"), "{stdout}");
-    assert!(stdout.contains("first video frame into the recording"), "{stdout}");
+    assert!(
+        stdout.contains("first video frame into the recording"),
+        "{stdout}"
+    );
     let files = recordings(&dir);
     assert_eq!(files.len(), 1, "{stdout}");
     assert!(

@@ -140,7 +140,7 @@ fn bench_join_writes_a_plausible_report() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("join round-trip"), "{stdout}");
+    assert!(stdout.contains("release           together"), "{stdout}");
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_report_keys(&r);
@@ -157,16 +157,28 @@ fn bench_join_writes_a_plausible_report() {
         0.0 < p50 && p50 <= p99 && p99 <= max && max < 30_000.0,
         "{p}"
     );
-    let rss = r["server_rss_bytes"].as_u64().unwrap();
-    assert!(rss > 1_000_000 && rss < 2_000_000_000, "{rss}");
-    assert!(r["server_cpu_pct"].as_f64().unwrap() >= 0.0);
-    // The joins' own CPU, from per-thread schedstat: the server did some work for 8 joins
-    // (well under a second of it), and the per-join figure is the total over the clients.
+    // Released together: each join is timed from the one release, which comes before every
+    // client's own send, so no client's time from the release is below its time from its
+    // send (compared per percentile).
+    assert_eq!(
+        r["join_release"]
+            .as_str()
+            .map(|s| s.starts_with("together")),
+        Some(true),
+        "{r}"
+    );
+    let own = &r["join_ms_from_own_send"];
+    for k in ["p50", "p99", "max"] {
+        assert!(
+            p[k].as_f64().unwrap() >= own[k].as_f64().unwrap(),
+            "{k}: from release {p}, from own send {own}"
+        );
+    }
+    // No media in a join run: loss and freezes are not measured, so not reported as 0.
+    assert!(r["loss_pct"].is_null() && r["freezes"].is_null(), "{r}");
+    // The joins' own CPU, from per-thread schedstat of each process.
     let jc = &r["join_cpu"];
-    let server_ms = jc["server_ms"].as_f64().unwrap();
-    assert!(server_ms > 0.0 && server_ms < 1_000.0, "{jc}");
-    let per = jc["server_us_per_join"].as_f64().unwrap();
-    assert!((per - server_ms * 1e3 / 8.0).abs() < 1e-6, "{jc}");
+    assert!(jc["server_ms"].as_f64().unwrap() > 0.0, "{jc}");
     assert!(jc["generator_ms"].as_f64().unwrap() > 0.0, "{jc}");
     // --pin: server and generator on disjoint CPUs (where there are two or more).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -648,15 +648,25 @@ pub fn percentiles(samples: &[f64]) -> Option<Percentiles> {
 /// What one client saw.
 #[derive(Clone)]
 enum JoinOutcome {
-    Joined { connect_ms: f64, join_ms: f64 },
-    Failed { code: String },
+    /// `join_ms`: from the common release (or, paced, from the client's own send) to the
+    /// reply; `send_ms`: from this client's own send to the reply.
+    Joined {
+        connect_ms: f64,
+        join_ms: f64,
+        send_ms: f64,
+    },
+    Failed {
+        code: String,
+    },
 }
 
 /// What every client of a join run shares with the driver.
 #[derive(Clone)]
 struct JoinShared {
-    /// Flips to true when clients may send their join.
-    go: tokio::sync::watch::Receiver<bool>,
+    /// Holds the release instant once clients may send their join.
+    go: tokio::sync::watch::Receiver<Option<Instant>>,
+    /// Clients start on their own schedules (`--rate`), not at one release.
+    paced: bool,
     /// Clients connected so far.
     connected: Arc<AtomicUsize>,
     /// Clients joined so far.
@@ -872,6 +882,7 @@ impl<'a> Peek<'a> {
 async fn one_client(url: String, index: usize, join: JoinRequest, shared: JoinShared) {
     let JoinShared {
         go,
+        paced,
         connected,
         joined,
         failed,
@@ -902,15 +913,22 @@ async fn one_client(url: String, index: usize, join: JoinRequest, shared: JoinSh
     // the join round-trip measures joins under concurrency rather than the connect storm.
     connected.fetch_add(1, Ordering::Relaxed);
     let mut go = go;
-    if tokio::time::timeout(STEP_TIMEOUT, go.wait_for(|g| *g))
-        .await
-        .is_err()
-    {
-        failed.fetch_add(1, Ordering::Relaxed);
-        done.set(index, fail("start: timeout".into()));
-        return;
-    }
+    let released = match tokio::time::timeout(STEP_TIMEOUT, go.wait_for(|g| g.is_some())).await {
+        Ok(Ok(r)) => *r,
+        _ => {
+            failed.fetch_add(1, Ordering::Relaxed);
+            done.set(index, fail("start: timeout".into()));
+            return;
+        }
+    };
     let t1 = Instant::now();
+    // Released together: the join is timed from the common release, so the time this
+    // client's task took to wake and send counts (as it does for users who press join at the
+    // same moment). Paced: from its own send.
+    let t_start = match released {
+        Some(r) if !paced && r <= t1 => r,
+        _ => t1,
+    };
     if ws.send(frame).await.is_err() {
         failed.fetch_add(1, Ordering::Relaxed);
         done.set(index, fail("send".into()));
@@ -924,11 +942,15 @@ async fn one_client(url: String, index: usize, join: JoinRequest, shared: JoinSh
             let Some(error) = reply_to(t.as_bytes(), 1) else {
                 continue;
             };
-            let join_ms = t1.elapsed().as_secs_f64() * 1e3;
+            let (join_ms, send_ms) = (
+                t_start.elapsed().as_secs_f64() * 1e3,
+                t1.elapsed().as_secs_f64() * 1e3,
+            );
             return match error {
                 None => JoinOutcome::Joined {
                     connect_ms,
                     join_ms,
+                    send_ms,
                 },
                 Some(error) => JoinOutcome::Failed {
                     code: error
@@ -1002,7 +1024,7 @@ async fn join_scenario(
     let failed = Arc::new(AtomicUsize::new(0));
     let connected = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Outcomes::new(clients));
-    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let (go_tx, go_rx) = tokio::sync::watch::channel(None::<Instant>);
     let mut tasks = Vec::with_capacity(clients);
     // With --rate, each client starts (connects and joins) on its own schedule; without,
     // all connect first and then join at the same instant.
@@ -1018,7 +1040,7 @@ async fn join_scenario(
     let mut cpu_at_go = (None, None);
     if paced {
         cpu_at_go = cpu_now();
-        let _ = go_tx.send(true);
+        let _ = go_tx.send(Some(Instant::now()));
     }
     for i in 0..clients {
         if paced {
@@ -1030,6 +1052,7 @@ async fn join_scenario(
         let join = target.join_request(&format!("bench-{i}"), &room, mode)?;
         let shared = JoinShared {
             go: go_rx.clone(),
+            paced,
             connected: connected.clone(),
             joined: joined.clone(),
             failed: failed.clone(),
@@ -1052,7 +1075,7 @@ async fn join_scenario(
             tick.tick().await;
         }
         cpu_at_go = cpu_now();
-        let _ = go_tx.send(true);
+        let _ = go_tx.send(Some(Instant::now()));
     }
     let mut progress = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -1087,6 +1110,7 @@ async fn join_scenario(
     let total = started.elapsed();
 
     let mut join_ms = Vec::new();
+    let mut send_ms = Vec::new();
     let mut connect_ms = Vec::new();
     let mut failures: std::collections::BTreeMap<String, usize> = Default::default();
     for o in &outcomes {
@@ -1094,9 +1118,11 @@ async fn join_scenario(
             JoinOutcome::Joined {
                 connect_ms: c,
                 join_ms: j,
+                send_ms: d,
             } => {
                 connect_ms.push(*c);
                 join_ms.push(*j);
+                send_ms.push(*d);
             }
             JoinOutcome::Failed { code } => *failures.entry(code.clone()).or_default() += 1,
         }
@@ -1114,6 +1140,8 @@ async fn join_scenario(
         "subscribers": 0,
         "duration_s": total.as_secs_f64(),
         "join_ms": join_p,
+        "join_ms_from_own_send": percentiles(&send_ms),
+        "join_release": if paced { json!(format!("paced, {rate} per second, each timed from its own send")) } else { json!("together: every client connected first, then one release; each timed from the release") },
         "first_frame_ms": null,
         "join_failures": outcomes.len() - join_ms.len(),
         "join_failures_by_code": failures,
@@ -1122,8 +1150,8 @@ async fn join_scenario(
         "mode": mode.as_str(),
         "packets_sent": 0,
         "packets_received": 0,
-        "loss_pct": 0.0,
-        "freezes": 0,
+        "loss_pct": null,
+        "freezes": null,
         "server_cpu_pct": server_cpu.map(|c| 100.0 * c / (all_joined_at.as_secs_f64() + common.duration).max(1e-9)),
         "server_cpu_us_per_packet": null,
         "server_rss_bytes": held.map(|h| h.rss_bytes),
@@ -1181,7 +1209,15 @@ fn print_join_summary(r: &serde_json::Value) {
         r["mode"].as_str().unwrap_or("?")
     );
     println!("clients           {}", r["clients"]);
-    println!("join round-trip   {} ms", fmt_p(&r["join_ms"]));
+    println!(
+        "release           {}",
+        r["join_release"].as_str().unwrap_or("?")
+    );
+    println!("join              {} ms", fmt_p(&r["join_ms"]));
+    println!(
+        "  from own send   {} ms",
+        fmt_p(&r["join_ms_from_own_send"])
+    );
     println!("ws connect        {} ms", fmt_p(&r["connect_ms"]));
     println!(
         "join failures     {} {}",
