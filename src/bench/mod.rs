@@ -1309,6 +1309,7 @@ mod tests {
         let joined = || JoinOutcome::Joined {
             connect_ms: 1.0,
             join_ms: 2.0,
+            send_ms: 1.5,
         };
         o.set(0, joined());
         o.set(0, JoinOutcome::Failed { code: "x".into() }); // a second report is ignored
