@@ -362,3 +362,126 @@ fn bench_over_a_lossy_link_repairs_video_and_cleans_up() {
     assert!(!list.contains("rtcroom-bench-"), "namespace left: {list}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A network namespace with a veth pair to it, removed on drop (needs root, as on CI).
+struct Namespace {
+    name: String,
+    ns_ip: String,
+}
+
+impl Namespace {
+    fn new(tag: &str) -> Namespace {
+        let pid = std::process::id();
+        let name = format!("rtcroom-test-{tag}-{pid}");
+        // A /30 in 10.128.0.0/10 from the pid (the bench's own use 10.64.0.0/10).
+        let (x, y, z) = (128 + ((pid >> 14) & 63), (pid >> 6) & 255, (pid & 63) << 2);
+        let host_ip = format!("10.{x}.{y}.{}", z + 1);
+        let ns_ip = format!("10.{x}.{y}.{}", z + 2);
+        let (hif, nif) = (format!("rt{pid}h"), format!("rt{pid}n"));
+        let ns = Namespace {
+            name: name.clone(),
+            ns_ip: ns_ip.clone(),
+        };
+        for cmd in [
+            format!("ip netns add {name}"),
+            format!("ip link add {hif} type veth peer name {nif} netns {name}"),
+            format!("ip addr add {host_ip}/30 dev {hif}"),
+            format!("ip link set {hif} up"),
+            format!("ip -n {name} addr add {ns_ip}/30 dev {nif}"),
+            format!("ip -n {name} link set {nif} up"),
+            format!("ip -n {name} link set lo up"),
+        ] {
+            let args: Vec<&str> = cmd.split(' ').collect();
+            let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "`{cmd}` (needs root): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ns
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// `bench --server` against a server on another address (here: in a network namespace,
+/// reached over a veth pair): the light clients send from the address that reaches it.
+/// They once bound 127.0.0.1 whatever the server, and no media ever arrived (100 % loss).
+#[test]
+fn bench_against_a_server_in_another_namespace_gets_media_through() {
+    let ns = Namespace::new("srv");
+    let home = temp_home("netns-serve");
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(env!("CARGO_BIN_EXE_rtcroom"))
+        .args(["serve", "--listen", &format!("{}:0", ns.ns_ip)])
+        .env("RTCROOM_HOME", &home)
+        .env("RTCROOM__MEDIA__BIND_IP", &ns.ns_ip)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut app, mut key, mut url) = (None, None, None);
+    while url.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server prints its key and address");
+        if let Some(v) = line.trim().strip_prefix("sdkAppId:") {
+            app = Some(v.trim().to_owned());
+        } else if let Some(v) = line.trim().strip_prefix("secretKey:") {
+            key = Some(v.trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("listening: ") {
+            url = rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+    let url = url.unwrap();
+    assert!(url.contains(&ns.ns_ip), "{url}");
+    let dir = temp_home("netns-bench");
+    let json = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
+        .args([
+            "bench",
+            "livestream",
+            "--subscribers",
+            "2",
+            "--duration",
+            "2",
+        ])
+        .args(["--server", &url])
+        .args(["--sdk-app-id", &app.expect("sdkAppId printed")])
+        .args(["--secret-key", &key.expect("secretKey printed")])
+        .arg("--json")
+        .arg(&json)
+        .env("RTCROOM_HOME", &dir)
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let loss = r["loss_pct"].as_f64().unwrap();
+    assert!(r["packets_received"].as_u64().unwrap() > 100, "{r}");
+    assert!(loss < 5.0, "loss {loss} %");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&home);
+}

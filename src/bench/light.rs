@@ -570,7 +570,12 @@ pub struct PubStats {
     pub packets: AtomicU64,
     /// Keyframe requests answered by jumping to the clip's next keyframe.
     pub keyframes_on_request: AtomicU64,
+    /// Packets sent more than [`LATE`] after they were due: the generator could not keep up.
+    pub late_packets: AtomicU64,
 }
+
+/// A packet sent this long after it was due counts as late.
+pub const LATE: Duration = Duration::from_millis(20);
 
 /// Where a replay is in its clip: the next packet, the lap, and how far keyframe requests
 /// have moved it ahead of the wall clock. A plain state machine: [`Replay::due`] says when
@@ -748,7 +753,12 @@ pub async fn run_publisher(
             _ = stop.changed() => return Ok(()),
         }
         let now = Instant::now();
-        if due.is_some_and(|d| now >= d) {
+        if let Some(d) = due
+            && now >= d
+        {
+            if now - d > LATE {
+                stats.late_packets.fetch_add(1, Ordering::Relaxed);
+            }
             let p = replay.next();
             let (mid, codec, seq) = match (p.video, vmid) {
                 (true, Some(v)) => (Some(v), Codec::H264, &mut vseq),

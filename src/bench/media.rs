@@ -537,6 +537,11 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     // The measured window.
     let w_start = Instant::now();
     let cpu0 = target.stat();
+    let gen0 = super::proc_cpu_ns(std::process::id());
+    let late0: u64 = pub_stats
+        .iter()
+        .map(|s| s.late_packets.load(Ordering::Relaxed))
+        .sum();
     let fwd0 = packets_forwarded(&target.url).await;
     let in0 = server_counter(&target.url, "rtcroom_media_packets_in_total").await;
     let (sent0, recv0) = (sent_now(), recv_now());
@@ -569,6 +574,12 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     eprintln!();
     let window = w_start.elapsed();
     let cpu1 = target.stat();
+    let gen1 = super::proc_cpu_ns(std::process::id());
+    let late: u64 = pub_stats
+        .iter()
+        .map(|s| s.late_packets.load(Ordering::Relaxed))
+        .sum::<u64>()
+        - late0;
     let fwd1 = packets_forwarded(&target.url).await;
     let send_drops = server_counter(&target.url, "rtcroom_media_send_drops_total").await;
     let server_in = server_counter(&target.url, "rtcroom_media_packets_in_total").await;
@@ -717,6 +728,18 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         "series": series,
         "per_subscription": per_subscription,
     });
+    // The load generator's own CPU (this process) and whether it kept up: a run where it did
+    // not measures the generator, not the server.
+    let generator_cpus = super::CPU_SPLIT.get().map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |s| s.generator.len(),
+    );
+    let generator_cpu_pct = match (gen0, gen1) {
+        (Some(a), Some(b)) => Some(100.0 * (b - a) as f64 / 1e9 / window.as_secs_f64()),
+        _ => None,
+    };
+    let generator_saturated = late * 100 > sent.max(1)
+        || generator_cpu_pct.is_some_and(|c| c >= 90.0 * generator_cpus as f64);
     // Loss after repair per kind, and the link it was measured on (a second object: one
     // `json!` this size reaches the macro's recursion limit).
     let mut report = report;
@@ -727,6 +750,10 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         ("audio_expected_loss_pct", json!(expected_loss)),
         ("link", json!(target.link)),
         ("clip_keyframe_bytes", json!(keyframes)),
+        ("generator_cpu_pct", json!(generator_cpu_pct)),
+        ("generator_cpus", json!(generator_cpus)),
+        ("publisher_late_packets", json!(late)),
+        ("generator_saturated", json!(generator_saturated)),
         (
             "publisher_keyframes_on_request",
             json!(
@@ -807,6 +834,15 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         f(&report["server_cpu_pct"])
     );
     println!("server send drops     {}", report["server_send_drops"]);
+    println!(
+        "load generator CPU    {}% of a core ({generator_cpus} available), {late} packets sent late{}",
+        f(&report["generator_cpu_pct"]),
+        if generator_saturated {
+            " — SATURATED: the generator, not the server, limited this run"
+        } else {
+            ""
+        }
+    );
     println!(
         "server CPU/packet     {} µs per forwarded packet",
         f(&report["server_cpu_us_per_packet"])
