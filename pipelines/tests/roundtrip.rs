@@ -472,7 +472,10 @@ fn the_expected_loss_puts_opus_into_a_mode_that_carries_fec() {
         let p = recv_timeout(&rt, &mut out.rtp, Duration::from_secs(10)).expect("rtp in time");
         configs.push(opus_config(&p));
     }
-    assert!(control.set_expected_loss(20), "the pipeline has an Opus encoder");
+    assert!(
+        control.set_expected_loss(20),
+        "the pipeline has an Opus encoder"
+    );
     // 3 s of 20 ms packets: 150 (the last few may stay in the encoder at the end).
     while configs.len() < 140 {
         let p = recv_timeout(&rt, &mut out.rtp, Duration::from_secs(10)).expect("rtp in time");
