@@ -126,6 +126,121 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// The figures a reader comes for, in order: report key, name, unit, how to show it, what it
+/// means.
+const HEADLINES: [(&str, &str, Unit, &str); 13] = [
+    (
+        "server_cpu_us_per_packet",
+        "Server CPU per forwarded packet",
+        Unit::Us,
+        "server process CPU time over the window ÷ RTP packets it sent to subscribers \
+         (on one machine this includes the kernel's delivery to the local receivers)",
+    ),
+    (
+        "loss_pct",
+        "Media loss",
+        Unit::Pct,
+        "packets that did not reach the subscribers, of those sent to them",
+    ),
+    (
+        "video_loss_pct",
+        "Video loss after repair",
+        Unit::Pct,
+        "video sequence numbers never received, after NACK/RTX",
+    ),
+    (
+        "audio_loss_pct",
+        "Audio loss",
+        Unit::Pct,
+        "audio sequence numbers never received (audio is not resent)",
+    ),
+    (
+        "audio_loss_after_fec_pct",
+        "Audio loss after FEC",
+        Unit::Pct,
+        "lost audio packets whose successor did not carry their Opus FEC copy",
+    ),
+    (
+        "freezes",
+        "Freezes",
+        Unit::Count,
+        "video gaps over 500 ms at a subscriber",
+    ),
+    (
+        "first_frame_ms",
+        "First frame",
+        Unit::Ms,
+        "subscribe request → every packet of the first keyframe received",
+    ),
+    (
+        "first_video_packet_ms",
+        "First video packet",
+        Unit::Ms,
+        "subscribe request → first video packet received",
+    ),
+    (
+        "join_ms",
+        "Join",
+        Unit::Ms,
+        "join request → reply (see join_release for how clients were released)",
+    ),
+    (
+        "server_rss_bytes_per_member",
+        "Server memory per member",
+        Unit::Kb,
+        "server resident memory ÷ members in the room",
+    ),
+    (
+        "server_rss_bytes_per_subscriber",
+        "Server memory per subscriber",
+        Unit::Kb,
+        "growth of the server's resident memory while the subscribers joined ÷ subscribers",
+    ),
+    (
+        "server_cpu_pct",
+        "Server CPU",
+        Unit::PctCore,
+        "server process CPU over the window",
+    ),
+    (
+        "generator_cpu_pct",
+        "Load generator CPU",
+        Unit::PctCore,
+        "the bench process's own CPU over the window",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Us,
+    Ms,
+    Pct,
+    PctCore,
+    Kb,
+    Count,
+}
+
+fn headline_value(v: &Value, unit: Unit) -> Option<String> {
+    let num = |x: f64| match unit {
+        Unit::Us => format!("{x:.2} µs"),
+        Unit::Ms => format!("{x:.1} ms"),
+        Unit::Pct => format!("{x:.2} %"),
+        Unit::PctCore => format!("{x:.0} % of a core"),
+        Unit::Kb => format!("{:.1} KB", x / 1e3),
+        Unit::Count => format!("{x:.0}"),
+    };
+    match v {
+        Value::Number(n) => n.as_f64().map(num),
+        Value::Object(m) if m.contains_key("p50") => Some(format!(
+            "p50 {} · p95 {} · p99 {}",
+            num(m["p50"].as_f64()?),
+            num(m["p95"].as_f64()?),
+            num(m["p99"].as_f64()?)
+        )),
+        _ => None,
+    }
+}
+
 /// The whole report page.
 pub fn render(report: &Value) -> String {
     let scenario = report["scenario"].as_str().unwrap_or("?");
@@ -134,9 +249,31 @@ pub fn render(report: &Value) -> String {
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{margin:1.5em 0}}
 figcaption{{font-weight:bold;margin-bottom:.3em}}</style></head><body>
-<h1>rtcroom bench: {s}</h1><table>"#,
+<h1>rtcroom bench: {s}</h1>"#,
         s = esc(scenario)
     );
+    if report["generator_saturated"].as_bool() == Some(true) {
+        html.push_str(
+            "<p><strong>The load generator was saturated in this run:</strong> it (or the \
+             machine it shares with the server) could not keep up, so loss and timing \
+             measure the generator as much as the server.</p>",
+        );
+    }
+    html.push_str(
+        "<h2>Results</h2><table><tr><th>figure</th><th>value</th><th>what it is</th></tr>",
+    );
+    for (key, name, unit, meaning) in HEADLINES {
+        if let Some(value) = headline_value(&report[key], unit) {
+            let _ = write!(
+                html,
+                "<tr><th>{}</th><td>{}</td><td>{}</td></tr>",
+                esc(name),
+                esc(&value),
+                esc(meaning)
+            );
+        }
+    }
+    html.push_str("</table><h2>Every figure (the JSON report's keys)</h2><table>");
     if let Value::Object(m) = report {
         for (k, v) in m {
             if k.ends_with("_samples") || k == "series" || k == "per_subscription" {
@@ -231,6 +368,23 @@ mod tests {
         });
         let html = render(&r);
         assert!(html.contains("livestream&lt;x&gt;"));
+        // The headline table comes first, with units; figures the run did not measure
+        // (null, absent) are left out of it.
+        let results = html.find("<h2>Results</h2>").unwrap();
+        let raw = html.find("<h2>Every figure").unwrap();
+        assert!(results < raw);
+        let head = &html[results..raw];
+        assert!(
+            head.contains("<th>Media loss</th><td>0.25 %</td>"),
+            "{head}"
+        );
+        assert!(
+            head.contains("p50 1.0 ms · p95 2.0 ms · p99 3.0 ms"),
+            "{head}"
+        );
+        assert!(!head.contains("First frame"), "{head}");
+        assert!(!html.contains("saturated"));
+        assert!(render(&json!({"generator_saturated": true})).contains("was saturated"));
         assert!(html.contains("p50 1 · p95 2"));
         assert_eq!(html.matches("<svg").count(), 3);
         // The only URL is the SVG namespace: nothing is fetched.
