@@ -30,6 +30,18 @@ fn assert_report_keys(r: &serde_json::Value) {
     }
 }
 
+/// The child's stdout, line by line, read on a thread of its own.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 fn temp_home(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("rtcroom-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -47,13 +59,7 @@ fn serve_embedded_default_writes_key_file_and_stops_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut lines = Vec::new();
     let url = loop {
@@ -428,13 +434,7 @@ fn bench_against_a_server_in_another_namespace_gets_media_through() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = server.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut server);
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut app, mut key, mut url) = (None, None, None);
     while url.is_none() {

@@ -82,6 +82,16 @@ impl Decoder {
     }
 }
 
+/// Publish the main stream (audio and video) with this offer.
+fn publish_main(sdp: impl Into<String>) -> ClientMessage {
+    ClientMessage::Publish(PublishRequest {
+        stream_type: StreamType::Main,
+        has_audio: true,
+        has_video: true,
+        sdp: Some(sdp.into()),
+    })
+}
+
 async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -161,12 +171,7 @@ async fn publish_to_two_subscribers_then_late_joiner_then_unpublish() {
     });
     let offer = peer::full_offer(&publisher.pc).await;
     let reply = alice
-        .request(ClientMessage::Publish(PublishRequest {
-            stream_type: StreamType::Main,
-            has_audio: true,
-            has_video: true,
-            sdp: Some(offer),
-        }))
+        .request(publish_main(offer))
         .await
         .expect("publish accepted");
     peer::apply_answer(&publisher.pc, answer_of(reply)).await;
@@ -315,12 +320,7 @@ async fn denied_publish_and_bad_sdp_get_codes() {
     let publisher = Publisher::new().await;
     let offer = peer::full_offer(&publisher.pc).await;
     let e = viewer
-        .request(ClientMessage::Publish(PublishRequest {
-            stream_type: StreamType::Main,
-            has_audio: true,
-            has_video: true,
-            sdp: Some(offer.clone()),
-        }))
+        .request(publish_main(offer.clone()))
         .await
         .unwrap_err();
     assert_eq!(
@@ -330,12 +330,7 @@ async fn denied_publish_and_bad_sdp_get_codes() {
 
     // Malformed SDP: refused, and no stream-added reaches anyone.
     let e = anchor
-        .request(ClientMessage::Publish(PublishRequest {
-            stream_type: StreamType::Main,
-            has_audio: true,
-            has_video: true,
-            sdp: Some("v=0\r\nthis is not sdp".into()),
-        }))
+        .request(publish_main("v=0\r\nthis is not sdp"))
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidParameter);
@@ -357,15 +352,7 @@ async fn denied_publish_and_bad_sdp_get_codes() {
     let stats = server.metrics().media().unwrap().clone();
     let media_port = {
         // The answer names the worker's port; publish properly to learn it.
-        let reply = anchor
-            .request(ClientMessage::Publish(PublishRequest {
-                stream_type: StreamType::Main,
-                has_audio: true,
-                has_video: true,
-                sdp: Some(offer),
-            }))
-            .await
-            .unwrap();
+        let reply = anchor.request(publish_main(offer)).await.unwrap();
         let sdp = answer_of(reply);
         let line = sdp
             .lines()
@@ -403,15 +390,7 @@ async fn a_peer_that_never_connects_is_dropped() {
     let publisher = Publisher::new().await;
     let offer = peer::full_offer(&publisher.pc).await;
     // Accept the answer's existence but never apply it: no ICE, no DTLS.
-    anchor
-        .request(ClientMessage::Publish(PublishRequest {
-            stream_type: StreamType::Main,
-            has_audio: true,
-            has_video: true,
-            sdp: Some(offer),
-        }))
-        .await
-        .unwrap();
+    anchor.request(publish_main(offer)).await.unwrap();
     let stats = server.metrics().media().unwrap().clone();
     assert_eq!(stats.peers.load(Ordering::Relaxed), 1);
     wait_for(
@@ -662,15 +641,7 @@ async fn a_server_announcing_a_public_ip_behind_a_nat_connects() {
     let (mut anchor, _) = joined(&server.ws_url(), "a", "9", Mode::Rtc, None).await;
     let publisher = Publisher::new().await;
     let offer = peer::full_offer(&publisher.pc).await;
-    let reply = anchor
-        .request(ClientMessage::Publish(PublishRequest {
-            stream_type: StreamType::Main,
-            has_audio: true,
-            has_video: true,
-            sdp: Some(offer),
-        }))
-        .await
-        .unwrap();
+    let reply = anchor.request(publish_main(offer)).await.unwrap();
     let answer = answer_of(reply);
     let port: u16 = answer
         .lines()

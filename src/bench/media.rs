@@ -199,6 +199,47 @@ impl Signal {
         }
     }
 
+    /// Publish the main stream (audio, and video when `video`) from a new light peer; returns
+    /// the peer with the server's answer applied.
+    pub(super) async fn publish_light(
+        &mut self,
+        target: &Target,
+        video: bool,
+    ) -> anyhow::Result<LightPeer> {
+        let (peer, offer) = LightPeer::new(Direction::SendOnly, video, target.client_ip).await?;
+        let reply = self
+            .request(ClientMessage::Publish(PublishRequest {
+                stream_type: StreamType::Main,
+                has_audio: true,
+                has_video: video,
+                sdp: Some(offer),
+            }))
+            .await?;
+        accept(target, peer, reply).await
+    }
+
+    /// Subscribe to `publisher`'s main stream with a new light peer; returns the peer with
+    /// the answer applied, and when the request was sent (first-media times count from it).
+    pub(super) async fn subscribe_light(
+        &mut self,
+        target: &Target,
+        publisher: &str,
+        video: bool,
+    ) -> anyhow::Result<(LightPeer, Instant)> {
+        let (peer, offer) = LightPeer::new(Direction::RecvOnly, video, target.client_ip).await?;
+        let sent = Instant::now();
+        let reply = self
+            .request(ClientMessage::Subscribe(SubscribeRequest {
+                user_id: UserId::new(publisher).map_err(|e| anyhow::anyhow!(e.message))?,
+                stream_type: StreamType::Main,
+                audio: true,
+                video,
+                sdp: Some(offer),
+            }))
+            .await?;
+        Ok((accept(target, peer, reply).await?, sent))
+    }
+
     /// Leave the room and close the connection (bounded).
     pub(super) async fn leave(mut self) {
         let bye = Message::text(encode(&ClientEnvelope::new(0, ClientMessage::Leave)));
@@ -240,11 +281,26 @@ pub(super) fn join(
     Ok(j)
 }
 
-pub(super) fn answer(r: Option<ReplyData>) -> anyhow::Result<String> {
+fn answer(r: Option<ReplyData>) -> anyhow::Result<String> {
     match r {
         Some(ReplyData::Answer { sdp }) => Ok(sdp),
         other => bail!("expected an SDP answer, got {other:?}"),
     }
+}
+
+/// Apply the server's answer in `reply` to `peer`, after starting the delaying relays for
+/// the ports it names (with --delay-ms/--jitter-ms).
+async fn accept(
+    target: &Target,
+    mut peer: LightPeer,
+    reply: Option<ReplyData>,
+) -> anyhow::Result<LightPeer> {
+    let sdp = answer(reply)?;
+    if let Some(r) = &target.relays {
+        r.cover(&sdp).await?;
+    }
+    peer.accept_answer(&sdp)?;
+    Ok(peer)
 }
 
 /// Read a counter from the server's /metrics.
@@ -412,21 +468,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
             Role::Anchor,
         )?))
         .await?;
-        let (mut peer, offer) =
-            LightPeer::new(Direction::SendOnly, !audio_only, target.client_ip).await?;
-        let reply = sig
-            .request(ClientMessage::Publish(PublishRequest {
-                stream_type: StreamType::Main,
-                has_audio: true,
-                has_video: !audio_only,
-                sdp: Some(offer),
-            }))
-            .await?;
-        let sdp = answer(reply)?;
-        if let Some(r) = &target.relays {
-            r.cover(&sdp).await?;
-        }
-        peer.accept_answer(&sdp)?;
+        let peer = sig.publish_light(&target, !audio_only).await?;
         pub_peers.push(peer);
         pub_stats.push(Arc::new(PubStats::default()));
         tasks.push(tokio::spawn(sig.idle(stop_rx.clone())));
@@ -478,24 +520,9 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         .await?;
         join_ms.push(tj.elapsed().as_secs_f64() * 1e3);
         for p in 0..publishers {
-            let (mut peer, offer) =
-                LightPeer::new(Direction::RecvOnly, !audio_only, target.client_ip).await?;
-            let t0 = Instant::now();
-            let reply = sig
-                .request(ClientMessage::Subscribe(SubscribeRequest {
-                    user_id: UserId::new(&format!("anchor-{p}"))
-                        .map_err(|e| anyhow::anyhow!(e.message))?,
-                    stream_type: StreamType::Main,
-                    audio: true,
-                    video: !audio_only,
-                    sdp: Some(offer),
-                }))
+            let (peer, t0) = sig
+                .subscribe_light(&target, &format!("anchor-{p}"), !audio_only)
                 .await?;
-            let sdp = answer(reply)?;
-            if let Some(r) = &target.relays {
-                r.cover(&sdp).await?;
-            }
-            peer.accept_answer(&sdp)?;
             let stats = Arc::new(SubStats::default());
             tasks.push(tokio::spawn(light::run_subscriber(
                 peer,

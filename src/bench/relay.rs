@@ -9,7 +9,7 @@
 //! The schedule is a plain state machine ([`DelayLine`]) that takes `now`; the sockets only
 //! feed it.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -133,7 +133,8 @@ type Out = (Arc<UdpSocket>, SocketAddr, Bytes);
 /// The relays of one bench run: one listener per server media port, started on demand.
 #[derive(Clone)]
 pub struct Relays {
-    inner: Arc<Mutex<HashMap<u16, ()>>>,
+    /// The server ports that have their relay.
+    ports: Arc<Mutex<HashSet<u16>>>,
     listen_ip: IpAddr,
     server_ip: IpAddr,
     delay: Delay,
@@ -147,7 +148,7 @@ impl Relays {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(schedule(rx, delay));
         Relays {
-            inner: Arc::default(),
+            ports: Arc::default(),
             listen_ip,
             server_ip,
             delay,
@@ -164,8 +165,8 @@ impl Relays {
     pub async fn cover(&self, sdp: &str) -> anyhow::Result<()> {
         for port in candidate_ports(sdp, self.listen_ip) {
             let new = {
-                let mut ports = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                ports.insert(port, ()).is_none()
+                let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+                ports.insert(port)
             };
             if new {
                 let socket = UdpSocket::bind((self.listen_ip, port)).await?;

@@ -14,14 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rtcroom_protocol::signal::{ClientMessage, PublishRequest, StreamType, SubscribeRequest};
+use rtcroom_protocol::signal::{ClientMessage, StreamType};
 use rtcroom_protocol::{Role, UserId};
 use serde_json::json;
-use str0m::media::Direction;
 use tokio::sync::watch;
 
-use super::light::{self, LightPeer, PubStats, SubStats};
-use super::media::{Signal, answer, join, pre_encode};
+use super::light::{self, PubStats, SubStats};
+use super::media::{Signal, join, pre_encode};
 use super::{CommonArgs, Target};
 
 /// What the loops counted.
@@ -223,16 +222,7 @@ async fn cycle(
         Role::Anchor,
     )?))
     .await?;
-    let (mut pub_peer, offer) = LightPeer::new(Direction::SendOnly, true, target.client_ip).await?;
-    let reply = a
-        .request(ClientMessage::Publish(PublishRequest {
-            stream_type: StreamType::Main,
-            has_audio: true,
-            has_video: true,
-            sdp: Some(offer),
-        }))
-        .await?;
-    pub_peer.accept_answer(&answer(reply)?)?;
+    let pub_peer = a.publish_light(target, true).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let publishing = tokio::spawn(light::run_publisher(
         pub_peer,
@@ -250,17 +240,7 @@ async fn cycle(
         Role::Anchor,
     )?))
     .await?;
-    let (mut sub_peer, offer) = LightPeer::new(Direction::RecvOnly, true, target.client_ip).await?;
-    let reply = v
-        .request(ClientMessage::Subscribe(SubscribeRequest {
-            user_id: UserId::new(&anchor).map_err(|e| anyhow::anyhow!(e.message))?,
-            stream_type: StreamType::Main,
-            audio: true,
-            video: true,
-            sdp: Some(offer),
-        }))
-        .await?;
-    sub_peer.accept_answer(&answer(reply)?)?;
+    let (sub_peer, _) = v.subscribe_light(target, &anchor, true).await?;
     let stats = Arc::new(SubStats::default());
     let receiving = tokio::spawn(light::run_subscriber(
         sub_peer,
