@@ -20,6 +20,7 @@ PACKAGES=(
   pkg-config
   iproute2
   iptables
+  janus
   build-essential
   ca-certificates
   curl

@@ -485,3 +485,93 @@ fn bench_against_a_server_in_another_namespace_gets_media_through() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&home);
 }
+
+/// Janus processes the bench started (their configuration lives in its temporary folder).
+fn bench_janus_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| {
+            let c = String::from_utf8_lossy(c);
+            c.starts_with("janus\0") && c.contains("rtcroom-bench-janus")
+        })
+        .count()
+}
+
+/// `--target both`: the same light clients against rtcroom, then Janus VideoRoom (Debian's
+/// janus, started by the bench on loopback): media reaches every Janus subscriber too, both
+/// reports carry the same keys, the ratios are there, and Janus is stopped afterwards.
+#[test]
+fn bench_livestream_against_rtcroom_and_janus_side_by_side() {
+    let dir = temp_home("janus");
+    let json = dir.join("both.json");
+    let html = dir.join("both.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
+        .args([
+            "bench",
+            "livestream",
+            "--subscribers",
+            "3",
+            "--target",
+            "both",
+        ])
+        .args(["--duration", "2", "--json"])
+        .arg(&json)
+        .arg("--html")
+        .arg(&html)
+        .env("RTCROOM_HOME", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("janus/rtcroom"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["target"], "both");
+    for name in ["rtcroom", "janus"] {
+        let t = &r[name];
+        assert_report_keys(t);
+        assert_eq!(t["target"], name);
+        let sent = t["packets_sent"].as_u64().unwrap();
+        let received = t["packets_received"].as_u64().unwrap();
+        assert!(sent > 50, "{name}: {t}");
+        assert!(
+            received as f64 >= sent as f64 * 3.0 * 0.9,
+            "{name}: received {received} of {sent} × 3"
+        );
+        let first_frame = t["first_frame_ms"]["p50"].as_f64().unwrap();
+        assert!(first_frame > 0.0, "{name}: {t}");
+        assert!(t["server_cpu_us_per_received_packet"].as_f64().unwrap() > 0.0);
+        assert!(t["server_rss_bytes"].as_u64().unwrap() > 0);
+    }
+    assert!(
+        r["janus"]["server"]
+            .as_str()
+            .unwrap()
+            .starts_with("Janus 1"),
+        "{}",
+        r["janus"]["server"]
+    );
+    // Janus is counted by its subscribers, rtcroom by its own counter.
+    assert!(r["janus"]["server_packets_forwarded"].is_null());
+    assert!(r["rtcroom"]["server_packets_forwarded"].as_u64().unwrap() > 0);
+    let ratio = r["janus_over_rtcroom"]["server_cpu_us_per_received_packet"]
+        .as_f64()
+        .unwrap();
+    let expected = r["janus"]["server_cpu_us_per_received_packet"]
+        .as_f64()
+        .unwrap()
+        / r["rtcroom"]["server_cpu_us_per_received_packet"]
+            .as_f64()
+            .unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("same run, same clients"), "{page}");
+    assert_eq!(bench_janus_processes(), 0, "Janus was left running");
+    let _ = std::fs::remove_dir_all(&dir);
+}

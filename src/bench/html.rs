@@ -241,17 +241,84 @@ fn headline_value(v: &Value, unit: Unit) -> Option<String> {
     }
 }
 
-/// The whole report page.
+/// Rows of the side-by-side table of a `--target both` report: the ratio's name, the
+/// headline it shows, and the field of a percentile figure.
+const SIDE_BY_SIDE: [(&str, &str, Unit, Option<&str>); 6] = [
+    (
+        "server_cpu_us_per_received_packet",
+        "Server CPU per packet received by the subscribers",
+        Unit::Us,
+        None,
+    ),
+    (
+        "server_rss_bytes_per_subscriber",
+        "Server memory per subscriber",
+        Unit::Kb,
+        None,
+    ),
+    ("loss_pct", "Media loss", Unit::Pct, None),
+    ("first_frame_ms", "First frame p50", Unit::Ms, Some("p50")),
+    ("join_ms", "Join p50", Unit::Ms, Some("p50")),
+    ("server_cpu_pct", "Server CPU", Unit::PctCore, None),
+];
+
+/// The whole report page; a `--target both` report gets the side-by-side table first, then
+/// each server's own results.
 pub fn render(report: &Value) -> String {
     let scenario = report["scenario"].as_str().unwrap_or("?");
-    let mut html = format!(
+    let mut html = head(scenario);
+    if report["target"] == "both" {
+        html.push_str(
+            "<h2>rtcroom and Janus, same run, same clients</h2><table><tr><th>figure</th>\
+             <th>rtcroom</th><th>Janus</th><th>Janus ÷ rtcroom</th></tr>",
+        );
+        for (key, name, unit, field) in SIDE_BY_SIDE {
+            let value = |r: &Value| {
+                let v = field.map_or(&r[key], |f| &r[key][f]);
+                headline_value(v, unit).unwrap_or_else(|| "–".into())
+            };
+            let ratio_key = field.map_or_else(|| key.to_owned(), |f| format!("{key}_{f}"));
+            let ratio = report["janus_over_rtcroom"][&ratio_key]
+                .as_f64()
+                .map_or_else(|| "–".into(), |r| format!("{r:.2}×"));
+            let _ = write!(
+                html,
+                "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(name),
+                esc(&value(&report["rtcroom"])),
+                esc(&value(&report["janus"])),
+                esc(&ratio)
+            );
+        }
+        html.push_str(
+            "</table><p>Janus ÷ rtcroom above 1: rtcroom uses less, is faster or loses less. \
+             CPU per packet is counted the same way for both (packets the subscribers \
+             received), as Janus has no packet counter.</p>",
+        );
+        for name in ["rtcroom", "janus"] {
+            let _ = write!(html, "<h1>{}</h1>", esc(name));
+            body(&mut html, &report[name]);
+        }
+    } else {
+        body(&mut html, report);
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+fn head(scenario: &str) -> String {
+    format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>rtcroom bench: {s}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}figure{{margin:1.5em 0}}
 figcaption{{font-weight:bold;margin-bottom:.3em}}</style></head><body>
 <h1>rtcroom bench: {s}</h1>"#,
         s = esc(scenario)
-    );
+    )
+}
+
+/// One run's results: warnings, headline table, raw keys, plots.
+fn body(html: &mut String, report: &Value) {
     if report["generator_saturated"].as_bool() == Some(true) {
         html.push_str(
             "<p><strong>The load generator was saturated in this run:</strong> it (or the \
@@ -345,8 +412,6 @@ figcaption{{font-weight:bold;margin-bottom:.3em}}</style></head><body>
             ));
         }
     }
-    html.push_str("</body></html>\n");
-    html
 }
 
 #[cfg(test)]
@@ -395,6 +460,38 @@ mod tests {
         assert!(!html.contains("<script"));
         // Second point: 2000 bytes in 1 s = 16 kbit/s.
         assert!(html.contains("polyline"));
+    }
+
+    #[test]
+    fn a_side_by_side_report_shows_both_servers_and_the_ratios() {
+        let r = json!({
+            "scenario": "livestream",
+            "target": "both",
+            "rtcroom": {"scenario": "livestream", "server_cpu_us_per_received_packet": 4.0,
+                        "join_ms": {"p50": 2.0, "p95": 3.0, "p99": 4.0, "max": 5.0}},
+            "janus": {"scenario": "livestream", "server_cpu_us_per_received_packet": 10.0,
+                      "generator_saturated": true},
+            "janus_over_rtcroom": {"server_cpu_us_per_received_packet": 2.5, "join_ms_p50": null},
+        });
+        let html = render(&r);
+        let table = &html[html.find("same run").unwrap()..html.find("<h1>rtcroom</h1>").unwrap()];
+        assert!(
+            table.contains(
+                "<th>Server CPU per packet received by the subscribers</th><td>4.00 µs</td>\
+                 <td>10.00 µs</td><td>2.50×</td>"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("<th>Join p50</th><td>2.0 ms</td><td>–</td><td>–</td>"),
+            "{table}"
+        );
+        // Each server's own section follows, in order, with its own warnings.
+        let ours = html.find("<h1>rtcroom</h1>").unwrap();
+        let janus = html.find("<h1>janus</h1>").unwrap();
+        assert!(ours < janus);
+        assert!(html[janus..].contains("was saturated"));
+        assert!(!html[ours..janus].contains("was saturated"));
     }
 
     #[test]

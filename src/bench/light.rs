@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
@@ -112,6 +112,40 @@ impl LightPeer {
         ))
     }
 
+    /// A receive-only peer answering `offer` (a server that offers to its subscribers, as
+    /// Janus does); returns it and its answer.
+    pub async fn answer(
+        offer: &str,
+        bind_ip: std::net::IpAddr,
+    ) -> anyhow::Result<(LightPeer, String)> {
+        let socket = UdpSocket::bind((bind_ip, 0)).await?;
+        let local = socket.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_h264(true)
+            .build(Instant::now());
+        let candidate = Candidate::host(local, "udp").map_err(|e| anyhow!("candidate: {e}"))?;
+        rtc.add_local_candidate(candidate);
+        let parsed = SdpOffer::from_sdp_string(offer).map_err(|e| anyhow!("offer: {e}"))?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(parsed)
+            .map_err(|e| anyhow!("offer refused: {e}"))?;
+        Ok((
+            LightPeer {
+                rtc,
+                socket,
+                local,
+                pending: None,
+                mids: offered_mids(offer),
+            },
+            answer.to_sdp_string(),
+        ))
+    }
+
     /// Apply the server's answer.
     pub fn accept_answer(&mut self, sdp: &str) -> anyhow::Result<()> {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| anyhow!("answer: {e}"))?;
@@ -163,6 +197,26 @@ impl LightPeer {
             ))
             .is_ok()
     }
+}
+
+/// The audio and video media sections of an SDP, by mid, in order.
+fn offered_mids(sdp: &str) -> Vec<(Mid, MediaKind)> {
+    let mut out = Vec::new();
+    let mut kind = None;
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            kind = if m.starts_with("video") {
+                Some(MediaKind::Video)
+            } else if m.starts_with("audio") {
+                Some(MediaKind::Audio)
+            } else {
+                None
+            };
+        } else if let (Some(mid), Some(k)) = (line.strip_prefix("a=mid:"), kind) {
+            out.push((Mid::from(mid), k));
+        }
+    }
+    out
 }
 
 /// What a subscriber counted.
@@ -786,6 +840,20 @@ pub async fn run_publisher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_offers_media_sections_are_read_by_mid() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:a0\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:d\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v1\r\n";
+        assert_eq!(
+            offered_mids(sdp),
+            vec![
+                (Mid::from("a0"), MediaKind::Audio),
+                (Mid::from("v1"), MediaKind::Video)
+            ]
+        );
+    }
 
     #[test]
     fn parses_rtp_headers() {

@@ -21,8 +21,9 @@ use str0m::media::Direction;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::janus;
 use super::light::{self, LightPeer, PubStats, Recorded, SubStats};
-use super::{CommonArgs, Target, percentiles};
+use super::{CommonArgs, ServerKind, Target, TargetChoice, percentiles};
 
 /// Largest audience one run may use.
 pub const MAX_SUBSCRIBERS: usize = 2000;
@@ -320,8 +321,130 @@ async fn server_counter(ws_url: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-async fn packets_forwarded(ws_url: &str) -> Option<u64> {
-    server_counter(ws_url, "rtcroom_media_packets_out_total").await
+/// A counter of rtcroom's /metrics (Janus has none: `None`).
+async fn counter(target: &Target, name: &str) -> Option<u64> {
+    match target.kind {
+        ServerKind::Rtcroom => server_counter(&target.url, name).await,
+        ServerKind::Janus => None,
+    }
+}
+
+/// A Janus room id from the bench's numeric room name.
+fn janus_room(room: &str) -> anyhow::Result<u64> {
+    room.parse()
+        .with_context(|| format!("room {room} is not numeric"))
+}
+
+/// Who a member is: the `p`th publisher or the `i`th viewer (names and Janus ids from it).
+#[derive(Clone, Copy, Debug)]
+enum Who {
+    Publisher(usize),
+    Viewer(usize),
+}
+
+impl Who {
+    fn user_id(self) -> String {
+        match self {
+            Who::Publisher(p) => format!("anchor-{p}"),
+            Who::Viewer(i) => format!("viewer-{i}"),
+        }
+    }
+
+    /// The participant id in a Janus room (publishers 1..; viewers from 1,000,000).
+    fn janus_id(self) -> u64 {
+        match self {
+            Who::Publisher(p) => p as u64 + 1,
+            Who::Viewer(i) => 1_000_000 + i as u64,
+        }
+    }
+}
+
+/// A room member's signalling with the server under test.
+enum Member {
+    Rtcroom(Signal),
+    /// A Janus session and its VideoRoom participant handle.
+    Janus(janus::Session, u64),
+}
+
+impl Member {
+    /// Connect and join `room`; returns the member and the join's round trip in ms (the join
+    /// request alone, not the connection: TRTC's join, Janus's VideoRoom `join`).
+    async fn join(
+        target: &Target,
+        room: &str,
+        who: Who,
+        role: Role,
+    ) -> anyhow::Result<(Member, f64)> {
+        let user = who.user_id();
+        match target.kind {
+            ServerKind::Rtcroom => {
+                let mut sig = Signal::connect(&target.url).await?;
+                let request = ClientMessage::Join(join(target, &user, room, role)?);
+                let t = Instant::now();
+                sig.request(request).await?;
+                Ok((Member::Rtcroom(sig), t.elapsed().as_secs_f64() * 1e3))
+            }
+            ServerKind::Janus => {
+                let mut session = janus::Session::open(&target.url).await?;
+                let t = Instant::now();
+                let handle = session
+                    .join(janus_room(room)?, who.janus_id(), &user)
+                    .await?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                Ok((Member::Janus(session, handle), ms))
+            }
+        }
+    }
+
+    /// Publish the main stream from a new light peer; returns it with the answer applied.
+    async fn publish(&mut self, target: &Target, video: bool) -> anyhow::Result<LightPeer> {
+        match self {
+            Member::Rtcroom(sig) => sig.publish_light(target, video).await,
+            Member::Janus(session, handle) => {
+                let (mut peer, offer) =
+                    LightPeer::new(Direction::SendOnly, video, target.client_ip).await?;
+                let answer = session.publish(*handle, offer).await?;
+                peer.accept_answer(&answer)?;
+                Ok(peer)
+            }
+        }
+    }
+
+    /// Subscribe to the `p`th publisher with a new light peer; returns it and when the
+    /// request was sent.
+    async fn subscribe(
+        &mut self,
+        target: &Target,
+        room: &str,
+        p: usize,
+        video: bool,
+    ) -> anyhow::Result<(LightPeer, Instant)> {
+        let publisher = Who::Publisher(p);
+        match self {
+            Member::Rtcroom(sig) => {
+                sig.subscribe_light(target, &publisher.user_id(), video)
+                    .await
+            }
+            Member::Janus(session, _) => {
+                // Timed from the request, once the room has announced the feed (rtcroom
+                // accepts a subscription before the publisher's media is up; Janus does not).
+                session.wait_for_feed(publisher.janus_id()).await?;
+                let sent = Instant::now();
+                let peer = session
+                    .subscribe(janus_room(room)?, publisher.janus_id(), target.client_ip)
+                    .await?;
+                Ok((peer, sent))
+            }
+        }
+    }
+
+    /// Keep the signalling alive until `stop` flips.
+    async fn idle(self, stop: watch::Receiver<bool>) {
+        match self {
+            Member::Rtcroom(sig) => sig.idle(stop).await,
+            Member::Janus(session, _) => session.idle(stop).await,
+        }
+    }
 }
 
 /// The shape of a media run.
@@ -342,7 +465,12 @@ pub struct MediaSpec {
 }
 
 /// `livestream --subscribers N`: 1 anchor (720p + Opus) → N audience, live mode.
-pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> anyhow::Result<()> {
+pub async fn livestream(
+    subscribers: usize,
+    rate: f64,
+    target: TargetChoice,
+    common: CommonArgs,
+) -> anyhow::Result<()> {
     run(
         MediaSpec {
             scenario: "livestream",
@@ -352,6 +480,7 @@ pub async fn livestream(subscribers: usize, rate: f64, common: CommonArgs) -> an
             audio_only: false,
             rate,
         },
+        target,
         common,
     )
     .await
@@ -362,6 +491,7 @@ pub async fn meeting(
     publishers: usize,
     subscribers: usize,
     rate: f64,
+    target: TargetChoice,
     common: CommonArgs,
 ) -> anyhow::Result<()> {
     run(
@@ -373,6 +503,7 @@ pub async fn meeting(
             audio_only: false,
             rate,
         },
+        target,
         common,
     )
     .await
@@ -383,6 +514,7 @@ pub async fn audio_room(
     publishers: usize,
     subscribers: usize,
     rate: f64,
+    target: TargetChoice,
     common: CommonArgs,
 ) -> anyhow::Result<()> {
     run(
@@ -394,6 +526,7 @@ pub async fn audio_room(
             audio_only: true,
             rate,
         },
+        target,
         common,
     )
     .await
@@ -404,14 +537,14 @@ pub const MAX_PUBLISHERS: usize = 50;
 /// Most subscriptions (subscribers × publishers) one run may open.
 pub const MAX_SUBSCRIPTIONS: usize = 2000;
 
-async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
+async fn run(spec: MediaSpec, choice: TargetChoice, common: CommonArgs) -> anyhow::Result<()> {
     let MediaSpec {
         scenario,
         mode,
         publishers,
         subscribers,
         audio_only,
-        rate,
+        rate: _,
     } = spec;
     if publishers == 0 || publishers > MAX_PUBLISHERS {
         bail!("--publishers must be between 1 and {MAX_PUBLISHERS}");
@@ -428,7 +561,6 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     if !(common.duration.is_finite() && (1.0..=600.0).contains(&common.duration)) {
         bail!("--duration must be between 1 and 600 seconds");
     }
-    let rate = if rate > 0.0 { rate } else { 100.0 };
     eprintln!("{scenario}: encoding the clip once...");
     // What the engine's Opus encoder settles on when the server reports this uplink loss
     // (twice it, for the subscriber's leg).
@@ -441,10 +573,162 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     if audio_only {
         clip.retain(|r| !r.video);
     }
-    let clip_video = clip.iter().filter(|r| r.video).count();
-    let keyframes = keyframe_sizes(&clip);
     let clip = Arc::new(clip);
-    let target = Target::new(&common).await?;
+    let report = match choice {
+        TargetChoice::Rtcroom => {
+            measure(
+                &spec,
+                &common,
+                &clip,
+                clip_len,
+                expected_loss,
+                ServerKind::Rtcroom,
+            )
+            .await?
+        }
+        TargetChoice::Janus => {
+            measure(
+                &spec,
+                &common,
+                &clip,
+                clip_len,
+                expected_loss,
+                ServerKind::Janus,
+            )
+            .await?
+        }
+        TargetChoice::Both => {
+            let ours = measure(
+                &spec,
+                &common,
+                &clip,
+                clip_len,
+                expected_loss,
+                ServerKind::Rtcroom,
+            )
+            .await?;
+            let janus = measure(
+                &spec,
+                &common,
+                &clip,
+                clip_len,
+                expected_loss,
+                ServerKind::Janus,
+            )
+            .await?;
+            let both = compare(&ours, &janus);
+            print_comparison(&both);
+            both
+        }
+    };
+    super::write_reports(&common, &report)?;
+    for r in [&report, &report["rtcroom"], &report["janus"]] {
+        if r["packets_received"].as_u64() == Some(0) {
+            bail!(
+                "no media reached the subscribers ({})",
+                r["target"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Figures compared between rtcroom and Janus in a `--target both` run: the report key, the
+/// field inside it (for percentiles) and the name in the ratios.
+const COMPARED: [(&str, Option<&str>, &str); 6] = [
+    (
+        "server_cpu_us_per_received_packet",
+        None,
+        "server_cpu_us_per_received_packet",
+    ),
+    (
+        "server_rss_bytes_per_subscriber",
+        None,
+        "server_rss_bytes_per_subscriber",
+    ),
+    ("loss_pct", None, "loss_pct"),
+    ("first_frame_ms", Some("p50"), "first_frame_ms_p50"),
+    ("join_ms", Some("p50"), "join_ms_p50"),
+    ("server_cpu_pct", None, "server_cpu_pct"),
+];
+
+/// One report holding both runs and, per compared figure, Janus's value over rtcroom's
+/// (above 1: rtcroom uses less, is faster or loses less; null where rtcroom's is 0 or a
+/// figure is missing).
+fn compare(ours: &serde_json::Value, janus: &serde_json::Value) -> serde_json::Value {
+    let mut ratios = serde_json::Map::new();
+    for (key, field, name) in COMPARED {
+        let get = |r: &serde_json::Value| match field {
+            Some(f) => r[key][f].as_f64(),
+            None => r[key].as_f64(),
+        };
+        let ratio = match (get(ours), get(janus)) {
+            (Some(a), Some(b)) if a > 0.0 => Some(b / a),
+            _ => None,
+        };
+        ratios.insert(name.to_owned(), json!(ratio));
+    }
+    json!({
+        "scenario": ours["scenario"],
+        "target": "both",
+        "rtcroom": ours,
+        "janus": janus,
+        "janus_over_rtcroom": ratios,
+    })
+}
+
+fn print_comparison(both: &serde_json::Value) {
+    let f = |v: &serde_json::Value| {
+        v.as_f64()
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!();
+    println!(
+        "{:<36} {:>12} {:>12} {:>14}",
+        "same run, same clients", "rtcroom", "janus", "janus/rtcroom"
+    );
+    for (key, field, name) in COMPARED {
+        let get = |r: &serde_json::Value| match field {
+            Some(fl) => r[key][fl].clone(),
+            None => r[key].clone(),
+        };
+        println!(
+            "{:<36} {:>12} {:>12} {:>14}",
+            name,
+            f(&get(&both["rtcroom"])),
+            f(&get(&both["janus"])),
+            f(&both["janus_over_rtcroom"][name])
+        );
+    }
+}
+
+/// Run one media scenario against one server and return its report (printing a summary).
+async fn measure(
+    spec: &MediaSpec,
+    common: &CommonArgs,
+    clip: &Arc<Vec<Recorded>>,
+    clip_len: Duration,
+    expected_loss: u8,
+    kind: ServerKind,
+) -> anyhow::Result<serde_json::Value> {
+    let MediaSpec {
+        scenario,
+        mode,
+        publishers,
+        subscribers,
+        audio_only,
+        rate,
+    } = *spec;
+    let rate = if rate > 0.0 { rate } else { 100.0 };
+    let clip_video = clip.iter().filter(|r| r.video).count();
+    let keyframes = keyframe_sizes(clip);
+    let clip = clip.clone();
+    let target = match kind {
+        ServerKind::Rtcroom => Target::new(common).await?,
+        ServerKind::Janus => Target::janus(common).await?,
+    };
+    eprintln!("{scenario}: measuring {}", kind.name());
     let room = format!("{}", 1 + (std::process::id() % 1_000_000));
     let (stop_tx, stop_rx) = watch::channel(false);
     let viewer_role = if mode == Mode::Live {
@@ -459,19 +743,20 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     let mut pub_peers = Vec::with_capacity(publishers);
     let mut pub_stats = Vec::with_capacity(publishers);
+    if kind == ServerKind::Janus {
+        // Janus rooms are made by a request; every member counts as a possible publisher.
+        let mut admin = janus::Session::open(&target.url).await?;
+        admin
+            .create_room(janus_room(&room)?, publishers + subscribers + 1)
+            .await?;
+        tasks.push(tokio::spawn(admin.idle(stop_rx.clone())));
+    }
     for p in 0..publishers {
-        let mut sig = Signal::connect(&target.url).await?;
-        sig.request(ClientMessage::Join(join(
-            &target,
-            &format!("anchor-{p}"),
-            &room,
-            Role::Anchor,
-        )?))
-        .await?;
-        let peer = sig.publish_light(&target, !audio_only).await?;
+        let (mut member, _) = Member::join(&target, &room, Who::Publisher(p), Role::Anchor).await?;
+        let peer = member.publish(&target, !audio_only).await?;
         pub_peers.push(peer);
         pub_stats.push(Arc::new(PubStats::default()));
-        tasks.push(tokio::spawn(sig.idle(stop_rx.clone())));
+        tasks.push(tokio::spawn(member.idle(stop_rx.clone())));
     }
     let (pub_done_tx, publishers_done) = tokio::sync::oneshot::channel();
     {
@@ -509,20 +794,10 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
             tokio::time::Instant::from_std(started) + Duration::from_secs_f64(i as f64 / rate),
         )
         .await;
-        let mut sig = Signal::connect(&target.url).await?;
-        let tj = Instant::now();
-        sig.request(ClientMessage::Join(join(
-            &target,
-            &format!("viewer-{i}"),
-            &room,
-            viewer_role,
-        )?))
-        .await?;
-        join_ms.push(tj.elapsed().as_secs_f64() * 1e3);
+        let (mut member, ms) = Member::join(&target, &room, Who::Viewer(i), viewer_role).await?;
+        join_ms.push(ms);
         for p in 0..publishers {
-            let (peer, t0) = sig
-                .subscribe_light(&target, &format!("anchor-{p}"), !audio_only)
-                .await?;
+            let (peer, t0) = member.subscribe(&target, &room, p, !audio_only).await?;
             let stats = Arc::new(SubStats::default());
             tasks.push(tokio::spawn(light::run_subscriber(
                 peer,
@@ -532,7 +807,7 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
             )));
             subs.push(stats);
         }
-        tasks.push(tokio::spawn(sig.idle(stop_rx.clone())));
+        tasks.push(tokio::spawn(member.idle(stop_rx.clone())));
         if i % 20 == 0 {
             eprint!("\r{scenario}: {}/{subscribers} subscribers", i + 1);
         }
@@ -569,8 +844,8 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| s.late_packets.load(Ordering::Relaxed))
         .sum();
-    let fwd0 = packets_forwarded(&target.url).await;
-    let in0 = server_counter(&target.url, "rtcroom_media_packets_in_total").await;
+    let fwd0 = counter(&target, "rtcroom_media_packets_out_total").await;
+    let in0 = counter(&target, "rtcroom_media_packets_in_total").await;
     let (sent0, recv0) = (sent_now(), recv_now());
     let mut progress = tokio::time::interval(Duration::from_secs(1));
     // The first tick is immediate; the series starts one second in.
@@ -607,11 +882,10 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         .map(|s| s.late_packets.load(Ordering::Relaxed))
         .sum::<u64>()
         - late0;
-    let fwd1 = packets_forwarded(&target.url).await;
-    let send_drops = server_counter(&target.url, "rtcroom_media_send_drops_total").await;
-    let server_in = server_counter(&target.url, "rtcroom_media_packets_in_total").await;
-    let keyframe_requests =
-        server_counter(&target.url, "rtcroom_media_keyframe_requests_total").await;
+    let fwd1 = counter(&target, "rtcroom_media_packets_out_total").await;
+    let send_drops = counter(&target, "rtcroom_media_send_drops_total").await;
+    let server_in = counter(&target, "rtcroom_media_packets_in_total").await;
+    let keyframe_requests = counter(&target, "rtcroom_media_keyframe_requests_total").await;
     let sent = sent_now() - sent0;
     let recv = recv_now() - recv0;
     let _ = stop_tx.send(true);
@@ -703,8 +977,15 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         (Some(a), Some(b)) => Some(b.cpu_s - a.cpu_s),
         _ => None,
     };
+    // Per packet the subscribers received: the same count for every server (Janus has no
+    // counter of its own), so the one to compare servers by.
+    let per_received_us = match cpu_s {
+        Some(c) if recv > 0 => Some(c * 1e6 / recv as f64),
+        _ => None,
+    };
     let per_packet_us = match (cpu_s, forwarded) {
         (Some(c), Some(f)) if f > 0 => Some(c * 1e6 / f as f64),
+        _ if kind == ServerKind::Janus => per_received_us,
         _ => None,
     };
     let members = publishers + subscribers;
@@ -750,7 +1031,12 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         "server_packets_in_total": server_in,
         "server_send_drops": send_drops,
         "server_keyframe_requests_total": keyframe_requests,
-        "server": if target.child.is_some() { "embedded (child process)" } else { target.url.as_str() },
+        "target": kind.name(),
+        "server": match (kind, &target.child) {
+            (ServerKind::Rtcroom, Some(_)) => "embedded (child process)".to_owned(),
+            (ServerKind::Janus, Some(_)) => format!("{} (child process)", janus::version()),
+            (_, None) => target.url.clone(),
+        },
         "cpu_split": super::CPU_SPLIT.get(),
         "series": series,
         "per_subscription": per_subscription,
@@ -798,6 +1084,14 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
             ),
         ),
         ("delay", json!(target.relays.as_ref().map(|r| r.delay()))),
+        ("server_cpu_us_per_received_packet", json!(per_received_us)),
+        (
+            "server_packets_counted_by",
+            json!(match kind {
+                ServerKind::Rtcroom => "server (rtcroom_media_packets_out_total)",
+                ServerKind::Janus => "subscribers (Janus has no packet counter)",
+            }),
+        ),
     ] {
         report[k] = v;
     }
@@ -806,6 +1100,10 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
             .map(|x| format!("{x:.2}"))
             .unwrap_or_else(|| "-".into())
     };
+    println!(
+        "server                {}",
+        report["server"].as_str().unwrap_or("?")
+    );
     println!(
         "scenario              {scenario} ({publishers} publisher(s) → {subscribers} subscriber(s), {} mode{})",
         mode,
@@ -878,18 +1176,18 @@ async fn run(spec: MediaSpec, common: CommonArgs) -> anyhow::Result<()> {
         }
     );
     println!(
-        "server CPU/packet     {} µs per forwarded packet",
-        f(&report["server_cpu_us_per_packet"])
+        "server CPU/packet     {} µs per forwarded packet{}",
+        f(&report["server_cpu_us_per_packet"]),
+        match kind {
+            ServerKind::Rtcroom => "",
+            ServerKind::Janus => " (counted by the subscribers)",
+        }
     );
     if let Some(m) = mem_per_sub {
         println!("server memory         {:.1} KB per subscriber", m / 1e3);
     }
     report["first_video_packet_ms_samples"] = json!(first_packet);
-    super::write_reports(&common, &report)?;
-    if recv == 0 {
-        bail!("no media reached the subscribers");
-    }
-    Ok(())
+    Ok(report)
 }
 
 #[cfg(test)]

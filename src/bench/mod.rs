@@ -10,6 +10,7 @@
 //! (P publishers × S subscribers, rtc) and `audio-room` (P audio publishers → N listeners).
 
 mod html;
+mod janus;
 mod light;
 mod media;
 mod netns;
@@ -173,6 +174,10 @@ enum Scenario {
         /// Subscribers started per second.
         #[arg(long, value_name = "PER_SEC", default_value_t = 50.0)]
         rate: f64,
+        /// Server to measure: rtcroom, Janus VideoRoom, or both back to back (one report,
+        /// side by side, with ratios).
+        #[arg(long, value_enum, default_value_t = TargetChoice::Rtcroom)]
+        target: TargetChoice,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -191,6 +196,10 @@ enum Scenario {
         /// Listeners started per second.
         #[arg(long, value_name = "PER_SEC", default_value_t = 100.0)]
         rate: f64,
+        /// Server to measure: rtcroom, Janus VideoRoom, or both back to back (one report,
+        /// side by side, with ratios).
+        #[arg(long, value_enum, default_value_t = TargetChoice::Rtcroom)]
+        target: TargetChoice,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -207,6 +216,10 @@ enum Scenario {
         /// Subscribers started per second.
         #[arg(long, value_name = "PER_SEC", default_value_t = 100.0)]
         rate: f64,
+        /// Server to measure: rtcroom, Janus VideoRoom, or both back to back (one report,
+        /// side by side, with ratios).
+        #[arg(long, value_enum, default_value_t = TargetChoice::Rtcroom)]
+        target: TargetChoice,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -301,18 +314,44 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// Run the calling thread (and the threads and processes it starts later) on `cpus` only.
-fn pin_current_thread(cpus: &[usize]) {
+/// The affinity mask of `cpus`.
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
     // SAFETY: as in `allowed_cpus`; CPU_SET is only given CPU numbers below CPU_SETSIZE.
-    let rc = unsafe {
+    unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
             libc::CPU_SET(c, &mut set);
         }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
+        set
+    }
+}
+
+/// Run the calling thread (and the threads it starts later) on `cpus` only.
+fn pin_current_thread(cpus: &[usize]) {
+    let set = cpu_set(cpus);
+    // SAFETY: `set` is a valid mask of the size given.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
         tracing::warn!(?cpus, "could not set CPU affinity");
+    }
+}
+
+/// With --pin, start the server under test (rtcroom or Janus) on the server's CPUs.
+fn on_server_cpus(command: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    let Some(split) = CPU_SPLIT.get() else {
+        return;
+    };
+    let set = cpu_set(&split.server);
+    // SAFETY: the closure runs in the forked child before exec and makes only the
+    // sched_setaffinity system call (async-signal-safe) on a mask built before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -322,9 +361,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
     if common.pin && common.server.is_none() {
         match CpuSplit::of(&allowed_cpus()) {
             Some(split) => {
-                // The main thread starts the embedded server, which inherits its affinity;
-                // `Target::new` moves the main thread to the generator's CPUs right after.
-                pin_current_thread(&split.server);
+                // The load generator runs on its CPUs; the server under test is started on
+                // the others (`on_server_cpus`).
+                pin_current_thread(&split.generator);
                 let _ = CPU_SPLIT.set(split);
             }
             None => eprintln!("note: --pin needs at least 2 CPUs; running unpinned"),
@@ -360,8 +399,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
         Scenario::Livestream {
             subscribers,
             rate,
+            target,
             common,
-        } => rt.block_on(media::livestream(subscribers, rate, common)),
+        } => rt.block_on(media::livestream(subscribers, rate, target, common)),
         Scenario::Soak {
             slots,
             rooms,
@@ -373,14 +413,28 @@ pub fn run(args: BenchArgs) -> ExitCode {
             publishers,
             subscribers,
             rate,
+            target,
             common,
-        } => rt.block_on(media::meeting(publishers, subscribers, rate, common)),
+        } => rt.block_on(media::meeting(
+            publishers,
+            subscribers,
+            rate,
+            target,
+            common,
+        )),
         Scenario::AudioRoom {
             publishers,
             subscribers,
             rate,
+            target,
             common,
-        } => rt.block_on(media::audio_room(publishers, subscribers, rate, common)),
+        } => rt.block_on(media::audio_room(
+            publishers,
+            subscribers,
+            rate,
+            target,
+            common,
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -391,8 +445,37 @@ pub fn run(args: BenchArgs) -> ExitCode {
     }
 }
 
+/// Which server a media scenario measures (`--target`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetChoice {
+    /// rtcroom's room server (embedded, or --server).
+    Rtcroom,
+    /// Janus VideoRoom (Debian's `janus`, started by the bench on loopback, or --server with
+    /// a Janus WebSocket URL).
+    Janus,
+    /// rtcroom, then Janus, in one run: one report with both and the ratios.
+    Both,
+}
+
+/// The kind of server a `Target` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerKind {
+    Rtcroom,
+    Janus,
+}
+
+impl ServerKind {
+    fn name(self) -> &'static str {
+        match self {
+            ServerKind::Rtcroom => "rtcroom",
+            ServerKind::Janus => "janus",
+        }
+    }
+}
+
 /// The room server under test.
 struct Target {
+    kind: ServerKind,
     url: String,
     sdk_app_id: u32,
     secret_key: String,
@@ -488,6 +571,7 @@ impl Target {
                 bail!("--netns, --loss and --rate-kbit need the embedded server (no --server)");
             }
             return Ok(Target {
+                kind: ServerKind::Rtcroom,
                 url: url.clone(),
                 sdk_app_id: app,
                 secret_key: key,
@@ -537,6 +621,7 @@ impl Target {
                 c
             }
         };
+        on_server_cpus(&mut command);
         let mut child = command
             .env("RTCROOM_HOME", &home.0)
             .stdin(Stdio::null())
@@ -544,9 +629,6 @@ impl Target {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the embedded server")?;
-        if let Some(split) = CPU_SPLIT.get() {
-            pin_current_thread(&split.generator);
-        }
         let stdout = child.stdout.take().context("server stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -563,6 +645,7 @@ impl Target {
         let key = EmbeddedKeyFile::read(&home.0.join("embedded.toml"))?
             .context("the embedded server wrote no key file")?;
         Ok(Target {
+            kind: ServerKind::Rtcroom,
             client_ip: source_ip_for(&url)?,
             url,
             sdk_app_id: key.sdk_app_id,
@@ -574,6 +657,33 @@ impl Target {
             }),
             link,
             relays,
+        })
+    }
+
+    /// Janus VideoRoom: at `--server` (a Janus WebSocket URL), or started on loopback.
+    async fn janus(common: &CommonArgs) -> anyhow::Result<Target> {
+        if common.impairment().is_some() {
+            bail!(
+                "--target janus runs on loopback only (no --netns, --loss, --rate-kbit, --delay-ms)"
+            );
+        }
+        let (child, url, client_ip) = match &common.server {
+            Some(url) => (None, url.clone(), source_ip_for(url)?),
+            None => {
+                let ip = janus::host_ipv4()?;
+                let (child, url) = janus::start(ip, on_server_cpus).await?;
+                (Some(child), url, ip.into())
+            }
+        };
+        Ok(Target {
+            kind: ServerKind::Janus,
+            client_ip,
+            url,
+            sdk_app_id: 0,
+            secret_key: String::new(),
+            child,
+            link: None,
+            relays: None,
         })
     }
 
