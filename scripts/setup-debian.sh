@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what rtcroom needs on Debian 12, idempotently: the GStreamer packages (1.22), the
 # tools the tests call (gst-discoverer-1.0, headless Chromium for the browser tests),
-# pkg-config, and a Rust toolchain if none is there.
+# pkg-config, iproute2/iptables for the lossy-link bench, Janus for the side-by-side bench,
+# and a Rust toolchain if none is there.
 # Safe to run again: it installs only what is missing, and runs `apt-get update` only then.
 set -euo pipefail
 
@@ -44,6 +45,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
   echo "setup: Debian packages already installed"
+fi
+
+# Janus is only for `rtcroom bench --target janus|both`, which starts its own on free ports:
+# the package's system service (started on install where systemd runs) is not wanted.
+if [ -d /run/systemd/system ] && systemctl is-enabled janus >/dev/null 2>&1; then
+  echo "setup: disabling the janus system service (the bench starts its own)"
+  $SUDO systemctl disable --now janus || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -103,7 +103,8 @@ pub fn host_ipv4() -> anyhow::Result<std::net::Ipv4Addr> {
 }
 
 /// Janus's configuration files for a bench run: `ws_port` on 127.0.0.1, ICE on `ice_ip`
-/// only, `event_loops` threads for the handles, folders under `home`.
+/// only, `event_loops` threads for the handles (0: Janus's default, one per handle),
+/// folders under `home`.
 pub fn config_files(
     home: &Path,
     ws_port: u16,
@@ -119,8 +120,7 @@ pub fn config_files(
 	events_folder = "{none}"
 	loggers_folder = "{none}"
 	debug_level = 3
-	event_loops = {event_loops}
-	session_timeout = 60
+{loops}	session_timeout = 60
 }}
 media: {{
 	rtp_port_range = "20000-60000"
@@ -140,6 +140,12 @@ events: {{
         plugins = dir("plugins"),
         transports = dir("transports"),
         none = dir("none"),
+        // 0: leave Janus's default (a thread per handle).
+        loops = if event_loops > 0 {
+            format!("\tevent_loops = {event_loops}\n")
+        } else {
+            String::new()
+        },
     );
     let ws = format!(
         "general: {{\n\tjson = \"plain\"\n\tws = true\n\tws_port = {ws_port}\n\tws_ip = \"127.0.0.1\"\n\twss = false\n}}\nadmin: {{\n\tadmin_ws = false\n}}\n"
@@ -152,6 +158,20 @@ events: {{
         ),
         (home.join("conf/janus.transport.websockets.jcfg"), ws),
     ]
+}
+
+/// Janus's `event_loops`: `RTCROOM_JANUS_EVENT_LOOPS` if set (0: Janus's own default, a
+/// thread per handle), else one per CPU.
+fn event_loops() -> anyhow::Result<usize> {
+    match std::env::var("RTCROOM_JANUS_EVENT_LOOPS") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n <= 1024)
+            .with_context(|| format!("RTCROOM_JANUS_EVENT_LOOPS={v}: a number from 0 to 1024")),
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
 }
 
 /// Start Janus on loopback with a generated configuration; returns the child (killed on drop)
@@ -185,7 +205,7 @@ pub async fn start(
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let loops = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let loops = event_loops()?;
     for (path, text) in config_files(&home.0, port, ice_ip, loops) {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -642,6 +662,8 @@ mod tests {
         let main = text("janus.jcfg");
         assert!(main.contains("plugins_folder = \"/tmp/x/plugins\""));
         assert!(main.contains("event_loops = 2"));
+        let default = &config_files(Path::new("/tmp/x"), 1, [192, 0, 2, 7].into(), 0)[0].1;
+        assert!(!default.contains("event_loops"), "{default}");
         assert!(main.contains("ice_enforce_list = \"192.0.2.7\""));
         let ws = text("janus.transport.websockets.jcfg");
         assert!(ws.contains("ws_port = 18188"));
