@@ -425,8 +425,8 @@ async fn run_record(
         .join(JoinOptions::new(r.room.clone()).with_role(role))
         .await?;
     println!(
-        "recording room {:?} into {} ({format:?})",
-        r.room,
+        "recording room {} into {} ({format:?})",
+        room_text(&r.room),
         out.display()
     );
     let mut active: std::collections::HashMap<(String, StreamType), Recording> = Default::default();
@@ -481,7 +481,7 @@ async fn run_record(
         tokio::select! {
             _ = &mut done => break,
             _ = first_poll.tick(), if first_frame.is_some() => {
-                let stats = client.get_remote_stats().await;
+                let stats = client.get_remote_stats().await?;
                 if stats.iter().any(|s| s.stats.video_frames_received > 0)
                     && let Some(tx) = first_frame.take()
                 {
@@ -489,7 +489,7 @@ async fn run_record(
                 }
             }
             _ = progress.tick() => {
-                let stats = client.get_remote_stats().await;
+                let stats = client.get_remote_stats().await?;
                 let bytes: u64 = stats.iter().map(|s| s.stats.audio_bytes_received + s.stats.video_bytes_received).sum();
                 println!(
                     "[{:>6.1} s] {:?}, recording {} stream(s), {:.1} MB received",

@@ -122,7 +122,8 @@ fn record_two_publishers_then_sigint_finalises_files() {
         ],
         &home,
     );
-    let rec_lines = wait_line(&mut recorder, "recording room");
+    // The room as the user wrote it (not `Number(77)`).
+    let rec_lines = wait_line(&mut recorder, "recording room 77 into");
     let mut pubs: Vec<Child> = ["alice", "bob"]
         .iter()
         .map(|u| {

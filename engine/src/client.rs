@@ -66,9 +66,11 @@ impl Client {
         self.mode
     }
 
-    /// A stream of every [`ClientEvent`] from now on. Each call makes an independent
-    /// subscriber; events are buffered (unbounded) until read. The stream ends when the
-    /// client is dropped (or its actor dies).
+    /// A stream of [`ClientEvent`]s. The first call's stream starts at the client's creation,
+    /// whenever it is made: events emitted before it (the room's members and streams,
+    /// announced while `join` resolves) are kept for it, up to 4,096. Each later call makes
+    /// an independent stream of the events from then on. Events are buffered (unbounded)
+    /// until read. The stream ends when the client is dropped (or its actor dies).
     pub fn events(&self) -> EventStream {
         EventStream {
             rx: self.hub.subscribe(),
@@ -76,8 +78,9 @@ impl Client {
     }
 
     /// Enter a room (TRTC's `client.join`). Resolves once the server has accepted the join;
-    /// `peer-join` / `stream-added` events for those already in the room follow on the event
-    /// stream. Errors: INVALID_PARAMETER for a bad room id (5013, 5012, 5016, 5019);
+    /// `peer-join` / `stream-added` events for those already in the room are on the event
+    /// stream (the first [`events`](Self::events) stream has them even when it is asked for
+    /// after `join`). Errors: INVALID_PARAMETER for a bad room id (5013, 5012, 5016, 5019);
     /// INVALID_OPERATION when already joining or joined (5104) or after `leave`; the
     /// server's refusal with its code and extra code (e.g. 0x4001/70009 wrong key,
     /// 0x4004/-102052 room full); JOIN_ROOM_FAILED "join room timeout" when the server does
@@ -160,27 +163,32 @@ impl Client {
 
     /// Receive counters of every subscribed stream (TRTC's `getRemoteVideoStats` and
     /// `getRemoteAudioStats` in one): packets, bytes, losses, decoded frames, frame size.
-    pub async fn get_remote_stats(&self) -> Vec<RemoteStreamStats> {
-        self.addr
+    /// An empty list when nothing is subscribed; an error when the client's actor is no
+    /// longer running (not an empty list that looks like "no streams").
+    pub async fn get_remote_stats(&self) -> Result<Vec<RemoteStreamStats>, RtcError> {
+        Ok(self
+            .addr
             .send(GetRemoteStats)
             .await
-            .unwrap_or_default()
+            .map_err(|_| mailbox_error())?
             .into_iter()
             .map(|(user_id, stream_type, stats)| RemoteStreamStats {
                 user_id,
                 stream_type,
                 stats,
             })
-            .collect()
+            .collect())
     }
 
     /// Transport stats of every connected peer connection (TRTC's `getTransportStats`):
-    /// bytes on the wire and, when measured, the round-trip time to the server.
-    pub async fn get_transport_stats(&self) -> Vec<TransportStats> {
-        self.addr
+    /// bytes on the wire and, when measured, the round-trip time to the server. An error
+    /// when the client's actor is no longer running.
+    pub async fn get_transport_stats(&self) -> Result<Vec<TransportStats>, RtcError> {
+        Ok(self
+            .addr
             .send(rtcroom_actors::GetTransportStats)
             .await
-            .unwrap_or_default()
+            .map_err(|_| mailbox_error())?
             .into_iter()
             .map(|(uplink, user_id, stream_type, s)| TransportStats {
                 uplink,
@@ -190,7 +198,16 @@ impl Client {
                 bytes_sent: s.bytes_sent,
                 bytes_received: s.bytes_received,
             })
-            .collect()
+            .collect())
+    }
+
+    /// Fault injection: stop the client's actor while this handle lives (what a crash of
+    /// the engine's actor looks like to the user). Only with the `fault-injection` feature;
+    /// not public API.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub async fn stop_actor_for_test(&self) {
+        let _ = self.addr.send(Shutdown).await;
     }
 
     /// Fault injection for supervision tests: panic every peer connection actor of this

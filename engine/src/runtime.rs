@@ -17,10 +17,13 @@ use rtcroom_protocol::{ErrorCode, RtcError};
 static ENGINE: OnceLock<Result<ArbiterHandle, String>> = OnceLock::new();
 
 /// rustls picks its crypto provider from its features only when exactly one is compiled in;
-/// a program that also links the room server (aws-lc-rs) would otherwise panic on the first
-/// DTLS handshake. Install one (ring, what webrtc-rs uses) unless the program already did.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// this binary has two (webrtc-rs brings ring), so one is installed for the whole process:
+/// aws-lc-rs, the one the room server (`rtcroom_server::install_crypto_provider`), the
+/// signalling TLS (`rtcroom_actors::tls`) and str0m use, so the process has one provider
+/// whichever of the engine and the server starts first. A program that installed its own
+/// first keeps it.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 fn start() -> Result<ArbiterHandle, String> {
@@ -63,4 +66,24 @@ pub(crate) fn preload_media() {
             tracing::warn!(error = %e, "GStreamer preload failed");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_engine_installs_the_same_provider_as_the_server() {
+        super::install_crypto_provider();
+        let installed = rustls::crypto::CryptoProvider::get_default().expect("installed");
+        let aws = rustls::crypto::aws_lc_rs::default_provider();
+        let ring = rustls::crypto::ring::default_provider();
+        let groups = |p: &rustls::crypto::CryptoProvider| -> Vec<String> {
+            p.kx_groups
+                .iter()
+                .map(|g| format!("{:?}", g.name()))
+                .collect()
+        };
+        // aws-lc-rs offers the post-quantum hybrid group, ring does not: the two differ.
+        assert_ne!(groups(&aws), groups(&ring));
+        assert_eq!(groups(installed), groups(&aws));
+    }
 }

@@ -230,3 +230,63 @@ async fn an_oversized_frame_ends_the_connection_and_the_client_reconnects() {
     ws2.send(joined_reply(again.id, &[])).await.unwrap();
     c.wait_state(ConnectionState::Connected).await;
 }
+
+/// `events()` asked for only after `join` resolved still has the members the join announced
+/// (they are emitted while `join` resolves): the first stream starts at the client's creation.
+#[tokio::test]
+async fn events_asked_for_after_join_still_have_the_rooms_members() {
+    let (url, mut conns) = fake_server().await;
+    let client = rtcroom::create_client(config(&url, "alice", Mode::Rtc)).unwrap();
+    let server = async {
+        let (mut ws, seen) = next_conn(&mut conns).await;
+        ws.send(joined_reply(seen.id, &["bob", "carol"]))
+            .await
+            .unwrap();
+        ws
+    };
+    let (res, _ws) = tokio::join!(bounded(client.join(JoinOptions::new(42u32))), server);
+    res.unwrap();
+    let mut events = client.events();
+    let mut joined = Vec::new();
+    let mut states = Vec::new();
+    while joined.len() < 2 {
+        match bounded(events.next()).await.expect("an event") {
+            ClientEvent::PeerJoin { user_id } => joined.push(user_id.to_string()),
+            ClientEvent::ConnectionStateChanged { state, .. } => states.push(state),
+            _ => {}
+        }
+    }
+    joined.sort();
+    assert_eq!(joined, ["bob", "carol"]);
+    // From the very start: the state went to CONNECTING before it went to CONNECTED.
+    assert_eq!(
+        states,
+        [ConnectionState::Connecting, ConnectionState::Connected]
+    );
+    // A second stream sees only what comes later.
+    let mut later = client.events();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), later.next())
+            .await
+            .is_err(),
+        "a later stream replays nothing"
+    );
+}
+
+/// Stats from a client whose actor has stopped are an error, not an empty list that reads
+/// as "nothing subscribed".
+#[tokio::test]
+async fn stats_of_a_stopped_client_are_an_error() {
+    let (url, _conns) = fake_server().await;
+    let client = rtcroom::create_client(config(&url, "alice", Mode::Rtc)).unwrap();
+    assert!(bounded(client.get_remote_stats()).await.unwrap().is_empty());
+    assert!(
+        bounded(client.get_transport_stats())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    bounded(client.stop_actor_for_test()).await;
+    assert!(bounded(client.get_remote_stats()).await.is_err());
+    assert!(bounded(client.get_transport_stats()).await.is_err());
+}

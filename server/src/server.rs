@@ -16,7 +16,7 @@ use crate::webhook::WebhookActor;
 
 /// rustls (https webhooks) needs one process-wide crypto provider when several are compiled
 /// in (the engine's webrtc-rs brings ring): install aws-lc-rs, already used for DTLS, unless
-/// the program installed one first.
+/// the program installed one first. The engine installs the same one.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
