@@ -42,6 +42,9 @@ fn demo_leaves_a_playable_recording() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("joined in"), "{stdout}");
+    // A normal stop is quiet: no warnings (webrtc-rs warns on every close by default).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("WARN"), "{stderr}");
     assert!(
         stdout.contains("first video frame into the recording"),
         "{stdout}"
