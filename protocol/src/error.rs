@@ -270,7 +270,13 @@ pub mod extra {
 }
 
 /// The error every rtcroom layer ends in: TRTC's code, the server/extra code, and a message.
+///
+/// Match on [`code`](Self::code) (a `#[non_exhaustive]` [`ErrorCode`]) and
+/// [`extra_code`](Self::extra_code); [`is_retryable`](Self::is_retryable) says whether the
+/// same call may succeed later unchanged. Built with the constructors below (the struct is
+/// `#[non_exhaustive]`, so fields can be added).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 #[error("{code}{}: {message}", extra_code.map(|c| format!(" [extra {c}]")).unwrap_or_default())]
 pub struct RtcError {
     /// TRTC's error code.
@@ -318,6 +324,50 @@ impl RtcError {
             message: message.into(),
         }
     }
+
+    /// TRTC's error code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// TRTC's numeric error code (e.g. 0x4004 = 16388 for JOIN_ROOM_FAILED).
+    pub fn trtc_code(&self) -> u32 {
+        self.code.value()
+    }
+
+    /// The server or account code TRTC reports beside it (e.g. 70001 expired UserSig,
+    /// -102052 room full, 5104 repeated call).
+    pub fn extra_code(&self) -> Option<i32> {
+        self.extra_code
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the same call, unchanged, may succeed later: timeouts, lost or failed
+    /// connections, an overloaded server, a full room. Not: bad parameters, calls in the
+    /// wrong state, credentials, permissions, a removed client, a stream that is gone, a
+    /// missing capability (each needs the caller to change something first).
+    pub fn is_retryable(&self) -> bool {
+        match self.code {
+            ErrorCode::JoinRoomFailed => match self.extra_code {
+                // The join timed out or its connection failed.
+                None => true,
+                Some(c) => c == extra::ROOM_FULL,
+            },
+            ErrorCode::SignalChannelError
+            | ErrorCode::IceTransportError
+            | ErrorCode::SignalChannelReconnectionFailed
+            | ErrorCode::UplinkReconnectionFailed
+            | ErrorCode::DownlinkReconnectionFailed
+            | ErrorCode::ServerTimeout
+            | ErrorCode::SubscriptionTimeout
+            | ErrorCode::ApiCallTimeout => true,
+            _ => false,
+        }
+    }
 }
 
 /// Result alias for rtcroom operations.
@@ -326,6 +376,55 @@ pub type RtcResult<T> = Result<T, RtcError>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retryable_errors_are_the_transient_ones() {
+        let e = |code, extra: Option<i32>| RtcError {
+            code,
+            extra_code: extra,
+            message: String::new(),
+        };
+        // A join that timed out, or hit a full room, may work later as it is.
+        assert!(e(ErrorCode::JoinRoomFailed, None).is_retryable());
+        assert!(e(ErrorCode::JoinRoomFailed, Some(extra::ROOM_FULL)).is_retryable());
+        // Refused for a reason the caller must fix: not.
+        assert!(
+            !e(
+                ErrorCode::JoinRoomFailed,
+                Some(extra::NO_PERMISSION_ENTER_ROOM)
+            )
+            .is_retryable()
+        );
+        assert!(
+            !e(
+                ErrorCode::SignalChannelSetupFailed,
+                Some(extra::SIG_EXPIRED)
+            )
+            .is_retryable()
+        );
+        assert!(!e(ErrorCode::InvalidParameter, Some(extra::ROOM_ID_RANGE)).is_retryable());
+        assert!(!e(ErrorCode::InvalidOperation, Some(extra::REPEATED_CALL)).is_retryable());
+        assert!(!e(ErrorCode::ClientBanned, None).is_retryable());
+        assert!(!e(ErrorCode::RemoteStreamNotExist, None).is_retryable());
+        assert!(e(ErrorCode::SignalChannelReconnectionFailed, None).is_retryable());
+        assert!(e(ErrorCode::ServerTimeout, None).is_retryable());
+        assert!(!e(ErrorCode::Unknown, None).is_retryable());
+        // Every code is classified one way or the other without panicking, and the accessors
+        // read what was built.
+        let x = RtcError::with_extra(ErrorCode::JoinRoomFailed, extra::ROOM_FULL, "full");
+        assert_eq!(
+            (x.code(), x.trtc_code(), x.extra_code(), x.message()),
+            (ErrorCode::JoinRoomFailed, 0x4004, Some(-102052), "full")
+        );
+        let retryable = ErrorCode::ALL
+            .iter()
+            .filter(|c| e(**c, None).is_retryable())
+            .count();
+        assert_eq!(
+            retryable, 9,
+            "JOIN_ROOM_FAILED and the eight transient codes"
+        );
+    }
 
     #[test]
     fn values_are_trtcs() {

@@ -782,10 +782,9 @@ mod tests {
 
     #[test]
     fn errors_map_to_statuses() {
-        let e = |c, x: Option<i32>| RtcError {
-            code: c,
-            extra_code: x,
-            message: String::new(),
+        let e = |c, x: Option<i32>| match x {
+            Some(x) => RtcError::with_extra(c, x, ""),
+            None => RtcError::new(c, ""),
         };
         assert_eq!(
             status_of(&e(
