@@ -91,10 +91,10 @@ mod runtime;
 pub use client::{Client, EventStream, create_client};
 pub use config::{ClientConfig, DEFAULT_SERVER_URL, JoinOptions, RoomIdInput};
 pub use media::{
-    AppAudioFormat, AppVideoFormat, DecodedFrame, FrameHandler, FrameInfo, LocalAudioStats,
-    LocalStream, LocalVideoStats, RawVideoFormat, RecordFormat, RemoteMediaStats,
-    RemoteStreamStats, StreamConfig, SubscribeOptions, SubscribeOutput, TransportStats,
-    create_stream,
+    AppAudioFormat, AppVideoFormat, DecodedFrame, FrameHandler, FrameInfo, FrameStream,
+    LocalAudioStats, LocalStream, LocalVideoStats, RawVideoFormat, RecordFormat, RemoteFrame,
+    RemoteMediaStats, RemoteStreamStats, StreamConfig, SubscribeOptions, SubscribeOutput,
+    TransportStats, create_stream, frame_stream,
 };
 pub use rtcroom_pipelines::{AudioProfile, SourceKind, VideoProfile};
 /// A remote stream as `stream-added` announces it (TRTC's `RemoteStream`): `user_id`,

@@ -436,3 +436,111 @@ pub struct TransportStats {
     /// Bytes received on this transport.
     pub bytes_received: u64,
 }
+
+/// A decoded frame of a subscription, with whose stream it is.
+#[derive(Debug, Clone)]
+pub struct RemoteFrame {
+    /// The publisher.
+    pub user_id: rtcroom_protocol::UserId,
+    /// Main or auxiliary stream.
+    pub stream_type: StreamType,
+    /// The frame.
+    pub frame: DecodedFrame,
+}
+
+/// Decoded frames as an async [`Stream`](futures_util::Stream) (the other way to receive
+/// them than a [`FrameHandler`] callback). Made by [`frame_stream`].
+#[derive(Debug)]
+pub struct FrameStream {
+    rx: tokio::sync::mpsc::Receiver<RemoteFrame>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FrameStream {
+    /// The next frame; `None` once the output and everything holding it (its subscriptions,
+    /// the client that may resubscribe with it) are gone and the queued frames are read.
+    pub async fn recv(&mut self) -> Option<RemoteFrame> {
+        self.rx.recv().await
+    }
+
+    /// Frames dropped because the queue was full (the reader was slower than the media).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl futures_util::Stream for FrameStream {
+    type Item = RemoteFrame;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<RemoteFrame>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// A subscription output that delivers decoded frames to a [`FrameStream`], which holds at
+/// most `capacity` (at least 1) unread frames: a frame that finds it full is dropped and
+/// counted ([`FrameStream::dropped`]), never blocking the decoder (live media does not wait
+/// for a slow reader). The same output may serve several subscriptions.
+pub fn frame_stream(capacity: usize) -> (SubscribeOutput, FrameStream) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = dropped.clone();
+    let handler: FrameHandler = Arc::new(move |user_id, stream_type, frame| {
+        let item = RemoteFrame {
+            user_id: user_id.clone(),
+            stream_type,
+            frame,
+        };
+        if tx.try_send(item).is_err() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    (
+        SubscribeOutput::Frames(handler),
+        FrameStream { rx, dropped },
+    )
+}
+
+#[cfg(test)]
+mod frame_stream_tests {
+    use super::*;
+    use futures_util::StreamExt as _;
+
+    fn frame() -> DecodedFrame {
+        DecodedFrame {
+            kind: rtcroom_pipelines::MediaKind::Audio,
+            pts: None,
+            duration: None,
+            data: Default::default(),
+            info: FrameInfo::Audio {
+                rate: 48_000,
+                channels: 2,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_in_order_and_a_full_queue_drops_and_counts() {
+        let (output, mut frames) = frame_stream(2);
+        let SubscribeOutput::Frames(handler) = output else {
+            panic!("a frames output");
+        };
+        let alice = rtcroom_protocol::UserId::new("alice").unwrap();
+        for _ in 0..3 {
+            handler(&alice, StreamType::Main, frame());
+        }
+        assert_eq!(frames.dropped(), 1);
+        let first = frames.next().await.unwrap();
+        assert_eq!(
+            (first.user_id.as_str(), first.stream_type),
+            ("alice", StreamType::Main)
+        );
+        assert!(frames.recv().await.is_some());
+        // Once the output (the only sender) is gone, the stream ends.
+        drop(handler);
+        assert!(frames.next().await.is_none());
+    }
+}

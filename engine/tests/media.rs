@@ -505,3 +505,33 @@ async fn a_new_video_profile_reaches_the_subscriber_without_renegotiation() {
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidParameter);
 }
+
+/// Decoded frames as an async stream (`frame_stream`) instead of a callback: a subscriber
+/// reads the publisher's video and audio frames with `next().await`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoded_frames_arrive_as_an_async_stream() {
+    use futures_util::StreamExt as _;
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let mut bob = media_client(&url, "bob", None);
+    let local = stream().await;
+    join(&alice, 3017).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    join(&bob, 3017).await;
+    let remote = wait_stream_added(&mut bob, "alice").await;
+    let (output, mut frames) = rtcroom::frame_stream(64);
+    subscribe_fast(&bob, &remote, output).await;
+    let (mut video, mut audio) = (0, 0);
+    while video < 30 || audio < 10 {
+        let f = bounded(frames.next()).await.expect("frames keep coming");
+        assert_eq!(f.user_id.as_str(), "alice");
+        match f.frame.info {
+            FrameInfo::Video { width, height } => {
+                assert_eq!((width, height), (320, 240));
+                video += 1;
+            }
+            FrameInfo::Audio { .. } => audio += 1,
+        }
+    }
+}
