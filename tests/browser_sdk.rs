@@ -1672,3 +1672,101 @@ try {{
         req["detail"]
     );
 }
+
+/* ------------------------------------------------------------------------------------------
+ * Custom messages between the browser SDK and the Rust engine
+ * ---------------------------------------------------------------------------------------- */
+
+/// `sendCustomMessage({cmdId, data})` from the browser reaches an engine client as
+/// `CustomMessage`, the engine's `send_custom_message` reaches the browser as
+/// `custom-message` with the bytes intact, and a bad `cmdId` fails in the browser with TRTC's
+/// INVALID_PARAMETER 5005.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_messages_between_the_browser_and_the_engine() {
+    let server = start_server();
+    let browser = launch().await;
+    let page = sdk_page(&browser, &server).await.expect("page");
+    if let Err(e) = custom_messages_run(&page, &server).await {
+        panic!(
+            "[custom messages] {e:#}\n{}",
+            report(&[("web", &page)]).await
+        );
+    }
+}
+
+async fn custom_messages_run(page: &Page, server: &RunningServer) -> anyhow::Result<()> {
+    const ROOM: u32 = 4501;
+    create(
+        page,
+        "web",
+        json!({"mode": "rtc", "sdkAppId": APP, "userId": "web", "userSig": sig("web")}),
+    )
+    .await?;
+    page.eval(
+        "H.clients.web.on('custom-message', (p) => H.events.push({client: 'web', \
+         event: 'custom-message', userId: p.userId, cmdId: p.cmdId, seq: p.seq, \
+         text: new TextDecoder().decode(p.data)})) || true",
+    )
+    .await?;
+    join(page, "web", json!({ "roomId": ROOM })).await?;
+    let engine = create_client(engine_config(server, "rust", Mode::Rtc))?;
+    let mut events = engine.events();
+    tokio::time::timeout(DEADLINE, engine.join(JoinOptions::new(ROOM)))
+        .await
+        .context("engine join timed out")??;
+    // Engine → browser.
+    tokio::time::timeout(
+        DEADLINE,
+        engine.send_custom_message(4, "from rust ✓".as_bytes()),
+    )
+    .await
+    .context("send timed out")??;
+    let got = wait_event(
+        page,
+        "web",
+        "custom-message",
+        json!({"userId": "rust"}),
+        DEADLINE,
+    )
+    .await?;
+    ensure!(
+        got["cmdId"] == 4 && got["seq"] == 1 && got["text"] == "from rust ✓",
+        "the browser got {got}"
+    );
+    // Browser → engine.
+    page.eval(
+        "H.clients.web.sendCustomMessage({cmdId: 7, \
+         data: new TextEncoder().encode('from web').buffer}).then(() => true)",
+    )
+    .await
+    .context("the browser sends")?;
+    let e = engine_event(&mut events, "a custom message", |e| {
+        matches!(e, ClientEvent::CustomMessage { .. })
+    })
+    .await?;
+    let ClientEvent::CustomMessage {
+        user_id,
+        cmd_id,
+        seq,
+        data,
+    } = e
+    else {
+        bail!("not a custom message");
+    };
+    ensure!(
+        (user_id.as_str(), cmd_id, seq, data.as_slice()) == ("web", 7, 1, b"from web".as_slice()),
+        "the engine got {user_id} {cmd_id} {seq} {data:?}"
+    );
+    // A bad command id fails in the browser, with TRTC's code.
+    let err = page
+        .eval(
+            "H.clients.web.sendCustomMessage({cmdId: 0, data: new Uint8Array([1])})\
+             .then(() => null, (e) => H.err(e))",
+        )
+        .await?;
+    ensure!(
+        err["code"] == 0x1000 && err["extraCode"] == 5005,
+        "cmdId 0 gave {err}"
+    );
+    Ok(())
+}

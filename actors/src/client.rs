@@ -181,6 +181,13 @@ pub enum ClientRequest {
         /// Muted or not.
         muted: bool,
     },
+    /// Send a custom message to the room's other members.
+    CustomMessage {
+        /// Command id, 1–10.
+        cmd_id: u8,
+        /// The message, 1 byte to 1 KB.
+        data: Vec<u8>,
+    },
 }
 
 /// The receive counters of every subscribed stream.
@@ -867,6 +874,7 @@ impl Handler<ClientRequest> for ClientActor {
                 kind,
                 muted,
             } => self.mute(stream_type, kind, muted),
+            ClientRequest::CustomMessage { cmd_id, data } => self.custom_message(cmd_id, data),
         }
     }
 }
@@ -1524,6 +1532,40 @@ impl ClientActor {
                         kind,
                         muted,
                     },
+                    kind: RequestKind::Other,
+                    timeout,
+                })
+                .await
+                .unwrap_or(Err(SignalError::Lost))
+                .map(|_| ())
+                .map_err(|e| e.into_rtc_error(ErrorCode::SignalChannelError))
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl ClientActor {
+    /// Send a custom message: checked here first (INVALID_PARAMETER), then by the server
+    /// (role, rate); only when joined.
+    fn custom_message(&mut self, cmd_id: u8, data: Vec<u8>) -> Reply {
+        if let Err(e) = rtcroom_protocol::signal::custom_message::check(cmd_id, &data) {
+            return ready(Err(e));
+        }
+        if let Err(e) = self.life.require_joined("sendCustomMessage") {
+            return ready(Err(e));
+        }
+        let Some(sig) = self.signaling.clone() else {
+            return ready(Err(RtcError::invalid_operation(
+                Some(extra::NOT_ENTERED_ROOM),
+                "not connected to the room",
+            )));
+        };
+        let timeout = self.settings.request_timeout;
+        Box::pin(
+            async move {
+                sig.send(SignalRequest {
+                    msg: ClientMessage::CustomMessage { cmd_id, data },
                     kind: RequestKind::Other,
                     timeout,
                 })

@@ -101,6 +101,19 @@ pub enum ClientEvent {
     /// after the reconnect attempts ran out, the server's error when it refused the re-join,
     /// or UNKNOWN when the client's actor stopped unexpectedly. The client is DISCONNECTED.
     Error(RtcError),
+    /// `custom-message`: another member's message (TRTC's `sendCustomMessage`; native
+    /// `onRecvCustomCmdMsg`).
+    CustomMessage {
+        /// The sender.
+        user_id: UserId,
+        /// The sender's command id, 1–10.
+        cmd_id: u8,
+        /// The sender's message count in the room, from 1 (a gap: messages the server
+        /// refused).
+        seq: u32,
+        /// The message.
+        data: Vec<u8>,
+    },
 }
 
 /// One entry of `getRemoteMutedState()`: a remote member with a published main stream.

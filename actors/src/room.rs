@@ -200,6 +200,17 @@ impl RoomState {
                 self.set_muted(&user_id, |s| s.video_muted = false);
                 out.push(ClientEvent::UnmuteVideo { user_id });
             }
+            ServerEvent::CustomMessage {
+                user_id,
+                cmd_id,
+                seq,
+                data,
+            } => out.push(ClientEvent::CustomMessage {
+                user_id,
+                cmd_id,
+                seq,
+                data,
+            }),
             // Handled by the client actor (it ends the session).
             ServerEvent::ClientBanned { .. } => {}
             // A newer server may send events this client does not know yet.

@@ -161,6 +161,24 @@ impl Client {
         .await
     }
 
+    /// Send a custom message to every other member of the room (TRTC's `sendCustomMessage`;
+    /// they get [`ClientEvent::CustomMessage`] with this client's user id and a sequence
+    /// number). TRTC's limits: `cmd_id` 1–10, 1 byte to 1 KB (INVALID_PARAMETER 5005 / 5017 /
+    /// 5018), anchors only (INVALID_OPERATION 5107), at most 30 messages and 8 KB per second
+    /// (over it: INVALID_OPERATION, not sent). Resolves once the server has taken it; reliable
+    /// and in order over the signalling connection.
+    pub async fn send_custom_message(
+        &self,
+        cmd_id: u8,
+        data: impl Into<Vec<u8>>,
+    ) -> Result<(), RtcError> {
+        self.request(ClientRequest::CustomMessage {
+            cmd_id,
+            data: data.into(),
+        })
+        .await
+    }
+
     /// Receive counters of every subscribed stream (TRTC's `getRemoteVideoStats` and
     /// `getRemoteAudioStats` in one): packets, bytes, losses, decoded frames, frame size.
     /// An empty list when nothing is subscribed; an error when the client's actor is no

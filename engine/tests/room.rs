@@ -375,3 +375,53 @@ async fn leave_during_a_pending_join_cancels_it() {
     assert_eq!(c.next().await, state_change(Connecting, Disconnected));
     hold.abort();
 }
+
+/// Custom messages through a real server: an anchor's reach the audience in order with the
+/// sender's sequence numbers; the audience may not send; bad ids are refused before sending.
+#[tokio::test]
+async fn custom_messages_reach_the_room_in_order() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let anchor = TestClient::joined(&url, "anchor", Mode::Live, 2077, Some(Role::Anchor)).await;
+    let mut viewer =
+        TestClient::joined(&url, "viewer", Mode::Live, 2077, Some(Role::Audience)).await;
+    for i in 1..=3u8 {
+        bounded(anchor.send_custom_message(i, vec![i; 100]))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let e = viewer
+            .wait_for("a custom message", |e| {
+                matches!(e, ClientEvent::CustomMessage { .. })
+            })
+            .await;
+        if let ClientEvent::CustomMessage {
+            user_id,
+            cmd_id,
+            seq,
+            data,
+        } = e
+        {
+            assert_eq!(user_id, uid("anchor"));
+            assert_eq!(data, vec![cmd_id; 100]);
+            got.push((cmd_id, seq));
+        }
+    }
+    assert_eq!(got, vec![(1, 1), (2, 2), (3, 3)]);
+    let e = bounded(viewer.send_custom_message(1, b"hi".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.extra_code),
+        (ErrorCode::InvalidOperation, Some(5107))
+    );
+    let e = bounded(anchor.send_custom_message(11, b"hi".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.extra_code),
+        (ErrorCode::InvalidParameter, Some(5005))
+    );
+}

@@ -257,6 +257,10 @@ pub mod extra {
     pub const ROOM_ID_RANGE: i32 = 5013;
     /// roomId was passed as a string while useStringRoomId is off.
     pub const ROOM_ID_AS_STRING: i32 = 5016;
+    /// An empty buffer.
+    pub const EMPTY_BUFFER: i32 = 5017;
+    /// A buffer over its size limit.
+    pub const BUFFER_OVERSIZE: i32 = 5018;
     /// roomId type does not match useStringRoomId.
     pub const ROOM_ID_TYPE_MISMATCH: i32 = 5019;
 

@@ -137,6 +137,77 @@ pub enum ClientMessage {
         /// `true` to mute, `false` to unmute.
         muted: bool,
     },
+    /// An application message to the room's other members (TRTC's `sendCustomMessage` /
+    /// `sendCustomCmdMsg`): anchors only, [`custom_message`] limits.
+    CustomMessage {
+        /// The application's command id, 1–10.
+        #[serde(rename = "cmdId")]
+        cmd_id: u8,
+        /// The message (base64 on the wire), 1 byte to 1 KB.
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+}
+
+/// TRTC's limits on custom messages (`sendCustomCmdMsg`): checked by the server for every
+/// sender, and by the engine before it sends.
+pub mod custom_message {
+    use crate::error::{RtcError, extra};
+
+    /// Lowest command id.
+    pub const MIN_CMD_ID: u8 = 1;
+    /// Highest command id.
+    pub const MAX_CMD_ID: u8 = 10;
+    /// Largest message, bytes.
+    pub const MAX_BYTES: usize = 1024;
+    /// Messages per second per sender.
+    pub const PER_SECOND: u32 = 30;
+    /// Bytes per second per sender.
+    pub const BYTES_PER_SECOND: usize = 8 * 1024;
+
+    /// Check a message's command id and size (INVALID_PARAMETER with TRTC's extra code).
+    pub fn check(cmd_id: u8, data: &[u8]) -> Result<(), RtcError> {
+        if !(MIN_CMD_ID..=MAX_CMD_ID).contains(&cmd_id) {
+            return Err(RtcError::invalid_parameter(
+                Some(extra::PARAM_RANGE),
+                format!("cmdId must be {MIN_CMD_ID}–{MAX_CMD_ID}, got {cmd_id}"),
+            ));
+        }
+        if data.is_empty() {
+            return Err(RtcError::invalid_parameter(
+                Some(extra::EMPTY_BUFFER),
+                "a custom message cannot be empty",
+            ));
+        }
+        if data.len() > MAX_BYTES {
+            return Err(RtcError::invalid_parameter(
+                Some(extra::BUFFER_OVERSIZE),
+                format!(
+                    "a custom message is at most {MAX_BYTES} bytes, got {}",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes as standard base64 in JSON.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("data is not base64: {e}")))
+    }
 }
 
 /// The join request, following TRTC v4's join body.
@@ -493,6 +564,20 @@ pub enum ServerEvent {
         /// Human-readable detail.
         message: String,
     },
+    /// Another member's custom message (TRTC's `custom-message` / `onRecvCustomCmdMsg`).
+    CustomMessage {
+        /// The sender.
+        #[serde(rename = "userId")]
+        user_id: UserId,
+        /// The sender's command id, 1–10.
+        #[serde(rename = "cmdId")]
+        cmd_id: u8,
+        /// The sender's message count in this room, from 1 (gaps: messages refused).
+        seq: u32,
+        /// The message (base64 on the wire).
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 /// Why a frame could not be decoded.
@@ -669,6 +754,42 @@ mod tests {
         };
         assert_eq!(j.room().unwrap().as_numeric(), Some(123));
         assert_eq!(j.effective_role(), Role::Audience);
+    }
+
+    #[test]
+    fn custom_messages_carry_base64_and_are_checked() {
+        let frame = json!({"v":1,"id":9,"msg":{"type":"custom-message","cmdId":3,"data":"aGk="}});
+        let env = decode_client(frame.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            env.msg,
+            ClientMessage::CustomMessage {
+                cmd_id: 3,
+                data: b"hi".to_vec()
+            }
+        );
+        let back: serde_json::Value = serde_json::from_str(&encode(&env)).unwrap();
+        assert_eq!(back["msg"]["data"], "aGk=");
+        let not_b64 = json!({"v":1,"id":9,"msg":{"type":"custom-message","cmdId":3,"data":"!!"}});
+        assert!(decode_client(not_b64.to_string().as_bytes()).is_err());
+        let ev = ServerEvent::CustomMessage {
+            user_id: UserId::new("ann").unwrap(),
+            cmd_id: 1,
+            seq: 7,
+            data: vec![0, 255],
+        };
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(
+            v,
+            json!({"event":"custom-message","userId":"ann","cmdId":1,"seq":7,"data":"AP8="})
+        );
+        assert_eq!(serde_json::from_value::<ServerEvent>(v).unwrap(), ev);
+        use custom_message::check;
+        assert!(check(1, b"x").is_ok() && check(10, &[0; 1024]).is_ok());
+        let code = |r: Result<(), RtcError>| r.unwrap_err().extra_code;
+        assert_eq!(code(check(0, b"x")), Some(extra::PARAM_RANGE));
+        assert_eq!(code(check(11, b"x")), Some(extra::PARAM_RANGE));
+        assert_eq!(code(check(1, b"")), Some(extra::EMPTY_BUFFER));
+        assert_eq!(code(check(1, &[0; 1025])), Some(extra::BUFFER_OVERSIZE));
     }
 
     #[test]

@@ -117,6 +117,8 @@
     STR_ROOM_ID_INVALID: 5012,
     ROOM_ID_RANGE: 5013,
     ROOM_ID_AS_STRING: 5016,
+    EMPTY_BUFFER: 5017,
+    BUFFER_OVERSIZE: 5018,
     ROOM_ID_TYPE_MISMATCH: 5019,
     NOT_ENTERED_ROOM: 5101,
     REPEATED_CALL: 5104,
@@ -1732,6 +1734,32 @@
       this.off('*');
     }
 
+    /**
+     * TRTC's sendCustomMessage({cmdId, data}): data (ArrayBuffer or typed array, 1 byte to
+     * 1 KB) to the room's other members, who get 'custom-message' {userId, cmdId, seq, data}.
+     * cmdId 1–10; anchors only; at most 30 messages and 8 KB per second.
+     */
+    async sendCustomMessage({ cmdId, data } = {}) {
+      this._checkAlive('sendCustomMessage');
+      if (!Number.isInteger(cmdId) || cmdId < 1 || cmdId > 10) {
+        throw invalidParam(EXTRA.PARAM_RANGE, `cmdId must be 1–10, got ${short(cmdId)}`);
+      }
+      let bytes;
+      if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+      else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      else throw invalidParam(EXTRA.PARAM_TYPE, 'data must be an ArrayBuffer or a typed array');
+      if (bytes.length === 0) throw invalidParam(EXTRA.EMPTY_BUFFER, 'data cannot be empty');
+      if (bytes.length > 1024) throw invalidParam(EXTRA.BUFFER_OVERSIZE, `data is at most 1024 bytes, got ${bytes.length}`);
+      this._requireJoined('sendCustomMessage');
+      let bin = '';
+      for (const b of bytes) bin += String.fromCharCode(b);
+      try {
+        await this._signal.request({ type: 'custom-message', cmdId, data: btoa(bin) }, this._t.requestTimeoutMs);
+      } catch (e) {
+        throw e instanceof SignalFailure ? e.requestError(C.API_CALL_TIMEOUT) : e;
+      }
+    }
+
     async switchRole(role) {
       this._checkAlive('switchRole');
       const r = parseRole(role);
@@ -1877,6 +1905,13 @@
           this._end();
           this._emit('client-banned', { reason, message: ev.message || '' });
           this._setPhase('idle');
+          break;
+        }
+        case 'custom-message': {
+          const bin = atob(ev.data || '');
+          const data = new Uint8Array(bin.length);
+          for (let i = 0; i < bin.length; i++) data[i] = bin.charCodeAt(i);
+          this._emit('custom-message', { userId: ev.userId, cmdId: ev.cmdId, seq: ev.seq, data: data.buffer });
           break;
         }
         default:

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
     BanReason, JoinResult, LeaveReason, MediaKind, MemberInfo, ServerEvent, StreamInfo, StreamType,
-    VideoCodec, encode,
+    VideoCodec, custom_message, encode,
 };
 use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};
@@ -224,6 +224,51 @@ struct Member {
     kind: LinkKind,
     /// Its subscriptions: (publisher, stream) → media peer.
     subscriptions: BTreeMap<(UserId, StreamTypeKey), PeerId>,
+    /// Its custom messages' rate budget.
+    messages: MessageBudget,
+    /// Custom messages it has sent (the last one's `seq`).
+    message_seq: u32,
+}
+
+/// TRTC's per-sender limits on custom messages (30 per second, 8 KB per second) as two token
+/// buckets that start full and refill continuously.
+#[derive(Clone, Debug)]
+pub struct MessageBudget {
+    messages: f64,
+    bytes: f64,
+    at: Option<Instant>,
+}
+
+impl Default for MessageBudget {
+    fn default() -> Self {
+        MessageBudget {
+            messages: f64::from(custom_message::PER_SECOND),
+            bytes: custom_message::BYTES_PER_SECOND as f64,
+            at: None,
+        }
+    }
+}
+
+impl MessageBudget {
+    /// Take one message of `len` bytes at `now`; `false` (and nothing taken) when either
+    /// budget is short.
+    pub fn take(&mut self, now: Instant, len: usize) -> bool {
+        let per_s = f64::from(custom_message::PER_SECOND);
+        let bytes_per_s = custom_message::BYTES_PER_SECOND as f64;
+        if let Some(at) = self.at {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            self.messages = (self.messages + dt * per_s).min(per_s);
+            self.bytes = (self.bytes + dt * bytes_per_s).min(bytes_per_s);
+        }
+        self.at = Some(now);
+        if self.messages >= 1.0 && self.bytes >= len as f64 {
+            self.messages -= 1.0;
+            self.bytes -= len as f64;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A member's media link: (whose stream, which stream, peer).
@@ -604,6 +649,8 @@ impl Room {
                 streams: BTreeMap::new(),
                 kind: input.kind,
                 subscriptions: BTreeMap::new(),
+                messages: MessageBudget::default(),
+                message_seq: 0,
             },
         );
         Ok((
@@ -1037,6 +1084,48 @@ impl Room {
                 }),
         );
         Ok(effects)
+    }
+
+    /// A custom message from `session` to every other member (TRTC's `sendCustomCmdMsg`):
+    /// anchors only (INVALID_OPERATION 5107 for the audience), command id 1–10, 1 byte to
+    /// 1 KB (INVALID_PARAMETER 5005 / 5017 / 5018), at most 30 messages and 8 KB per second
+    /// per sender (over it: INVALID_OPERATION, the message is not sent).
+    pub fn custom_message(
+        &mut self,
+        session: SessionId,
+        cmd_id: u8,
+        data: Vec<u8>,
+        now: Instant,
+    ) -> RtcResult<Vec<Effect>> {
+        custom_message::check(cmd_id, &data)?;
+        let (user, m) = self.member_mut(session)?;
+        if m.role != Role::Anchor {
+            return Err(RtcError::invalid_operation(
+                Some(extra::AUDIENCE_ROLE),
+                "only anchors can send custom messages",
+            ));
+        }
+        if !m.messages.take(now, data.len()) {
+            return Err(RtcError::invalid_operation(
+                None,
+                format!(
+                    "over {} custom messages or {} bytes per second",
+                    custom_message::PER_SECOND,
+                    custom_message::BYTES_PER_SECOND
+                ),
+            ));
+        }
+        m.message_seq += 1;
+        let seq = m.message_seq;
+        Ok(vec![Effect::Event {
+            to: self.others(Some(session)),
+            event: ServerEvent::CustomMessage {
+                user_id: user,
+                cmd_id,
+                seq,
+                data,
+            },
+        }])
     }
 
     /// Mute or unmute audio or video of a published stream.

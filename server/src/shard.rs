@@ -813,6 +813,9 @@ impl Handler<Request> for RoomShard {
                 ClientMessage::SwitchRole { role } => {
                     done(core.step(rctx, |room| none(room.switch_role(session, role))))
                 }
+                ClientMessage::CustomMessage { cmd_id, data } => done(core.step(rctx, |room| {
+                    none(room.custom_message(session, cmd_id, data, now))
+                })),
                 ClientMessage::Subscribe(sub) => {
                     let (user, st) = (sub.user_id, sub.stream_type);
                     if let Err(e) = core

@@ -762,3 +762,60 @@ fn a_whip_member_leaves_when_its_peer_closes_and_is_never_evicted_for_silence() 
     // The closed peer is not closed a second time.
     assert!(released(&fx).is_empty());
 }
+
+#[test]
+fn custom_messages_reach_the_others_in_order_within_trtcs_limits() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Live);
+    let (a, b, c): (SessionId, SessionId, SessionId) = (1, 2, 3);
+    join(&mut r, a, "anchor", Some(Role::Anchor), t0).unwrap();
+    join(&mut r, b, "other-anchor", Some(Role::Anchor), t0).unwrap();
+    join(&mut r, c, "viewer", Some(Role::Audience), t0).unwrap();
+    // Everyone else gets it, the audience too, with the sender's sequence number.
+    let fx = r.custom_message(a, 2, b"hello".to_vec(), t0).unwrap();
+    let mut got = events(&fx);
+    got.sort_by_key(|(s, _)| *s);
+    let want = ServerEvent::CustomMessage {
+        user_id: uid("anchor"),
+        cmd_id: 2,
+        seq: 1,
+        data: b"hello".to_vec(),
+    };
+    assert_eq!(got, vec![(b, want.clone()), (c, want)]);
+    // The audience may not send; bad ids and sizes are refused with TRTC's extra codes.
+    let extra_of = |r: RtcResult<Vec<Effect>>| r.unwrap_err().extra_code;
+    assert_eq!(
+        extra_of(r.custom_message(c, 1, b"x".to_vec(), t0)),
+        Some(extra::AUDIENCE_ROLE)
+    );
+    assert_eq!(
+        extra_of(r.custom_message(a, 11, b"x".to_vec(), t0)),
+        Some(extra::PARAM_RANGE)
+    );
+    assert_eq!(
+        extra_of(r.custom_message(a, 1, vec![0; 1025], t0)),
+        Some(extra::BUFFER_OVERSIZE)
+    );
+    // 30 per second: the first message and 29 more at t0 go, the 31st does not; a thirtieth
+    // of a second later one more goes. Refused ones take no sequence number.
+    for _ in 0..29 {
+        r.custom_message(a, 1, b"x".to_vec(), t0).unwrap();
+    }
+    assert!(r.custom_message(a, 1, b"x".to_vec(), t0).is_err());
+    let fx = r
+        .custom_message(a, 1, b"x".to_vec(), t0 + Duration::from_millis(34))
+        .unwrap();
+    assert!(matches!(
+        &events(&fx)[0].1,
+        ServerEvent::CustomMessage { seq: 31, .. }
+    ));
+    // 8 KB per second: the other anchor sends 1 KB messages; the ninth in one instant is over.
+    for _ in 0..8 {
+        r.custom_message(b, 1, vec![1; 1024], t0).unwrap();
+    }
+    assert!(r.custom_message(b, 1, vec![1; 1024], t0).is_err());
+    assert!(
+        r.custom_message(b, 1, vec![1; 1024], t0 + Duration::from_millis(130))
+            .is_ok()
+    );
+}
