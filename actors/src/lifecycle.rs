@@ -9,11 +9,13 @@
 //! Reconnecting --rejoin refused by the server--> Disconnected(RejoinRefused)
 //! Joined | Reconnecting --banned--> Disconnected(Banned)
 //! Connecting | Joined | Reconnecting --leave--> Disconnected(Left)
+//! Disconnected(any) --join--> Connecting   (a new session on the same client)
 //! ```
 //!
-//! `Disconnected` is final: a client is one session, as after TRTC v4's `destroy()`; create a
-//! new client to join again. (TRTC v4 lets a left client join again; rtcroom does not, so that
-//! calls after `leave()` fail at once instead of racing the teardown.)
+//! `Disconnected` ends a session: every room call but `join` fails at once. A `join` starts a
+//! new session on the same client, as TRTC v4 allows after `leave()` (or after being removed
+//! or losing the room); the client actor tears the old session down synchronously in `leave`
+//! (connection, media, room view), so the new one starts clean.
 //!
 //! Users see TRTC's four connection states ([`ConnectionState`]); every phase change that
 //! changes that state yields a [`StateChange`] for the `connection-state-changed` event. Calls
@@ -186,21 +188,20 @@ impl Lifecycle {
         };
         RtcError::invalid_operation(
             Some(extra::NOT_ENTERED_ROOM),
-            format!("{why}; create a new client to join again"),
+            format!("{why}; join() to enter a room again"),
         )
     }
 
     /// `join()` was called.
     pub fn join(&mut self) -> Result<StateChange, RtcError> {
         match self.phase {
-            Phase::New => Ok(self.go(Phase::Connecting)),
+            Phase::New | Phase::Disconnected(_) => Ok(self.go(Phase::Connecting)),
             Phase::Connecting | Phase::Joined | Phase::Reconnecting { .. } => {
                 Err(RtcError::invalid_operation(
                     Some(extra::REPEATED_CALL),
                     "join() called while already joining or joined; call leave() first",
                 ))
             }
-            Phase::Disconnected(reason) => Err(Self::finished_error(reason)),
         }
     }
 
@@ -441,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn every_call_after_an_end_is_invalid() {
+    fn every_call_after_an_end_but_join_is_invalid() {
         let ends: Vec<(Lifecycle, EndReason)> = {
             let mut left = joined();
             left.leave().unwrap();
@@ -465,7 +466,6 @@ mod tests {
         for (mut l, reason) in ends {
             assert_eq!(l.phase(), Phase::Disconnected(reason));
             assert_eq!(l.state(), Disconnected);
-            is_invalid_op(l.join(), extra::NOT_ENTERED_ROOM);
             is_invalid_op(l.leave(), extra::NOT_ENTERED_ROOM);
             is_invalid_op(l.require_joined("switchRole"), extra::NOT_ENTERED_ROOM);
             // Late inputs change nothing.
@@ -477,6 +477,11 @@ mod tests {
             assert_eq!(l.rejoin_refused(), None);
             assert_eq!(l.banned(), None);
             assert_eq!(l.phase(), Phase::Disconnected(reason));
+            // A join starts a new session, which goes the whole way again.
+            assert_eq!(l.join().unwrap(), change(Disconnected, Connecting));
+            assert_eq!(l.join_succeeded(), Some(change(Connecting, Connected)));
+            assert_eq!(l.phase(), Phase::Joined);
+            assert!(l.leave().unwrap().send_leave);
         }
     }
 

@@ -39,9 +39,9 @@ pub fn create_client(config: ClientConfig) -> Result<Client, RtcError> {
 /// One client: one user in (at most) one room, for one session. Dropping it leaves the
 /// room (best effort) and stops its actors.
 ///
-/// Calls made in the wrong state fail at once with INVALID_OPERATION: `join` twice, any call
-/// after `leave` (a client is one session; create a new one to join again), `switch_role`
-/// before `join` or in rtc mode, `leave` before `join`.
+/// Calls made in the wrong state fail at once with INVALID_OPERATION: `join` twice, room
+/// calls after `leave` (a later `join` starts a new session on the same client, as TRTC
+/// allows), `switch_role` before `join` or in rtc mode, `leave` before `join`.
 #[derive(Debug)]
 pub struct Client {
     addr: Addr<ClientActor>,
@@ -92,7 +92,7 @@ impl Client {
 
     /// Leave the room (TRTC's `client.leave`). The state goes to DISCONNECTED at once; the
     /// server is told when joined. A join in flight fails with JOIN_ROOM_FAILED. The client
-    /// cannot join again. Resolves once its subscriptions' pipelines have stopped (recordings
+    /// may `join` again (a new session). Resolves once its subscriptions' pipelines have stopped (recordings
     /// finalised; at most `STOP_TIMEOUT` + 1 s).
     pub async fn leave(&self) -> Result<(), RtcError> {
         let left = self.request(ClientRequest::Leave).await;

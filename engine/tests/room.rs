@@ -173,12 +173,51 @@ async fn wrong_order_calls_fail_at_once_with_invalid_operation() {
     // switch_role in rtc mode is refused by the client.
     let rtc = TestClient::joined(&url, "rita", Mode::Rtc, 4006, None).await;
     invalid_op(bounded(rtc.switch_role(Role::Audience)).await);
-    // After leave, everything.
+    // After leave, everything but a new join.
     bounded(c.leave()).await.unwrap();
-    invalid_op(bounded(c.join(JoinOptions::new(4004u32))).await);
     invalid_op(bounded(c.leave()).await);
     invalid_op(bounded(c.switch_role(Role::Anchor)).await);
     assert_eq!(c.connection_state(), Disconnected);
+}
+
+/// `leave()` then `join()` on the same client: a new session, seen by the others as a leave
+/// and a join, in another room or the same one.
+#[tokio::test]
+async fn a_client_that_left_can_join_again() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let mut bob = TestClient::joined(&url, "bob", Mode::Rtc, 4101, None).await;
+    let mut alice = TestClient::joined(&url, "alice", Mode::Rtc, 4101, None).await;
+    bob.wait_peer_join("alice").await;
+    alice.wait_peer_join("bob").await;
+    bounded(alice.leave()).await.unwrap();
+    bob.wait_for(
+        "peer-leave alice",
+        |e| matches!(e, ClientEvent::PeerLeave { user_id, .. } if *user_id == uid("alice")),
+    )
+    .await;
+    // Another room first: nobody there.
+    bounded(alice.join(JoinOptions::new(4102u32)))
+        .await
+        .unwrap();
+    assert_eq!(alice.connection_state(), Connected);
+    assert!(alice.remote_users().is_empty());
+    bounded(alice.leave()).await.unwrap();
+    // Back in the first room: bob sees alice join, alice sees bob again.
+    bounded(alice.join(JoinOptions::new(4101u32)))
+        .await
+        .unwrap();
+    bob.wait_peer_join("alice").await;
+    alice.wait_peer_join("bob").await;
+    assert_eq!(alice.remote_users(), vec![uid("bob")]);
+    bounded(alice.send_custom_message(1, b"back".to_vec()))
+        .await
+        .unwrap();
+    bob.wait_for(
+        "alice's message",
+        |e| matches!(e, ClientEvent::CustomMessage { user_id, .. } if *user_id == uid("alice")),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -215,7 +254,7 @@ async fn a_second_join_with_the_same_user_id_bans_the_older_client() {
     let server = start(server_config("127.0.0.1:0"));
     let url = server.ws_url();
     let mut older = TestClient::joined(&url, "twin", Mode::Rtc, 6006, None).await;
-    let newer = TestClient::joined(&url, "twin", Mode::Rtc, 6006, None).await;
+    let mut newer = TestClient::joined(&url, "twin", Mode::Rtc, 6006, None).await;
     let banned = older
         .wait_for("client-banned", |e| {
             matches!(e, ClientEvent::ClientBanned { .. })
@@ -228,13 +267,25 @@ async fn a_second_join_with_the_same_user_id_bans_the_older_client() {
     assert!(message.contains("duplicated"), "{message}");
     assert_eq!(older.next().await, state_change(Connected, Disconnected));
     assert_eq!(older.connection_state(), Disconnected);
-    // Final: no reconnect, and the client cannot join again.
-    let e = bounded(older.join(JoinOptions::new(6006u32)))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, ErrorCode::InvalidOperation);
+    // No reconnect of its own: nothing more happens until the user acts.
     assert_eq!(newer.connection_state(), Connected);
     assert!(older.drain().is_empty(), "{:?}", older.seen);
+    // A join is a new session, which in turn removes the newer twin (TRTC's rule).
+    bounded(older.join(JoinOptions::new(6006u32)))
+        .await
+        .unwrap();
+    assert_eq!(older.connection_state(), Connected);
+    newer
+        .wait_for("client-banned", |e| {
+            matches!(
+                e,
+                ClientEvent::ClientBanned {
+                    reason: BanReason::Kick,
+                    ..
+                }
+            )
+        })
+        .await;
 }
 
 #[tokio::test]
