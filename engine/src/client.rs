@@ -36,8 +36,8 @@ pub fn create_client(config: ClientConfig) -> Result<Client, RtcError> {
     })
 }
 
-/// One client: one user in (at most) one room, for one session. Dropping it leaves the
-/// room (best effort) and stops its actors.
+/// One client: one user in (at most) one room at a time (`leave` then `join` starts a new
+/// session). Dropping it leaves the room (best effort) and stops its actors.
 ///
 /// Calls made in the wrong state fail at once with INVALID_OPERATION: `join` twice, room
 /// calls after `leave` (a later `join` starts a new session on the same client, as TRTC
