@@ -42,6 +42,21 @@ fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<St
     rx
 }
 
+/// The command's stdout, once it is checked to have succeeded (its stderr shown if not).
+fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A JSON report the bench wrote.
+fn read_report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn temp_home(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("rtcroom-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -140,15 +155,9 @@ fn bench_join_writes_a_plausible_report() {
         .env("RTCROOM_HOME", &dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = succeeded(&out);
     assert!(stdout.contains("release           together"), "{stdout}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = read_report(&json);
     assert_report_keys(&r);
     assert_eq!(r["scenario"], "join");
     assert_eq!(r["clients"], 8);
@@ -229,13 +238,8 @@ fn media_scenario(args: &[&str], subscriptions_per_packet: u64) -> serde_json::V
         .env("RTCROOM_HOME", &dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    succeeded(&out);
+    let r = read_report(&json);
     assert_report_keys(&r);
     let sent = r["packets_sent"].as_u64().unwrap();
     let received = r["packets_received"].as_u64().unwrap();
@@ -523,15 +527,9 @@ fn bench_livestream_against_rtcroom_and_janus_side_by_side() {
         .env("RTCROOM_HOME", &dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = succeeded(&out);
     assert!(stdout.contains("janus/rtcroom"), "{stdout}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = read_report(&json);
     assert_eq!(r["target"], "both");
     for name in ["rtcroom", "janus"] {
         let t = &r[name];

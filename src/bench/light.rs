@@ -60,6 +60,23 @@ pub fn parse_rtp(b: &[u8]) -> Option<(u8, u16, u32, bool, &[u8])> {
     ))
 }
 
+/// A socket on `bind_ip` and a str0m peer (RTP mode, Opus and H.264) with it as its host
+/// candidate.
+async fn bound_rtc(bind_ip: std::net::IpAddr) -> anyhow::Result<(UdpSocket, SocketAddr, Rtc)> {
+    let socket = UdpSocket::bind((bind_ip, 0)).await?;
+    let local = socket.local_addr()?;
+    let mut rtc = Rtc::builder()
+        .set_rtp_mode(true)
+        .set_stats_interval(Some(Duration::from_secs(1)))
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_h264(true)
+        .build(Instant::now());
+    let candidate = Candidate::host(local, "udp").map_err(|e| anyhow!("candidate: {e}"))?;
+    rtc.add_local_candidate(candidate);
+    Ok((socket, local, rtc))
+}
+
 /// One str0m peer with its socket.
 pub struct LightPeer {
     rtc: Rtc,
@@ -76,17 +93,7 @@ impl LightPeer {
         video: bool,
         bind_ip: std::net::IpAddr,
     ) -> anyhow::Result<(LightPeer, String)> {
-        let socket = UdpSocket::bind((bind_ip, 0)).await?;
-        let local = socket.local_addr()?;
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .set_stats_interval(Some(Duration::from_secs(1)))
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_h264(true)
-            .build(Instant::now());
-        let candidate = Candidate::host(local, "udp").map_err(|e| anyhow!("candidate: {e}"))?;
-        rtc.add_local_candidate(candidate);
+        let (socket, local, mut rtc) = bound_rtc(bind_ip).await?;
         let mut api = rtc.sdp_api();
         let mut mids = Vec::new();
         if video {
@@ -118,17 +125,7 @@ impl LightPeer {
         offer: &str,
         bind_ip: std::net::IpAddr,
     ) -> anyhow::Result<(LightPeer, String)> {
-        let socket = UdpSocket::bind((bind_ip, 0)).await?;
-        let local = socket.local_addr()?;
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .set_stats_interval(Some(Duration::from_secs(1)))
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_h264(true)
-            .build(Instant::now());
-        let candidate = Candidate::host(local, "udp").map_err(|e| anyhow!("candidate: {e}"))?;
-        rtc.add_local_candidate(candidate);
+        let (socket, local, mut rtc) = bound_rtc(bind_ip).await?;
         let parsed = SdpOffer::from_sdp_string(offer).map_err(|e| anyhow!("offer: {e}"))?;
         let answer = rtc
             .sdp_api()

@@ -574,52 +574,22 @@ async fn run(spec: MediaSpec, choice: TargetChoice, common: CommonArgs) -> anyho
         clip.retain(|r| !r.video);
     }
     let clip = Arc::new(clip);
-    let report = match choice {
-        TargetChoice::Rtcroom => {
-            measure(
-                &spec,
-                &common,
-                &clip,
-                clip_len,
-                expected_loss,
-                ServerKind::Rtcroom,
-            )
-            .await?
-        }
-        TargetChoice::Janus => {
-            measure(
-                &spec,
-                &common,
-                &clip,
-                clip_len,
-                expected_loss,
-                ServerKind::Janus,
-            )
-            .await?
-        }
-        TargetChoice::Both => {
-            let ours = measure(
-                &spec,
-                &common,
-                &clip,
-                clip_len,
-                expected_loss,
-                ServerKind::Rtcroom,
-            )
-            .await?;
-            let janus = measure(
-                &spec,
-                &common,
-                &clip,
-                clip_len,
-                expected_loss,
-                ServerKind::Janus,
-            )
-            .await?;
-            let both = compare(&ours, &janus);
+    let kinds: &[ServerKind] = match choice {
+        TargetChoice::Rtcroom => &[ServerKind::Rtcroom],
+        TargetChoice::Janus => &[ServerKind::Janus],
+        TargetChoice::Both => &[ServerKind::Rtcroom, ServerKind::Janus],
+    };
+    let mut reports = Vec::with_capacity(kinds.len());
+    for &kind in kinds {
+        reports.push(measure(&spec, &common, &clip, clip_len, expected_loss, kind).await?);
+    }
+    let report = match reports.as_slice() {
+        [ours, janus] => {
+            let both = compare(ours, janus);
             print_comparison(&both);
             both
         }
+        _ => reports.pop().context("no report")?,
     };
     super::write_reports(&common, &report)?;
     for r in [&report, &report["rtcroom"], &report["janus"]] {
