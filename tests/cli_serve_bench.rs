@@ -224,9 +224,9 @@ fn bench_join_writes_a_plausible_report() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Run a media scenario small and check the report's keys and that what was sent arrived.
-fn media_scenario(args: &[&str], subscriptions_per_packet: u64) -> serde_json::Value {
-    let dir = temp_home(args[1]);
+/// Run a media bench `args` for 2 s with JSON and HTML reports in `dir`; returns its stdout,
+/// the JSON report and the HTML page (after checking it succeeded).
+fn media_bench(args: &[&str], dir: &std::path::Path) -> (String, serde_json::Value, String) {
     let json = dir.join("report.json");
     let html = dir.join("report.html");
     let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
@@ -235,11 +235,18 @@ fn media_scenario(args: &[&str], subscriptions_per_packet: u64) -> serde_json::V
         .arg(&json)
         .arg("--html")
         .arg(&html)
-        .env("RTCROOM_HOME", &dir)
+        .env("RTCROOM_HOME", dir)
         .output()
         .unwrap();
-    succeeded(&out);
-    let r = read_report(&json);
+    let stdout = succeeded(&out);
+    let page = std::fs::read_to_string(&html).unwrap();
+    (stdout, read_report(&json), page)
+}
+
+/// Run a media scenario small and check the report's keys and that what was sent arrived.
+fn media_scenario(args: &[&str], subscriptions_per_packet: u64) -> serde_json::Value {
+    let dir = temp_home(args[1]);
+    let (_, r, page) = media_bench(args, &dir);
     assert_report_keys(&r);
     let sent = r["packets_sent"].as_u64().unwrap();
     let received = r["packets_received"].as_u64().unwrap();
@@ -257,7 +264,6 @@ fn media_scenario(args: &[&str], subscriptions_per_packet: u64) -> serde_json::V
     );
     assert!(r["server_cpu_us_per_packet"].as_f64().unwrap() > 0.0);
     assert!(r["series"].as_array().is_some_and(|s| !s.is_empty()));
-    let page = std::fs::read_to_string(&html).unwrap();
     assert!(
         page.contains("<svg") && page.contains("Server CPU over time"),
         "{page}"
@@ -509,27 +515,18 @@ fn bench_janus_processes() -> usize {
 #[test]
 fn bench_livestream_against_rtcroom_and_janus_side_by_side() {
     let dir = temp_home("janus");
-    let json = dir.join("both.json");
-    let html = dir.join("both.html");
-    let out = Command::new(env!("CARGO_BIN_EXE_rtcroom"))
-        .args([
+    let (stdout, r, page) = media_bench(
+        &[
             "bench",
             "livestream",
             "--subscribers",
             "3",
             "--target",
             "both",
-        ])
-        .args(["--duration", "2", "--json"])
-        .arg(&json)
-        .arg("--html")
-        .arg(&html)
-        .env("RTCROOM_HOME", &dir)
-        .output()
-        .unwrap();
-    let stdout = succeeded(&out);
+        ],
+        &dir,
+    );
     assert!(stdout.contains("janus/rtcroom"), "{stdout}");
-    let r = read_report(&json);
     assert_eq!(r["target"], "both");
     for name in ["rtcroom", "janus"] {
         let t = &r[name];
@@ -568,7 +565,6 @@ fn bench_livestream_against_rtcroom_and_janus_side_by_side() {
             .as_f64()
             .unwrap();
     assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
-    let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("same run, same clients"), "{page}");
     assert_eq!(bench_janus_processes(), 0, "Janus was left running");
     let _ = std::fs::remove_dir_all(&dir);

@@ -1523,15 +1523,24 @@ impl ClientActor {
         let Some(sig) = self.signaling.clone() else {
             return ready(Ok(()));
         };
+        self.room_request(
+            sig,
+            ClientMessage::Mute {
+                stream_type,
+                kind,
+                muted,
+            },
+        )
+    }
+
+    /// Send a room request whose reply carries nothing; a lost signalling connection or a
+    /// timeout is SIGNAL_CHANNEL_ERROR, the server's refusal its own error.
+    fn room_request(&self, sig: Addr<SignalingActor>, msg: ClientMessage) -> Reply {
         let timeout = self.settings.request_timeout;
         Box::pin(
             async move {
                 sig.send(SignalRequest {
-                    msg: ClientMessage::Mute {
-                        stream_type,
-                        kind,
-                        muted,
-                    },
+                    msg,
                     kind: RequestKind::Other,
                     timeout,
                 })
@@ -1543,9 +1552,7 @@ impl ClientActor {
             .into_actor(self),
         )
     }
-}
 
-impl ClientActor {
     /// Send a custom message: checked here first (INVALID_PARAMETER), then by the server
     /// (role, rate); only when joined.
     fn custom_message(&mut self, cmd_id: u8, data: Vec<u8>) -> Reply {
@@ -1561,21 +1568,7 @@ impl ClientActor {
                 "not connected to the room",
             )));
         };
-        let timeout = self.settings.request_timeout;
-        Box::pin(
-            async move {
-                sig.send(SignalRequest {
-                    msg: ClientMessage::CustomMessage { cmd_id, data },
-                    kind: RequestKind::Other,
-                    timeout,
-                })
-                .await
-                .unwrap_or(Err(SignalError::Lost))
-                .map(|_| ())
-                .map_err(|e| e.into_rtc_error(ErrorCode::SignalChannelError))
-            }
-            .into_actor(self),
-        )
+        self.room_request(sig, ClientMessage::CustomMessage { cmd_id, data })
     }
 }
 

@@ -211,7 +211,7 @@ const HEADLINES: [(&str, &str, Unit, &str); 13] = [
 ];
 
 #[derive(Clone, Copy)]
-enum Unit {
+pub(super) enum Unit {
     Us,
     Ms,
     Pct,
@@ -241,27 +241,36 @@ fn headline_value(v: &Value, unit: Unit) -> Option<String> {
     }
 }
 
-/// Rows of the side-by-side table of a `--target both` report: the ratio's name, the
-/// headline it shows, and the field of a percentile figure.
-const SIDE_BY_SIDE: [(&str, &str, Unit, Option<&str>); 6] = [
+/// The figures a `--target both` report compares (the ratios, the stdout table and the
+/// side-by-side table here): report key, the field of a percentile figure, name, unit.
+pub(super) const SIDE_BY_SIDE: [(&str, Option<&str>, &str, Unit); 6] = [
     (
         "server_cpu_us_per_received_packet",
+        None,
         "Server CPU per packet received by the subscribers",
         Unit::Us,
-        None,
     ),
     (
         "server_rss_bytes_per_subscriber",
+        None,
         "Server memory per subscriber",
         Unit::Kb,
-        None,
     ),
-    ("loss_pct", "Media loss", Unit::Pct, None),
-    ("first_frame_ms", "First frame p50", Unit::Ms, Some("p50")),
-    ("join_ms", "Join p50", Unit::Ms, Some("p50")),
-    ("server_cpu_pct", "Server CPU", Unit::PctCore, None),
+    ("loss_pct", None, "Media loss", Unit::Pct),
+    ("first_frame_ms", Some("p50"), "First frame p50", Unit::Ms),
+    ("join_ms", Some("p50"), "Join p50", Unit::Ms),
+    ("server_cpu_pct", None, "Server CPU", Unit::PctCore),
 ];
 
+/// A compared figure of one report (`key`, or its `field` for percentiles).
+pub(super) fn figure<'a>(report: &'a Value, key: &str, field: Option<&str>) -> &'a Value {
+    field.map_or(&report[key], |f| &report[key][f])
+}
+
+/// The name of a compared figure's ratio in `janus_over_rtcroom`.
+pub(super) fn ratio_name(key: &str, field: Option<&str>) -> String {
+    field.map_or_else(|| key.to_owned(), |f| format!("{key}_{f}"))
+}
 /// The whole report page; a `--target both` report gets the side-by-side table first, then
 /// each server's own results.
 pub fn render(report: &Value) -> String {
@@ -272,13 +281,11 @@ pub fn render(report: &Value) -> String {
             "<h2>rtcroom and Janus, same run, same clients</h2><table><tr><th>figure</th>\
              <th>rtcroom</th><th>Janus</th><th>Janus ÷ rtcroom</th></tr>",
         );
-        for (key, name, unit, field) in SIDE_BY_SIDE {
+        for (key, field, name, unit) in SIDE_BY_SIDE {
             let value = |r: &Value| {
-                let v = field.map_or(&r[key], |f| &r[key][f]);
-                headline_value(v, unit).unwrap_or_else(|| "–".into())
+                headline_value(figure(r, key, field), unit).unwrap_or_else(|| "–".into())
             };
-            let ratio_key = field.map_or_else(|| key.to_owned(), |f| format!("{key}_{f}"));
-            let ratio = report["janus_over_rtcroom"][&ratio_key]
+            let ratio = report["janus_over_rtcroom"][ratio_name(key, field)]
                 .as_f64()
                 .map_or_else(|| "–".into(), |r| format!("{r:.2}×"));
             let _ = write!(

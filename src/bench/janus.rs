@@ -361,31 +361,45 @@ impl Session {
         Ok(s)
     }
 
-    /// Send a request (a transaction and the session are added) and wait for its outcome.
-    async fn call(&mut self, mut body: Value) -> anyhow::Result<Reply> {
+    /// Send a request with a new transaction (and the session, once there is one); returns
+    /// the transaction.
+    async fn send(&mut self, mut body: Value) -> anyhow::Result<String> {
         let transaction = format!("t{}", self.next);
         self.next += 1;
         body["transaction"] = json!(transaction);
         if self.id != 0 {
             body["session_id"] = json!(self.id);
         }
+        self.ws.send(Message::text(body.to_string())).await?;
+        Ok(transaction)
+    }
+
+    /// The next JSON message from Janus, with the feeds it announces noted.
+    async fn next_json(&mut self) -> anyhow::Result<Value> {
+        while let Some(m) = self.ws.next().await {
+            if let Message::Text(t) = m?
+                && let Ok(v) = serde_json::from_str::<Value>(t.as_str())
+            {
+                note_feeds(&mut self.feeds, &v);
+                return Ok(v);
+            }
+        }
+        bail!("Janus closed the connection")
+    }
+
+    /// Send a request and wait for its outcome.
+    async fn call(&mut self, body: Value) -> anyhow::Result<Reply> {
         let what = match body["body"]["request"].as_str() {
             Some(r) => format!("VideoRoom {r}"),
             None => body["janus"].as_str().unwrap_or("?").to_owned(),
         };
-        self.ws.send(Message::text(body.to_string())).await?;
+        let transaction = self.send(body).await?;
         tokio::time::timeout(REPLY_TIMEOUT, async {
-            while let Some(m) = self.ws.next().await {
-                if let Message::Text(t) = m?
-                    && let Ok(v) = serde_json::from_str::<Value>(t.as_str())
-                {
-                    note_feeds(&mut self.feeds, &v);
-                    if let Some(outcome) = final_reply(&v, &transaction) {
-                        return outcome;
-                    }
+            loop {
+                if let Some(outcome) = final_reply(&self.next_json().await?, &transaction) {
+                    return outcome;
                 }
             }
-            bail!("Janus closed the connection")
         })
         .await
         .with_context(|| format!("no reply from Janus to {what} within {REPLY_TIMEOUT:?}"))?
@@ -416,12 +430,11 @@ impl Session {
     /// Tell Janus this handle's candidates are all in its SDP (half-trickle). Janus only
     /// acks a trickle, so nothing is awaited.
     async fn candidates_done(&mut self, handle: u64) -> anyhow::Result<()> {
-        let t = format!("t{}", self.next);
-        self.next += 1;
-        let msg = json!({"janus": "trickle", "session_id": self.id, "handle_id": handle,
-                         "transaction": t, "candidate": {"completed": true}});
-        self.ws.send(Message::text(msg.to_string())).await?;
-        Ok(())
+        self.send(
+            json!({"janus": "trickle", "handle_id": handle, "candidate": {"completed": true}}),
+        )
+        .await
+        .map(drop)
     }
 
     /// Create VideoRoom `room` for up to `participants` (H.264 + Opus, no bitrate cap).
@@ -482,16 +495,9 @@ impl Session {
     pub async fn wait_for_feed(&mut self, feed: u64) -> anyhow::Result<()> {
         tokio::time::timeout(REPLY_TIMEOUT, async {
             while !self.feeds.contains(&feed) {
-                let Some(m) = self.ws.next().await else {
-                    bail!("Janus closed the connection");
-                };
-                if let Message::Text(t) = m?
-                    && let Ok(v) = serde_json::from_str::<Value>(t.as_str())
-                {
-                    note_feeds(&mut self.feeds, &v);
-                }
+                self.next_json().await?;
             }
-            Ok(())
+            Ok::<_, anyhow::Error>(())
         })
         .await
         .with_context(|| format!("Janus did not announce feed {feed} within {REPLY_TIMEOUT:?}"))?
@@ -537,17 +543,13 @@ impl Session {
             tokio::select! {
                 m = self.ws.next() => if m.is_none() { return },
                 _ = beat.tick() => {
-                    let t = format!("t{}", self.next);
-                    self.next += 1;
-                    let ka = json!({"janus": "keepalive", "session_id": self.id, "transaction": t});
-                    let _ = self.ws.send(Message::text(ka.to_string())).await;
+                    let _ = self.send(json!({"janus": "keepalive"})).await;
                 }
                 _ = stop.changed() => break,
             }
         }
-        let bye = json!({"janus": "destroy", "session_id": self.id, "transaction": "bye"});
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            let _ = self.ws.send(Message::text(bye.to_string())).await;
+            let _ = self.send(json!({"janus": "destroy"})).await;
             let _ = self.ws.close(None).await;
         })
         .await;

@@ -21,6 +21,7 @@ use str0m::media::Direction;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::html::{SIDE_BY_SIDE, figure, ratio_name};
 use super::janus;
 use super::light::{self, LightPeer, PubStats, Recorded, SubStats};
 use super::{CommonArgs, ServerKind, Target, TargetChoice, percentiles};
@@ -538,14 +539,7 @@ pub const MAX_PUBLISHERS: usize = 50;
 pub const MAX_SUBSCRIPTIONS: usize = 2000;
 
 async fn run(spec: MediaSpec, choice: TargetChoice, common: CommonArgs) -> anyhow::Result<()> {
-    let MediaSpec {
-        scenario,
-        mode,
-        publishers,
-        subscribers,
-        audio_only,
-        rate: _,
-    } = spec;
+    let (publishers, subscribers) = (spec.publishers, spec.subscribers);
     if publishers == 0 || publishers > MAX_PUBLISHERS {
         bail!("--publishers must be between 1 and {MAX_PUBLISHERS}");
     }
@@ -555,13 +549,13 @@ async fn run(spec: MediaSpec, choice: TargetChoice, common: CommonArgs) -> anyho
     if publishers * subscribers > MAX_SUBSCRIPTIONS {
         bail!("publishers × subscribers must be at most {MAX_SUBSCRIPTIONS} subscriptions");
     }
-    if mode == Mode::Rtc && publishers + subscribers > 300 {
+    if spec.mode == Mode::Rtc && publishers + subscribers > 300 {
         bail!("an rtc room holds at most 300 members: publishers + subscribers ≤ 300");
     }
     if !(common.duration.is_finite() && (1.0..=600.0).contains(&common.duration)) {
         bail!("--duration must be between 1 and 600 seconds");
     }
-    eprintln!("{scenario}: encoding the clip once...");
+    eprintln!("{}: encoding the clip once...", spec.scenario);
     // What the engine's Opus encoder settles on when the server reports this uplink loss
     // (twice it, for the subscriber's leg).
     let fraction_lost = (common.loss.unwrap_or(0.0) * 2.56)
@@ -570,7 +564,7 @@ async fn run(spec: MediaSpec, choice: TargetChoice, common: CommonArgs) -> anyho
     let expected_loss = rtcroom_actors::media::local::next_expected_loss(0, fraction_lost);
     let (mut clip, clip_len) =
         tokio::task::spawn_blocking(move || pre_encode(expected_loss)).await??;
-    if audio_only {
+    if spec.audio_only {
         clip.retain(|r| !r.video);
     }
     let clip = Arc::new(clip);
@@ -603,40 +597,18 @@ async fn run(spec: MediaSpec, choice: TargetChoice, common: CommonArgs) -> anyho
     Ok(())
 }
 
-/// Figures compared between rtcroom and Janus in a `--target both` run: the report key, the
-/// field inside it (for percentiles) and the name in the ratios.
-const COMPARED: [(&str, Option<&str>, &str); 6] = [
-    (
-        "server_cpu_us_per_received_packet",
-        None,
-        "server_cpu_us_per_received_packet",
-    ),
-    (
-        "server_rss_bytes_per_subscriber",
-        None,
-        "server_rss_bytes_per_subscriber",
-    ),
-    ("loss_pct", None, "loss_pct"),
-    ("first_frame_ms", Some("p50"), "first_frame_ms_p50"),
-    ("join_ms", Some("p50"), "join_ms_p50"),
-    ("server_cpu_pct", None, "server_cpu_pct"),
-];
-
-/// One report holding both runs and, per compared figure, Janus's value over rtcroom's
-/// (above 1: rtcroom uses less, is faster or loses less; null where rtcroom's is 0 or a
-/// figure is missing).
+/// One report holding both runs and, per compared figure (`html::SIDE_BY_SIDE`), Janus's
+/// value over rtcroom's (above 1: rtcroom uses less, is faster or loses less; null where
+/// rtcroom's is 0 or a figure is missing).
 fn compare(ours: &serde_json::Value, janus: &serde_json::Value) -> serde_json::Value {
     let mut ratios = serde_json::Map::new();
-    for (key, field, name) in COMPARED {
-        let get = |r: &serde_json::Value| match field {
-            Some(f) => r[key][f].as_f64(),
-            None => r[key].as_f64(),
-        };
+    for (key, field, ..) in SIDE_BY_SIDE {
+        let get = |r| figure(r, key, field).as_f64();
         let ratio = match (get(ours), get(janus)) {
             (Some(a), Some(b)) if a > 0.0 => Some(b / a),
             _ => None,
         };
-        ratios.insert(name.to_owned(), json!(ratio));
+        ratios.insert(ratio_name(key, field), json!(ratio));
     }
     json!({
         "scenario": ours["scenario"],
@@ -658,17 +630,14 @@ fn print_comparison(both: &serde_json::Value) {
         "{:<36} {:>12} {:>12} {:>14}",
         "same run, same clients", "rtcroom", "janus", "janus/rtcroom"
     );
-    for (key, field, name) in COMPARED {
-        let get = |r: &serde_json::Value| match field {
-            Some(fl) => r[key][fl].clone(),
-            None => r[key].clone(),
-        };
+    for (key, field, ..) in SIDE_BY_SIDE {
+        let name = ratio_name(key, field);
         println!(
             "{:<36} {:>12} {:>12} {:>14}",
             name,
-            f(&get(&both["rtcroom"])),
-            f(&get(&both["janus"])),
-            f(&both["janus_over_rtcroom"][name])
+            f(figure(&both["rtcroom"], key, field)),
+            f(figure(&both["janus"], key, field)),
+            f(&both["janus_over_rtcroom"][&name])
         );
     }
 }
