@@ -15,10 +15,15 @@
 //! - [`requests`]: request/response correlation by request id with per-request deadlines
 //!   (join: 5 s → JOIN_ROOM_FAILED "join room timeout").
 //! - [`room`]: the members and streams a client sees; server events in, [`ClientEvent`]s out.
+//! - [`core`]: the client itself as one sans-IO machine ([`core::ClientCore`]:
+//!   `handle_input(input, now)` / `poll_output()` / `poll_timeout()`), built from the machines
+//!   above plus the media link table, the user's calls and the reconnection/rebuild timers;
+//!   tested in virtual time.
 //!
 //! Actors (thin drivers):
-//! - [`client::ClientActor`]: one per client; owns the state machines above and the event
-//!   fan-out ([`hub::ClientHub`]); supervises its signalling connection.
+//! - [`client::ClientActor`]: one per client; drives its [`core::ClientCore`] and performs
+//!   its outputs (connections, requests, pipelines, peer connections, events through
+//!   [`hub::ClientHub`]); supervises its signalling connection and peer connections.
 //! - [`signaling::SignalingActor`]: one per WebSocket connection; request ids, replies,
 //!   events, heartbeats. Reports its end (also a panic) to the client actor, which reconnects.
 //!
@@ -30,18 +35,19 @@
 //!   connections, so rebuilding a link does not touch the media.
 //! - [`media::LinkHealth`]: rebuild a failed link, or give up with 0x4007 / 0x4008.
 //!
-//! The client actor owns the links (publish, subscribe, auto-subscribe, re-publish and
-//! re-subscribe after a re-join) and supervises the peer connection actors: one that dies
-//! (also by panic) reports it from its `Drop`, and the link is renegotiated.
+//! The core owns the links (publish, subscribe, auto-subscribe, re-publish and re-subscribe
+//! after a re-join); the client actor supervises the peer connection actors: one that dies
+//! (also by panic) reports it from its `Drop`, and the core renegotiates the link.
 //!
 //! ## Time
 //! State machines never read the clock. Actors read `Instant::now()` and schedule wake-ups
-//! with `run_later` at the deadlines the machines report.
+//! with `run_later` at the deadlines the machines report (`ClientCore::poll_timeout`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod backoff;
 pub mod client;
+pub mod core;
 pub mod error;
 pub mod event;
 pub mod hub;

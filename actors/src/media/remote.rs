@@ -219,16 +219,6 @@ impl RemoteMedia {
         })
     }
 
-    /// A placeholder without a pipeline (drops everything), while the real one starts.
-    pub fn empty() -> RemoteMedia {
-        RemoteMedia {
-            pipeline: None,
-            video: TrackCounters::default(),
-            audio: TrackCounters::default(),
-            size: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
     /// Feeds one received RTP packet to the pipeline. Never blocks; malformed packets are
     /// counted and dropped by the pipeline.
     pub fn push_rtp(&self, packet: Bytes) {

@@ -1,0 +1,2423 @@
+//! `ClientCore`: everything a client decides, without sockets, actors or a clock.
+//!
+//! The core owns the join lifecycle ([`Lifecycle`]), the room view ([`RoomState`]), the
+//! media link table (one link per published stream and per subscribed stream, each with its
+//! peer connection id and [`LinkHealth`]), the user's calls waiting for an outcome, the
+//! signalling requests it asked for, and the reconnection and rebuild timers. It is driven
+//! like str0m's `Rtc` and the server's `Room`:
+//!
+//! - [`ClientCore::handle_input`] takes one [`Input`] (a user call, a signalling result or
+//!   event, a media result, or [`Input::Timeout`]) with the time it happened;
+//! - [`ClientCore::poll_output`] hands out what to do, in order ([`Output`]): events for the
+//!   user, replies to calls, connections to open or close, requests to send, pipelines to
+//!   build, offers to negotiate, peer connections to close;
+//! - [`ClientCore::poll_timeout`] says when it next wants [`Input::Timeout`].
+//!
+//! The [`crate::client::ClientActor`] only performs the outputs and feeds their results back;
+//! every decision (what a lost connection, a failed link, a re-join, a leave in the middle of a
+//! join mean) is here, and is tested in virtual time below.
+//!
+//! The core is generic over the media handle `M` a link carries (the actor uses
+//! [`crate::media::PcRole`]: the local pipeline of an uplink, the receive pipeline of a
+//! downlink), so tests drive it with plain values.
+//!
+//! Staleness: every connection attempt has a generation, every negotiation a peer connection
+//! id, every pipeline build the id it reserved. A result whose id is no longer current is
+//! ignored (a peer connection that connected too late is closed).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtcroom_protocol::error::extra;
+use rtcroom_protocol::signal::{
+    BanReason, ClientMessage, JoinRequest, JoinResult, MediaKind, PublishRequest, ReplyData,
+    ServerEvent, StreamInfo, StreamType, SubscribeRequest, VideoCodec,
+};
+use rtcroom_protocol::{ErrorCode, Mode, Role, RtcError, UserId};
+
+use crate::client::{ClientSettings, JoinParams, SubscribeParams};
+use crate::error::SignalError;
+use crate::event::{ClientEvent, RemoteMutedState};
+use crate::lifecycle::{Lifecycle, Phase, Recovery, StateChange};
+use crate::media::{LinkAction, LinkHealth, LinkKind, PcEventKind, PcId, SubscribeOutput};
+use crate::requests::RequestKind;
+use crate::room::RoomState;
+use crate::signaling::Generation;
+
+/// A user call waiting for its outcome ([`Output::Reply`]); the driver numbers them.
+pub type CallId = u64;
+
+/// A signalling request the core asked for ([`Output::Request`] → [`Input::Replied`]).
+pub type RequestId = u64;
+
+/// Which media link: a published stream (uplink) or a subscribed one (downlink).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LinkKey {
+    /// This client's stream of that type.
+    Up(StreamType),
+    /// That user's stream of that type.
+    Down(UserId, StreamType),
+}
+
+/// What a link's offer is sent as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkRequest {
+    /// `publish` with the local stream's tracks.
+    Publish {
+        /// Which stream.
+        stream_type: StreamType,
+        /// It has audio.
+        has_audio: bool,
+        /// It has video.
+        has_video: bool,
+    },
+    /// `subscribe` to a remote stream's tracks.
+    Subscribe {
+        /// Whose stream.
+        user_id: UserId,
+        /// Which stream.
+        stream_type: StreamType,
+        /// Receive its audio.
+        audio: bool,
+        /// Receive its video.
+        video: bool,
+    },
+}
+
+impl LinkRequest {
+    /// The request that carries the offer `sdp`.
+    pub fn message(&self, sdp: String) -> ClientMessage {
+        match self.clone() {
+            LinkRequest::Publish {
+                stream_type,
+                has_audio,
+                has_video,
+            } => ClientMessage::Publish(PublishRequest {
+                stream_type,
+                has_audio,
+                has_video,
+                sdp: Some(sdp),
+            }),
+            LinkRequest::Subscribe {
+                user_id,
+                stream_type,
+                audio,
+                video,
+            } => ClientMessage::Subscribe(SubscribeRequest {
+                user_id,
+                stream_type,
+                audio,
+                video,
+                sdp: Some(sdp),
+            }),
+        }
+    }
+}
+
+/// What a downlink's receive pipeline is built for ([`Output::BuildPipeline`]).
+#[derive(Clone, Debug)]
+pub struct PipelineSpec {
+    /// Whose stream.
+    pub user_id: UserId,
+    /// Which stream.
+    pub stream_type: StreamType,
+    /// Receive audio.
+    pub audio: bool,
+    /// The video codec to decode, when receiving video.
+    pub video_codec: Option<rtcroom_pipelines::VideoCodec>,
+    /// Where the media goes.
+    pub output: SubscribeOutput,
+    /// The jitter buffer's latency.
+    pub jitter_latency: Duration,
+}
+
+/// The media handle a link carries.
+pub trait LinkMedia: Clone {
+    /// The same stream (for `unpublish`: only the stream that was published ends).
+    fn same(&self, other: &Self) -> bool;
+}
+
+/// A user's request.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Call<M> {
+    /// Enter a room.
+    Join(JoinParams),
+    /// Leave the room.
+    Leave,
+    /// Change role (live mode).
+    SwitchRole(Role),
+    /// Publish a local stream.
+    Publish {
+        /// The local stream.
+        media: M,
+        /// Its type.
+        stream_type: StreamType,
+        /// It has audio.
+        has_audio: bool,
+        /// It has video.
+        has_video: bool,
+    },
+    /// Stop publishing a local stream.
+    Unpublish {
+        /// The local stream.
+        media: M,
+        /// Its type.
+        stream_type: StreamType,
+    },
+    /// Subscribe to a remote stream.
+    Subscribe(SubscribeParams),
+    /// Stop a subscription.
+    Unsubscribe {
+        /// Whose stream.
+        user_id: UserId,
+        /// Which stream.
+        stream_type: StreamType,
+    },
+    /// A published stream's audio or video was (un)muted.
+    Mute {
+        /// Which stream.
+        stream_type: StreamType,
+        /// Audio or video.
+        kind: MediaKind,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// Send a custom message to the room.
+    CustomMessage {
+        /// Command id, 1–10.
+        cmd_id: u8,
+        /// The message.
+        data: Vec<u8>,
+    },
+}
+
+/// Something that happened, for [`ClientCore::handle_input`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input<M> {
+    /// The user asked for something; answered by [`Output::Reply`] with the same `call`
+    /// (except [`Call::Leave`], answered by the driver after [`Output::Leave`]).
+    Call {
+        /// The call's number.
+        call: CallId,
+        /// What it asks.
+        request: Call<M>,
+    },
+    /// A connection attempt ([`Output::Connect`]) ended: the join answer, or why not.
+    AttemptDone {
+        /// The attempt's generation.
+        generation: Generation,
+        /// The answer.
+        result: Result<JoinResult, SignalError>,
+    },
+    /// The server sent an event on connection `generation`.
+    Server {
+        /// The connection.
+        generation: Generation,
+        /// The event.
+        event: ServerEvent,
+    },
+    /// Connection `generation` is gone.
+    SignalLost {
+        /// The connection.
+        generation: Generation,
+        /// Why.
+        reason: String,
+    },
+    /// The reply to [`Output::Request`] `id`.
+    Replied {
+        /// The request.
+        id: RequestId,
+        /// Its reply.
+        result: Result<Option<ReplyData>, SignalError>,
+    },
+    /// A downlink's pipeline ([`Output::BuildPipeline`]) is built, or failed.
+    PipelineBuilt {
+        /// The link.
+        key: LinkKey,
+        /// The id the build was asked with.
+        pc_id: PcId,
+        /// The pipeline.
+        result: Result<M, RtcError>,
+    },
+    /// A negotiation ([`Output::Negotiate`]) ended: on success the driver holds peer
+    /// connection `pc_id`, connected.
+    Negotiated {
+        /// The link.
+        key: LinkKey,
+        /// The peer connection.
+        pc_id: PcId,
+        /// Connected, or why not.
+        result: Result<(), RtcError>,
+        /// For uplinks: the kinds muted locally now (the server starts a stream unmuted).
+        muted: Vec<MediaKind>,
+    },
+    /// A peer connection reports.
+    Pc {
+        /// Which.
+        pc_id: PcId,
+        /// What.
+        kind: PcEventKind,
+    },
+    /// A deadline from [`ClientCore::poll_timeout`] passed.
+    Timeout,
+    /// The user's handle is gone: leave (best effort), close everything.
+    Shutdown,
+}
+
+/// What the driver must do, from [`ClientCore::poll_output`], in order.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output<M> {
+    /// Tell the user.
+    Event(ClientEvent),
+    /// The room view changed (before the events that changed it).
+    View {
+        /// The other members.
+        remote_users: Vec<UserId>,
+        /// Their main streams' mute states.
+        muted: Vec<RemoteMutedState>,
+    },
+    /// Answer a user call.
+    Reply {
+        /// The call.
+        call: CallId,
+        /// Its outcome.
+        result: Result<(), RtcError>,
+    },
+    /// Open a signalling connection, send `join` on it within `timeout` (connect included),
+    /// and report [`Input::AttemptDone`]. Events and loss on it carry `generation`.
+    Connect {
+        /// The connection's generation.
+        generation: Generation,
+        /// The join request.
+        join: ClientMessage,
+        /// Connect + answer within this.
+        timeout: Duration,
+    },
+    /// Start heartbeats on the current connection.
+    StartHeartbeat {
+        /// Interval.
+        interval: Duration,
+        /// Silent intervals before the connection counts as lost.
+        missed: u32,
+    },
+    /// Close the current signalling connection, if any (its late reports are stale).
+    CloseSignaling,
+    /// Leaving: take the current connection, send `leave` on it when `send_leave` (awaiting
+    /// the reply only when there is a `call`), close it, then answer `call` with success
+    /// (leaving succeeds locally whatever the server says).
+    Leave {
+        /// The user's `leave()`, or `None` at shutdown.
+        call: Option<CallId>,
+        /// Tell the server first.
+        send_leave: bool,
+    },
+    /// Send a request on the current connection and report [`Input::Replied`] (a lost or
+    /// missing connection: `SignalError::Lost`).
+    Request {
+        /// The request's id.
+        id: RequestId,
+        /// The request.
+        msg: ClientMessage,
+        /// Its kind (timeout error).
+        kind: RequestKind,
+        /// Its timeout.
+        timeout: Duration,
+    },
+    /// Build a downlink's receive pipeline and report [`Input::PipelineBuilt`].
+    BuildPipeline {
+        /// The link.
+        key: LinkKey,
+        /// Reserved id, to report back.
+        pc_id: PcId,
+        /// What to build.
+        spec: PipelineSpec,
+    },
+    /// Create peer connection `pc_id` for `media`, send its offer as `request`, apply the
+    /// answer, wait until connected, and report [`Input::Negotiated`].
+    Negotiate {
+        /// The link.
+        key: LinkKey,
+        /// The new peer connection's id.
+        pc_id: PcId,
+        /// The link's media.
+        media: M,
+        /// What the offer is sent as.
+        request: LinkRequest,
+    },
+    /// Close peer connection `pc_id`.
+    ClosePc {
+        /// Which.
+        pc_id: PcId,
+    },
+    /// A link's peer connection is up (an uplink's stream now goes to the room).
+    LinkUp {
+        /// The link.
+        key: LinkKey,
+        /// Its media.
+        media: M,
+    },
+    /// A link ended for good (its pipeline stops now: a recording is finalised).
+    LinkEnded {
+        /// The link.
+        key: LinkKey,
+        /// Its media.
+        media: M,
+    },
+}
+
+/// Which kind of connection attempt is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attempt {
+    /// The user's join.
+    Join,
+    /// Reconnect attempt n: connect and re-join silently.
+    Rejoin(u32),
+}
+
+/// Where a link's peer connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkPhase {
+    /// No peer connection: a downlink waits for its stream to be published again, or a
+    /// failed link waits for its rebuild.
+    Waiting,
+    /// A downlink's pipeline is being built.
+    Building,
+    /// An offer/answer exchange is running.
+    Negotiating,
+    /// Connected (or was, until reported otherwise).
+    Up,
+}
+
+/// One published or subscribed stream.
+struct Link<M> {
+    /// `None` only while a downlink's pipeline is built.
+    media: Option<M>,
+    request: LinkRequest,
+    /// For downlinks: the subscription as asked for, and the codec its pipeline decodes.
+    subscription: Option<(SubscribeParams, Option<VideoCodec>)>,
+    pc_id: PcId,
+    phase: LinkPhase,
+    health: LinkHealth,
+    /// StreamSubscribed was reported (downlinks; uplinks start `true`).
+    announced: bool,
+    /// The user's publish/subscribe, answered when the link first connects or fails.
+    call: Option<CallId>,
+}
+
+/// A timer the core set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Timer {
+    /// Run reconnect attempt `attempt` if still in that phase on that generation.
+    Reconnect {
+        generation: Generation,
+        attempt: u32,
+    },
+    /// Rebuild the link if its peer connection is still `pc_id` and not up.
+    Rebuild { key: LinkKey, pc_id: PcId },
+    /// The attempt of that generation has run out of time.
+    JoinDeadline { generation: Generation },
+}
+
+/// What a pending signalling request answers.
+#[derive(Debug)]
+enum Pending {
+    /// switch-role: on success the role is kept for re-joins.
+    SwitchRole {
+        call: CallId,
+        role: Role,
+        generation: Generation,
+    },
+    /// A room request whose refusal is the user's error (mute, custom message).
+    Room { call: Option<CallId> },
+    /// A request whose failure changes nothing (unpublish, unsubscribe).
+    BestEffort { call: Option<CallId> },
+}
+
+/// The heartbeat interval: the configured one, or the server's (`heartbeatIntervalS` in the
+/// join answer) when that is shorter, so a server that wants more never evicts us.
+pub fn heartbeat_interval(configured: Duration, server_s: u32) -> Duration {
+    if server_s == 0 {
+        configured
+    } else {
+        configured.min(Duration::from_secs(u64::from(server_s)))
+    }
+}
+
+/// The client's logic; see the module documentation.
+pub struct ClientCore<M> {
+    settings: Arc<ClientSettings>,
+    life: Lifecycle,
+    room: RoomState,
+    params: Option<JoinParams>,
+    /// The user's join, answered when the first attempt ends.
+    pending_join: Option<CallId>,
+    /// The current connection; reports and timers of older ones are ignored.
+    generation: Generation,
+    /// The attempt running on the current generation.
+    in_flight: Option<Attempt>,
+    /// A joined signalling connection is up (requests can be sent).
+    signaling_up: bool,
+    /// The current connection already reported itself lost.
+    current_lost: bool,
+    /// Server events that arrived before the join answer was processed.
+    early_events: Vec<ServerEvent>,
+    links: HashMap<LinkKey, Link<M>>,
+    next_pc_id: PcId,
+    requests: HashMap<RequestId, Pending>,
+    next_request: RequestId,
+    timers: Vec<(Instant, Timer)>,
+    out: VecDeque<Output<M>>,
+    now: Instant,
+    span: tracing::Span,
+}
+
+impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
+    /// A client with these settings; `now` starts its clock. Logs go to `span`.
+    pub fn new(settings: Arc<ClientSettings>, now: Instant, span: tracing::Span) -> Self {
+        ClientCore {
+            life: Lifecycle::new(settings.reconnect),
+            settings,
+            room: RoomState::new(),
+            params: None,
+            pending_join: None,
+            generation: 0,
+            in_flight: None,
+            signaling_up: false,
+            current_lost: false,
+            early_events: Vec::new(),
+            links: HashMap::new(),
+            next_pc_id: 1,
+            requests: HashMap::new(),
+            next_request: 1,
+            timers: Vec::new(),
+            out: VecDeque::new(),
+            now,
+            span,
+        }
+    }
+
+    /// The join phase.
+    pub fn phase(&self) -> Phase {
+        self.life.phase()
+    }
+
+    /// The current connection's generation (a connection opened for an older one is stale).
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// The links: key, media (none while a pipeline is built), and the peer connection id
+    /// when connected.
+    pub fn links(&self) -> impl Iterator<Item = (&LinkKey, Option<&M>, Option<PcId>)> {
+        self.links.iter().map(|(k, l)| {
+            (
+                k,
+                l.media.as_ref(),
+                (l.phase == LinkPhase::Up).then_some(l.pc_id),
+            )
+        })
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output<M>> {
+        self.out.pop_front()
+    }
+
+    /// When the core next wants [`Input::Timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.iter().map(|(at, _)| *at).min()
+    }
+
+    /// Take one input that happened at `now`.
+    pub fn handle_input(&mut self, input: Input<M>, now: Instant) {
+        self.now = self.now.max(now);
+        let _enter = self.span.clone().entered();
+        match input {
+            Input::Call { call, request } => self.call(call, request),
+            Input::AttemptDone { generation, result } => self.attempt_done(generation, result),
+            Input::Server { generation, event } if generation == self.generation => {
+                self.on_server_event(event)
+            }
+            Input::SignalLost { generation, reason } if generation == self.generation => {
+                self.on_lost(reason)
+            }
+            Input::Server { .. } | Input::SignalLost { .. } => {}
+            Input::Replied { id, result } => self.replied(id, result),
+            Input::PipelineBuilt { key, pc_id, result } => self.pipeline_built(key, pc_id, result),
+            Input::Negotiated {
+                key,
+                pc_id,
+                result,
+                muted,
+            } => self.negotiated(key, pc_id, result, muted),
+            Input::Pc { pc_id, kind } => self.on_pc(pc_id, kind),
+            Input::Timeout => self.fire_timers(),
+            Input::Shutdown => self.shutdown(),
+        }
+    }
+
+    // ---- outputs -------------------------------------------------------------------
+
+    fn emit(&mut self, event: ClientEvent) {
+        tracing::debug!(?event, "event");
+        self.out.push_back(Output::Event(event));
+    }
+
+    fn report(&mut self, change: StateChange) {
+        tracing::info!(prev = %change.prev, state = %change.state, "connection state");
+        self.emit(ClientEvent::ConnectionStateChanged {
+            prev: change.prev,
+            state: change.state,
+        });
+    }
+
+    fn refresh_view(&mut self) {
+        let muted = self.room.muted_state();
+        let remote_users = self.room.members().cloned().collect();
+        self.out.push_back(Output::View {
+            remote_users,
+            muted,
+        });
+    }
+
+    fn answer(&mut self, call: Option<CallId>, result: Result<(), RtcError>) {
+        match call {
+            Some(call) => self.out.push_back(Output::Reply { call, result }),
+            None => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "a request nobody waits for failed (auto-subscribe, re-sent mute)");
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, msg: ClientMessage, kind: RequestKind, pending: Pending) {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.requests.insert(id, pending);
+        self.out.push_back(Output::Request {
+            id,
+            msg,
+            kind,
+            timeout: self.settings.request_timeout,
+        });
+    }
+
+    // ---- calls ---------------------------------------------------------------------
+
+    fn call(&mut self, call: CallId, request: Call<M>) {
+        match request {
+            Call::Join(params) => self.join(call, params),
+            Call::Leave => self.leave(call),
+            Call::SwitchRole(role) => self.switch_role(call, role),
+            Call::Publish {
+                media,
+                stream_type,
+                has_audio,
+                has_video,
+            } => self.publish(call, media, stream_type, has_audio, has_video),
+            Call::Unpublish { media, stream_type } => self.unpublish(call, media, stream_type),
+            Call::Subscribe(params) => self.subscribe(params, Some(call)),
+            Call::Unsubscribe {
+                user_id,
+                stream_type,
+            } => self.unsubscribe(call, user_id, stream_type),
+            Call::Mute {
+                stream_type,
+                kind,
+                muted,
+            } => self.mute(call, stream_type, kind, muted),
+            Call::CustomMessage { cmd_id, data } => self.custom_message(call, cmd_id, data),
+        }
+    }
+
+    fn join(&mut self, call: CallId, params: JoinParams) {
+        let change = match self.life.join() {
+            Ok(c) => c,
+            Err(e) => return self.answer(Some(call), Err(e)),
+        };
+        self.span
+            .record("room", tracing::field::display(&params.room_id));
+        self.params = Some(params);
+        self.report(change);
+        self.pending_join = Some(call);
+        self.start_attempt(Attempt::Join);
+    }
+
+    fn leave(&mut self, call: CallId) {
+        let plan = match self.life.leave() {
+            Ok(p) => p,
+            Err(e) => return self.answer(Some(call), Err(e)),
+        };
+        // The driver takes the connection before the drop below would close it.
+        self.out.push_back(Output::Leave {
+            call: Some(call),
+            send_leave: plan.send_leave && self.signaling_up,
+        });
+        self.drop_connection();
+        if plan.cancel_join
+            && let Some(join) = self.pending_join.take()
+        {
+            self.answer(
+                Some(join),
+                Err(RtcError::new(
+                    ErrorCode::JoinRoomFailed,
+                    "join cancelled by leave()",
+                )),
+            );
+        }
+        self.close_media();
+        self.room.clear();
+        self.refresh_view();
+        self.report(plan.change);
+    }
+
+    fn shutdown(&mut self) {
+        if self.life.phase() == Phase::Joined && self.signaling_up {
+            self.out.push_back(Output::Leave {
+                call: None,
+                send_leave: true,
+            });
+        }
+        self.drop_connection();
+        self.close_media();
+        self.timers.clear();
+    }
+
+    fn switch_role(&mut self, call: CallId, role: Role) {
+        if let Err(e) = self.life.require_joined("switchRole") {
+            return self.answer(Some(call), Err(e));
+        }
+        if self.settings.mode != Mode::Live {
+            return self.answer(
+                Some(call),
+                Err(RtcError::invalid_operation(
+                    None,
+                    "switchRole() is only available in live mode",
+                )),
+            );
+        }
+        if !self.signaling_up {
+            return self.answer(
+                Some(call),
+                Err(RtcError::new(
+                    ErrorCode::SwitchRoleFailed,
+                    "no signalling connection",
+                )),
+            );
+        }
+        let generation = self.generation;
+        self.request(
+            ClientMessage::SwitchRole { role },
+            RequestKind::SwitchRole,
+            Pending::SwitchRole {
+                call,
+                role,
+                generation,
+            },
+        );
+    }
+
+    fn publish(
+        &mut self,
+        call: CallId,
+        media: M,
+        stream_type: StreamType,
+        has_audio: bool,
+        has_video: bool,
+    ) {
+        if let Err(e) = self.life.require_joined("publish") {
+            return self.answer(Some(call), Err(e));
+        }
+        let role = self.params.as_ref().map(|p| p.role).unwrap_or(Role::Anchor);
+        if self.settings.mode == Mode::Live && role == Role::Audience {
+            return self.answer(
+                Some(call),
+                Err(RtcError::invalid_operation(
+                    Some(extra::AUDIENCE_ROLE),
+                    "an audience member cannot publish: switchRole('anchor') first",
+                )),
+            );
+        }
+        let key = LinkKey::Up(stream_type);
+        if self.links.contains_key(&key) {
+            return self.answer(
+                Some(call),
+                Err(RtcError::invalid_operation(
+                    Some(extra::REPEATED_CALL),
+                    format!("a {stream_type:?} stream is already published"),
+                )),
+            );
+        }
+        self.links.insert(
+            key.clone(),
+            Link {
+                media: Some(media),
+                request: LinkRequest::Publish {
+                    stream_type,
+                    has_audio,
+                    has_video,
+                },
+                subscription: None,
+                pc_id: 0,
+                phase: LinkPhase::Waiting,
+                health: LinkHealth::new(LinkKind::Uplink),
+                announced: true,
+                call: Some(call),
+            },
+        );
+        self.negotiate_link(key);
+    }
+
+    fn unpublish(&mut self, call: CallId, media: M, stream_type: StreamType) {
+        if let Err(e) = self.life.require_joined("unpublish") {
+            return self.answer(Some(call), Err(e));
+        }
+        let key = LinkKey::Up(stream_type);
+        let published_here = self
+            .links
+            .get(&key)
+            .and_then(|l| l.media.as_ref())
+            .is_some_and(|m| m.same(&media));
+        if !published_here {
+            return self.answer(
+                Some(call),
+                Err(RtcError::invalid_operation(
+                    Some(extra::REPEATED_CALL),
+                    "this stream is not published",
+                )),
+            );
+        }
+        self.remove_link(&key);
+        self.best_effort(call, ClientMessage::Unpublish { stream_type });
+    }
+
+    /// Send a request whose failure changes nothing locally (the server cleans up itself
+    /// when the peer connection goes away).
+    fn best_effort(&mut self, call: CallId, msg: ClientMessage) {
+        if self.signaling_up {
+            self.request(
+                msg,
+                RequestKind::Other,
+                Pending::BestEffort { call: Some(call) },
+            );
+        } else {
+            self.answer(Some(call), Ok(()));
+        }
+    }
+
+    fn stream_info(&self, user_id: &UserId, stream_type: StreamType) -> Option<StreamInfo> {
+        self.room
+            .streams()
+            .find(|s| s.user_id == *user_id && s.stream_type == stream_type)
+            .cloned()
+    }
+
+    /// Subscribe (the user's call, an auto-subscription, or subscribing again): builds the
+    /// pipeline, then negotiates. A subscription of the same stream is replaced.
+    fn subscribe(&mut self, params: SubscribeParams, call: Option<CallId>) {
+        if let Err(e) = self.life.require_joined("subscribe") {
+            return self.answer(call, Err(e));
+        }
+        if !params.audio && !params.video {
+            return self.answer(
+                call,
+                Err(RtcError::invalid_operation(
+                    None,
+                    "subscribe() needs audio or video (or both)",
+                )),
+            );
+        }
+        let Some(info) = self.stream_info(&params.user_id, params.stream_type) else {
+            return self.answer(
+                call,
+                Err(RtcError::new(
+                    ErrorCode::RemoteStreamNotExist,
+                    format!(
+                        "{} has no {:?} stream published",
+                        params.user_id, params.stream_type
+                    ),
+                )),
+            );
+        };
+        let audio = params.audio && info.has_audio;
+        let video = params.video && info.has_video;
+        if !audio && !video {
+            return self.answer(
+                call,
+                Err(RtcError::invalid_operation(
+                    None,
+                    "the stream has none of the tracks asked for",
+                )),
+            );
+        }
+        // The stream's codec, as the server negotiated it with the publisher (H.264 for a
+        // server that does not say).
+        let video_codec = video.then_some(match info.video_codec {
+            Some(VideoCodec::Vp8) => rtcroom_pipelines::VideoCodec::Vp8,
+            Some(VideoCodec::H264) | None => rtcroom_pipelines::VideoCodec::H264,
+        });
+        let key = LinkKey::Down(params.user_id.clone(), params.stream_type);
+        self.remove_link(&key);
+        let reserve = self.next_pc();
+        let spec = PipelineSpec {
+            user_id: params.user_id.clone(),
+            stream_type: params.stream_type,
+            audio,
+            video_codec,
+            output: params.output.clone(),
+            jitter_latency: params.jitter_latency,
+        };
+        self.links.insert(
+            key.clone(),
+            Link {
+                media: None,
+                request: LinkRequest::Subscribe {
+                    user_id: params.user_id.clone(),
+                    stream_type: params.stream_type,
+                    audio,
+                    video,
+                },
+                subscription: Some((params, info.video_codec)),
+                pc_id: reserve,
+                phase: LinkPhase::Building,
+                health: LinkHealth::new(LinkKind::Downlink),
+                announced: false,
+                call,
+            },
+        );
+        self.out.push_back(Output::BuildPipeline {
+            key,
+            pc_id: reserve,
+            spec,
+        });
+    }
+
+    fn unsubscribe(&mut self, call: CallId, user_id: UserId, stream_type: StreamType) {
+        if let Err(e) = self.life.require_joined("unsubscribe") {
+            return self.answer(Some(call), Err(e));
+        }
+        if !self.remove_link(&LinkKey::Down(user_id.clone(), stream_type)) {
+            return self.answer(
+                Some(call),
+                Err(RtcError::invalid_operation(
+                    None,
+                    format!("not subscribed to {user_id}'s {stream_type:?} stream"),
+                )),
+            );
+        }
+        self.best_effort(
+            call,
+            ClientMessage::Unsubscribe {
+                user_id,
+                stream_type,
+            },
+        );
+    }
+
+    fn mute(&mut self, call: CallId, stream_type: StreamType, kind: MediaKind, muted: bool) {
+        if self.life.phase() != Phase::Joined
+            || !self.links.contains_key(&LinkKey::Up(stream_type))
+            || !self.signaling_up
+        {
+            // Not published (or reconnecting): the local flag is all there is.
+            return self.answer(Some(call), Ok(()));
+        }
+        self.request(
+            ClientMessage::Mute {
+                stream_type,
+                kind,
+                muted,
+            },
+            RequestKind::Other,
+            Pending::Room { call: Some(call) },
+        );
+    }
+
+    /// Checked here first (INVALID_PARAMETER), then by the server (role, rate).
+    fn custom_message(&mut self, call: CallId, cmd_id: u8, data: Vec<u8>) {
+        if let Err(e) = rtcroom_protocol::signal::custom_message::check(cmd_id, &data) {
+            return self.answer(Some(call), Err(e));
+        }
+        if let Err(e) = self.life.require_joined("sendCustomMessage") {
+            return self.answer(Some(call), Err(e));
+        }
+        if !self.signaling_up {
+            return self.answer(
+                Some(call),
+                Err(RtcError::invalid_operation(
+                    Some(extra::NOT_ENTERED_ROOM),
+                    "not connected to the room",
+                )),
+            );
+        }
+        self.request(
+            ClientMessage::CustomMessage { cmd_id, data },
+            RequestKind::Other,
+            Pending::Room { call: Some(call) },
+        );
+    }
+
+    fn replied(&mut self, id: RequestId, result: Result<Option<ReplyData>, SignalError>) {
+        match self.requests.remove(&id) {
+            None => {}
+            Some(Pending::SwitchRole {
+                call,
+                role,
+                generation,
+            }) => {
+                let result = result
+                    .map(|_| ())
+                    .map_err(|e| e.into_rtc_error(ErrorCode::SwitchRoleFailed));
+                if result.is_ok()
+                    && generation == self.generation
+                    && let Some(p) = &mut self.params
+                {
+                    // A re-join after a reconnect keeps the new role.
+                    p.role = role;
+                }
+                self.answer(Some(call), result);
+            }
+            Some(Pending::Room { call }) => {
+                let result = result
+                    .map(|_| ())
+                    .map_err(|e| e.into_rtc_error(ErrorCode::SignalChannelError));
+                self.answer(call, result);
+            }
+            Some(Pending::BestEffort { call }) => self.answer(call, Ok(())),
+        }
+    }
+
+    // ---- connection ----------------------------------------------------------------
+
+    fn join_request(&self) -> Option<ClientMessage> {
+        let p = self.params.as_ref()?;
+        let s = &self.settings;
+        Some(ClientMessage::Join(JoinRequest {
+            sdk_app_id: s.sdk_app_id,
+            user_id: s.user_id.clone(),
+            user_sig: s.user_sig.clone(),
+            room_id: p.room_id.wire_text(),
+            use_string_room_id: p.room_id.is_string(),
+            mode: s.mode,
+            role: Some(p.role),
+            private_map_key: p.private_map_key.clone(),
+            auto_subscribe: s.auto_subscribe,
+        }))
+    }
+
+    /// Drop the current connection (on purpose) and make its late reports stale.
+    fn drop_connection(&mut self) {
+        self.generation += 1;
+        self.in_flight = None;
+        self.signaling_up = false;
+        self.current_lost = false;
+        self.early_events.clear();
+        self.out.push_back(Output::CloseSignaling);
+    }
+
+    /// Open a connection and join on it (the user's join, or a silent re-join).
+    fn start_attempt(&mut self, attempt: Attempt) {
+        self.drop_connection();
+        let Some(join) = self.join_request() else {
+            // Attempts only start after a join stored its parameters.
+            tracing::error!("connection attempt without join parameters");
+            return;
+        };
+        let generation = self.generation;
+        tracing::info!(?attempt, "connecting");
+        self.in_flight = Some(attempt);
+        let timeout = self.settings.join_timeout;
+        self.timers
+            .push((self.now + timeout, Timer::JoinDeadline { generation }));
+        self.out.push_back(Output::Connect {
+            generation,
+            join,
+            timeout,
+        });
+    }
+
+    fn attempt_done(&mut self, generation: Generation, res: Result<JoinResult, SignalError>) {
+        if generation != self.generation {
+            // Superseded (left meanwhile); its connection was closed then.
+            return;
+        }
+        let Some(attempt) = self.in_flight.take() else {
+            // Already decided (timed out).
+            return;
+        };
+        self.timers
+            .retain(|(_, t)| *t != Timer::JoinDeadline { generation });
+        match res {
+            Ok(result) => self.attempt_succeeded(attempt, result),
+            Err(error) => self.attempt_failed(attempt, error),
+        }
+    }
+
+    fn attempt_succeeded(&mut self, attempt: Attempt, result: JoinResult) {
+        let change = match attempt {
+            Attempt::Join => self.life.join_succeeded(),
+            Attempt::Rejoin(_) => self.life.rejoined(),
+        };
+        let Some(change) = change else {
+            self.drop_connection();
+            return;
+        };
+        self.signaling_up = true;
+        self.out.push_back(Output::StartHeartbeat {
+            interval: heartbeat_interval(
+                self.settings.heartbeat_interval,
+                result.heartbeat_interval_s,
+            ),
+            missed: self.settings.missed_heartbeats,
+        });
+        self.report(change);
+        let events = self.room.joined(&result);
+        let rejoin = matches!(attempt, Attempt::Rejoin(_));
+        if rejoin {
+            self.resume_media();
+        }
+        self.emit_room_events(events, rejoin);
+        if let Some(call) = self.pending_join.take() {
+            self.answer(Some(call), Ok(()));
+        }
+        for event in std::mem::take(&mut self.early_events) {
+            self.on_server_event(event);
+        }
+        if self.current_lost {
+            // The connection died between the answer and now.
+            self.on_lost("lost right after joining".to_owned());
+        }
+    }
+
+    fn attempt_failed(&mut self, attempt: Attempt, error: SignalError) {
+        // Its connection's late reports (and a socket that opens after a timeout) are stale.
+        self.drop_connection();
+        match attempt {
+            Attempt::Join => {
+                if let Some(change) = self.life.join_failed() {
+                    let e = error.into_join_error();
+                    tracing::info!(error = %e, "join failed");
+                    self.report(change);
+                    let call = self.pending_join.take();
+                    self.answer(call, Err(e));
+                }
+            }
+            Attempt::Rejoin(n) if error.is_retryable() => {
+                tracing::info!(attempt = n, %error, "reconnect attempt failed");
+                let recovery = self.life.reconnect_failed();
+                self.recover(recovery);
+            }
+            Attempt::Rejoin(_) => {
+                if let Some(change) = self.life.rejoin_refused() {
+                    let e = error.into_join_error();
+                    tracing::warn!(error = %e, "re-join refused");
+                    self.emit(ClientEvent::Error(e));
+                    self.report(change);
+                    self.close_media();
+                    self.room.clear();
+                    self.refresh_view();
+                }
+            }
+        }
+    }
+
+    fn recover(&mut self, recovery: Recovery) {
+        match recovery {
+            Recovery::Ignore => {}
+            Recovery::Retry {
+                attempt,
+                delay,
+                change,
+            } => {
+                if let Some(change) = change {
+                    self.report(change);
+                }
+                tracing::info!(attempt, ?delay, "reconnecting");
+                let generation = self.generation;
+                self.timers.push((
+                    self.now + delay,
+                    Timer::Reconnect {
+                        generation,
+                        attempt,
+                    },
+                ));
+            }
+            Recovery::GiveUp { error, change } => {
+                tracing::warn!(%error, "giving up");
+                self.drop_connection();
+                self.emit(ClientEvent::Error(error));
+                self.report(change);
+                self.close_media();
+                self.room.clear();
+                self.refresh_view();
+            }
+        }
+    }
+
+    fn on_lost(&mut self, reason: String) {
+        self.current_lost = true;
+        if self.life.phase() == Phase::Joined {
+            tracing::info!(%reason, "signalling lost");
+            self.signaling_up = false;
+            self.out.push_back(Output::CloseSignaling);
+            let recovery = self.life.signal_lost();
+            self.recover(recovery);
+        }
+        // While connecting or reconnecting the attempt's own result reports the failure.
+    }
+
+    fn on_server_event(&mut self, event: ServerEvent) {
+        match self.life.phase() {
+            Phase::Joined => {}
+            Phase::Connecting | Phase::Reconnecting { .. } => {
+                // Sent after the join answer, which is still on its way to us.
+                self.early_events.push(event);
+                return;
+            }
+            Phase::New | Phase::Disconnected(_) => return,
+        }
+        match event {
+            ServerEvent::ClientBanned {
+                reason: BanReason::UserTimeOut,
+                message,
+            } => {
+                // TRTC re-joins silently after a heartbeat timeout.
+                tracing::info!(%message, "timed out by the server; re-joining");
+                self.on_lost("timed out by the server".to_owned());
+            }
+            ServerEvent::ClientBanned { reason, message } => {
+                if let Some(change) = self.life.banned() {
+                    tracing::info!(?reason, %message, "removed from the room");
+                    self.drop_connection();
+                    self.close_media();
+                    self.room.clear();
+                    self.refresh_view();
+                    self.emit(ClientEvent::ClientBanned { reason, message });
+                    self.report(change);
+                }
+            }
+            other => {
+                let events = self.room.apply(other);
+                self.emit_room_events(events, false);
+            }
+        }
+    }
+
+    /// Emit room events (after the view they lead to), then follow them with the media
+    /// plane: drop subscriptions of removed streams, resume waiting ones, auto-subscribe to
+    /// new ones. `rejoin`: the events are the difference found by a re-join; a stream missing
+    /// then may only not be published again yet (the server restarted), so its subscription
+    /// waits for it instead of ending.
+    fn emit_room_events(&mut self, events: Vec<ClientEvent>, rejoin: bool) {
+        let media: Vec<ClientEvent> = events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    ClientEvent::StreamAdded(_)
+                        | ClientEvent::StreamRemoved(_)
+                        | ClientEvent::StreamUpdated(_)
+                )
+            })
+            .cloned()
+            .collect();
+        self.refresh_view();
+        for e in events {
+            self.emit(e);
+        }
+        for e in media {
+            match e {
+                ClientEvent::StreamAdded(info) => self.on_stream_added(info),
+                ClientEvent::StreamUpdated(info) => self.on_stream_updated(info),
+                ClientEvent::StreamRemoved(_) if rejoin => {}
+                ClientEvent::StreamRemoved(info) => {
+                    self.remove_link(&LinkKey::Down(info.user_id, info.stream_type));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ---- media links ---------------------------------------------------------------
+
+    fn next_pc(&mut self) -> PcId {
+        self.next_pc_id += 1;
+        self.next_pc_id
+    }
+
+    /// Close the link's peer connection, if it has one up (a negotiating one is closed when
+    /// its stale result comes back).
+    fn close_link_pc(out: &mut VecDeque<Output<M>>, link: &mut Link<M>) {
+        if link.phase == LinkPhase::Up {
+            out.push_back(Output::ClosePc { pc_id: link.pc_id });
+        }
+        if link.phase != LinkPhase::Building {
+            link.phase = LinkPhase::Waiting;
+        }
+    }
+
+    /// End a link for good: close its peer connection, answer its waiting call, stop its
+    /// media. Returns whether there was one.
+    fn remove_link(&mut self, key: &LinkKey) -> bool {
+        let Some(link) = self.links.remove(key) else {
+            return false;
+        };
+        self.end_link(key.clone(), link);
+        true
+    }
+
+    fn end_link(&mut self, key: LinkKey, mut link: Link<M>) {
+        Self::close_link_pc(&mut self.out, &mut link);
+        if let Some(call) = link.call.take() {
+            self.answer(
+                Some(call),
+                Err(RtcError::invalid_operation(
+                    None,
+                    "the stream was unpublished or unsubscribed meanwhile",
+                )),
+            );
+        }
+        if let Some(media) = link.media {
+            self.out.push_back(Output::LinkEnded { key, media });
+        }
+    }
+
+    /// Close every link (leave, removal, final failure).
+    fn close_media(&mut self) {
+        let links: Vec<(LinkKey, Link<M>)> = self.links.drain().collect();
+        for (key, link) in links {
+            self.end_link(key, link);
+        }
+    }
+
+    /// Start a new peer connection for the link (first negotiation, rebuild, resume after a
+    /// re-join). Any current peer connection is closed; results of older ones are stale from
+    /// here on. A waiting call stays with the link and is answered by this negotiation.
+    fn negotiate_link(&mut self, key: LinkKey) {
+        let id = self.next_pc();
+        let signaling_up = self.signaling_up;
+        let Some(link) = self.links.get_mut(&key) else {
+            return;
+        };
+        Self::close_link_pc(&mut self.out, link);
+        let Some(media) = link.media.clone() else {
+            // A downlink's pipeline is still being built; it negotiates when built.
+            return;
+        };
+        link.pc_id = id;
+        link.phase = LinkPhase::Negotiating;
+        if !signaling_up {
+            self.negotiated(
+                key,
+                id,
+                Err(RtcError::new(
+                    ErrorCode::SignalChannelError,
+                    "no signalling connection",
+                )),
+                Vec::new(),
+            );
+            return;
+        }
+        let request = link.request.clone();
+        self.out.push_back(Output::Negotiate {
+            key,
+            pc_id: id,
+            media,
+            request,
+        });
+    }
+
+    fn pipeline_built(&mut self, key: LinkKey, pc_id: PcId, res: Result<M, RtcError>) {
+        let current = self
+            .links
+            .get(&key)
+            .is_some_and(|l| l.pc_id == pc_id && l.phase == LinkPhase::Building);
+        if !current {
+            // Replaced or ended meanwhile (its call was answered then); the pipeline built
+            // for it is dropped here.
+            return;
+        }
+        match res {
+            Ok(media) => {
+                if let Some(link) = self.links.get_mut(&key) {
+                    link.media = Some(media);
+                    link.phase = LinkPhase::Waiting;
+                }
+                self.negotiate_link(key);
+            }
+            Err(e) => {
+                let call = self.links.remove(&key).and_then(|mut l| l.call.take());
+                self.answer(call, Err(e));
+            }
+        }
+    }
+
+    fn negotiated(
+        &mut self,
+        key: LinkKey,
+        id: PcId,
+        res: Result<(), RtcError>,
+        muted: Vec<MediaKind>,
+    ) {
+        let current = self
+            .links
+            .get(&key)
+            .is_some_and(|l| l.pc_id == id && l.phase == LinkPhase::Negotiating);
+        match res {
+            Ok(()) if !current => {
+                // Unpublished, unsubscribed or superseded meanwhile.
+                self.out.push_back(Output::ClosePc { pc_id: id });
+            }
+            Ok(()) => self.link_connected(key, id, muted),
+            Err(e) if !current => {
+                tracing::debug!(?key, pc = id, error = %e, "stale negotiation failed");
+            }
+            Err(e) => {
+                tracing::info!(?key, pc = id, error = %e, "media negotiation failed");
+                let gone = e.code == ErrorCode::RemoteStreamNotExist;
+                let Some(link) = self.links.get_mut(&key) else {
+                    return;
+                };
+                match link.call.take() {
+                    // The user's own publish/subscribe failed: report it, keep nothing.
+                    Some(call) => {
+                        if let Some(link) = self.links.remove(&key) {
+                            self.end_link(key, link);
+                        }
+                        self.answer(Some(call), Err(e));
+                    }
+                    // The stream went away meanwhile: wait for it to come back.
+                    None if gone => link.phase = LinkPhase::Waiting,
+                    None => self.link_failed(key),
+                }
+            }
+        }
+    }
+
+    fn link_connected(&mut self, key: LinkKey, id: PcId, muted: Vec<MediaKind>) {
+        let Some(link) = self.links.get_mut(&key) else {
+            return;
+        };
+        link.phase = LinkPhase::Up;
+        link.health.connected();
+        let call = link.call.take();
+        let announce = !link.announced;
+        link.announced = true;
+        if let Some(media) = link.media.clone() {
+            self.out.push_back(Output::LinkUp {
+                key: key.clone(),
+                media,
+            });
+        }
+        match &key {
+            LinkKey::Up(stream_type) => {
+                // A (re-)published stream starts unmuted on the server.
+                for kind in muted {
+                    if self.signaling_up {
+                        self.request(
+                            ClientMessage::Mute {
+                                stream_type: *stream_type,
+                                kind,
+                                muted: true,
+                            },
+                            RequestKind::Other,
+                            Pending::Room { call: None },
+                        );
+                    }
+                }
+            }
+            LinkKey::Down(user, stream_type) if announce => {
+                let info = self
+                    .stream_info(user, *stream_type)
+                    .unwrap_or_else(|| RoomState::unknown_stream(user, *stream_type));
+                self.emit(ClientEvent::StreamSubscribed(info));
+            }
+            LinkKey::Down(..) => {}
+        }
+        tracing::info!(?key, pc = id, "media link connected");
+        if let Some(call) = call {
+            self.answer(Some(call), Ok(()));
+        }
+    }
+
+    fn on_pc(&mut self, pc_id: PcId, kind: PcEventKind) {
+        let Some((key, up)) = self
+            .links
+            .iter()
+            .find(|(_, l)| l.pc_id == pc_id)
+            .map(|(k, l)| (k.clone(), l.phase == LinkPhase::Up))
+        else {
+            return; // a closed or superseded peer connection
+        };
+        match kind {
+            PcEventKind::Connected => {
+                if let Some(l) = self.links.get_mut(&key) {
+                    l.health.connected();
+                }
+            }
+            // While negotiating, the negotiation's own result decides.
+            PcEventKind::Failed | PcEventKind::Gone if up => {
+                tracing::info!(?key, pc = pc_id, ?kind, "media link lost");
+                self.link_failed(key);
+            }
+            _ => {}
+        }
+    }
+
+    /// A link's peer connection failed or died: rebuild it later, or give up.
+    fn link_failed(&mut self, key: LinkKey) {
+        let joined = self.life.phase() == Phase::Joined;
+        let Some(link) = self.links.get_mut(&key) else {
+            return;
+        };
+        Self::close_link_pc(&mut self.out, link);
+        if !joined {
+            // Signalling is down: the re-join renegotiates every link.
+            return;
+        }
+        match link.health.failed() {
+            LinkAction::Rebuild { attempt, delay } => {
+                let pc_id = link.pc_id;
+                tracing::info!(?key, attempt, ?delay, "rebuilding media link");
+                self.timers
+                    .push((self.now + delay, Timer::Rebuild { key, pc_id }));
+            }
+            LinkAction::GiveUp(error) => {
+                tracing::warn!(?key, %error, "media link given up");
+                self.remove_link(&key);
+                self.emit(ClientEvent::Error(error));
+            }
+        }
+    }
+
+    /// After a re-join: publish every local stream again and re-subscribe every remote
+    /// stream that is still published (the others wait for their stream to come back).
+    fn resume_media(&mut self) {
+        let keys: Vec<LinkKey> = self.links.keys().cloned().collect();
+        for key in keys {
+            let present = match &key {
+                LinkKey::Up(_) => true,
+                LinkKey::Down(user, stream_type) => self.stream_info(user, *stream_type).is_some(),
+            };
+            // A recording continues in a new file: the media after a re-join is another RTP
+            // session (new sequence numbers and timestamps from the server), and one file
+            // must never hold two timelines. Subscribing again builds a new pipeline (the
+            // old one finalises its file as it ends).
+            let recording = self.links.get(&key).and_then(|l| {
+                l.subscription
+                    .as_ref()
+                    .filter(|(p, _)| matches!(p.output, SubscribeOutput::Record { .. }))
+                    .map(|(p, _)| p.clone())
+            });
+            if let Some(link) = self.links.get_mut(&key) {
+                link.health.connected();
+                Self::close_link_pc(&mut self.out, link);
+                if !present {
+                    continue;
+                }
+            }
+            match recording {
+                Some(params) => {
+                    let call = self.links.get_mut(&key).and_then(|l| l.call.take());
+                    self.subscribe(params, call);
+                }
+                None => self.negotiate_link(key),
+            }
+        }
+    }
+
+    /// A subscribed stream now sends another video codec (its publisher published again with
+    /// another one): the server sends a subscription only the codec it negotiated, so
+    /// subscribe again, the same way, with a pipeline for the new codec.
+    fn on_stream_updated(&mut self, info: StreamInfo) {
+        let key = LinkKey::Down(info.user_id.clone(), info.stream_type);
+        let Some((params, codec)) = self.links.get(&key).and_then(|l| l.subscription.clone())
+        else {
+            return;
+        };
+        if params.video && info.has_video && info.video_codec != codec {
+            tracing::info!(user = %info.user_id, from = ?codec, to = ?info.video_codec,
+                "the stream changed its video codec: subscribing again");
+            self.subscribe(params, None);
+        }
+    }
+
+    fn on_stream_added(&mut self, info: StreamInfo) {
+        let key = LinkKey::Down(info.user_id.clone(), info.stream_type);
+        match self.links.get(&key).map(|l| l.phase) {
+            Some(LinkPhase::Waiting) => self.negotiate_link(key),
+            Some(_) => {}
+            None if self.settings.auto_subscribe => {
+                let params = SubscribeParams {
+                    user_id: info.user_id.clone(),
+                    stream_type: info.stream_type,
+                    audio: info.has_audio,
+                    video: info.has_video,
+                    output: self.settings.auto_subscribe_output.clone(),
+                    jitter_latency: rtcroom_pipelines::DEFAULT_JITTER_LATENCY,
+                };
+                // Auto-subscribe failures are logged, not reported (nobody asked).
+                self.subscribe(params, None);
+            }
+            None => {}
+        }
+    }
+
+    // ---- timers --------------------------------------------------------------------
+
+    fn fire_timers(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.timers)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.timers = later;
+        for (_, timer) in due {
+            match timer {
+                Timer::Reconnect {
+                    generation,
+                    attempt,
+                } => {
+                    if generation == self.generation
+                        && self.life.phase() == (Phase::Reconnecting { attempt })
+                    {
+                        self.start_attempt(Attempt::Rejoin(attempt));
+                    }
+                }
+                Timer::Rebuild { key, pc_id } => {
+                    let still = self
+                        .links
+                        .get(&key)
+                        .is_some_and(|l| l.pc_id == pc_id && l.phase == LinkPhase::Waiting);
+                    if still && self.life.phase() == Phase::Joined {
+                        self.negotiate_link(key);
+                    }
+                }
+                Timer::JoinDeadline { generation } => {
+                    if generation == self.generation && self.in_flight.is_some() {
+                        self.attempt_done(
+                            generation,
+                            Err(SignalError::Timeout(RequestKind::Join.timeout_error())),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client in virtual time: no sockets, no actors, no clock; every output checked.
+    use super::*;
+    use crate::lifecycle::ConnectionState;
+    use rtcroom_protocol::RoomId;
+
+    /// A media handle: a number.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Media(u32);
+
+    impl LinkMedia for Media {
+        fn same(&self, other: &Self) -> bool {
+            self == other
+        }
+    }
+
+    type Out = Output<Media>;
+
+    struct Sim {
+        core: ClientCore<Media>,
+        now: Instant,
+        next_call: CallId,
+    }
+
+    fn user(id: &str) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    fn stream(of: &str, codec: VideoCodec) -> StreamInfo {
+        StreamInfo {
+            user_id: user(of),
+            stream_type: StreamType::Main,
+            has_audio: true,
+            has_video: true,
+            audio_muted: false,
+            video_muted: false,
+            video_codec: Some(codec),
+        }
+    }
+
+    fn joined(streams: &[StreamInfo]) -> JoinResult {
+        let members: Vec<_> = streams
+            .iter()
+            .map(|s| serde_json::json!({"userId": s.user_id, "role": "anchor"}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "roomId": 7, "role": "anchor", "members": members,
+            "streams": streams, "heartbeatIntervalS": 1,
+        }))
+        .unwrap()
+    }
+
+    fn subscription(of: &str) -> SubscribeParams {
+        SubscribeParams {
+            user_id: user(of),
+            stream_type: StreamType::Main,
+            audio: true,
+            video: true,
+            output: SubscribeOutput::Discard,
+            jitter_latency: Duration::from_millis(50),
+        }
+    }
+
+    impl Sim {
+        fn new(mode: Mode, auto_subscribe: bool) -> Sim {
+            let mut settings = ClientSettings::new(
+                1_400_000_000,
+                user("me"),
+                "sig".into(),
+                mode,
+                "ws://never.used/ws".into(),
+            );
+            settings.auto_subscribe = auto_subscribe;
+            let now = Instant::now();
+            Sim {
+                core: ClientCore::new(Arc::new(settings), now, tracing::Span::none()),
+                now,
+                next_call: 1,
+            }
+        }
+
+        fn input(&mut self, input: Input<Media>) -> Vec<Out> {
+            self.core.handle_input(input, self.now);
+            std::iter::from_fn(|| self.core.poll_output()).collect()
+        }
+
+        fn call(&mut self, request: Call<Media>) -> (CallId, Vec<Out>) {
+            let call = self.next_call;
+            self.next_call += 1;
+            (call, self.input(Input::Call { call, request }))
+        }
+
+        /// Let `d` pass, firing every deadline on the way at its own time.
+        fn advance(&mut self, d: Duration) -> Vec<Out> {
+            let end = self.now + d;
+            let mut outs = Vec::new();
+            while let Some(at) = self.core.poll_timeout().filter(|at| *at <= end) {
+                self.now = self.now.max(at);
+                outs.extend(self.input(Input::Timeout));
+            }
+            self.now = end;
+            outs
+        }
+
+        /// Join room 7 and answer it with `streams`; returns the outputs of the answer.
+        fn join(&mut self, streams: &[StreamInfo]) -> Vec<Out> {
+            let (call, outs) = self.call(Call::Join(JoinParams {
+                room_id: RoomId::numeric(7).unwrap(),
+                role: Role::Anchor,
+                private_map_key: None,
+            }));
+            let generation = connect_of(&outs).expect("a connection is opened");
+            let outs = self.input(Input::AttemptDone {
+                generation,
+                result: Ok(joined(streams)),
+            });
+            assert_eq!(reply_of(&outs, call), Some(Ok(())));
+            outs
+        }
+    }
+
+    fn connect_of(outs: &[Out]) -> Option<Generation> {
+        outs.iter().find_map(|o| match o {
+            Output::Connect { generation, .. } => Some(*generation),
+            _ => None,
+        })
+    }
+
+    fn reply_of(outs: &[Out], call: CallId) -> Option<Result<(), RtcError>> {
+        outs.iter().find_map(|o| match o {
+            Output::Reply { call: c, result } if *c == call => Some(result.clone()),
+            _ => None,
+        })
+    }
+
+    fn states(outs: &[Out]) -> Vec<ConnectionState> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Event(ClientEvent::ConnectionStateChanged { state, .. }) => Some(*state),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn negotiations(outs: &[Out]) -> Vec<(LinkKey, PcId)> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Negotiate { key, pc_id, .. } => Some((key.clone(), *pc_id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn builds(outs: &[Out]) -> Vec<(LinkKey, PcId)> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::BuildPipeline { key, pc_id, .. } => Some((key.clone(), *pc_id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closed_pcs(outs: &[Out]) -> Vec<PcId> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::ClosePc { pc_id } => Some(*pc_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn requests(outs: &[Out]) -> Vec<(RequestId, ClientMessage)> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Request { id, msg, .. } => Some((*id, msg.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn one<T: std::fmt::Debug>(v: Vec<T>) -> T {
+        assert_eq!(v.len(), 1, "{v:?}");
+        v.into_iter().next().unwrap()
+    }
+
+    const UP: LinkKey = LinkKey::Up(StreamType::Main);
+
+    fn publish(sim: &mut Sim, media: u32) -> (CallId, Vec<Out>) {
+        sim.call(Call::Publish {
+            media: Media(media),
+            stream_type: StreamType::Main,
+            has_audio: true,
+            has_video: true,
+        })
+    }
+
+    #[test]
+    fn a_join_connects_answers_the_call_and_starts_heartbeats_at_the_servers_pace() {
+        let mut sim = Sim::new(Mode::Rtc, true);
+        let (call, outs) = sim.call(Call::Join(JoinParams {
+            room_id: RoomId::numeric(7).unwrap(),
+            role: Role::Anchor,
+            private_map_key: None,
+        }));
+        assert_eq!(states(&outs), [ConnectionState::Connecting]);
+        let Some(Output::Connect {
+            generation,
+            join,
+            timeout,
+        }) = outs.iter().find(|o| matches!(o, Output::Connect { .. }))
+        else {
+            panic!("no connection opened: {outs:?}");
+        };
+        assert_eq!(*timeout, crate::requests::DEFAULT_JOIN_TIMEOUT);
+        assert!(matches!(join, ClientMessage::Join(j) if j.room_id == "7" && j.auto_subscribe));
+        assert_eq!(
+            reply_of(&outs, call),
+            None,
+            "answered before the server did"
+        );
+        let outs = sim.input(Input::AttemptDone {
+            generation: *generation,
+            result: Ok(joined(&[])),
+        });
+        assert_eq!(states(&outs), [ConnectionState::Connected]);
+        assert_eq!(reply_of(&outs, call), Some(Ok(())));
+        // The server asks for 1 s, shorter than our 2 s: its pace wins.
+        assert!(outs.iter().any(|o| matches!(o,
+            Output::StartHeartbeat { interval, .. } if *interval == Duration::from_secs(1))));
+        assert_eq!(sim.core.phase(), Phase::Joined);
+    }
+
+    #[test]
+    fn a_join_nobody_answers_fails_at_its_deadline_and_a_late_socket_is_stale() {
+        let mut sim = Sim::new(Mode::Rtc, true);
+        let (call, outs) = sim.call(Call::Join(JoinParams {
+            room_id: RoomId::numeric(7).unwrap(),
+            role: Role::Anchor,
+            private_map_key: None,
+        }));
+        let generation = connect_of(&outs).unwrap();
+        let outs = sim.advance(crate::requests::DEFAULT_JOIN_TIMEOUT - Duration::from_millis(1));
+        assert!(outs.is_empty(), "{outs:?}");
+        let outs = sim.advance(Duration::from_millis(1));
+        let err = reply_of(&outs, call).unwrap().unwrap_err();
+        assert_eq!(err.code, ErrorCode::JoinRoomFailed);
+        assert_eq!(states(&outs), [ConnectionState::Disconnected]);
+        assert!(outs.iter().any(|o| matches!(o, Output::CloseSignaling)));
+        // The socket opened after all, too late: its connection is not the current one.
+        assert_ne!(sim.core.generation(), generation);
+        let outs = sim.input(Input::AttemptDone {
+            generation,
+            result: Ok(joined(&[])),
+        });
+        assert!(outs.is_empty(), "{outs:?}");
+        assert_eq!(sim.core.phase(), Phase::New);
+    }
+
+    #[test]
+    fn events_sent_before_the_join_answer_is_processed_are_applied_after_it() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        let (call, outs) = sim.call(Call::Join(JoinParams {
+            room_id: RoomId::numeric(7).unwrap(),
+            role: Role::Anchor,
+            private_map_key: None,
+        }));
+        let generation = connect_of(&outs).unwrap();
+        let early = sim.input(Input::Server {
+            generation,
+            event: ServerEvent::PeerJoin {
+                user_id: user("bob"),
+            },
+        });
+        assert!(early.is_empty(), "{early:?}");
+        let outs = sim.input(Input::AttemptDone {
+            generation,
+            result: Ok(joined(&[])),
+        });
+        let connected = outs
+            .iter()
+            .position(|o| matches!(o, Output::Reply { .. }))
+            .unwrap();
+        let peer = outs
+            .iter()
+            .position(|o| matches!(o, Output::Event(ClientEvent::PeerJoin { user_id }) if *user_id == user("bob")))
+            .expect("the early peer-join is delivered");
+        assert!(connected < peer);
+        assert_eq!(reply_of(&outs, call), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_lost_connection_reconnects_on_the_backoff_schedule_and_renegotiates_every_link() {
+        let mut sim = Sim::new(Mode::Rtc, true);
+        let outs = sim.join(&[stream("bob", VideoCodec::Vp8)]);
+        // Auto-subscribe: a pipeline first, then the negotiation.
+        let (down, reserved) = one(builds(&outs));
+        assert_eq!(down, LinkKey::Down(user("bob"), StreamType::Main));
+        let outs = sim.input(Input::PipelineBuilt {
+            key: down.clone(),
+            pc_id: reserved,
+            result: Ok(Media(2)),
+        });
+        let [(_, down_pc)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        let outs = sim.input(Input::Negotiated {
+            key: down.clone(),
+            pc_id: down_pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        assert!(outs.iter().any(|o| matches!(o, Output::Event(ClientEvent::StreamSubscribed(s)) if s.user_id == user("bob"))));
+        let (call, outs) = publish(&mut sim, 1);
+        let [(_, up_pc)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        let outs = sim.input(Input::Negotiated {
+            key: UP,
+            pc_id: up_pc,
+            result: Ok(()),
+            muted: vec![MediaKind::Video],
+        });
+        assert_eq!(reply_of(&outs, call), Some(Ok(())));
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::LinkUp {
+                key: UP,
+                media: Media(1)
+            }
+        )));
+        // The server starts a stream unmuted: the local mute is sent again.
+        assert!(matches!(
+            &requests(&outs)[..],
+            [(
+                _,
+                ClientMessage::Mute {
+                    kind: MediaKind::Video,
+                    muted: true,
+                    ..
+                }
+            )]
+        ));
+
+        // The connection drops.
+        let generation = sim.core.generation();
+        let outs = sim.input(Input::SignalLost {
+            generation,
+            reason: "reset".into(),
+        });
+        assert_eq!(states(&outs), [ConnectionState::Reconnecting]);
+        // Fibonacci backoff: attempt 1 after 1 s, nothing before.
+        assert!(sim.advance(Duration::from_millis(999)).is_empty());
+        let outs = sim.advance(Duration::from_millis(1));
+        let generation = connect_of(&outs).expect("attempt 1");
+        let outs = sim.input(Input::AttemptDone {
+            generation,
+            result: Err(SignalError::Connect("refused".into())),
+        });
+        assert!(connect_of(&outs).is_none());
+        // Attempt 2 after 2 s more.
+        assert!(connect_of(&sim.advance(Duration::from_millis(1999))).is_none());
+        let generation = connect_of(&sim.advance(Duration::from_millis(1))).expect("attempt 2");
+        let outs = sim.input(Input::AttemptDone {
+            generation,
+            result: Ok(joined(&[stream("bob", VideoCodec::Vp8)])),
+        });
+        assert_eq!(states(&outs), [ConnectionState::Connected]);
+        // Both links get new peer connections; the old ones are closed.
+        let renegotiated = negotiations(&outs);
+        assert_eq!(renegotiated.len(), 2, "{outs:?}");
+        assert!(renegotiated.iter().any(|(k, id)| *k == UP && *id != up_pc));
+        assert!(
+            renegotiated
+                .iter()
+                .any(|(k, id)| *k == down && *id != down_pc)
+        );
+        let mut closed = closed_pcs(&outs);
+        closed.sort();
+        let mut old = vec![up_pc, down_pc];
+        old.sort();
+        assert_eq!(closed, old);
+        // The re-join found bob's stream again: no stream-subscribed twice, no removal.
+        assert!(!outs.iter().any(|o| matches!(o, Output::LinkEnded { .. })));
+    }
+
+    #[test]
+    fn a_failed_link_is_rebuilt_after_its_delay_and_given_up_after_its_budget() {
+        use crate::media::link::{DEFAULT_MAX_REBUILDS, DEFAULT_REBUILD_DELAY};
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[]);
+        let (_, outs) = publish(&mut sim, 1);
+        let [(_, mut pc)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        sim.input(Input::Negotiated {
+            key: UP,
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        // The connected link fails.
+        let outs = sim.input(Input::Pc {
+            pc_id: pc,
+            kind: PcEventKind::Failed,
+        });
+        assert_eq!(closed_pcs(&outs), [pc]);
+        // A late report of the dead one changes nothing.
+        assert!(
+            sim.input(Input::Pc {
+                pc_id: pc,
+                kind: PcEventKind::Gone
+            })
+            .is_empty()
+        );
+        for attempt in 1..=DEFAULT_MAX_REBUILDS {
+            // Rebuilt after attempt × the delay, not before.
+            let delay = DEFAULT_REBUILD_DELAY * attempt;
+            let early = sim.advance(delay - Duration::from_millis(1));
+            assert!(
+                negotiations(&early).is_empty(),
+                "attempt {attempt}: {early:?}"
+            );
+            let outs = sim.advance(Duration::from_millis(1));
+            let [(_, next)] = negotiations(&outs)[..] else {
+                panic!("attempt {attempt}: {outs:?}")
+            };
+            assert_ne!(next, pc);
+            pc = next;
+            // The rebuild does not connect either.
+            let outs = sim.input(Input::Negotiated {
+                key: UP,
+                pc_id: pc,
+                result: Err(RtcError::new(ErrorCode::IceTransportError, "no ICE")),
+                muted: vec![],
+            });
+            if attempt < DEFAULT_MAX_REBUILDS {
+                assert!(outs.is_empty(), "attempt {attempt}: {outs:?}");
+            } else {
+                assert!(
+                    outs.iter()
+                        .any(|o| matches!(o, Output::Event(ClientEvent::Error(e))
+                        if e.code == ErrorCode::UplinkReconnectionFailed)),
+                    "{outs:?}"
+                );
+                assert!(outs.iter().any(|o| matches!(
+                    o,
+                    Output::LinkEnded {
+                        key: UP,
+                        media: Media(1)
+                    }
+                )));
+            }
+        }
+        assert!(sim.advance(Duration::from_secs(60)).is_empty());
+        assert_eq!(sim.core.links().count(), 0);
+        // A success in between resets the budget: publish again, fail once, connect, fail.
+        let (_, outs) = publish(&mut sim, 1);
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!()
+        };
+        sim.input(Input::Negotiated {
+            key: UP,
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        for _ in 0..DEFAULT_MAX_REBUILDS + 2 {
+            let pc = sim
+                .core
+                .links()
+                .find_map(|(_, _, up)| up)
+                .expect("connected");
+            sim.input(Input::Pc {
+                pc_id: pc,
+                kind: PcEventKind::Failed,
+            });
+            let outs = sim.advance(DEFAULT_REBUILD_DELAY);
+            let [(_, next)] = negotiations(&outs)[..] else {
+                panic!("{outs:?}")
+            };
+            sim.input(Input::Negotiated {
+                key: UP,
+                pc_id: next,
+                result: Ok(()),
+                muted: vec![],
+            });
+        }
+    }
+
+    #[test]
+    fn unsubscribing_while_the_pipeline_is_built_answers_the_call_and_drops_the_late_pipeline() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[stream("bob", VideoCodec::H264)]);
+        let (sub, outs) = sim.call(Call::Subscribe(subscription("bob")));
+        let (key, reserved) = one(builds(&outs));
+        let (unsub, outs) = sim.call(Call::Unsubscribe {
+            user_id: user("bob"),
+            stream_type: StreamType::Main,
+        });
+        assert_eq!(
+            reply_of(&outs, sub).unwrap().unwrap_err().code,
+            ErrorCode::InvalidOperation
+        );
+        let [(id, ClientMessage::Unsubscribe { .. })] = requests(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        let outs = sim.input(Input::Replied {
+            id,
+            result: Err(SignalError::Lost),
+        });
+        assert_eq!(reply_of(&outs, unsub), Some(Ok(())), "best effort");
+        let outs = sim.input(Input::PipelineBuilt {
+            key,
+            pc_id: reserved,
+            result: Ok(Media(9)),
+        });
+        assert!(outs.is_empty(), "the late pipeline went nowhere: {outs:?}");
+        assert_eq!(sim.core.links().count(), 0);
+    }
+
+    #[test]
+    fn a_peer_connection_that_connects_after_being_superseded_is_closed() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[]);
+        let (call, outs) = publish(&mut sim, 1);
+        let [(_, first)] = negotiations(&outs)[..] else {
+            panic!()
+        };
+        // Unpublished before it connected.
+        let (unpub, outs) = sim.call(Call::Unpublish {
+            media: Media(1),
+            stream_type: StreamType::Main,
+        });
+        assert!(reply_of(&outs, call).unwrap().is_err());
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::LinkEnded {
+                key: UP,
+                media: Media(1)
+            }
+        )));
+        let [(id, _)] = requests(&outs)[..] else {
+            panic!()
+        };
+        assert_eq!(
+            reply_of(
+                &sim.input(Input::Replied {
+                    id,
+                    result: Ok(None)
+                }),
+                unpub
+            ),
+            Some(Ok(()))
+        );
+        let outs = sim.input(Input::Negotiated {
+            key: UP,
+            pc_id: first,
+            result: Ok(()),
+            muted: vec![],
+        });
+        assert_eq!(closed_pcs(&outs), [first]);
+        // Unpublishing another stream of the same type is refused.
+        let (_, outs) = publish(&mut sim, 1);
+        assert_eq!(negotiations(&outs).len(), 1);
+        let (c, outs) = sim.call(Call::Unpublish {
+            media: Media(2),
+            stream_type: StreamType::Main,
+        });
+        assert_eq!(
+            reply_of(&outs, c).unwrap().unwrap_err().extra_code,
+            Some(extra::REPEATED_CALL)
+        );
+    }
+
+    #[test]
+    fn leave_during_a_join_cancels_the_join_and_every_later_report_is_stale() {
+        let mut sim = Sim::new(Mode::Rtc, true);
+        let (join, outs) = sim.call(Call::Join(JoinParams {
+            room_id: RoomId::numeric(7).unwrap(),
+            role: Role::Anchor,
+            private_map_key: None,
+        }));
+        let generation = connect_of(&outs).unwrap();
+        let (leave, outs) = sim.call(Call::Leave);
+        assert!(outs.iter().any(|o| matches!(o,
+            Output::Leave { call: Some(c), send_leave: false } if *c == leave)));
+        assert_eq!(
+            reply_of(&outs, join).unwrap().unwrap_err().code,
+            ErrorCode::JoinRoomFailed
+        );
+        assert_eq!(states(&outs), [ConnectionState::Disconnected]);
+        for input in [
+            Input::AttemptDone {
+                generation,
+                result: Ok(joined(&[])),
+            },
+            Input::Server {
+                generation,
+                event: ServerEvent::PeerJoin {
+                    user_id: user("bob"),
+                },
+            },
+            Input::SignalLost {
+                generation,
+                reason: "closed".into(),
+            },
+        ] {
+            assert!(sim.input(input).is_empty());
+        }
+        assert!(sim.advance(Duration::from_secs(60)).is_empty());
+        // And the same client joins again.
+        sim.join(&[]);
+        assert_eq!(sim.core.phase(), Phase::Joined);
+    }
+
+    #[test]
+    fn a_switched_role_is_kept_for_the_rejoin_and_an_audience_cannot_publish() {
+        let mut sim = Sim::new(Mode::Live, false);
+        sim.join(&[]);
+        let (call, outs) = sim.call(Call::SwitchRole(Role::Audience));
+        let [
+            (
+                id,
+                ClientMessage::SwitchRole {
+                    role: Role::Audience,
+                },
+            ),
+        ] = requests(&outs)[..]
+        else {
+            panic!("{outs:?}")
+        };
+        assert_eq!(
+            reply_of(
+                &sim.input(Input::Replied {
+                    id,
+                    result: Ok(None)
+                }),
+                call
+            ),
+            Some(Ok(()))
+        );
+        let (call, outs) = publish(&mut sim, 1);
+        assert_eq!(
+            reply_of(&outs, call).unwrap().unwrap_err().extra_code,
+            Some(extra::AUDIENCE_ROLE)
+        );
+        let outs = sim.input(Input::SignalLost {
+            generation: sim.core.generation(),
+            reason: "reset".into(),
+        });
+        assert_eq!(states(&outs), [ConnectionState::Reconnecting]);
+        let outs = sim.advance(Duration::from_secs(1));
+        let Some(Output::Connect {
+            join: ClientMessage::Join(j),
+            ..
+        }) = outs.iter().find(|o| matches!(o, Output::Connect { .. }))
+        else {
+            panic!("{outs:?}")
+        };
+        assert_eq!(j.role, Some(Role::Audience));
+    }
+
+    #[test]
+    fn a_refused_rejoin_ends_the_session_and_closes_every_link() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[]);
+        let (_, outs) = publish(&mut sim, 1);
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!()
+        };
+        sim.input(Input::Negotiated {
+            key: UP,
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        sim.input(Input::SignalLost {
+            generation: sim.core.generation(),
+            reason: "x".into(),
+        });
+        let generation = connect_of(&sim.advance(Duration::from_secs(1))).unwrap();
+        let refused = RtcError::with_extra(ErrorCode::SignalChannelSetupFailed, 70001, "expired");
+        let outs = sim.input(Input::AttemptDone {
+            generation,
+            result: Err(SignalError::Rejected(refused.clone())),
+        });
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, Output::Event(ClientEvent::Error(e)) if *e == refused))
+        );
+        assert_eq!(states(&outs), [ConnectionState::Disconnected]);
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, Output::LinkEnded { key: UP, .. }))
+        );
+        assert!(
+            sim.advance(Duration::from_secs(60)).is_empty(),
+            "no more attempts"
+        );
+    }
+
+    #[test]
+    fn a_removed_stream_ends_its_subscription_but_a_rejoin_that_misses_it_waits_for_it() {
+        let mut sim = Sim::new(Mode::Rtc, true);
+        let outs = sim.join(&[stream("bob", VideoCodec::Vp8)]);
+        let (down, reserved) = one(builds(&outs));
+        let outs = sim.input(Input::PipelineBuilt {
+            key: down.clone(),
+            pc_id: reserved,
+            result: Ok(Media(2)),
+        });
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!()
+        };
+        sim.input(Input::Negotiated {
+            key: down.clone(),
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        // Re-join without bob's stream (the server restarted): the link waits.
+        sim.input(Input::SignalLost {
+            generation: sim.core.generation(),
+            reason: "x".into(),
+        });
+        let generation = connect_of(&sim.advance(Duration::from_secs(1))).unwrap();
+        let outs = sim.input(Input::AttemptDone {
+            generation,
+            result: Ok(joined(&[])),
+        });
+        assert_eq!(closed_pcs(&outs), [pc]);
+        assert!(negotiations(&outs).is_empty());
+        assert!(!outs.iter().any(|o| matches!(o, Output::LinkEnded { .. })));
+        // Bob publishes again: the same subscription (same pipeline) negotiates.
+        let outs = sim.input(Input::Server {
+            generation,
+            event: ServerEvent::StreamAdded(stream("bob", VideoCodec::Vp8)),
+        });
+        let (key, again) = one(negotiations(&outs));
+        assert_eq!(key, down);
+        assert!(builds(&outs).is_empty(), "the pipeline is kept");
+        sim.input(Input::Negotiated {
+            key: down.clone(),
+            pc_id: again,
+            result: Ok(()),
+            muted: vec![],
+        });
+        // Now bob unpublishes: the subscription ends and its pipeline stops.
+        let outs = sim.input(Input::Server {
+            generation,
+            event: ServerEvent::StreamRemoved {
+                user_id: user("bob"),
+                stream_type: StreamType::Main,
+            },
+        });
+        assert_eq!(closed_pcs(&outs), [again]);
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::LinkEnded {
+                media: Media(2),
+                ..
+            }
+        )));
+        // Bob comes back with audio only, then adds H.264 video: the subscription is made
+        // again with a pipeline that decodes it.
+        let audio_only = StreamInfo {
+            has_video: false,
+            video_codec: None,
+            ..stream("bob", VideoCodec::Vp8)
+        };
+        let outs = sim.input(Input::Server {
+            generation,
+            event: ServerEvent::StreamAdded(audio_only),
+        });
+        assert_eq!(builds(&outs).len(), 1, "auto-subscribed: {outs:?}");
+        // The user subscribes to video too (there is none yet): replaces the auto one.
+        let (_, outs) = sim.call(Call::Subscribe(subscription("bob")));
+        let [(_, reserved)] = builds(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        let outs = sim.input(Input::PipelineBuilt {
+            key: down.clone(),
+            pc_id: reserved,
+            result: Ok(Media(3)),
+        });
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!()
+        };
+        sim.input(Input::Negotiated {
+            key: down.clone(),
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        let outs = sim.input(Input::Server {
+            generation,
+            event: ServerEvent::StreamUpdated(stream("bob", VideoCodec::H264)),
+        });
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::LinkEnded {
+                media: Media(3),
+                ..
+            }
+        )));
+        let [(_, _)] = builds(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+    }
+}
