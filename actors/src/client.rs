@@ -39,7 +39,7 @@ use crate::lifecycle::Phase;
 use crate::media::peer::{ApplyAnswer, ClosePc, CreateOffer, WaitConnected};
 use crate::media::{
     LocalMedia, PcEvent, PcEventKind, PcId, PcRole, PeerConnectionActor, RemoteMedia,
-    RemoteMediaStats, SubscribeOutput,
+    RemoteMediaStats, RemoteStreamActor, StopStream, StreamFailed, SubscribeOutput,
 };
 use crate::requests::{DEFAULT_JOIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RequestKind};
 use crate::signaling::{
@@ -227,6 +227,8 @@ pub struct ClientActor {
     next_call: CallId,
     /// Connected peer connections, by id.
     pcs: HashMap<PcId, Addr<PeerConnectionActor>>,
+    /// The watchers of the downlinks' receive pipelines.
+    streams: HashMap<LinkKey, Addr<RemoteStreamActor>>,
     /// The wake-up set for the core's next deadline.
     timer: Option<(Instant, SpawnHandle)>,
     /// Downlink loss between `network-quality` reports.
@@ -263,6 +265,7 @@ impl ClientActor {
             calls: HashMap::new(),
             next_call: 1,
             pcs: HashMap::new(),
+            streams: HashMap::new(),
             timer: None,
             quality_loss: crate::quality::LossWindow::default(),
         }
@@ -365,19 +368,52 @@ impl ClientActor {
                     )
                 });
                 ctx.spawn(build.into_actor(self).map(move |res, act, ctx| {
-                    let result = match res {
-                        Ok(Ok(media)) => Ok(PcRole::Downlink {
-                            remote: Arc::new(media),
-                            audio,
-                            video,
-                        }),
-                        Ok(Err(e)) => Err(e),
-                        Err(join) => Err(RtcError::new(
-                            ErrorCode::InitializeFailed,
-                            format!("remote pipeline start panicked: {join}"),
-                        )),
+                    let (result, events) = match res {
+                        Ok(Ok((media, events))) => {
+                            let role = PcRole::Downlink {
+                                remote: Arc::new(media),
+                                audio,
+                                video,
+                            };
+                            (Ok(role), Some(events))
+                        }
+                        Ok(Err(e)) => (Err(e), None),
+                        Err(join) => (
+                            Err(RtcError::new(
+                                ErrorCode::InitializeFailed,
+                                format!("remote pipeline start panicked: {join}"),
+                            )),
+                            None,
+                        ),
                     };
-                    act.drive(ctx, Input::PipelineBuilt { key, pc_id, result });
+                    let role = result.as_ref().ok().cloned();
+                    act.drive(
+                        ctx,
+                        Input::PipelineBuilt {
+                            key: key.clone(),
+                            pc_id,
+                            result,
+                        },
+                    );
+                    // The core took the pipeline (it was not superseded meanwhile): watch it.
+                    let taken = role.as_ref().is_some_and(|role| {
+                        act.core
+                            .links()
+                            .any(|(k, m, _)| *k == key && m.is_some_and(|m| m.same(role)))
+                    });
+                    if let (true, Some(events)) = (taken, events) {
+                        let watcher = RemoteStreamActor::new(
+                            key.clone(),
+                            pc_id,
+                            events,
+                            ctx.address().recipient(),
+                            act.span.clone(),
+                        )
+                        .start();
+                        if let Some(old) = act.streams.insert(key, watcher) {
+                            old.do_send(StopStream);
+                        }
+                    }
                 }));
             }
             Output::Negotiate {
@@ -438,11 +474,17 @@ impl ClientActor {
                     local.set_publisher(Some(ctx.address().recipient()));
                 }
             }
-            Output::LinkEnded { media, .. } => match media {
+            Output::LinkEnded { key, media } => match media {
                 PcRole::Uplink(local) => local.set_publisher(None),
                 // The pipeline stops at once, so a recording is finalised now, not when its
-                // closing peer connection lets go of it.
-                PcRole::Downlink { remote, .. } => remote.finish(),
+                // closing peer connection lets go of it; its watcher stops first, so the
+                // teardown is not mistaken for a failure.
+                PcRole::Downlink { remote, .. } => {
+                    if let Some(watcher) = self.streams.remove(&key) {
+                        watcher.do_send(StopStream);
+                    }
+                    remote.finish();
+                }
             },
         }
     }
@@ -634,6 +676,9 @@ impl Drop for ClientActor {
         for (_, pc) in self.pcs.drain() {
             pc.do_send(ClosePc);
         }
+        for (_, watcher) in self.streams.drain() {
+            watcher.do_send(StopStream);
+        }
         if !self.clean_stop {
             tracing::error!(parent: &self.span, "client actor stopped unexpectedly");
             self.hub.update(|v| {
@@ -742,6 +787,21 @@ impl Handler<PcEvent> for ClientActor {
     }
 }
 
+impl Handler<StreamFailed> for ClientActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamFailed, ctx: &mut Self::Context) {
+        self.drive(
+            ctx,
+            Input::PipelineFailed {
+                key: msg.key,
+                pipeline: msg.pipeline,
+                error: msg.error,
+            },
+        );
+    }
+}
+
 impl Handler<GetTransportStats> for ClientActor {
     type Result = ResponseFuture<Vec<(bool, UserId, StreamType, crate::media::TransportStats)>>;
 
@@ -803,6 +863,39 @@ impl Handler<CrashPeerConnections> for ClientActor {
         for (_, _, up) in self.core.links() {
             if let Some(pc) = up.and_then(|id| self.pcs.get(&id)) {
                 pc.do_send(crate::media::peer::CrashPc);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Fault injection for supervision tests: make every receive pipeline fail (an element
+/// error on its bus, as a failing decoder reports) and crash every pipeline watcher when
+/// `crash_watchers`. Replies with the number of pipelines.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct FailRemotePipelines {
+    /// Panic the watcher actors instead.
+    pub crash_watchers: bool,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<FailRemotePipelines> for ClientActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: FailRemotePipelines, _: &mut Self::Context) -> usize {
+        if msg.crash_watchers {
+            for watcher in self.streams.values() {
+                watcher.do_send(crate::media::stream::CrashStream);
+            }
+            return self.streams.len();
+        }
+        let mut n = 0;
+        for (_, media, _) in self.core.links() {
+            if let Some(PcRole::Downlink { remote, .. }) = media {
+                remote.inject_failure_for_test();
                 n += 1;
             }
         }

@@ -115,6 +115,14 @@ impl LinkRequest {
     }
 }
 
+/// Receive pipeline rebuilds allowed within [`PIPELINE_RESTART_WINDOW`]; one more failure
+/// ends the subscription with DOWNLINK_RECONNECTION_FAILED.
+pub const PIPELINE_RESTARTS: usize = 3;
+
+/// The window [`PIPELINE_RESTARTS`] counts in: a pipeline that failed once a minute ago and
+/// ran since is not in a crash loop.
+pub const PIPELINE_RESTART_WINDOW: Duration = Duration::from_secs(60);
+
 /// What a downlink's receive pipeline is built for ([`Output::BuildPipeline`]).
 #[derive(Clone, Debug)]
 pub struct PipelineSpec {
@@ -253,6 +261,16 @@ pub enum Input<M> {
         result: Result<(), RtcError>,
         /// For uplinks: the kinds muted locally now (the server starts a stream unmuted).
         muted: Vec<MediaKind>,
+    },
+    /// A downlink's receive pipeline failed (or its watcher died): the core rebuilds it
+    /// within [`PIPELINE_RESTARTS`] per [`PIPELINE_RESTART_WINDOW`] and renegotiates.
+    PipelineFailed {
+        /// The link.
+        key: LinkKey,
+        /// Which pipeline (the id of its [`Output::BuildPipeline`]).
+        pipeline: PcId,
+        /// What failed.
+        error: String,
     },
     /// A peer connection reports.
     Pc {
@@ -406,6 +424,10 @@ struct Link<M> {
     announced: bool,
     /// The user's publish/subscribe, answered when the link first connects or fails.
     call: Option<CallId>,
+    /// Downlinks: the id the current pipeline was built with (0 for uplinks).
+    pipeline: PcId,
+    /// Downlinks: when the pipeline was rebuilt after failures, within the window.
+    restarts: Vec<Instant>,
 }
 
 /// A timer the core set.
@@ -554,6 +576,11 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 result,
                 muted,
             } => self.negotiated(key, pc_id, result, muted),
+            Input::PipelineFailed {
+                key,
+                pipeline,
+                error,
+            } => self.pipeline_failed(key, pipeline, error),
             Input::Pc { pc_id, kind } => self.on_pc(pc_id, kind),
             Input::Timeout => self.fire_timers(),
             Input::Shutdown => self.shutdown(),
@@ -768,6 +795,8 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 health: LinkHealth::new(LinkKind::Uplink),
                 announced: true,
                 call: Some(call),
+                pipeline: 0,
+                restarts: Vec::new(),
             },
         );
         self.negotiate_link(key);
@@ -888,6 +917,8 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 health: LinkHealth::new(LinkKind::Downlink),
                 announced: false,
                 call,
+                pipeline: reserve,
+                restarts: Vec::new(),
             },
         );
         self.out.push_back(Output::BuildPipeline {
@@ -1442,6 +1473,48 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         tracing::info!(?key, pc = id, "media link connected");
         if let Some(call) = call {
             self.answer(Some(call), Ok(()));
+        }
+    }
+
+    /// A receive pipeline failed: subscribe again the same way (a new pipeline and a new
+    /// peer connection, which asks for a keyframe), unless it is crash-looping.
+    fn pipeline_failed(&mut self, key: LinkKey, pipeline: PcId, error: String) {
+        let now = self.now;
+        let Some(link) = self
+            .links
+            .get_mut(&key)
+            .filter(|l| l.pipeline == pipeline && l.media.is_some())
+        else {
+            return; // a pipeline replaced or ended meanwhile
+        };
+        link.restarts
+            .retain(|at| now.saturating_duration_since(*at) < PIPELINE_RESTART_WINDOW);
+        if link.restarts.len() >= PIPELINE_RESTARTS {
+            let n = link.restarts.len() + 1;
+            tracing::warn!(?key, %error, "receive pipeline keeps failing; giving up");
+            self.remove_link(&key);
+            self.emit(ClientEvent::Error(RtcError::new(
+                ErrorCode::DownlinkReconnectionFailed,
+                format!(
+                    "the receive pipeline failed {n} times within {}s: {error}",
+                    PIPELINE_RESTART_WINDOW.as_secs()
+                ),
+            )));
+            return;
+        }
+        let mut history = std::mem::take(&mut link.restarts);
+        history.push(now);
+        let call = link.call.take();
+        let Some((params, _)) = link.subscription.clone() else {
+            return;
+        };
+        tracing::info!(?key, %error, restart = history.len(), "rebuilding the receive pipeline");
+        let announced = link.announced;
+        self.subscribe(params, call);
+        if let Some(l) = self.links.get_mut(&key) {
+            l.restarts = history;
+            // The user saw stream-subscribed already; this is the same subscription.
+            l.announced = announced;
         }
     }
 
@@ -2419,5 +2492,113 @@ mod tests {
         let [(_, _)] = builds(&outs)[..] else {
             panic!("{outs:?}")
         };
+    }
+
+    /// Subscribe to bob and bring the link up on `media`; returns its pipeline id.
+    fn subscribed(sim: &mut Sim, media: u32) -> PcId {
+        let (_, outs) = sim.call(Call::Subscribe(subscription("bob")));
+        let (key, pipeline) = one(builds(&outs));
+        let outs = sim.input(Input::PipelineBuilt {
+            key: key.clone(),
+            pc_id: pipeline,
+            result: Ok(Media(media)),
+        });
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        sim.input(Input::Negotiated {
+            key,
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        pipeline
+    }
+
+    #[test]
+    fn a_failed_receive_pipeline_is_rebuilt_and_renegotiated_until_it_crash_loops() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[stream("bob", VideoCodec::H264)]);
+        let down = LinkKey::Down(user("bob"), StreamType::Main);
+        let mut pipeline = subscribed(&mut sim, 1);
+        let mut media = 1;
+        for restart in 1..=PIPELINE_RESTARTS {
+            // A report about an older pipeline is stale.
+            let stale = sim.input(Input::PipelineFailed {
+                key: down.clone(),
+                pipeline: pipeline - 1,
+                error: "old".into(),
+            });
+            assert!(stale.is_empty(), "{stale:?}");
+            let outs = sim.input(Input::PipelineFailed {
+                key: down.clone(),
+                pipeline,
+                error: "decoder error".into(),
+            });
+            // The old pipeline ends, its peer connection closes, a new one is built.
+            assert!(
+                outs.iter()
+                    .any(|o| matches!(o, Output::LinkEnded { media: Media(m), .. } if *m == media)),
+                "restart {restart}: {outs:?}"
+            );
+            assert_eq!(closed_pcs(&outs).len(), 1);
+            let (_, next) = one(builds(&outs));
+            media += 1;
+            let outs = sim.input(Input::PipelineBuilt {
+                key: down.clone(),
+                pc_id: next,
+                result: Ok(Media(media)),
+            });
+            let [(_, pc)] = negotiations(&outs)[..] else {
+                panic!("{outs:?}")
+            };
+            let outs = sim.input(Input::Negotiated {
+                key: down.clone(),
+                pc_id: pc,
+                result: Ok(()),
+                muted: vec![],
+            });
+            // The user already knew the stream was subscribed.
+            assert!(
+                !outs
+                    .iter()
+                    .any(|o| matches!(o, Output::Event(ClientEvent::StreamSubscribed(_)))),
+                "{outs:?}"
+            );
+            pipeline = next;
+            sim.advance(Duration::from_secs(1));
+        }
+        // One failure too many within the window: the subscription ends with an error.
+        let outs = sim.input(Input::PipelineFailed {
+            key: down.clone(),
+            pipeline,
+            error: "decoder error".into(),
+        });
+        assert!(builds(&outs).is_empty(), "{outs:?}");
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, Output::Event(ClientEvent::Error(e))
+            if e.code == ErrorCode::DownlinkReconnectionFailed))
+        );
+        assert_eq!(sim.core.links().count(), 0);
+
+        // Failures spread out beyond the window are not a crash loop.
+        let mut pipeline = subscribed(&mut sim, 100);
+        for n in 0..PIPELINE_RESTARTS + 2 {
+            sim.advance(PIPELINE_RESTART_WINDOW);
+            let outs = sim.input(Input::PipelineFailed {
+                key: down.clone(),
+                pipeline,
+                error: "decoder error".into(),
+            });
+            let (_, next) = one(builds(&outs));
+            let outs = sim.input(Input::PipelineBuilt {
+                key: down.clone(),
+                pc_id: next,
+                result: Ok(Media(200 + n as u32)),
+            });
+            assert_eq!(negotiations(&outs).len(), 1);
+            pipeline = next;
+        }
     }
 }

@@ -59,12 +59,12 @@ pub mod room;
 pub mod signaling;
 pub mod tls;
 
-#[cfg(feature = "fault-injection")]
-pub use client::CrashPeerConnections;
 pub use client::{
     ClientActor, ClientRequest, ClientSettings, GetRemoteStats, GetTransportStats, JoinParams,
     Shutdown, SubscribeParams,
 };
+#[cfg(feature = "fault-injection")]
+pub use client::{CrashPeerConnections, FailRemotePipelines};
 pub use error::SignalError;
 pub use event::{ClientEvent, RemoteMutedState, RemoteStreamInfo};
 pub use hub::{ClientHub, ClientView};

@@ -240,6 +240,19 @@ impl Client {
             .unwrap_or(0)
     }
 
+    /// Fault injection for supervision tests: make every receive pipeline of this client
+    /// fail (a real element error on its GStreamer bus), or, with `crash_watchers`, panic
+    /// the actors that watch them; returns how many. The client rebuilds the pipelines and
+    /// renegotiates. Only with the `fault-injection` feature; not public API.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub async fn fail_remote_pipelines_for_test(&self, crash_watchers: bool) -> usize {
+        self.addr
+            .send(rtcroom_actors::FailRemotePipelines { crash_watchers })
+            .await
+            .unwrap_or(0)
+    }
+
     async fn request(&self, req: ClientRequest) -> Result<(), RtcError> {
         self.addr
             .send(req)

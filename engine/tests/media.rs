@@ -439,6 +439,59 @@ async fn crashed_peer_connections_are_rebuilt_and_frames_flow_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_receive_pipelines_are_rebuilt_renegotiated_and_frames_flow_again() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let local = stream().await;
+    join(&alice, 3006).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    let frames = Arc::new(Frames::default());
+    let mut bob = media_client(&url, "bob", Some(frames.output()));
+    join(&bob, 3006).await;
+    let video_packets = || async {
+        let stats = bounded(bob.get_remote_stats()).await.unwrap();
+        assert_eq!(stats.len(), 1, "one subscription: {stats:?}");
+        stats[0].stats.video_packets_received
+    };
+
+    // The decoder pipeline fails (an element error on its bus); then the actor watching the
+    // new one panics. Each time the pipeline is rebuilt on a new peer connection: its
+    // counters start again from zero, and frames flow again.
+    for crash_watchers in [false, true] {
+        let before = frames.video();
+        frames
+            .wait("frames from the current pipeline", |f| {
+                f.video() >= before + 60
+            })
+            .await;
+        let received = video_packets().await;
+        assert_eq!(
+            bob.fail_remote_pipelines_for_test(crash_watchers).await,
+            1,
+            "crash_watchers: {crash_watchers}"
+        );
+        let failed_at = frames.video();
+        frames
+            .wait("frames after the rebuild", |f| f.video() >= failed_at + 20)
+            .await;
+        let fresh = video_packets().await;
+        assert!(
+            fresh < received,
+            "crash_watchers {crash_watchers}: a new pipeline counts from zero ({fresh} ≥ {received})"
+        );
+    }
+    assert!(
+        !bob.drain()
+            .iter()
+            .chain(bob.seen.iter())
+            .any(|e| matches!(e, ClientEvent::Error(_))),
+        "{:?}",
+        bob.seen
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_server_restart_streams_are_republished_and_resubscribed() {
     let first = start(server_config("127.0.0.1:0"));
     let addr = first.addr();

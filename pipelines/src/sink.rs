@@ -304,6 +304,17 @@ impl RemotePipeline {
             .map_err(|e| PipelineError::Flow(format!("{e:?}")))
     }
 
+    /// Fault injection for supervision tests: post an element error on the pipeline's bus, as
+    /// a failing decoder or sink would; its owner then sees [`PipelineEvent::Error`]. Not for
+    /// production use.
+    #[doc(hidden)]
+    pub fn inject_error_for_test(&self) {
+        let msg = gst::message::Error::builder(gst::CoreError::Failed, "injected failure")
+            .src(&self.pipeline)
+            .build();
+        let _ = self.pipeline.post_message(msg);
+    }
+
     /// Counters.
     pub fn stats(&self) -> RemoteStats {
         let c = &self.counters;

@@ -5,13 +5,16 @@
 //! - [`remote::RemoteMedia`]: a receive pipeline (play / record / frames / discard).
 //! - [`peer::PeerConnectionActor`]: one webrtc-rs peer connection (uplink or downlink).
 //! - [`link::LinkHealth`]: the rebuild-or-give-up state machine of a failing link.
+//! - [`stream::RemoteStreamActor`]: watches one receive pipeline and reports its failure.
 
 pub mod link;
 pub mod local;
 pub mod peer;
 pub mod remote;
+pub mod stream;
 
 pub use link::{LinkAction, LinkHealth, LinkKind};
 pub use local::{LocalMedia, LocalMediaStats};
 pub use peer::{PcEvent, PcEventKind, PcId, PcRole, PeerConnectionActor, TransportStats};
-pub use remote::{FrameHandler, RemoteMedia, RemoteMediaStats, SubscribeOutput};
+pub use remote::{FrameHandler, PipelineEvents, RemoteMedia, RemoteMediaStats, SubscribeOutput};
+pub use stream::{RemoteStreamActor, StopStream, StreamFailed};

@@ -173,7 +173,7 @@ impl RemoteMedia {
         video: Option<VideoCodec>,
         output: &SubscribeOutput,
         jitter_latency: std::time::Duration,
-    ) -> Result<RemoteMedia, RtcError> {
+    ) -> Result<(RemoteMedia, PipelineEvents), RtcError> {
         let size = Arc::new(AtomicU64::new(0));
         let out = match output {
             SubscribeOutput::Play => RemoteOutput::Play,
@@ -205,18 +205,21 @@ impl RemoteMedia {
         config.video = video;
         config.audio = audio.then_some(AudioCodec::Opus);
         config.jitter_latency = jitter_latency;
-        let (pipeline, _events) = RemotePipeline::start(config).map_err(|e| {
+        let (pipeline, events) = RemotePipeline::start(config).map_err(|e| {
             RtcError::new(
                 ErrorCode::InitializeFailed,
                 format!("remote media pipeline: {e}"),
             )
         })?;
-        Ok(RemoteMedia {
-            pipeline: Some(pipeline),
-            video: TrackCounters::default(),
-            audio: TrackCounters::default(),
-            size,
-        })
+        Ok((
+            RemoteMedia {
+                pipeline: Some(pipeline),
+                video: TrackCounters::default(),
+                audio: TrackCounters::default(),
+                size,
+            },
+            events,
+        ))
     }
 
     /// Feeds one received RTP packet to the pipeline. Never blocks; malformed packets are
@@ -283,7 +286,19 @@ pub async fn stopped_pipelines(limit: Duration) -> bool {
         .is_ok_and(|r| r.is_ok())
 }
 
+/// The typed events (errors, end of stream) of a receive pipeline.
+pub type PipelineEvents = tokio::sync::mpsc::UnboundedReceiver<rtcroom_pipelines::PipelineEvent>;
+
 impl RemoteMedia {
+    /// Fault injection: the pipeline reports an element error on its bus, as a failing
+    /// decoder would.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_failure_for_test(&self) {
+        if let Some(p) = &self.pipeline {
+            p.inject_error_for_test();
+        }
+    }
+
     /// The subscription ended: stop the pipeline (finalising a recording) now, elsewhere,
     /// rather than when the last reference (a track reader of a closing peer connection) goes.
     pub fn finish(self: &Arc<Self>) {
