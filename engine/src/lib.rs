@@ -38,9 +38,12 @@
 //!
 //! ## How it runs
 //!
-//! Each client is a `ClientActor` (room state, join state machine, event fan-out) with one
-//! `SignalingActor` per WebSocket connection (request ids, heartbeats), from the
-//! `rtcroom-actors` crate. All actors of the process run on **one dedicated engine thread**
+//! Each client is a `ClientActor` driving a sans-IO `ClientCore` (join state machine, room
+//! view, media link table, the user's calls, reconnection and rebuild timers:
+//! `handle_input(input, now)` / `poll_output()`, tested in virtual time), with one
+//! `SignalingActor` per WebSocket connection (request ids, heartbeats), one
+//! `PeerConnectionActor` per media link and one `RemoteStreamActor` watching each receive
+//! pipeline, from the `rtcroom-actors` crate. All actors of the process run on **one dedicated engine thread**
 //! with its own actix `System`, started by the first [`create_client`]; the [`Client`]
 //! handle's `async fn`s send messages there and await the replies, so they work from any
 //! tokio runtime (`#[tokio::main]`, multi- or current-thread) and need no actix setup. The
@@ -57,6 +60,11 @@
 //! - `client-banned` (kick, banned, room_disband) ends the client: [`ClientEvent::ClientBanned`]
 //!   then DISCONNECTED, no reconnect. `user_time_out` is handled by a silent re-join, as TRTC
 //!   does.
+//! - A receive pipeline that fails (a decoder or sink error on its GStreamer bus) or whose
+//!   watcher actor dies is rebuilt and its subscription renegotiated on a new peer
+//!   connection, up to 3 times within 60 s; one more failure ends the subscription with
+//!   DOWNLINK_RECONNECTION_FAILED (0x4008). A local pipeline that fails is rebuilt in place
+//!   (same tracks, continuous RTP), up to 3 times in a row.
 //! - If a client actor dies, that client reports [`ClientEvent::Error`] (UNKNOWN) and is
 //!   DISCONNECTED; other clients and the process carry on. Create a new client.
 //!
