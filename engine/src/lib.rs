@@ -87,7 +87,6 @@
 //! ## Not here yet
 //! No ICE restart (a failing link is rebuilt with a new peer connection instead), no
 //! simulcast or bandwidth adaptation, no black/silent frames while muted (nothing is sent).
-//! `wss://` needs TLS support that this build does not include.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
