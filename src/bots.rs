@@ -145,16 +145,10 @@ fn room_text(r: &RoomIdInput) -> String {
 }
 
 fn client_config(r: &Resolved, mode: Mode) -> ClientConfig {
-    ClientConfig {
-        mode,
-        sdk_app_id: r.sdk_app_id,
-        user_id: r.user_id.clone(),
-        user_sig: r.user_sig.clone(),
-        use_string_room_id: r.use_string_room_id,
-        server_url: r.url.clone(),
-        auto_subscribe: false,
-        ..ClientConfig::default()
-    }
+    ClientConfig::new(mode, r.sdk_app_id, r.user_id.clone(), r.user_sig.clone())
+        .with_string_room_ids(r.use_string_room_id)
+        .with_server_url(r.url.clone())
+        .with_auto_subscribe(false)
 }
 
 /// Resolves when the duration is over, or on SIGINT/SIGTERM.
@@ -281,12 +275,12 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
         .await?;
     let joined_ms = t0.elapsed().as_secs_f64() * 1e3;
     let source = publish_source(&args)?;
-    let stream = rtcroom::create_stream(StreamConfig {
-        source,
-        video_profile: args.video_profile,
-        video_codec: args.codec,
-        ..StreamConfig::default()
-    })
+    let stream = rtcroom::create_stream(
+        StreamConfig::default()
+            .with_source(source)
+            .with_video_profile(args.video_profile)
+            .with_video_codec(args.codec),
+    )
     .await?;
     client.publish(&stream).await?;
     println!(
@@ -514,10 +508,8 @@ async fn run_record(
                             s.video_codec.map_or("?".to_owned(), |c| c.to_string()),
                         );
                     }
-                    let options = rtcroom::SubscribeOptions {
-                        output: SubscribeOutput::Record { dir: partial_dir.clone(), format: container },
-                        ..Default::default()
-                    };
+                    let options = rtcroom::SubscribeOptions::new(
+                        SubscribeOutput::Record { dir: partial_dir.clone(), format: container });
                     match client.subscribe(&s, options).await {
                         Ok(()) => {
                             let codec = s.video_codec.map_or(String::new(), |c| format!(", {c}"));

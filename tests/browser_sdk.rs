@@ -345,15 +345,9 @@ async fn report(pages: &[(&str, &Page)]) -> String {
  * ---------------------------------------------------------------------------------------- */
 
 fn engine_config(server: &RunningServer, user: &str, mode: Mode) -> ClientConfig {
-    ClientConfig {
-        mode,
-        sdk_app_id: APP,
-        user_id: user.into(),
-        user_sig: sig(user),
-        server_url: server.ws_url(),
-        auto_subscribe: false,
-        ..ClientConfig::default()
-    }
+    ClientConfig::new(mode, APP, user, sig(user))
+        .with_server_url(server.ws_url())
+        .with_auto_subscribe(false)
 }
 
 /// The next engine event matching `pred`, within [`DEADLINE`].
@@ -503,11 +497,7 @@ async fn browser_to_engine_run(
     engine
         .subscribe(
             &remote,
-            SubscribeOptions {
-                output: frames.output(),
-                jitter_latency: Duration::from_millis(20),
-                ..SubscribeOptions::default()
-            },
+            SubscribeOptions::new(frames.output()).with_jitter_latency(Duration::from_millis(20)),
         )
         .await?;
     let connected = t0.elapsed();
@@ -939,11 +929,11 @@ async fn engine_to_browser_run(
     tag: &str,
 ) -> anyhow::Result<()> {
     let engine = create_client(engine_config(server, "engine", Mode::Rtc))?;
-    let local = create_stream(StreamConfig {
-        video_profile: VideoProfile::new(320, 240, 30, 400),
-        video_codec: codec,
-        ..StreamConfig::default()
-    })
+    let local = create_stream(
+        StreamConfig::default()
+            .with_video_profile(VideoProfile::new(320, 240, 30, 400))
+            .with_video_codec(codec),
+    )
     .await?;
     engine.join(JoinOptions::new(room)).await?;
     if publish_first {

@@ -89,14 +89,8 @@ async fn main() -> anyhow::Result<()> {
     let clients: Vec<_> = (0..n)
         .map(|i| {
             let user = format!("bench-{i}");
-            create_client(ClientConfig {
-                mode: Mode::Rtc,
-                sdk_app_id: APP,
-                user_sig: gen_user_sig(u64::from(APP), KEY, &user, 86_400, now),
-                user_id: user,
-                server_url: url.clone(),
-                ..ClientConfig::default()
-            })
+            let sig = gen_user_sig(u64::from(APP), KEY, &user, 86_400, now);
+            create_client(ClientConfig::new(Mode::Rtc, APP, user, sig).with_server_url(url.clone()))
         })
         .collect::<Result<_, _>>()?;
     let mut events: Vec<_> = clients.iter().map(|c| c.events()).collect();

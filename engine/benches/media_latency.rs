@@ -39,15 +39,12 @@ fn client(url: &str, user: &str) -> anyhow::Result<rtcroom::Client> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    Ok(create_client(ClientConfig {
-        mode: Mode::Rtc,
-        sdk_app_id: APP,
-        user_id: user.into(),
-        user_sig: gen_user_sig(u64::from(APP), KEY, user, 86_400, now),
-        server_url: url.into(),
-        auto_subscribe: false,
-        ..ClientConfig::default()
-    })?)
+    let sig = gen_user_sig(u64::from(APP), KEY, user, 86_400, now);
+    Ok(create_client(
+        ClientConfig::new(Mode::Rtc, APP, user, sig)
+            .with_server_url(url)
+            .with_auto_subscribe(false),
+    )?)
 }
 
 fn report(name: &str, mut v: Vec<Duration>) {
@@ -82,10 +79,9 @@ async fn main() -> anyhow::Result<()> {
     let mut subscribe_call = Vec::new();
     for run in 0..runs {
         let room = 5000 + run as u32;
-        let stream = create_stream(StreamConfig {
-            video_profile: VideoProfile::new(320, 240, 30, 400),
-            ..StreamConfig::default()
-        })
+        let stream = create_stream(
+            StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
+        )
         .await?;
         let publisher = client(&url, &format!("pub{run}"))?;
         let t0 = Instant::now();
@@ -116,11 +112,7 @@ async fn main() -> anyhow::Result<()> {
         subscriber
             .subscribe(
                 &remote,
-                SubscribeOptions {
-                    output,
-                    jitter_latency,
-                    ..SubscribeOptions::default()
-                },
+                SubscribeOptions::new(output).with_jitter_latency(jitter_latency),
             )
             .await?;
         subscribe_call.push(t1.elapsed());

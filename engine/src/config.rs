@@ -18,19 +18,28 @@ pub const DEFAULT_SERVER_URL: &str = "ws://127.0.0.1:7900/ws";
 /// What `create_client` takes: TRTC v4's `ClientConfig` fields, the server to talk to, and
 /// the engine's timings (TRTC's values by default; tests shorten them).
 ///
+/// The struct is `#[non_exhaustive]` so fields can be added without breaking anyone: build
+/// it with [`ClientConfig::new`] (TRTC's required fields) and the `with_*` methods, or start
+/// from `ClientConfig::default()` and set fields.
+///
 /// ```
 /// use rtcroom::{ClientConfig, Mode};
-/// let config = ClientConfig {
-///     mode: Mode::Live,
-///     sdk_app_id: 1_400_000_000,
-///     user_id: "denny".into(),
-///     user_sig: "eJw...".into(),
-///     ..ClientConfig::default()
-/// };
-/// assert!(config.auto_subscribe);
+/// let config = ClientConfig::new(Mode::Live, 1_400_000_000, "denny", "eJw...")
+///     .with_server_url("ws://127.0.0.1:7900/ws")
+///     .with_auto_subscribe(false);
+/// assert_eq!(config.user_id, "denny");
+/// assert!(!config.auto_subscribe);
 /// assert_eq!(config.reconnect_attempts, 30);
 /// ```
+///
+/// A struct literal does not compile outside this crate, so a new field never breaks a
+/// caller:
+///
+/// ```compile_fail
+/// let config = rtcroom::ClientConfig { sdk_app_id: 1, ..Default::default() };
+/// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// `rtc` (calls, meetings) or `live` (anchors and audience). Required by TRTC; defaults
     /// to `rtc` here.
@@ -96,6 +105,79 @@ impl Default for ClientConfig {
         }
     }
 }
+
+/// `with_*` builder methods for the named fields of a `#[non_exhaustive]` options struct.
+macro_rules! with_fields {
+    ($ty:ty { $($(#[$doc:meta])* $name:ident => $field:ident: $t:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $name(mut self, value: $t) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+pub(crate) use with_fields;
+
+impl ClientConfig {
+    /// TRTC's `createClient({mode, sdkAppId, userId, userSig})`; everything else default
+    /// (the embedded server's URL, auto-subscribe on, TRTC's timings).
+    pub fn new(
+        mode: Mode,
+        sdk_app_id: u32,
+        user_id: impl Into<String>,
+        user_sig: impl Into<String>,
+    ) -> Self {
+        ClientConfig {
+            mode,
+            sdk_app_id,
+            user_id: user_id.into(),
+            user_sig: user_sig.into(),
+            ..ClientConfig::default()
+        }
+    }
+
+    /// The signalling URL (`ws://host:port/ws` or `wss://host/ws`).
+    #[must_use]
+    pub fn with_server_url(mut self, url: impl Into<String>) -> Self {
+        self.server_url = url.into();
+        self
+    }
+
+    /// Extra PEM certificates to trust for `wss://` (e.g. a development server's CA).
+    #[must_use]
+    pub fn with_extra_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.extra_ca_pem = Some(pem.into());
+        self
+    }
+}
+
+with_fields!(ClientConfig {
+    /// Room ids are strings (TRTC v4.3+).
+    with_string_room_ids => use_string_room_id: bool,
+    /// Subscribe to every published stream (TRTC default true).
+    with_auto_subscribe => auto_subscribe: bool,
+    /// Where auto-subscribed streams go.
+    with_auto_subscribe_output => auto_subscribe_output: SubscribeOutput,
+    /// How long a peer connection may take to connect.
+    with_media_connect_timeout => media_connect_timeout: Duration,
+    /// Connect + join answer within this (TRTC: 5 s).
+    with_join_timeout => join_timeout: Duration,
+    /// Timeout of other requests.
+    with_request_timeout => request_timeout: Duration,
+    /// Heartbeat interval (TRTC: 2 s).
+    with_heartbeat_interval => heartbeat_interval: Duration,
+    /// Silent heartbeat intervals before the connection counts as lost.
+    with_missed_heartbeats => missed_heartbeats: u32,
+    /// Reconnect attempts before giving up (TRTC v4: 30).
+    with_reconnect_attempts => reconnect_attempts: u32,
+    /// One step of the reconnect schedule (TRTC: 1 s).
+    with_reconnect_backoff_unit => reconnect_backoff_unit: Duration,
+});
 
 fn invalid(extra_code: i32, message: impl Into<String>) -> RtcError {
     RtcError::invalid_parameter(Some(extra_code), message)
@@ -209,8 +291,10 @@ impl RoomIdInput {
     }
 }
 
-/// What `join` takes (TRTC v4's `join({roomId, role, privateMapKey})`).
+/// What `join` takes (TRTC v4's `join({roomId, role, privateMapKey})`): build it with
+/// [`JoinOptions::new`] and the `with_*` methods (`#[non_exhaustive]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct JoinOptions {
     /// The room.
     pub room_id: RoomIdInput,
@@ -231,8 +315,16 @@ impl JoinOptions {
     }
 
     /// With a role.
+    #[must_use]
     pub fn with_role(mut self, role: Role) -> Self {
         self.role = Some(role);
+        self
+    }
+
+    /// With a PrivateMapKey.
+    #[must_use]
+    pub fn with_private_map_key(mut self, key: impl Into<String>) -> Self {
+        self.private_map_key = Some(key.into());
         self
     }
 

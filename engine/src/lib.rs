@@ -12,17 +12,14 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), rtcroom::RtcError> {
-//!     let client = create_client(ClientConfig {
-//!         mode: Mode::Live,
-//!         sdk_app_id: 1_400_000_000,
-//!         user_id: "denny".into(),
-//!         user_sig: "eJw...".into(), // from tls-sig-api-v2 / `rtcroom usersig`
-//!         server_url: "ws://127.0.0.1:7900/ws".into(),
-//!         ..ClientConfig::default()
-//!     })?;
+//!     // The UserSig comes from tls-sig-api-v2 / `rtcroom usersig`.
+//!     let client = create_client(
+//!         ClientConfig::new(Mode::Live, 1_400_000_000, "denny", "eJw...")
+//!             .with_server_url("ws://127.0.0.1:7900/ws"),
+//!     )?;
 //!     let mut events = client.events();
 //!     client
-//!         .join(JoinOptions { room_id: 8888u32.into(), role: Some(Role::Anchor), private_map_key: None })
+//!         .join(JoinOptions::new(8888u32).with_role(Role::Anchor))
 //!         .await?;
 //!     while let Some(event) = events.recv().await {
 //!         match event {

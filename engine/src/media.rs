@@ -23,8 +23,18 @@ pub use rtcroom_pipelines::{
     AppAudioFormat, AppVideoFormat, DecodedFrame, FrameInfo, RawVideoFormat, RecordFormat,
 };
 
-/// What [`create_stream`] builds (TRTC's `createStream` options).
+/// What [`create_stream`] builds (TRTC's `createStream` options). `#[non_exhaustive]`: start
+/// from `StreamConfig::default()` and use the `with_*` methods.
+///
+/// ```
+/// use rtcroom::{StreamConfig, VideoProfile};
+/// let config = StreamConfig::default()
+///     .with_audio(false)
+///     .with_video_profile(VideoProfile::new(320, 240, 30, 400));
+/// assert!(config.video && !config.audio);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamConfig {
     /// Capture and send audio.
     pub audio: bool,
@@ -57,6 +67,23 @@ impl Default for StreamConfig {
         }
     }
 }
+
+crate::config::with_fields!(StreamConfig {
+    /// Capture and send audio.
+    with_audio => audio: bool,
+    /// Capture and send video.
+    with_video => video: bool,
+    /// Where the media comes from.
+    with_source => source: SourceKind,
+    /// Video size, frame rate and bitrate.
+    with_video_profile => video_profile: VideoProfile,
+    /// The video codec sent.
+    with_video_codec => video_codec: VideoCodec,
+    /// Audio profile.
+    with_audio_profile => audio_profile: AudioProfile,
+    /// Main or auxiliary.
+    with_stream_type => stream_type: StreamType,
+});
 
 impl StreamConfig {
     fn pipeline_config(&self) -> LocalConfig {
@@ -381,8 +408,10 @@ pub struct LocalVideoStats {
 }
 
 /// What to subscribe to and where it goes (TRTC's `subscribe(stream, {audio, video})`,
-/// plus the output).
+/// plus the output). `#[non_exhaustive]`: start from [`SubscribeOptions::new`] (or
+/// `default()`) and use the `with_*` methods.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct SubscribeOptions {
     /// Receive audio.
     pub audio: bool,
@@ -407,6 +436,27 @@ impl Default for SubscribeOptions {
         }
     }
 }
+
+impl SubscribeOptions {
+    /// Audio and video into `output`.
+    pub fn new(output: SubscribeOutput) -> Self {
+        SubscribeOptions {
+            output,
+            ..SubscribeOptions::default()
+        }
+    }
+}
+
+crate::config::with_fields!(SubscribeOptions {
+    /// Receive audio.
+    with_audio => audio: bool,
+    /// Receive video.
+    with_video => video: bool,
+    /// Where the media goes.
+    with_output => output: SubscribeOutput,
+    /// The jitter buffer's latency.
+    with_jitter_latency => jitter_latency: std::time::Duration,
+});
 
 /// A remote stream's receive stats (TRTC's `getRemoteAudioStats` / `getRemoteVideoStats`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -69,10 +69,7 @@ impl Frames {
 }
 
 fn test_stream() -> StreamConfig {
-    StreamConfig {
-        video_profile: VideoProfile::new(320, 240, 30, 400),
-        ..StreamConfig::default()
-    }
+    StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400))
 }
 
 async fn stream() -> LocalStream {
@@ -108,11 +105,7 @@ fn media_client(url: &str, user: &str, auto: Option<SubscribeOutput>) -> TestCli
 async fn subscribe_fast(c: &TestClient, remote: &RemoteStream, output: SubscribeOutput) {
     bounded(c.subscribe(
         remote,
-        SubscribeOptions {
-            output,
-            jitter_latency: Duration::from_millis(20),
-            ..SubscribeOptions::default()
-        },
+        SubscribeOptions::new(output).with_jitter_latency(Duration::from_millis(20)),
     ))
     .await
     .expect("subscribe");
@@ -187,10 +180,9 @@ async fn vp8_is_published_announced_and_decoded() {
     let url = server.ws_url();
     let alice = media_client(&url, "alice", None);
     let mut bob = media_client(&url, "bob", None);
-    let local = bounded(create_stream(StreamConfig {
-        video_codec: VideoCodec::Vp8,
-        ..test_stream()
-    }))
+    let local = bounded(create_stream(
+        test_stream().with_video_codec(VideoCodec::Vp8),
+    ))
     .await
     .expect("VP8 stream starts");
     join(&alice, 3011).await;
@@ -324,11 +316,9 @@ async fn wrong_order_calls_fail_with_invalid_operation() {
     // All-false subscribe; subscribe to a stream that does not exist.
     let mut v = TestClient::joined(&url, "viewer2", Mode::Live, 3002, Some(Role::Audience)).await;
     let remote = wait_stream_added(&mut v, "anchor").await;
-    let none = SubscribeOptions {
-        audio: false,
-        video: false,
-        ..SubscribeOptions::default()
-    };
+    let none = SubscribeOptions::default()
+        .with_audio(false)
+        .with_video(false);
     let e = bounded(v.subscribe(&remote, none)).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidOperation);
     let mut ghost = remote.clone();
@@ -504,15 +494,9 @@ async fn after_a_server_restart_streams_are_republished_and_resubscribed() {
     let mut bob = media_client(&url, "bob", None);
     join(&bob, 3005).await;
     let remote = wait_stream_added(&mut bob, "alice").await;
-    bounded(bob.subscribe(
-        &remote,
-        SubscribeOptions {
-            output: frames.output(),
-            ..SubscribeOptions::default()
-        },
-    ))
-    .await
-    .expect("subscribe");
+    bounded(bob.subscribe(&remote, SubscribeOptions::new(frames.output())))
+        .await
+        .expect("subscribe");
     frames.wait("first frames", |f| f.video() >= 15).await;
 
     bounded(tokio::task::spawn_blocking(move || first.stop()))

@@ -138,16 +138,14 @@ fn client_config(
         Some(Value::String(s)) => s.clone(),
         Some(other) => return Err(format!("a serverUrl that is not a string: {other}")),
     };
-    Ok(Ok(ClientConfig {
-        mode,
-        sdk_app_id,
-        user_id,
-        user_sig,
-        server_url,
-        use_string_room_id: bool_field(o, "useStringRoomId", false)?,
-        auto_subscribe: bool_field(o, "autoSubscribe", true)?,
-        ..ClientConfig::default()
-    }))
+    Ok(Ok(ClientConfig::new(mode, sdk_app_id, user_id, user_sig)
+        .with_server_url(server_url)
+        .with_string_room_ids(bool_field(o, "useStringRoomId", false)?)
+        .with_auto_subscribe(bool_field(
+            o,
+            "autoSubscribe",
+            true,
+        )?)))
 }
 
 /// The case's `join` as [`JoinOptions`], or the error the engine's room-id / role rules give
@@ -189,11 +187,10 @@ fn join_options(
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => return Err(format!("a privateMapKey that is not a string: {other}")),
     };
-    Ok(Ok(JoinOptions {
-        room_id,
-        role,
-        private_map_key,
-    }))
+    let mut join = JoinOptions::new(room_id);
+    join.role = role;
+    join.private_map_key = private_map_key;
+    Ok(Ok(join))
 }
 
 /// Run one case against the server at `url`.

@@ -52,20 +52,14 @@ pub fn uid(s: &str) -> UserId {
 
 /// A config with TRTC's rules but short timings, so failures and reconnects run fast.
 pub fn config(url: &str, user: &str, mode: Mode) -> ClientConfig {
-    ClientConfig {
-        mode,
-        sdk_app_id: APP,
-        user_id: user.into(),
-        user_sig: sig(user),
-        server_url: url.into(),
-        join_timeout: Duration::from_secs(3),
-        request_timeout: Duration::from_secs(3),
-        reconnect_attempts: 40,
-        reconnect_backoff_unit: Duration::from_millis(50),
+    ClientConfig::new(mode, APP, user, sig(user))
+        .with_server_url(url)
+        .with_join_timeout(Duration::from_secs(3))
+        .with_request_timeout(Duration::from_secs(3))
+        .with_reconnect_attempts(40)
+        .with_reconnect_backoff_unit(Duration::from_millis(50))
         // Signalling tests publish without media; media tests turn this on.
-        auto_subscribe: false,
-        ..ClientConfig::default()
-    }
+        .with_auto_subscribe(false)
 }
 
 /// A client plus its event stream and what it has seen.
