@@ -208,6 +208,7 @@ fn feed_remote(
         audio: Some(AudioCodec::Opus),
         output,
         jitter_latency: Duration::from_millis(200),
+        faststart_packets: 0,
     })
     .expect("remote");
     // Real-time pacing: each packet is pushed at its media time (from its RTP timestamp).

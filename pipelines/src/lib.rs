@@ -68,8 +68,8 @@ pub use encoder::{EncoderKind, choose_encoder, select_encoder};
 pub use error::{PipelineError, Result};
 pub use profiles::{AudioProfile, VideoProfile};
 pub use sink::{
-    DEFAULT_JITTER_LATENCY, DecodedFrame, FrameCallback, FrameInfo, MP4_FRAGMENT_MS, RecordFormat,
-    RemoteConfig, RemoteOutput, RemotePipeline, RemoteStats,
+    DEFAULT_FASTSTART_PACKETS, DEFAULT_JITTER_LATENCY, DecodedFrame, FrameCallback, FrameInfo,
+    MP4_FRAGMENT_MS, RecordFormat, RemoteConfig, RemoteOutput, RemotePipeline, RemoteStats,
 };
 pub use source::{
     AppAudioFormat, AppAudioInput, AppVideoFormat, AppVideoInput, AudioTrackConfig,

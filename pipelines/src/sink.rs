@@ -28,6 +28,8 @@ use crate::util::{self, capsfilter, link_chain, make, set_props};
 
 /// Default jitter buffer latency.
 pub const DEFAULT_JITTER_LATENCY: Duration = Duration::from_millis(200);
+/// Default [`RemoteConfig::faststart_packets`].
+pub const DEFAULT_FASTSTART_PACKETS: u32 = 1;
 /// Fragment duration of recorded MP4 files: at most this much media is lost on a kill.
 pub const MP4_FRAGMENT_MS: u32 = 1000;
 /// Longest Matroska cluster, in nanoseconds.
@@ -142,6 +144,10 @@ pub struct RemoteConfig {
     pub output: RemoteOutput,
     /// How long the jitter buffer waits for late or reordered packets.
     pub jitter_latency: Duration,
+    /// Start playing out as soon as this many consecutive packets arrived, instead of
+    /// holding the first packet for the whole `jitter_latency` (0: hold). The latency still
+    /// applies to every later gap, so late and reordered packets are waited for as before.
+    pub faststart_packets: u32,
 }
 
 impl RemoteConfig {
@@ -152,6 +158,7 @@ impl RemoteConfig {
             audio: Some(AudioCodec::Opus),
             output,
             jitter_latency: DEFAULT_JITTER_LATENCY,
+            faststart_packets: DEFAULT_FASTSTART_PACKETS,
         }
     }
 }
@@ -384,6 +391,10 @@ fn build_track(
             // A packet given up on becomes a gap event, which the Opus decoder fills from the
             // next packet's in-band FEC (or conceals).
             ("do-lost", (codec.kind() == MediaKind::Audio).to_string()),
+            (
+                "faststart-min-packets",
+                config.faststart_packets.to_string(),
+            ),
         ],
     )?;
     let mut chain: Vec<gst::Element> = vec![appsrc.clone().upcast(), jitter];
@@ -678,6 +689,7 @@ mod tests {
             audio: Some(AudioCodec::Opus),
             output: RemoteOutput::Discard,
             jitter_latency: Duration::from_millis(10),
+            faststart_packets: 0,
         })
         .expect("discard pipeline starts");
         assert_eq!(

@@ -92,6 +92,7 @@ fn discard_output_counts_frames() {
         audio: Some(AudioCodec::Opus),
         output: RemoteOutput::Discard,
         jitter_latency: Duration::from_millis(20),
+        faststart_packets: 0,
     })
     .expect("remote");
     let mut cfg = video_only(
@@ -164,6 +165,7 @@ fn play_output_decodes_audio() {
         audio: Some(AudioCodec::Opus),
         output: RemoteOutput::Play,
         jitter_latency: Duration::from_millis(20),
+        faststart_packets: 0,
     })
     .expect("remote");
     let mut cfg = video_only(
@@ -187,4 +189,57 @@ fn play_output_decodes_audio() {
     remote.stop().expect("stop drains the played audio");
     let s = remote.stats();
     assert!(s.decoded_audio_frames >= 50, "{s:?}");
+}
+
+/// With `faststart_packets`, playout starts with the first packets instead of holding them
+/// for the whole jitter latency (which still covers later gaps): a 3 s latency does not
+/// delay the first frame. Without it, nothing comes out for the latency.
+#[test]
+fn faststart_releases_the_first_frame_before_the_latency() {
+    let rt = rt();
+    let (_local, mut out) = LocalPipeline::start(video_only(
+        SourceKind::TestPattern {
+            duration: Some(Duration::from_secs(1)),
+        },
+        false,
+        100_000,
+    ))
+    .expect("local");
+    wait_eos(&rt, &mut out);
+    let mut packets = Vec::new();
+    while let Ok(p) = out.rtp.try_recv() {
+        packets.push(p);
+    }
+    assert!(packets.len() > 10, "{}", packets.len());
+    for (faststart, expect_frame) in [(1, true), (0, false)] {
+        let (cb, frames) = collector();
+        let (remote, _ev) = RemotePipeline::start(RemoteConfig {
+            video: Some(VideoCodec::H264),
+            audio: None,
+            output: RemoteOutput::Frames(cb),
+            jitter_latency: Duration::from_secs(3),
+            faststart_packets: faststart,
+        })
+        .expect("remote");
+        // Paced as a live stream arrives (each packet at its media time).
+        let base = packets[0].timestamp().expect("RTP");
+        let t0 = Instant::now();
+        for p in &packets[..packets.len() / 2] {
+            let ts = p.timestamp().expect("RTP").wrapping_sub(base);
+            let at = t0 + Duration::from_secs_f64(f64::from(ts) / 90_000.0);
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            remote.push_rtp(p.data.clone()).expect("push");
+        }
+        let first = frames.recv_timeout(Duration::from_millis(1500));
+        assert_eq!(
+            first.is_ok(),
+            expect_frame,
+            "faststart {faststart}: {:?}",
+            remote.stats()
+        );
+        // The cut-off stream ends with a gap the jitter buffer may still wait on.
+        let _ = remote.stop();
+    }
 }

@@ -24,6 +24,7 @@ fn record(path: &Path, format: RecordFormat, codec: VideoCodec, secs: u64, stop:
             format,
         },
         jitter_latency: Duration::from_millis(50),
+        faststart_packets: 0,
     })
     .expect("recorder starts");
     let (local, mut out) = LocalPipeline::start(LocalConfig {
@@ -113,6 +114,7 @@ fn container_codec_mismatch_is_a_config_error() {
             format: RecordFormat::WebM,
         },
         jitter_latency: Duration::from_millis(50),
+        faststart_packets: 0,
     });
     assert!(matches!(r, Err(PipelineError::Config(_))));
     assert!(!dir.path().join("x.webm").exists());
@@ -198,6 +200,7 @@ fn an_h264_resolution_change_mid_recording_keeps_one_valid_file() {
             format: RecordFormat::Mkv,
         },
         jitter_latency: Duration::from_millis(50),
+        faststart_packets: 0,
     })
     .expect("recorder starts");
     for p in first.into_iter().chain(second) {

@@ -38,6 +38,7 @@ fn frames_remote(codec: VideoCodec) -> (RemotePipeline, std_mpsc::Receiver<Decod
         audio: Some(AudioCodec::Opus),
         output: RemoteOutput::Frames(cb),
         jitter_latency: Duration::from_millis(50),
+        faststart_packets: 0,
     })
     .expect("remote starts");
     (remote, rx)
@@ -159,6 +160,7 @@ fn stereo_audio_profile_round_trips_as_stereo() {
         audio: Some(AudioCodec::Opus),
         output: RemoteOutput::Frames(cb),
         jitter_latency: Duration::from_millis(50),
+        faststart_packets: 0,
     })
     .expect("remote");
     let (_local, mut out) = LocalPipeline::start(cfg).expect("local");
