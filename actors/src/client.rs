@@ -308,12 +308,24 @@ impl ClientActor {
                 }
                 self.hub.emit(event);
             }
-            Output::View {
-                remote_users,
-                muted,
-            } => self.hub.update(|v| {
-                v.muted = muted;
-                v.remote_users = remote_users;
+            Output::ViewMember { user_id, present } => self.hub.update(|v| {
+                if present {
+                    v.remote_users.insert(user_id);
+                } else {
+                    v.remote_users.remove(&user_id);
+                }
+            }),
+            Output::ViewMuted { user_id, state } => self.hub.update(|v| match state {
+                Some(state) => {
+                    v.muted.insert(user_id, state);
+                }
+                None => {
+                    v.muted.remove(&user_id);
+                }
+            }),
+            Output::ViewCleared => self.hub.update(|v| {
+                v.muted.clear();
+                v.remote_users.clear();
             }),
             Output::Reply { call, result } => {
                 if let Some(tx) = self.calls.remove(&call) {

@@ -291,13 +291,24 @@ pub enum Input<M> {
 pub enum Output<M> {
     /// Tell the user.
     Event(ClientEvent),
-    /// The room view changed (before the events that changed it).
-    View {
-        /// The other members.
-        remote_users: Vec<UserId>,
-        /// Their main streams' mute states.
-        muted: Vec<RemoteMutedState>,
+    /// The room view changed (before the events that changed it): a member became visible
+    /// or went away. Views are updated one change at a time, never copied whole: a join into
+    /// a room of N members is N changes, not N copies of N members.
+    ViewMember {
+        /// Who.
+        user_id: UserId,
+        /// Visible now.
+        present: bool,
     },
+    /// A member's main stream mute state changed, or its main stream went away (`None`).
+    ViewMuted {
+        /// Whose.
+        user_id: UserId,
+        /// Its state now.
+        state: Option<RemoteMutedState>,
+    },
+    /// The room view is empty now (left, removed, gave up).
+    ViewCleared,
     /// Answer a user call.
     Reply {
         /// The call.
@@ -469,6 +480,9 @@ pub fn heartbeat_interval(configured: Duration, server_s: u32) -> Duration {
     }
 }
 
+/// Output queue capacity an idle core keeps.
+const OUTPUT_QUEUE_KEPT: usize = 16;
+
 /// The client's logic; see the module documentation.
 pub struct ClientCore<M> {
     settings: Arc<ClientSettings>,
@@ -546,7 +560,13 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
 
     /// The next thing to do.
     pub fn poll_output(&mut self) -> Option<Output<M>> {
-        self.out.pop_front()
+        let out = self.out.pop_front();
+        if out.is_none() && self.out.capacity() > OUTPUT_QUEUE_KEPT {
+            // A join into a full room queues hundreds of events once; do not keep the room
+            // for them in every idle client.
+            self.out.shrink_to(OUTPUT_QUEUE_KEPT);
+        }
+        out
     }
 
     /// When the core next wants [`Input::Timeout`].
@@ -602,13 +622,41 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         });
     }
 
+    /// The view after the room was cleared.
     fn refresh_view(&mut self) {
-        let muted = self.room.muted_state();
-        let remote_users = self.room.members().cloned().collect();
-        self.out.push_back(Output::View {
-            remote_users,
-            muted,
-        });
+        self.out.push_back(Output::ViewCleared);
+    }
+
+    /// The view changes `events` (from the room state, already applied) stand for.
+    fn view_changes(&mut self, events: &[ClientEvent]) {
+        for e in events {
+            let muted_of = match e {
+                ClientEvent::PeerJoin { user_id } | ClientEvent::PeerLeave { user_id, .. } => {
+                    let present = matches!(e, ClientEvent::PeerJoin { .. });
+                    self.out.push_back(Output::ViewMember {
+                        user_id: user_id.clone(),
+                        present,
+                    });
+                    continue;
+                }
+                ClientEvent::StreamAdded(s)
+                | ClientEvent::StreamRemoved(s)
+                | ClientEvent::StreamUpdated(s)
+                    if s.stream_type == StreamType::Main =>
+                {
+                    &s.user_id
+                }
+                ClientEvent::MuteAudio { user_id }
+                | ClientEvent::UnmuteAudio { user_id }
+                | ClientEvent::MuteVideo { user_id }
+                | ClientEvent::UnmuteVideo { user_id } => user_id,
+                _ => continue,
+            };
+            self.out.push_back(Output::ViewMuted {
+                user_id: muted_of.clone(),
+                state: self.room.muted_state_of(muted_of),
+            });
+        }
     }
 
     fn answer(&mut self, call: Option<CallId>, result: Result<(), RtcError>) {
@@ -1257,7 +1305,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
             })
             .cloned()
             .collect();
-        self.refresh_view();
+        self.view_changes(&events);
         for e in events {
             self.emit(e);
         }
@@ -2600,5 +2648,140 @@ mod tests {
             assert_eq!(negotiations(&outs).len(), 1);
             pipeline = next;
         }
+    }
+
+    /// The view a handle sees, rebuilt from the outputs alone.
+    #[derive(Default)]
+    struct Mirror {
+        members: std::collections::BTreeSet<UserId>,
+        muted: std::collections::BTreeMap<UserId, RemoteMutedState>,
+    }
+
+    impl Mirror {
+        fn apply(&mut self, outs: &[Out]) {
+            for o in outs {
+                match o {
+                    Output::ViewMember { user_id, present } => {
+                        if *present {
+                            self.members.insert(user_id.clone());
+                        } else {
+                            self.members.remove(user_id);
+                        }
+                    }
+                    Output::ViewMuted { user_id, state } => match state {
+                        Some(s) => {
+                            self.muted.insert(user_id.clone(), s.clone());
+                        }
+                        None => {
+                            self.muted.remove(user_id);
+                        }
+                    },
+                    Output::ViewCleared => {
+                        self.members.clear();
+                        self.muted.clear();
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn check(&self, room: &RoomState, when: &str) {
+            let members: Vec<_> = room.members().cloned().collect();
+            assert_eq!(
+                self.members.iter().cloned().collect::<Vec<_>>(),
+                members,
+                "{when}"
+            );
+            assert_eq!(
+                self.muted.values().cloned().collect::<Vec<_>>(),
+                room.muted_state(),
+                "{when}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_view_follows_the_room_change_by_change() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        let mut mirror = Mirror::default();
+        let outs = sim.join(&[
+            stream("bob", VideoCodec::H264),
+            stream("carol", VideoCodec::Vp8),
+        ]);
+        mirror.apply(&outs);
+        mirror.check(&sim.core.room, "joined");
+        assert_eq!(mirror.members.len(), 2);
+        let g = sim.core.generation();
+        let aux = StreamInfo {
+            stream_type: StreamType::Auxiliary,
+            ..stream("dave", VideoCodec::H264)
+        };
+        let steps = vec![
+            (
+                "dave joins",
+                ServerEvent::PeerJoin {
+                    user_id: user("dave"),
+                },
+            ),
+            ("dave shares a screen", ServerEvent::StreamAdded(aux)),
+            (
+                "dave publishes",
+                ServerEvent::StreamAdded(stream("dave", VideoCodec::H264)),
+            ),
+            (
+                "bob mutes",
+                ServerEvent::MuteAudio {
+                    user_id: user("bob"),
+                },
+            ),
+            (
+                "carol mutes video",
+                ServerEvent::MuteVideo {
+                    user_id: user("carol"),
+                },
+            ),
+            (
+                "carol drops video",
+                ServerEvent::StreamUpdated(StreamInfo {
+                    has_video: false,
+                    video_codec: None,
+                    ..stream("carol", VideoCodec::Vp8)
+                }),
+            ),
+            (
+                "bob unmutes",
+                ServerEvent::UnmuteAudio {
+                    user_id: user("bob"),
+                },
+            ),
+            (
+                "bob unpublishes",
+                ServerEvent::StreamRemoved {
+                    user_id: user("bob"),
+                    stream_type: StreamType::Main,
+                },
+            ),
+            (
+                "dave leaves without unpublishing",
+                ServerEvent::PeerLeave {
+                    user_id: user("dave"),
+                    reason: rtcroom_protocol::signal::LeaveReason::Timeout,
+                },
+            ),
+        ];
+        for (when, event) in steps {
+            let outs = sim.input(Input::Server {
+                generation: g,
+                event,
+            });
+            mirror.apply(&outs);
+            mirror.check(&sim.core.room, when);
+        }
+        assert_eq!(mirror.members.len(), 2);
+        assert_eq!(mirror.muted.len(), 1, "only carol has a main stream");
+        // Leaving clears it.
+        let (_, outs) = sim.call(Call::Leave);
+        mirror.apply(&outs);
+        assert!(mirror.members.is_empty() && mirror.muted.is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! What the client actor shares with the user's handle: the event subscribers and a view of
 //! the state that the handle reads without a round trip to the actor.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use rtcroom_protocol::UserId;
@@ -9,23 +10,25 @@ use tokio::sync::mpsc;
 use crate::event::{ClientEvent, RemoteMutedState};
 use crate::lifecycle::ConnectionState;
 
-/// The state a handle can read at once.
+/// The state a handle can read at once. Updated one change at a time by the client actor
+/// (see [`crate::core::Output::ViewMember`]); read it through the hub's accessors, which
+/// copy only what is asked for.
 #[derive(Clone, Debug)]
 pub struct ClientView {
     /// TRTC's connection state.
     pub connection_state: ConnectionState,
-    /// `getRemoteMutedState()`.
-    pub muted: Vec<RemoteMutedState>,
+    /// `getRemoteMutedState()`, by member.
+    pub muted: BTreeMap<UserId, RemoteMutedState>,
     /// The visible remote members.
-    pub remote_users: Vec<UserId>,
+    pub remote_users: BTreeSet<UserId>,
 }
 
 impl Default for ClientView {
     fn default() -> Self {
         ClientView {
             connection_state: ConnectionState::Disconnected,
-            muted: Vec::new(),
-            remote_users: Vec::new(),
+            muted: BTreeMap::new(),
+            remote_users: BTreeSet::new(),
         }
     }
 }
@@ -124,9 +127,29 @@ impl ClientHub {
         subs.closed = true;
     }
 
-    /// The current view.
+    /// The current view (a full copy; the accessors below copy less).
     pub fn view(&self) -> ClientView {
         lock(&self.view).clone()
+    }
+
+    /// TRTC's connection state now.
+    pub fn connection_state(&self) -> ConnectionState {
+        lock(&self.view).connection_state
+    }
+
+    /// The visible remote members, in user id order.
+    pub fn remote_users(&self) -> Vec<UserId> {
+        lock(&self.view).remote_users.iter().cloned().collect()
+    }
+
+    /// How many remote members are visible.
+    pub fn remote_user_count(&self) -> usize {
+        lock(&self.view).remote_users.len()
+    }
+
+    /// `getRemoteMutedState()`, in user id order.
+    pub fn muted(&self) -> Vec<RemoteMutedState> {
+        lock(&self.view).muted.values().cloned().collect()
     }
 
     /// Change the view.

@@ -240,6 +240,14 @@ impl RoomState {
         self.streams
             .values()
             .filter(|s| s.stream_type == StreamType::Main)
+            .filter_map(|s| self.muted_state_of(&s.user_id))
+            .collect()
+    }
+
+    /// [`muted_state`](Self::muted_state)'s entry for one member (`None`: no main stream).
+    pub fn muted_state_of(&self, user_id: &UserId) -> Option<RemoteMutedState> {
+        self.streams
+            .get(&(user_id.clone(), rank(StreamType::Main)))
             .map(|s| RemoteMutedState {
                 user_id: s.user_id.clone(),
                 has_audio: s.has_audio,
@@ -247,7 +255,6 @@ impl RoomState {
                 audio_muted: s.audio_muted,
                 video_muted: s.video_muted,
             })
-            .collect()
     }
 
     /// A placeholder descriptor for a stream that is not known (used in tests and logs).

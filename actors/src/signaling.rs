@@ -35,6 +35,9 @@ use crate::requests::{PendingRequests, RequestKind};
 /// ([`rtcroom_protocol::signal::MAX_MESSAGE_BYTES`], 64 KiB) with room to spare; larger frames
 /// are refused by the WebSocket layer instead of being buffered.
 pub const MAX_INCOMING_BYTES: usize = 4 * rtcroom_protocol::signal::MAX_MESSAGE_BYTES;
+
+/// Initial read buffer of a signalling connection (tungstenite's default is 128 KiB).
+pub const READ_BUFFER_BYTES: usize = 4096;
 /// A single frame write that takes longer than this ends the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -379,7 +382,11 @@ pub async fn connect(
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     timeout: Duration,
 ) -> Result<WsStream, SignalError> {
+    // Signalling messages are small: tungstenite's default 128 KiB read buffer, reserved per
+    // connection, was most of a joined client's memory. The buffer still grows for a large
+    // message (up to the caps below).
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(MAX_INCOMING_BYTES))
         .max_frame_size(Some(MAX_INCOMING_BYTES));
     // Signalling frames are small and latency-bound: disable Nagle.

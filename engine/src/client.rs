@@ -263,18 +263,18 @@ impl Client {
     /// TRTC's `getRemoteMutedState()`: one entry per remote member with a published main
     /// stream.
     pub fn get_remote_muted_state(&self) -> Vec<RemoteMutedState> {
-        self.hub.view().muted
+        self.hub.muted()
     }
 
     /// The connection state now.
     pub fn connection_state(&self) -> ConnectionState {
-        self.hub.view().connection_state
+        self.hub.connection_state()
     }
 
     /// The remote members this client can see now (everyone in rtc mode, anchors in live
     /// mode).
     pub fn remote_users(&self) -> Vec<UserId> {
-        self.hub.view().remote_users
+        self.hub.remote_users()
     }
 }
 
