@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed (e.g. a ticket did not verify), 2 bad usage.
 
+mod alloc;
 mod bench;
 mod bots;
 mod serve;
@@ -54,6 +55,7 @@ const DEFAULT_LOG: &str = "warn,webrtc::peer_connection::peer_connection_interna
                            webrtc_ice::agent::agent_internal=error,webrtc::mux=error";
 
 fn main() -> ExitCode {
+    alloc::pin_malloc_thresholds();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,6 +1,8 @@
 //! 100 joined clients in one process, no media: join time and process memory.
 //!
 //! Run: `cargo bench -p rtcroom --bench join100` (optionally `-- <clients> <hold_seconds>`).
+//! Clients fill rtc rooms of at most [`ROOM_SIZE`] members (TRTC caps an rtc room at 300), so
+//! 1,000 clients are four rooms; `RTCROOM_BENCH_ROOM_SIZE` changes the room size.
 //! By default the room server runs in the same process (its own thread), so the RSS figures
 //! include its per-session state. With `RTCROOM_BENCH_URL=ws://host:port/ws` the clients use
 //! an external server instead (one configured with sdkAppId 1400000000 and key `bench-key`),
@@ -14,6 +16,27 @@ use rtcroom_server::{RunningServer, ServerConfig};
 
 const APP: u32 = 1_400_000_000;
 const KEY: &str = "bench-key";
+/// Members per room (`RTCROOM_BENCH_ROOM_SIZE` to change).
+const ROOM_SIZE: usize = 250;
+
+fn room_size() -> usize {
+    std::env::var("RTCROOM_BENCH_ROOM_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(ROOM_SIZE)
+}
+
+/// The room of client `i`.
+fn room_of(i: usize) -> u32 {
+    1 + (i / room_size()) as u32
+}
+
+/// How many members the room of client `i` has when `n` clients joined.
+fn members_with(i: usize, n: usize) -> usize {
+    let first = i / room_size() * room_size();
+    (n - first).min(room_size())
+}
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -50,8 +73,31 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// As the `rtcroom` CLI does at start (see its `alloc` module): keep glibc's mmap threshold
+/// at 128 KiB. `RTCROOM_MALLOC_DYNAMIC=1` leaves glibc's dynamic threshold on, to compare.
+fn pin_malloc_thresholds() -> bool {
+    if std::env::var_os("RTCROOM_MALLOC_DYNAMIC").is_some() {
+        return false;
+    }
+    // SAFETY: `mallopt` only sets an allocator parameter; called first thing in `main`,
+    // before the runtime starts any thread.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) == 1 }
+}
+
+fn main() -> anyhow::Result<()> {
+    let pinned = pin_malloc_thresholds();
+    println!(
+        "glibc mmap threshold: {}",
+        if pinned {
+            "pinned at 128 KiB"
+        } else {
+            "dynamic (glibc default)"
+        }
+    );
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -98,27 +144,30 @@ async fn main() -> anyhow::Result<()> {
     // Phase 1: the first half joins one at a time (uncontended join latency).
     let half = n / 2;
     let mut sequential = Vec::new();
-    for c in &clients[..half] {
+    for (i, c) in clients[..half].iter().enumerate() {
         let t = Instant::now();
-        c.join(JoinOptions::new(1u32)).await?;
+        c.join(JoinOptions::new(room_of(i))).await?;
         sequential.push(t.elapsed());
     }
     // Phase 2: the rest join all at once (a join storm).
     let storm_start = Instant::now();
     let storm: Vec<_> = clients[half..]
         .iter()
-        .map(|c| async move {
+        .enumerate()
+        .map(|(i, c)| async move {
             let t = Instant::now();
-            c.join(JoinOptions::new(1u32)).await.map(|_| t.elapsed())
+            c.join(JoinOptions::new(room_of(half + i)))
+                .await
+                .map(|_| t.elapsed())
         })
         .collect();
     let mut concurrent: Vec<Duration> = futures_util::future::try_join_all(storm).await?;
     let storm_total = storm_start.elapsed();
 
-    // Every client sees every other one.
+    // Every client sees every other one of its room.
     let converge_start = Instant::now();
-    for (c, ev) in clients.iter().zip(events.iter_mut()) {
-        while c.remote_users().len() < n - 1 {
+    for (i, (c, ev)) in clients.iter().zip(events.iter_mut()).enumerate() {
+        while c.remote_users().len() < members_with(i, n) - 1 {
             tokio::time::timeout(Duration::from_secs(30), ev.recv())
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("event stream ended"))?;
@@ -146,7 +195,11 @@ async fn main() -> anyhow::Result<()> {
 
     sequential.sort();
     concurrent.sort();
-    println!("clients: {n} joined one rtc room ({connected} CONNECTED after holding)");
+    println!(
+        "clients: {n} joined {} rtc room(s) of at most {} ({connected} CONNECTED after holding)",
+        room_of(n - 1),
+        room_size()
+    );
     println!(
         "join, one at a time ({half}): p50 {:?}  p95 {:?}  max {:?}",
         percentile(&sequential, 0.5),
@@ -161,10 +214,7 @@ async fn main() -> anyhow::Result<()> {
         percentile(&concurrent, 0.95),
         percentile(&concurrent, 1.0)
     );
-    println!(
-        "all clients see all {} peers after another {converge:?}",
-        n - 1
-    );
+    println!("all clients see all peers of their room after another {converge:?}");
     println!(
         "RSS: start {:.1} MiB, server up {:.1} MiB, {n} joined {:.1} MiB, after {:?} held {:.1} MiB (peak {:.1} MiB)",
         mib(rss_start),
