@@ -368,9 +368,25 @@ impl ClientActor {
                 );
             }
             Output::BuildPipeline { key, pc_id, spec } => {
-                let (audio, video) = (spec.audio, spec.video_codec.is_some());
+                // The receive side exists at once, so the link negotiates while the pipeline
+                // starts (GStreamer state changes block: elsewhere); packets that arrive
+                // before it is up are kept for it.
+                let remote = Arc::new(RemoteMedia::new());
+                let role = PcRole::Downlink {
+                    remote: remote.clone(),
+                    audio: spec.audio,
+                    video: spec.video_codec.is_some(),
+                };
+                self.core.handle_input(
+                    Input::PipelineBuilt {
+                        key: key.clone(),
+                        pc_id,
+                        result: Ok(role),
+                    },
+                    Instant::now(),
+                );
                 let build = tokio::task::spawn_blocking(move || {
-                    RemoteMedia::start(
+                    remote.start(
                         &spec.user_id,
                         spec.stream_type,
                         spec.audio,
@@ -381,14 +397,7 @@ impl ClientActor {
                 });
                 ctx.spawn(build.into_actor(self).map(move |res, act, ctx| {
                     let (result, events) = match res {
-                        Ok(Ok((media, events))) => {
-                            let role = PcRole::Downlink {
-                                remote: Arc::new(media),
-                                audio,
-                                video,
-                            };
-                            (Ok(role), Some(events))
-                        }
+                        Ok(Ok(events)) => (Ok(()), Some(events)),
                         Ok(Err(e)) => (Err(e), None),
                         Err(join) => (
                             Err(RtcError::new(
@@ -398,22 +407,9 @@ impl ClientActor {
                             None,
                         ),
                     };
-                    let role = result.as_ref().ok().cloned();
-                    act.drive(
-                        ctx,
-                        Input::PipelineBuilt {
-                            key: key.clone(),
-                            pc_id,
-                            result,
-                        },
-                    );
-                    // The core took the pipeline (it was not superseded meanwhile): watch it.
-                    let taken = role.as_ref().is_some_and(|role| {
-                        act.core
-                            .links()
-                            .any(|(k, m, _)| *k == key && m.is_some_and(|m| m.same(role)))
-                    });
-                    if let (true, Some(events)) = (taken, events) {
+                    // Watch the pipeline only while it is the link's current one.
+                    let current = act.core.pipeline_of(&key) == Some(pc_id);
+                    if let (true, Some(events)) = (current, events) {
                         let watcher = RemoteStreamActor::new(
                             key.clone(),
                             pc_id,
@@ -422,10 +418,18 @@ impl ClientActor {
                             act.span.clone(),
                         )
                         .start();
-                        if let Some(old) = act.streams.insert(key, watcher) {
+                        if let Some(old) = act.streams.insert(key.clone(), watcher) {
                             old.do_send(StopStream);
                         }
                     }
+                    act.drive(
+                        ctx,
+                        Input::PipelineStarted {
+                            key,
+                            pipeline: pc_id,
+                            result,
+                        },
+                    );
                 }));
             }
             Output::Negotiate {

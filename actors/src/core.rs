@@ -241,14 +241,26 @@ pub enum Input<M> {
         /// Its reply.
         result: Result<Option<ReplyData>, SignalError>,
     },
-    /// A downlink's pipeline ([`Output::BuildPipeline`]) is built, or failed.
+    /// A downlink's receive side ([`Output::BuildPipeline`]) exists, or could not be made.
+    /// Its pipeline may still be starting: the link negotiates meanwhile, and
+    /// [`Input::PipelineStarted`] follows.
     PipelineBuilt {
         /// The link.
         key: LinkKey,
         /// The id the build was asked with.
         pc_id: PcId,
-        /// The pipeline.
+        /// The receive side.
         result: Result<M, RtcError>,
+    },
+    /// A downlink's pipeline started (or could not): a subscription is answered once its
+    /// pipeline started and its peer connection connected.
+    PipelineStarted {
+        /// The link.
+        key: LinkKey,
+        /// The id the build was asked with.
+        pipeline: PcId,
+        /// Started, or why not.
+        result: Result<(), RtcError>,
     },
     /// A negotiation ([`Output::Negotiate`]) ended: on success the driver holds peer
     /// connection `pc_id`, connected.
@@ -356,7 +368,8 @@ pub enum Output<M> {
         /// Its timeout.
         timeout: Duration,
     },
-    /// Build a downlink's receive pipeline and report [`Input::PipelineBuilt`].
+    /// Make a downlink's receive side and report [`Input::PipelineBuilt`] at once, then
+    /// start its pipeline (blocking, elsewhere) and report [`Input::PipelineStarted`].
     BuildPipeline {
         /// The link.
         key: LinkKey,
@@ -439,6 +452,8 @@ struct Link<M> {
     pipeline: PcId,
     /// Downlinks: when the pipeline was rebuilt after failures, within the window.
     restarts: Vec<Instant>,
+    /// The pipeline started (always true for uplinks).
+    pipeline_ready: bool,
 }
 
 /// A timer the core set.
@@ -558,6 +573,14 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         })
     }
 
+    /// The id of a downlink's current pipeline (see [`Output::BuildPipeline`]).
+    pub fn pipeline_of(&self, key: &LinkKey) -> Option<PcId> {
+        self.links
+            .get(key)
+            .filter(|_| matches!(key, LinkKey::Down(..)))
+            .map(|l| l.pipeline)
+    }
+
     /// The next thing to do.
     pub fn poll_output(&mut self) -> Option<Output<M>> {
         let out = self.out.pop_front();
@@ -590,6 +613,11 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
             Input::Server { .. } | Input::SignalLost { .. } => {}
             Input::Replied { id, result } => self.replied(id, result),
             Input::PipelineBuilt { key, pc_id, result } => self.pipeline_built(key, pc_id, result),
+            Input::PipelineStarted {
+                key,
+                pipeline,
+                result,
+            } => self.pipeline_started(key, pipeline, result),
             Input::Negotiated {
                 key,
                 pc_id,
@@ -845,6 +873,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 call: Some(call),
                 pipeline: 0,
                 restarts: Vec::new(),
+                pipeline_ready: true,
             },
         );
         self.negotiate_link(key);
@@ -967,6 +996,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 call,
                 pipeline: reserve,
                 restarts: Vec::new(),
+                pipeline_ready: false,
             },
         );
         self.out.push_back(Output::BuildPipeline {
@@ -1484,7 +1514,12 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         };
         link.phase = LinkPhase::Up;
         link.health.connected();
-        let call = link.call.take();
+        // A subscription is answered when its pipeline has started too.
+        let call = if link.pipeline_ready {
+            link.call.take()
+        } else {
+            None
+        };
         let announce = !link.announced;
         link.announced = true;
         if let Some(media) = link.media.clone() {
@@ -1521,6 +1556,35 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         tracing::info!(?key, pc = id, "media link connected");
         if let Some(call) = call {
             self.answer(Some(call), Ok(()));
+        }
+    }
+
+    /// A downlink's pipeline started, or could not: answer its subscription when the link
+    /// is up too; a pipeline that cannot start ends the subscription.
+    fn pipeline_started(&mut self, key: LinkKey, pipeline: PcId, result: Result<(), RtcError>) {
+        let Some(link) = self
+            .links
+            .get_mut(&key)
+            .filter(|l| l.pipeline == pipeline && !l.pipeline_ready)
+        else {
+            return; // replaced or ended meanwhile
+        };
+        match result {
+            Ok(()) => {
+                link.pipeline_ready = true;
+                if link.phase == LinkPhase::Up {
+                    let call = link.call.take();
+                    if let Some(call) = call {
+                        self.answer(Some(call), Ok(()));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::info!(?key, error = %e, "receive pipeline did not start");
+                let call = link.call.take();
+                self.remove_link(&key);
+                self.answer(call, Err(e));
+            }
         }
     }
 
@@ -2783,5 +2847,94 @@ mod tests {
         let (_, outs) = sim.call(Call::Leave);
         mirror.apply(&outs);
         assert!(mirror.members.is_empty() && mirror.muted.is_empty());
+    }
+
+    #[test]
+    fn a_subscription_negotiates_while_its_pipeline_starts_and_is_answered_when_both_are_done() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[stream("bob", VideoCodec::H264)]);
+        for pipeline_first in [true, false] {
+            let (call, outs) = sim.call(Call::Subscribe(subscription("bob")));
+            let (key, pipeline) = one(builds(&outs));
+            // The receive side exists at once: negotiation starts before the pipeline is up.
+            let outs = sim.input(Input::PipelineBuilt {
+                key: key.clone(),
+                pc_id: pipeline,
+                result: Ok(Media(7)),
+            });
+            let [(_, pc)] = negotiations(&outs)[..] else {
+                panic!("{outs:?}")
+            };
+            let started = |sim: &mut Sim| {
+                sim.input(Input::PipelineStarted {
+                    key: key.clone(),
+                    pipeline,
+                    result: Ok(()),
+                })
+            };
+            let connected = |sim: &mut Sim| {
+                sim.input(Input::Negotiated {
+                    key: key.clone(),
+                    pc_id: pc,
+                    result: Ok(()),
+                    muted: vec![],
+                })
+            };
+            let (first, second) = if pipeline_first {
+                let a = started(&mut sim);
+                (a, connected(&mut sim))
+            } else {
+                let a = connected(&mut sim);
+                (a, started(&mut sim))
+            };
+            assert_eq!(
+                reply_of(&first, call),
+                None,
+                "pipeline first: {pipeline_first}"
+            );
+            assert_eq!(reply_of(&second, call), Some(Ok(())));
+        }
+        // A pipeline that cannot start fails the call and ends the link, even once connected.
+        let (call, outs) = sim.call(Call::Subscribe(subscription("bob")));
+        let (key, pipeline) = one(builds(&outs));
+        let outs = sim.input(Input::PipelineBuilt {
+            key: key.clone(),
+            pc_id: pipeline,
+            result: Ok(Media(8)),
+        });
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        sim.input(Input::Negotiated {
+            key: key.clone(),
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        let no_display = RtcError::new(ErrorCode::InitializeFailed, "no display");
+        let outs = sim.input(Input::PipelineStarted {
+            key: key.clone(),
+            pipeline,
+            result: Err(no_display.clone()),
+        });
+        assert_eq!(reply_of(&outs, call), Some(Err(no_display)));
+        assert_eq!(closed_pcs(&outs), [pc]);
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::LinkEnded {
+                media: Media(8),
+                ..
+            }
+        )));
+        assert_eq!(sim.core.links().count(), 0);
+        // A late report about it changes nothing.
+        assert!(
+            sim.input(Input::PipelineStarted {
+                key,
+                pipeline,
+                result: Ok(())
+            })
+            .is_empty()
+        );
     }
 }

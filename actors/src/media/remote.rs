@@ -4,8 +4,8 @@
 //! pipeline, so the application's frame callback keeps running.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -131,14 +131,32 @@ impl TrackCounters {
     }
 }
 
-/// One subscribed stream's receive side.
+/// Packets kept for a pipeline that is still starting (about 2 s of 1 Mbit/s video).
+pub const EARLY_PACKETS: usize = 2048;
+
+/// One subscribed stream's receive side. Created empty, so its peer connection can be
+/// negotiated while the pipeline starts ([`RemoteMedia::start`]); packets that arrive before
+/// the pipeline are kept (up to [`EARLY_PACKETS`]) and handed to it in order when it is up,
+/// so the first keyframe is not lost.
 pub struct RemoteMedia {
-    pipeline: Option<RemotePipeline>,
+    pipeline: OnceLock<RemotePipeline>,
+    /// Packets that came before the pipeline; `None` once they were handed to it.
+    early: Mutex<Option<Vec<Bytes>>>,
+    /// The early packets went to the pipeline: push straight to it.
+    attached: AtomicBool,
+    /// The subscription ended: a pipeline not started yet never starts.
+    finished: AtomicBool,
     /// Video receive counters.
     pub video: TrackCounters,
     /// Audio receive counters.
     pub audio: TrackCounters,
     size: Arc<AtomicU64>,
+}
+
+impl Default for RemoteMedia {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for RemoteMedia {
@@ -164,17 +182,38 @@ pub fn record_path(dir: &std::path::Path, stem: &str, ext: &str) -> std::path::P
 }
 
 impl RemoteMedia {
+    /// An empty receive side: packets are kept until [`start`](Self::start) succeeds.
+    pub fn new() -> RemoteMedia {
+        RemoteMedia {
+            pipeline: OnceLock::new(),
+            early: Mutex::new(Some(Vec::new())),
+            attached: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            video: TrackCounters::default(),
+            audio: TrackCounters::default(),
+            size: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     /// Builds and starts the receive pipeline for `user`'s `stream_type` with the tracks
-    /// asked for. Blocks (GStreamer state changes): run it off the engine thread.
+    /// asked for, and hands it the packets that came meanwhile. Blocks (GStreamer state
+    /// changes): run it off the engine thread. Once only.
     pub fn start(
+        &self,
         user: &UserId,
         stream_type: StreamType,
         audio: bool,
         video: Option<VideoCodec>,
         output: &SubscribeOutput,
         jitter_latency: std::time::Duration,
-    ) -> Result<(RemoteMedia, PipelineEvents), RtcError> {
-        let size = Arc::new(AtomicU64::new(0));
+    ) -> Result<PipelineEvents, RtcError> {
+        if self.finished.load(Ordering::Acquire) {
+            return Err(RtcError::invalid_operation(
+                None,
+                "the subscription ended before its pipeline started",
+            ));
+        }
+        let size = self.size.clone();
         let out = match output {
             SubscribeOutput::Play => RemoteOutput::Play,
             SubscribeOutput::Discard => RemoteOutput::Discard,
@@ -189,7 +228,7 @@ impl RemoteMedia {
                 }
             }
             SubscribeOutput::Frames(handler) => {
-                let (handler, user, sz) = (handler.clone(), user.clone(), size.clone());
+                let (handler, user, sz) = (handler.clone(), user.clone(), size);
                 RemoteOutput::Frames(Arc::new(move |frame: DecodedFrame| {
                     if let FrameInfo::Video { width, height } = frame.info {
                         sz.store(
@@ -211,32 +250,62 @@ impl RemoteMedia {
                 format!("remote media pipeline: {e}"),
             )
         })?;
-        Ok((
-            RemoteMedia {
-                pipeline: Some(pipeline),
-                video: TrackCounters::default(),
-                audio: TrackCounters::default(),
-                size,
-            },
-            events,
-        ))
+        // Hand over the early packets under the lock, so a packet that arrives meanwhile
+        // waits and goes after them: the pipeline sees them in arrival order.
+        let mut early = lock(&self.early);
+        let Ok(()) = self.pipeline.set(pipeline) else {
+            return Err(RtcError::invalid_operation(
+                None,
+                "the receive pipeline was started twice",
+            ));
+        };
+        if let (Some(p), Some(packets)) = (self.pipeline.get(), early.take()) {
+            for packet in packets {
+                let _ = p.push_rtp(packet);
+            }
+        }
+        self.attached.store(true, Ordering::Release);
+        drop(early);
+        if self.finished.load(Ordering::Acquire) {
+            // Ended while starting (`finish` found no pipeline to stop): stop it here, on
+            // this blocking thread.
+            if let Some(p) = self.pipeline.get() {
+                let _ = p.stop();
+            }
+            return Err(RtcError::invalid_operation(
+                None,
+                "the subscription ended while its pipeline started",
+            ));
+        }
+        Ok(events)
     }
 
-    /// Feeds one received RTP packet to the pipeline. Never blocks; malformed packets are
-    /// counted and dropped by the pipeline.
+    /// Feeds one received RTP packet to the pipeline (or keeps it until the pipeline is up).
+    /// Never blocks on GStreamer; malformed packets are counted and dropped by the pipeline.
     pub fn push_rtp(&self, packet: Bytes) {
-        if let Some(p) = &self.pipeline {
-            let _ = p.push_rtp(packet);
+        if self.attached.load(Ordering::Acquire) {
+            if let Some(p) = self.pipeline.get() {
+                let _ = p.push_rtp(packet);
+            }
+            return;
+        }
+        let mut early = lock(&self.early);
+        match early.as_mut() {
+            Some(packets) if packets.len() < EARLY_PACKETS => packets.push(packet),
+            // A pipeline that takes this long to start misses the newest packets; the
+            // decoder recovers at the next keyframe, which its subscription asks for.
+            Some(_) => {}
+            None => {
+                if let Some(p) = self.pipeline.get() {
+                    let _ = p.push_rtp(packet);
+                }
+            }
         }
     }
 
     /// Counters now.
     pub fn stats(&self) -> RemoteMediaStats {
-        let p = self
-            .pipeline
-            .as_ref()
-            .map(|p| p.stats())
-            .unwrap_or_default();
+        let p = self.pipeline.get().map(|p| p.stats()).unwrap_or_default();
         let size = self.size.load(Ordering::Relaxed);
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         RemoteMediaStats {
@@ -286,6 +355,11 @@ pub async fn stopped_pipelines(limit: Duration) -> bool {
         .is_ok_and(|r| r.is_ok())
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data is a list of packets: still consistent after a panic elsewhere.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The typed events (errors, end of stream) of a receive pipeline.
 pub type PipelineEvents = tokio::sync::mpsc::UnboundedReceiver<rtcroom_pipelines::PipelineEvent>;
 
@@ -294,7 +368,7 @@ impl RemoteMedia {
     /// decoder would.
     #[cfg(feature = "fault-injection")]
     pub fn inject_failure_for_test(&self) {
-        if let Some(p) = &self.pipeline {
+        if let Some(p) = self.pipeline.get() {
             p.inject_error_for_test();
         }
     }
@@ -302,10 +376,11 @@ impl RemoteMedia {
     /// The subscription ended: stop the pipeline (finalising a recording) now, elsewhere,
     /// rather than when the last reference (a track reader of a closing peer connection) goes.
     pub fn finish(self: &Arc<Self>) {
-        if self.pipeline.is_some() {
+        self.finished.store(true, Ordering::Release);
+        if self.pipeline.get().is_some() {
             let me = self.clone();
             stop_elsewhere(move || {
-                if let Some(p) = &me.pipeline {
+                if let Some(p) = me.pipeline.get() {
                     let _ = p.stop();
                 }
             });
