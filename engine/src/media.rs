@@ -237,6 +237,15 @@ pub struct LocalStream {
 }
 
 impl LocalStream {
+    /// The SDP fmtp its video is sent with (H.264: the `profile-level-id` whose level
+    /// follows the resolution and frame rate), if it has video with one.
+    pub fn video_fmtp(&self) -> Option<String> {
+        self.media
+            .video_track()
+            .map(|t| t.codec().sdp_fmtp_line)
+            .filter(|f| !f.is_empty())
+    }
+
     /// Main or auxiliary.
     pub fn stream_type(&self) -> StreamType {
         self.media.stream_type()

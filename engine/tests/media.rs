@@ -201,6 +201,40 @@ async fn vp8_is_published_announced_and_decoded() {
     drop(server);
 }
 
+/// A 1080p H.264 stream declares level 4.0 (its track's codec, the codec the uplink
+/// registers, and the server's answers to publisher and subscriber); it is published,
+/// forwarded and decoded at its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1080p_h264_stream_is_negotiated_at_level_4_and_decoded() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let mut bob = media_client(&url, "bob", None);
+    let local = bounded(create_stream(
+        StreamConfig::default()
+            .with_audio(false)
+            .with_video_profile(VideoProfile::new(1920, 1080, 15, 1500)),
+    ))
+    .await
+    .expect("1080p stream starts");
+    assert!(
+        local
+            .video_fmtp()
+            .is_some_and(|f| f.contains("profile-level-id=420028")),
+        "{:?}",
+        local.video_fmtp()
+    );
+    join(&alice, 3012).await;
+    bounded(alice.publish(&local)).await.expect("publish 1080p");
+    join(&bob, 3012).await;
+    let remote = wait_stream_added(&mut bob, "alice").await;
+    let frames = Arc::new(Frames::default());
+    subscribe_fast(&bob, &remote, frames.output()).await;
+    frames.wait("10 1080p frames", |f| f.video() >= 10).await;
+    assert_eq!(*frames.size.lock().unwrap(), Some((1920, 1080)));
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subscribe_decode_mute_unpublish() {
     let server = start(server_config("127.0.0.1:0"));

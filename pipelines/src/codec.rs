@@ -17,9 +17,41 @@ pub const VIDEO_CLOCK_RATE: u32 = 90_000;
 pub const OPUS_CLOCK_RATE: u32 = 48_000;
 /// Opus channel count in SDP (always 2 on the wire, RFC 7587).
 pub const OPUS_CHANNELS: u16 = 2;
-/// SDP fmtp for H.264: constrained baseline level 3.1, non-interleaved mode.
+/// SDP fmtp for H.264: constrained baseline level 3.1, non-interleaved mode (what a receiver
+/// declares, and what a sender up to 1280×720 @ 30 fps sends; see [`h264_fmtp`]).
 pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f";
+
+/// H.264 level 3.1's `level_idc`, the lowest a WebRTC H.264 stream declares.
+pub const H264_LEVEL_3_1: u8 = 31;
+
+/// The lowest H.264 level (`level_idc`, 10 × the level) whose frame size and macroblock rate
+/// (ITU-T H.264 Table A-1) hold `width`×`height` at `fps`, at least 3.1 (WebRTC's usual
+/// floor). 1280×720 @ 30 is 3.1, 1920×1080 @ 30 is 4.0, 3840×2160 @ 30 is 5.1.
+pub fn h264_level_idc(width: u32, height: u32, fps: u32) -> u8 {
+    // (level_idc, max frame size in macroblocks, max macroblocks per second)
+    const LEVELS: [(u8, u64, u64); 7] = [
+        (31, 3_600, 108_000),
+        (32, 5_120, 216_000),
+        (40, 8_192, 245_760),
+        (42, 8_704, 522_240),
+        (50, 22_080, 589_824),
+        (51, 36_864, 983_040),
+        (52, 36_864, 2_073_600),
+    ];
+    let mbs = u64::from(width.div_ceil(16)) * u64::from(height.div_ceil(16));
+    let rate = mbs * u64::from(fps.max(1));
+    LEVELS
+        .iter()
+        .find(|(_, frame, per_s)| mbs <= *frame && rate <= *per_s)
+        .map_or(52, |(idc, _, _)| *idc)
+        .max(H264_LEVEL_3_1)
+}
+
+/// The H.264 fmtp of a stream at `level_idc` (same profile and mode as [`H264_FMTP`]).
+pub fn h264_fmtp(level_idc: u8) -> String {
+    format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4200{level_idc:02x}")
+}
 /// SDP fmtp for Opus.
 pub const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
 /// MTU of produced RTP packets (payload + RTP header), small enough for TURN/SRTP overhead.
@@ -234,6 +266,7 @@ mod tests {
         assert_eq!(Codec::Audio(AudioCodec::Opus).clock_rate(), 48_000);
         assert_eq!(Codec::Audio(AudioCodec::Opus).channels(), Some(2));
         assert!(H264_FMTP.contains("profile-level-id=42001f"));
+        assert_eq!(h264_fmtp(H264_LEVEL_3_1), H264_FMTP);
         assert!(H264_FMTP.contains("packetization-mode=1"));
     }
 
@@ -263,5 +296,25 @@ mod tests {
         assert_eq!(empty.payload_type(), None);
         assert_eq!(empty.timestamp(), None);
         assert!(!empty.marker());
+    }
+
+    #[test]
+    fn h264_level_follows_the_resolution_and_frame_rate() {
+        for (w, h, fps, level) in [
+            (160, 120, 15, 31),
+            (640, 480, 30, 31),
+            (1280, 720, 30, 31),
+            (1280, 720, 60, 32),
+            (1920, 1080, 15, 40),
+            (1920, 1080, 30, 40),
+            (1920, 1080, 60, 42),
+            (2560, 1440, 30, 50),
+            (3840, 2160, 30, 51),
+            (3840, 2160, 60, 52),
+            (7680, 4320, 30, 52),
+        ] {
+            assert_eq!(h264_level_idc(w, h, fps), level, "{w}x{h}@{fps}");
+        }
+        assert!(h264_fmtp(40).ends_with("profile-level-id=420028"));
     }
 }

@@ -17,6 +17,7 @@ use actix::Recipient;
 
 use rtcroom_pipelines::{
     EncoderControl, LocalConfig, LocalOutputs, LocalPipeline, MediaKind, RtpPacket, VideoCodec,
+    VideoProfile,
 };
 use rtcroom_protocol::signal::StreamType;
 use rtcroom_protocol::{ErrorCode, RtcError};
@@ -26,9 +27,8 @@ use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 use webrtc::track::track_local::TrackLocalWriter;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
-/// The H.264 fmtp the pipelines produce (Constrained Baseline 3.1, packetization mode 1).
-pub const H264_FMTP: &str =
-    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f";
+/// The H.264 fmtp a receiver registers (level 3.1; see `rtcroom_pipelines::codec`).
+pub use rtcroom_pipelines::codec::H264_FMTP;
 /// Payload type of H.264 (as rtcroom-pipelines packetises it).
 pub const H264_PT: u8 = 102;
 /// Payload type of VP8 (as rtcroom-pipelines packetises it).
@@ -36,13 +36,19 @@ pub const VP8_PT: u8 = rtcroom_pipelines::codec::VP8_PAYLOAD_TYPE;
 /// Payload type of Opus.
 pub const OPUS_PT: u8 = 111;
 
-/// The H.264 codec as registered and sent.
+/// The H.264 codec as registered for receiving (level 3.1).
 pub fn h264_capability() -> RTCRtpCodecCapability {
+    h264_capability_at(rtcroom_pipelines::codec::H264_LEVEL_3_1)
+}
+
+/// The H.264 codec of a stream at `level_idc` (the level its resolution and frame rate need,
+/// [`rtcroom_pipelines::codec::h264_level_idc`]).
+pub fn h264_capability_at(level_idc: u8) -> RTCRtpCodecCapability {
     RTCRtpCodecCapability {
         mime_type: MIME_TYPE_H264.to_owned(),
         clock_rate: 90_000,
         channels: 0,
-        sdp_fmtp_line: H264_FMTP.to_owned(),
+        sdp_fmtp_line: rtcroom_pipelines::codec::h264_fmtp(level_idc),
         rtcp_feedback: vec![],
     }
 }
@@ -63,6 +69,20 @@ pub fn video_capability(codec: VideoCodec) -> (RTCRtpCodecCapability, u8) {
     match codec {
         VideoCodec::H264 => (h264_capability(), H264_PT),
         VideoCodec::Vp8 => (vp8_capability(), VP8_PT),
+    }
+}
+
+/// The codec a video track of `profile` is sent with: H.264 declares the level its
+/// resolution and frame rate need (1080p is level 4.0, not 3.1). The level is fixed when the
+/// stream is created; a later profile change keeps the negotiated one.
+pub fn video_capability_for(codec: VideoCodec, profile: &VideoProfile) -> RTCRtpCodecCapability {
+    match codec {
+        VideoCodec::H264 => h264_capability_at(rtcroom_pipelines::codec::h264_level_idc(
+            profile.width,
+            profile.height,
+            profile.fps,
+        )),
+        VideoCodec::Vp8 => vp8_capability(),
     }
 }
 
@@ -233,7 +253,7 @@ impl LocalMedia {
     ) -> Result<(Arc<LocalMedia>, LocalOutputs), RtcError> {
         let video_track = config.video.as_ref().map(|v| {
             Arc::new(TrackLocalStaticRTP::new(
-                video_capability(v.codec).0,
+                video_capability_for(v.codec, &v.profile),
                 "video".into(),
                 "rtcroom".into(),
             ))

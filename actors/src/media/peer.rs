@@ -26,7 +26,7 @@ use rtcroom_protocol::{ErrorCode, RtcError};
 use tokio::sync::oneshot;
 use webrtc::api::APIBuilder;
 use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::{MIME_TYPE_VP8, MediaEngine};
+use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_VP8, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
@@ -173,8 +173,17 @@ pub fn video_feedback() -> Vec<webrtc::rtp_transceiver::RTCPFeedback> {
 /// A webrtc-rs peer connection set up for rtcroom's SFU (also used by the CLI's WHIP
 /// publisher).
 pub async fn new_peer_connection() -> Result<Arc<RTCPeerConnection>, RtcError> {
+    new_peer_connection_with(h264_capability()).await
+}
+
+/// As [`new_peer_connection`], with H.264 registered as `h264` (an uplink registers its
+/// track's codec, whose level follows its resolution: webrtc-rs sends a track only with a
+/// registered codec of the same fmtp).
+pub async fn new_peer_connection_with(
+    h264: RTCRtpCodecCapability,
+) -> Result<Arc<RTCPeerConnection>, RtcError> {
     let mut m = MediaEngine::default();
-    let mut h264 = h264_capability();
+    let mut h264 = h264;
     h264.rtcp_feedback = video_feedback();
     let mut vp8 = vp8_capability();
     vp8.rtcp_feedback = video_feedback();
@@ -332,7 +341,15 @@ impl PeerConnectionActor {
         owner: Recipient<PcEvent>,
         span: tracing::Span,
     ) -> Result<Addr<PeerConnectionActor>, RtcError> {
-        let pc = new_peer_connection().await?;
+        let h264 = match &role {
+            PcRole::Uplink(local) => local
+                .video_track()
+                .map(|t| t.codec())
+                .filter(|c| c.mime_type == MIME_TYPE_H264)
+                .unwrap_or_else(h264_capability),
+            PcRole::Downlink { .. } => h264_capability(),
+        };
+        let pc = new_peer_connection_with(h264).await?;
         let mut senders = Vec::new();
         match &role {
             PcRole::Uplink(local) => {

@@ -775,7 +775,10 @@ impl Worker {
                 // Baseline and constrained baseline carry the same bitstream from WebRTC
                 // encoders (constrained baseline is a subset); accept either in the offer,
                 // the publisher's own first, so the answer names it where the offer has it.
-                let mut profiles = [0x42001f, 0x42e01f];
+                // The level is the publisher's (what is sent: a 1080p stream is 4.0); str0m
+                // matches an offer of another level (a level is negotiable, RFC 6184 8.2.2).
+                let level = f.profile_level_id.map_or(0x1f, |p| p & 0xff);
+                let mut profiles = [0x420000 | level, 0x42e000 | level];
                 if f.profile_level_id.map(|p| p >> 8) == Some(0x42e0) {
                     profiles.reverse();
                 }
