@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 use crate::backoff::{DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MISSED_HEARTBEATS, ReconnectPolicy};
 use crate::core::{Call, CallId, ClientCore, Input, LinkKey, LinkMedia, Output};
 use crate::error::SignalError;
-use crate::event::ClientEvent;
+use crate::event::{AudioVolume, ClientEvent};
 use crate::hub::ClientHub;
 use crate::lifecycle::Phase;
 use crate::media::peer::{ApplyAnswer, ClosePc, CreateOffer, WaitConnected};
@@ -231,6 +231,8 @@ pub struct ClientActor {
     streams: HashMap<LinkKey, Addr<RemoteStreamActor>>,
     /// The wake-up set for the core's next deadline.
     timer: Option<(Instant, SpawnHandle)>,
+    /// The `audio-volume` interval, when enabled.
+    volume_timer: Option<SpawnHandle>,
     /// Downlink loss between `network-quality` reports.
     quality_loss: crate::quality::LossWindow,
 }
@@ -267,6 +269,7 @@ impl ClientActor {
             pcs: HashMap::new(),
             streams: HashMap::new(),
             timer: None,
+            volume_timer: None,
             quality_loss: crate::quality::LossWindow::default(),
         }
     }
@@ -613,6 +616,58 @@ impl ClientActor {
             }
             .into_actor(self),
         );
+    }
+}
+
+/// Start (or change, or with a zero interval stop) `audio-volume` reports.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct EnableAudioVolumeEvaluation(pub Duration);
+
+impl Handler<EnableAudioVolumeEvaluation> for ClientActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: EnableAudioVolumeEvaluation, ctx: &mut Self::Context) {
+        if let Some(timer) = self.volume_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if !msg.0.is_zero() {
+            self.volume_timer = Some(ctx.run_interval(msg.0, |act, _| act.report_audio_volume()));
+        }
+    }
+}
+
+impl ClientActor {
+    /// Emit `audio-volume` with every audio stream's loudest volume since the last report
+    /// (only while in a room and when there is at least one).
+    fn report_audio_volume(&mut self) {
+        if self.core.phase() != Phase::Joined {
+            return;
+        }
+        let me = &self.settings.user_id;
+        let result: Vec<AudioVolume> = self
+            .core
+            .links()
+            .filter_map(|(key, media, up)| {
+                let (user_id, stream_type, level) = match (key, media) {
+                    (LinkKey::Up(t), Some(PcRole::Uplink(local))) if up.is_some() => {
+                        (me.clone(), *t, local.audio_level()?)
+                    }
+                    (LinkKey::Down(u, t), Some(PcRole::Downlink { remote, .. })) => {
+                        (u.clone(), *t, remote.audio_level()?)
+                    }
+                    _ => return None,
+                };
+                Some(AudioVolume {
+                    user_id,
+                    audio_volume: level,
+                    stream_type,
+                })
+            })
+            .collect();
+        if !result.is_empty() {
+            self.hub.emit(ClientEvent::AudioVolume(result));
+        }
     }
 }
 

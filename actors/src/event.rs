@@ -114,6 +114,21 @@ pub enum ClientEvent {
         /// The message.
         data: Vec<u8>,
     },
+    /// `audio-volume` (after `enable_audio_volume_evaluation`): every interval, the loudest
+    /// volume of each audio stream since the last report: this client's published streams
+    /// (under its own user id) and the subscriptions that decode audio (Play, Frames).
+    AudioVolume(Vec<AudioVolume>),
+}
+
+/// One entry of `audio-volume`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AudioVolume {
+    /// Whose stream (this client's own id for what it publishes).
+    pub user_id: UserId,
+    /// 0–100: 100 × the RMS amplitude relative to full scale.
+    pub audio_volume: u8,
+    /// Which stream.
+    pub stream_type: StreamType,
 }
 
 /// One entry of `getRemoteMutedState()`: a remote member with a published main stream.

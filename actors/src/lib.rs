@@ -60,12 +60,12 @@ pub mod signaling;
 pub mod tls;
 
 pub use client::{
-    ClientActor, ClientRequest, ClientSettings, GetRemoteStats, GetTransportStats, JoinParams,
-    Shutdown, SubscribeParams,
+    ClientActor, ClientRequest, ClientSettings, EnableAudioVolumeEvaluation, GetRemoteStats,
+    GetTransportStats, JoinParams, Shutdown, SubscribeParams,
 };
 #[cfg(feature = "fault-injection")]
 pub use client::{CrashPeerConnections, FailRemotePipelines};
 pub use error::SignalError;
-pub use event::{ClientEvent, RemoteMutedState, RemoteStreamInfo};
+pub use event::{AudioVolume, ClientEvent, RemoteMutedState, RemoteStreamInfo};
 pub use hub::{ClientHub, ClientView};
 pub use lifecycle::{ConnectionState, Lifecycle, Phase, StateChange};

@@ -36,6 +36,9 @@ pub fn create_client(config: ClientConfig) -> Result<Client, RtcError> {
     })
 }
 
+/// The shortest `audio-volume` interval (TRTC: 16 ms).
+pub const MIN_AUDIO_VOLUME_INTERVAL: std::time::Duration = std::time::Duration::from_millis(16);
+
 /// One client: one user in (at most) one room at a time (`leave` then `join` starts a new
 /// session). Dropping it leaves the room (best effort) and stops its actors.
 ///
@@ -159,6 +162,22 @@ impl Client {
             stream_type: stream.stream_type,
         })
         .await
+    }
+
+    /// TRTC's `enableAudioVolumeEvaluation(interval)`: from now on, every `interval`, an
+    /// [`ClientEvent::AudioVolume`] with the loudest volume (0–100) of each audio stream since
+    /// the last one: what this client publishes (its own user id; 0 while muted) and the
+    /// subscriptions that decode audio (Play and Frames outputs; Record and Discard do not
+    /// decode, so they are not measured). Intervals below 16 ms are taken as 16 ms (TRTC's
+    /// minimum); a zero interval stops the reports.
+    pub fn enable_audio_volume_evaluation(&self, interval: std::time::Duration) {
+        let interval = if interval.is_zero() {
+            interval
+        } else {
+            interval.max(MIN_AUDIO_VOLUME_INTERVAL)
+        };
+        self.addr
+            .do_send(rtcroom_actors::EnableAudioVolumeEvaluation(interval));
     }
 
     /// Send a custom message to every other member of the room (TRTC's `sendCustomMessage`;

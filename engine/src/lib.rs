@@ -104,6 +104,8 @@ pub use rtcroom_pipelines::{AudioProfile, SourceKind, VideoProfile};
 /// A remote stream as `stream-added` announces it (TRTC's `RemoteStream`): `user_id`,
 /// `stream_type`, `has_audio`, `has_video`.
 pub type RemoteStream = RemoteStreamInfo;
-pub use rtcroom_actors::{ClientEvent, ConnectionState, RemoteMutedState, RemoteStreamInfo};
+pub use rtcroom_actors::{
+    AudioVolume, ClientEvent, ConnectionState, RemoteMutedState, RemoteStreamInfo,
+};
 pub use rtcroom_protocol::signal::{BanReason, LeaveReason, StreamType, VideoCodec};
 pub use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};

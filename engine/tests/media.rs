@@ -201,6 +201,56 @@ async fn vp8_is_published_announced_and_decoded() {
     drop(server);
 }
 
+/// `audio-volume`: the publisher hears its own tone, the subscriber the decoded one; a
+/// muted publisher reports 0; a zero interval stops the reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_volume_reports_the_sent_and_the_decoded_tone() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let mut alice = media_client(&url, "alice", None);
+    let mut bob = media_client(&url, "bob", None);
+    let local = stream().await;
+    join(&alice, 3013).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    join(&bob, 3013).await;
+    let remote = wait_stream_added(&mut bob, "alice").await;
+    let frames = Arc::new(Frames::default());
+    subscribe_fast(&bob, &remote, frames.output()).await;
+    frames.wait("audio frames", |f| f.audio() >= 10).await;
+    let loud = |who: &'static str| {
+        move |e: &ClientEvent| {
+            matches!(e, ClientEvent::AudioVolume(v)
+                if v.iter().any(|a| a.user_id == uid(who) && a.audio_volume >= 10))
+        }
+    };
+    alice.enable_audio_volume_evaluation(Duration::from_millis(100));
+    bob.enable_audio_volume_evaluation(Duration::from_millis(100));
+    alice
+        .wait_for("alice hears her own tone", loud("alice"))
+        .await;
+    bob.wait_for("bob hears alice's tone", loud("alice")).await;
+    bounded(local.mute_audio()).await.expect("mute");
+    alice
+        .wait_for("alice's muted stream reports 0", |e| {
+            matches!(e, ClientEvent::AudioVolume(v)
+                if v.iter().any(|a| a.user_id == uid("alice") && a.audio_volume == 0))
+        })
+        .await;
+    // Stopped: once the actor has taken the request (a later request's reply says so), no
+    // report comes in four intervals.
+    bob.enable_audio_volume_evaluation(Duration::ZERO);
+    bounded(bob.get_transport_stats()).await.expect("stats");
+    bob.drain();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !bob.drain()
+            .iter()
+            .any(|e| matches!(e, ClientEvent::AudioVolume(_))),
+        "reports after stopping"
+    );
+    drop(server);
+}
+
 /// A 1080p H.264 stream declares level 4.0 (its track's codec, the codec the uplink
 /// registers, and the server's answers to publisher and subscriber); it is published,
 /// forwarded and decoded at its size.

@@ -57,6 +57,7 @@ mod bus;
 pub mod codec;
 pub mod encoder;
 mod error;
+pub mod level;
 pub mod profiles;
 mod sink;
 mod source;

@@ -211,6 +211,8 @@ pub struct RemotePipeline {
     watch: BusWatch,
     tracks: Vec<(u8, gst_app::AppSrc)>,
     counters: Arc<Counters>,
+    /// The decoded audio's volume (Play and Frames outputs decode; Record and Discard do not).
+    meter: Arc<crate::level::AudioMeter>,
     stopped: AtomicBool,
 }
 
@@ -253,13 +255,14 @@ impl RemotePipeline {
         }
         let pipeline = gst::Pipeline::with_name("rtcroom-remote");
         let counters = Arc::<Counters>::default();
+        let meter = Arc::<crate::level::AudioMeter>::default();
         let mux = match &config.output {
             RemoteOutput::Record { path, format } => Some(add_muxer(&pipeline, path, *format)?),
             _ => None,
         };
         let mut tracks = Vec::new();
         for codec in codecs {
-            let appsrc = build_track(&pipeline, codec, &config, mux.as_ref(), &counters)?;
+            let appsrc = build_track(&pipeline, codec, &config, mux.as_ref(), &counters, &meter)?;
             tracks.push((codec.payload_type(), appsrc));
         }
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -276,6 +279,7 @@ impl RemotePipeline {
                 watch,
                 tracks,
                 counters,
+                meter,
                 stopped: AtomicBool::new(false),
             },
             ev_rx,
@@ -322,6 +326,12 @@ impl RemotePipeline {
         let _ = self.pipeline.post_message(msg);
     }
 
+    /// The loudest volume of the decoded audio (0–100) since the last call; `None` when the
+    /// output does not decode audio (Record, Discard) or before any audio was decoded.
+    pub fn audio_level(&self) -> Option<u8> {
+        self.meter.take()
+    }
+
     /// Counters.
     pub fn stats(&self) -> RemoteStats {
         let c = &self.counters;
@@ -364,6 +374,7 @@ fn build_track(
     config: &RemoteConfig,
     mux: Option<&gst::Element>,
     counters: &Arc<Counters>,
+    meter: &Arc<crate::level::AudioMeter>,
 ) -> Result<gst_app::AppSrc> {
     let appsrc = gst_app::AppSrc::builder()
         .caps(&codec.rtp_caps())
@@ -449,6 +460,11 @@ fn build_track(
             let dec = decoder.last().expect("decoder chain is not empty").clone();
             chain.extend(decoder);
             count_buffers(&dec, counters.clone(), codec.kind(), true);
+            if codec.kind() == MediaKind::Audio
+                && let Some(pad) = dec.static_pad("src")
+            {
+                crate::level::meter_pad(&pad, meter.clone());
+            }
             chain.push(make("queue")?);
             match &config.output {
                 RemoteOutput::Frames(cb) => chain.extend(frames_chain(codec, cb.clone())?),

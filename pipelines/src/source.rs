@@ -330,6 +330,8 @@ pub struct LocalPipeline {
     keyframes: EncoderControl,
     encoder: Option<EncoderKind>,
     counters: Arc<Counters>,
+    /// The audio track's volume meter, if it has audio.
+    meter: Option<Arc<crate::level::AudioMeter>>,
     stopped: AtomicBool,
 }
 
@@ -359,6 +361,7 @@ impl LocalPipeline {
         let (rtp_tx, rtp_rx) = mpsc::channel(config.rtp_queue);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let counters = Arc::<Counters>::default();
+        let meter = Arc::<crate::level::AudioMeter>::default();
         let mut heads = Vec::new();
         let mut encoder_kind = None;
         let mut encoder_el = None;
@@ -382,7 +385,7 @@ impl LocalPipeline {
         }
         if let Some(a) = &config.audio {
             a.profile.validate()?;
-            let (head, enc) = build_audio_branch(&pipeline, a, sync, &counters, &rtp_tx)?;
+            let (head, enc) = build_audio_branch(&pipeline, a, sync, &counters, &rtp_tx, &meter)?;
             audio_el = Some(enc);
             if let Some((src, app)) = audio_source(&config)? {
                 pipeline.add(&src)?;
@@ -408,6 +411,7 @@ impl LocalPipeline {
             },
             encoder: encoder_kind,
             counters,
+            meter: config.audio.is_some().then_some(meter),
             stopped: AtomicBool::new(false),
         };
         this.play(looping)?;
@@ -461,6 +465,12 @@ impl LocalPipeline {
     /// The video encoder in use, if the stream has video.
     pub fn encoder(&self) -> Option<EncoderKind> {
         self.encoder
+    }
+
+    /// The loudest volume of the audio being sent (0–100) since the last call; `None`
+    /// without an audio track or before any audio passed.
+    pub fn audio_level(&self) -> Option<u8> {
+        self.meter.as_ref().and_then(|m| m.take())
     }
 
     /// Packet counters.
@@ -602,6 +612,7 @@ fn build_audio_branch(
     sync: bool,
     counters: &Arc<Counters>,
     tx: &mpsc::Sender<RtpPacket>,
+    meter: &Arc<crate::level::AudioMeter>,
 ) -> Result<(gst::Element, gst::Element)> {
     let p = a.profile;
     let convert = make("audioconvert")?;
@@ -640,6 +651,9 @@ fn build_audio_branch(
         ],
     )?;
     let sink = rtp_appsink(codec, sync, counters, tx)?;
+    if let Some(pad) = raw_caps.static_pad("src") {
+        crate::level::meter_pad(&pad, meter.clone());
+    }
     let chain = [&convert, &resample, &raw_caps, &queue, &enc, &pay, &sink];
     pipeline.add_many(chain)?;
     link_chain(&chain)?;

@@ -243,3 +243,50 @@ fn faststart_releases_the_first_frame_before_the_latency() {
         let _ = remote.stop();
     }
 }
+
+/// The test tone's volume is measured where it is sent and where it is decoded; a remote
+/// output that does not decode reports none.
+#[test]
+fn audio_volume_is_metered_on_both_ends() {
+    let rt = rt();
+    let mut cfg = video_only(
+        SourceKind::TestPattern {
+            duration: Some(Duration::from_secs(1)),
+        },
+        false,
+        100_000,
+    );
+    cfg.video = None;
+    cfg.audio = Some(AudioTrackConfig::default());
+    for (output, decodes) in [
+        (RemoteOutput::Frames(collector().0), true),
+        (RemoteOutput::Discard, false),
+    ] {
+        let (remote, _ev) = RemotePipeline::start(RemoteConfig {
+            video: None,
+            audio: Some(AudioCodec::Opus),
+            output,
+            jitter_latency: Duration::from_millis(20),
+            faststart_packets: 1,
+        })
+        .expect("remote");
+        let (local, mut out) = LocalPipeline::start(cfg.clone()).expect("local");
+        assert_eq!(local.audio_level(), None, "nothing measured before it runs");
+        pump(
+            &rt,
+            &mut out,
+            &remote,
+            Duration::from_secs(20),
+            |_| {},
+            |_| false,
+        );
+        remote.stop().expect("stop");
+        let sent = local.audio_level().expect("the tone was measured");
+        assert!((10..=100).contains(&sent), "{sent}");
+        match remote.audio_level() {
+            Some(got) if decodes => assert!((10..=100).contains(&got), "{got}"),
+            None if !decodes => {}
+            other => panic!("decodes {decodes}: {other:?}"),
+        }
+    }
+}

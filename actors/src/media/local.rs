@@ -332,6 +332,17 @@ impl LocalMedia {
         lock(&self.state).epoch
     }
 
+    /// The loudest volume sent (0–100) since the last call; `None` without audio (or
+    /// before any). A muted stream sends nothing: 0.
+    pub fn audio_level(&self) -> Option<u8> {
+        let level = lock(&self.state).pipeline.as_ref()?.audio_level()?;
+        Some(if self.is_muted(MediaKind::Audio) {
+            0
+        } else {
+            level
+        })
+    }
+
     /// Whether `kind` is muted locally (nothing of it is sent).
     pub fn is_muted(&self, kind: MediaKind) -> bool {
         match kind {

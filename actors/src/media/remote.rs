@@ -303,6 +303,12 @@ impl RemoteMedia {
         }
     }
 
+    /// The loudest decoded volume (0–100) since the last call; `None` when audio is not
+    /// decoded (Record, Discard) or before any.
+    pub fn audio_level(&self) -> Option<u8> {
+        self.pipeline.get()?.audio_level()
+    }
+
     /// Counters now.
     pub fn stats(&self) -> RemoteMediaStats {
         let p = self.pipeline.get().map(|p| p.stats()).unwrap_or_default();
