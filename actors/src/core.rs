@@ -40,7 +40,9 @@ use crate::client::{ClientSettings, JoinParams, SubscribeParams};
 use crate::error::SignalError;
 use crate::event::{ClientEvent, RemoteMutedState};
 use crate::lifecycle::{Lifecycle, Phase, Recovery, StateChange};
-use crate::media::{LinkAction, LinkHealth, LinkKind, PcEventKind, PcId, SubscribeOutput};
+use crate::media::{
+    LinkAction, LinkHealth, LinkKind, PcEventKind, PcId, RestartBudget, SubscribeOutput,
+};
 use crate::requests::RequestKind;
 use crate::room::RoomState;
 use crate::signaling::Generation;
@@ -115,13 +117,7 @@ impl LinkRequest {
     }
 }
 
-/// Receive pipeline rebuilds allowed within [`PIPELINE_RESTART_WINDOW`]; one more failure
-/// ends the subscription with DOWNLINK_RECONNECTION_FAILED.
-pub const PIPELINE_RESTARTS: usize = 3;
-
-/// The window [`PIPELINE_RESTARTS`] counts in: a pipeline that failed once a minute ago and
-/// ran since is not in a crash loop.
-pub const PIPELINE_RESTART_WINDOW: Duration = Duration::from_secs(60);
+pub use crate::media::link::{PIPELINE_RESTART_WINDOW, PIPELINE_RESTARTS};
 
 /// What a downlink's receive pipeline is built for ([`Output::BuildPipeline`]).
 #[derive(Clone, Debug)]
@@ -450,8 +446,8 @@ struct Link<M> {
     call: Option<CallId>,
     /// Downlinks: the id the current pipeline was built with (0 for uplinks).
     pipeline: PcId,
-    /// Downlinks: when the pipeline was rebuilt after failures, within the window.
-    restarts: Vec<Instant>,
+    /// Downlinks: the pipeline's restart budget (carried over its rebuilds).
+    restarts: RestartBudget,
     /// The pipeline started (always true for uplinks).
     pipeline_ready: bool,
 }
@@ -872,7 +868,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 announced: true,
                 call: Some(call),
                 pipeline: 0,
-                restarts: Vec::new(),
+                restarts: RestartBudget::default(),
                 pipeline_ready: true,
             },
         );
@@ -995,7 +991,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 announced: false,
                 call,
                 pipeline: reserve,
-                restarts: Vec::new(),
+                restarts: RestartBudget::default(),
                 pipeline_ready: false,
             },
         );
@@ -1599,10 +1595,8 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         else {
             return; // a pipeline replaced or ended meanwhile
         };
-        link.restarts
-            .retain(|at| now.saturating_duration_since(*at) < PIPELINE_RESTART_WINDOW);
-        if link.restarts.len() >= PIPELINE_RESTARTS {
-            let n = link.restarts.len() + 1;
+        if !link.restarts.allow(now) {
+            let n = link.restarts.recent() + 1;
             tracing::warn!(?key, %error, "receive pipeline keeps failing; giving up");
             self.remove_link(&key);
             self.emit(ClientEvent::Error(RtcError::new(
@@ -1614,13 +1608,12 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
             )));
             return;
         }
-        let mut history = std::mem::take(&mut link.restarts);
-        history.push(now);
+        let history = link.restarts.clone();
         let call = link.call.take();
         let Some((params, _)) = link.subscription.clone() else {
             return;
         };
-        tracing::info!(?key, %error, restart = history.len(), "rebuilding the receive pipeline");
+        tracing::info!(?key, %error, restart = history.recent(), "rebuilding the receive pipeline");
         let announced = link.announced;
         self.subscribe(params, call);
         if let Some(l) = self.links.get_mut(&key) {

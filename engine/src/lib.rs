@@ -39,9 +39,10 @@
 //! view, media link table, the user's calls, reconnection and rebuild timers:
 //! `handle_input(input, now)` / `poll_output()`, tested in virtual time), with one
 //! `SignalingActor` per WebSocket connection (request ids, heartbeats), one
-//! `PeerConnectionActor` per media link and one `RemoteStreamActor` watching each receive
-//! pipeline, from the `rtcroom-actors` crate. All actors of the process run on **one dedicated engine thread**
-//! with its own actix `System`, started by the first [`create_client`]; the [`Client`]
+//! `PeerConnectionActor` per media link, one `RemoteStreamActor` watching each receive
+//! pipeline and one `LocalStreamActor` pumping and supervising each local stream's pipeline,
+//! from the `rtcroom-actors` crate. All actors of the process run on **one dedicated engine
+//! thread** with its own actix `System`, started by the first [`create_client`]; the [`Client`]
 //! handle's `async fn`s send messages there and await the replies, so they work from any
 //! tokio runtime (`#[tokio::main]`, multi- or current-thread) and need no actix setup. The
 //! state machines take the time as input and are unit-tested without sockets.
@@ -61,7 +62,8 @@
 //!   watcher actor dies is rebuilt and its subscription renegotiated on a new peer
 //!   connection, up to 3 times within 60 s; one more failure ends the subscription with
 //!   DOWNLINK_RECONNECTION_FAILED (0x4008). A local pipeline that fails is rebuilt in place
-//!   (same tracks, continuous RTP), up to 3 times in a row.
+//!   by its `LocalStreamActor` (same tracks, continuous RTP, no renegotiation), up to 3 times
+//!   within 60 s.
 //! - If a client actor dies, that client reports [`ClientEvent::Error`] (UNKNOWN) and is
 //!   DISCONNECTED; other clients and the process carry on. Create a new client.
 //!

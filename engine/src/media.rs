@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
+use actix::Actor;
 use rtcroom_actors::ClientRequest;
-use rtcroom_actors::media::{LocalMedia, LocalMediaStats};
+use rtcroom_actors::media::{LocalMedia, LocalMediaStats, LocalStreamActor, RunPipeline};
 use rtcroom_pipelines::{
     AppAudioInput, AppVideoInput, AudioProfile, AudioTrackConfig, LocalConfig, LocalOutputs,
-    MediaKind, PipelineEvent, SourceKind, VideoProfile, VideoTrackConfig,
+    MediaKind, SourceKind, VideoProfile, VideoTrackConfig,
 };
 use rtcroom_protocol::signal::{self, StreamType, VideoCodec};
 use rtcroom_protocol::{ErrorCode, RtcError};
@@ -153,87 +154,65 @@ pub async fn create_stream(config: StreamConfig) -> Result<LocalStream, RtcError
     })
     .await?;
     let (app_video, app_audio) = (outputs.app_video.clone(), outputs.app_audio.clone());
-    run_pipeline(&arbiter, &media, media.epoch(), outputs, 0);
+    let supervisor = Arc::new(std::sync::Mutex::new(None));
+    run_pipeline(&arbiter, &media, &supervisor, media.epoch(), outputs);
     Ok(LocalStream {
         media,
+        supervisor,
         app_video,
         app_audio,
     })
 }
 
-/// Consecutive pipeline failures after which a stream stays stopped.
-pub const MAX_PIPELINE_RESTARTS: u32 = 3;
-
-/// Start the pump of pipeline `epoch` and its supervisor on the engine thread.
+/// Hand pipeline `epoch` to the stream's supervisor ([`LocalStreamActor`]: it pumps the RTP
+/// into the tracks and rebuilds a failed pipeline), starting a supervisor when there is none
+/// (the first pipeline, or one after the previous pipeline ended and its supervisor with it).
 fn run_pipeline(
     arbiter: &actix::ArbiterHandle,
     media: &Arc<LocalMedia>,
+    supervisor: &std::sync::Mutex<Option<actix::Addr<LocalStreamActor>>>,
     epoch: u64,
     outputs: LocalOutputs,
-    restarts: u32,
 ) {
-    arbiter.spawn(media.clone().pump(outputs.rtp, epoch));
-    arbiter.spawn(supervise(
-        arbiter.clone(),
-        media.clone(),
+    let mut current = supervisor.lock().unwrap_or_else(|p| p.into_inner());
+    let addr = match current.as_ref().filter(|a| a.connected()) {
+        Some(a) => a.clone(),
+        None => {
+            let m = media.clone();
+            let span = tracing::info_span!("rtcroom_local_stream");
+            let a = LocalStreamActor::start_in_arbiter(arbiter, move |_| {
+                LocalStreamActor::new(m, span)
+            });
+            *current = Some(a.clone());
+            a
+        }
+    };
+    addr.do_send(RunPipeline {
         epoch,
-        outputs.events,
-        restarts,
-    ));
-}
-
-/// The supervisor of a local pipeline: when it fails (a device unplugged, a decoding error
-/// in a file), it is rebuilt with the same configuration (same tracks, so the peer
-/// connections carry on), at most [`MAX_PIPELINE_RESTARTS`] times in a row. A pipeline
-/// replaced meanwhile (new profile, stop) is no longer this supervisor's business.
-async fn supervise(
-    arbiter: actix::ArbiterHandle,
-    media: Arc<LocalMedia>,
-    epoch: u64,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<PipelineEvent>,
-    restarts: u32,
-) {
-    while let Some(event) = events.recv().await {
-        if media.epoch() != epoch {
-            return;
-        }
-        let error = match event {
-            PipelineEvent::Error(e) => e,
-            PipelineEvent::Eos => return,
-            PipelineEvent::Warning(w) => {
-                tracing::warn!(warning = %w, "local pipeline warning");
-                continue;
-            }
-            // PipelineEvent is non-exhaustive.
-            _ => continue,
-        };
-        if restarts >= MAX_PIPELINE_RESTARTS {
-            tracing::error!(%error, restarts, "local pipeline failed again; giving up");
-            return;
-        }
-        let config = media.config();
-        if matches!(config.source, SourceKind::App { .. }) {
-            // The application holds the inputs of the failed pipeline: it must see the end.
-            tracing::error!(%error, "app-fed local pipeline failed");
-            return;
-        }
-        tracing::warn!(%error, "local pipeline failed; restarting it");
-        let m = media.clone();
-        match off_thread("stream-restart", move || m.restart(config)).await {
-            Ok((epoch, outputs)) => run_pipeline(&arbiter, &media, epoch, outputs, restarts + 1),
-            Err(e) => tracing::error!(error = %e, "local pipeline restart failed"),
-        }
-        return;
-    }
+        rtp: outputs.rtp,
+        events: outputs.events,
+    });
 }
 
 /// A local stream (TRTC's `LocalStream`). Publish it with [`crate::Client::publish`].
 /// Dropping the last handle stops its pipeline (on a thread of its own).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LocalStream {
     pub(crate) media: Arc<LocalMedia>,
+    /// The pipeline's supervisor.
+    supervisor: Arc<std::sync::Mutex<Option<actix::Addr<LocalStreamActor>>>>,
     app_video: Option<AppVideoInput>,
     app_audio: Option<AppAudioInput>,
+}
+
+impl std::fmt::Debug for LocalStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStream")
+            .field("media", &self.media)
+            .field("app_video", &self.app_video)
+            .field("app_audio", &self.app_audio)
+            .finish()
+    }
 }
 
 impl LocalStream {
@@ -244,6 +223,25 @@ impl LocalStream {
             .video_track()
             .map(|t| t.codec().sdp_fmtp_line)
             .filter(|f| !f.is_empty())
+    }
+
+    /// Fault injection for supervision tests: the running pipeline reports an element
+    /// error (as a failing device or encoder would); returns the pipeline's epoch before.
+    /// The stream's supervisor rebuilds it. Only with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn fail_pipeline_for_test(&self) -> u64 {
+        let epoch = self.media.epoch();
+        self.media.inject_failure_for_test();
+        epoch
+    }
+
+    /// Which pipeline the stream runs (bumped by every rebuild or profile change). Only with
+    /// the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn pipeline_epoch_for_test(&self) -> u64 {
+        self.media.epoch()
     }
 
     /// Main or auxiliary.
@@ -331,7 +329,7 @@ impl LocalStream {
         let arbiter = crate::runtime::engine()?;
         let media = self.media.clone();
         let (epoch, outputs) = off_thread("stream-restart", move || media.restart(config)).await?;
-        run_pipeline(&arbiter, &self.media, epoch, outputs, 0);
+        run_pipeline(&arbiter, &self.media, &self.supervisor, epoch, outputs);
         Ok(())
     }
 

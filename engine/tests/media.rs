@@ -565,6 +565,50 @@ async fn failed_receive_pipelines_are_rebuilt_renegotiated_and_frames_flow_again
     );
 }
 
+/// A local pipeline that fails (an element error on its bus, as an unplugged device would
+/// give) is rebuilt in place by its supervisor: the same tracks carry on, the subscriber
+/// keeps decoding without resubscribing, nobody sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_local_pipeline_is_rebuilt_in_place() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let mut alice = media_client(&url, "alice", None);
+    let local = stream().await;
+    join(&alice, 3007).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    let frames = Arc::new(Frames::default());
+    let mut bob = media_client(&url, "bob", Some(frames.output()));
+    join(&bob, 3007).await;
+    frames.wait("first frames", |f| f.video() >= 15).await;
+    for _ in 0..2 {
+        let before = local.fail_pipeline_for_test();
+        let failed_at = frames.video();
+        frames
+            .wait("frames from the rebuilt pipeline", |f| {
+                f.video() >= failed_at + 30
+            })
+            .await;
+        assert!(
+            local.pipeline_epoch_for_test() > before,
+            "the pipeline was rebuilt"
+        );
+    }
+    for c in [&mut alice, &mut bob] {
+        c.drain();
+        assert!(
+            !c.seen.iter().any(|e| matches!(e, ClientEvent::Error(_))),
+            "{:?}",
+            c.seen
+        );
+    }
+    let subscribed = bob
+        .seen
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::StreamSubscribed(_)))
+        .count();
+    assert!(subscribed <= 1, "no resubscription: {:?}", bob.seen);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_server_restart_streams_are_republished_and_resubscribed() {
     let first = start(server_config("127.0.0.1:0"));

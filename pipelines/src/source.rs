@@ -473,6 +473,17 @@ impl LocalPipeline {
         self.meter.as_ref().and_then(|m| m.take())
     }
 
+    /// Fault injection for supervision tests: post an element error on the pipeline's bus,
+    /// as a failing device or encoder would; its owner then sees [`PipelineEvent::Error`].
+    /// Not for production use.
+    #[doc(hidden)]
+    pub fn inject_error_for_test(&self) {
+        let msg = gst::message::Error::builder(gst::CoreError::Failed, "injected failure")
+            .src(&self.pipeline)
+            .build();
+        let _ = self.pipeline.post_message(msg);
+    }
+
     /// Packet counters.
     pub fn stats(&self) -> LocalStats {
         LocalStats {

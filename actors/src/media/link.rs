@@ -97,6 +97,58 @@ impl LinkHealth {
     }
 }
 
+/// Pipeline restarts allowed within [`PIPELINE_RESTART_WINDOW`] (receive and send
+/// pipelines alike); one more failure gives up.
+pub const PIPELINE_RESTARTS: usize = 3;
+
+/// The window [`PIPELINE_RESTARTS`] counts in: a pipeline that failed a minute ago and ran
+/// since is not in a crash loop.
+pub const PIPELINE_RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// A supervisor's restart budget: at most `max` restarts within `window` (plain, takes
+/// `now`).
+#[derive(Clone, Debug)]
+pub struct RestartBudget {
+    max: usize,
+    window: Duration,
+    restarts: Vec<std::time::Instant>,
+}
+
+impl Default for RestartBudget {
+    fn default() -> Self {
+        Self::new(PIPELINE_RESTARTS, PIPELINE_RESTART_WINDOW)
+    }
+}
+
+impl RestartBudget {
+    /// At most `max` restarts within `window`.
+    pub fn new(max: usize, window: Duration) -> Self {
+        RestartBudget {
+            max,
+            window,
+            restarts: Vec::new(),
+        }
+    }
+
+    /// A failure at `now`: `true` (and counted) when a restart is within the budget, `false`
+    /// when the supervisor must give up.
+    pub fn allow(&mut self, now: std::time::Instant) -> bool {
+        let window = self.window;
+        self.restarts
+            .retain(|at| now.saturating_duration_since(*at) < window);
+        if self.restarts.len() >= self.max {
+            return false;
+        }
+        self.restarts.push(now);
+        true
+    }
+
+    /// Restarts counted in the window (as of the last [`allow`](Self::allow)).
+    pub fn recent(&self) -> usize {
+        self.restarts.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +208,24 @@ mod tests {
     fn zero_rebuilds_gives_up_at_once() {
         let mut h = LinkHealth::with_limits(LinkKind::Uplink, 0, D);
         assert!(matches!(h.failed(), LinkAction::GiveUp(_)));
+    }
+
+    #[test]
+    fn a_restart_budget_allows_max_restarts_per_window() {
+        let t0 = std::time::Instant::now();
+        let mut b = RestartBudget::new(3, Duration::from_secs(60));
+        assert!(b.allow(t0));
+        assert!(b.allow(t0 + Duration::from_secs(1)));
+        assert!(b.allow(t0 + Duration::from_secs(2)));
+        assert!(!b.allow(t0 + Duration::from_secs(3)), "a crash loop");
+        assert_eq!(b.recent(), 3);
+        // The first restart leaves the window: one more is allowed.
+        assert!(b.allow(t0 + Duration::from_secs(60)));
+        assert!(!b.allow(t0 + Duration::from_millis(60_500)));
+        // Spread out, failures never run out.
+        let mut b = RestartBudget::default();
+        for n in 0..10u64 {
+            assert!(b.allow(t0 + PIPELINE_RESTART_WINDOW * n as u32), "{n}");
+        }
     }
 }

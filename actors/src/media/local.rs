@@ -327,6 +327,14 @@ impl LocalMedia {
         lock(&self.state).config.clone()
     }
 
+    /// Fault injection: the running pipeline reports an element error on its bus.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_failure_for_test(&self) {
+        if let Some(p) = lock(&self.state).pipeline.as_ref() {
+            p.inject_error_for_test();
+        }
+    }
+
     /// The current pump epoch (see [`LocalMedia::pump`]).
     pub fn epoch(&self) -> u64 {
         lock(&self.state).epoch

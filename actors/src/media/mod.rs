@@ -5,7 +5,8 @@
 //! - [`remote::RemoteMedia`]: a receive pipeline (play / record / frames / discard).
 //! - [`peer::PeerConnectionActor`]: one webrtc-rs peer connection (uplink or downlink).
 //! - [`link::LinkHealth`]: the rebuild-or-give-up state machine of a failing link.
-//! - [`stream::RemoteStreamActor`]: watches one receive pipeline and reports its failure.
+//! - [`stream::RemoteStreamActor`]: watches one receive pipeline and reports its failure;
+//!   [`stream::LocalStreamActor`]: pumps and supervises one local stream's pipeline.
 
 pub mod link;
 pub mod local;
@@ -13,8 +14,10 @@ pub mod peer;
 pub mod remote;
 pub mod stream;
 
-pub use link::{LinkAction, LinkHealth, LinkKind};
+pub use link::{
+    LinkAction, LinkHealth, LinkKind, PIPELINE_RESTART_WINDOW, PIPELINE_RESTARTS, RestartBudget,
+};
 pub use local::{LocalMedia, LocalMediaStats};
 pub use peer::{PcEvent, PcEventKind, PcId, PcRole, PeerConnectionActor, TransportStats};
 pub use remote::{FrameHandler, PipelineEvents, RemoteMedia, RemoteMediaStats, SubscribeOutput};
-pub use stream::{RemoteStreamActor, StopStream, StreamFailed};
+pub use stream::{LocalStreamActor, RemoteStreamActor, RunPipeline, StopStream, StreamFailed};

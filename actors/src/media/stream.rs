@@ -1,4 +1,6 @@
-//! `RemoteStreamActor`: one per receive pipeline, the child that watches it.
+//! The stream actors: one per pipeline, the children that watch them.
+//!
+//! ## `RemoteStreamActor`
 //!
 //! A receive pipeline can fail on its own (a decoder error on a corrupt keyframe, a sink that
 //! cannot write): GStreamer reports it on the pipeline's bus, the pipeline's bus thread turns
@@ -9,16 +11,27 @@
 //! subscription asks for). The actor also reports when it dies itself (a panic): its `Drop`
 //! sends the same report, as the peer connection actors do.
 //!
-//! Local streams are supervised where they are created (the engine's `LocalStream`): their
-//! pipeline is rebuilt in place with the same tracks and continuous RTP sequence numbers, so
-//! their peer connections carry on and nothing is renegotiated.
+//! ## `LocalStreamActor`
+//!
+//! One per local stream (capture → encode), created with it. It runs the pump that copies
+//! the pipeline's RTP into the stream's tracks and watches the pipeline's bus: a failed
+//! pipeline (a device unplugged, a decoding error in a file) is rebuilt in place with the
+//! same configuration, within [`RestartBudget`] (3 restarts in 60 s). The tracks stay and
+//! RTP sequence numbers and timestamps continue across the rebuild (see
+//! [`LocalMedia::pump`]), so peer connections carry on and nothing is renegotiated. A
+//! pipeline replaced on purpose (a new video profile) is handed over with [`RunPipeline`].
+//! A stream fed by the application is not rebuilt: the application holds the failed
+//! pipeline's inputs.
 
 use actix::prelude::*;
 use rtcroom_pipelines::PipelineEvent;
 
+use std::sync::Arc;
+
 use crate::core::LinkKey;
-use crate::media::PcId;
+use crate::media::local::LocalMedia;
 use crate::media::remote::PipelineEvents;
+use crate::media::{PcId, RestartBudget};
 
 /// A receive pipeline failed (or its watcher died): rebuild it.
 #[derive(Debug, Message)]
@@ -148,4 +161,124 @@ impl Handler<CrashStream> for RemoteStreamActor {
     fn handle(&mut self, _: CrashStream, _: &mut Self::Context) {
         panic!("injected stream actor crash");
     }
+}
+
+/// Run pipeline `epoch` of the stream: pump its RTP into the tracks and watch its events.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunPipeline {
+    /// The pipeline's epoch ([`LocalMedia::epoch`]).
+    pub epoch: u64,
+    /// Its RTP.
+    pub rtp: tokio::sync::mpsc::Receiver<rtcroom_pipelines::RtpPacket>,
+    /// Its events.
+    pub events: PipelineEvents,
+}
+
+/// One event of pipeline `epoch`, or its end (`None`).
+struct EpochEvent(u64, Option<PipelineEvent>);
+
+/// Supervises one local stream's pipeline; see the module documentation.
+pub struct LocalStreamActor {
+    media: Arc<LocalMedia>,
+    budget: RestartBudget,
+    /// A rebuild is running.
+    restarting: bool,
+    span: tracing::Span,
+}
+
+impl LocalStreamActor {
+    /// The supervisor of `media`; give it the first pipeline with [`RunPipeline`].
+    pub fn new(media: Arc<LocalMedia>, span: tracing::Span) -> Self {
+        LocalStreamActor {
+            media,
+            budget: RestartBudget::default(),
+            restarting: false,
+            span,
+        }
+    }
+
+    fn rebuild(&mut self, error: String, ctx: &mut Context<Self>) {
+        let config = self.media.config();
+        if matches!(config.source, rtcroom_pipelines::SourceKind::App { .. }) {
+            tracing::error!(parent: &self.span, %error, "app-fed local pipeline failed");
+            return;
+        }
+        if !self.budget.allow(std::time::Instant::now()) {
+            tracing::error!(parent: &self.span, %error, restarts = self.budget.recent(),
+                "local pipeline keeps failing; giving up");
+            return;
+        }
+        tracing::warn!(parent: &self.span, %error, "local pipeline failed; rebuilding it");
+        self.restarting = true;
+        let media = self.media.clone();
+        let rebuild = tokio::task::spawn_blocking(move || media.restart(config));
+        ctx.spawn(rebuild.into_actor(self).map(|res, act, ctx| {
+            act.restarting = false;
+            match res {
+                Ok(Ok((epoch, outputs))) => act.run(
+                    RunPipeline {
+                        epoch,
+                        rtp: outputs.rtp,
+                        events: outputs.events,
+                    },
+                    ctx,
+                ),
+                Ok(Err(e)) => {
+                    tracing::error!(parent: &act.span, error = %e, "local pipeline rebuild failed");
+                    ctx.stop();
+                }
+                Err(e) => {
+                    tracing::error!(parent: &act.span, error = %e, "local pipeline rebuild panicked");
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+
+    fn run(&mut self, msg: RunPipeline, ctx: &mut Context<Self>) {
+        let RunPipeline { epoch, rtp, events } = msg;
+        actix::spawn(self.media.clone().pump(rtp, epoch));
+        let events = futures_util::stream::unfold(Some(events), move |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(event) => Some((EpochEvent(epoch, Some(event)), Some(rx))),
+                None => Some((EpochEvent(epoch, None), None)),
+            }
+        });
+        ctx.add_stream(events);
+    }
+}
+
+impl Actor for LocalStreamActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<RunPipeline> for LocalStreamActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunPipeline, ctx: &mut Self::Context) {
+        self.run(msg, ctx);
+    }
+}
+
+impl StreamHandler<EpochEvent> for LocalStreamActor {
+    fn handle(&mut self, EpochEvent(epoch, event): EpochEvent, ctx: &mut Self::Context) {
+        if epoch != self.media.epoch() {
+            return; // a pipeline replaced on purpose, or by a rebuild
+        }
+        match event {
+            Some(PipelineEvent::Error(e)) if !self.restarting => self.rebuild(e.to_string(), ctx),
+            Some(PipelineEvent::Warning(w)) => {
+                tracing::warn!(parent: &self.span, warning = %w, "local pipeline warning");
+            }
+            // The current pipeline ended (stopped, or a finite source finished): nothing
+            // left to supervise.
+            None | Some(PipelineEvent::Eos) if !self.restarting => ctx.stop(),
+            _ => {}
+        }
+    }
+
+    /// One pipeline's events ended; the actor lives on for the next one.
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
