@@ -1709,19 +1709,36 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         }
     }
 
-    /// A subscribed stream now sends another video codec (its publisher published again with
-    /// another one): the server sends a subscription only the codec it negotiated, so
-    /// subscribe again, the same way, with a pipeline for the new codec.
+    /// A subscribed stream changed its tracks or its video codec (its publisher added or
+    /// removed a track, or published again with another codec): the server sends a
+    /// subscription only what it negotiated, so subscribe again, the same way, with a
+    /// pipeline for what the stream has now. The user already saw `stream-subscribed`.
     fn on_stream_updated(&mut self, info: StreamInfo) {
         let key = LinkKey::Down(info.user_id.clone(), info.stream_type);
-        let Some((params, codec)) = self.links.get(&key).and_then(|l| l.subscription.clone())
+        let Some(link) = self.links.get(&key) else {
+            return;
+        };
+        let (Some((params, codec)), LinkRequest::Subscribe { audio, video, .. }) =
+            (link.subscription.clone(), &link.request)
         else {
             return;
         };
-        if params.video && info.has_video && info.video_codec != codec {
-            tracing::info!(user = %info.user_id, from = ?codec, to = ?info.video_codec,
-                "the stream changed its video codec: subscribing again");
-            self.subscribe(params, None);
+        let wants_audio = params.audio && info.has_audio;
+        let wants_video = params.video && info.has_video;
+        let codec_changed = wants_video && *video && info.video_codec != codec;
+        if (wants_audio, wants_video) == (*audio, *video) && !codec_changed {
+            return;
+        }
+        if !wants_audio && !wants_video {
+            return; // nothing asked for is left; the stream's removal ends it
+        }
+        tracing::info!(user = %info.user_id, audio = wants_audio, video = wants_video,
+            from = ?codec, to = ?info.video_codec, "the stream changed: subscribing again");
+        let announced = link.announced;
+        let call = self.links.get_mut(&key).and_then(|l| l.call.take());
+        self.subscribe(params, call);
+        if let Some(l) = self.links.get_mut(&key) {
+            l.announced = announced;
         }
     }
 
@@ -1731,11 +1748,13 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
             Some(LinkPhase::Waiting) => self.negotiate_link(key),
             Some(_) => {}
             None if self.settings.auto_subscribe => {
+                // Everything the stream has, now and later (a track added later is
+                // subscribed then).
                 let params = SubscribeParams {
                     user_id: info.user_id.clone(),
                     stream_type: info.stream_type,
-                    audio: info.has_audio,
-                    video: info.has_video,
+                    audio: true,
+                    video: true,
                     output: self.settings.auto_subscribe_output.clone(),
                     jitter_latency: rtcroom_pipelines::DEFAULT_JITTER_LATENCY,
                 };
@@ -2552,8 +2571,9 @@ mod tests {
                 ..
             }
         )));
-        // Bob comes back with audio only, then adds H.264 video: the subscription is made
-        // again with a pipeline that decodes it.
+        // Bob comes back with audio only (auto-subscribed: audio), then adds H.264 video:
+        // the auto-subscription is made again with a pipeline that decodes video too, and
+        // the user is not told "stream-subscribed" twice.
         let audio_only = StreamInfo {
             has_video: false,
             video_codec: None,
@@ -2563,26 +2583,35 @@ mod tests {
             generation,
             event: ServerEvent::StreamAdded(audio_only),
         });
-        assert_eq!(builds(&outs).len(), 1, "auto-subscribed: {outs:?}");
-        // The user subscribes to video too (there is none yet): replaces the auto one.
-        let (_, outs) = sim.call(Call::Subscribe(subscription("bob")));
-        let [(_, reserved)] = builds(&outs)[..] else {
-            panic!("{outs:?}")
+        let specs: Vec<_> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::BuildPipeline { pc_id, spec, .. } => Some((*pc_id, spec.clone())),
+                _ => None,
+            })
+            .collect();
+        let [(reserved, spec)] = &specs[..] else {
+            panic!("auto-subscribed: {outs:?}")
         };
+        assert!(spec.audio && spec.video_codec.is_none(), "{spec:?}");
         let outs = sim.input(Input::PipelineBuilt {
             key: down.clone(),
-            pc_id: reserved,
+            pc_id: *reserved,
             result: Ok(Media(3)),
         });
         let [(_, pc)] = negotiations(&outs)[..] else {
             panic!()
         };
-        sim.input(Input::Negotiated {
+        let outs = sim.input(Input::Negotiated {
             key: down.clone(),
             pc_id: pc,
             result: Ok(()),
             muted: vec![],
         });
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, Output::Event(ClientEvent::StreamSubscribed(_))))
+        );
         let outs = sim.input(Input::Server {
             generation,
             event: ServerEvent::StreamUpdated(stream("bob", VideoCodec::H264)),
@@ -2594,6 +2623,50 @@ mod tests {
                 ..
             }
         )));
+        let specs: Vec<_> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::BuildPipeline { pc_id, spec, .. } => Some((*pc_id, spec.clone())),
+                _ => None,
+            })
+            .collect();
+        let [(reserved, spec)] = &specs[..] else {
+            panic!("{outs:?}")
+        };
+        assert_eq!(
+            spec.video_codec,
+            Some(rtcroom_pipelines::VideoCodec::H264),
+            "{spec:?}"
+        );
+        let outs = sim.input(Input::PipelineBuilt {
+            key: down.clone(),
+            pc_id: *reserved,
+            result: Ok(Media(4)),
+        });
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!()
+        };
+        let outs = sim.input(Input::Negotiated {
+            key: down.clone(),
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        assert!(
+            !outs
+                .iter()
+                .any(|o| matches!(o, Output::Event(ClientEvent::StreamSubscribed(_)))),
+            "{outs:?}"
+        );
+        // Video goes away again: audio only once more.
+        let outs = sim.input(Input::Server {
+            generation,
+            event: ServerEvent::StreamUpdated(StreamInfo {
+                has_video: false,
+                video_codec: None,
+                ..stream("bob", VideoCodec::H264)
+            }),
+        });
         let [(_, _)] = builds(&outs)[..] else {
             panic!("{outs:?}")
         };
