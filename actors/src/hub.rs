@@ -142,11 +142,6 @@ impl ClientHub {
         lock(&self.view).remote_users.iter().cloned().collect()
     }
 
-    /// How many remote members are visible.
-    pub fn remote_user_count(&self) -> usize {
-        lock(&self.view).remote_users.len()
-    }
-
     /// `getRemoteMutedState()`, in user id order.
     pub fn muted(&self) -> Vec<RemoteMutedState> {
         lock(&self.view).muted.values().cloned().collect()
