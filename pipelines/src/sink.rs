@@ -320,10 +320,7 @@ impl RemotePipeline {
     /// production use.
     #[doc(hidden)]
     pub fn inject_error_for_test(&self) {
-        let msg = gst::message::Error::builder(gst::CoreError::Failed, "injected failure")
-            .src(&self.pipeline)
-            .build();
-        let _ = self.pipeline.post_message(msg);
+        util::post_test_error(&self.pipeline);
     }
 
     /// The loudest volume of the decoded audio (0–100) since the last call; `None` when the

@@ -478,10 +478,7 @@ impl LocalPipeline {
     /// Not for production use.
     #[doc(hidden)]
     pub fn inject_error_for_test(&self) {
-        let msg = gst::message::Error::builder(gst::CoreError::Failed, "injected failure")
-            .src(&self.pipeline)
-            .build();
-        let _ = self.pipeline.post_message(msg);
+        util::post_test_error(&self.pipeline);
     }
 
     /// Packet counters.

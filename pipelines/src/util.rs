@@ -107,3 +107,11 @@ pub(crate) const USED_FACTORIES: &[&str] = &[
     "autovideosink",
     "autoaudiosink",
 ];
+
+/// Fault injection: post an element error on `pipeline`'s bus, as a failing element would.
+pub(crate) fn post_test_error(pipeline: &gst::Pipeline) {
+    let msg = gst::message::Error::builder(gst::CoreError::Failed, "injected failure")
+        .src(pipeline)
+        .build();
+    let _ = pipeline.post_message(msg);
+}
