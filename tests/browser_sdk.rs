@@ -513,6 +513,44 @@ async fn browser_to_engine_run(
         local["web"]["framesEncoded"].as_u64() > Some(0),
         "the browser reports no encoded frames: {local}"
     );
+
+    // The SDK's ICE restart (what it does when its uplink goes 'disconnected'), on the
+    // browser's own stack: the server answers Chromium's restart offer on the same peer,
+    // Chromium takes the answer, and the engine keeps decoding the same subscription.
+    let ice_restarts = || {
+        server
+            .metrics()
+            .media()
+            .map_or(0, |m| m.ice_restarts.load(Ordering::Relaxed))
+    };
+    ensure!(ice_restarts() == 0, "an ICE restart before asking for one");
+    let restarted = page
+        .eval(
+            "(async () => { const c = H.clients.web; const l = c._links.get('up|main'); \
+             const pc = l.pc; const ufrag = (s) => /a=ice-ufrag:(\\S+)/.exec(s)[1]; \
+             const before = ufrag(pc.remoteDescription.sdp); \
+             await c._restartIce(l, l.pcId); \
+             return { same: l.pc === pc, changed: ufrag(pc.remoteDescription.sdp) !== before }; })()",
+        )
+        .await?;
+    ensure!(
+        restarted == json!({"same": true, "changed": true}),
+        "the ICE restart: {restarted}"
+    );
+    ensure!(
+        ice_restarts() == 1,
+        "the server answered {} ICE restarts",
+        ice_restarts()
+    );
+    let (v0, a0) = frames.counts();
+    frames.wait(v0 + 30, a0 + 10).await?;
+    let state = page
+        .eval("H.clients.web._links.get('up|main').pc.connectionState")
+        .await?;
+    ensure!(
+        state == json!("connected"),
+        "after the ICE restart: {state}"
+    );
     eprintln!(
         "[{tag}] times (ms): browser join round trip {}, publish → connected {}; engine \
          subscribe → connected {:.0}, → first decoded frame {}; decoded {v} video frames \

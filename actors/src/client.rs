@@ -483,6 +483,35 @@ impl ClientActor {
                     );
                 }));
             }
+            Output::RestartIce {
+                key,
+                pc_id,
+                request,
+            } => {
+                let pc = self.pcs.get(&pc_id).cloned();
+                let signaling = self.signaling.as_ref().map(|(_, s)| s.clone());
+                let (request_timeout, connect_timeout) = (
+                    self.settings.request_timeout,
+                    self.settings.media_connect_timeout,
+                );
+                let fut = async move {
+                    let pc = pc.ok_or_else(|| {
+                        RtcError::new(ErrorCode::IceTransportError, "peer connection gone")
+                    })?;
+                    let exchange = Exchange {
+                        pc: &pc,
+                        signaling,
+                        request_timeout,
+                        connect_timeout,
+                    };
+                    exchange
+                        .run(true, move |sdp| request.ice_restart_message(sdp))
+                        .await
+                };
+                ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+                    act.drive(ctx, Input::IceRestarted { key, pc_id, result });
+                }));
+            }
             Output::ClosePc { pc_id } => {
                 if let Some(pc) = self.pcs.remove(&pc_id) {
                     pc.do_send(ClosePc);
@@ -1018,17 +1047,59 @@ async fn negotiate(
         connect_timeout,
         span,
     } = n;
-    let signaling = signaling
-        .ok_or_else(|| RtcError::new(ErrorCode::SignalChannelError, "no signalling connection"))?;
+    if signaling.is_none() {
+        return Err(RtcError::new(
+            ErrorCode::SignalChannelError,
+            "no signalling connection",
+        ));
+    }
     let pc = PeerConnectionActor::create(id, role, owner, span).await?;
-    let gone = |_| {
-        RtcError::new(
-            ErrorCode::IceTransportError,
-            "peer connection actor stopped",
-        )
+    let exchange = Exchange {
+        pc: &pc,
+        signaling,
+        request_timeout,
+        connect_timeout,
     };
-    let exchange = async {
-        let offer = pc.send(CreateOffer).await.map_err(gone)??;
+    match exchange.run(false, message).await {
+        Ok(()) => Ok(pc),
+        Err(e) => {
+            pc.do_send(ClosePc);
+            Err(e)
+        }
+    }
+}
+
+/// One offer/answer exchange on an existing peer connection: offer (an ICE restart's, or
+/// the first), send it in a request, apply the answer, wait until connected.
+struct Exchange<'a> {
+    pc: &'a Addr<PeerConnectionActor>,
+    signaling: Option<Addr<SignalingActor>>,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Exchange<'_> {
+    async fn run(
+        self,
+        ice_restart: bool,
+        message: impl FnOnce(String) -> ClientMessage,
+    ) -> Result<(), RtcError> {
+        let Exchange {
+            pc,
+            signaling,
+            request_timeout,
+            connect_timeout,
+        } = self;
+        let signaling = signaling.ok_or_else(|| {
+            RtcError::new(ErrorCode::SignalChannelError, "no signalling connection")
+        })?;
+        let gone = |_| {
+            RtcError::new(
+                ErrorCode::IceTransportError,
+                "peer connection actor stopped",
+            )
+        };
+        let offer = pc.send(CreateOffer { ice_restart }).await.map_err(gone)??;
         let reply = signaling
             .send(SignalRequest {
                 msg: message(offer),
@@ -1056,13 +1127,6 @@ async fn negotiate(
             ));
         }
         Ok(())
-    };
-    match exchange.await {
-        Ok(()) => Ok(pc),
-        Err(e) => {
-            pc.do_send(ClosePc);
-            Err(e)
-        }
     }
 }
 

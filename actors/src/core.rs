@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    BanReason, ClientMessage, JoinRequest, JoinResult, MediaKind, PublishRequest, ReplyData,
-    ServerEvent, StreamInfo, StreamType, SubscribeRequest, VideoCodec,
+    BanReason, ClientMessage, IceRestartRequest, JoinRequest, JoinResult, LinkDirection, MediaKind,
+    PublishRequest, ReplyData, ServerEvent, StreamInfo, StreamType, SubscribeRequest, VideoCodec,
 };
 use rtcroom_protocol::{ErrorCode, Mode, Role, RtcError, UserId};
 
@@ -88,6 +88,24 @@ pub enum LinkRequest {
 }
 
 impl LinkRequest {
+    /// The `ice-restart` request that carries the restart offer `sdp` for this link.
+    pub fn ice_restart_message(&self, sdp: String) -> ClientMessage {
+        let (link, user_id, stream_type) = match self {
+            LinkRequest::Publish { stream_type, .. } => (LinkDirection::Uplink, None, *stream_type),
+            LinkRequest::Subscribe {
+                user_id,
+                stream_type,
+                ..
+            } => (LinkDirection::Downlink, Some(user_id.clone()), *stream_type),
+        };
+        ClientMessage::IceRestart(IceRestartRequest {
+            link,
+            user_id,
+            stream_type,
+            sdp,
+        })
+    }
+
     /// The request that carries the offer `sdp`.
     pub fn message(&self, sdp: String) -> ClientMessage {
         match self.clone() {
@@ -280,6 +298,16 @@ pub enum Input<M> {
         /// What failed.
         error: String,
     },
+    /// An ICE restart ([`Output::RestartIce`]) ended: on success the peer connection is
+    /// connected again (same tracks, same pipeline).
+    IceRestarted {
+        /// The link.
+        key: LinkKey,
+        /// Its peer connection.
+        pc_id: PcId,
+        /// Connected again, or why not.
+        result: Result<(), RtcError>,
+    },
     /// A peer connection reports.
     Pc {
         /// Which.
@@ -386,6 +414,17 @@ pub enum Output<M> {
         /// What the offer is sent as.
         request: LinkRequest,
     },
+    /// Restart ICE on the link's peer connection `pc_id` (it lost its path): make an offer
+    /// with new ICE credentials, send it as `request`'s `ice-restart`, apply the answer,
+    /// wait until connected again, and report [`Input::IceRestarted`].
+    RestartIce {
+        /// The link.
+        key: LinkKey,
+        /// Its peer connection.
+        pc_id: PcId,
+        /// The link's request (names the link to the server).
+        request: LinkRequest,
+    },
     /// Close peer connection `pc_id`.
     ClosePc {
         /// Which.
@@ -450,6 +489,8 @@ struct Link<M> {
     restarts: RestartBudget,
     /// The pipeline started (always true for uplinks).
     pipeline_ready: bool,
+    /// An ICE restart of the current peer connection is running.
+    restarting_ice: bool,
 }
 
 /// A timer the core set.
@@ -625,6 +666,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 pipeline,
                 error,
             } => self.pipeline_failed(key, pipeline, error),
+            Input::IceRestarted { key, pc_id, result } => self.ice_restarted(key, pc_id, result),
             Input::Pc { pc_id, kind } => self.on_pc(pc_id, kind),
             Input::Timeout => self.fire_timers(),
             Input::Shutdown => self.shutdown(),
@@ -870,6 +912,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 pipeline: 0,
                 restarts: RestartBudget::default(),
                 pipeline_ready: true,
+                restarting_ice: false,
             },
         );
         self.negotiate_link(key);
@@ -993,6 +1036,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 pipeline: reserve,
                 restarts: RestartBudget::default(),
                 pipeline_ready: false,
+                restarting_ice: false,
             },
         );
         self.out.push_back(Output::BuildPipeline {
@@ -1364,6 +1408,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         if link.phase != LinkPhase::Building {
             link.phase = LinkPhase::Waiting;
         }
+        link.restarting_ice = false;
     }
 
     /// End a link for good: close its peer connection, answer its waiting call, stop its
@@ -1638,12 +1683,64 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                     l.health.connected();
                 }
             }
+            // The path went quiet: restart ICE on the same peer connection first (its
+            // tracks, SSRCs and pipeline carry on); rebuilding is for when that fails.
+            PcEventKind::Disconnected if up => self.restart_ice(key),
             // While negotiating, the negotiation's own result decides.
             PcEventKind::Failed | PcEventKind::Gone if up => {
                 tracing::info!(?key, pc = pc_id, ?kind, "media link lost");
                 self.link_failed(key);
             }
             _ => {}
+        }
+    }
+
+    /// Ask for an ICE restart of the link's peer connection, unless one is running or the
+    /// signalling is down (then the re-join renegotiates every link anyway).
+    fn restart_ice(&mut self, key: LinkKey) {
+        if self.life.phase() != Phase::Joined || !self.signaling_up {
+            return;
+        }
+        let Some(link) = self
+            .links
+            .get_mut(&key)
+            .filter(|l| l.phase == LinkPhase::Up && !l.restarting_ice)
+        else {
+            return;
+        };
+        link.restarting_ice = true;
+        tracing::info!(
+            ?key,
+            pc = link.pc_id,
+            "media link disconnected; restarting ICE"
+        );
+        self.out.push_back(Output::RestartIce {
+            key,
+            pc_id: link.pc_id,
+            request: link.request.clone(),
+        });
+    }
+
+    /// An ICE restart ended: the link is back on the same peer connection, or it is rebuilt
+    /// (a new peer connection) as a failed link is.
+    fn ice_restarted(&mut self, key: LinkKey, pc_id: PcId, result: Result<(), RtcError>) {
+        let Some(link) = self
+            .links
+            .get_mut(&key)
+            .filter(|l| l.pc_id == pc_id && l.phase == LinkPhase::Up && l.restarting_ice)
+        else {
+            return; // the link was rebuilt, re-negotiated or ended meanwhile
+        };
+        link.restarting_ice = false;
+        match result {
+            Ok(()) => {
+                link.health.connected();
+                tracing::info!(?key, pc = pc_id, "ICE restart brought the media link back");
+            }
+            Err(e) => {
+                tracing::info!(?key, pc = pc_id, error = %e, "ICE restart failed; rebuilding");
+                self.link_failed(key);
+            }
         }
     }
 
@@ -2295,6 +2392,158 @@ mod tests {
                 muted: vec![],
             });
         }
+    }
+
+    fn ice_restarts(outs: &[Output<Media>]) -> Vec<(PcId, ClientMessage)> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::RestartIce { pc_id, request, .. } => {
+                    Some((*pc_id, request.ice_restart_message("offer".into())))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_disconnected_link_restarts_ice_on_its_peer_connection_before_any_rebuild() {
+        use crate::media::link::DEFAULT_REBUILD_DELAY;
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[]);
+        let (_, outs) = publish(&mut sim, 1);
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        sim.input(Input::Negotiated {
+            key: UP,
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        let disconnected = || Input::Pc {
+            pc_id: pc,
+            kind: PcEventKind::Disconnected,
+        };
+        // The path goes quiet: an ICE restart of the same peer connection, named to the
+        // server as the uplink; nothing is closed or rebuilt.
+        let outs = sim.input(disconnected());
+        let restart = ClientMessage::IceRestart(IceRestartRequest {
+            link: LinkDirection::Uplink,
+            user_id: None,
+            stream_type: StreamType::Main,
+            sdp: "offer".into(),
+        });
+        assert_eq!(ice_restarts(&outs), [(pc, restart.clone())], "{outs:?}");
+        assert!(closed_pcs(&outs).is_empty());
+        // A second report while it runs starts no second restart.
+        assert!(ice_restarts(&sim.input(disconnected())).is_empty());
+        // It worked: the link is up on the same peer connection, nothing else happens.
+        let outs = sim.input(Input::IceRestarted {
+            key: UP,
+            pc_id: pc,
+            result: Ok(()),
+        });
+        assert!(outs.is_empty(), "{outs:?}");
+        assert!(sim.advance(DEFAULT_REBUILD_DELAY * 4).is_empty());
+        assert_eq!(sim.core.links().find_map(|(_, _, up)| up), Some(pc));
+
+        // Quiet again later: another restart, which fails this time: the link is rebuilt
+        // on a new peer connection after its delay, as a failed link is.
+        assert_eq!(ice_restarts(&sim.input(disconnected())).len(), 1);
+        let outs = sim.input(Input::IceRestarted {
+            key: UP,
+            pc_id: pc,
+            result: Err(RtcError::new(ErrorCode::IceTransportError, "no path")),
+        });
+        assert_eq!(closed_pcs(&outs), [pc]);
+        let outs = sim.advance(DEFAULT_REBUILD_DELAY);
+        let [(_, rebuilt)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        assert_ne!(rebuilt, pc);
+        // The old peer connection's late reports change nothing.
+        assert!(sim.input(disconnected()).is_empty());
+        assert!(
+            sim.input(Input::IceRestarted {
+                key: UP,
+                pc_id: pc,
+                result: Ok(()),
+            })
+            .is_empty()
+        );
+        sim.input(Input::Negotiated {
+            key: UP,
+            pc_id: rebuilt,
+            result: Ok(()),
+            muted: vec![],
+        });
+
+        // A peer connection that fails while its restart runs is rebuilt at once; the
+        // restart's late result is stale.
+        assert_eq!(
+            ice_restarts(&sim.input(Input::Pc {
+                pc_id: rebuilt,
+                kind: PcEventKind::Disconnected,
+            }))
+            .len(),
+            1
+        );
+        let outs = sim.input(Input::Pc {
+            pc_id: rebuilt,
+            kind: PcEventKind::Failed,
+        });
+        assert_eq!(closed_pcs(&outs), [rebuilt]);
+        assert!(
+            sim.input(Input::IceRestarted {
+                key: UP,
+                pc_id: rebuilt,
+                result: Err(RtcError::new(ErrorCode::IceTransportError, "closed")),
+            })
+            .is_empty()
+        );
+        assert_eq!(negotiations(&sim.advance(DEFAULT_REBUILD_DELAY)).len(), 1);
+    }
+
+    #[test]
+    fn a_disconnected_downlink_names_its_stream_and_waits_for_signalling_to_restart() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[]);
+        let request = LinkRequest::Subscribe {
+            user_id: UserId::new("bob").unwrap(),
+            stream_type: StreamType::Auxiliary,
+            audio: false,
+            video: true,
+        };
+        assert_eq!(
+            request.ice_restart_message("o".into()),
+            ClientMessage::IceRestart(IceRestartRequest {
+                link: LinkDirection::Downlink,
+                user_id: Some(UserId::new("bob").unwrap()),
+                stream_type: StreamType::Auxiliary,
+                sdp: "o".into(),
+            })
+        );
+        // Signalling lost: the re-join renegotiates every link; no ICE restart meanwhile.
+        let (_, outs) = publish(&mut sim, 1);
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        sim.input(Input::Negotiated {
+            key: UP,
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        let generation = sim.core.generation();
+        sim.input(Input::SignalLost {
+            generation,
+            reason: "reset".into(),
+        });
+        let outs = sim.input(Input::Pc {
+            pc_id: pc,
+            kind: PcEventKind::Disconnected,
+        });
+        assert!(ice_restarts(&outs).is_empty(), "{outs:?}");
     }
 
     #[test]

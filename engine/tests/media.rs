@@ -512,6 +512,65 @@ async fn crashed_peer_connections_are_rebuilt_and_frames_flow_again() {
     );
 }
 
+/// Both links lose their path (every socket they used is cut off, as when a client's
+/// network changes): each comes back by an ICE restart on the same peer connection: the
+/// subscription's packet counters carry on (a rebuilt link would count from zero), the
+/// server answered two ICE restarts and nobody saw an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_whose_path_dies_come_back_by_ice_restart_on_the_same_peer_connection() {
+    let announced: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut config = server_config("127.0.0.1:0");
+    config.media.public_ip = Some(announced);
+    let server = start(config);
+    let relays = PathRelay::for_server(&server, announced).await;
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let local = stream().await;
+    join(&alice, 3010).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    let frames = Arc::new(Frames::default());
+    let mut bob = media_client(&url, "bob", Some(frames.output()));
+    join(&bob, 3010).await;
+    frames.wait("first frames", |f| f.video() >= 30).await;
+    let video_packets = || async {
+        let stats = bounded(bob.get_remote_stats()).await.unwrap();
+        assert_eq!(stats.len(), 1, "one subscription: {stats:?}");
+        stats[0].stats.video_packets_received
+    };
+    let restarts = || {
+        server
+            .metrics()
+            .media()
+            .map_or(0, |m| m.ice_restarts.load(Ordering::Relaxed))
+    };
+    assert_eq!(restarts(), 0);
+
+    let cut: usize = relays.iter().map(PathRelay::cut).sum();
+    assert!(
+        cut >= 2,
+        "both clients' paths went through the relays ({cut})"
+    );
+    let received = video_packets().await;
+    let at_cut = frames.video();
+    frames
+        .wait("frames after the path died", |f| f.video() >= at_cut + 30)
+        .await;
+    assert_eq!(restarts(), 2, "one ICE restart per link");
+    let now_received = video_packets().await;
+    assert!(
+        now_received > received,
+        "the same receive side carries on ({now_received} ≤ {received})"
+    );
+    assert!(
+        !bob.drain()
+            .iter()
+            .chain(bob.seen.iter())
+            .any(|e| matches!(e, ClientEvent::Error(_))),
+        "{:?}",
+        bob.seen
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_receive_pipelines_are_rebuilt_renegotiated_and_frames_flow_again() {
     let server = start(server_config("127.0.0.1:0"));

@@ -147,6 +147,35 @@ pub enum ClientMessage {
         #[serde(with = "base64_bytes")]
         data: Vec<u8>,
     },
+    /// Restart ICE on one of the member's peer connections: an offer with new ICE
+    /// credentials for the same media, answered on the same server peer (its SSRCs, DTLS
+    /// session and, for a subscription, its sequence numbers continue).
+    IceRestart(IceRestartRequest),
+}
+
+/// Which peer connection an [`ClientMessage::IceRestart`] is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkDirection {
+    /// The member's own published stream.
+    Uplink,
+    /// A subscription to another member's stream.
+    Downlink,
+}
+
+/// Restart ICE on a link.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceRestartRequest {
+    /// Publish or subscription.
+    pub link: LinkDirection,
+    /// For a downlink: whose stream (absent for an uplink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// Which stream.
+    pub stream_type: StreamType,
+    /// The offer, with new `a=ice-ufrag`/`a=ice-pwd`.
+    pub sdp: String,
 }
 
 /// TRTC's limits on custom messages (`sendCustomCmdMsg`): checked by the server for every
@@ -754,6 +783,36 @@ mod tests {
         };
         assert_eq!(j.room().unwrap().as_numeric(), Some(123));
         assert_eq!(j.effective_role(), Role::Audience);
+    }
+
+    #[test]
+    fn ice_restart_requests_name_their_link_as_documented() {
+        let up = json!({"v":1,"id":4,"msg":{"type":"ice-restart","link":"uplink",
+            "streamType":"main","sdp":"v=0"}});
+        let env = decode_client(up.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            env.msg,
+            ClientMessage::IceRestart(IceRestartRequest {
+                link: LinkDirection::Uplink,
+                user_id: None,
+                stream_type: StreamType::Main,
+                sdp: "v=0".into(),
+            })
+        );
+        let down = ClientMessage::IceRestart(IceRestartRequest {
+            link: LinkDirection::Downlink,
+            user_id: Some(UserId::new("bob").unwrap()),
+            stream_type: StreamType::Auxiliary,
+            sdp: "v=0".into(),
+        });
+        assert_eq!(
+            serde_json::to_value(&down).unwrap(),
+            json!({"type":"ice-restart","link":"downlink","userId":"bob",
+                "streamType":"auxiliary","sdp":"v=0"})
+        );
+        let sideways = json!({"v":1,"id":4,"msg":{"type":"ice-restart","link":"sideways",
+            "streamType":"main","sdp":"v=0"}});
+        assert!(decode_client(sideways.to_string().as_bytes()).is_err());
     }
 
     #[test]

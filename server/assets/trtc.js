@@ -2388,11 +2388,39 @@
       if (state === 'failed') {
         this._linkFailed(link);
       } else if (state === 'disconnected' && !link.graceTimer) {
+        // Restart ICE on the same peer connection first (its tracks and SSRCs carry on);
+        // still not connected when the grace is up (or the restart failed): rebuild.
         link.graceTimer = setTimeout(() => {
           link.graceTimer = null;
           if (link.pcId === id && link.pc && link.pc.connectionState !== 'connected') this._linkFailed(link);
         }, this._t.disconnectedGraceMs);
+        this._restartIce(link, id).catch((e) => {
+          if (link.pcId !== id || link.state !== 'up') return;
+          log.info(`${link.key}: ICE restart failed (${e && e.message}); rebuilding`);
+          clearTimeout(link.graceTimer);
+          link.graceTimer = null;
+          this._linkFailed(link);
+        });
       }
+    }
+
+    /** Offer with new ICE credentials on the link's peer connection and apply the answer. */
+    async _restartIce(link, id) {
+      const pc = link.pc;
+      const sig = this._signal;
+      if (!pc || !sig || this._phase !== 'joined') return; // a re-join renegotiates anyway
+      log.info(`${link.key}: peer connection disconnected; restarting ICE`);
+      const offer = await pc.createOffer({ iceRestart: true });
+      await pc.setLocalDescription(offer);
+      const msg = link.up
+        ? { type: 'ice-restart', link: 'uplink', streamType: link.type, sdp: pc.localDescription.sdp }
+        : { type: 'ice-restart', link: 'downlink', userId: link.userId, streamType: link.type, sdp: pc.localDescription.sdp };
+      const data = await sig.request(msg, this._t.requestTimeoutMs);
+      if (link.pcId !== id || link.pc !== pc) return;
+      if (!data || data.kind !== 'answer' || typeof data.sdp !== 'string') {
+        throw err(C.ICE_TRANSPORT_ERROR, 'the server answered the ICE restart without an SDP answer');
+      }
+      await pc.setRemoteDescription({ type: 'answer', sdp: data.sdp });
     }
 
     /** A link's peer connection failed: rebuild it after a delay, or give up (0x4007 / 0x4008). */

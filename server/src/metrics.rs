@@ -239,6 +239,12 @@ impl Metrics {
                 "Media peer events dropped (queue full or not taken).",
                 &m.event_drops,
             );
+            c(
+                &mut out,
+                "rtcroom_media_ice_restarts_total",
+                "ICE restarts answered (a client's link recovered on its peer).",
+                &m.ice_restarts,
+            );
             gauge(
                 &mut out,
                 "rtcroom_media_peers",

@@ -249,6 +249,15 @@ impl Registry {
         })
     }
 
+    /// The UDP addresses the media workers announce (none without a media plane).
+    pub fn media_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.ctx
+            .media
+            .as_ref()
+            .map(|m| m.addrs().to_vec())
+            .unwrap_or_default()
+    }
+
     /// Start one of the registry's shards on the current thread (an actix arbiter).
     pub fn start_shard_here(&self) {
         self.local.start_here(self.ctx.clone());

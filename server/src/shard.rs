@@ -22,7 +22,8 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    BanReason, ClientMessage, MemberStats, ReplyData, ServerEvent, StreamType, encode,
+    BanReason, ClientMessage, LinkDirection, MemberStats, ReplyData, ServerEvent, StreamType,
+    encode,
 };
 use rtcroom_protocol::usersig::Privilege;
 use rtcroom_protocol::{ErrorCode, Mode, RtcError, UserId};
@@ -732,6 +733,12 @@ impl Handler<Request> for RoomShard {
                 audio: bool,
                 video: bool,
             },
+            IceRestart {
+                peer: PeerId,
+                sdp: String,
+                /// A downlink's stream (its `msid` is kept in the new answer).
+                downlink: Option<(UserId, StreamType)>,
+            },
         }
         let media_ok = self.core.borrow().media();
         let next = self.core.borrow_mut().step(&key, Some(id), |core, rctx| {
@@ -852,6 +859,48 @@ impl Handler<Request> for RoomShard {
                 } => done(core.step(rctx, |room| {
                     none(room.unsubscribe(session, &user_id, stream_type))
                 })),
+                ClientMessage::IceRestart(r) => {
+                    if let Err(e) = &media_ok {
+                        return (Next::Done(Err(e.clone())), After::default());
+                    }
+                    let (up, down) = core.room.links_of(session);
+                    let found = match (r.link, &r.user_id) {
+                        (LinkDirection::Uplink, _) => up
+                            .into_iter()
+                            .find(|(_, st, _)| *st == r.stream_type)
+                            .map(|(_, _, peer)| (peer, None)),
+                        (LinkDirection::Downlink, Some(user)) => down
+                            .into_iter()
+                            .find(|(u, st, _)| u == user && *st == r.stream_type)
+                            .map(|(u, st, peer)| (peer, Some((u, st)))),
+                        (LinkDirection::Downlink, None) => {
+                            return (
+                                Next::Done(Err(RtcError::invalid_parameter(
+                                    Some(extra::PARAM_REQUIRED),
+                                    "ice-restart of a downlink needs userId",
+                                ))),
+                                After::default(),
+                            );
+                        }
+                    };
+                    match found {
+                        Some((peer, downlink)) => (
+                            Next::IceRestart {
+                                peer,
+                                sdp: r.sdp,
+                                downlink,
+                            },
+                            After::default(),
+                        ),
+                        None => (
+                            Next::Done(Err(RtcError::invalid_operation(
+                                None,
+                                "no such media link to restart: publish or subscribe again",
+                            ))),
+                            After::default(),
+                        ),
+                    }
+                }
                 ClientMessage::Join(_) => (
                     Next::Done(Err(RtcError::invalid_operation(
                         Some(extra::REPEATED_CALL),
@@ -973,6 +1022,18 @@ impl Handler<Request> for RoomShard {
                     }
                 }))
             }
+            (
+                Next::IceRestart {
+                    peer,
+                    sdp,
+                    downlink,
+                },
+                Some(media),
+            ) => ActorResponse::r#async(
+                async move { media.restart_ice(peer, &sdp, downlink).await }
+                    .into_actor(self)
+                    .map(|res, _, _| res.map(|sdp| Some(ReplyData::Answer { sdp }))),
+            ),
             (_, None) => ActorResponse::reply(Err(RtcError::new(
                 ErrorCode::NotSupported,
                 "this server runs without the media plane",

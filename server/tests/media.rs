@@ -686,3 +686,102 @@ async fn a_server_announcing_a_public_ip_behind_a_nat_connects() {
     in_to_out.abort();
     server.stop().unwrap();
 }
+
+fn ice_ufrag(sdp: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("an a=ice-ufrag line")
+        .trim()
+        .to_owned()
+}
+
+fn mids(sdp: &str) -> Vec<String> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=mid:"))
+        .map(|m| m.trim().to_owned())
+        .collect()
+}
+
+/// `ice-restart` answers a client's restart offer on the same server peer (new ICE
+/// credentials, the same m-lines, the connection comes back) and refuses links the member
+/// does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ice_restart_is_answered_on_the_same_peer_and_unknown_links_are_refused() {
+    use rtcroom_protocol::signal::{IceRestartRequest, LinkDirection};
+    use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
+    let server = start(config());
+    let (mut anchor, _) = joined(&server.ws_url(), "a", "11", Mode::Rtc, None).await;
+    let restart = |link, user_id: Option<&str>, sdp: String| {
+        ClientMessage::IceRestart(IceRestartRequest {
+            link,
+            user_id: user_id.map(uid),
+            stream_type: StreamType::Main,
+            sdp,
+        })
+    };
+    let publisher = Publisher::new().await;
+    let offer = peer::full_offer(&publisher.pc).await;
+    // Nothing published yet: no uplink to restart.
+    let e = anchor
+        .request(restart(LinkDirection::Uplink, None, offer.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation, "{e:?}");
+    // A downlink needs its publisher's user id.
+    let e = anchor
+        .request(restart(LinkDirection::Downlink, None, offer.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidParameter, "{e:?}");
+    let e = anchor
+        .request(restart(LinkDirection::Downlink, Some("b"), offer.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidOperation, "{e:?}");
+
+    let first = answer_of(anchor.request(publish_main(offer)).await.unwrap());
+    peer::apply_answer(&publisher.pc, first.clone()).await;
+    assert!(peer::connected(&publisher.pc, Duration::from_secs(10)).await);
+    let stats = server.metrics().media().unwrap().clone();
+    assert_eq!(stats.ice_restarts.load(Ordering::Relaxed), 0);
+
+    // Malformed: refused, and the peer is untouched.
+    let e = anchor
+        .request(restart(
+            LinkDirection::Uplink,
+            None,
+            "v=0\r\nnot sdp".into(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidParameter, "{e:?}");
+
+    let offer = publisher
+        .pc
+        .create_offer(Some(RTCOfferOptions {
+            ice_restart: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let mut gathered = publisher.pc.gathering_complete_promise().await;
+    publisher.pc.set_local_description(offer).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+    let offer = publisher.pc.local_description().await.unwrap().sdp;
+    let answer = answer_of(
+        anchor
+            .request(restart(LinkDirection::Uplink, None, offer))
+            .await
+            .expect("the restart is answered"),
+    );
+    assert_ne!(ice_ufrag(&answer), ice_ufrag(&first), "new ICE credentials");
+    assert_eq!(mids(&answer), mids(&first), "the same media");
+    assert_eq!(stats.ice_restarts.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.peers.load(Ordering::Relaxed), 1, "no second peer");
+    peer::apply_answer(&publisher.pc, answer).await;
+    assert!(
+        peer::connected(&publisher.pc, Duration::from_secs(10)).await,
+        "connected again after the restart"
+    );
+    server.stop().unwrap();
+}

@@ -33,6 +33,7 @@ use webrtc::ice::network_type::NetworkType;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtcp;
@@ -78,6 +79,9 @@ pub enum PcRole {
 pub enum PcEventKind {
     /// ICE and DTLS are up.
     Connected,
+    /// ICE lost the path (no traffic for a while); it may come back, or an ICE restart may
+    /// bring it back.
+    Disconnected,
     /// ICE or DTLS failed.
     Failed,
     /// The actor stopped (closed on purpose, or crashed).
@@ -94,10 +98,15 @@ pub struct PcEvent {
     pub kind: PcEventKind,
 }
 
-/// Create the offer, with every candidate gathered; replies with the SDP.
+/// Create the offer, with every candidate gathered; replies with the SDP. With
+/// `ice_restart`, the offer carries new ICE credentials and candidates gathered afresh (new
+/// sockets: a path that broke is not reused), for the same media.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<String, RtcError>")]
-pub struct CreateOffer;
+pub struct CreateOffer {
+    /// Restart ICE (RFC 8445 §9) on this peer connection.
+    pub ice_restart: bool,
+}
 
 /// Apply the server's SDP answer.
 #[derive(Debug, Message)]
@@ -476,11 +485,15 @@ impl Drop for PeerConnectionActor {
 impl Handler<CreateOffer> for PeerConnectionActor {
     type Result = ResponseFuture<Result<String, RtcError>>;
 
-    fn handle(&mut self, _: CreateOffer, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: CreateOffer, _: &mut Self::Context) -> Self::Result {
         let pc = self.pc.clone();
+        let options = msg.ice_restart.then(|| RTCOfferOptions {
+            ice_restart: true,
+            ..Default::default()
+        });
         Box::pin(async move {
             let offer = pc
-                .create_offer(None)
+                .create_offer(options)
                 .await
                 .map_err(|e| RtcError::new(ErrorCode::CreateOfferFailed, e.to_string()))?;
             let mut gathered = pc.gathering_complete_promise().await;
@@ -603,6 +616,7 @@ impl Handler<StateChanged> for PeerConnectionActor {
                 self.settle_waiters(false);
                 PcEventKind::Failed
             }
+            RTCPeerConnectionState::Disconnected => PcEventKind::Disconnected,
             _ => return,
         };
         self.owner.do_send(PcEvent { id: self.id, kind });

@@ -165,3 +165,93 @@ pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
         .await
         .unwrap_or_else(|_| panic!("call did not finish within {DEADLINE:?}"))
 }
+
+/// A UDP relay in front of one media port of the server (which announces the relay's
+/// address, `media.public_ip`): each client address gets a socket of its own towards the
+/// server, so answers come back through it. [`PathRelay::cut`] kills the path of every
+/// client address seen so far, both ways, as a network change does to a client's old
+/// sockets; addresses seen later pass.
+pub struct PathRelay {
+    cut: std::sync::Arc<std::sync::Mutex<CutState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct CutState {
+    seen: std::collections::HashSet<std::net::SocketAddr>,
+    cut: std::collections::HashSet<std::net::SocketAddr>,
+}
+
+impl PathRelay {
+    /// Listen on `listen` (the announced address) and relay to `server`.
+    pub async fn start(listen: std::net::SocketAddr, server: std::net::SocketAddr) -> PathRelay {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex};
+        use tokio::net::UdpSocket;
+        let front = Arc::new(UdpSocket::bind(listen).await.expect("relay binds"));
+        let state = Arc::new(Mutex::new(CutState::default()));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let mut upstream: HashMap<std::net::SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, client)) = front.recv_from(&mut buf).await {
+                {
+                    let mut s = st.lock().unwrap();
+                    if s.cut.contains(&client) {
+                        continue;
+                    }
+                    s.seen.insert(client);
+                }
+                let up = match upstream.get(&client) {
+                    Some(u) => u.clone(),
+                    None => {
+                        let u = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                        u.connect(server).await.unwrap();
+                        let (u2, front2, st2) = (u.clone(), front.clone(), st.clone());
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 2048];
+                            while let Ok(n) = u2.recv(&mut buf).await {
+                                if st2.lock().unwrap().cut.contains(&client) {
+                                    continue;
+                                }
+                                let _ = front2.send_to(&buf[..n], client).await;
+                            }
+                        });
+                        upstream.insert(client, u.clone());
+                        u
+                    }
+                };
+                let _ = up.send(&buf[..n]).await;
+            }
+        });
+        PathRelay { cut: state, task }
+    }
+
+    /// Relays for every media port of `server`, listening on `announced` (its
+    /// `media.public_ip`).
+    pub async fn for_server(server: &RunningServer, announced: std::net::IpAddr) -> Vec<PathRelay> {
+        let mut relays = Vec::new();
+        for addr in server.registry().media_addrs() {
+            let target =
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port());
+            relays.push(
+                PathRelay::start(std::net::SocketAddr::new(announced, addr.port()), target).await,
+            );
+        }
+        relays
+    }
+
+    /// Kill the path of every client address seen so far; returns how many.
+    pub fn cut(&self) -> usize {
+        let mut s = self.cut.lock().unwrap();
+        let seen: Vec<_> = s.seen.drain().collect();
+        s.cut.extend(seen.iter().copied());
+        seen.len()
+    }
+}
+
+impl Drop for PathRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -152,6 +152,8 @@ pub struct MediaStats {
     pub worker_restarts: AtomicU64,
     /// [`MediaEvent`]s dropped because their queue was full (or nobody took it).
     pub event_drops: AtomicU64,
+    /// ICE restarts answered.
+    pub ice_restarts: AtomicU64,
 }
 
 /// Why a peer closed on its own.
@@ -643,6 +645,33 @@ impl MediaPlane {
         // The worker's router has told every worker that it now wants the slot's packets; it
         // asks the publisher for a keyframe once the subscriber has connected.
         Ok((id, answer))
+    }
+
+    /// Restart ICE on peer `id` (publisher or subscriber): accept the client's new offer on
+    /// the same `Rtc`, so its SSRCs, DTLS session and forwarding state continue; the answer
+    /// carries new ICE credentials. `downlink` names a subscription's stream, whose `msid`
+    /// the answer keeps.
+    pub async fn restart_ice(
+        &self,
+        id: PeerId,
+        offer: &str,
+        downlink: Option<(UserId, StreamType)>,
+    ) -> Result<String, RtcError> {
+        let offer = parse_offer(&sdp::prepare_offer(offer))?;
+        let msid = downlink.map(|(user, st)| sdp::stream_msid(user.as_str(), stream_type_name(st)));
+        let answer = self
+            .ask(worker_of(id), |reply| Cmd::RestartIce {
+                id,
+                offer,
+                msid,
+                reply,
+            })
+            .await?;
+        self.inner
+            .stats
+            .ice_restarts
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(answer)
     }
 
     /// Ask the publisher of `slot` for a keyframe (rate-limited unless `force`).

@@ -72,6 +72,14 @@ pub(super) enum Cmd {
         msid: String,
         reply: oneshot::Sender<Result<String, RtcError>>,
     },
+    /// Restart ICE on a peer: accept a new offer on its `Rtc`.
+    RestartIce {
+        id: PeerId,
+        offer: SdpOffer,
+        /// A subscriber's one `a=msid` stream id.
+        msid: Option<String>,
+        reply: oneshot::Sender<Result<String, RtcError>>,
+    },
     /// Close a peer on request (no [`MediaEvent`]).
     Remove {
         id: PeerId,
@@ -941,6 +949,55 @@ impl Worker {
         Ok(answer)
     }
 
+    /// A client's ICE restart: the same `Rtc` accepts the new offer (str0m sees the new
+    /// remote credentials and restarts its agent with new local ones, keeping our
+    /// candidate), so the peer's SSRCs, DTLS session and router state carry on. Checks with
+    /// the new ufrag, from whatever address, find the peer again.
+    fn restart_ice(
+        &mut self,
+        id: PeerId,
+        offer: SdpOffer,
+        msid: Option<&str>,
+    ) -> Result<String, RtcError> {
+        let Some(lp) = self.ids.get(&id).copied() else {
+            return Err(RtcError::invalid_operation(
+                None,
+                "the link's media peer is gone: publish or subscribe again",
+            ));
+        };
+        let Some(peer) = self.peer_mut(lp).filter(|p| p.dead.is_none()) else {
+            return Err(RtcError::invalid_operation(
+                None,
+                "the link's media peer is closing: publish or subscribe again",
+            ));
+        };
+        let answer = peer
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| {
+                RtcError::new(
+                    ErrorCode::InvalidParameter,
+                    format!("ICE restart offer refused: {e}"),
+                )
+            })?
+            .to_sdp_string();
+        let answer = match msid {
+            Some(msid) => unify_msid(&answer, msid),
+            None => answer,
+        };
+        let credentials = peer.rtc.direct_api().local_ice_credentials();
+        let old = std::mem::replace(&mut peer.ice_ufrag, credentials.ufrag.clone());
+        peer.ice_password = credentials.pass;
+        if old != credentials.ufrag {
+            self.by_ufrag.remove(&old);
+            self.by_ufrag.insert(credentials.ufrag, lp);
+        }
+        self.drain(lp);
+        self.pump();
+        Ok(answer)
+    }
+
     fn handle_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::AddPublisher {
@@ -965,6 +1022,15 @@ impl Worker {
                 reply,
             } => {
                 let res = self.add_subscriber(id, slot, audio, video, offer, &lines, codec, &msid);
+                let _ = reply.send(res);
+            }
+            Cmd::RestartIce {
+                id,
+                offer,
+                msid,
+                reply,
+            } => {
+                let res = self.restart_ice(id, offer, msid.as_deref());
                 let _ = reply.send(res);
             }
             Cmd::Remove { id } => {
