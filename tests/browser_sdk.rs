@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use rtcroom::{
-    ClientConfig, ClientEvent, DecodedFrame, EventStream, FrameInfo, JoinOptions, Mode,
+    ClientConfig, ClientEvent, DecodedFrame, EventStream, FrameInfo, JoinOptions, Mode, SeiOptions,
     StreamConfig, SubscribeOptions, SubscribeOutput, VideoCodec, VideoProfile, create_client,
     create_stream,
 };
@@ -72,7 +72,7 @@ window.H = (() => {
   const H = { clients: {}, locals: {}, remotes: {}, events: [] };
   const EVENTS = ['connection-state-changed', 'peer-join', 'peer-leave', 'stream-added',
     'stream-removed', 'stream-updated', 'stream-subscribed', 'mute-audio', 'unmute-audio',
-    'mute-video', 'unmute-video', 'client-banned', 'error'];
+    'mute-video', 'unmute-video', 'client-banned', 'error', 'sei-message'];
 
   H.err = (e) => ({
     name: e && e.name,
@@ -93,6 +93,11 @@ window.H = (() => {
     }
     if (p && p.state) { e.state = p.state; e.prevState = p.prevState; }
     if (p && p.reason !== undefined) e.reason = p.reason;
+    if (event === 'sei-message') {
+      e.text = new TextDecoder().decode(p.data);
+      e.seiPayloadType = p.seiPayloadType;
+      e.isFromAuxiliary = p.isFromAuxiliary;
+    }
     if (event === 'error') Object.assign(e, H.err(p));
     H.events.push(e);
     console.log('[H]', JSON.stringify(e));
@@ -457,7 +462,7 @@ async fn browser_to_engine_run(
         page,
         "web",
         json!({"mode": "rtc", "sdkAppId": APP, "userId": "web", "userSig": sig("web"),
-               "videoCodec": sdk_codec(codec)}),
+               "videoCodec": sdk_codec(codec), "enableSEI": true}),
     )
     .await?;
     let joined = join(page, "web", json!({ "roomId": room })).await?;
@@ -551,6 +556,45 @@ async fn browser_to_engine_run(
         state == json!("connected"),
         "after the ICE restart: {state}"
     );
+
+    // SEI messages from the browser (encoded transforms) reach the engine in order; VP8
+    // video cannot carry them.
+    let sent = page
+        .eval(
+            "(() => { try { for (const t of ['sei 0', 'sei 1', 'sei 2']) \
+               H.clients.web.sendSEIMessage(new TextEncoder().encode(t).buffer); return null; } \
+               catch (e) { return H.err(e); } })()",
+        )
+        .await?;
+    if codec == VideoCodec::H264 {
+        ensure!(sent.is_null(), "sendSEIMessage threw {sent}");
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let ev = engine_event(&mut events, "sei-message from web", |e| {
+                matches!(e, ClientEvent::SeiMessage { .. })
+            })
+            .await?;
+            if let ClientEvent::SeiMessage {
+                user_id,
+                payload_type,
+                data,
+                ..
+            } = ev
+            {
+                ensure!(
+                    user_id.as_str() == "web" && payload_type == 243,
+                    "sei-message from {user_id}, type {payload_type}"
+                );
+                got.push(String::from_utf8_lossy(&data).into_owned());
+            }
+        }
+        ensure!(got == ["sei 0", "sei 1", "sei 2"], "the engine got {got:?}");
+    } else {
+        ensure!(
+            sent["code"] == json!(4097),
+            "sendSEIMessage on VP8 video: {sent}"
+        );
+    }
     eprintln!(
         "[{tag}] times (ms): browser join round trip {}, publish → connected {}; engine \
          subscribe → connected {:.0}, → first decoded frame {}; decoded {v} video frames \
@@ -980,7 +1024,8 @@ async fn engine_to_browser_run(
     create(
         page,
         "web",
-        json!({"mode": "rtc", "sdkAppId": APP, "userId": "web", "userSig": sig("web")}),
+        json!({"mode": "rtc", "sdkAppId": APP, "userId": "web", "userSig": sig("web"),
+               "enableSEI": true}),
     )
     .await?;
     let joined = join(page, "web", json!({ "roomId": room })).await?;
@@ -1042,6 +1087,26 @@ async fn engine_to_browser_run(
             DEADLINE,
         )
         .await?;
+    // An SEI message from the engine's H.264 video reaches the browser's 'sei-message'.
+    if codec == VideoCodec::H264 {
+        engine
+            .send_sei_message(b"from the engine".to_vec(), SeiOptions::default())
+            .await?;
+        let ev = wait_event(
+            page,
+            "web",
+            "sei-message",
+            json!({"userId": "engine"}),
+            DEADLINE,
+        )
+        .await?;
+        ensure!(
+            ev["text"] == json!("from the engine")
+                && ev["seiPayloadType"] == json!(243)
+                && ev["isFromAuxiliary"] == json!(false),
+            "sei-message {ev}"
+        );
+    }
     let errors = page.eval("H.errors('web')").await?;
     ensure!(errors == json!([]), "errors on the page: {errors}");
     eprintln!(

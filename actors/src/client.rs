@@ -183,6 +183,15 @@ pub enum ClientRequest {
         /// The message, 1 byte to 1 KB.
         data: Vec<u8>,
     },
+    /// Send an SEI message with the next video frame of a published stream.
+    SendSei {
+        /// Which published stream.
+        stream_type: StreamType,
+        /// SEI payload type, 5 or 243.
+        payload_type: u8,
+        /// The message, 1 byte to 1 KB.
+        data: Vec<u8>,
+    },
 }
 
 /// The receive counters of every subscribed stream.
@@ -388,16 +397,21 @@ impl ClientActor {
                     },
                     Instant::now(),
                 );
-                let build = tokio::task::spawn_blocking(move || {
-                    remote.start(
-                        &spec.user_id,
-                        spec.stream_type,
-                        spec.audio,
-                        spec.video_codec,
-                        &spec.output,
-                        spec.jitter_latency,
-                    )
-                });
+                // SEI messages in the video become `sei-message` events (from a GStreamer
+                // thread: the hub only queues them).
+                let sei: rtcroom_pipelines::SeiHandler = {
+                    let (hub, user_id, stream_type) =
+                        (self.hub.clone(), spec.user_id.clone(), spec.stream_type);
+                    Arc::new(move |m: rtcroom_pipelines::SeiMessage| {
+                        hub.emit(ClientEvent::SeiMessage {
+                            user_id: user_id.clone(),
+                            stream_type,
+                            payload_type: m.payload_type,
+                            data: m.data,
+                        })
+                    })
+                };
+                let build = tokio::task::spawn_blocking(move || remote.start(&spec, Some(sei)));
                 ctx.spawn(build.into_actor(self).map(move |res, act, ctx| {
                     let (result, events) = match res {
                         Ok(Ok(events)) => (Ok(()), Some(events)),
@@ -511,6 +525,23 @@ impl ClientActor {
                 ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
                     act.drive(ctx, Input::IceRestarted { key, pc_id, result });
                 }));
+            }
+            Output::InsertSei {
+                call,
+                media,
+                payload_type,
+                data,
+            } => {
+                let result = match media {
+                    PcRole::Uplink(local) => local.send_sei(payload_type, data),
+                    PcRole::Downlink { .. } => Err(RtcError::invalid_operation(
+                        None,
+                        "SEI messages go with a published stream",
+                    )),
+                };
+                if let Some(tx) = self.calls.remove(&call) {
+                    let _ = tx.send(result);
+                }
             }
             Output::ClosePc { pc_id } => {
                 if let Some(pc) = self.pcs.remove(&pc_id) {
@@ -829,6 +860,15 @@ impl Handler<ClientRequest> for ClientActor {
                 muted,
             },
             ClientRequest::CustomMessage { cmd_id, data } => Call::CustomMessage { cmd_id, data },
+            ClientRequest::SendSei {
+                stream_type,
+                payload_type,
+                data,
+            } => Call::SendSei {
+                stream_type,
+                payload_type,
+                data,
+            },
         };
         let call = self.next_call;
         self.next_call += 1;

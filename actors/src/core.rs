@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtcroom_protocol::error::extra;
+use rtcroom_protocol::signal::custom_message::MessageBudget;
 use rtcroom_protocol::signal::{
     BanReason, ClientMessage, IceRestartRequest, JoinRequest, JoinResult, LinkDirection, MediaKind,
     PublishRequest, ReplyData, ServerEvent, StreamInfo, StreamType, SubscribeRequest, VideoCodec,
@@ -210,6 +211,16 @@ pub enum Call<M> {
     CustomMessage {
         /// Command id, 1–10.
         cmd_id: u8,
+        /// The message.
+        data: Vec<u8>,
+    },
+    /// Send an SEI message in a published stream's video; answered by the driver after
+    /// [`Output::InsertSei`] (or by the core when refused).
+    SendSei {
+        /// Which published stream.
+        stream_type: StreamType,
+        /// SEI payload type, 5 or 243.
+        payload_type: u8,
         /// The message.
         data: Vec<u8>,
     },
@@ -425,6 +436,18 @@ pub enum Output<M> {
         /// The link's request (names the link to the server).
         request: LinkRequest,
     },
+    /// Queue an SEI message for the next frame of `media` (an uplink's local stream) and
+    /// answer `call` with the outcome.
+    InsertSei {
+        /// The user's call.
+        call: CallId,
+        /// The published stream.
+        media: M,
+        /// SEI payload type.
+        payload_type: u8,
+        /// The message.
+        data: Vec<u8>,
+    },
     /// Close peer connection `pc_id`.
     ClosePc {
         /// Which.
@@ -559,6 +582,8 @@ pub struct ClientCore<M> {
     next_request: RequestId,
     timers: Vec<(Instant, Timer)>,
     out: VecDeque<Output<M>>,
+    /// TRTC's limits on SEI messages sent.
+    sei_budget: MessageBudget,
     now: Instant,
     span: tracing::Span,
 }
@@ -583,6 +608,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
             next_request: 1,
             timers: Vec::new(),
             out: VecDeque::new(),
+            sei_budget: MessageBudget::default(),
             now,
             span,
         }
@@ -773,6 +799,11 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 muted,
             } => self.mute(call, stream_type, kind, muted),
             Call::CustomMessage { cmd_id, data } => self.custom_message(call, cmd_id, data),
+            Call::SendSei {
+                stream_type,
+                payload_type,
+                data,
+            } => self.send_sei(call, stream_type, payload_type, data),
         }
     }
 
@@ -1109,6 +1140,59 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
             RequestKind::Other,
             Pending::Room { call: Some(call) },
         );
+    }
+
+    /// An SEI message rides the next frame of a published stream's H.264 video: checked
+    /// (type, size: INVALID_PARAMETER), limited like custom messages (30 and 8 KB per second:
+    /// INVALID_OPERATION, not sent) and handed to the stream.
+    fn send_sei(&mut self, call: CallId, stream_type: StreamType, payload_type: u8, data: Vec<u8>) {
+        if let Err(e) = rtcroom_pipelines::SeiMessage::check(payload_type, &data) {
+            return self.answer(
+                Some(call),
+                Err(RtcError::invalid_parameter(Some(extra::PARAM_RANGE), e)),
+            );
+        }
+        if let Err(e) = self.life.require_joined("sendSEIMessage") {
+            return self.answer(Some(call), Err(e));
+        }
+        let media = self
+            .links
+            .get(&LinkKey::Up(stream_type))
+            .filter(|l| {
+                l.phase == LinkPhase::Up
+                    && matches!(
+                        l.request,
+                        LinkRequest::Publish {
+                            has_video: true,
+                            ..
+                        }
+                    )
+            })
+            .and_then(|l| l.media.clone());
+        let Some(media) = media else {
+            return self.answer(
+                Some(call),
+                Err(RtcError::invalid_operation(
+                    None,
+                    "SEI messages ride the video: publish a stream with H.264 video first",
+                )),
+            );
+        };
+        if !self.sei_budget.take(self.now, data.len()) {
+            return self.answer(
+                Some(call),
+                Err(RtcError::invalid_operation(
+                    None,
+                    "over TRTC's SEI limits (30 messages and 8 KB per second); not sent",
+                )),
+            );
+        }
+        self.out.push_back(Output::InsertSei {
+            call,
+            media,
+            payload_type,
+            data,
+        });
     }
 
     fn replied(&mut self, id: RequestId, result: Result<Option<ReplyData>, SignalError>) {
@@ -2544,6 +2628,107 @@ mod tests {
             kind: PcEventKind::Disconnected,
         });
         assert!(ice_restarts(&outs).is_empty(), "{outs:?}");
+    }
+
+    #[test]
+    fn sei_messages_go_to_a_published_video_stream_within_trtcs_limits() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        let sei = |sim: &mut Sim, stream_type, payload_type, len: usize| {
+            sim.call(Call::SendSei {
+                stream_type,
+                payload_type,
+                data: vec![7; len],
+            })
+        };
+        let refused = |(call, outs): (CallId, Vec<Out>)| {
+            assert!(
+                !outs.iter().any(|o| matches!(o, Output::InsertSei { .. })),
+                "{outs:?}"
+            );
+            reply_of(&outs, call).expect("answered").unwrap_err().code
+        };
+        // Before joining, and joined but with nothing published.
+        assert_eq!(
+            refused(sei(&mut sim, StreamType::Main, 243, 8)),
+            ErrorCode::InvalidOperation
+        );
+        sim.join(&[]);
+        assert_eq!(
+            refused(sei(&mut sim, StreamType::Main, 243, 8)),
+            ErrorCode::InvalidOperation
+        );
+        // Bad messages are the caller's error whatever the state.
+        assert_eq!(
+            refused(sei(&mut sim, StreamType::Main, 6, 8)),
+            ErrorCode::InvalidParameter
+        );
+        assert_eq!(
+            refused(sei(&mut sim, StreamType::Main, 243, 1025)),
+            ErrorCode::InvalidParameter
+        );
+        assert_eq!(
+            refused(sei(&mut sim, StreamType::Main, 5, 15)),
+            ErrorCode::InvalidParameter
+        );
+        let (_, outs) = publish(&mut sim, 1);
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        // Not connected yet: nothing carries it.
+        assert_eq!(
+            refused(sei(&mut sim, StreamType::Main, 243, 8)),
+            ErrorCode::InvalidOperation
+        );
+        sim.input(Input::Negotiated {
+            key: UP,
+            pc_id: pc,
+            result: Ok(()),
+            muted: vec![],
+        });
+        // The auxiliary stream is not published.
+        assert_eq!(
+            refused(sei(&mut sim, StreamType::Auxiliary, 243, 8)),
+            ErrorCode::InvalidOperation
+        );
+        // 30 at once, each handed to the stream's media with its call.
+        for i in 0..30 {
+            let (call, outs) = sei(&mut sim, StreamType::Main, 243, 10);
+            assert!(
+                matches!(
+                    &outs[..],
+                    [Output::InsertSei { call: c, media: Media(1), payload_type: 243, data }]
+                        if *c == call && data.len() == 10
+                ),
+                "message {i}: {outs:?}"
+            );
+        }
+        // The 31st in the same second is refused; a second later there is room again.
+        assert_eq!(
+            refused(sei(&mut sim, StreamType::Main, 243, 10)),
+            ErrorCode::InvalidOperation
+        );
+        sim.advance(Duration::from_secs(1));
+        let (_, outs) = sei(&mut sim, StreamType::Main, 5, 16);
+        assert!(
+            matches!(
+                &outs[..],
+                [Output::InsertSei {
+                    payload_type: 5,
+                    ..
+                }]
+            ),
+            "{outs:?}"
+        );
+        // 8 KB per second: eight 1 KB messages pass, the ninth does not.
+        sim.advance(Duration::from_secs(2));
+        for _ in 0..8 {
+            let (_, outs) = sei(&mut sim, StreamType::Main, 243, 1024);
+            assert_eq!(outs.len(), 1, "{outs:?}");
+        }
+        assert_eq!(
+            refused(sei(&mut sim, StreamType::Main, 243, 1024)),
+            ErrorCode::InvalidOperation
+        );
     }
 
     #[test]

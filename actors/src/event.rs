@@ -114,6 +114,19 @@ pub enum ClientEvent {
         /// The message.
         data: Vec<u8>,
     },
+    /// `sei-message`: an SEI message in the video of a subscribed stream (TRTC's
+    /// `sendSEIMessage`; native `onRecvSEIMsg`), delivered with the frame it rode in.
+    SeiMessage {
+        /// The publisher.
+        user_id: UserId,
+        /// Its main stream, or its auxiliary one (TRTC's `isFromAuxiliary`).
+        stream_type: StreamType,
+        /// The SEI payload type: 243 (TRTC's default) or 5 (user data unregistered, the
+        /// 16-byte UUID first).
+        payload_type: u8,
+        /// The message.
+        data: Vec<u8>,
+    },
     /// `audio-volume` (after `enable_audio_volume_evaluation`): every interval, the loudest
     /// volume of each audio stream since the last report: this client's published streams
     /// (under its own user id) and the subscriptions that decode audio (Play, Frames).

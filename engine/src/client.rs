@@ -12,7 +12,7 @@ use rtcroom_actors::{
 use rtcroom_protocol::{ErrorCode, Mode, Role, RtcError, UserId};
 use tokio::sync::mpsc;
 
-use crate::config::{ClientConfig, JoinOptions};
+use crate::config::{ClientConfig, JoinOptions, SeiOptions};
 use crate::media::{LocalStream, RemoteStreamStats, SubscribeOptions, TransportStats};
 
 /// Create a client (TRTC's `TRTC.createClient`). The configuration is checked at once:
@@ -178,6 +178,25 @@ impl Client {
         };
         self.addr
             .do_send(rtcroom_actors::EnableAudioVolumeEvaluation(interval));
+    }
+
+    /// Send an SEI message in the video of a published stream (TRTC's `sendSEIMessage`): it
+    /// rides the next encoded frame, and subscribers get [`ClientEvent::SeiMessage`] with
+    /// that frame. H.264 video only. TRTC's limits: 1 byte to 1 KB, payload type 5 or 243
+    /// (INVALID_PARAMETER), at most 30 messages and 8 KB per second (over it:
+    /// INVALID_OPERATION, not sent); a stream that is not published with H.264 video:
+    /// INVALID_OPERATION. Resolves when the message is queued for the next frame.
+    pub async fn send_sei_message(
+        &self,
+        data: impl Into<Vec<u8>>,
+        options: SeiOptions,
+    ) -> Result<(), RtcError> {
+        self.request(ClientRequest::SendSei {
+            stream_type: options.stream_type,
+            payload_type: options.payload_type,
+            data: data.into(),
+        })
+        .await
     }
 
     /// Send a custom message to every other member of the room (TRTC's `sendCustomMessage`;

@@ -10,6 +10,7 @@ use rtcroom_actors::media::SubscribeOutput;
 use rtcroom_actors::requests::{DEFAULT_JOIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use rtcroom_actors::{ClientSettings, JoinParams};
 use rtcroom_protocol::error::extra;
+use rtcroom_protocol::signal::StreamType;
 use rtcroom_protocol::{Mode, Role, RoomId, RtcError, UserId};
 
 /// The signalling URL of the embedded default server (`rtcroom serve` on this machine).
@@ -290,6 +291,34 @@ impl RoomIdInput {
         RoomId::from_json(&value, use_string_room_id)
     }
 }
+
+/// What `send_sei_message` takes besides the data (TRTC's `{seiPayloadType, toSubStream}`):
+/// [`SeiOptions::default`] (payload type 243, the main stream) and the `with_*` methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SeiOptions {
+    /// The SEI payload type: 243 (TRTC's default) or 5 (user data unregistered: the data
+    /// starts with a 16-byte UUID).
+    pub payload_type: u8,
+    /// Which published stream's video carries it (TRTC's `toSubStream`: the auxiliary one).
+    pub stream_type: StreamType,
+}
+
+impl Default for SeiOptions {
+    fn default() -> Self {
+        SeiOptions {
+            payload_type: rtcroom_pipelines::sei::PAYLOAD_TRTC,
+            stream_type: StreamType::Main,
+        }
+    }
+}
+
+with_fields!(SeiOptions {
+    /// With SEI payload type 5 or 243.
+    with_payload_type => payload_type: u8,
+    /// In this published stream's video.
+    with_stream_type => stream_type: StreamType,
+});
 
 /// What `join` takes (TRTC v4's `join({roomId, role, privateMapKey})`): build it with
 /// [`JoinOptions::new`] and the `with_*` methods (`#[non_exhaustive]`).

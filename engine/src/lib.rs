@@ -103,7 +103,7 @@ mod media;
 mod runtime;
 
 pub use client::{Client, EventStream, create_client};
-pub use config::{ClientConfig, DEFAULT_SERVER_URL, JoinOptions, RoomIdInput};
+pub use config::{ClientConfig, DEFAULT_SERVER_URL, JoinOptions, RoomIdInput, SeiOptions};
 pub use media::{
     AppAudioFormat, AppVideoFormat, DecodedFrame, FrameHandler, FrameInfo, FrameStream,
     LocalAudioStats, LocalStream, LocalVideoStats, RawVideoFormat, RecordFormat, RemoteFrame,

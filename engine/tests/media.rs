@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use rtcroom::{
     ClientEvent, ConnectionState, DecodedFrame, ErrorCode, FrameInfo, JoinOptions, LocalStream,
-    Mode, RemoteStream, Role, StreamConfig, StreamType, SubscribeOptions, SubscribeOutput,
-    VideoCodec, VideoProfile, create_stream,
+    Mode, RemoteStream, Role, SeiOptions, StreamConfig, StreamType, SubscribeOptions,
+    SubscribeOutput, VideoCodec, VideoProfile, create_stream,
 };
 
 /// Counts decoded frames per user and remembers the last video size.
@@ -198,6 +198,89 @@ async fn vp8_is_published_announced_and_decoded() {
         })
         .await;
     assert_eq!(*frames.size.lock().unwrap(), Some((320, 240)));
+    drop(server);
+}
+
+/// `sendSEIMessage`: messages ride the publisher's next frames and reach the subscriber as
+/// `sei-message` events, in order; TRTC's limits are enforced before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sei_messages_reach_subscribers_in_order_within_trtcs_limits() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = media_client(&url, "alice", None);
+    let mut bob = media_client(&url, "bob", None);
+    let local = stream().await;
+    join(&alice, 3012).await;
+    let code = |r: Result<(), rtcroom::RtcError>| r.unwrap_err().code;
+    // Nothing published yet: nothing to carry it.
+    assert_eq!(
+        code(bounded(alice.send_sei_message(b"early".to_vec(), SeiOptions::default())).await),
+        ErrorCode::InvalidOperation
+    );
+    bounded(alice.publish(&local)).await.expect("publish");
+    join(&bob, 3012).await;
+    let remote = wait_stream_added(&mut bob, "alice").await;
+    let frames = Arc::new(Frames::default());
+    subscribe_fast(&bob, &remote, frames.output()).await;
+    frames.wait("first frames", |f| f.video() >= 5).await;
+    assert_eq!(
+        code(bounded(alice.send_sei_message(vec![1; 1025], SeiOptions::default())).await),
+        ErrorCode::InvalidParameter
+    );
+    assert_eq!(
+        code(
+            bounded(
+                alice.send_sei_message(b"x".to_vec(), SeiOptions::default().with_payload_type(6))
+            )
+            .await
+        ),
+        ErrorCode::InvalidParameter
+    );
+    // 30 at once pass (TRTC's 30 per second); the 31st is refused and never sent.
+    for i in 0..30 {
+        bounded(alice.send_sei_message(format!("m{i}").into_bytes(), SeiOptions::default()))
+            .await
+            .expect("within the limits");
+    }
+    assert_eq!(
+        code(bounded(alice.send_sei_message(b"m30".to_vec(), SeiOptions::default())).await),
+        ErrorCode::InvalidOperation
+    );
+    let alice_id = uid("alice");
+    let mut got = Vec::new();
+    while got.len() < 30 {
+        match bob
+            .wait_for("sei-message", |e| {
+                matches!(e, ClientEvent::SeiMessage { .. })
+            })
+            .await
+        {
+            ClientEvent::SeiMessage {
+                user_id,
+                stream_type,
+                payload_type,
+                data,
+            } => {
+                assert_eq!(
+                    (&user_id, stream_type, payload_type),
+                    (&alice_id, StreamType::Main, 243)
+                );
+                got.push(String::from_utf8(data).unwrap());
+            }
+            _ => unreachable!(),
+        }
+    }
+    let want: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    // Nothing more (m30 was refused): the next frames carry none.
+    let at = frames.video();
+    frames.wait("more frames", |f| f.video() >= at + 10).await;
+    assert!(
+        !bob.drain()
+            .iter()
+            .any(|e| matches!(e, ClientEvent::SeiMessage { .. })),
+        "a refused message was sent"
+    );
     drop(server);
 }
 

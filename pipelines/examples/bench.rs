@@ -209,6 +209,7 @@ fn feed_remote(
         output,
         jitter_latency: Duration::from_millis(200),
         faststart_packets: 0,
+        sei: None,
     })
     .expect("remote");
     // Real-time pacing: each packet is pushed at its media time (from its RTP timestamp).

@@ -100,6 +100,7 @@ fn run(packets: &[RtpPacket], jitter_ms: u64, latency_ms: u64, faststart: u32) -
         })),
         jitter_latency: Duration::from_millis(latency_ms),
         faststart_packets: faststart,
+        sei: None,
     })
     .expect("remote starts");
     // Arrival schedule: media time (from the RTP timestamp) + a random delay; sorted, so a

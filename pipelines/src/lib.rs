@@ -59,6 +59,7 @@ pub mod encoder;
 mod error;
 pub mod level;
 pub mod profiles;
+pub mod sei;
 mod sink;
 mod source;
 mod util;
@@ -68,6 +69,7 @@ pub use codec::{AudioCodec, Codec, MediaKind, RtpPacket, VideoCodec};
 pub use encoder::{EncoderKind, choose_encoder, select_encoder};
 pub use error::{PipelineError, Result};
 pub use profiles::{AudioProfile, VideoProfile};
+pub use sei::{SeiHandler, SeiMessage};
 pub use sink::{
     DEFAULT_FASTSTART_PACKETS, DEFAULT_JITTER_LATENCY, DecodedFrame, FrameCallback, FrameInfo,
     MP4_FRAGMENT_MS, RecordFormat, RemoteConfig, RemoteOutput, RemotePipeline, RemoteStats,

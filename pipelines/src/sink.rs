@@ -134,7 +134,7 @@ impl std::fmt::Debug for RemoteOutput {
 }
 
 /// Configuration of a [`RemotePipeline`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteConfig {
     /// Video track codec, if the user publishes video.
     pub video: Option<VideoCodec>,
@@ -148,6 +148,22 @@ pub struct RemoteConfig {
     /// holding the first packet for the whole `jitter_latency` (0: hold). The latency still
     /// applies to every later gap, so late and reordered packets are waited for as before.
     pub faststart_packets: u32,
+    /// Receives the application SEI messages of an H.264 video track (TRTC's
+    /// `sei-message`), whatever the output.
+    pub sei: Option<crate::sei::SeiHandler>,
+}
+
+impl std::fmt::Debug for RemoteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteConfig")
+            .field("video", &self.video)
+            .field("audio", &self.audio)
+            .field("output", &self.output)
+            .field("jitter_latency", &self.jitter_latency)
+            .field("faststart_packets", &self.faststart_packets)
+            .field("sei", &self.sei.is_some())
+            .finish()
+    }
 }
 
 impl RemoteConfig {
@@ -159,6 +175,7 @@ impl RemoteConfig {
             output,
             jitter_latency: DEFAULT_JITTER_LATENCY,
             faststart_packets: DEFAULT_FASTSTART_PACKETS,
+            sei: None,
         }
     }
 }
@@ -422,6 +439,9 @@ fn build_track(
     // unwrap: the chain holds at least appsrc, jitterbuffer and the depayloader.
     let depay_end = chain.last().expect("chain is not empty").clone();
     count_buffers(&depay_end, counters.clone(), codec.kind(), false);
+    if let (Codec::Video(VideoCodec::H264), Some(handler)) = (codec, &config.sei) {
+        extract_sei(&depay_end, handler.clone());
+    }
     match &config.output {
         RemoteOutput::Record { .. } => {
             match codec {
@@ -654,6 +674,35 @@ fn decoded_frame(kind: MediaKind, sample: &gst::Sample) -> Option<DecodedFrame> 
 }
 
 /// Counts buffers leaving `element` (one buffer is one frame after depayloading/decoding).
+/// Hand the application SEI messages of each access unit leaving `element` (H.264, Annex B
+/// or AVC as negotiated) to `handler`.
+fn extract_sei(element: &gst::Element, handler: crate::sei::SeiHandler) {
+    let Some(pad) = element.static_pad("src") else {
+        return;
+    };
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(buffer) = info.buffer() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let avc = pad.current_caps().is_some_and(|caps| {
+            caps.structure(0)
+                .and_then(|s| s.get::<&str>("stream-format").ok())
+                .is_some_and(|f| f.starts_with("avc"))
+        });
+        if let Ok(map) = buffer.map_readable() {
+            let messages = if avc {
+                crate::sei::parse_avc(&map, 4)
+            } else {
+                crate::sei::parse_annexb(&map)
+            };
+            for m in messages {
+                handler(m);
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
 fn count_buffers(element: &gst::Element, counters: Arc<Counters>, kind: MediaKind, decoded: bool) {
     let Some(pad) = element.static_pad("src") else {
         return;
@@ -703,6 +752,7 @@ mod tests {
             output: RemoteOutput::Discard,
             jitter_latency: Duration::from_millis(10),
             faststart_packets: 0,
+            sei: None,
         })
         .expect("discard pipeline starts");
         assert_eq!(

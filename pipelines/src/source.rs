@@ -332,6 +332,8 @@ pub struct LocalPipeline {
     counters: Arc<Counters>,
     /// The audio track's volume meter, if it has audio.
     meter: Option<Arc<crate::level::AudioMeter>>,
+    /// H.264 video: SEI messages waiting for the next access unit.
+    sei: Option<crate::sei::SeiQueue>,
     stopped: AtomicBool,
 }
 
@@ -368,6 +370,7 @@ impl LocalPipeline {
         let mut audio_el = None;
         let mut app_video = None;
         let mut app_audio = None;
+        let mut sei = None;
         let sync = config.realtime && matches!(config.source, SourceKind::File { .. });
 
         if let Some(v) = &config.video {
@@ -376,6 +379,7 @@ impl LocalPipeline {
             let branch = build_video_branch(&pipeline, v, kind, &config, sync, &counters, &rtp_tx)?;
             encoder_kind = Some(kind);
             encoder_el = Some(branch.encoder);
+            sei = branch.sei;
             if let Some((src, app)) = video_source(&config)? {
                 pipeline.add(&src)?;
                 src.link(&branch.head)?;
@@ -412,6 +416,7 @@ impl LocalPipeline {
             encoder: encoder_kind,
             counters,
             meter: config.audio.is_some().then_some(meter),
+            sei,
             stopped: AtomicBool::new(false),
         };
         this.play(looping)?;
@@ -450,6 +455,22 @@ impl LocalPipeline {
             .set_state(gst::State::Playing)
             .map_err(state_err)?;
         Ok(())
+    }
+
+    /// Sends an SEI message with the next encoded video frame (H.264 only). Does not block;
+    /// at most [`crate::sei::MAX_QUEUED`] wait (the oldest is dropped).
+    pub fn send_sei(&self, message: crate::sei::SeiMessage) -> Result<()> {
+        crate::sei::SeiMessage::check(message.payload_type, &message.data)
+            .map_err(PipelineError::Config)?;
+        match &self.sei {
+            Some(queue) => {
+                queue.push(message);
+                Ok(())
+            }
+            None => Err(PipelineError::Config(
+                "SEI messages need an H.264 video track".into(),
+            )),
+        }
     }
 
     /// Asks the video encoder for a keyframe (e.g. on RTCP PLI/FIR). Does not block.
@@ -524,6 +545,8 @@ impl Drop for LocalPipeline {
 struct VideoBranch {
     head: gst::Element,
     encoder: gst::Element,
+    /// H.264: SEI messages waiting for the next access unit.
+    sei: Option<crate::sei::SeiQueue>,
 }
 
 fn encode_queue(leaky: bool) -> Result<gst::Element> {
@@ -570,6 +593,7 @@ fn build_video_branch(
     let queue = encode_queue(live)?;
     let enc = encoder::build_encoder(kind, &p)?;
     let mut chain = vec![convert, scale, rate, raw_caps, queue, enc.clone()];
+    let mut sei = None;
     let codec = Codec::Video(v.codec);
     let pay = match v.codec {
         VideoCodec::H264 => {
@@ -588,6 +612,11 @@ fn build_video_branch(
                     ("aggregate-mode", "zero-latency".into()),
                 ],
             )?;
+            if let Some(pad) = pay.static_pad("sink") {
+                let queue = crate::sei::SeiQueue::default();
+                insert_sei(&pad, queue.clone());
+                sei = Some(queue);
+            }
             pay
         }
         VideoCodec::Vp8 => {
@@ -611,7 +640,36 @@ fn build_video_branch(
     Ok(VideoBranch {
         head: chain[0].clone(),
         encoder: enc,
+        sei,
     })
+}
+
+/// Put the queued SEI messages in front of the first slice of each access unit that reaches
+/// `pad` (H.264 byte-stream, one access unit per buffer), so they leave with that frame.
+fn insert_sei(pad: &gst::Pad, queue: crate::sei::SeiQueue) {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if queue.is_empty() {
+            return gst::PadProbeReturn::Ok;
+        }
+        let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let messages = queue.take();
+        let nal = crate::sei::encode_nal(&messages);
+        let bytes = match buffer.map_readable() {
+            Ok(map) => crate::sei::insert_annexb(&map, &nal),
+            Err(_) => return gst::PadProbeReturn::Ok,
+        };
+        let mut out = gst::Buffer::from_mut_slice(bytes);
+        if let Some(o) = out.get_mut() {
+            o.set_pts(buffer.pts());
+            o.set_dts(buffer.dts());
+            o.set_duration(buffer.duration());
+            o.set_flags(buffer.flags());
+        }
+        *buffer = out;
+        gst::PadProbeReturn::Ok
+    });
 }
 
 fn build_audio_branch(

@@ -93,6 +93,7 @@ fn discard_output_counts_frames() {
         output: RemoteOutput::Discard,
         jitter_latency: Duration::from_millis(20),
         faststart_packets: 0,
+        sei: None,
     })
     .expect("remote");
     let mut cfg = video_only(
@@ -166,6 +167,7 @@ fn play_output_decodes_audio() {
         output: RemoteOutput::Play,
         jitter_latency: Duration::from_millis(20),
         faststart_packets: 0,
+        sei: None,
     })
     .expect("remote");
     let mut cfg = video_only(
@@ -219,6 +221,7 @@ fn faststart_releases_the_first_frame_before_the_latency() {
             output: RemoteOutput::Frames(cb),
             jitter_latency: Duration::from_secs(3),
             faststart_packets: faststart,
+            sei: None,
         })
         .expect("remote");
         // Paced as a live stream arrives (each packet at its media time).
@@ -268,6 +271,7 @@ fn audio_volume_is_metered_on_both_ends() {
             output,
             jitter_latency: Duration::from_millis(20),
             faststart_packets: 1,
+            sei: None,
         })
         .expect("remote");
         let (local, mut out) = LocalPipeline::start(cfg.clone()).expect("local");
@@ -289,4 +293,82 @@ fn audio_volume_is_metered_on_both_ends() {
             other => panic!("decodes {decodes}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn sei_messages_ride_the_next_frames_and_come_out_of_the_receiver() {
+    use rtcroom_pipelines::SeiMessage;
+    use std::sync::{Arc, Mutex};
+    let rt = rt();
+    let got = Arc::new(Mutex::new(Vec::<SeiMessage>::new()));
+    let sink = got.clone();
+    let mut config = RemoteConfig::new(RemoteOutput::Discard);
+    config.audio = None;
+    config.jitter_latency = Duration::from_millis(20);
+    config.sei = Some(Arc::new(move |m| sink.lock().unwrap().push(m)));
+    let (remote, _ev) = RemotePipeline::start(config).expect("remote");
+    // Real time, so the messages sent now go with the first frames, not after the last.
+    let (local, mut out) = LocalPipeline::start(video_only(
+        SourceKind::TestPattern {
+            duration: Some(Duration::from_secs(1)),
+        },
+        true,
+        10_000,
+    ))
+    .expect("local");
+    let mut uuid = vec![0x5a; 16];
+    uuid.extend_from_slice(b"with a uuid");
+    let sent = vec![
+        SeiMessage {
+            payload_type: 243,
+            data: b"first".to_vec(),
+        },
+        SeiMessage {
+            payload_type: 5,
+            data: uuid,
+        },
+        SeiMessage {
+            payload_type: 243,
+            // Bytes that need emulation prevention.
+            data: vec![0, 0, 1, 0, 0, 0, 0, 0, 3],
+        },
+    ];
+    for m in &sent {
+        local.send_sei(m.clone()).expect("queued");
+    }
+    // Out of range: refused at once.
+    assert!(
+        local
+            .send_sei(SeiMessage {
+                payload_type: 243,
+                data: vec![1; 1025],
+            })
+            .is_err()
+    );
+    pump(
+        &rt,
+        &mut out,
+        &remote,
+        Duration::from_secs(20),
+        |_| {},
+        |_| false,
+    );
+    remote.stop().expect("stop");
+    // Each exactly once, in order (x264's own SEI on the first keyframe is not reported).
+    assert_eq!(*got.lock().unwrap(), sent);
+
+    // No H.264 video, no SEI.
+    let mut vp8 = video_only(SourceKind::TestPattern { duration: None }, true, 100);
+    if let Some(v) = vp8.video.as_mut() {
+        v.codec = VideoCodec::Vp8;
+    }
+    let (local, _out) = LocalPipeline::start(vp8).expect("vp8");
+    assert!(
+        local
+            .send_sei(SeiMessage {
+                payload_type: 243,
+                data: b"x".to_vec(),
+            })
+            .is_err()
+    );
 }

@@ -25,6 +25,7 @@ fn record(path: &Path, format: RecordFormat, codec: VideoCodec, secs: u64, stop:
         },
         jitter_latency: Duration::from_millis(50),
         faststart_packets: 0,
+        sei: None,
     })
     .expect("recorder starts");
     let (local, mut out) = LocalPipeline::start(LocalConfig {
@@ -115,6 +116,7 @@ fn container_codec_mismatch_is_a_config_error() {
         },
         jitter_latency: Duration::from_millis(50),
         faststart_packets: 0,
+        sei: None,
     });
     assert!(matches!(r, Err(PipelineError::Config(_))));
     assert!(!dir.path().join("x.webm").exists());
@@ -201,6 +203,7 @@ fn an_h264_resolution_change_mid_recording_keeps_one_valid_file() {
         },
         jitter_latency: Duration::from_millis(50),
         faststart_packets: 0,
+        sei: None,
     })
     .expect("recorder starts");
     for p in first.into_iter().chain(second) {

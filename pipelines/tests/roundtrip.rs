@@ -39,6 +39,7 @@ fn frames_remote(codec: VideoCodec) -> (RemotePipeline, std_mpsc::Receiver<Decod
         output: RemoteOutput::Frames(cb),
         jitter_latency: Duration::from_millis(50),
         faststart_packets: 0,
+        sei: None,
     })
     .expect("remote starts");
     (remote, rx)
@@ -161,6 +162,7 @@ fn stereo_audio_profile_round_trips_as_stereo() {
         output: RemoteOutput::Frames(cb),
         jitter_latency: Duration::from_millis(50),
         faststart_packets: 0,
+        sei: None,
     })
     .expect("remote");
     let (_local, mut out) = LocalPipeline::start(cfg).expect("local");

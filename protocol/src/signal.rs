@@ -181,6 +181,8 @@ pub struct IceRestartRequest {
 /// TRTC's limits on custom messages (`sendCustomCmdMsg`): checked by the server for every
 /// sender, and by the engine before it sends.
 pub mod custom_message {
+    use std::time::Instant;
+
     use crate::error::{RtcError, extra};
 
     /// Lowest command id.
@@ -193,6 +195,47 @@ pub mod custom_message {
     pub const PER_SECOND: u32 = 30;
     /// Bytes per second per sender.
     pub const BYTES_PER_SECOND: usize = 8 * 1024;
+
+    /// TRTC's per-sender limits on custom messages (30 per second, 8 KB per second; SEI
+    /// messages have the same) as two token buckets that start full and refill continuously.
+    #[derive(Clone, Debug)]
+    pub struct MessageBudget {
+        messages: f64,
+        bytes: f64,
+        at: Option<Instant>,
+    }
+
+    impl Default for MessageBudget {
+        fn default() -> Self {
+            MessageBudget {
+                messages: f64::from(PER_SECOND),
+                bytes: BYTES_PER_SECOND as f64,
+                at: None,
+            }
+        }
+    }
+
+    impl MessageBudget {
+        /// Take one message of `len` bytes at `now`; `false` (and nothing taken) when either
+        /// budget is short.
+        pub fn take(&mut self, now: Instant, len: usize) -> bool {
+            let per_s = f64::from(PER_SECOND);
+            let bytes_per_s = BYTES_PER_SECOND as f64;
+            if let Some(at) = self.at {
+                let dt = now.saturating_duration_since(at).as_secs_f64();
+                self.messages = (self.messages + dt * per_s).min(per_s);
+                self.bytes = (self.bytes + dt * bytes_per_s).min(bytes_per_s);
+            }
+            self.at = Some(now);
+            if self.messages >= 1.0 && self.bytes >= len as f64 {
+                self.messages -= 1.0;
+                self.bytes -= len as f64;
+                true
+            } else {
+                false
+            }
+        }
+    }
 
     /// Check a message's command id and size (INVALID_PARAMETER with TRTC's extra code).
     pub fn check(cmd_id: u8, data: &[u8]) -> Result<(), RtcError> {

@@ -288,6 +288,7 @@
     };
     const useStringRoomId = bool('useStringRoomId', false);
     const autoSubscribe = bool('autoSubscribe', true);
+    const enableSEI = bool('enableSEI', false);
     let videoCodec = 'h264';
     if (!isNil(config.videoCodec)) {
       const v = typeof config.videoCodec === 'string' ? config.videoCodec.toLowerCase() : '';
@@ -323,8 +324,112 @@
       useStringRoomId,
       autoSubscribe,
       videoCodec,
+      enableSEI,
       timings,
     };
+  }
+
+  /* ------------------------------------------------------------------------------------
+   * SEI messages in H.264 (sendSEIMessage / 'sei-message'), through encoded transforms
+   * ---------------------------------------------------------------------------------- */
+  const SEI_TYPES = [5, 243];
+  // x264's own user_data_unregistered (its version banner): not an application message.
+  const X264_UUID = [0xdc, 0x45, 0xe9, 0xbd, 0xe6, 0xd9, 0x48, 0xb7, 0x96, 0x2c, 0xd8, 0x20, 0xd9, 0x23, 0xee, 0xef];
+  const seiSupported = () =>
+    !!(G.RTCRtpSender && G.RTCRtpSender.prototype && G.RTCRtpSender.prototype.createEncodedStreams);
+
+  /** One SEI NAL unit (header included, no start code) carrying `messages`. */
+  function seiNal(messages) {
+    const rbsp = [];
+    const ff = (v) => {
+      while (v >= 255) {
+        rbsp.push(255);
+        v -= 255;
+      }
+      rbsp.push(v);
+    };
+    for (const m of messages) {
+      ff(m.type);
+      ff(m.data.length);
+      for (const b of m.data) rbsp.push(b);
+    }
+    rbsp.push(0x80);
+    const out = [0x06];
+    let zeros = 0;
+    for (const b of rbsp) {
+      if (zeros >= 2 && b <= 3) {
+        out.push(3);
+        zeros = 0;
+      }
+      out.push(b);
+      zeros = b === 0 ? zeros + 1 : 0;
+    }
+    return out;
+  }
+
+  /** The NAL units of an Annex B buffer: [{start (of its start code), body, end}]. */
+  function annexbUnits(d) {
+    const codes = [];
+    for (let i = 0; i + 3 <= d.length; ) {
+      if (d[i] === 0 && d[i + 1] === 0 && d[i + 2] === 1) {
+        codes.push({ start: i > 0 && d[i - 1] === 0 ? i - 1 : i, body: i + 3 });
+        i += 3;
+      } else i += 1;
+    }
+    return codes.map((c, k) => ({ start: c.start, body: c.body, end: k + 1 < codes.length ? codes[k + 1].start : d.length }));
+  }
+
+  /** An Annex B access unit with `nal` in front of its first slice. */
+  function insertSei(data, nal) {
+    const d = new Uint8Array(data);
+    const slice = annexbUnits(d).find((u) => u.body < u.end && [1, 2, 3, 4, 5].includes(d[u.body] & 0x1f));
+    const at = slice ? slice.start : d.length;
+    const out = new Uint8Array(d.length + nal.length + 4);
+    out.set(d.subarray(0, at), 0);
+    out.set([0, 0, 0, 1], at);
+    out.set(nal, at + 4);
+    out.set(d.subarray(at), at + 4 + nal.length);
+    return out.buffer;
+  }
+
+  /** The application SEI messages (types 5 and 243) of an Annex B access unit. */
+  function parseSei(data) {
+    const d = new Uint8Array(data);
+    const found = [];
+    for (const u of annexbUnits(d)) {
+      if (u.body >= u.end || (d[u.body] & 0x1f) !== 6) continue;
+      const rbsp = [];
+      let zeros = 0;
+      for (let i = u.body + 1; i < u.end; i++) {
+        const b = d[i];
+        if (zeros >= 2 && b === 3) {
+          zeros = 0;
+          continue;
+        }
+        rbsp.push(b);
+        zeros = b === 0 ? zeros + 1 : 0;
+      }
+      let i = 0;
+      const ff = () => {
+        let v = 0;
+        while (i < rbsp.length) {
+          const b = rbsp[i++];
+          v += b;
+          if (b !== 255) return v;
+        }
+        return -1;
+      };
+      while (i < rbsp.length && rbsp[i] !== 0x80) {
+        const type = ff();
+        const size = ff();
+        if (type < 0 || size < 0 || i + size > rbsp.length) break;
+        const payload = rbsp.slice(i, i + size);
+        i += size;
+        const app = type === 243 || (type === 5 && size >= 16 && !X264_UUID.every((b, k) => payload[k] === b));
+        if (app) found.push({ type, data: new Uint8Array(payload).buffer });
+      }
+    }
+    return found;
   }
 
   /** The room id as RoomId::from_json takes it, plus its wire text. */
@@ -2200,7 +2305,10 @@
       };
       let pc;
       try {
-        pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', iceServers: [] });
+        const sei = this._cfg.enableSEI && seiSupported();
+        pc = new RTCPeerConnection(
+          Object.assign({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', iceServers: [] }, sei ? { encodedInsertableStreams: true } : {})
+        );
       } catch (e) {
         fail(err(C.NOT_SUPPORTED, `RTCPeerConnection: ${e.message || e}`));
         return;
@@ -2210,6 +2318,7 @@
       let remoteMs = null;
       if (!link.up) {
         pc.ontrack = (ev) => {
+          if (this._cfg.enableSEI && seiSupported()) this._seiReceiver(link, ev.receiver, ev.track.kind);
           if (stale()) return;
           tracks[ev.track.kind] = ev.track;
           if (ev.streams && ev.streams[0]) remoteMs = ev.streams[0];
@@ -2232,6 +2341,7 @@
             if (!track) continue;
             const tr = pc.addTransceiver(track, { direction: 'sendonly', streams: [s._mediaStream], sendEncodings: [this._encodingFor(s, kind)] });
             tr.sender.__kind = kind;
+            if (this._cfg.enableSEI && seiSupported()) this._seiSender(link, tr.sender, kind);
             if (kind === 'video' && !applyCodecPreferences(tr, codec, 'send')) munge = true;
           }
         } else {
@@ -2628,8 +2738,82 @@
     stopPublishCDNStream() {
       return Promise.resolve();
     }
-    sendSEIMessage() {
-      throw err(C.NOT_SUPPORTED, 'SEI messages are not supported by rtcroom');
+    /**
+     * TRTC's sendSEIMessage(buffer, {seiPayloadType, toSubStream}): the data (1 byte to 1 KB)
+     * rides the next H.264 frame of the published main (or auxiliary) stream; subscribers
+     * get 'sei-message' {userId, data, seiPayloadType, isFromAuxiliary}. Needs
+     * createClient({enableSEI: true}) and a browser with encoded transforms. Payload type
+     * 243 (default) or 5 (the data starts with a 16-byte UUID); at most 30 messages and
+     * 8 KB per second.
+     */
+    sendSEIMessage(buffer, options = {}) {
+      this._checkAlive('sendSEIMessage');
+      if (!this._cfg.enableSEI) throw invalidOp(undefined, 'sendSEIMessage() needs createClient({enableSEI: true})');
+      if (!seiSupported()) throw err(C.NOT_SUPPORTED, 'this browser has no encoded transforms (RTCRtpSender.createEncodedStreams)');
+      let bytes;
+      if (buffer instanceof ArrayBuffer) bytes = new Uint8Array(buffer);
+      else if (ArrayBuffer.isView(buffer)) bytes = new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+      else throw invalidParam(EXTRA.PARAM_TYPE, 'buffer must be an ArrayBuffer or a typed array');
+      const type = isNil(options.seiPayloadType) ? 243 : options.seiPayloadType;
+      if (!SEI_TYPES.includes(type)) throw invalidParam(EXTRA.PARAM_RANGE, `seiPayloadType must be 5 or 243, got ${short(type)}`);
+      if (bytes.length === 0) throw invalidParam(EXTRA.EMPTY_BUFFER, 'buffer cannot be empty');
+      if (bytes.length > 1024) throw invalidParam(EXTRA.BUFFER_OVERSIZE, `buffer is at most 1024 bytes, got ${bytes.length}`);
+      if (type === 5 && bytes.length < 16) throw invalidParam(EXTRA.PARAM_RANGE, 'seiPayloadType 5 needs the 16-byte UUID first');
+      this._requireJoined('sendSEIMessage');
+      const link = this._links.get(`up|${options.toSubStream ? 'auxiliary' : 'main'}`);
+      if (!link || link.state !== 'up' || !link.stream || !link.stream._videoTrack || link.codec !== 'h264') {
+        throw invalidOp(undefined, 'SEI messages ride H.264 video: publish a stream with H.264 video first');
+      }
+      const now = Date.now();
+      const b = (this._seiBudget = this._seiBudget || { messages: 30, bytes: 8192, at: now });
+      const dt = (now - b.at) / 1000;
+      b.messages = Math.min(30, b.messages + dt * 30);
+      b.bytes = Math.min(8192, b.bytes + dt * 8192);
+      b.at = now;
+      if (b.messages < 1 || b.bytes < bytes.length) throw invalidOp(undefined, 'over the SEI limits (30 messages and 8 KB per second); not sent');
+      b.messages -= 1;
+      b.bytes -= bytes.length;
+      link.sei = link.sei || [];
+      if (link.sei.length >= 64) link.sei.shift();
+      link.sei.push({ type, data: Array.from(bytes) });
+    }
+
+    /** Pass a sender's encoded frames through, putting queued SEI messages into H.264 video. */
+    _seiSender(link, sender, kind) {
+      const { readable, writable } = sender.createEncodedStreams();
+      const transform = new TransformStream({
+        transform: (frame, ctl) => {
+          if (kind === 'video' && link.sei && link.sei.length && link.codec === 'h264') {
+            try {
+              frame.data = insertSei(frame.data, seiNal(link.sei.splice(0)));
+            } catch (e) {
+              log.warn(`SEI not inserted: ${e && e.message}`);
+            }
+          }
+          ctl.enqueue(frame);
+        },
+      });
+      readable.pipeThrough(transform).pipeTo(writable).catch(() => {});
+    }
+
+    /** Pass a receiver's encoded frames through, reporting the SEI messages of H.264 video. */
+    _seiReceiver(link, receiver, kind) {
+      const { readable, writable } = receiver.createEncodedStreams();
+      const transform = new TransformStream({
+        transform: (frame, ctl) => {
+          if (kind === 'video' && link.codec === 'h264') {
+            try {
+              for (const m of parseSei(frame.data)) {
+                this._emit('sei-message', { userId: link.userId, data: m.data, seiPayloadType: m.type, isFromAuxiliary: link.type === 'auxiliary' });
+              }
+            } catch (e) {
+              log.warn(`SEI not read: ${e && e.message}`);
+            }
+          }
+          ctl.enqueue(frame);
+        },
+      });
+      readable.pipeThrough(transform).pipeTo(writable).catch(() => {});
     }
   }
 

@@ -230,46 +230,7 @@ struct Member {
     message_seq: u32,
 }
 
-/// TRTC's per-sender limits on custom messages (30 per second, 8 KB per second) as two token
-/// buckets that start full and refill continuously.
-#[derive(Clone, Debug)]
-pub struct MessageBudget {
-    messages: f64,
-    bytes: f64,
-    at: Option<Instant>,
-}
-
-impl Default for MessageBudget {
-    fn default() -> Self {
-        MessageBudget {
-            messages: f64::from(custom_message::PER_SECOND),
-            bytes: custom_message::BYTES_PER_SECOND as f64,
-            at: None,
-        }
-    }
-}
-
-impl MessageBudget {
-    /// Take one message of `len` bytes at `now`; `false` (and nothing taken) when either
-    /// budget is short.
-    pub fn take(&mut self, now: Instant, len: usize) -> bool {
-        let per_s = f64::from(custom_message::PER_SECOND);
-        let bytes_per_s = custom_message::BYTES_PER_SECOND as f64;
-        if let Some(at) = self.at {
-            let dt = now.saturating_duration_since(at).as_secs_f64();
-            self.messages = (self.messages + dt * per_s).min(per_s);
-            self.bytes = (self.bytes + dt * bytes_per_s).min(bytes_per_s);
-        }
-        self.at = Some(now);
-        if self.messages >= 1.0 && self.bytes >= len as f64 {
-            self.messages -= 1.0;
-            self.bytes -= len as f64;
-            true
-        } else {
-            false
-        }
-    }
-}
+pub use rtcroom_protocol::signal::custom_message::MessageBudget;
 
 /// A member's media link: (whose stream, which stream, peer).
 pub type MediaLink = (UserId, StreamType, PeerId);

@@ -322,6 +322,22 @@ impl LocalMedia {
         self.audio_track.clone()
     }
 
+    /// Send an SEI message (payload type 5 or 243) with the next encoded video frame.
+    /// Never blocks. INVALID_OPERATION without H.264 video or while the pipeline is being
+    /// rebuilt.
+    pub fn send_sei(&self, payload_type: u8, data: Vec<u8>) -> Result<(), RtcError> {
+        let state = lock(&self.state);
+        let Some(pipeline) = state.pipeline.as_ref() else {
+            return Err(RtcError::invalid_operation(
+                None,
+                "the stream's pipeline is not running",
+            ));
+        };
+        pipeline
+            .send_sei(rtcroom_pipelines::SeiMessage { payload_type, data })
+            .map_err(|e| RtcError::invalid_operation(None, e.to_string()))
+    }
+
     /// The current pipeline configuration.
     pub fn config(&self) -> LocalConfig {
         lock(&self.state).config.clone()

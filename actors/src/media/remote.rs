@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use rtcroom_pipelines::{
     AudioCodec, DecodedFrame, FrameInfo, RecordFormat, RemoteConfig, RemoteOutput, RemotePipeline,
-    VideoCodec,
 };
 use rtcroom_protocol::signal::StreamType;
 use rtcroom_protocol::{ErrorCode, RtcError, UserId};
@@ -195,18 +194,25 @@ impl RemoteMedia {
         }
     }
 
-    /// Builds and starts the receive pipeline for `user`'s `stream_type` with the tracks
-    /// asked for, and hands it the packets that came meanwhile. Blocks (GStreamer state
-    /// changes): run it off the engine thread. Once only.
+    /// Builds and starts the receive pipeline `spec` describes (whose stream, which tracks,
+    /// where to), reporting its video's SEI messages to `sei`, and hands it the packets that
+    /// came meanwhile. Blocks (GStreamer state changes): run it off the engine thread. Once
+    /// only.
     pub fn start(
         &self,
-        user: &UserId,
-        stream_type: StreamType,
-        audio: bool,
-        video: Option<VideoCodec>,
-        output: &SubscribeOutput,
-        jitter_latency: std::time::Duration,
+        spec: &crate::core::PipelineSpec,
+        sei: Option<rtcroom_pipelines::SeiHandler>,
     ) -> Result<PipelineEvents, RtcError> {
+        let crate::core::PipelineSpec {
+            user_id: user,
+            stream_type,
+            audio,
+            video_codec: video,
+            output,
+            jitter_latency,
+        } = spec;
+        let (stream_type, audio, video, jitter_latency) =
+            (*stream_type, *audio, *video, *jitter_latency);
         if self.finished.load(Ordering::Acquire) {
             return Err(RtcError::invalid_operation(
                 None,
@@ -244,6 +250,7 @@ impl RemoteMedia {
         config.video = video;
         config.audio = audio.then_some(AudioCodec::Opus);
         config.jitter_latency = jitter_latency;
+        config.sei = sei;
         let (pipeline, events) = RemotePipeline::start(config).map_err(|e| {
             RtcError::new(
                 ErrorCode::InitializeFailed,
