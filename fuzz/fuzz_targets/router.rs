@@ -60,6 +60,8 @@ enum Op {
         marker: bool,
         clock_rate: u32,
         len: u8,
+        /// The payload's first bytes (a keyframe start, or not).
+        head: [u8; 4],
     },
     Forward {
         stream: u8,
@@ -187,7 +189,7 @@ fuzz_target!(|ops: Vec<Op>| {
     // A connected publisher (peer 0) and subscriber (peer 1) of stream 0.
     r.add_publisher(LocalPeer(0), StreamId(0));
     m.peers.insert(0, (StreamId(0), Role::Publisher, false));
-    r.add_subscriber(LocalPeer(1), StreamId(0), &av(102));
+    r.add_subscriber(LocalPeer(1), StreamId(0), &av(102), now);
     m.peers
         .insert(1, (StreamId(0), Role::Subscriber(av(102)), false));
     for p in [0, 1] {
@@ -209,8 +211,12 @@ fuzz_target!(|ops: Vec<Op>| {
                 marker,
                 clock_rate,
                 len,
+                head,
             } => {
                 let peer = u32::from(peer % PEERS);
+                let mut payload = vec![0xa5; usize::from(len)];
+                let n = payload.len().min(head.len());
+                payload[..n].copy_from_slice(&head[..n]);
                 let packet = RtpIn {
                     kind: kind.media(),
                     codec: kind.codec(),
@@ -219,7 +225,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     ts,
                     marker,
                     clock_rate,
-                    payload: Arc::from(vec![0xa5; usize::from(len)]),
+                    payload: Arc::from(payload),
                 };
                 let taken = r.on_rtp(LocalPeer(peer), packet, now);
                 let stream = m.peers.get(&peer).map(|e| e.0);
@@ -312,7 +318,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         pt,
                     })
                     .collect();
-                r.add_subscriber(LocalPeer(peer), stream, &tracks);
+                r.add_subscriber(LocalPeer(peer), stream, &tracks, now);
                 m.peers
                     .insert(peer, (stream, Role::Subscriber(tracks), false));
             }

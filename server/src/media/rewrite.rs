@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use rtcroom_protocol::signal::VideoCodec;
+
 /// Rewrites a forwarded stream's RTP sequence numbers and timestamps so that a subscriber sees
 /// one continuous stream even when the source changes (a publisher that restarts or
 /// re-publishes gets a new SSRC, new sequence numbers and a new timestamp base).
@@ -120,6 +122,67 @@ impl KeyframeLimiter {
     }
 }
 
+/// Whether an RTP payload of `codec` starts a keyframe: for H.264 an IDR slice or the SPS
+/// that leads one (alone, first in a STAP-A, or the first FU-A fragment; RFC 6184), for VP8
+/// the first packet of a key frame (RFC 7741: S bit, partition 0, P bit clear). Reads only
+/// what is there: a short or malformed payload is no keyframe.
+pub fn starts_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
+    let is_key_nal = |nal: u8| matches!(nal & 0x1f, 5 | 7);
+    match codec {
+        VideoCodec::H264 => match payload.first().map(|b| b & 0x1f) {
+            Some(5 | 7) => true,
+            // STAP-A: 16-bit size, then the NAL unit, for each.
+            Some(24) => {
+                let mut rest = payload.get(1..).unwrap_or_default();
+                while let (Some(size), Some(&nal)) = (rest.get(..2), rest.get(2)) {
+                    if is_key_nal(nal) {
+                        return true;
+                    }
+                    let size = usize::from(u16::from_be_bytes([size[0], size[1]]));
+                    rest = rest.get(2 + size..).unwrap_or_default();
+                }
+                false
+            }
+            // FU-A: the fragment header's start bit and the fragmented unit's type.
+            Some(28) => payload
+                .get(1)
+                .is_some_and(|h| h & 0x80 != 0 && h & 0x1f == 5),
+            _ => false,
+        },
+        VideoCodec::Vp8 => {
+            let Some(&d) = payload.first() else {
+                return false;
+            };
+            // Start of a partition (S), partition 0.
+            if d & 0x10 == 0 || d & 0x07 != 0 {
+                return false;
+            }
+            let mut at = 1;
+            if d & 0x80 != 0 {
+                // X: the extension byte, then PictureID (1 or 2 bytes), TL0PICIDX, TID/KEYIDX.
+                let Some(&x) = payload.get(1) else {
+                    return false;
+                };
+                at = 2;
+                if x & 0x80 != 0 {
+                    let Some(&pic) = payload.get(at) else {
+                        return false;
+                    };
+                    at += if pic & 0x80 != 0 { 2 } else { 1 };
+                }
+                if x & 0x40 != 0 {
+                    at += 1;
+                }
+                if x & 0x30 != 0 {
+                    at += 1;
+                }
+            }
+            // The VP8 payload header: P (inverse key frame flag) is bit 0.
+            payload.get(at).is_some_and(|h| h & 0x01 == 0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +262,42 @@ mod tests {
         );
         assert!(!l.allow(t0 + Duration::from_millis(1500), false));
         assert!(l.allow(t0 + Duration::from_millis(1600), false));
+    }
+
+    #[test]
+    fn keyframe_starts_are_found_in_h264_and_vp8_payloads() {
+        use super::starts_keyframe;
+        let h264 = |p: &[u8]| starts_keyframe(VideoCodec::H264, p);
+        // Single NAL units: IDR and SPS yes, a non-IDR slice and a PPS no.
+        assert!(h264(&[0x65, 0x88]) && h264(&[0x67, 0x42]));
+        assert!(!h264(&[0x41, 0x9a]) && !h264(&[0x68, 0xce]));
+        // STAP-A holding SPS, PPS (how browsers and rtph264pay send them before an IDR).
+        assert!(h264(&[
+            0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce
+        ]));
+        // STAP-A of a PPS and an SEI only; a truncated one.
+        assert!(!h264(&[0x78, 0x00, 0x02, 0x68, 0xce, 0x00, 0x01, 0x06]));
+        assert!(!h264(&[0x78, 0x00]) && !h264(&[0x78]));
+        // A STAP-A whose second unit is the IDR.
+        assert!(h264(&[0x78, 0x00, 0x01, 0x06, 0x00, 0x01, 0x65]));
+        // FU-A: the first fragment of an IDR yes; a later one, or of a non-IDR slice, no.
+        assert!(h264(&[0x7c, 0x85, 0x88]));
+        assert!(!h264(&[0x7c, 0x05, 0x88]) && !h264(&[0x7c, 0x81, 0x9a]) && !h264(&[0x7c]));
+        assert!(!h264(&[]));
+
+        let vp8 = |p: &[u8]| starts_keyframe(VideoCodec::Vp8, p);
+        // S=1, partition 0, no extension; P=0 (key frame) / P=1 (inter frame).
+        assert!(vp8(&[0x10, 0x50]) && !vp8(&[0x10, 0x51]));
+        // Not the start of the frame.
+        assert!(!vp8(&[0x00, 0x50]) && !vp8(&[0x11, 0x50]));
+        // X with a 15-bit PictureID (as rtpvp8pay and browsers send), then the header.
+        assert!(vp8(&[0x90, 0x80, 0x81, 0x23, 0x50]));
+        assert!(!vp8(&[0x90, 0x80, 0x81, 0x23, 0x51]));
+        // X with a 7-bit PictureID, TL0PICIDX and TID.
+        assert!(vp8(&[0x90, 0xe0, 0x05, 0x07, 0x20, 0x50]));
+        // Truncated descriptors.
+        assert!(
+            !vp8(&[0x90]) && !vp8(&[0x90, 0x80]) && !vp8(&[0x90, 0x80, 0x81, 0x23]) && !vp8(&[])
+        );
     }
 }

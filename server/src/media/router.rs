@@ -14,6 +14,12 @@
 //! - the keyframe-request limiter (at most one a second; forced for a new subscriber and on
 //!   unmuting video).
 //!
+//! A new subscriber's keyframe is asked for when it subscribes, not when it connects: the
+//! publisher's next frame is encoded while the subscriber's ICE and DTLS come up, and the
+//! video from that keyframe on is held for it ([`MAX_HELD`] packets at most) and written the
+//! moment it connects. A subscriber that still has not seen a keyframe [`KEYFRAME_WAIT`]
+//! after asking asks again (a request lost, or a keyframe that missed it).
+//!
 //! A stream's entry exists while it has a local publisher, a local subscriber or a remote
 //! interest, and goes away with the last of them (mute state and limiter included).
 
@@ -23,7 +29,7 @@ use std::time::Instant;
 
 use rtcroom_protocol::signal::{MediaKind, VideoCodec};
 
-use super::rewrite::{KeyframeLimiter, SeqRewriter};
+use super::rewrite::{KeyframeLimiter, SeqRewriter, starts_keyframe};
 
 /// A published stream, interned by the media plane (the same id on every worker).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,6 +41,10 @@ pub struct LocalPeer(pub u32);
 
 /// Most workers a router can address (the media plane runs at most 255).
 pub const MAX_WORKERS: usize = 256;
+/// Video packets held for a subscriber that is still connecting (from a keyframe on).
+pub const MAX_HELD: usize = 512;
+/// A subscriber that has not seen a keyframe this long after asking for one asks again.
+pub const KEYFRAME_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One track a subscriber receives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +253,10 @@ struct PeerEntry {
     stream: StreamId,
     connected: bool,
     role: Role,
+    /// A subscriber's video before it connected, from a keyframe on.
+    held: Vec<RoutedPacket>,
+    /// A subscriber waits for its first keyframe, asked for at this time.
+    awaiting_keyframe: Option<Instant>,
 }
 
 /// The forwarding state machine of one worker. See the module docs.
@@ -316,6 +330,8 @@ impl Router {
                 stream,
                 connected: false,
                 role: Role::Publisher,
+                held: Vec::new(),
+                awaiting_keyframe: None,
             },
         );
         let generation = [self.generation(), self.generation()];
@@ -328,7 +344,15 @@ impl Router {
     }
 
     /// `peer` subscribes to `stream` with `tracks` (at most one per kind is used: the first).
-    pub fn add_subscriber(&mut self, peer: LocalPeer, stream: StreamId, tracks: &[TrackSpec]) {
+    /// With video, its keyframe is asked for now, past the limiter.
+    pub fn add_subscriber(
+        &mut self,
+        peer: LocalPeer,
+        stream: StreamId,
+        tracks: &[TrackSpec],
+        now: Instant,
+    ) {
+        let video = tracks.iter().any(|t| t.kind == MediaKind::Video);
         let tracks = tracks
             .iter()
             .map(|spec| Track {
@@ -342,6 +366,8 @@ impl Router {
                 stream,
                 connected: false,
                 role: Role::Subscriber(tracks),
+                held: Vec::new(),
+                awaiting_keyframe: video.then_some(now),
             },
         );
         let s = self.streams.entry(stream).or_default();
@@ -352,16 +378,37 @@ impl Router {
                 wants: true,
             });
         }
+        if video {
+            self.keyframe(stream, true, true, now);
+        }
     }
 
-    /// `peer` has connected (ICE + DTLS). A subscriber gets a keyframe at once, past the
-    /// limiter, so its first frame does not wait for the publisher's next one.
+    /// `peer` has connected (ICE + DTLS). A subscriber gets the video held for it (from the
+    /// keyframe asked for when it subscribed) at once; if that keyframe has not come yet, it
+    /// is still on its way, and asked for again only after [`KEYFRAME_WAIT`].
     pub fn on_connected(&mut self, peer: LocalPeer, now: Instant) {
         let Some(e) = self.entry(peer) else {
             return;
         };
         e.connected = true;
-        if let (Role::Subscriber(_), stream) = (&e.role, e.stream) {
+        let held = std::mem::take(&mut e.held);
+        let stream = e.stream;
+        for packet in &held {
+            self.write_to(peer, packet);
+        }
+        self.check_keyframe_wait(peer, stream, now);
+    }
+
+    /// Ask again for a subscriber's keyframe that has not come within [`KEYFRAME_WAIT`].
+    fn check_keyframe_wait(&mut self, peer: LocalPeer, stream: StreamId, now: Instant) {
+        let Some(e) = self.entry(peer) else {
+            return;
+        };
+        let late = e
+            .awaiting_keyframe
+            .is_some_and(|t| now.saturating_duration_since(t) >= KEYFRAME_WAIT);
+        if late {
+            e.awaiting_keyframe = Some(now);
             self.keyframe(stream, true, true, now);
         }
     }
@@ -426,7 +473,12 @@ impl Router {
         }
         if packet.kind == MediaKind::Video {
             s.video_seen = true;
-            if std::mem::take(&mut s.keyframe_pending) && s.limiter.allow(now, true) {
+            // A pending request is answered by a first video packet that starts a keyframe
+            // (a fresh encoder's first frame): asking then would only cost a second one.
+            let keyframe = packet
+                .codec
+                .is_some_and(|c| starts_keyframe(c, &packet.payload));
+            if std::mem::take(&mut s.keyframe_pending) && !keyframe && s.limiter.allow(now, true) {
                 self.out
                     .push_back(Output::RequestKeyframe { publisher: from });
             }
@@ -466,45 +518,89 @@ impl Router {
         let Some(s) = self.streams.get(&packet.stream) else {
             return;
         };
+        let keyframe = packet
+            .codec
+            .is_some_and(|c| starts_keyframe(c, &packet.payload));
+        let mut late = Vec::new();
         for &sub in &s.subscribers {
-            let Some(PeerEntry {
-                connected: true,
-                role: Role::Subscriber(tracks),
-                ..
-            }) = self.peers.get_mut(sub.0 as usize).and_then(Option::as_mut)
-            else {
+            let Some(e) = self.peers.get_mut(sub.0 as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            // A track carries the codec negotiated with its subscriber only: after a
-            // publisher re-publishes with another codec, the subscriber is told
-            // (stream-updated) and subscribes again; until then it gets nothing it could not
-            // decode.
-            let Some((track, t)) = tracks
-                .iter_mut()
-                .enumerate()
-                .find(|(_, t)| t.spec.kind == packet.kind && t.spec.codec == packet.codec)
-            else {
-                continue;
-            };
-            let out = t.rewriter.map(
-                packet.source,
-                packet.seq,
-                packet.ts,
-                packet.arrival,
-                packet.clock_rate,
-            );
-            self.out.push_back(Output::Write {
-                peer: sub,
-                track,
-                kind: packet.kind,
-                pt: t.spec.pt,
-                seq: out.seq,
-                ts: out.ts,
-                marker: packet.marker,
-                wallclock: packet.arrival,
-                payload: packet.payload.clone(),
-            });
+            let video = packet.kind == MediaKind::Video && Self::carries(e, packet);
+            if video && e.awaiting_keyframe.is_some() {
+                if keyframe {
+                    e.awaiting_keyframe = None;
+                } else if e.connected {
+                    late.push(sub);
+                }
+            }
+            if e.connected {
+                Self::write(&mut self.out, sub, e, packet);
+            } else if video && (keyframe || !e.held.is_empty()) && e.awaiting_keyframe.is_none() {
+                // Still connecting: keep its video from the keyframe on, for the connect.
+                if e.held.len() < MAX_HELD {
+                    e.held.push(packet.clone());
+                } else {
+                    e.held.clear();
+                    e.awaiting_keyframe = Some(packet.arrival);
+                }
+            }
         }
+        for sub in late {
+            self.check_keyframe_wait(sub, packet.stream, packet.arrival);
+        }
+    }
+
+    /// Write `packet` to subscriber `peer` (connected), if one of its tracks carries it.
+    fn write_to(&mut self, peer: LocalPeer, packet: &RoutedPacket) {
+        if let Some(e) = self.peers.get_mut(peer.0 as usize).and_then(Option::as_mut) {
+            Self::write(&mut self.out, peer, e, packet);
+        }
+    }
+
+    /// Whether one of subscriber `e`'s tracks carries `packet`.
+    fn carries(e: &PeerEntry, packet: &RoutedPacket) -> bool {
+        matches!(&e.role, Role::Subscriber(tracks)
+            if tracks.iter().any(|t| t.spec.kind == packet.kind && t.spec.codec == packet.codec))
+    }
+
+    fn write(
+        out: &mut VecDeque<Output>,
+        peer: LocalPeer,
+        e: &mut PeerEntry,
+        packet: &RoutedPacket,
+    ) {
+        let Role::Subscriber(tracks) = &mut e.role else {
+            return;
+        };
+        // A track carries the codec negotiated with its subscriber only: after a publisher
+        // re-publishes with another codec, the subscriber is told (stream-updated) and
+        // subscribes again; until then it gets nothing it could not decode.
+        let Some((track, t)) = tracks
+            .iter_mut()
+            .enumerate()
+            .find(|(_, t)| t.spec.kind == packet.kind && t.spec.codec == packet.codec)
+        else {
+            return;
+        };
+        let rewritten = t.rewriter.map(
+            packet.source,
+            packet.seq,
+            packet.ts,
+            packet.arrival,
+            packet.clock_rate,
+        );
+        out.push_back(Output::Write {
+            peer,
+            track,
+            kind: packet.kind,
+            pt: t.spec.pt,
+            seq: rewritten.seq,
+            ts: rewritten.ts,
+            marker: packet.marker,
+            wallclock: packet.arrival,
+            payload: packet.payload.clone(),
+        });
     }
 
     /// A local subscriber asked for a keyframe (PLI/FIR): passed on to the publisher, rate
@@ -624,6 +720,7 @@ mod tests {
         base() + Duration::from_millis(ms)
     }
 
+    /// An H.264 packet that starts a keyframe (an IDR slice).
     fn video(seq: u64, ts: u32) -> RtpIn {
         RtpIn {
             kind: MediaKind::Video,
@@ -633,7 +730,15 @@ mod tests {
             ts,
             marker: false,
             clock_rate: 90_000,
-            payload: Arc::from(&[1u8, 2, 3][..]),
+            payload: Arc::from(&[0x65u8, 0x88, 0x84][..]),
+        }
+    }
+
+    /// An H.264 packet of a delta frame.
+    fn delta(seq: u64, ts: u32) -> RtpIn {
+        RtpIn {
+            payload: Arc::from(&[0x41u8, 0x9a, 0x02][..]),
+            ..video(seq, ts)
         }
     }
 
@@ -699,7 +804,7 @@ mod tests {
         r.add_publisher(PUB, S);
         r.on_connected(PUB, at(0));
         for i in 1..=n {
-            r.add_subscriber(LocalPeer(i), S, &av(100 + i as u8));
+            r.add_subscriber(LocalPeer(i), S, &av(100 + i as u8), at(0));
             r.on_connected(LocalPeer(i), at(0));
         }
         outputs(&mut r);
@@ -710,7 +815,7 @@ mod tests {
     fn forwards_to_every_connected_subscriber_with_its_payload_type() {
         let mut r = room(3);
         // A subscriber that has not connected yet gets nothing.
-        r.add_subscriber(LocalPeer(9), S, &av(127));
+        r.add_subscriber(LocalPeer(9), S, &av(127), at(0));
         outputs(&mut r);
         assert!(r.on_rtp(PUB, video(70_000, 1000), at(10)));
         let w = writes(&outputs(&mut r));
@@ -738,13 +843,13 @@ mod tests {
     #[test]
     fn a_track_only_gets_its_negotiated_codec() {
         let mut r = room(0);
-        r.add_subscriber(LocalPeer(1), S, &av(102));
+        r.add_subscriber(LocalPeer(1), S, &av(102), at(0));
         let vp8 = [TrackSpec {
             kind: MediaKind::Video,
             codec: Some(VideoCodec::Vp8),
             pt: 96,
         }];
-        r.add_subscriber(LocalPeer(2), S, &vp8);
+        r.add_subscriber(LocalPeer(2), S, &vp8, at(0));
         r.on_connected(LocalPeer(1), at(0));
         r.on_connected(LocalPeer(2), at(0));
         outputs(&mut r);
@@ -789,24 +894,26 @@ mod tests {
     }
 
     #[test]
-    fn keyframe_requests_are_limited_to_one_a_second_and_forced_on_connect() {
+    fn keyframe_requests_are_limited_to_one_a_second_and_forced_for_a_new_subscriber() {
         let mut r = room(1);
-        // No video yet: nothing to ask for (the subscriber's connect is remembered).
+        // No video yet: nothing to ask for (the subscription's request is remembered).
         r.on_keyframe_request(LocalPeer(1), at(0));
         assert_eq!(keyframes(&outputs(&mut r)), 0);
-        r.on_rtp(PUB, video(1, 0), at(0));
+        r.on_rtp(PUB, delta(1, 0), at(0));
         assert_eq!(
             keyframes(&outputs(&mut r)),
             1,
-            "the connect asks with the first video"
+            "the subscription asks with the first video"
         );
         r.on_keyframe_request(LocalPeer(1), at(1010));
         r.on_keyframe_request(LocalPeer(1), at(1500));
         assert_eq!(keyframes(&outputs(&mut r)), 1, "one a second");
-        // A new subscriber connects: forced past the limiter.
-        r.add_subscriber(LocalPeer(2), S, &av(100));
-        r.on_connected(LocalPeer(2), at(1600));
-        assert_eq!(keyframes(&outputs(&mut r)), 1, "forced on connect");
+        // A new subscriber: forced past the limiter when it subscribes, not again when it
+        // connects (the keyframe is on its way).
+        r.add_subscriber(LocalPeer(2), S, &av(100), at(1600));
+        assert_eq!(keyframes(&outputs(&mut r)), 1, "forced on subscribe");
+        r.on_connected(LocalPeer(2), at(1610));
+        assert_eq!(keyframes(&outputs(&mut r)), 0, "not again on connect");
         r.on_keyframe_request(LocalPeer(1), at(2500));
         assert_eq!(keyframes(&outputs(&mut r)), 0, "the forced one counts");
         r.request_keyframe(S, false, at(2700));
@@ -822,17 +929,27 @@ mod tests {
         // Forced before any video: asked for with the first video packet.
         r.request_keyframe(S, true, at(0));
         assert_eq!(keyframes(&outputs(&mut r)), 0, "nothing to ask yet");
-        r.on_rtp(PUB, video(1, 0), at(5));
+        r.on_rtp(PUB, delta(1, 0), at(5));
         assert_eq!(keyframes(&outputs(&mut r)), 1, "asked with the first video");
-        r.on_rtp(PUB, video(2, 0), at(6));
+        r.on_rtp(PUB, delta(2, 0), at(6));
         assert_eq!(keyframes(&outputs(&mut r)), 0, "once");
+        // A first video packet that is itself a keyframe answers a pending request.
+        let fresh = LocalPeer(7);
+        r.add_publisher(fresh, S);
+        outputs(&mut r);
+        r.on_rtp(fresh, video(1, 0), at(2000));
+        assert_eq!(
+            keyframes(&outputs(&mut r)),
+            0,
+            "a fresh encoder's keyframe suffices"
+        );
         // The publisher's peer connection is rebuilt (a new peer replaces it) while a
         // subscriber watches: its encoder is mid-GOP, so its first video asks for a keyframe
         // even though no subscriber asked (their decoders may wait for one in silence).
         let new_pub = LocalPeer(9);
         r.add_publisher(new_pub, S);
         outputs(&mut r);
-        r.on_rtp(new_pub, video(1, 0), at(3000));
+        r.on_rtp(new_pub, delta(1, 0), at(3000));
         assert!(
             outputs(&mut r).iter().any(
                 |o| matches!(o, Output::RequestKeyframe { publisher } if *publisher == new_pub)
@@ -846,17 +963,30 @@ mod tests {
         // Worker 0 publishes; workers 2 and 3 subscribe.
         let mut a = room(0);
         let mut b = Router::new(2);
-        b.add_subscriber(LocalPeer(0), S, &av(100));
+        b.add_subscriber(LocalPeer(0), S, &av(100), at(0));
+        // Interest, and its keyframe request to the publisher's worker, forced.
         assert!(matches!(
             outputs(&mut b)[..],
-            [Output::Interest {
+            [
+                Output::Interest {
+                    stream: S,
+                    wants: true
+                },
+                Output::RelayKeyframe {
+                    stream: S,
+                    force: true
+                }
+            ]
+        ));
+        // Its second subscriber changes nothing for the others (it asks for its keyframe).
+        b.add_subscriber(LocalPeer(1), S, &av(100), at(0));
+        assert!(matches!(
+            outputs(&mut b)[..],
+            [Output::RelayKeyframe {
                 stream: S,
-                wants: true
+                force: true
             }]
         ));
-        // Its second subscriber changes nothing for the others.
-        b.add_subscriber(LocalPeer(1), S, &av(100));
-        assert!(outputs(&mut b).is_empty());
         a.on_interest(S, 2, true);
         a.on_interest(S, 3, true);
         a.on_interest(S, 0, true); // itself: ignored
@@ -872,14 +1002,7 @@ mod tests {
         assert_eq!(to, vec![2, 3]);
         // Worker 2 writes the forwarded packet to its connected subscriber.
         b.on_connected(LocalPeer(0), at(1));
-        // Its keyframe request goes to the publisher's worker, forced.
-        assert!(matches!(
-            outputs(&mut b)[..],
-            [Output::RelayKeyframe {
-                stream: S,
-                force: true
-            }]
-        ));
+        assert!(outputs(&mut b).is_empty());
         let Some(Output::Forward { packet, .. }) = out.first() else {
             panic!("forward");
         };
@@ -913,8 +1036,8 @@ mod tests {
     #[test]
     fn a_reset_worker_is_told_the_interest_again() {
         let mut b = Router::new(1);
-        b.add_subscriber(LocalPeer(0), StreamId(3), &av(100));
-        b.add_subscriber(LocalPeer(1), StreamId(1), &av(100));
+        b.add_subscriber(LocalPeer(0), StreamId(3), &av(100), at(0));
+        b.add_subscriber(LocalPeer(1), StreamId(1), &av(100), at(0));
         outputs(&mut b);
         b.on_worker_reset(0);
         let again: Vec<u32> = outputs(&mut b)
@@ -938,7 +1061,7 @@ mod tests {
     fn unmuting_continues_the_sequence_and_asks_for_a_keyframe() {
         let mut r = room(1);
         for i in 0..10u64 {
-            r.on_rtp(PUB, video(100 + i, (i * 3000) as u32), at(33 * i));
+            r.on_rtp(PUB, delta(100 + i, (i * 3000) as u32), at(33 * i));
         }
         let last = *writes(&outputs(&mut r)).last().unwrap();
         r.set_muted(S, MediaKind::Video, true, at(330));
@@ -988,7 +1111,7 @@ mod tests {
             r.on_connected(publisher, at(0));
             let subs: Vec<LocalPeer> = (0..3).map(|i| LocalPeer(10 + i + round % 7)).collect();
             for s in &subs {
-                r.add_subscriber(*s, stream, &av(100));
+                r.add_subscriber(*s, stream, &av(100), at(0));
                 r.on_connected(*s, at(u64::from(round)));
             }
             r.on_rtp(publisher, video(1, 0), at(u64::from(round)));
@@ -1023,5 +1146,98 @@ mod tests {
         r.on_interest(S, 1, false);
         assert!(r.is_empty());
         assert!(r.peers.is_empty(), "the peer table shrinks");
+    }
+
+    /// The keyframe asked for at subscribe time is encoded while the subscriber connects:
+    /// its video from that keyframe on is held and written the moment it connects, so its
+    /// first frame does not wait for a request made at the connect.
+    #[test]
+    fn a_new_subscribers_keyframe_is_asked_for_at_once_and_held_until_it_connects() {
+        let mut r = room(0);
+        r.on_rtp(PUB, delta(10, 0), at(0));
+        outputs(&mut r);
+        r.add_subscriber(LocalPeer(1), S, &av(101), at(10));
+        assert_eq!(keyframes(&outputs(&mut r)), 1, "asked at subscribe");
+        // Deltas before the keyframe are of no use to it; audio starts at the connect.
+        r.on_rtp(PUB, delta(11, 3000), at(15));
+        r.on_rtp(PUB, audio(50, 960), at(16));
+        r.on_rtp(PUB, video(12, 6000), at(20));
+        r.on_rtp(PUB, delta(13, 6000), at(21));
+        r.on_rtp(PUB, delta(14, 9000), at(25));
+        assert!(
+            writes(&outputs(&mut r)).is_empty(),
+            "nothing before the connect"
+        );
+        r.on_connected(LocalPeer(1), at(30));
+        let out = outputs(&mut r);
+        assert_eq!(keyframes(&out), 0, "its keyframe came: not asked again");
+        assert_eq!(
+            writes(&out),
+            vec![
+                (1, 1, 101, 12, 6000),
+                (1, 1, 101, 13, 6000),
+                (1, 1, 101, 14, 9000)
+            ],
+            "the held video from the keyframe on, in order"
+        );
+        r.on_rtp(PUB, delta(15, 12_000), at(40));
+        r.on_rtp(PUB, audio(51, 1920), at(41));
+        assert_eq!(
+            writes(&outputs(&mut r)),
+            vec![(1, 1, 101, 15, 12_000), (1, 0, 111, 51, 1920)],
+            "then live, continuing the sequence"
+        );
+        // Nothing asked later either: it has had its keyframe.
+        r.on_rtp(PUB, delta(16, 15_000), at(900));
+        assert_eq!(keyframes(&outputs(&mut r)), 0);
+    }
+
+    /// A keyframe that does not reach the new subscriber (its request was lost, or the
+    /// publisher was slow) is asked for again once [`KEYFRAME_WAIT`] has passed, not before,
+    /// and not once one came.
+    #[test]
+    fn a_subscriber_still_without_a_keyframe_asks_again_after_the_wait() {
+        let mut r = room(0);
+        r.on_rtp(PUB, delta(1, 0), at(0));
+        r.add_subscriber(LocalPeer(1), S, &av(101), at(0));
+        r.on_connected(LocalPeer(1), at(10));
+        assert_eq!(keyframes(&outputs(&mut r)), 1, "once, at subscribe");
+        r.on_rtp(PUB, delta(2, 3000), at(100));
+        r.on_rtp(PUB, delta(3, 6000), at(499));
+        assert_eq!(keyframes(&outputs(&mut r)), 0, "within the wait");
+        r.on_rtp(PUB, delta(4, 9000), at(500));
+        assert_eq!(keyframes(&outputs(&mut r)), 1, "after the wait");
+        r.on_rtp(PUB, delta(5, 12_000), at(700));
+        assert_eq!(keyframes(&outputs(&mut r)), 0, "the wait starts again");
+        r.on_rtp(PUB, video(6, 15_000), at(800));
+        r.on_rtp(PUB, delta(7, 18_000), at(1400));
+        assert_eq!(keyframes(&outputs(&mut r)), 0, "it came");
+        // One that connects long after subscribing, its keyframe missed: asked at once.
+        r.add_subscriber(LocalPeer(2), S, &av(102), at(2000));
+        outputs(&mut r);
+        r.on_rtp(PUB, delta(8, 21_000), at(2100));
+        r.on_connected(LocalPeer(2), at(2600));
+        assert_eq!(keyframes(&outputs(&mut r)), 1, "asked again at the connect");
+        // Too much video held before a connect: dropped, and the next keyframe is waited for.
+        r.add_subscriber(LocalPeer(3), S, &av(103), at(3000));
+        outputs(&mut r);
+        r.on_rtp(PUB, video(100, 0), at(3001));
+        for i in 0..MAX_HELD as u64 {
+            r.on_rtp(PUB, delta(101 + i, 0), at(3002));
+        }
+        r.on_rtp(PUB, video(2000, 0), at(3003));
+        r.on_rtp(PUB, delta(2001, 0), at(3003));
+        outputs(&mut r);
+        r.on_connected(LocalPeer(3), at(3004));
+        let held: Vec<u64> = writes(&outputs(&mut r))
+            .iter()
+            .filter(|w| w.0 == 3)
+            .map(|w| w.3)
+            .collect();
+        assert_eq!(
+            held,
+            vec![2000, 2001],
+            "from the keyframe after the overflow"
+        );
     }
 }

@@ -943,7 +943,8 @@ impl Worker {
         }
         let stream = slot.id();
         let lp = self.insert(id, slot, rtc, false, mids);
-        self.router.add_subscriber(lp, stream, &tracks);
+        self.router
+            .add_subscriber(lp, stream, &tracks, Instant::now());
         self.drain(lp);
         self.pump();
         Ok(answer)
