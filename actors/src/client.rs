@@ -6,7 +6,7 @@
 //! every input (a user call, a signalling event, a negotiation's result, a timer) goes into
 //! the core with the time it happened, and every output comes out of it.
 //!
-//! Everything the user asks arrives as one [`ClientRequest`] and becomes a [`Call`] with its
+//! Everything the user asks arrives as one [`ClientRequest`], a core [`Call`] given its
 //! own number; the core answers it with [`Output::Reply`], so a slow join or publish never
 //! blocks a `leave()` or a server event.
 //!
@@ -143,55 +143,37 @@ pub struct SubscribeParams {
     pub jitter_latency: Duration,
 }
 
-/// A user request to the client actor.
+/// A user request to the client actor: the core's [`Call`], with the local streams and
+/// receive sides as the links' media (one enum for both: the actor hands it on as it is).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), RtcError>")]
-#[non_exhaustive]
-pub enum ClientRequest {
-    /// Enter a room.
-    Join(JoinParams),
-    /// Leave the room; the client is finished afterwards.
-    Leave,
-    /// Change role (live mode).
-    SwitchRole(Role),
-    /// Publish a local stream (one uplink peer connection per stream type).
-    Publish(Arc<LocalMedia>),
-    /// Stop publishing a local stream.
-    Unpublish(Arc<LocalMedia>),
-    /// Subscribe to a remote stream (one downlink peer connection per stream).
-    Subscribe(SubscribeParams),
-    /// Stop a subscription.
-    Unsubscribe {
-        /// Whose stream.
-        user_id: UserId,
-        /// Which stream.
-        stream_type: StreamType,
-    },
-    /// Tell the room that a published stream's audio or video is (un)muted.
-    Mute {
-        /// Which stream.
-        stream_type: StreamType,
-        /// Audio or video.
-        kind: MediaKind,
-        /// Muted or not.
-        muted: bool,
-    },
-    /// Send a custom message to the room's other members.
-    CustomMessage {
-        /// Command id, 1–10.
-        cmd_id: u8,
-        /// The message, 1 byte to 1 KB.
-        data: Vec<u8>,
-    },
-    /// Send an SEI message with the next video frame of a published stream.
-    SendSei {
-        /// Which published stream.
-        stream_type: StreamType,
-        /// SEI payload type, 5 or 243.
-        payload_type: u8,
-        /// The message, 1 byte to 1 KB.
-        data: Vec<u8>,
-    },
+pub struct ClientRequest(pub Call<PcRole>);
+
+impl From<Call<PcRole>> for ClientRequest {
+    fn from(call: Call<PcRole>) -> Self {
+        ClientRequest(call)
+    }
+}
+
+impl Call<PcRole> {
+    /// Publish `local` (one uplink peer connection per stream type), as its type and tracks
+    /// say.
+    pub fn publish(local: Arc<LocalMedia>) -> Self {
+        Call::Publish {
+            stream_type: local.stream_type(),
+            has_audio: local.has_audio(),
+            has_video: local.has_video(),
+            media: PcRole::Uplink(local),
+        }
+    }
+
+    /// Stop publishing `local` (only if it is the stream published under its type).
+    pub fn unpublish(local: Arc<LocalMedia>) -> Self {
+        Call::Unpublish {
+            stream_type: local.stream_type(),
+            media: PcRole::Uplink(local),
+        }
+    }
 }
 
 /// The receive counters of every subscribed stream.
@@ -828,48 +810,7 @@ impl Handler<ClientRequest> for ClientActor {
     type Result = ResponseActFuture<Self, Result<(), RtcError>>;
 
     fn handle(&mut self, req: ClientRequest, ctx: &mut Self::Context) -> Self::Result {
-        let request = match req {
-            ClientRequest::Join(params) => Call::Join(params),
-            ClientRequest::Leave => Call::Leave,
-            ClientRequest::SwitchRole(role) => Call::SwitchRole(role),
-            ClientRequest::Publish(local) => Call::Publish {
-                stream_type: local.stream_type(),
-                has_audio: local.has_audio(),
-                has_video: local.has_video(),
-                media: PcRole::Uplink(local),
-            },
-            ClientRequest::Unpublish(local) => Call::Unpublish {
-                stream_type: local.stream_type(),
-                media: PcRole::Uplink(local),
-            },
-            ClientRequest::Subscribe(params) => Call::Subscribe(params),
-            ClientRequest::Unsubscribe {
-                user_id,
-                stream_type,
-            } => Call::Unsubscribe {
-                user_id,
-                stream_type,
-            },
-            ClientRequest::Mute {
-                stream_type,
-                kind,
-                muted,
-            } => Call::Mute {
-                stream_type,
-                kind,
-                muted,
-            },
-            ClientRequest::CustomMessage { cmd_id, data } => Call::CustomMessage { cmd_id, data },
-            ClientRequest::SendSei {
-                stream_type,
-                payload_type,
-                data,
-            } => Call::SendSei {
-                stream_type,
-                payload_type,
-                data,
-            },
-        };
+        let request = req.0;
         let call = self.next_call;
         self.next_call += 1;
         let (tx, rx) = oneshot::channel();
@@ -1235,11 +1176,11 @@ mod tests {
         settings.reconnect.unit = Duration::from_millis(10);
         let client = ClientActor::new(settings, hub.clone()).start();
         client
-            .send(ClientRequest::Join(JoinParams {
+            .send(ClientRequest(Call::Join(JoinParams {
                 room_id: RoomId::numeric(1).unwrap(),
                 role: Role::Anchor,
                 private_map_key: None,
-            }))
+            })))
             .await
             .unwrap()
             .unwrap();

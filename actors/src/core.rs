@@ -2082,6 +2082,24 @@ mod tests {
         }
 
         /// Let `d` pass, firing every deadline on the way at its own time.
+        /// Report the negotiation of `key` on `pc` as connected; its outputs.
+        fn connect(&mut self, key: LinkKey, pc: PcId) -> Vec<Out> {
+            self.input(Input::Negotiated {
+                key,
+                pc_id: pc,
+                result: Ok(()),
+                muted: vec![],
+            })
+        }
+        /// Publish media 1 as the main stream and connect its uplink: its peer connection.
+        fn published(&mut self) -> PcId {
+            let (_, outs) = publish(self, 1);
+            let [(_, pc)] = negotiations(&outs)[..] else {
+                panic!("{outs:?}")
+            };
+            self.connect(UP, pc);
+            pc
+        }
         fn advance(&mut self, d: Duration) -> Vec<Out> {
             let end = self.now + d;
             let mut outs = Vec::new();
@@ -2294,12 +2312,7 @@ mod tests {
         let [(_, down_pc)] = negotiations(&outs)[..] else {
             panic!("{outs:?}")
         };
-        let outs = sim.input(Input::Negotiated {
-            key: down.clone(),
-            pc_id: down_pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        let outs = sim.connect(down.clone(), down_pc);
         assert!(outs.iter().any(|o| matches!(o, Output::Event(ClientEvent::StreamSubscribed(s)) if s.user_id == user("bob"))));
         let (call, outs) = publish(&mut sim, 1);
         let [(_, up_pc)] = negotiations(&outs)[..] else {
@@ -2379,16 +2392,7 @@ mod tests {
         use crate::media::link::{DEFAULT_MAX_REBUILDS, DEFAULT_REBUILD_DELAY};
         let mut sim = Sim::new(Mode::Rtc, false);
         sim.join(&[]);
-        let (_, outs) = publish(&mut sim, 1);
-        let [(_, mut pc)] = negotiations(&outs)[..] else {
-            panic!("{outs:?}")
-        };
-        sim.input(Input::Negotiated {
-            key: UP,
-            pc_id: pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        let mut pc = sim.published();
         // The connected link fails.
         let outs = sim.input(Input::Pc {
             pc_id: pc,
@@ -2445,16 +2449,7 @@ mod tests {
         assert!(sim.advance(Duration::from_secs(60)).is_empty());
         assert_eq!(sim.core.links().count(), 0);
         // A success in between resets the budget: publish again, fail once, connect, fail.
-        let (_, outs) = publish(&mut sim, 1);
-        let [(_, pc)] = negotiations(&outs)[..] else {
-            panic!()
-        };
-        sim.input(Input::Negotiated {
-            key: UP,
-            pc_id: pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        let pc = sim.published();
         for _ in 0..DEFAULT_MAX_REBUILDS + 2 {
             let pc = sim
                 .core
@@ -2469,12 +2464,7 @@ mod tests {
             let [(_, next)] = negotiations(&outs)[..] else {
                 panic!("{outs:?}")
             };
-            sim.input(Input::Negotiated {
-                key: UP,
-                pc_id: next,
-                result: Ok(()),
-                muted: vec![],
-            });
+            sim.connect(UP, next);
         }
     }
 
@@ -2494,16 +2484,7 @@ mod tests {
         use crate::media::link::DEFAULT_REBUILD_DELAY;
         let mut sim = Sim::new(Mode::Rtc, false);
         sim.join(&[]);
-        let (_, outs) = publish(&mut sim, 1);
-        let [(_, pc)] = negotiations(&outs)[..] else {
-            panic!("{outs:?}")
-        };
-        sim.input(Input::Negotiated {
-            key: UP,
-            pc_id: pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        let pc = sim.published();
         let disconnected = || Input::Pc {
             pc_id: pc,
             kind: PcEventKind::Disconnected,
@@ -2555,12 +2536,7 @@ mod tests {
             })
             .is_empty()
         );
-        sim.input(Input::Negotiated {
-            key: UP,
-            pc_id: rebuilt,
-            result: Ok(()),
-            muted: vec![],
-        });
+        sim.connect(UP, rebuilt);
 
         // A peer connection that fails while its restart runs is rebuilt at once; the
         // restart's late result is stale.
@@ -2608,16 +2584,7 @@ mod tests {
             })
         );
         // Signalling lost: the re-join renegotiates every link; no ICE restart meanwhile.
-        let (_, outs) = publish(&mut sim, 1);
-        let [(_, pc)] = negotiations(&outs)[..] else {
-            panic!("{outs:?}")
-        };
-        sim.input(Input::Negotiated {
-            key: UP,
-            pc_id: pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        let pc = sim.published();
         let generation = sim.core.generation();
         sim.input(Input::SignalLost {
             generation,
@@ -2679,12 +2646,7 @@ mod tests {
             refused(sei(&mut sim, StreamType::Main, 243, 8)),
             ErrorCode::InvalidOperation
         );
-        sim.input(Input::Negotiated {
-            key: UP,
-            pc_id: pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        sim.connect(UP, pc);
         // The auxiliary stream is not published.
         assert_eq!(
             refused(sei(&mut sim, StreamType::Auxiliary, 243, 8)),
@@ -2796,12 +2758,7 @@ mod tests {
             ),
             Some(Ok(()))
         );
-        let outs = sim.input(Input::Negotiated {
-            key: UP,
-            pc_id: first,
-            result: Ok(()),
-            muted: vec![],
-        });
+        let outs = sim.connect(UP, first);
         assert_eq!(closed_pcs(&outs), [first]);
         // Unpublishing another stream of the same type is refused.
         let (_, outs) = publish(&mut sim, 1);
@@ -2908,16 +2865,7 @@ mod tests {
     fn a_refused_rejoin_ends_the_session_and_closes_every_link() {
         let mut sim = Sim::new(Mode::Rtc, false);
         sim.join(&[]);
-        let (_, outs) = publish(&mut sim, 1);
-        let [(_, pc)] = negotiations(&outs)[..] else {
-            panic!()
-        };
-        sim.input(Input::Negotiated {
-            key: UP,
-            pc_id: pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        let pc = sim.published();
         sim.input(Input::SignalLost {
             generation: sim.core.generation(),
             reason: "x".into(),
@@ -2956,12 +2904,7 @@ mod tests {
         let [(_, pc)] = negotiations(&outs)[..] else {
             panic!()
         };
-        sim.input(Input::Negotiated {
-            key: down.clone(),
-            pc_id: pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        sim.connect(down.clone(), pc);
         // Re-join without bob's stream (the server restarted): the link waits.
         sim.input(Input::SignalLost {
             generation: sim.core.generation(),
@@ -2983,12 +2926,7 @@ mod tests {
         let (key, again) = one(negotiations(&outs));
         assert_eq!(key, down);
         assert!(builds(&outs).is_empty(), "the pipeline is kept");
-        sim.input(Input::Negotiated {
-            key: down.clone(),
-            pc_id: again,
-            result: Ok(()),
-            muted: vec![],
-        });
+        sim.connect(down.clone(), again);
         // Now bob unpublishes: the subscription ends and its pipeline stops.
         let outs = sim.input(Input::Server {
             generation,
@@ -3036,12 +2974,7 @@ mod tests {
         let [(_, pc)] = negotiations(&outs)[..] else {
             panic!()
         };
-        let outs = sim.input(Input::Negotiated {
-            key: down.clone(),
-            pc_id: pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        let outs = sim.connect(down.clone(), pc);
         assert!(
             outs.iter()
                 .any(|o| matches!(o, Output::Event(ClientEvent::StreamSubscribed(_))))
@@ -3080,12 +3013,7 @@ mod tests {
         let [(_, pc)] = negotiations(&outs)[..] else {
             panic!()
         };
-        let outs = sim.input(Input::Negotiated {
-            key: down.clone(),
-            pc_id: pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        let outs = sim.connect(down.clone(), pc);
         assert!(
             !outs
                 .iter()
@@ -3164,12 +3092,7 @@ mod tests {
             let [(_, pc)] = negotiations(&outs)[..] else {
                 panic!("{outs:?}")
             };
-            let outs = sim.input(Input::Negotiated {
-                key: down.clone(),
-                pc_id: pc,
-                result: Ok(()),
-                muted: vec![],
-            });
+            let outs = sim.connect(down.clone(), pc);
             // The user already knew the stream was subscribed.
             assert!(
                 !outs
@@ -3372,14 +3295,7 @@ mod tests {
                     result: Ok(()),
                 })
             };
-            let connected = |sim: &mut Sim| {
-                sim.input(Input::Negotiated {
-                    key: key.clone(),
-                    pc_id: pc,
-                    result: Ok(()),
-                    muted: vec![],
-                })
-            };
+            let connected = |sim: &mut Sim| sim.connect(key.clone(), pc);
             let (first, second) = if pipeline_first {
                 let a = started(&mut sim);
                 (a, connected(&mut sim))
@@ -3405,12 +3321,7 @@ mod tests {
         let [(_, pc)] = negotiations(&outs)[..] else {
             panic!("{outs:?}")
         };
-        sim.input(Input::Negotiated {
-            key: key.clone(),
-            pc_id: pc,
-            result: Ok(()),
-            muted: vec![],
-        });
+        sim.connect(key.clone(), pc);
         let no_display = RtcError::new(ErrorCode::InitializeFailed, "no display");
         let outs = sim.input(Input::PipelineStarted {
             key: key.clone(),

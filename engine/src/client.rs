@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix::{Actor, Addr};
+use rtcroom_actors::core::Call;
+use rtcroom_actors::media::PcRole;
 use rtcroom_actors::{
     ClientActor, ClientEvent, ClientHub, ClientRequest, ConnectionState, GetRemoteStats,
     RemoteMutedState, RemoteStreamInfo, Shutdown, SubscribeParams,
@@ -90,7 +92,7 @@ impl Client {
     /// not answer within the join timeout (5 s).
     pub async fn join(&self, options: JoinOptions) -> Result<(), RtcError> {
         let params = options.validate(self.use_string_room_id)?;
-        self.request(ClientRequest::Join(params)).await
+        self.request(Call::Join(params)).await
     }
 
     /// Leave the room (TRTC's `client.leave`). The state goes to DISCONNECTED at once; the
@@ -98,7 +100,7 @@ impl Client {
     /// may `join` again (a new session). Resolves once its subscriptions' pipelines have stopped (recordings
     /// finalised; at most `STOP_TIMEOUT` + 1 s).
     pub async fn leave(&self) -> Result<(), RtcError> {
-        let left = self.request(ClientRequest::Leave).await;
+        let left = self.request(Call::Leave).await;
         // Subscriptions' pipelines stop on threads of their own: wait for them, so a program
         // that exits after leave() (a recording bot) leaves finalised files behind.
         let limit = rtcroom_pipelines::STOP_TIMEOUT + std::time::Duration::from_secs(1);
@@ -112,7 +114,7 @@ impl Client {
     /// client visible to the others (`peer-join`), anchor → audience hides it again.
     /// A later silent re-join keeps the new role.
     pub async fn switch_role(&self, role: Role) -> Result<(), RtcError> {
-        self.request(ClientRequest::SwitchRole(role)).await
+        self.request(Call::SwitchRole(role)).await
     }
 
     /// Publish a local stream (TRTC's `client.publish`): one uplink peer connection to the
@@ -121,15 +123,13 @@ impl Client {
     /// (extra 5107), or when a stream of that type is already published (extra 5104).
     /// After a signalling re-join the stream is published again without a call.
     pub async fn publish(&self, stream: &LocalStream) -> Result<(), RtcError> {
-        self.request(ClientRequest::Publish(stream.media.clone()))
-            .await
+        self.request(Call::publish(stream.media.clone())).await
     }
 
     /// Stop publishing (TRTC's `client.unpublish`); the others get `stream-removed`.
     /// INVALID_OPERATION before `join` or when this stream is not published.
     pub async fn unpublish(&self, stream: &LocalStream) -> Result<(), RtcError> {
-        self.request(ClientRequest::Unpublish(stream.media.clone()))
-            .await
+        self.request(Call::unpublish(stream.media.clone())).await
     }
 
     /// Subscribe to a remote stream (TRTC's `client.subscribe`), as announced by
@@ -143,7 +143,7 @@ impl Client {
         stream: &RemoteStreamInfo,
         options: SubscribeOptions,
     ) -> Result<(), RtcError> {
-        self.request(ClientRequest::Subscribe(SubscribeParams {
+        self.request(Call::Subscribe(SubscribeParams {
             user_id: stream.user_id.clone(),
             stream_type: stream.stream_type,
             audio: options.audio,
@@ -157,7 +157,7 @@ impl Client {
     /// End a subscription (TRTC's `client.unsubscribe`). INVALID_OPERATION when not
     /// subscribed.
     pub async fn unsubscribe(&self, stream: &RemoteStreamInfo) -> Result<(), RtcError> {
-        self.request(ClientRequest::Unsubscribe {
+        self.request(Call::Unsubscribe {
             user_id: stream.user_id.clone(),
             stream_type: stream.stream_type,
         })
@@ -191,7 +191,7 @@ impl Client {
         data: impl Into<Vec<u8>>,
         options: SeiOptions,
     ) -> Result<(), RtcError> {
-        self.request(ClientRequest::SendSei {
+        self.request(Call::SendSei {
             stream_type: options.stream_type,
             payload_type: options.payload_type,
             data: data.into(),
@@ -210,7 +210,7 @@ impl Client {
         cmd_id: u8,
         data: impl Into<Vec<u8>>,
     ) -> Result<(), RtcError> {
-        self.request(ClientRequest::CustomMessage {
+        self.request(Call::CustomMessage {
             cmd_id,
             data: data.into(),
         })
@@ -291,9 +291,9 @@ impl Client {
             .unwrap_or(0)
     }
 
-    async fn request(&self, req: ClientRequest) -> Result<(), RtcError> {
+    async fn request(&self, call: Call<PcRole>) -> Result<(), RtcError> {
         self.addr
-            .send(req)
+            .send(ClientRequest(call))
             .await
             .unwrap_or_else(|_| Err(mailbox_error()))
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use actix::Actor;
 use rtcroom_actors::ClientRequest;
+use rtcroom_actors::core::Call;
 use rtcroom_actors::media::{LocalMedia, LocalMediaStats, LocalStreamActor, RunPipeline};
 use rtcroom_pipelines::{
     AppAudioInput, AppVideoInput, AudioProfile, AudioTrackConfig, LocalConfig, LocalOutputs,
@@ -279,11 +280,11 @@ impl LocalStream {
         }
         match self.media.publisher() {
             Some(client) => client
-                .send(ClientRequest::Mute {
+                .send(ClientRequest(Call::Mute {
                     stream_type: self.stream_type(),
                     kind: wire,
                     muted,
-                })
+                }))
                 .await
                 .unwrap_or(Ok(())),
             None => Ok(()),
