@@ -117,6 +117,34 @@ async fn join(c: &TestClient, room: u32) {
         .expect("join succeeds");
 }
 
+/// Alice publishes the test stream in `room`; Bob joins it and auto-subscribes into a frame
+/// counter.
+async fn publisher_and_subscriber(
+    url: &str,
+    room: u32,
+) -> (TestClient, LocalStream, Arc<Frames>, TestClient) {
+    let alice = media_client(url, "alice", None);
+    let local = stream().await;
+    join(&alice, room).await;
+    bounded(alice.publish(&local)).await.expect("publish");
+    let frames = Arc::new(Frames::default());
+    let bob = media_client(url, "bob", Some(frames.output()));
+    join(&bob, room).await;
+    (alice, local, frames, bob)
+}
+
+/// No `error` event reached `c`, before or now.
+fn assert_no_errors(c: &mut TestClient) {
+    let now = c.drain();
+    assert!(
+        !now.iter()
+            .chain(c.seen.iter())
+            .any(|e| matches!(e, ClientEvent::Error(_))),
+        "{:?}",
+        c.seen
+    );
+}
+
 /// Whether the Matroska file's Segment has its size written, which matroskamux does when it
 /// finalises the file (an unfinished file says "unknown size").
 fn matroska_finalised(path: &std::path::Path) -> bool {
@@ -575,13 +603,7 @@ async fn auto_subscribe_receives_streams_published_before_and_after_join() {
 async fn crashed_peer_connections_are_rebuilt_and_frames_flow_again() {
     let server = start(server_config("127.0.0.1:0"));
     let url = server.ws_url();
-    let alice = media_client(&url, "alice", None);
-    let local = stream().await;
-    join(&alice, 3004).await;
-    bounded(alice.publish(&local)).await.expect("publish");
-    let frames = Arc::new(Frames::default());
-    let mut bob = media_client(&url, "bob", Some(frames.output()));
-    join(&bob, 3004).await;
+    let (alice, local, frames, mut bob) = publisher_and_subscriber(&url, 3004).await;
     frames.wait("first frames", |f| f.video() >= 15).await;
 
     // Panic the publisher's and the subscriber's peer connection actors.
@@ -591,14 +613,7 @@ async fn crashed_peer_connections_are_rebuilt_and_frames_flow_again() {
     frames
         .wait("frames after the rebuild", |f| f.video() >= before + 30)
         .await;
-    assert!(
-        !bob.drain()
-            .iter()
-            .chain(bob.seen.iter())
-            .any(|e| matches!(e, ClientEvent::Error(_))),
-        "{:?}",
-        bob.seen
-    );
+    assert_no_errors(&mut bob);
 }
 
 /// Both links lose their path (every socket they used is cut off, as when a client's
@@ -613,13 +628,7 @@ async fn links_whose_path_dies_come_back_by_ice_restart_on_the_same_peer_connect
     let server = start(config);
     let relays = PathRelay::for_server(&server, announced).await;
     let url = server.ws_url();
-    let alice = media_client(&url, "alice", None);
-    let local = stream().await;
-    join(&alice, 3010).await;
-    bounded(alice.publish(&local)).await.expect("publish");
-    let frames = Arc::new(Frames::default());
-    let mut bob = media_client(&url, "bob", Some(frames.output()));
-    join(&bob, 3010).await;
+    let (alice, local, frames, mut bob) = publisher_and_subscriber(&url, 3010).await;
     frames.wait("first frames", |f| f.video() >= 30).await;
     let video_packets = || async {
         let stats = bounded(bob.get_remote_stats()).await.unwrap();
@@ -650,27 +659,14 @@ async fn links_whose_path_dies_come_back_by_ice_restart_on_the_same_peer_connect
         now_received > received,
         "the same receive side carries on ({now_received} ≤ {received})"
     );
-    assert!(
-        !bob.drain()
-            .iter()
-            .chain(bob.seen.iter())
-            .any(|e| matches!(e, ClientEvent::Error(_))),
-        "{:?}",
-        bob.seen
-    );
+    assert_no_errors(&mut bob);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_receive_pipelines_are_rebuilt_renegotiated_and_frames_flow_again() {
     let server = start(server_config("127.0.0.1:0"));
     let url = server.ws_url();
-    let alice = media_client(&url, "alice", None);
-    let local = stream().await;
-    join(&alice, 3006).await;
-    bounded(alice.publish(&local)).await.expect("publish");
-    let frames = Arc::new(Frames::default());
-    let mut bob = media_client(&url, "bob", Some(frames.output()));
-    join(&bob, 3006).await;
+    let (alice, local, frames, mut bob) = publisher_and_subscriber(&url, 3006).await;
     let video_packets = || async {
         let stats = bounded(bob.get_remote_stats()).await.unwrap();
         assert_eq!(stats.len(), 1, "one subscription: {stats:?}");
@@ -703,14 +699,7 @@ async fn failed_receive_pipelines_are_rebuilt_renegotiated_and_frames_flow_again
             "crash_watchers {crash_watchers}: a new pipeline counts from zero ({fresh} ≥ {received})"
         );
     }
-    assert!(
-        !bob.drain()
-            .iter()
-            .chain(bob.seen.iter())
-            .any(|e| matches!(e, ClientEvent::Error(_))),
-        "{:?}",
-        bob.seen
-    );
+    assert_no_errors(&mut bob);
 }
 
 /// A local pipeline that fails (an element error on its bus, as an unplugged device would
@@ -795,13 +784,7 @@ async fn after_a_server_restart_streams_are_republished_and_resubscribed() {
 async fn a_new_video_profile_reaches_the_subscriber_without_renegotiation() {
     let server = start(server_config("127.0.0.1:0"));
     let url = server.ws_url();
-    let alice = media_client(&url, "alice", None);
-    let local = stream().await;
-    join(&alice, 3006).await;
-    bounded(alice.publish(&local)).await.expect("publish");
-    let frames = Arc::new(Frames::default());
-    let bob = media_client(&url, "bob", Some(frames.output()));
-    join(&bob, 3006).await;
+    let (alice, local, frames, bob) = publisher_and_subscriber(&url, 3006).await;
     frames.wait("first frames", |f| f.video() >= 10).await;
     assert_eq!(*frames.size.lock().unwrap(), Some((320, 240)));
 
