@@ -526,7 +526,11 @@ impl Router {
             let Some(e) = self.peers.get_mut(sub.0 as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            let video = packet.kind == MediaKind::Video && Self::carries(e, packet);
+            // Only a subscriber still connecting or waiting for its keyframe looks further
+            // at a video packet (most packets go straight to the write).
+            let video = packet.kind == MediaKind::Video
+                && (!e.connected || e.awaiting_keyframe.is_some())
+                && Self::carries(e, packet);
             if video && e.awaiting_keyframe.is_some() {
                 if keyframe {
                     e.awaiting_keyframe = None;
