@@ -38,6 +38,7 @@
 pub mod rewrite;
 pub mod router;
 pub mod sdp;
+pub mod simulcast;
 pub mod stun;
 mod worker;
 
