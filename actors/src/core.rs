@@ -2449,7 +2449,7 @@ mod tests {
         assert!(sim.advance(Duration::from_secs(60)).is_empty());
         assert_eq!(sim.core.links().count(), 0);
         // A success in between resets the budget: publish again, fail once, connect, fail.
-        let pc = sim.published();
+        sim.published();
         for _ in 0..DEFAULT_MAX_REBUILDS + 2 {
             let pc = sim
                 .core
@@ -2865,7 +2865,7 @@ mod tests {
     fn a_refused_rejoin_ends_the_session_and_closes_every_link() {
         let mut sim = Sim::new(Mode::Rtc, false);
         sim.join(&[]);
-        let pc = sim.published();
+        sim.published();
         sim.input(Input::SignalLost {
             generation: sim.core.generation(),
             reason: "x".into(),

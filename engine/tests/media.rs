@@ -603,7 +603,7 @@ async fn auto_subscribe_receives_streams_published_before_and_after_join() {
 async fn crashed_peer_connections_are_rebuilt_and_frames_flow_again() {
     let server = start(server_config("127.0.0.1:0"));
     let url = server.ws_url();
-    let (alice, local, frames, mut bob) = publisher_and_subscriber(&url, 3004).await;
+    let (alice, _local, frames, mut bob) = publisher_and_subscriber(&url, 3004).await;
     frames.wait("first frames", |f| f.video() >= 15).await;
 
     // Panic the publisher's and the subscriber's peer connection actors.
@@ -628,7 +628,7 @@ async fn links_whose_path_dies_come_back_by_ice_restart_on_the_same_peer_connect
     let server = start(config);
     let relays = PathRelay::for_server(&server, announced).await;
     let url = server.ws_url();
-    let (alice, local, frames, mut bob) = publisher_and_subscriber(&url, 3010).await;
+    let (_alice, _local, frames, mut bob) = publisher_and_subscriber(&url, 3010).await;
     frames.wait("first frames", |f| f.video() >= 30).await;
     let video_packets = || async {
         let stats = bounded(bob.get_remote_stats()).await.unwrap();
@@ -666,7 +666,7 @@ async fn links_whose_path_dies_come_back_by_ice_restart_on_the_same_peer_connect
 async fn failed_receive_pipelines_are_rebuilt_renegotiated_and_frames_flow_again() {
     let server = start(server_config("127.0.0.1:0"));
     let url = server.ws_url();
-    let (alice, local, frames, mut bob) = publisher_and_subscriber(&url, 3006).await;
+    let (_alice, _local, frames, mut bob) = publisher_and_subscriber(&url, 3006).await;
     let video_packets = || async {
         let stats = bounded(bob.get_remote_stats()).await.unwrap();
         assert_eq!(stats.len(), 1, "one subscription: {stats:?}");
@@ -784,7 +784,7 @@ async fn after_a_server_restart_streams_are_republished_and_resubscribed() {
 async fn a_new_video_profile_reaches_the_subscriber_without_renegotiation() {
     let server = start(server_config("127.0.0.1:0"));
     let url = server.ws_url();
-    let (alice, local, frames, bob) = publisher_and_subscriber(&url, 3006).await;
+    let (_alice, local, frames, _bob) = publisher_and_subscriber(&url, 3006).await;
     frames.wait("first frames", |f| f.video() >= 10).await;
     assert_eq!(*frames.size.lock().unwrap(), Some((320, 240)));
 

@@ -323,7 +323,7 @@ mod tests {
         let mut au = vec![0, 0, 0, 1];
         au.extend_from_slice(&nal);
         au.extend_from_slice(&[0, 0, 0, 1, 0x41, 0x9a]);
-        assert_eq!(parse_annexb(&au), [m.clone()]);
+        assert_eq!(parse_annexb(&au), std::slice::from_ref(&m));
         // The same unit in AVC form.
         let mut avc = (nal.len() as u32).to_be_bytes().to_vec();
         avc.extend_from_slice(&nal);
