@@ -2304,8 +2304,9 @@
         this._linkFailed(link);
       };
       let pc;
+      // Encoded transforms on every sender and receiver, or on none (Chromium's rule).
+      const sei = this._cfg.enableSEI && seiSupported();
       try {
-        const sei = this._cfg.enableSEI && seiSupported();
         pc = new RTCPeerConnection(
           Object.assign({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', iceServers: [] }, sei ? { encodedInsertableStreams: true } : {})
         );
@@ -2318,7 +2319,7 @@
       let remoteMs = null;
       if (!link.up) {
         pc.ontrack = (ev) => {
-          if (this._cfg.enableSEI && seiSupported()) this._seiReceiver(link, ev.receiver, ev.track.kind);
+          if (sei) this._seiReceiver(link, ev.receiver, ev.track.kind);
           if (stale()) return;
           tracks[ev.track.kind] = ev.track;
           if (ev.streams && ev.streams[0]) remoteMs = ev.streams[0];
@@ -2341,7 +2342,7 @@
             if (!track) continue;
             const tr = pc.addTransceiver(track, { direction: 'sendonly', streams: [s._mediaStream], sendEncodings: [this._encodingFor(s, kind)] });
             tr.sender.__kind = kind;
-            if (this._cfg.enableSEI && seiSupported()) this._seiSender(link, tr.sender, kind);
+            if (sei) this._seiSender(link, tr.sender, kind);
             if (kind === 'video' && !applyCodecPreferences(tr, codec, 'send')) munge = true;
           }
         } else {

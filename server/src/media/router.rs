@@ -475,10 +475,12 @@ impl Router {
             s.video_seen = true;
             // A pending request is answered by a first video packet that starts a keyframe
             // (a fresh encoder's first frame): asking then would only cost a second one.
-            let keyframe = packet
-                .codec
-                .is_some_and(|c| starts_keyframe(c, &packet.payload));
-            if std::mem::take(&mut s.keyframe_pending) && !keyframe && s.limiter.allow(now, true) {
+            if std::mem::take(&mut s.keyframe_pending)
+                && !packet
+                    .codec
+                    .is_some_and(|c| starts_keyframe(c, &packet.payload))
+                && s.limiter.allow(now, true)
+            {
                 self.out
                     .push_back(Output::RequestKeyframe { publisher: from });
             }
@@ -518,9 +520,15 @@ impl Router {
         let Some(s) = self.streams.get(&packet.stream) else {
             return;
         };
-        let keyframe = packet
-            .codec
-            .is_some_and(|c| starts_keyframe(c, &packet.payload));
+        // Whether the packet starts a keyframe, looked at only for a subscriber that cares.
+        let mut starts: Option<bool> = None;
+        let mut keyframe = || {
+            *starts.get_or_insert_with(|| {
+                packet
+                    .codec
+                    .is_some_and(|c| starts_keyframe(c, &packet.payload))
+            })
+        };
         let mut late = Vec::new();
         for &sub in &s.subscribers {
             let Some(e) = self.peers.get_mut(sub.0 as usize).and_then(Option::as_mut) else {
@@ -532,7 +540,7 @@ impl Router {
                 && (!e.connected || e.awaiting_keyframe.is_some())
                 && Self::carries(e, packet);
             if video && e.awaiting_keyframe.is_some() {
-                if keyframe {
+                if keyframe() {
                     e.awaiting_keyframe = None;
                 } else if e.connected {
                     late.push(sub);
@@ -540,7 +548,7 @@ impl Router {
             }
             if e.connected {
                 Self::write(&mut self.out, sub, e, packet);
-            } else if video && (keyframe || !e.held.is_empty()) && e.awaiting_keyframe.is_none() {
+            } else if video && e.awaiting_keyframe.is_none() && (!e.held.is_empty() || keyframe()) {
                 // Still connecting: keep its video from the keyframe on, for the connect.
                 if e.held.len() < MAX_HELD {
                     e.held.push(packet.clone());
