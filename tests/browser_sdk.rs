@@ -72,7 +72,7 @@ window.H = (() => {
   const H = { clients: {}, locals: {}, remotes: {}, events: [] };
   const EVENTS = ['connection-state-changed', 'peer-join', 'peer-leave', 'stream-added',
     'stream-removed', 'stream-updated', 'stream-subscribed', 'mute-audio', 'unmute-audio',
-    'mute-video', 'unmute-video', 'client-banned', 'error', 'sei-message'];
+    'mute-video', 'unmute-video', 'client-banned', 'error', 'sei-message', 'video-layer-changed'];
 
   H.err = (e) => ({
     name: e && e.name,
@@ -99,6 +99,7 @@ window.H = (() => {
       e.isFromAuxiliary = p.isFromAuxiliary;
     }
     if (event === 'error') Object.assign(e, H.err(p));
+    if (event === 'video-layer-changed') { e.videoType = p.videoType; e.rid = p.rid; }
     H.events.push(e);
     console.log('[H]', JSON.stringify(e));
     if (event === 'stream-subscribed') H.play(name, p.stream);
@@ -132,7 +133,8 @@ window.H = (() => {
   H.find = (name, event, f) => H.events.find((e, i) => i >= ((f && f.from) || 0) &&
     e.client === name && e.event === event &&
     (!f || f.userId === undefined || e.userId === f.userId) &&
-    (!f || f.state === undefined || e.state === f.state)) || null;
+    (!f || f.state === undefined || e.state === f.state) &&
+    (!f || f.videoType === undefined || e.videoType === f.videoType)) || null;
 
   H.errors = (name) => H.events.filter((e) => e.client === name && (e.event === 'error' || e.event === 'play-failed'));
 
@@ -1252,6 +1254,135 @@ async fn two_browsers_run(a: &Page, b: &Page) -> anyhow::Result<()> {
         ensure!(errors == json!([]), "errors on {me}'s page: {errors}");
     }
     eprintln!("[browser↔browser] {}", times.join("; "));
+    Ok(())
+}
+
+/// Alice's browser publishes a big and a small stream (Chromium simulcast, VP8); Bob's
+/// browser receives the big one, switches to the small one and back
+/// (`setRemoteVideoStreamType`), each switch reported by `video-layer-changed` and seen in
+/// the decoded frame size, with frames decoded throughout; while Bob receives only the small
+/// layer, Alice's big encoding is paused (dynacast).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_switches_between_the_big_and_the_small_stream_of_another() {
+    let _permit = media_permit().await;
+    let server = start_server();
+    let browser = launch().await;
+    let a = sdk_page(&browser, &server).await.expect("page A");
+    let b = sdk_page(&browser, &server).await.expect("page B");
+    if let Err(e) = small_stream_run(&a, &b).await {
+        panic!(
+            "[small stream] {e:#}\n{}",
+            report(&[("alice", &a), ("bob", &b)]).await
+        );
+    }
+}
+
+async fn small_stream_run(a: &Page, b: &Page) -> anyhow::Result<()> {
+    const ROOM: u32 = 4402;
+    for (page, me) in [(a, "alice"), (b, "bob")] {
+        create(
+            page,
+            me,
+            json!({"mode": "rtc", "sdkAppId": APP, "userId": me, "userSig": sig(me),
+                   "videoCodec": "vp8"}),
+        )
+        .await?;
+    }
+    let supported = a.eval("TRTC.isSmallStreamSupported()").await?;
+    ensure!(
+        supported == json!(true),
+        "isSmallStreamSupported() = {supported}"
+    );
+    a.eval("H.clients.alice.enableSmallStream().then(() => true)")
+        .await
+        .context("enableSmallStream")?;
+    a.eval("H.clients.alice.setSmallStreamProfile({width: 160, height: 120, bitrate: 100, frameRate: 15}) || true")
+        .await?;
+    join(a, "alice", json!({ "roomId": ROOM })).await?;
+    publish(a, "alice").await?;
+    join(b, "bob", json!({ "roomId": ROOM })).await?;
+    wait_event(
+        b,
+        "bob",
+        "stream-subscribed",
+        json!({"userId": "alice"}),
+        DEADLINE,
+    )
+    .await?;
+    // Bob decodes frames of `width` (and keeps decoding): returns (frames, ms waited).
+    let decodes = |width: u64| async move {
+        let t = std::time::Instant::now();
+        let v = b
+            .wait_for(
+                &format!(
+                    "H.video('bob', 'alice').then((v) => v && v.frameWidth === {width} && v.framesDecoded > 0 && v)"
+                ),
+                DEADLINE,
+            )
+            .await
+            .with_context(|| format!("bob decodes alice's video at width {width}"))?;
+        let frames = v["framesDecoded"].as_u64().unwrap_or(0);
+        b.wait_for(
+            &format!(
+                "H.frames('bob', 'alice').then((n) => n >= {} && n)",
+                frames + 5
+            ),
+            DEADLINE,
+        )
+        .await
+        .with_context(|| format!("bob keeps decoding at width {width}"))?;
+        anyhow::Ok(t.elapsed())
+    };
+    decodes(640).await.context("the big layer by default")?;
+    let first = wait_event(
+        b,
+        "bob",
+        "video-layer-changed",
+        json!({"userId": "alice"}),
+        DEADLINE,
+    )
+    .await?;
+    ensure!(
+        first["videoType"] == "big" && first["rid"] == "h",
+        "first layer: {first}"
+    );
+
+    let mut switches = Vec::new();
+    for (to, width, rid) in [("small", 160, "l"), ("big", 640, "h")] {
+        let from = b.eval("H.events.length").await?;
+        b.eval(&format!(
+            "H.clients.bob.setRemoteVideoStreamType(H.remotes['bob/alice'], '{to}').then(() => true)"
+        ))
+        .await
+        .with_context(|| format!("setRemoteVideoStreamType {to}"))?;
+        let ev = wait_event(
+            b,
+            "bob",
+            "video-layer-changed",
+            json!({"userId": "alice", "videoType": to, "from": from}),
+            DEADLINE,
+        )
+        .await?;
+        ensure!(ev["rid"] == rid && ev["reason"] == "request", "{to}: {ev}");
+        switches.push(format!("{to}: {:?}", decodes(width).await?));
+        if to == "small" {
+            // Nobody receives the big layer: alice's browser stops encoding it.
+            a.wait_for(
+                "(() => { const l = H.clients.alice._links.get('up|main');                    const s = l && l.pc && l.pc.getSenders().find((x) => x.track && x.track.kind === 'video');                    const e = s && s.getParameters().encodings.find((x) => x.rid === 'h');                    return e && e.active === false; })()",
+                DEADLINE,
+            )
+            .await
+            .context("alice pauses the big layer nobody receives")?;
+        }
+    }
+    for (page, me) in [(a, "alice"), (b, "bob")] {
+        let errors = page.eval(&format!("H.errors({})", json!(me))).await?;
+        ensure!(errors == json!([]), "errors on {me}'s page: {errors}");
+    }
+    eprintln!(
+        "[small stream] request → decoding the new size: {}",
+        switches.join(", ")
+    );
     Ok(())
 }
 

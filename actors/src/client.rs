@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use rtcroom_protocol::signal::{ClientMessage, MediaKind, ReplyData, StreamType};
+use rtcroom_protocol::signal::{ClientMessage, MediaKind, ReplyData, StreamType, VideoStreamType};
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, UserId};
 use tokio::sync::oneshot;
 
@@ -141,6 +141,9 @@ pub struct SubscribeParams {
     /// How long the jitter buffer waits for late or reordered packets (also the delay
     /// before the first frame comes out).
     pub jitter_latency: Duration,
+    /// Of a simulcast stream, the layer to start on (`None`: the one chosen with
+    /// `setRemoteVideoStreamType` for this stream, else big).
+    pub video_type: Option<VideoStreamType>,
 }
 
 /// A user request to the client actor: the core's [`Call`], with the local streams and
@@ -163,6 +166,7 @@ impl Call<PcRole> {
             stream_type: local.stream_type(),
             has_audio: local.has_audio(),
             has_video: local.has_video(),
+            layers: local.layers(),
             media: PcRole::Uplink(local),
         }
     }
@@ -523,6 +527,11 @@ impl ClientActor {
                 };
                 if let Some(tx) = self.calls.remove(&call) {
                     let _ = tx.send(result);
+                }
+            }
+            Output::SetActiveLayers { media, active, .. } => {
+                if let PcRole::Uplink(local) = media {
+                    local.set_active_layers(&active);
                 }
             }
             Output::ClosePc { pc_id } => {

@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::custom_message::MessageBudget;
 use rtcroom_protocol::signal::{
-    BanReason, ClientMessage, IceRestartRequest, JoinRequest, JoinResult, LinkDirection, MediaKind,
-    PublishRequest, ReplyData, ServerEvent, StreamInfo, StreamType, SubscribeRequest, VideoCodec,
+    BanReason, ClientMessage, IceRestartRequest, JoinRequest, JoinResult, LinkDirection,
+    MAX_LAYERS, MediaKind, PublishRequest, ReplyData, ServerEvent, StreamInfo, StreamType,
+    SubscribeRequest, VideoCodec, VideoLayer, VideoStreamType,
 };
 use rtcroom_protocol::{ErrorCode, Mode, Role, RtcError, UserId};
 
@@ -74,6 +75,9 @@ pub enum LinkRequest {
         has_audio: bool,
         /// It has video.
         has_video: bool,
+        /// Simulcast: its video layers, as the offer's `a=simulcast:send` names them (empty:
+        /// one layer).
+        layers: Vec<VideoLayer>,
     },
     /// `subscribe` to a remote stream's tracks.
     Subscribe {
@@ -85,6 +89,8 @@ pub enum LinkRequest {
         audio: bool,
         /// Receive its video.
         video: bool,
+        /// Of a simulcast stream, the layer asked for (`None`: the server's default, big).
+        video_type: Option<VideoStreamType>,
     },
 }
 
@@ -114,23 +120,27 @@ impl LinkRequest {
                 stream_type,
                 has_audio,
                 has_video,
+                layers,
             } => ClientMessage::Publish(PublishRequest {
                 stream_type,
                 has_audio,
                 has_video,
                 sdp: Some(sdp),
+                layers,
             }),
             LinkRequest::Subscribe {
                 user_id,
                 stream_type,
                 audio,
                 video,
+                video_type,
             } => ClientMessage::Subscribe(SubscribeRequest {
                 user_id,
                 stream_type,
                 audio,
                 video,
                 sdp: Some(sdp),
+                video_type,
             }),
         }
     }
@@ -181,6 +191,10 @@ pub enum Call<M> {
         has_audio: bool,
         /// It has video.
         has_video: bool,
+        /// Simulcast (a small stream): its video layers, as its offer names them (empty: one
+        /// layer). Sent with the publish; the server's `layers-wanted` about them becomes
+        /// [`Output::SetActiveLayers`].
+        layers: Vec<VideoLayer>,
     },
     /// Stop publishing a local stream.
     Unpublish {
@@ -223,6 +237,17 @@ pub enum Call<M> {
         payload_type: u8,
         /// The message.
         data: Vec<u8>,
+    },
+    /// Receive the big or the small layer of a remote simulcast stream (TRTC's
+    /// `setRemoteVideoStreamType`): told to the server for a subscription of a stream with
+    /// layers, and kept for the stream's later subscriptions.
+    SetRemoteVideoStreamType {
+        /// Whose stream.
+        user_id: UserId,
+        /// Which stream.
+        stream_type: StreamType,
+        /// Big or small.
+        video_type: VideoStreamType,
     },
 }
 
@@ -448,6 +473,19 @@ pub enum Output<M> {
         /// The message.
         data: Vec<u8>,
     },
+    /// Encode only these layers of an uplink's simulcast video (the server's `layers-wanted`,
+    /// dynacast), pause the others; a layer that resumes starts with a keyframe. Every layer
+    /// again when the link negotiates a new peer connection (the server starts a new
+    /// publication with every layer wanted).
+    SetActiveLayers {
+        /// The link.
+        key: LinkKey,
+        /// Its local stream.
+        media: M,
+        /// The rids of the layers to encode (a subset of the published ones, in their order;
+        /// may be empty: nobody receives the video).
+        active: Vec<String>,
+    },
     /// Close peer connection `pc_id`.
     ClosePc {
         /// Which.
@@ -514,6 +552,9 @@ struct Link<M> {
     pipeline_ready: bool,
     /// An ICE restart of the current peer connection is running.
     restarting_ice: bool,
+    /// Uplinks with simulcast: the rids encoded now, when the server paused some (`None`:
+    /// every layer).
+    active_layers: Option<Vec<String>>,
 }
 
 /// A timer the core set.
@@ -555,6 +596,31 @@ pub fn heartbeat_interval(configured: Duration, server_s: u32) -> Duration {
     }
 }
 
+/// A publication's simulcast layers: none, or 2 to [`MAX_LAYERS`] valid layers with distinct
+/// rids, of a stream with video. INVALID_PARAMETER otherwise.
+fn check_layers(has_video: bool, layers: &[VideoLayer]) -> Result<(), RtcError> {
+    if layers.is_empty() {
+        return Ok(());
+    }
+    let bad = |why: String| Err(RtcError::invalid_parameter(None, why));
+    if !has_video {
+        return bad("simulcast layers need a video track".into());
+    }
+    if layers.len() < 2 || layers.len() > MAX_LAYERS {
+        return bad(format!(
+            "{} simulcast layers: 2 to {MAX_LAYERS} are possible",
+            layers.len()
+        ));
+    }
+    for (i, layer) in layers.iter().enumerate() {
+        layer.validate().or_else(bad)?;
+        if layers[..i].iter().any(|l| l.rid == layer.rid) {
+            return bad(format!("the layer rid {:?} is repeated", layer.rid));
+        }
+    }
+    Ok(())
+}
+
 /// Output queue capacity an idle core keeps.
 const OUTPUT_QUEUE_KEPT: usize = 16;
 
@@ -584,6 +650,8 @@ pub struct ClientCore<M> {
     out: VecDeque<Output<M>>,
     /// TRTC's limits on SEI messages sent.
     sei_budget: MessageBudget,
+    /// `setRemoteVideoStreamType` choices, for subscriptions made later (this session).
+    remote_video_types: HashMap<(UserId, StreamType), VideoStreamType>,
     now: Instant,
     span: tracing::Span,
 }
@@ -609,6 +677,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
             timers: Vec::new(),
             out: VecDeque::new(),
             sei_budget: MessageBudget::default(),
+            remote_video_types: HashMap::new(),
             now,
             span,
         }
@@ -786,7 +855,16 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 stream_type,
                 has_audio,
                 has_video,
-            } => self.publish(call, media, stream_type, has_audio, has_video),
+                layers,
+            } => {
+                let request = LinkRequest::Publish {
+                    stream_type,
+                    has_audio,
+                    has_video,
+                    layers,
+                };
+                self.publish(call, media, request)
+            }
             Call::Unpublish { media, stream_type } => self.unpublish(call, media, stream_type),
             Call::Subscribe(params) => self.subscribe(params, Some(call)),
             Call::Unsubscribe {
@@ -804,6 +882,11 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 payload_type,
                 data,
             } => self.send_sei(call, stream_type, payload_type, data),
+            Call::SetRemoteVideoStreamType {
+                user_id,
+                stream_type,
+                video_type,
+            } => self.set_remote_video_stream_type(call, user_id, stream_type, video_type),
         }
     }
 
@@ -844,6 +927,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         }
         self.close_media();
         self.room.clear();
+        self.remote_video_types.clear();
         self.refresh_view();
         self.report(plan.change);
     }
@@ -894,14 +978,21 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         );
     }
 
-    fn publish(
-        &mut self,
-        call: CallId,
-        media: M,
-        stream_type: StreamType,
-        has_audio: bool,
-        has_video: bool,
-    ) {
+    /// `request` is a [`LinkRequest::Publish`].
+    fn publish(&mut self, call: CallId, media: M, request: LinkRequest) {
+        let LinkRequest::Publish {
+            stream_type,
+            has_video,
+            layers,
+            ..
+        } = &request
+        else {
+            return;
+        };
+        let stream_type = *stream_type;
+        if let Err(e) = check_layers(*has_video, layers) {
+            return self.answer(Some(call), Err(e));
+        }
         if let Err(e) = self.life.require_joined("publish") {
             return self.answer(Some(call), Err(e));
         }
@@ -929,11 +1020,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
             key.clone(),
             Link {
                 media: Some(media),
-                request: LinkRequest::Publish {
-                    stream_type,
-                    has_audio,
-                    has_video,
-                },
+                request,
                 subscription: None,
                 pc_id: 0,
                 phase: LinkPhase::Waiting,
@@ -944,6 +1031,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 restarts: RestartBudget::default(),
                 pipeline_ready: true,
                 restarting_ice: false,
+                active_layers: None,
             },
         );
         self.negotiate_link(key);
@@ -1057,6 +1145,11 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                     stream_type: params.stream_type,
                     audio,
                     video,
+                    video_type: params.video_type.or_else(|| {
+                        self.remote_video_types
+                            .get(&(params.user_id.clone(), params.stream_type))
+                            .copied()
+                    }),
                 },
                 subscription: Some((params, info.video_codec)),
                 pc_id: reserve,
@@ -1068,6 +1161,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                 restarts: RestartBudget::default(),
                 pipeline_ready: false,
                 restarting_ice: false,
+                active_layers: None,
             },
         );
         self.out.push_back(Output::BuildPipeline {
@@ -1193,6 +1287,93 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
             payload_type,
             data,
         });
+    }
+
+    /// TRTC's `setRemoteVideoStreamType`: kept for this stream's subscriptions from now on
+    /// (a subscription made later asks for that layer, and so does a subscription made
+    /// again), and told to the server at once for a subscription of a stream with layers
+    /// (its refusal is the caller's error). A stream without layers has nothing to switch:
+    /// nothing is sent, as TRTC's SDK only switches a stream that has a small one.
+    fn set_remote_video_stream_type(
+        &mut self,
+        call: CallId,
+        user_id: UserId,
+        stream_type: StreamType,
+        video_type: VideoStreamType,
+    ) {
+        if let Err(e) = self.life.require_joined("setRemoteVideoStreamType") {
+            return self.answer(Some(call), Err(e));
+        }
+        self.remote_video_types
+            .insert((user_id.clone(), stream_type), video_type);
+        let has_layers = self
+            .stream_info(&user_id, stream_type)
+            .is_some_and(|s| !s.layers.is_empty());
+        let signaling_up = self.signaling_up;
+        let key = LinkKey::Down(user_id.clone(), stream_type);
+        let Some(link) = self.links.get_mut(&key) else {
+            return self.answer(Some(call), Ok(()));
+        };
+        if let Some((params, _)) = link.subscription.as_mut() {
+            params.video_type = Some(video_type);
+        }
+        let LinkRequest::Subscribe {
+            video,
+            video_type: asked,
+            ..
+        } = &mut link.request
+        else {
+            return self.answer(Some(call), Ok(()));
+        };
+        *asked = Some(video_type);
+        // Only a subscription that the server knows (its offer went out) is switched by a
+        // request; one still to be negotiated asks for the layer in its `subscribe`.
+        let known = matches!(link.phase, LinkPhase::Negotiating | LinkPhase::Up);
+        if !(*video && known && has_layers && signaling_up) {
+            return self.answer(Some(call), Ok(()));
+        }
+        self.request(
+            ClientMessage::SetRemoteVideoStreamType {
+                user_id,
+                stream_type,
+                video_type,
+            },
+            RequestKind::Other,
+            Pending::Room { call: Some(call) },
+        );
+    }
+
+    /// The server's `layers-wanted` for a published simulcast stream: encode the layers it
+    /// names (the others' encoders pause), when that changes anything. Rids the stream does
+    /// not publish are ignored; an empty list pauses all of its video (nobody receives it).
+    fn layers_wanted(&mut self, stream_type: StreamType, rids: Vec<String>) {
+        let key = LinkKey::Up(stream_type);
+        let Some(link) = self.links.get_mut(&key) else {
+            return;
+        };
+        let LinkRequest::Publish { layers, .. } = &link.request else {
+            return;
+        };
+        if layers.is_empty() {
+            return;
+        }
+        let active: Vec<String> = layers
+            .iter()
+            .filter(|l| rids.contains(&l.rid))
+            .map(|l| l.rid.clone())
+            .collect();
+        let all = active.len() == layers.len();
+        let now = if all { None } else { Some(active.clone()) };
+        if now == link.active_layers {
+            return;
+        }
+        link.active_layers = now;
+        let Some(media) = link.media.clone() else {
+            return;
+        };
+        tracing::info!(?stream_type, ?active, "layers wanted by the server");
+        self.out
+            .push_back(Output::SetActiveLayers { key, media, active });
     }
 
     fn replied(&mut self, id: RequestId, result: Result<Option<ReplyData>, SignalError>) {
@@ -1434,6 +1615,31 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                     self.report(change);
                 }
             }
+            ServerEvent::LayersWanted { stream_type, rids } => {
+                self.layers_wanted(stream_type, rids)
+            }
+            ServerEvent::VideoLayerChanged {
+                user_id,
+                stream_type,
+                rid,
+                video_type,
+                reason,
+            } => {
+                // Only for a subscription this client has (a late event for one that ended
+                // is not news to anybody).
+                if self
+                    .links
+                    .contains_key(&LinkKey::Down(user_id.clone(), stream_type))
+                {
+                    self.emit(ClientEvent::VideoLayerChanged {
+                        user_id,
+                        stream_type,
+                        video_type,
+                        rid,
+                        reason,
+                    });
+                }
+            }
             other => {
                 let events = self.room.apply(other);
                 self.emit_room_events(events, false);
@@ -1545,6 +1751,17 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
         };
         link.pc_id = id;
         link.phase = LinkPhase::Negotiating;
+        if link.active_layers.take().is_some()
+            && let LinkRequest::Publish { layers, .. } = &link.request
+        {
+            // A new peer connection is a new publication: the server wants every layer
+            // until it says otherwise.
+            self.out.push_back(Output::SetActiveLayers {
+                key: key.clone(),
+                media: media.clone(),
+                active: layers.iter().map(|l| l.rid.clone()).collect(),
+            });
+        }
         if !signaling_up {
             self.negotiated(
                 key,
@@ -1938,6 +2155,7 @@ impl<M: LinkMedia + std::fmt::Debug> ClientCore<M> {
                     video: true,
                     output: self.settings.auto_subscribe_output.clone(),
                     jitter_latency: rtcroom_pipelines::DEFAULT_JITTER_LATENCY,
+                    video_type: None,
                 };
                 // Auto-subscribe failures are logged, not reported (nobody asked).
                 self.subscribe(params, None);
@@ -2026,6 +2244,7 @@ mod tests {
             audio_muted: false,
             video_muted: false,
             video_codec: Some(codec),
+            layers: Vec::new(),
         }
     }
 
@@ -2049,6 +2268,7 @@ mod tests {
             video: true,
             output: SubscribeOutput::Discard,
             jitter_latency: Duration::from_millis(50),
+            video_type: None,
         }
     }
 
@@ -2200,6 +2420,7 @@ mod tests {
             stream_type: StreamType::Main,
             has_audio: true,
             has_video: true,
+            layers: Vec::new(),
         })
     }
 
@@ -2573,6 +2794,7 @@ mod tests {
             stream_type: StreamType::Auxiliary,
             audio: false,
             video: true,
+            video_type: None,
         };
         assert_eq!(
             request.ice_restart_message("o".into()),
@@ -3347,5 +3569,335 @@ mod tests {
             })
             .is_empty()
         );
+    }
+
+    // ---- simulcast (TRTC's big and small streams) ----------------------------------
+
+    fn layer(rid: &str, width: u32, height: u32, bitrate_kbps: u32) -> VideoLayer {
+        VideoLayer {
+            rid: rid.into(),
+            width,
+            height,
+            bitrate_kbps,
+        }
+    }
+
+    fn two_layers() -> Vec<VideoLayer> {
+        vec![layer("h", 640, 480, 900), layer("l", 160, 120, 100)]
+    }
+
+    impl Sim {
+        fn server(&mut self, event: ServerEvent) -> Vec<Out> {
+            let generation = self.core.generation();
+            self.input(Input::Server { generation, event })
+        }
+    }
+
+    fn active_layers(outs: &[Out]) -> Vec<Vec<String>> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::SetActiveLayers {
+                    key: UP,
+                    media: Media(1),
+                    active,
+                } => Some(active.clone()),
+                Output::SetActiveLayers { .. } => panic!("another link: {o:?}"),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn wanted(rids: &[&str]) -> ServerEvent {
+        ServerEvent::LayersWanted {
+            stream_type: StreamType::Main,
+            rids: rids.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// Publish media 1 with `layers` and connect it: its peer connection.
+    fn published_with(sim: &mut Sim, layers: Vec<VideoLayer>) -> PcId {
+        let (_, outs) = sim.call(Call::Publish {
+            media: Media(1),
+            stream_type: StreamType::Main,
+            has_audio: true,
+            has_video: true,
+            layers,
+        });
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        sim.connect(UP, pc);
+        pc
+    }
+
+    #[test]
+    fn a_publish_with_a_small_stream_announces_its_layers_and_bad_layers_are_refused() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[]);
+        let publish_with = |sim: &mut Sim, has_video: bool, layers: Vec<VideoLayer>| {
+            sim.call(Call::Publish {
+                media: Media(1),
+                stream_type: StreamType::Main,
+                has_audio: true,
+                has_video,
+                layers,
+            })
+        };
+        // Layers need video, at least two, at most MAX_LAYERS, valid, distinct rids.
+        let h = layer("h", 640, 480, 900);
+        for bad in [
+            (false, two_layers()),
+            (true, vec![h.clone()]),
+            (true, vec![h.clone(); 2]),
+            (true, vec![h.clone(), layer("l", 0, 120, 100)]),
+            (true, vec![h.clone(), layer("l l", 160, 120, 100)]),
+            (
+                true,
+                (0..=MAX_LAYERS)
+                    .map(|i| layer(&format!("r{i}"), 160, 120, 100))
+                    .collect(),
+            ),
+        ] {
+            let (call, outs) = publish_with(&mut sim, bad.0, bad.1.clone());
+            assert!(negotiations(&outs).is_empty(), "{bad:?}: {outs:?}");
+            let e = reply_of(&outs, call).expect("answered").unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidParameter, "{bad:?}");
+        }
+        let (_, outs) = publish_with(&mut sim, true, two_layers());
+        let request = outs
+            .iter()
+            .find_map(|o| match o {
+                Output::Negotiate { request, .. } => Some(request.clone()),
+                _ => None,
+            })
+            .expect("negotiates");
+        let ClientMessage::Publish(p) = request.message("offer".into()) else {
+            panic!("{request:?}")
+        };
+        assert_eq!(p.layers, two_layers());
+        assert_eq!(p.sdp.as_deref(), Some("offer"));
+        // Without a small stream: no layers on the wire.
+        let mut plain = Sim::new(Mode::Rtc, false);
+        plain.join(&[]);
+        let (_, outs) = publish(&mut plain, 1);
+        let request = outs
+            .iter()
+            .find_map(|o| match o {
+                Output::Negotiate { request, .. } => Some(request.clone()),
+                _ => None,
+            })
+            .expect("negotiates");
+        let ClientMessage::Publish(p) = request.message("offer".into()) else {
+            panic!("{request:?}")
+        };
+        assert!(p.layers.is_empty());
+    }
+
+    #[test]
+    fn layers_wanted_pauses_and_resumes_the_published_layers_and_a_new_publication_has_all() {
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[]);
+        let pc = published_with(&mut sim, two_layers());
+        // Everything wanted, as at the start: nothing to do.
+        assert!(active_layers(&sim.server(wanted(&["h", "l"]))).is_empty());
+        // Nobody receives the small layer.
+        assert_eq!(active_layers(&sim.server(wanted(&["h"]))), [vec!["h"]]);
+        assert!(
+            active_layers(&sim.server(wanted(&["h"]))).is_empty(),
+            "no change"
+        );
+        // Only the small one; an unknown rid is ignored; the list keeps the publication's order.
+        assert_eq!(active_layers(&sim.server(wanted(&["x", "l"]))), [vec!["l"]]);
+        // Nobody receives the video at all.
+        assert_eq!(
+            active_layers(&sim.server(wanted(&[]))),
+            [Vec::<String>::new()]
+        );
+        // Both again.
+        assert_eq!(
+            active_layers(&sim.server(wanted(&["l", "h"]))),
+            [vec!["h", "l"]]
+        );
+        // Another stream type, not published: nothing.
+        let outs = sim.server(ServerEvent::LayersWanted {
+            stream_type: StreamType::Auxiliary,
+            rids: vec![],
+        });
+        assert!(active_layers(&outs).is_empty(), "{outs:?}");
+        // Paused again, then the link fails and is rebuilt: the new publication starts with
+        // every layer (before its offer goes out), as the server expects.
+        assert_eq!(active_layers(&sim.server(wanted(&["h"]))), [vec!["h"]]);
+        sim.input(Input::Pc {
+            pc_id: pc,
+            kind: PcEventKind::Failed,
+        });
+        let outs = sim.advance(Duration::from_secs(30));
+        let layers_at = outs
+            .iter()
+            .position(|o| matches!(o, Output::SetActiveLayers { .. }))
+            .expect("every layer again");
+        let negotiate_at = outs
+            .iter()
+            .position(|o| matches!(o, Output::Negotiate { .. }))
+            .expect("renegotiated");
+        assert!(layers_at < negotiate_at, "{outs:?}");
+        assert_eq!(active_layers(&outs), [vec!["h", "l"]]);
+        // A publication without layers ignores the event.
+        let mut plain = Sim::new(Mode::Rtc, false);
+        plain.join(&[]);
+        plain.published();
+        let outs = plain.server(wanted(&["h"]));
+        assert!(active_layers(&outs).is_empty(), "{outs:?}");
+    }
+
+    fn simulcast_stream(of: &str) -> StreamInfo {
+        StreamInfo {
+            layers: vec![layer("l", 160, 120, 100), layer("h", 640, 480, 900)],
+            ..stream(of, VideoCodec::H264)
+        }
+    }
+
+    #[test]
+    fn a_subscriptions_layer_change_is_reported_as_an_event() {
+        let changed = ServerEvent::VideoLayerChanged {
+            user_id: user("bob"),
+            stream_type: StreamType::Main,
+            rid: "l".into(),
+            video_type: VideoStreamType::Small,
+            reason: rtcroom_protocol::signal::LayerChangeReason::Request,
+        };
+        let mut sim = Sim::new(Mode::Rtc, false);
+        sim.join(&[simulcast_stream("bob")]);
+        // Not subscribed: not news.
+        let outs = sim.server(changed.clone());
+        assert!(
+            !outs.iter().any(|o| matches!(o, Output::Event(_))),
+            "{outs:?}"
+        );
+        subscribed(&mut sim, 1);
+        let outs = sim.server(changed);
+        let events: Vec<&ClientEvent> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [&ClientEvent::VideoLayerChanged {
+                user_id: user("bob"),
+                stream_type: StreamType::Main,
+                video_type: VideoStreamType::Small,
+                rid: "l".into(),
+                reason: rtcroom_protocol::signal::LayerChangeReason::Request,
+            }]
+        );
+    }
+
+    #[test]
+    fn the_remote_video_stream_type_is_asked_for_in_subscriptions_and_switched_on_the_server() {
+        let set = |sim: &mut Sim, user_id: &str, video_type| {
+            sim.call(Call::SetRemoteVideoStreamType {
+                user_id: user(user_id),
+                stream_type: StreamType::Main,
+                video_type,
+            })
+        };
+        let mut sim = Sim::new(Mode::Rtc, false);
+        // Before joining: the caller's error.
+        let (call, outs) = set(&mut sim, "bob", VideoStreamType::Small);
+        assert_eq!(
+            reply_of(&outs, call).expect("answered").unwrap_err().code,
+            ErrorCode::InvalidOperation
+        );
+        let mut carol = stream("carol", VideoCodec::H264);
+        carol.user_id = user("carol");
+        sim.join(&[simulcast_stream("bob"), carol]);
+        // Not subscribed yet: kept for the subscription, nothing sent.
+        let (call, outs) = set(&mut sim, "bob", VideoStreamType::Small);
+        assert_eq!(reply_of(&outs, call), Some(Ok(())));
+        assert!(requests(&outs).is_empty(), "{outs:?}");
+        let (_, outs) = sim.call(Call::Subscribe(subscription("bob")));
+        let (key, pipeline) = one(builds(&outs));
+        let outs = sim.input(Input::PipelineBuilt {
+            key: key.clone(),
+            pc_id: pipeline,
+            result: Ok(Media(1)),
+        });
+        let (request, pc) = outs
+            .iter()
+            .find_map(|o| match o {
+                Output::Negotiate { request, pc_id, .. } => Some((request.clone(), *pc_id)),
+                _ => None,
+            })
+            .expect("negotiates");
+        let ClientMessage::Subscribe(sub) = request.message("offer".into()) else {
+            panic!("{request:?}")
+        };
+        assert_eq!(sub.video_type, Some(VideoStreamType::Small));
+        sim.connect(key.clone(), pc);
+        // Subscribed: the server switches it; its refusal is the caller's error.
+        let (call, outs) = set(&mut sim, "bob", VideoStreamType::Big);
+        let (id, msg) = one(requests(&outs));
+        assert_eq!(
+            msg,
+            ClientMessage::SetRemoteVideoStreamType {
+                user_id: user("bob"),
+                stream_type: StreamType::Main,
+                video_type: VideoStreamType::Big,
+            }
+        );
+        assert_eq!(reply_of(&outs, call), None, "answered by the server");
+        let outs = sim.input(Input::Replied {
+            id,
+            result: Err(SignalError::Rejected(RtcError::invalid_operation(
+                None, "refused",
+            ))),
+        });
+        assert_eq!(
+            reply_of(&outs, call).expect("answered").unwrap_err().code,
+            ErrorCode::InvalidOperation
+        );
+        // A new subscription of the same stream (a pipeline rebuild) asks for the last choice.
+        let outs = sim.input(Input::PipelineFailed {
+            key: key.clone(),
+            pipeline,
+            error: "decoder".into(),
+        });
+        let (key, pipeline) = one(builds(&outs));
+        let outs = sim.input(Input::PipelineBuilt {
+            key,
+            pc_id: pipeline,
+            result: Ok(Media(2)),
+        });
+        let request = outs
+            .iter()
+            .find_map(|o| match o {
+                Output::Negotiate { request, .. } => Some(request.clone()),
+                _ => None,
+            })
+            .expect("negotiates again");
+        let ClientMessage::Subscribe(sub) = request.message("offer".into()) else {
+            panic!("{request:?}")
+        };
+        assert_eq!(sub.video_type, Some(VideoStreamType::Big));
+        // A stream without layers has nothing to switch: nothing is sent.
+        let mut carol_sub = subscription("carol");
+        carol_sub.video_type = None;
+        let (_, outs) = sim.call(Call::Subscribe(carol_sub));
+        let (key, pipeline) = one(builds(&outs));
+        let outs = sim.input(Input::PipelineBuilt {
+            key: key.clone(),
+            pc_id: pipeline,
+            result: Ok(Media(3)),
+        });
+        let [(_, pc)] = negotiations(&outs)[..] else {
+            panic!("{outs:?}")
+        };
+        sim.connect(key, pc);
+        let (call, outs) = set(&mut sim, "carol", VideoStreamType::Small);
+        assert_eq!(reply_of(&outs, call), Some(Ok(())));
+        assert!(requests(&outs).is_empty(), "{outs:?}");
     }
 }

@@ -6,7 +6,9 @@
 
 use rtcroom_protocol::RtcError;
 use rtcroom_protocol::UserId;
-pub use rtcroom_protocol::signal::{BanReason, LeaveReason, StreamType};
+pub use rtcroom_protocol::signal::{
+    BanReason, LayerChangeReason, LeaveReason, StreamType, VideoStreamType,
+};
 
 use crate::lifecycle::ConnectionState;
 
@@ -127,6 +129,22 @@ pub enum ClientEvent {
         /// The message.
         data: Vec<u8>,
     },
+    /// The layer of a simulcast stream this client receives changed (TRTC's big and small
+    /// streams): the layer asked for with `setRemoteVideoStreamType` (or in `subscribe`) is
+    /// flowing now, from a keyframe of it on, or the server moved the subscription to another
+    /// layer for its bandwidth. Also when a subscription gets its first layer.
+    VideoLayerChanged {
+        /// The publisher.
+        user_id: UserId,
+        /// Its main stream or its auxiliary one.
+        stream_type: StreamType,
+        /// Big (the stream's biggest layer) or small (a smaller one).
+        video_type: VideoStreamType,
+        /// The layer's rid, as its publisher named it.
+        rid: String,
+        /// Asked for, or the bandwidth's choice.
+        reason: LayerChangeReason,
+    },
     /// `audio-volume` (after `enable_audio_volume_evaluation`): every interval, the loudest
     /// volume of each audio stream since the last report: this client's published streams
     /// (under its own user id) and the subscriptions that decode audio (Play, Frames).
@@ -157,4 +175,6 @@ pub struct RemoteMutedState {
     pub audio_muted: bool,
     /// The video is muted.
     pub video_muted: bool,
+    /// The stream also sends a small video stream (TRTC's `hasSmall`: simulcast layers).
+    pub has_small: bool,
 }

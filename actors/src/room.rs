@@ -45,6 +45,7 @@ fn removed_info(user_id: &UserId, stream_type: StreamType) -> StreamInfo {
         audio_muted: false,
         video_muted: false,
         video_codec: None,
+        layers: Vec::new(),
     }
 }
 
@@ -254,6 +255,7 @@ impl RoomState {
                 has_video: s.has_video,
                 audio_muted: s.audio_muted,
                 video_muted: s.video_muted,
+                has_small: s.layers.len() > 1,
             })
     }
 
@@ -282,6 +284,7 @@ mod tests {
             audio_muted: false,
             video_muted: false,
             video_codec: None,
+            layers: Vec::new(),
         }
     }
 

@@ -11,6 +11,7 @@ use rtcroom_actors::{
     ClientActor, ClientEvent, ClientHub, ClientRequest, ConnectionState, GetRemoteStats,
     RemoteMutedState, RemoteStreamInfo, Shutdown, SubscribeParams,
 };
+use rtcroom_protocol::signal::{StreamType, VideoStreamType};
 use rtcroom_protocol::{ErrorCode, Mode, Role, RtcError, UserId};
 use tokio::sync::mpsc;
 
@@ -150,7 +151,30 @@ impl Client {
             video: options.video,
             output: options.output,
             jitter_latency: options.jitter_latency,
+            video_type: options.video_type,
         }))
+        .await
+    }
+
+    /// Receive the big or the small layer of a remote stream with a small stream (TRTC's
+    /// `setRemoteVideoStreamType(remoteStream, 'big' | 'small')`). For a subscribed stream
+    /// the server switches at the next keyframe of that layer (asked for at once), and
+    /// [`ClientEvent::VideoLayerChanged`] reports it; the choice is also kept for the
+    /// stream's later subscriptions in this session (as TRTC 4.12.5+ does, it may be made
+    /// before subscribing), unless [`SubscribeOptions::video_type`] says otherwise. A stream
+    /// without a small stream has nothing to switch: `Ok`, nothing changes. Errors:
+    /// INVALID_OPERATION before `join`; the server's refusal.
+    pub async fn set_remote_video_stream_type(
+        &self,
+        user_id: &UserId,
+        stream_type: StreamType,
+        video_type: VideoStreamType,
+    ) -> Result<(), RtcError> {
+        self.request(Call::SetRemoteVideoStreamType {
+            user_id: user_id.clone(),
+            stream_type,
+            video_type,
+        })
         .await
     }
 

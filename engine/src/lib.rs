@@ -83,10 +83,16 @@
 //! DOWNLINK_RECONNECTION_FAILED (0x4008) and drops that stream. Pipelines are built and
 //! stopped on threads of their own, never on the engine thread that drives ICE and DTLS.
 //!
+//! Small streams (TRTC's big and small streams, a two-layer simulcast): a stream created
+//! with [`StreamConfig::with_small_stream`] encodes its video twice and publishes both
+//! layers on one video transceiver (rids `h` and `l`); a subscriber receives one
+//! ([`SubscribeOptions::with_video_type`], [`Client::set_remote_video_stream_type`],
+//! [`ClientEvent::VideoLayerChanged`]), and the publisher pauses a layer the server says
+//! nobody receives.
+//!
 //! ## Not here yet
-//! No ICE restart (a failing link is rebuilt with a new peer connection instead), no
-//! simulcast or bandwidth adaptation, no black/silent frames while muted (nothing is sent),
-//! no SEI messages.
+//! No black/silent frames while muted (nothing is sent); no bandwidth estimation of the
+//! client's own (layer choices by bandwidth are the server's).
 //!
 //! ## Memory in a process with many clients
 //! glibc's malloc keeps freed memory when its mmap threshold has grown (it does after any
@@ -117,5 +123,7 @@ pub type RemoteStream = RemoteStreamInfo;
 pub use rtcroom_actors::{
     AudioVolume, ClientEvent, ConnectionState, RemoteMutedState, RemoteStreamInfo,
 };
-pub use rtcroom_protocol::signal::{BanReason, LeaveReason, StreamType, VideoCodec};
+pub use rtcroom_protocol::signal::{
+    BanReason, LayerChangeReason, LeaveReason, StreamType, VideoCodec, VideoLayer, VideoStreamType,
+};
 pub use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};

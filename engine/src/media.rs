@@ -16,7 +16,7 @@ use rtcroom_pipelines::{
     AppAudioInput, AppVideoInput, AudioProfile, AudioTrackConfig, LocalConfig, LocalOutputs,
     MediaKind, SourceKind, VideoProfile, VideoTrackConfig,
 };
-use rtcroom_protocol::signal::{self, StreamType, VideoCodec};
+use rtcroom_protocol::signal::{self, StreamType, VideoCodec, VideoStreamType};
 use rtcroom_protocol::{ErrorCode, RtcError};
 use tokio::sync::oneshot;
 
@@ -34,6 +34,24 @@ pub use rtcroom_pipelines::{
 ///     .with_audio(false)
 ///     .with_video_profile(VideoProfile::new(320, 240, 30, 400));
 /// assert!(config.video && !config.audio);
+/// ```
+///
+/// ## Small stream (simulcast)
+///
+/// TRTC's Web SDK enables the small stream on the client (`client.enableSmallStream()` and
+/// `client.setSmallStreamProfile({width, height, bitrate, frameRate})` before `publish`).
+/// Here the small stream is part of the stream, because its encoder is part of the stream's
+/// pipeline: [`StreamConfig::with_small_stream`] at creation (TRTC's default profile:
+/// [`VideoProfile::SMALL_STREAM`], 160×120, 15 fps, 100 kbit/s), and
+/// [`LocalStream::set_small_stream_profile`] later. Such a stream is published as two
+/// layers of one video track (rids `h` and `l`); each subscriber receives one
+/// ([`SubscribeOptions::with_video_type`], [`crate::Client::set_remote_video_stream_type`])
+/// and the server pauses a layer nobody receives.
+///
+/// ```
+/// use rtcroom::{StreamConfig, VideoProfile};
+/// let config = StreamConfig::default().with_small_stream(Some(VideoProfile::SMALL_STREAM));
+/// assert_eq!(config.small_stream, Some(VideoProfile::new(160, 120, 15, 100)));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -53,6 +71,10 @@ pub struct StreamConfig {
     pub audio_profile: AudioProfile,
     /// Main (camera/mic) or auxiliary (screen share).
     pub stream_type: StreamType,
+    /// A small stream (TRTC's `enableSmallStream` / `setSmallStreamProfile`): the video
+    /// encoded a second time at this profile and published as a second layer. Needs video
+    /// and a bitrate below `video_profile`'s. Default `None`.
+    pub small_stream: Option<VideoProfile>,
 }
 
 impl Default for StreamConfig {
@@ -66,6 +88,7 @@ impl Default for StreamConfig {
             video_codec: VideoCodec::H264,
             audio_profile: AudioProfile::default(),
             stream_type: StreamType::Main,
+            small_stream: None,
         }
     }
 }
@@ -85,7 +108,28 @@ crate::config::with_fields!(StreamConfig {
     with_audio_profile => audio_profile: AudioProfile,
     /// Main or auxiliary.
     with_stream_type => stream_type: StreamType,
+    /// With a small stream at this profile (`Some(VideoProfile::SMALL_STREAM)`: TRTC's
+    /// default), or without one.
+    with_small_stream => small_stream: Option<VideoProfile>,
 });
+
+/// A small stream's profile against its stream's video profile: valid, and a bitrate below
+/// the video's (the layers are told apart by bitrate). INVALID_PARAMETER otherwise.
+fn check_small_stream(video: &VideoProfile, small: &VideoProfile) -> Result<(), RtcError> {
+    small
+        .validate()
+        .map_err(|e| RtcError::invalid_parameter(None, format!("small stream: {e}")))?;
+    if small.bitrate_kbps >= video.bitrate_kbps {
+        return Err(RtcError::invalid_parameter(
+            None,
+            format!(
+                "the small stream's bitrate ({} kbit/s) must be below the video's ({} kbit/s)",
+                small.bitrate_kbps, video.bitrate_kbps
+            ),
+        ));
+    }
+    Ok(())
+}
 
 impl StreamConfig {
     fn pipeline_config(&self) -> LocalConfig {
@@ -102,6 +146,7 @@ impl StreamConfig {
             profile: self.audio_profile,
             ..Default::default()
         });
+        c.small_video = self.small_stream.filter(|_| self.video);
         c
     }
 }
@@ -127,8 +172,9 @@ async fn off_thread<T: Send + 'static>(
 }
 
 /// Create and start a local stream (TRTC's `TRTC.createStream` + `initialize`). Errors:
-/// INVALID_PARAMETER without audio and video or with a bad profile; INITIALIZE_FAILED when
-/// the pipeline cannot be built (missing device, file or encoder).
+/// INVALID_PARAMETER without audio and video, with a bad profile, or with a small stream
+/// without video or not smaller than the video; INITIALIZE_FAILED when the pipeline cannot
+/// be built (missing device, file or encoder).
 pub async fn create_stream(config: StreamConfig) -> Result<LocalStream, RtcError> {
     if !config.audio && !config.video {
         return Err(RtcError::invalid_parameter(
@@ -145,6 +191,15 @@ pub async fn create_stream(config: StreamConfig) -> Result<LocalStream, RtcError
         && let Err(e) = config.audio_profile.validate()
     {
         return Err(RtcError::invalid_parameter(None, e.to_string()));
+    }
+    if let Some(small) = &config.small_stream {
+        if !config.video {
+            return Err(RtcError::invalid_parameter(
+                None,
+                "a small stream needs video",
+            ));
+        }
+        check_small_stream(&config.video_profile, small)?;
     }
     let arbiter = crate::runtime::engine()?;
     let pipeline = config.pipeline_config();
@@ -344,8 +399,43 @@ impl LocalStream {
         let Some(v) = config.video.as_mut() else {
             return Err(RtcError::invalid_operation(None, "the stream has no video"));
         };
+        if let Some(small) = &config.small_video {
+            check_small_stream(&profile, small)?;
+        }
         v.profile = profile;
         self.restart(config).await
+    }
+
+    /// Whether the stream has a small stream (created with
+    /// [`StreamConfig::with_small_stream`]).
+    pub fn has_small_stream(&self) -> bool {
+        self.media.has_small()
+    }
+
+    /// Change the small stream's profile (TRTC's `setSmallStreamProfile`); rebuilds the
+    /// pipeline like [`LocalStream::set_video_profile`] (the layers a publication announced
+    /// stay as announced). INVALID_OPERATION for a stream created without a small stream;
+    /// INVALID_PARAMETER for a bad profile or one not below the video's bitrate.
+    pub async fn set_small_stream_profile(&self, profile: VideoProfile) -> Result<(), RtcError> {
+        let mut config = self.media.config();
+        let Some(video) = config.video.as_ref() else {
+            return Err(RtcError::invalid_operation(None, "the stream has no video"));
+        };
+        if config.small_video.is_none() {
+            return Err(RtcError::invalid_operation(
+                None,
+                "the stream has no small stream: create it with StreamConfig::with_small_stream",
+            ));
+        }
+        check_small_stream(&video.profile, &profile)?;
+        config.small_video = Some(profile);
+        self.restart(config).await
+    }
+
+    /// Whether the small stream is being encoded now: the server pauses it while nobody
+    /// receives it (dynacast). `false` without a small stream.
+    pub fn is_small_stream_active(&self) -> bool {
+        self.media.is_layer_active(rtcroom_pipelines::Layer::Small)
     }
 
     /// Change the audio profile (TRTC's `setAudioProfile`); rebuilds the pipeline.
@@ -371,7 +461,8 @@ impl LocalStream {
     }
 
     /// Video send counters (TRTC's `getLocalVideoStats`): packets and bytes sent, frames
-    /// encoded, keyframe requests answered.
+    /// encoded, keyframe requests answered; with a small stream, the big layer's and the
+    /// small layer's apart.
     pub fn get_local_video_stats(&self) -> LocalVideoStats {
         let s: LocalMediaStats = self.media.stats();
         LocalVideoStats {
@@ -379,6 +470,9 @@ impl LocalStream {
             bytes_sent: s.video_bytes_sent,
             frames_encoded: s.video_frames_encoded,
             keyframe_requests: s.keyframe_requests,
+            small_packets_sent: s.small_video_packets_sent,
+            small_bytes_sent: s.small_video_bytes_sent,
+            small_frames_encoded: s.small_video_frames_encoded,
         }
     }
 
@@ -411,8 +505,14 @@ pub struct LocalVideoStats {
     pub bytes_sent: u64,
     /// Frames that left the encoder (and were sent).
     pub frames_encoded: u64,
-    /// Keyframe requests (PLI/FIR) received.
+    /// Keyframe requests (PLI/FIR) received (for either layer).
     pub keyframe_requests: u64,
+    /// The small stream's RTP packets sent (0 without one, nothing while it is paused).
+    pub small_packets_sent: u64,
+    /// The small stream's RTP bytes sent.
+    pub small_bytes_sent: u64,
+    /// The small stream's frames encoded and sent.
+    pub small_frames_encoded: u64,
 }
 
 /// What to subscribe to and where it goes (TRTC's `subscribe(stream, {audio, video})`,
@@ -431,6 +531,11 @@ pub struct SubscribeOptions {
     /// before the first frame comes out. Default 200 ms (for real networks); on a LAN or
     /// loopback 20 ms is plenty.
     pub jitter_latency: std::time::Duration,
+    /// Of a stream with a small stream, the layer to start on (TRTC's `smallVideo` option of
+    /// `subscribe`); `None` (default): the one chosen with
+    /// [`crate::Client::set_remote_video_stream_type`] for that stream, else big. Ignored for
+    /// a stream of one layer.
+    pub video_type: Option<VideoStreamType>,
 }
 
 impl Default for SubscribeOptions {
@@ -441,6 +546,7 @@ impl Default for SubscribeOptions {
             video: true,
             output: SubscribeOutput::Discard,
             jitter_latency: rtcroom_pipelines::DEFAULT_JITTER_LATENCY,
+            video_type: None,
         }
     }
 }
@@ -464,6 +570,8 @@ crate::config::with_fields!(SubscribeOptions {
     with_output => output: SubscribeOutput,
     /// The jitter buffer's latency.
     with_jitter_latency => jitter_latency: std::time::Duration,
+    /// Start on this layer of a stream with a small stream.
+    with_video_type => video_type: Option<VideoStreamType>,
 });
 
 /// A remote stream's receive stats (TRTC's `getRemoteAudioStats` / `getRemoteVideoStats`).

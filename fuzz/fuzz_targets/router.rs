@@ -1,10 +1,13 @@
 //! The media router (one worker's forwarding state machine) under fuzzed RTP input,
 //! keyframe requests, mute toggles, interest from other workers and peers coming and going,
-//! in virtual time. Starts from a connected publisher and subscriber of one stream.
+//! simulcast layers, layer choices and bandwidth estimates, in virtual time. Starts from a
+//! connected publisher and subscriber of one stream.
 //!
 //! Checked on every output: writes go only to connected subscribers of the packet's stream,
 //! on a track of the packet's kind and codec with that track's payload type; keyframe
-//! requests only to a current publisher; forwards only to other, valid workers. At the end,
+//! requests only to a current publisher; forwards only to other, valid workers; layer
+//! changes only of subscribers, within the stream's layers; wanted layers only to
+//! publishers. At the end,
 //! removing every peer and every interest leaves the router empty.
 
 #![no_main]
@@ -15,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use rtcroom_protocol::signal::{MediaKind, VideoCodec};
+use rtcroom_protocol::signal::{MediaKind, VideoCodec, VideoStreamType};
 use rtcroom_server::media::router::{
-    LocalPeer, MAX_WORKERS, Output, RoutedPacket, Router, RtpIn, StreamId, TrackSpec,
+    LocalPeer, MAX_WORKERS, Output, RoutedPacket, Router, RtpIn, StreamId, Subscription,
+    TrackSpec,
 };
 
 const ME: usize = 3;
@@ -62,6 +66,8 @@ enum Op {
         len: u8,
         /// The payload's first bytes (a keyframe start, or not).
         head: [u8; 4],
+        layer: u8,
+        layers: u8,
     },
     Forward {
         stream: u8,
@@ -70,6 +76,8 @@ enum Op {
         seq: u64,
         ts: u32,
         clock_rate: u32,
+        layer: u8,
+        layers: u8,
     },
     KeyframeRequest {
         peer: u8,
@@ -77,6 +85,15 @@ enum Op {
     RequestKeyframe {
         stream: u8,
         force: bool,
+        layer: Option<u8>,
+    },
+    SetVideoType {
+        peer: u8,
+        small: bool,
+    },
+    Estimate {
+        peer: u8,
+        bps: u32,
     },
     Mute {
         stream: u8,
@@ -87,6 +104,7 @@ enum Op {
         stream: u8,
         worker: u16,
         wants: bool,
+        layers: u32,
     },
     WorkerReset {
         worker: u16,
@@ -99,6 +117,9 @@ enum Op {
         peer: u8,
         stream: u8,
         tracks: Vec<(Kind, u8)>,
+        layers: u8,
+        small: bool,
+        bitrates: Vec<u32>,
     },
     Connected {
         peer: u8,
@@ -150,7 +171,7 @@ fn check(r: &mut Router, m: &Model, sent: Option<(StreamId, Kind)>) {
                     assert_eq!((spec.kind, spec.codec), (k.media(), k.codec()));
                 }
             }
-            Output::RequestKeyframe { publisher } => {
+            Output::RequestKeyframe { publisher, .. } => {
                 assert!(
                     matches!(m.peers.get(&publisher.0), Some((_, Role::Publisher, _))),
                     "keyframe request to {publisher:?}, not a publisher"
@@ -162,6 +183,25 @@ fn check(r: &mut Router, m: &Model, sent: Option<(StreamId, Kind)>) {
                     assert_eq!(packet.stream, s);
                     assert_eq!(packet.kind, k.media());
                 }
+            }
+            Output::LayerChanged { peer, layer, layers, .. } => {
+                assert!(
+                    matches!(m.peers.get(&peer.0), Some((_, Role::Subscriber(_), _))),
+                    "layer change of {peer:?}, not a subscriber"
+                );
+                assert!(layer < layers, "layer {layer} of {layers}");
+            }
+            Output::ResetEstimate { peer, .. } => {
+                assert!(
+                    matches!(m.peers.get(&peer.0), Some((_, Role::Subscriber(_), _))),
+                    "estimate reset of {peer:?}, not a subscriber"
+                );
+            }
+            Output::LayersWanted { publisher, .. } => {
+                assert!(
+                    matches!(m.peers.get(&publisher.0), Some((_, Role::Publisher, _))),
+                    "wanted layers told to {publisher:?}, not a publisher"
+                );
             }
             Output::RelayKeyframe { .. } | Output::Interest { .. } => {}
         }
@@ -212,6 +252,8 @@ fuzz_target!(|ops: Vec<Op>| {
                 clock_rate,
                 len,
                 head,
+                layer,
+                layers,
             } => {
                 let peer = u32::from(peer % PEERS);
                 let mut payload = vec![0xa5; usize::from(len)];
@@ -225,6 +267,8 @@ fuzz_target!(|ops: Vec<Op>| {
                     ts,
                     marker,
                     clock_rate,
+                    layer,
+                    layers,
                     payload: Arc::from(payload),
                 };
                 let taken = r.on_rtp(LocalPeer(peer), packet, now);
@@ -245,6 +289,8 @@ fuzz_target!(|ops: Vec<Op>| {
                 seq,
                 ts,
                 clock_rate,
+                layer,
+                layers,
             } => {
                 let stream = StreamId(u32::from(stream % STREAMS));
                 r.on_forward(&RoutedPacket {
@@ -257,6 +303,8 @@ fuzz_target!(|ops: Vec<Op>| {
                     marker: false,
                     clock_rate,
                     arrival: now,
+                    layer,
+                    layers,
                     payload: Arc::from(&[1u8, 2, 3][..]),
                 });
                 check(&mut r, &m, Some((stream, kind)));
@@ -265,8 +313,21 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::KeyframeRequest { peer } => {
                 r.on_keyframe_request(LocalPeer(u32::from(peer % PEERS)), now)
             }
-            Op::RequestKeyframe { stream, force } => {
-                r.request_keyframe(StreamId(u32::from(stream % STREAMS)), force, now)
+            Op::RequestKeyframe {
+                stream,
+                force,
+                layer,
+            } => r.request_keyframe(StreamId(u32::from(stream % STREAMS)), force, layer, now),
+            Op::SetVideoType { peer, small } => {
+                let want = if small {
+                    VideoStreamType::Small
+                } else {
+                    VideoStreamType::Big
+                };
+                r.set_video_type(LocalPeer(u32::from(peer % PEERS)), want, now);
+            }
+            Op::Estimate { peer, bps } => {
+                r.on_estimate(LocalPeer(u32::from(peer % PEERS)), u64::from(bps), now)
             }
             Op::Mute {
                 stream,
@@ -284,9 +345,10 @@ fuzz_target!(|ops: Vec<Op>| {
                 stream,
                 worker,
                 wants,
+                layers,
             } => {
                 let (stream, worker) = (u32::from(stream % STREAMS), usize::from(worker % 300));
-                r.on_interest(StreamId(stream), worker, wants);
+                r.on_interest(StreamId(stream), worker, wants, layers);
                 if wants {
                     m.interests.insert((stream, worker));
                 }
@@ -304,6 +366,9 @@ fuzz_target!(|ops: Vec<Op>| {
                 peer,
                 stream,
                 tracks,
+                layers,
+                small,
+                bitrates,
             } => {
                 let (peer, stream) = (
                     u32::from(peer % PEERS),
@@ -318,7 +383,16 @@ fuzz_target!(|ops: Vec<Op>| {
                         pt,
                     })
                     .collect();
-                r.add_subscriber(LocalPeer(peer), stream, &tracks, now);
+                let options = Subscription {
+                    layers,
+                    video_type: if small {
+                        VideoStreamType::Small
+                    } else {
+                        VideoStreamType::Big
+                    },
+                    bitrates: bitrates.into_iter().take(4).map(u64::from).collect(),
+                };
+                r.add_subscriber_with(LocalPeer(peer), stream, &tracks, &options, now);
                 m.peers
                     .insert(peer, (stream, Role::Subscriber(tracks), false));
             }
@@ -346,7 +420,7 @@ fuzz_target!(|ops: Vec<Op>| {
     }
     m.peers.clear();
     for (stream, worker) in std::mem::take(&mut m.interests) {
-        r.on_interest(StreamId(stream), worker, false);
+        r.on_interest(StreamId(stream), worker, false, 0);
     }
     check(&mut r, &m, None);
     assert!(r.is_empty(), "state left behind: {:?}", r.len());

@@ -83,6 +83,7 @@ fn video_only(profile: VideoProfile, secs: u64, realtime: bool) -> LocalConfig {
         audio: None,
         realtime,
         rtp_queue: 1_000_000,
+        small_video: None,
     }
 }
 

@@ -40,6 +40,7 @@ fn encode(secs: u64) -> Vec<RtpPacket> {
         audio: None,
         realtime: false,
         rtp_queue: 1_000_000,
+        small_video: None,
     })
     .expect("local starts");
     let mut packets = Vec::new();

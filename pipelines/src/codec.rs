@@ -198,6 +198,30 @@ impl std::fmt::Display for Codec {
     }
 }
 
+/// Which encoding of a local stream a packet belongs to. A stream with a small stream
+/// (simulcast, TRTC's `enableSmallStream`: [`crate::LocalConfig::small_video`]) encodes its
+/// video twice, at its own profile ([`Layer::Big`]) and at the small profile
+/// ([`Layer::Small`]); everything else (audio, and the video of a stream without a small
+/// stream) is [`Layer::Big`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Layer {
+    /// The stream's own encoding (its video profile; every audio packet).
+    #[default]
+    Big,
+    /// The small video encoding.
+    Small,
+}
+
+impl Layer {
+    /// Index for per-layer arrays: big 0, small 1.
+    pub fn index(self) -> usize {
+        match self {
+            Layer::Big => 0,
+            Layer::Small => 1,
+        }
+    }
+}
+
 /// One RTP packet (header included) produced by a local pipeline.
 ///
 /// `data` shares the GStreamer buffer's memory: no copy is made on the way out.
@@ -207,6 +231,9 @@ pub struct RtpPacket {
     pub data: Bytes,
     /// The codec, which gives payload type, clock rate and kind.
     pub codec: Codec,
+    /// The encoding it belongs to (the small video encoding's packets are
+    /// [`Layer::Small`]; each layer has its own SSRC and sequence numbers).
+    pub layer: Layer,
 }
 
 impl RtpPacket {
@@ -230,6 +257,12 @@ impl RtpPacket {
     pub fn sequence_number(&self) -> Option<u16> {
         let b = self.data.get(2..4)?;
         Some(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// SSRC field of the RTP header, if the packet has a header.
+    pub fn ssrc(&self) -> Option<u32> {
+        let b = self.data.get(8..12)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Marker bit (last packet of a video frame).
@@ -284,6 +317,7 @@ mod tests {
         let pkt = RtpPacket {
             data: Bytes::copy_from_slice(&p),
             codec: Codec::Video(VideoCodec::H264),
+            layer: Layer::Big,
         };
         assert_eq!(pkt.payload_type(), Some(102));
         assert_eq!(pkt.sequence_number(), Some(7));
@@ -292,6 +326,7 @@ mod tests {
         let empty = RtpPacket {
             data: Bytes::new(),
             codec: Codec::Audio(AudioCodec::Opus),
+            layer: Layer::Big,
         };
         assert_eq!(empty.payload_type(), None);
         assert_eq!(empty.timestamp(), None);

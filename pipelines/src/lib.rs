@@ -4,7 +4,9 @@
 //!
 //! * a [`LocalPipeline`] turns a source (test pattern and tone, media file, camera and
 //!   microphone, or frames pushed by the application) into RTP packets ([`RtpPacket`]) on a
-//!   bounded channel, and takes keyframe requests;
+//!   bounded channel, and takes keyframe requests; with a small stream
+//!   ([`LocalConfig::small_video`]) it encodes the video a second time, smaller, into packets
+//!   tagged [`Layer::Small`], and either layer can be paused;
 //! * a [`RemotePipeline`] takes RTP packets ([`RemotePipeline::push_rtp`]) and plays them,
 //!   records them into one file per user (no transcoding), hands decoded frames to the
 //!   application, or discards them while counting.
@@ -65,7 +67,7 @@ mod source;
 mod util;
 
 pub use bus::PipelineEvent;
-pub use codec::{AudioCodec, Codec, MediaKind, RtpPacket, VideoCodec};
+pub use codec::{AudioCodec, Codec, Layer, MediaKind, RtpPacket, VideoCodec};
 pub use encoder::{EncoderKind, choose_encoder, select_encoder};
 pub use error::{PipelineError, Result};
 pub use profiles::{AudioProfile, VideoProfile};

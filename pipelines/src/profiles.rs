@@ -37,6 +37,10 @@ impl VideoProfile {
     /// TRTC `4K`: 3840×2160, 30 fps, 9000 kbit/s.
     pub const P4K: Self = Self::new(3840, 2160, 30, 9000);
 
+    /// TRTC Web SDK v4's default small stream (`setSmallStreamProfile` defaults: 160×120,
+    /// 15 fps, 100 kbit/s), the second encoding of a stream with `enableSmallStream`.
+    pub const SMALL_STREAM: Self = Self::new(160, 120, 15, 100);
+
     /// The presets with their TRTC names.
     pub const PRESETS: [(&'static str, Self); 9] = [
         ("120p", Self::P120),
@@ -216,6 +220,11 @@ mod tests {
             assert_eq!(p.keyframe_interval(), fps * 2);
         }
         assert_eq!(VideoProfile::default(), VideoProfile::P480);
+        VideoProfile::SMALL_STREAM.validate().unwrap();
+        assert_eq!(
+            VideoProfile::SMALL_STREAM,
+            VideoProfile::new(160, 120, 15, 100)
+        );
     }
 
     #[test]

@@ -8,6 +8,24 @@
 //!            ! rtpopuspay mtu=1200 ! appsink
 //! ```
 //!
+//! With a small stream ([`LocalConfig::small_video`], TRTC's `enableSmallStream`) the video
+//! source feeds a `tee` and is encoded twice, each branch paused or resumed on its own
+//! ([`EncoderControl::set_layer_active`]) by a `valve` in front of its encoder:
+//!
+//! ```text
+//! video: src ! tee ! videoconvert ! videoscale ! videorate ! caps(small) ! valve ! queue
+//!                  ! encoder ! … ! pay ! appsink                       (Layer::Small)
+//!            tee ! videoconvert ! videoscale ! videorate ! caps(profile) ! valve ! queue
+//!                  ! encoder ! … ! pay ! appsink                       (Layer::Big)
+//! ```
+//!
+//! Both encoders are of the same kind (the one chosen for the codec: hardware first), with
+//! the same payloader settings. The valves sit after `videorate` (so it never sees the gap
+//! of a pause and fills it with copies) and before the encode queue (so a paused branch
+//! encodes and sends nothing); the part before the queue runs on the source's thread. The
+//! small branch is the tee's first pad: the tee pushes each frame to it first, so a frame
+//! that has left the big branch has passed (or been stopped by) the small branch's valve.
+//!
 //! The appsink callbacks only `try_send` into a bounded channel: a slow consumer loses
 //! packets (counted in [`LocalStats::packets_dropped`]), it never stalls the encoder.
 
@@ -21,7 +39,7 @@ use gst::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::bus::{BusWatch, PipelineEvent};
-use crate::codec::{AudioCodec, Codec, RTP_MTU, RtpPacket, VideoCodec};
+use crate::codec::{AudioCodec, Codec, Layer, RTP_MTU, RtpPacket, VideoCodec};
 use crate::encoder::{self, EncoderKind};
 use crate::error::{PipelineError, Result};
 use crate::profiles::{AudioProfile, VideoProfile};
@@ -155,6 +173,11 @@ pub struct LocalConfig {
     pub realtime: bool,
     /// Capacity of the RTP output channel.
     pub rtp_queue: usize,
+    /// A second, smaller encoding of the video track at this profile (simulcast: TRTC's
+    /// small stream, `enableSmallStream` / `setSmallStreamProfile`). Same codec, encoder
+    /// kind and payloader settings as the video track; its packets are [`Layer::Small`].
+    /// Needs a video track, and a bitrate below the video track's. `None`: one encoding.
+    pub small_video: Option<VideoProfile>,
 }
 
 impl LocalConfig {
@@ -166,7 +189,30 @@ impl LocalConfig {
             audio: Some(AudioTrackConfig::default()),
             realtime: true,
             rtp_queue: DEFAULT_RTP_QUEUE,
+            small_video: None,
         }
+    }
+
+    /// Checks the small stream against the video track: it needs one, a valid profile and a
+    /// bitrate below the track's (a server orders layers by bitrate, so the small one must
+    /// be the smaller).
+    fn check_small_video(&self) -> Result<()> {
+        let Some(small) = &self.small_video else {
+            return Ok(());
+        };
+        let Some(video) = &self.video else {
+            return Err(PipelineError::Config(
+                "a small stream needs a video track".into(),
+            ));
+        };
+        small.validate()?;
+        if small.bitrate_kbps >= video.profile.bitrate_kbps {
+            return Err(PipelineError::Config(format!(
+                "the small stream's bitrate ({} kbit/s) must be below the video's ({} kbit/s)",
+                small.bitrate_kbps, video.profile.bitrate_kbps
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -266,28 +312,80 @@ fn push(
         .map_err(|e| PipelineError::Flow(format!("{e:?}")))
 }
 
-/// Steers the encoders of a running local pipeline: keyframes for the video encoder, the
-/// expected packet loss for Opus in-band FEC. Cheap to clone, `Send + Sync`, callable from any
-/// thread (including async tasks: nothing here blocks).
+/// Steers the encoders of a running local pipeline: keyframes for the video encoders,
+/// pausing and resuming the video layers of a stream with a small stream, the expected packet
+/// loss for Opus in-band FEC. Cheap to clone, `Send + Sync`, callable from any thread
+/// (including async tasks: nothing here blocks).
 #[derive(Debug, Clone)]
 pub struct EncoderControl {
-    encoder: Option<gst::Element>,
+    /// The video encoders, by [`Layer::index`] (the small one only with a small stream).
+    video: [Option<gst::Element>; 2],
+    /// The valves in front of the video encoders (only with a small stream).
+    valves: [Option<gst::Element>; 2],
     audio: Option<gst::Element>,
 }
 
 impl EncoderControl {
-    /// Sends a force-key-unit event (with SPS/PPS) upstream into the encoder. Returns whether
-    /// the encoder accepted it; `false` for a pipeline without video.
+    /// Asks every video encoder (both layers of a stream with a small stream) for a keyframe;
+    /// see [`EncoderControl::request_keyframe_of`]. Returns whether one accepted it; `false`
+    /// for a pipeline without video.
     pub fn request_keyframe(&self) -> bool {
-        let Some(enc) = &self.encoder else {
+        let big = self.request_keyframe_of(Layer::Big);
+        let small = self.request_keyframe_of(Layer::Small);
+        big || small
+    }
+
+    /// Sends a force-key-unit event (with SPS/PPS) upstream into the encoder of `layer`
+    /// only (e.g. on a PLI for that layer's SSRC): its next frame is a keyframe, also when
+    /// the layer is paused now (then the first frame after it resumes). Returns whether the
+    /// encoder accepted it; `false` when the pipeline has no such layer.
+    pub fn request_keyframe_of(&self, layer: Layer) -> bool {
+        let Some(enc) = &self.video[layer.index()] else {
             return false;
         };
         let ev = gst_video::UpstreamForceKeyUnitEvent::builder()
             .all_headers(true)
             .build();
         let ok = enc.static_pad("src").is_some_and(|pad| pad.send_event(ev));
-        tracing::debug!(accepted = ok, "keyframe requested");
+        tracing::debug!(?layer, accepted = ok, "keyframe requested");
         ok
+    }
+
+    /// Pauses (`false`) or resumes (`true`) one video layer of a stream with a small stream
+    /// (dynacast: a layer nobody receives is not encoded). A paused layer's frames are
+    /// dropped before its encoder, so it encodes and sends nothing; a resumed layer starts
+    /// with a keyframe (asked for before the first frame is let through). Returns whether
+    /// the pipeline has switchable layers (`false` without a small stream).
+    pub fn set_layer_active(&self, layer: Layer, active: bool) -> bool {
+        let Some(valve) = &self.valves[layer.index()] else {
+            return false;
+        };
+        // `drop` is a boolean property of every `valve` (GStreamer core), so reading and
+        // setting it cannot panic.
+        let was_active = !valve.property::<bool>("drop");
+        if active && !was_active {
+            self.request_keyframe_of(layer);
+        }
+        valve.set_property("drop", !active);
+        if active != was_active {
+            tracing::debug!(?layer, active, "video layer switched");
+        }
+        true
+    }
+
+    /// Whether `layer` is being encoded: `false` when paused or absent.
+    pub fn is_layer_active(&self, layer: Layer) -> bool {
+        match (&self.video[layer.index()], &self.valves[layer.index()]) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            // A boolean property of every `valve`: cannot panic.
+            (Some(_), Some(valve)) => !valve.property::<bool>("drop"),
+        }
+    }
+
+    /// The stream has a small stream (two video layers).
+    pub fn has_small(&self) -> bool {
+        self.video[Layer::Small.index()].is_some()
     }
 
     /// Tells the Opus encoder how much packet loss to expect (percent, clamped to 0..=100),
@@ -366,26 +464,63 @@ impl LocalPipeline {
         let meter = Arc::<crate::level::AudioMeter>::default();
         let mut heads = Vec::new();
         let mut encoder_kind = None;
-        let mut encoder_el = None;
+        let mut video_el: [Option<gst::Element>; 2] = [None, None];
+        let mut valves: [Option<gst::Element>; 2] = [None, None];
         let mut audio_el = None;
         let mut app_video = None;
         let mut app_audio = None;
         let mut sei = None;
         let sync = config.realtime && matches!(config.source, SourceKind::File { .. });
 
+        config.check_small_video()?;
         if let Some(v) = &config.video {
             v.profile.validate()?;
             let kind = encoder::select_encoder(v.codec, v.encoder.as_deref())?;
-            let branch = build_video_branch(&pipeline, v, kind, &config, sync, &counters, &rtp_tx)?;
+            let out = Output {
+                sync,
+                counters: &counters,
+                tx: &rtp_tx,
+            };
+            let simulcast = config.small_video.is_some();
+            // The small branch first: the tee pushes to its pads in the order they were
+            // requested (see the module documentation).
+            let small = config
+                .small_video
+                .map(|p| build_video_branch(&pipeline, v, p, Layer::Small, kind, &config, &out))
+                .transpose()?;
+            let big = build_video_branch(&pipeline, v, v.profile, Layer::Big, kind, &config, &out)?;
             encoder_kind = Some(kind);
-            encoder_el = Some(branch.encoder);
-            sei = branch.sei;
+            sei = big.sei.clone();
+            let head = match small {
+                None => big.head.clone(),
+                Some(small) => {
+                    let tee = make("tee")?;
+                    pipeline.add(&tee)?;
+                    for branch in [&small, &big] {
+                        let src = tee
+                            .request_pad_simple("src_%u")
+                            .ok_or_else(|| PipelineError::Build("tee gave no source pad".into()))?;
+                        let sink = branch.head.static_pad("sink").ok_or_else(|| {
+                            PipelineError::Build("video branch without a sink pad".into())
+                        })?;
+                        src.link(&sink)
+                            .map_err(|e| PipelineError::Build(format!("tee -> branch: {e:?}")))?;
+                    }
+                    video_el[Layer::Small.index()] = Some(small.encoder);
+                    valves[Layer::Small.index()] = small.valve;
+                    tee
+                }
+            };
+            video_el[Layer::Big.index()] = Some(big.encoder);
+            if simulcast {
+                valves[Layer::Big.index()] = big.valve;
+            }
             if let Some((src, app)) = video_source(&config)? {
                 pipeline.add(&src)?;
-                src.link(&branch.head)?;
+                src.link(&head)?;
                 app_video = app;
             }
-            heads.push(branch.head);
+            heads.push(head);
         }
         if let Some(a) = &config.audio {
             a.profile.validate()?;
@@ -410,7 +545,8 @@ impl LocalPipeline {
             watch,
             heads,
             keyframes: EncoderControl {
-                encoder: encoder_el,
+                video: video_el,
+                valves,
                 audio: audio_el,
             },
             encoder: encoder_kind,
@@ -476,6 +612,12 @@ impl LocalPipeline {
     /// Asks the video encoder for a keyframe (e.g. on RTCP PLI/FIR). Does not block.
     pub fn request_keyframe(&self) -> bool {
         self.keyframes.request_keyframe()
+    }
+
+    /// Pauses or resumes one video layer of a stream with a small stream; see
+    /// [`EncoderControl::set_layer_active`]. Does not block.
+    pub fn set_layer_active(&self, layer: Layer, active: bool) -> bool {
+        self.keyframes.set_layer_active(layer, active)
     }
 
     /// A handle to steer the encoders (keyframes, expected loss) from other threads or tasks.
@@ -545,8 +687,17 @@ impl Drop for LocalPipeline {
 struct VideoBranch {
     head: gst::Element,
     encoder: gst::Element,
-    /// H.264: SEI messages waiting for the next access unit.
+    /// H.264, big layer: SEI messages waiting for the next access unit.
     sei: Option<crate::sei::SeiQueue>,
+    /// With a small stream: the valve in front of the encoder (open at the start).
+    valve: Option<gst::Element>,
+}
+
+/// Where a branch's RTP goes: the shared channel and counters.
+struct Output<'a> {
+    sync: bool,
+    counters: &'a Arc<Counters>,
+    tx: &'a mpsc::Sender<RtpPacket>,
 }
 
 fn encode_queue(leaky: bool) -> Result<gst::Element> {
@@ -566,16 +717,17 @@ fn encode_queue(leaky: bool) -> Result<gst::Element> {
     Ok(q)
 }
 
+/// One encoding of the video track: `p` is its profile, `layer` which one it is. SEI
+/// messages ride the big layer only; the valve exists with a small stream only.
 fn build_video_branch(
     pipeline: &gst::Pipeline,
     v: &VideoTrackConfig,
+    p: VideoProfile,
+    layer: Layer,
     kind: EncoderKind,
     config: &LocalConfig,
-    sync: bool,
-    counters: &Arc<Counters>,
-    tx: &mpsc::Sender<RtpPacket>,
+    out: &Output<'_>,
 ) -> Result<VideoBranch> {
-    let p = v.profile;
     let convert = make("videoconvert")?;
     let scale = make("videoscale")?;
     let rate = make("videorate")?;
@@ -592,7 +744,17 @@ fn build_video_branch(
     let live = config.realtime && !matches!(config.source, SourceKind::File { .. });
     let queue = encode_queue(live)?;
     let enc = encoder::build_encoder(kind, &p)?;
-    let mut chain = vec![convert, scale, rate, raw_caps, queue, enc.clone()];
+    let mut chain = vec![convert, scale, rate, raw_caps];
+    let valve = match config.small_video {
+        Some(_) => {
+            let valve = make("valve")?;
+            set_props(&valve, &[("drop", "false".into())])?;
+            chain.push(valve.clone());
+            Some(valve)
+        }
+        None => None,
+    };
+    chain.extend([queue, enc.clone()]);
     let mut sei = None;
     let codec = Codec::Video(v.codec);
     let pay = match v.codec {
@@ -612,7 +774,9 @@ fn build_video_branch(
                     ("aggregate-mode", "zero-latency".into()),
                 ],
             )?;
-            if let Some(pad) = pay.static_pad("sink") {
+            if layer == Layer::Big
+                && let Some(pad) = pay.static_pad("sink")
+            {
                 let queue = crate::sei::SeiQueue::default();
                 insert_sei(&pad, queue.clone());
                 sei = Some(queue);
@@ -633,7 +797,7 @@ fn build_video_branch(
         ],
     )?;
     chain.push(pay);
-    chain.push(rtp_appsink(codec, sync, counters, tx)?);
+    chain.push(rtp_appsink(codec, layer, out)?);
     let refs: Vec<&gst::Element> = chain.iter().collect();
     pipeline.add_many(&refs)?;
     link_chain(&refs)?;
@@ -641,6 +805,7 @@ fn build_video_branch(
         head: chain[0].clone(),
         encoder: enc,
         sei,
+        valve,
     })
 }
 
@@ -716,7 +881,8 @@ fn build_audio_branch(
             ("mtu", RTP_MTU.to_string()),
         ],
     )?;
-    let sink = rtp_appsink(codec, sync, counters, tx)?;
+    let out = Output { sync, counters, tx };
+    let sink = rtp_appsink(codec, Layer::Big, &out)?;
     if let Some(pad) = raw_caps.static_pad("src") {
         crate::level::meter_pad(&pad, meter.clone());
     }
@@ -726,17 +892,12 @@ fn build_audio_branch(
     Ok((convert, enc))
 }
 
-/// The appsink that hands RTP packets to the channel without ever blocking.
-fn rtp_appsink(
-    codec: Codec,
-    sync: bool,
-    counters: &Arc<Counters>,
-    tx: &mpsc::Sender<RtpPacket>,
-) -> Result<gst::Element> {
-    let counters = counters.clone();
-    let tx = tx.clone();
+/// The appsink that hands RTP packets of `layer` to the channel without ever blocking.
+fn rtp_appsink(codec: Codec, layer: Layer, out: &Output<'_>) -> Result<gst::Element> {
+    let counters = out.counters.clone();
+    let tx = out.tx.clone();
     let sink = gst_app::AppSink::builder()
-        .sync(sync)
+        .sync(out.sync)
         .async_(false)
         .callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -752,6 +913,7 @@ fn rtp_appsink(
                     let packet = RtpPacket {
                         data: Bytes::from_owner(mapped),
                         codec,
+                        layer,
                     };
                     match tx.try_send(packet) {
                         Ok(()) => counters.sent.fetch_add(1, Ordering::Relaxed),

@@ -76,6 +76,8 @@ pub(crate) const USED_FACTORIES: &[&str] = &[
     "appsrc",
     "appsink",
     "queue",
+    "tee",
+    "valve",
     "capsfilter",
     "videoconvert",
     "videoscale",

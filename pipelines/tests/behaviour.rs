@@ -21,6 +21,7 @@ fn video_only(source: SourceKind, realtime: bool, rtp_queue: usize) -> LocalConf
         audio: None,
         realtime,
         rtp_queue,
+        small_video: None,
     }
 }
 

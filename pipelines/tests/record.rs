@@ -40,6 +40,7 @@ fn record(path: &Path, format: RecordFormat, codec: VideoCodec, secs: u64, stop:
         audio: Some(AudioTrackConfig::default()),
         realtime: false,
         rtp_queue: 100_000,
+        small_video: None,
     })
     .expect("source starts");
     pump(
@@ -137,6 +138,7 @@ fn h264_segment(rt: &tokio::runtime::Runtime, profile: VideoProfile, secs: u64) 
         audio: None,
         realtime: false,
         rtp_queue: 100_000,
+        small_video: None,
     })
     .expect("source starts");
     let mut packets = Vec::new();

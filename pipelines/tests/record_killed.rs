@@ -166,6 +166,7 @@ fn child(arg: &str) {
         audio: Some(AudioTrackConfig::default()),
         realtime: true,
         rtp_queue: 1000,
+        small_video: None,
     })
     .expect("source");
     let mut last = 0;

@@ -28,6 +28,7 @@ fn local(source: SourceKind, codec: VideoCodec) -> LocalConfig {
         audio: Some(AudioTrackConfig::default()),
         realtime: false,
         rtp_queue: 100_000,
+        small_video: None,
     }
 }
 

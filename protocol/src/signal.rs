@@ -62,6 +62,60 @@ pub enum MediaKind {
     Video,
 }
 
+/// Which of a simulcast stream's layers a subscriber receives (TRTC's
+/// `setRemoteVideoStreamType`): the biggest or the smallest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoStreamType {
+    /// The biggest layer (the default).
+    #[default]
+    Big,
+    /// The smallest layer (TRTC's small stream).
+    Small,
+}
+
+/// One layer of a simulcast publication: its RTP stream id (`a=rid`) in the offer and what it
+/// carries. The server orders a stream's layers by bitrate, smallest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VideoLayer {
+    /// The layer's `a=rid` (1–16 of `A-Za-z0-9_-`).
+    pub rid: String,
+    /// Frame width, pixels.
+    pub width: u32,
+    /// Frame height, pixels.
+    pub height: u32,
+    /// Target bitrate, kbit/s.
+    pub bitrate_kbps: u32,
+}
+
+/// Most simulcast layers in one publication.
+pub const MAX_LAYERS: usize = 3;
+
+impl VideoLayer {
+    /// A layer description a server can use: a valid rid, nonzero sizes and bitrate.
+    pub fn validate(&self) -> Result<(), String> {
+        let rid_ok = (1..=16).contains(&self.rid.len())
+            && self
+                .rid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !rid_ok {
+            return Err(format!(
+                "layer rid {:?} is not 1-16 of A-Za-z0-9_-",
+                self.rid
+            ));
+        }
+        if self.width == 0 || self.height == 0 || self.bitrate_kbps == 0 {
+            return Err(format!(
+                "layer {:?} needs a nonzero width, height and bitrateKbps",
+                self.rid
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The video codec of a published stream, as negotiated with its publisher. The server answers
 /// a publisher with exactly one video codec (the first of the offer's that it supports), so a
 /// stream has one codec for its whole life; subscribers must be able to receive it.
@@ -151,6 +205,20 @@ pub enum ClientMessage {
     /// credentials for the same media, answered on the same server peer (its SSRCs, DTLS
     /// session and, for a subscription, its sequence numbers continue).
     IceRestart(IceRestartRequest),
+    /// Choose the layer of a simulcast stream one subscribes to (TRTC's
+    /// `setRemoteVideoStreamType`); the server switches at the layer's next keyframe and
+    /// sends `video-layer-changed`.
+    SetRemoteVideoStreamType {
+        /// Whose stream.
+        #[serde(rename = "userId")]
+        user_id: UserId,
+        /// Which stream.
+        #[serde(rename = "streamType")]
+        stream_type: StreamType,
+        /// Big or small.
+        #[serde(rename = "videoType")]
+        video_type: VideoStreamType,
+    },
 }
 
 /// Which peer connection an [`ClientMessage::IceRestart`] is for.
@@ -339,6 +407,10 @@ pub struct PublishRequest {
     /// The SDP offer for the uplink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdp: Option<String>,
+    /// Simulcast: the video layers the offer sends (its `a=simulcast:send` rids), at most
+    /// [`MAX_LAYERS`]. Empty: one layer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<VideoLayer>,
 }
 
 /// Subscribe to a stream.
@@ -353,6 +425,9 @@ pub struct SubscribeRequest {
     pub audio: bool,
     /// Receive its video.
     pub video: bool,
+    /// Of a simulcast stream, the layer wanted (big by default); ignored for one layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_type: Option<VideoStreamType>,
     /// The SDP offer for the downlink, when the client offers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdp: Option<String>,
@@ -506,6 +581,10 @@ pub struct StreamInfo {
     /// signalling-only stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video_codec: Option<VideoCodec>,
+    /// Simulcast: the video's layers, smallest first (empty: one layer). A subscriber
+    /// chooses with `videoType` / `set-remote-video-stream-type`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<VideoLayer>,
 }
 
 /// Why a member left (TRTC's PEER_LEAVE_REASON).
@@ -650,6 +729,42 @@ pub enum ServerEvent {
         #[serde(with = "base64_bytes")]
         data: Vec<u8>,
     },
+    /// The layer of a simulcast stream this member receives changed (at a keyframe of the
+    /// new layer), on its request or because its bandwidth estimate moved.
+    VideoLayerChanged {
+        /// Whose stream.
+        #[serde(rename = "userId")]
+        user_id: UserId,
+        /// Which stream.
+        #[serde(rename = "streamType")]
+        stream_type: StreamType,
+        /// The layer's rid.
+        rid: String,
+        /// Big (the biggest layer) or small (any smaller one).
+        #[serde(rename = "videoType")]
+        video_type: VideoStreamType,
+        /// Why: the subscriber asked for it, or its bandwidth.
+        reason: LayerChangeReason,
+    },
+    /// Which layers of this member's simulcast stream anybody receives now (dynacast): the
+    /// publisher may pause the others' encoders until they are wanted again.
+    LayersWanted {
+        /// Which stream.
+        #[serde(rename = "streamType")]
+        stream_type: StreamType,
+        /// The rids wanted.
+        rids: Vec<String>,
+    },
+}
+
+/// Why a subscriber's layer changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerChangeReason {
+    /// The layer it asked for (`videoType` / `set-remote-video-stream-type`).
+    Request,
+    /// Its bandwidth estimate (down when the layer no longer fits, up when it does again).
+    Bandwidth,
 }
 
 /// Why a frame could not be decoded.

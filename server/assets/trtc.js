@@ -335,6 +335,9 @@
   const SEI_TYPES = [5, 243];
   // x264's own user_data_unregistered (its version banner): not an application message.
   const X264_UUID = [0xdc, 0x45, 0xe9, 0xbd, 0xe6, 0xd9, 0x48, 0xb7, 0x96, 0x2c, 0xd8, 0x20, 0xd9, 0x23, 0xee, 0xef];
+  /** Simulcast sending (sendEncodings with rids): every browser with transceivers. */
+  const isSmallStreamSupported = () => !!(G.RTCPeerConnection && G.RTCRtpTransceiver && G.RTCRtpSender);
+
   const seiSupported = () =>
     !!(G.RTCRtpSender && G.RTCRtpSender.prototype && G.RTCRtpSender.prototype.createEncodedStreams);
 
@@ -1548,6 +1551,11 @@
       this._streams = new Map(); // key -> RemoteStream
       this._links = new Map(); // 'up|main' / 'down|user|main' -> link
       this._pcSeq = 0;
+      /** TRTC's small stream: published beside the big one (simulcast) once enabled. */
+      this._smallStream = false;
+      this._smallProfile = { width: 160, height: 120, bitrate: 100, frameRate: 15 };
+      /** setRemoteVideoStreamType choices: 'user|main' -> 'big' | 'small'. */
+      this._videoTypes = new Map();
       this._destroyed = false;
       this._qualityTimer = null;
       this._lossWindow = null;
@@ -2012,6 +2020,12 @@
           this._setPhase('idle');
           break;
         }
+        case 'video-layer-changed':
+          this._emit('video-layer-changed', { userId: ev.userId, streamType: ev.streamType, videoType: ev.videoType, rid: ev.rid, reason: ev.reason });
+          break;
+        case 'layers-wanted':
+          this._setActiveLayers(ev.streamType === 'auxiliary' ? 'auxiliary' : 'main', ev.rids || []);
+          break;
         case 'custom-message': {
           const bin = atob(ev.data || '');
           const data = new Uint8Array(bin.length);
@@ -2256,7 +2270,9 @@
         try {
           const params = s.getParameters();
           if (!params.encodings || !params.encodings.length) continue;
-          Object.assign(params.encodings[0], this._encodingFor(localStream, s.track.kind));
+          // With a small stream, the profile is the big layer's ('h').
+          const e = params.encodings.find((x) => x.rid === 'h') || params.encodings[0];
+          Object.assign(e, this._encodingFor(localStream, s.track.kind));
           await s.setParameters(params);
         } catch (e) {
           log.debug('setParameters failed', e);
@@ -2337,10 +2353,12 @@
           const s = link.stream;
           hasAudio = !!s._audioTrack;
           hasVideo = !!s._videoTrack;
+          link.layers = this._layersFor(link);
           for (const kind of ['audio', 'video']) {
             const track = kind === 'audio' ? s._audioTrack : s._videoTrack;
             if (!track) continue;
-            const tr = pc.addTransceiver(track, { direction: 'sendonly', streams: [s._mediaStream], sendEncodings: [this._encodingFor(s, kind)] });
+            const sendEncodings = kind === 'video' && link.layers ? link.layers.encodings : [this._encodingFor(s, kind)];
+            const tr = pc.addTransceiver(track, { direction: 'sendonly', streams: [s._mediaStream], sendEncodings });
             tr.sender.__kind = kind;
             if (sei) this._seiSender(link, tr.sender, kind);
             if (kind === 'video' && !applyCodecPreferences(tr, codec, 'send')) munge = true;
@@ -2366,8 +2384,14 @@
         // No waiting for ICE gathering: the server is ICE-lite and learns our address from
         // the connectivity checks.
         const sdp = pc.localDescription.sdp;
-        if (link.up) msg = { type: 'publish', streamType: link.type, hasAudio, hasVideo, sdp };
-        else msg = { type: 'subscribe', userId: link.userId, streamType: link.type, audio: hasAudio, video: hasVideo, sdp };
+        if (link.up) {
+          msg = { type: 'publish', streamType: link.type, hasAudio, hasVideo, sdp };
+          if (link.layers) msg.layers = link.layers.layers;
+        } else {
+          msg = { type: 'subscribe', userId: link.userId, streamType: link.type, audio: hasAudio, video: hasVideo, sdp };
+          const videoType = this._videoTypes.get(streamKey(link.userId, link.type));
+          if (videoType) msg.videoType = videoType;
+        }
         const sig = this._signal;
         if (!sig) throw err(C.SIGNAL_CHANNEL_ERROR, 'no signalling connection');
         mark.offerSent = now();
@@ -2703,17 +2727,100 @@
       });
     }
 
-    /* ---- TRTC v4 APIs rtcroom does not offer ---- */
+    /* ---- big and small streams (simulcast) ---- */
+
+    /**
+     * TRTC's enableSmallStream(): the main camera stream published from now on carries a
+     * small layer beside the big one (browser simulcast, rids 'h' and 'l'). Before publish
+     * (INVALID_OPERATION after). Resolves; NOT_SUPPORTED without simulcast in this browser.
+     */
     enableSmallStream() {
-      return Promise.reject(err(C.NOT_SUPPORTED, 'small streams (simulcast) are not supported by rtcroom'));
-    }
-    disableSmallStream() {
+      if (!isSmallStreamSupported()) return Promise.reject(err(C.NOT_SUPPORTED, 'this browser cannot send simulcast'));
+      if (this._links.has('up|main')) return Promise.reject(invalidOp(undefined, 'enableSmallStream() must come before publish()'));
+      this._smallStream = true;
       return Promise.resolve();
     }
-    setSmallStreamProfile() {}
-    setRemoteVideoStreamType() {
-      return Promise.reject(err(C.NOT_SUPPORTED, 'small streams (simulcast) are not supported by rtcroom'));
+    disableSmallStream() {
+      if (this._links.has('up|main')) return Promise.reject(invalidOp(undefined, 'disableSmallStream() must come before publish() or after unpublish()'));
+      this._smallStream = false;
+      return Promise.resolve();
     }
+    /** TRTC's setSmallStreamProfile({width, height, bitrate (kbps), frameRate}). */
+    setSmallStreamProfile(profile) {
+      const p = profile || {};
+      const next = Object.assign({}, this._smallProfile);
+      for (const k of ['width', 'height', 'bitrate', 'frameRate']) {
+        if (isNil(p[k])) continue;
+        if (!(Number.isFinite(p[k]) && p[k] > 0)) throw invalidParam(EXTRA.PARAM_RANGE, `small stream ${k} must be a positive number, got ${short(p[k])}`);
+        next[k] = p[k];
+      }
+      this._smallProfile = next;
+    }
+    /**
+     * TRTC's setRemoteVideoStreamType(remoteStream, 'big' | 'small'): which layer of a
+     * simulcast stream to receive (now if subscribed, else at subscribe). The switch comes at
+     * the layer's next keyframe ('video-layer-changed' then). A stream without a small
+     * layer goes on as it is.
+     */
+    setRemoteVideoStreamType(remoteStream, type) {
+      if (!(remoteStream instanceof RemoteStream)) return Promise.reject(invalidParam(EXTRA.PARAM_TYPE, 'setRemoteVideoStreamType() needs a RemoteStream'));
+      if (type !== 'big' && type !== 'small') return Promise.reject(invalidParam(EXTRA.PARAM_RANGE, `the type must be 'big' or 'small', got ${short(type)}`));
+      const k = streamKey(remoteStream.getUserId(), remoteStream.getType());
+      this._videoTypes.set(k, type);
+      const link = this._links.get(`down|${k}`);
+      if (!link || link.state !== 'up' || !this._signal) return Promise.resolve();
+      return this._signal
+        .request({ type: 'set-remote-video-stream-type', userId: link.userId, streamType: link.type, videoType: type }, this._t.requestTimeoutMs)
+        .then(() => undefined, (e) => {
+          throw e instanceof SignalFailure ? e.requestError(C.SIGNAL_CHANNEL_ERROR) : e;
+        });
+    }
+
+    /** The simulcast encodings of a published main video with a small stream (else null). */
+    _layersFor(link) {
+      const s = link.stream;
+      if (!this._smallStream || link.type !== 'main' || !s._videoTrack) return null;
+      const big = s._videoProfile;
+      const small = this._smallProfile;
+      const settings = (s._videoTrack.getSettings && s._videoTrack.getSettings()) || {};
+      const width = settings.width || big.width || 640;
+      const height = settings.height || big.height || 480;
+      const down = Math.max(1, Math.min(width / small.width, height / small.height));
+      const h = Object.assign({ rid: 'h' }, this._encodingFor(s, 'video'));
+      const l = { rid: 'l', scaleResolutionDownBy: down, maxBitrate: small.bitrate * 1000, maxFramerate: small.frameRate };
+      return {
+        encodings: [l, h],
+        layers: [
+          { rid: 'h', width, height, bitrateKbps: big.bitrate || 500 },
+          { rid: 'l', width: Math.round(width / down), height: Math.round(height / down), bitrateKbps: small.bitrate },
+        ],
+      };
+    }
+
+    /** Dynacast: pause the layers nobody receives, resume the wanted ones. */
+    async _setActiveLayers(streamType, rids) {
+      const link = this._links.get(`up|${streamType}`);
+      if (!link || !link.pc || !link.layers) return;
+      for (const sender of link.pc.getSenders()) {
+        if (!sender.track || sender.track.kind !== 'video' || !sender.getParameters) continue;
+        try {
+          const params = sender.getParameters();
+          let changed = false;
+          for (const e of params.encodings || []) {
+            const active = rids.includes(e.rid);
+            if (e.rid && e.active !== active) {
+              e.active = active;
+              changed = true;
+            }
+          }
+          if (changed) await sender.setParameters(params);
+        } catch (e) {
+          log.debug('pausing simulcast layers failed', e);
+        }
+      }
+    }
+
+    /* ---- TRTC v4 APIs rtcroom does not offer ---- */
     enableAudioVolumeEvaluation(interval) {
       clearInterval(this._volumeTimer);
       const ms = Number(interval);
@@ -2898,7 +3005,7 @@
     RtcError,
     checkSystemRequirements,
     isScreenShareSupported: () => !!(G.navigator && G.navigator.mediaDevices && G.navigator.mediaDevices.getDisplayMedia),
-    isSmallStreamSupported: () => false,
+    isSmallStreamSupported,
     getDevices,
     getCameras: async () => (await getDevices()).filter((d) => d.kind === 'videoinput'),
     getMicrophones: async () => (await getDevices()).filter((d) => d.kind === 'audioinput'),

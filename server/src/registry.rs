@@ -356,6 +356,13 @@ impl Registry {
         }
     }
 
+    /// A simulcast event of media peer `peer`, for the room that holds it.
+    pub fn peer_layer_event(&self, peer: PeerId, event: crate::room::LayerEvent) {
+        for shard in self.directory.local_shards() {
+            shard.do_send(shard::PeerLayerEvent(peer, event));
+        }
+    }
+
     /// Close every link and stop accepting joins.
     pub fn shutdown(&self) {
         self.closing.store(true, Ordering::Relaxed);

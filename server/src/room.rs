@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    BanReason, JoinResult, LeaveReason, MediaKind, MemberInfo, ServerEvent, StreamInfo, StreamType,
-    VideoCodec, custom_message, encode,
+    BanReason, JoinResult, LayerChangeReason, LeaveReason, MediaKind, MemberInfo, ServerEvent,
+    StreamInfo, StreamType, VideoCodec, VideoLayer, VideoStreamType, custom_message, encode,
 };
 use rtcroom_protocol::usersig::{Privilege, Privileges};
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, RtcResult, UserId};
@@ -210,6 +210,8 @@ struct Stream {
     video_codec: Option<VideoCodec>,
     /// The media peer carrying it (none for a signalling-only publish).
     peer: Option<PeerId>,
+    /// Simulcast: its video layers, smallest first.
+    layers: Vec<VideoLayer>,
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +236,22 @@ pub use rtcroom_protocol::signal::custom_message::MessageBudget;
 
 /// A member's media link: (whose stream, which stream, peer).
 pub type MediaLink = (UserId, StreamType, PeerId);
+
+/// A simulcast event of a media peer ([`Room::layer_event`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerEvent {
+    /// A subscriber's layer changed.
+    Changed {
+        /// The layer, 0 the smallest.
+        layer: u8,
+        /// How many the stream has.
+        layers: u8,
+        /// Its bandwidth moved it.
+        bandwidth: bool,
+    },
+    /// The layers of a publisher's stream anybody receives (bit `l` for layer `l`).
+    Wanted(u32),
+}
 
 /// What a media peer carries, for the room's index of peers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -478,6 +496,11 @@ impl Room {
             audio_muted: s.audio_muted,
             video_muted: s.video_muted,
             video_codec: s.video_codec.filter(|_| s.has_video),
+            layers: if s.has_video {
+                s.layers.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -937,12 +960,21 @@ impl Room {
         has_audio: bool,
         has_video: bool,
     ) -> RtcResult<Vec<Effect>> {
-        self.publish_media(session, stream_type, has_audio, has_video, None, None)
+        self.publish_media(
+            session,
+            stream_type,
+            has_audio,
+            has_video,
+            None,
+            None,
+            Vec::new(),
+        )
     }
 
     /// Publish (or update) a stream whose media was negotiated with `video_codec` on media
     /// peer `peer` (which replaces the stream's previous peer: the media plane closed that
-    /// one when it took the new one).
+    /// one when it took the new one), in simulcast `layers` (smallest first) if any.
+    #[allow(clippy::too_many_arguments)]
     pub fn publish_media(
         &mut self,
         session: SessionId,
@@ -951,6 +983,7 @@ impl Room {
         has_video: bool,
         video_codec: Option<VideoCodec>,
         peer: Option<PeerId>,
+        layers: Vec<VideoLayer>,
     ) -> RtcResult<Vec<Effect>> {
         self.check_publish(session, stream_type, has_audio, has_video)?;
         let (user, m) = self.member_mut(session)?;
@@ -964,6 +997,7 @@ impl Room {
                 video_muted: false,
                 video_codec,
                 peer,
+                layers,
             },
         );
         let info = Self::stream_info(&user, key, &m.streams[&key]);
@@ -1423,6 +1457,72 @@ impl Room {
             .map(|((u, t), p)| (u.clone(), StreamType::from(*t), *p))
             .collect();
         (up, down)
+    }
+
+    /// A simulcast media event for peer `peer`: a subscriber's layer changed
+    /// (`video-layer-changed` to it), or which layers of a publisher's stream are wanted
+    /// (`layers-wanted` to it). Nothing for a peer the room does not hold.
+    pub fn layer_event(&self, peer: PeerId, event: LayerEvent) -> Vec<Effect> {
+        let (member, publisher, stream_type) = match self.peers.get(&peer) {
+            Some(PeerUse::Uplink {
+                user_id,
+                stream_type,
+            }) => (user_id, user_id, *stream_type),
+            Some(PeerUse::Downlink {
+                subscriber,
+                publisher,
+                stream_type,
+            }) => (subscriber, publisher, *stream_type),
+            None => return Vec::new(),
+        };
+        let Some(session) = self.members.get(member).map(|m| m.session) else {
+            return Vec::new();
+        };
+        let layers = self
+            .members
+            .get(publisher)
+            .and_then(|m| m.streams.get(&StreamTypeKey::from(stream_type)))
+            .map(|s| s.layers.as_slice())
+            .unwrap_or_default();
+        let event = match event {
+            LayerEvent::Changed {
+                layer,
+                layers: count,
+                bandwidth,
+            } => {
+                let Some(l) = layers.get(usize::from(layer)) else {
+                    return Vec::new();
+                };
+                ServerEvent::VideoLayerChanged {
+                    user_id: publisher.clone(),
+                    stream_type,
+                    rid: l.rid.clone(),
+                    video_type: if layer + 1 >= count {
+                        VideoStreamType::Big
+                    } else {
+                        VideoStreamType::Small
+                    },
+                    reason: if bandwidth {
+                        LayerChangeReason::Bandwidth
+                    } else {
+                        LayerChangeReason::Request
+                    },
+                }
+            }
+            LayerEvent::Wanted(mask) => ServerEvent::LayersWanted {
+                stream_type,
+                rids: layers
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i < 32 && mask & (1 << i) != 0)
+                    .map(|(_, l)| l.rid.clone())
+                    .collect(),
+            },
+        };
+        vec![Effect::Event {
+            to: vec![session],
+            event,
+        }]
     }
 
     /// A media peer closed on its own (ICE lost, connect timeout, worker fault): forget it.

@@ -179,11 +179,31 @@ async fn run_with(
     if let Some(mut events) = media.take_events() {
         let registry = registry.clone();
         actix_web::rt::spawn(async move {
-            while let Some(crate::media::MediaEvent::PeerClosed { peer, reason }) =
-                events.recv().await
-            {
-                tracing::debug!(peer, ?reason, "media peer closed on its own");
-                registry.peer_closed(peer);
+            use crate::media::MediaEvent;
+            use crate::room::LayerEvent;
+            while let Some(event) = events.recv().await {
+                match event {
+                    MediaEvent::PeerClosed { peer, reason } => {
+                        tracing::debug!(peer, ?reason, "media peer closed on its own");
+                        registry.peer_closed(peer);
+                    }
+                    MediaEvent::LayerChanged {
+                        peer,
+                        layer,
+                        layers,
+                        bandwidth,
+                    } => registry.peer_layer_event(
+                        peer,
+                        LayerEvent::Changed {
+                            layer,
+                            layers,
+                            bandwidth,
+                        },
+                    ),
+                    MediaEvent::LayersWanted { peer, layers } => {
+                        registry.peer_layer_event(peer, LayerEvent::Wanted(layers))
+                    }
+                }
             }
         });
     }

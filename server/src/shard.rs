@@ -23,7 +23,7 @@ use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
     BanReason, ClientMessage, LinkDirection, MemberStats, ReplyData, ServerEvent, StreamType,
-    encode,
+    VideoLayer, VideoStreamType, encode,
 };
 use rtcroom_protocol::usersig::Privilege;
 use rtcroom_protocol::{ErrorCode, Mode, RtcError, UserId};
@@ -136,6 +136,11 @@ pub struct ModeOf(pub RoomKey);
 #[derive(Message, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct PeerClosed(pub PeerId);
+
+/// A simulcast event of a media peer, for whichever room of the shard holds it.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct PeerLayerEvent(pub PeerId, pub crate::room::LayerEvent);
 
 /// Close every link and refuse new joins (server shutdown).
 #[derive(Message, Clone, Copy)]
@@ -726,12 +731,14 @@ impl Handler<Request> for RoomShard {
                 st: StreamType,
                 audio: bool,
                 video: bool,
+                layers: Vec<VideoLayer>,
             },
             Subscribe {
                 slot: SlotKey,
                 sdp: String,
                 audio: bool,
                 video: bool,
+                video_type: VideoStreamType,
             },
             IceRestart {
                 peer: PeerId,
@@ -790,6 +797,7 @@ impl Handler<Request> for RoomShard {
                                     st,
                                     audio: a,
                                     video: v,
+                                    layers: p.layers,
                                 },
                                 After::default(),
                             ),
@@ -849,6 +857,7 @@ impl Handler<Request> for RoomShard {
                             sdp,
                             audio: sub.audio,
                             video: sub.video,
+                            video_type: sub.video_type.unwrap_or_default(),
                         },
                         After::default(),
                     )
@@ -901,6 +910,34 @@ impl Handler<Request> for RoomShard {
                         ),
                     }
                 }
+                ClientMessage::SetRemoteVideoStreamType {
+                    user_id,
+                    stream_type,
+                    video_type,
+                } => {
+                    let (_, down) = core.room.links_of(session);
+                    let peer = down
+                        .into_iter()
+                        .find(|(u, st, _)| *u == user_id && *st == stream_type)
+                        .map(|(_, _, peer)| peer);
+                    let r = match (peer, &media) {
+                        (Some(peer), Some(media)) => {
+                            media.set_video_type(peer, video_type);
+                            Ok(None)
+                        }
+                        _ => Err(RtcError::invalid_operation(
+                            None,
+                            format!(
+                                "not subscribed to {user_id}'s {} stream",
+                                match stream_type {
+                                    StreamType::Main => "main",
+                                    StreamType::Auxiliary => "auxiliary",
+                                }
+                            ),
+                        )),
+                    };
+                    (Next::Done(r), After::default())
+                }
                 ClientMessage::Join(_) => (
                     Next::Done(Err(RtcError::invalid_operation(
                         Some(extra::REPEATED_CALL),
@@ -943,15 +980,23 @@ impl Handler<Request> for RoomShard {
                     st,
                     audio,
                     video,
+                    layers,
                 },
                 Some(media),
             ) => {
-                let fut = async move { (media.publish(slot.clone(), &sdp).await, slot, media) };
+                let fut = async move {
+                    (
+                        media.publish(slot.clone(), &sdp, &layers).await,
+                        slot,
+                        media,
+                    )
+                };
                 ActorResponse::r#async(fut.into_actor(self).map(
                     move |(res, slot, media), act, ctx| {
                         let published = res?;
                         let peer = published.peer;
                         let codec = published.video_codec;
+                        let layers = published.layers;
                         // Commit now that the media is up; the member (or the room) may have
                         // gone meanwhile.
                         let committed = act.core.borrow_mut().step(&key, Some(id), |core, rctx| {
@@ -963,6 +1008,7 @@ impl Handler<Request> for RoomShard {
                                     video,
                                     codec,
                                     Some(peer),
+                                    layers,
                                 ) {
                                     Ok(fx) => (Ok(()), fx),
                                     Err(e) => (Err(e), Vec::new()),
@@ -992,12 +1038,18 @@ impl Handler<Request> for RoomShard {
                     sdp,
                     audio,
                     video,
+                    video_type,
                 },
                 Some(media),
             ) => {
                 let publisher = slot.user.clone();
                 let st = slot.stream_type;
-                let fut = async move { (media.subscribe(slot, audio, video, &sdp).await, media) };
+                let fut = async move {
+                    (
+                        media.subscribe(slot, audio, video, &sdp, video_type).await,
+                        media,
+                    )
+                };
                 ActorResponse::r#async(fut.into_actor(self).map(move |(res, media), act, ctx| {
                     let (peer, answer) = res?;
                     let committed = act.core.borrow_mut().step(&key, Some(id), |core, rctx| {
@@ -1116,6 +1168,27 @@ impl Handler<PeerClosed> for RoomShard {
         let now = Instant::now();
         self.core.borrow_mut().step(&key, None, |core, rctx| {
             core.step(rctx, |room| ((), room.peer_closed(peer, now)))
+        });
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<PeerLayerEvent> for RoomShard {
+    type Result = ();
+
+    fn handle(&mut self, PeerLayerEvent(peer, event): PeerLayerEvent, ctx: &mut Self::Context) {
+        let Some(key) = self
+            .core
+            .borrow()
+            .rooms
+            .iter()
+            .find(|(_, c)| c.room.peer_use(peer).is_some())
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        self.core.borrow_mut().step(&key, None, |core, rctx| {
+            core.step(rctx, |room| ((), room.layer_event(peer, event)))
         });
         self.schedule(ctx);
     }

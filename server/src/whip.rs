@@ -479,6 +479,7 @@ async fn negotiate(
                 has_audio,
                 has_video,
                 sdp: Some(offer),
+                layers: Vec::new(),
             })
         }
         Direction::Egress => {
@@ -520,6 +521,7 @@ async fn negotiate(
                 audio: audio && stream.has_audio,
                 video: video && stream.has_video,
                 sdp: Some(offer),
+                video_type: None,
             })
         }
     };

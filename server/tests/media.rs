@@ -89,6 +89,7 @@ fn publish_main(sdp: impl Into<String>) -> ClientMessage {
         has_audio: true,
         has_video: true,
         sdp: Some(sdp.into()),
+        layers: Vec::new(),
     })
 }
 
@@ -137,6 +138,7 @@ async fn subscribe(
             audio: true,
             video: true,
             sdp: Some(offer),
+            video_type: None,
         }))
         .await
         .expect("subscribe accepted");
@@ -240,6 +242,7 @@ async fn publish_to_two_subscribers_then_late_joiner_then_unpublish() {
             audio: true,
             video: true,
             sdp: Some(offer),
+            video_type: None,
         }))
         .await
         .unwrap();
@@ -342,6 +345,7 @@ async fn denied_publish_and_bad_sdp_get_codes() {
             audio: true,
             video: true,
             sdp: Some(offer.clone()),
+            video_type: None,
         }))
         .await
         .unwrap_err();
@@ -417,6 +421,7 @@ async fn a_member_whose_signalling_drops_loses_its_subscriptions_at_once() {
             has_audio: true,
             has_video: false,
             sdp: None,
+            layers: Vec::new(),
         }))
         .await
         .unwrap();
@@ -430,6 +435,7 @@ async fn a_member_whose_signalling_drops_loses_its_subscriptions_at_once() {
             audio: true,
             video: false,
             sdp: Some(offer),
+            video_type: None,
         }))
         .await
         .expect("subscribe accepted");
@@ -473,7 +479,10 @@ mod plane {
     async fn publish(plane: &MediaPlane, user: &str) -> (Publisher, u64) {
         let publisher = Publisher::new().await;
         let offer = peer::full_offer(&publisher.pc).await;
-        let published = plane.publish(slot(user), &offer).await.expect("publish");
+        let published = plane
+            .publish(slot(user), &offer, &[])
+            .await
+            .expect("publish");
         peer::apply_answer(&publisher.pc, published.answer).await;
         assert!(
             peer::connected(&publisher.pc, Duration::from_secs(10)).await,
@@ -499,7 +508,7 @@ mod plane {
         .await;
         let offer = peer::full_offer(&pc).await;
         let (sub, answer) = plane
-            .subscribe(slot(user), true, true, &offer)
+            .subscribe(slot(user), true, true, &offer, Default::default())
             .await
             .expect("subscribe");
         peer::apply_answer(&pc, answer).await;
@@ -513,12 +522,17 @@ mod plane {
     async fn next_closed(
         events: &mut tokio::sync::mpsc::Receiver<MediaEvent>,
     ) -> (u64, PeerCloseReason) {
-        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
-            .await
-            .expect("a peer-closed event")
-            .expect("the channel stays open");
-        let MediaEvent::PeerClosed { peer, reason } = e;
-        (peer, reason)
+        // Simulcast events (none here: no layers) are skipped.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let e = tokio::time::timeout_at(deadline, events.recv())
+                .await
+                .expect("a peer-closed event")
+                .expect("the channel stays open");
+            if let MediaEvent::PeerClosed { peer, reason } = e {
+                return (peer, reason);
+            }
+        }
     }
 
     /// Send Opus-shaped packets until the subscriber has received `n` more.

@@ -104,6 +104,7 @@ async fn publish(c: &mut Client, sdp: String) -> Result<String, rtcroom_protocol
         has_audio: true,
         has_video: true,
         sdp: Some(sdp),
+        layers: Vec::new(),
     }))
     .await
     .map(answer_of)
@@ -225,6 +226,7 @@ async fn a_subscriber_gets_the_streams_codec_with_its_own_payload_types_and_one_
             audio: true,
             video: true,
             sdp: Some(sdp),
+            video_type: None,
         })
     };
     // An offer that cannot receive VP8 is refused, naming it.

@@ -22,6 +22,7 @@ fn publish(audio: bool, video: bool) -> ClientMessage {
         has_audio: audio,
         has_video: video,
         sdp: None,
+        layers: Vec::new(),
     })
 }
 

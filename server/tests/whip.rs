@@ -258,6 +258,7 @@ async fn whip_publisher_is_a_member_whose_media_flows_until_delete() {
             audio: true,
             video: true,
             sdp: Some(offer),
+            video_type: None,
         }))
         .await
         .expect("bob subscribes to the WHIP stream");
@@ -505,6 +506,7 @@ async fn whep_viewer_receives_a_signalling_publisher() {
             has_audio: true,
             has_video: true,
             sdp: Some(offer),
+            layers: Vec::new(),
         }))
         .await
         .expect("alice publishes");

@@ -215,6 +215,7 @@ impl Signal {
                 has_audio: true,
                 has_video: video,
                 sdp: Some(offer),
+                layers: Vec::new(),
             }))
             .await?;
         accept(target, peer, reply).await
@@ -237,6 +238,7 @@ impl Signal {
                 audio: true,
                 video,
                 sdp: Some(offer),
+                video_type: None,
             }))
             .await?;
         Ok((accept(target, peer, reply).await?, sent))

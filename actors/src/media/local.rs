@@ -6,6 +6,12 @@
 //! failure) binds the same tracks, so the pump that copies pipeline RTP into them never has
 //! to be re-pointed. A pipeline restart (new video profile) only swaps the pump's source.
 //!
+//! Simulcast (TRTC's small stream, [`LocalConfig::small_video`]): the video track is two
+//! tracks with one track id, RTP stream ids [`BIG_RID`] and [`SMALL_RID`], which an uplink
+//! sends as two encodings of one transceiver (`a=simulcast:send h;l`); the pump writes each
+//! layer's packets into its own track, and the server's `layers-wanted` pauses and resumes
+//! the layers' encoders ([`LocalMedia::set_active_layers`]).
+//!
 //! Blocking: [`LocalMedia::start`], [`LocalMedia::restart`] and [`LocalMedia::stop`] change
 //! GStreamer states (tens to hundreds of ms): callers run them off the engine thread. The
 //! pump ([`LocalMedia::pump`]) is an async task on the engine thread; it never blocks.
@@ -16,10 +22,10 @@ use std::sync::{Arc, Mutex};
 use actix::Recipient;
 
 use rtcroom_pipelines::{
-    EncoderControl, LocalConfig, LocalOutputs, LocalPipeline, MediaKind, RtpPacket, VideoCodec,
-    VideoProfile,
+    EncoderControl, Layer, LocalConfig, LocalOutputs, LocalPipeline, MediaKind, RtpPacket,
+    VideoCodec, VideoProfile,
 };
-use rtcroom_protocol::signal::StreamType;
+use rtcroom_protocol::signal::{StreamType, VideoLayer};
 use rtcroom_protocol::{ErrorCode, RtcError};
 use tokio::sync::mpsc;
 use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
@@ -35,6 +41,43 @@ pub const H264_PT: u8 = 102;
 pub const VP8_PT: u8 = rtcroom_pipelines::codec::VP8_PAYLOAD_TYPE;
 /// Payload type of Opus.
 pub const OPUS_PT: u8 = 111;
+/// The RTP stream id (`a=rid`) of a simulcast stream's big layer (the stream's profile).
+pub const BIG_RID: &str = "h";
+/// The RTP stream id (`a=rid`) of a simulcast stream's small layer.
+pub const SMALL_RID: &str = "l";
+
+/// The rid of a layer.
+pub fn rid_of(layer: Layer) -> &'static str {
+    match layer {
+        Layer::Big => BIG_RID,
+        Layer::Small => SMALL_RID,
+    }
+}
+
+/// The tracks of a video of `capability`: one plain track, or with `simulcast` the big
+/// layer's and the small layer's (same track id and stream id, rids [`BIG_RID`] and
+/// [`SMALL_RID`]: webrtc-rs sends them as two encodings of one sender).
+pub fn video_tracks(
+    capability: RTCRtpCodecCapability,
+    simulcast: bool,
+) -> (Arc<TrackLocalStaticRTP>, Option<Arc<TrackLocalStaticRTP>>) {
+    let (id, stream_id) = ("video".to_owned(), "rtcroom".to_owned());
+    if !simulcast {
+        return (
+            Arc::new(TrackLocalStaticRTP::new(capability, id, stream_id)),
+            None,
+        );
+    }
+    let track = |rid: &str| {
+        Arc::new(TrackLocalStaticRTP::new_with_rid(
+            capability.clone(),
+            id.clone(),
+            rid.to_owned(),
+            stream_id.clone(),
+        ))
+    };
+    (track(BIG_RID), Some(track(SMALL_RID)))
+}
 
 /// The H.264 codec as registered for receiving (level 3.1).
 pub fn h264_capability() -> RTCRtpCodecCapability {
@@ -104,23 +147,31 @@ pub struct LocalMediaStats {
     pub audio_packets_sent: u64,
     /// Audio RTP bytes written (headers included).
     pub audio_bytes_sent: u64,
-    /// Video RTP packets written to the uplink.
+    /// Video RTP packets written to the uplink (the big layer's, with a small stream).
     pub video_packets_sent: u64,
-    /// Video RTP bytes written (headers included).
+    /// Video RTP bytes written (headers included; the big layer's).
     pub video_bytes_sent: u64,
-    /// Encoded video frames (RTP packets with the marker bit) that left the encoder.
+    /// Encoded video frames (RTP packets with the marker bit) that left the encoder (the big
+    /// layer's).
     pub video_frames_encoded: u64,
-    /// Keyframe requests (PLI/FIR) received from the server.
+    /// Keyframe requests (PLI/FIR) received from the server (for any layer).
     pub keyframe_requests: u64,
+    /// The small stream's RTP packets written (0 without one, or while it is paused).
+    pub small_video_packets_sent: u64,
+    /// The small stream's RTP bytes written (headers included).
+    pub small_video_bytes_sent: u64,
+    /// The small stream's encoded frames that were sent.
+    pub small_video_frames_encoded: u64,
 }
 
 #[derive(Default)]
 struct Counters {
     audio_packets: AtomicU64,
     audio_bytes: AtomicU64,
-    video_packets: AtomicU64,
-    video_bytes: AtomicU64,
-    video_frames: AtomicU64,
+    /// By [`Layer::index`].
+    video_packets: [AtomicU64; 2],
+    video_bytes: [AtomicU64; 2],
+    video_frames: [AtomicU64; 2],
     keyframe_requests: AtomicU64,
 }
 
@@ -179,13 +230,15 @@ fn rewrite(data: &bytes::Bytes, seq: u16, ts: u32) -> bytes::Bytes {
 pub struct LocalMedia {
     stream_type: StreamType,
     video_track: Option<Arc<TrackLocalStaticRTP>>,
+    /// With a small stream: its track (rid [`SMALL_RID`]; the video track is rid [`BIG_RID`]).
+    small_track: Option<Arc<TrackLocalStaticRTP>>,
     audio_track: Option<Arc<TrackLocalStaticRTP>>,
     audio_muted: AtomicBool,
     video_muted: AtomicBool,
     state: Mutex<PipelineState>,
     counters: Counters,
-    /// Audio, video.
-    continuity: Mutex<[Continuity; 2]>,
+    /// Audio, video (big layer), small video.
+    continuity: Mutex<[Continuity; 3]>,
     /// The client this stream is published by, for mute signalling.
     publisher: Mutex<Option<Recipient<crate::client::ClientRequest>>>,
 }
@@ -196,6 +249,9 @@ struct PipelineState {
     encoders: Option<EncoderControl>,
     /// Smoothed packet loss the receivers report (percent), given to the Opus encoder.
     expected_loss: u8,
+    /// With a small stream: which layers are encoded (by [`Layer::index`]), kept across
+    /// pipeline restarts.
+    layers_active: [bool; 2],
     /// Bumped on every restart, so an old pump stops writing.
     epoch: u64,
 }
@@ -251,13 +307,16 @@ impl LocalMedia {
         config: LocalConfig,
         stream_type: StreamType,
     ) -> Result<(Arc<LocalMedia>, LocalOutputs), RtcError> {
-        let video_track = config.video.as_ref().map(|v| {
-            Arc::new(TrackLocalStaticRTP::new(
-                video_capability_for(v.codec, &v.profile),
-                "video".into(),
-                "rtcroom".into(),
-            ))
-        });
+        let (video_track, small_track) = match &config.video {
+            Some(v) => {
+                let (big, small) = video_tracks(
+                    video_capability_for(v.codec, &v.profile),
+                    config.small_video.is_some(),
+                );
+                (Some(big), small)
+            }
+            None => (None, None),
+        };
         let audio_track = config.audio.as_ref().map(|_| {
             Arc::new(TrackLocalStaticRTP::new(
                 opus_capability(),
@@ -270,6 +329,7 @@ impl LocalMedia {
         let media = Arc::new(LocalMedia {
             stream_type,
             video_track,
+            small_track,
             audio_track,
             audio_muted: AtomicBool::new(false),
             video_muted: AtomicBool::new(false),
@@ -278,6 +338,7 @@ impl LocalMedia {
                 pipeline: Some(pipeline),
                 encoders,
                 expected_loss: 0,
+                layers_active: [true; 2],
                 epoch: 0,
             }),
             counters: Counters::default(),
@@ -320,6 +381,62 @@ impl LocalMedia {
     /// The audio track, bound by each uplink peer connection.
     pub fn audio_track(&self) -> Option<Arc<TrackLocalStaticRTP>> {
         self.audio_track.clone()
+    }
+
+    /// With a small stream: its track, sent by each uplink as the second encoding of the
+    /// video track's sender.
+    pub fn small_track(&self) -> Option<Arc<TrackLocalStaticRTP>> {
+        self.small_track.clone()
+    }
+
+    /// The stream sends a small stream (simulcast).
+    pub fn has_small(&self) -> bool {
+        self.small_track.is_some()
+    }
+
+    /// The simulcast layers a publish announces: big ([`BIG_RID`], the video profile), then
+    /// small ([`SMALL_RID`], the small profile), as the offer lists them; empty without a
+    /// small stream. From the configuration now (a later profile change is not announced:
+    /// the layers stay the publication's).
+    pub fn layers(&self) -> Vec<VideoLayer> {
+        let config = self.config();
+        let (Some(video), Some(small)) = (config.video, config.small_video) else {
+            return Vec::new();
+        };
+        [(BIG_RID, video.profile), (SMALL_RID, small)]
+            .into_iter()
+            .map(|(rid, p)| VideoLayer {
+                rid: rid.to_owned(),
+                width: p.width,
+                height: p.height,
+                bitrate_kbps: p.bitrate_kbps,
+            })
+            .collect()
+    }
+
+    /// Encode only the layers whose rids are in `active` (the server's `layers-wanted`);
+    /// a layer that resumes starts with a keyframe. Kept across pipeline restarts. Never
+    /// blocks; nothing happens without a small stream.
+    pub fn set_active_layers(&self, active: &[String]) {
+        if !self.has_small() {
+            return;
+        }
+        let mut s = lock(&self.state);
+        for layer in [Layer::Big, Layer::Small] {
+            let on = active.iter().any(|r| r == rid_of(layer));
+            s.layers_active[layer.index()] = on;
+            if let Some(k) = &s.encoders {
+                k.set_layer_active(layer, on);
+            }
+        }
+    }
+
+    /// Whether `layer` is encoded now: `false` when paused, or absent.
+    pub fn is_layer_active(&self, layer: Layer) -> bool {
+        lock(&self.state)
+            .encoders
+            .as_ref()
+            .is_some_and(|k| k.is_layer_active(layer))
     }
 
     /// Send an SEI message (payload type 5 or 243) with the next encoded video frame.
@@ -389,13 +506,24 @@ impl LocalMedia {
         changed
     }
 
-    /// Asks the encoder for a keyframe (on RTCP PLI/FIR from the server). Never blocks.
+    /// Asks the video encoders (every layer) for a keyframe. Never blocks.
     pub fn request_keyframe(&self) {
         self.counters
             .keyframe_requests
             .fetch_add(1, Ordering::Relaxed);
         if let Some(k) = &lock(&self.state).encoders {
             k.request_keyframe();
+        }
+    }
+
+    /// Asks one layer's encoder for a keyframe (on RTCP PLI/FIR from the server for that
+    /// layer's SSRC; a paused layer's next frame). Never blocks.
+    pub fn request_keyframe_of(&self, layer: Layer) {
+        self.counters
+            .keyframe_requests
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(k) = &lock(&self.state).encoders {
+            k.request_keyframe_of(layer);
         }
     }
 
@@ -417,10 +545,13 @@ impl LocalMedia {
         LocalMediaStats {
             audio_packets_sent: c.audio_packets.load(Ordering::Relaxed),
             audio_bytes_sent: c.audio_bytes.load(Ordering::Relaxed),
-            video_packets_sent: c.video_packets.load(Ordering::Relaxed),
-            video_bytes_sent: c.video_bytes.load(Ordering::Relaxed),
-            video_frames_encoded: c.video_frames.load(Ordering::Relaxed),
+            video_packets_sent: c.video_packets[0].load(Ordering::Relaxed),
+            video_bytes_sent: c.video_bytes[0].load(Ordering::Relaxed),
+            video_frames_encoded: c.video_frames[0].load(Ordering::Relaxed),
             keyframe_requests: c.keyframe_requests.load(Ordering::Relaxed),
+            small_video_packets_sent: c.video_packets[1].load(Ordering::Relaxed),
+            small_video_bytes_sent: c.video_bytes[1].load(Ordering::Relaxed),
+            small_video_frames_encoded: c.video_frames[1].load(Ordering::Relaxed),
         }
     }
 
@@ -433,10 +564,11 @@ impl LocalMedia {
                 break;
             }
             let kind = packet.kind();
-            let (idx, ts_step) = match kind {
+            let (idx, ts_step) = match (kind, packet.layer) {
                 // About one frame at 30 fps, one 20 ms Opus frame.
-                MediaKind::Video => (1, 3_000),
-                MediaKind::Audio => (0, 960),
+                (MediaKind::Video, Layer::Big) => (1, 3_000),
+                (MediaKind::Video, Layer::Small) => (2, 3_000),
+                (MediaKind::Audio, _) => (0, 960),
             };
             if self.is_muted(kind) {
                 lock(&self.continuity)[idx].skip();
@@ -447,11 +579,15 @@ impl LocalMedia {
             };
             let (seq, ts) = lock(&self.continuity)[idx].map(epoch, seq, ts, ts_step);
             let data = rewrite(&packet.data, seq, ts);
+            let layer = packet.layer.index();
             let (track, packets, bytes) = match kind {
                 MediaKind::Video => (
-                    &self.video_track,
-                    &self.counters.video_packets,
-                    &self.counters.video_bytes,
+                    match packet.layer {
+                        Layer::Big => &self.video_track,
+                        Layer::Small => &self.small_track,
+                    },
+                    &self.counters.video_packets[layer],
+                    &self.counters.video_bytes[layer],
                 ),
                 MediaKind::Audio => (
                     &self.audio_track,
@@ -463,7 +599,7 @@ impl LocalMedia {
             packets.fetch_add(1, Ordering::Relaxed);
             bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             if kind == MediaKind::Video && packet.marker() {
-                self.counters.video_frames.fetch_add(1, Ordering::Relaxed);
+                self.counters.video_frames[layer].fetch_add(1, Ordering::Relaxed);
             }
             // Errors only mean that no peer connection is bound right now.
             let _ = track.write(&data).await;
@@ -474,11 +610,13 @@ impl LocalMedia {
     /// needs no renegotiation). Blocks: run it off the engine thread. Returns the new epoch
     /// and outputs for a new [`LocalMedia::pump`].
     pub fn restart(&self, config: LocalConfig) -> Result<(u64, LocalOutputs), RtcError> {
-        if config.video.is_some() != self.has_video() || config.audio.is_some() != self.has_audio()
+        if config.video.is_some() != self.has_video()
+            || config.audio.is_some() != self.has_audio()
+            || (config.video.is_some() && config.small_video.is_some() != self.has_small())
         {
             return Err(RtcError::invalid_operation(
                 None,
-                "a profile change cannot add or remove tracks",
+                "a profile change cannot add or remove tracks (or the small stream)",
             ));
         }
         let (pipeline, outputs) = LocalPipeline::start(config.clone()).map_err(pipeline_error)?;
@@ -489,6 +627,12 @@ impl LocalMedia {
             s.encoders = Some(pipeline.encoder_control());
             if let Some(k) = &s.encoders {
                 k.set_expected_loss(s.expected_loss);
+                // The server's last `layers-wanted` still holds for the new encoders.
+                for layer in [Layer::Big, Layer::Small] {
+                    if !s.layers_active[layer.index()] {
+                        k.set_layer_active(layer, false);
+                    }
+                }
             }
             s.pipeline.replace(pipeline)
         };

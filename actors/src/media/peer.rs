@@ -10,7 +10,11 @@
 //! Set-up, as the SFU expects it: H.264 on PT 102 (with nack, nack pli, ccm fir) and Opus on
 //! PT 111; loopback candidates on, mDNS off, UDP4 only; the offer is sent with every ICE
 //! candidate gathered (no trickle). Uplink: sendonly transceivers bound to the stream's
-//! tracks; each PLI/FIR on a sender becomes a keyframe request to the encoder. Downlink:
+//! tracks; each PLI/FIR on a sender becomes a keyframe request to the encoder. A stream with
+//! a small stream sends its video as two encodings of one transceiver (rids `h` and `l`,
+//! `a=simulcast:send h;l`), with the `sdes:mid` and `sdes:rtp-stream-id` header extensions
+//! that name each packet's layer to the server; a PLI for one layer's SSRC asks that
+//! layer's encoder only. Downlink:
 //! recvonly transceivers; each arriving track is read into the receive pipeline, and a PLI
 //! is sent at once so the first frame comes fast.
 //!
@@ -48,9 +52,13 @@ use webrtc::track::track_remote::TrackRemote;
 use webrtc::util::Marshal;
 
 use super::local::{
-    H264_PT, LocalMedia, OPUS_PT, VP8_PT, h264_capability, opus_capability, vp8_capability,
+    H264_PT, LocalMedia, OPUS_PT, SMALL_RID, VP8_PT, h264_capability, opus_capability,
+    vp8_capability,
 };
 use super::remote::RemoteMedia;
+use rtcroom_pipelines::Layer;
+use webrtc::rtp_transceiver::rtp_codec::RTCRtpHeaderExtensionCapability;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
 /// How long an offer waits for ICE gathering (loopback gathers in a few ms).
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -191,6 +199,18 @@ pub async fn new_peer_connection() -> Result<Arc<RTCPeerConnection>, RtcError> {
 pub async fn new_peer_connection_with(
     h264: RTCRtpCodecCapability,
 ) -> Result<Arc<RTCPeerConnection>, RtcError> {
+    new_peer_connection_for(h264, false).await
+}
+
+/// As [`new_peer_connection_with`]; with `simulcast`, the video header extensions that name
+/// each packet's media section and RTP stream id (`urn:ietf:params:rtp-hdrext:sdes:mid` and
+/// `…:sdes:rtp-stream-id`) are registered too. webrtc-rs adds them to sent packets only when
+/// they are registered (and the answer accepts them); a receiver of simulcast tells the
+/// layers apart by them.
+pub async fn new_peer_connection_for(
+    h264: RTCRtpCodecCapability,
+    simulcast: bool,
+) -> Result<Arc<RTCPeerConnection>, RtcError> {
     let mut m = MediaEngine::default();
     let mut h264 = h264;
     h264.rtcp_feedback = video_feedback();
@@ -214,6 +234,21 @@ pub async fn new_peer_connection_with(
         )
         .map_err(|e| ice_error("register codec", e))?;
     }
+    if simulcast {
+        for uri in [
+            webrtc::sdp::extmap::SDES_MID_URI,
+            webrtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+        ] {
+            m.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                RTPCodecType::Video,
+                None,
+            )
+            .map_err(|e| ice_error("register header extension", e))?;
+        }
+    }
     let registry = register_default_interceptors(Registry::new(), &mut m)
         .map_err(|e| ice_error("interceptors", e))?;
     let mut s = SettingEngine::default();
@@ -231,11 +266,34 @@ pub async fn new_peer_connection_with(
         .map_err(|e| ice_error("new peer connection", e))
 }
 
-/// Reads RTCP from a sender (webrtc-rs needs it read for its interceptors), turns each
-/// PLI/FIR into a keyframe request and each receiver report's loss into the Opus encoder's
-/// expected loss (its in-band FEC). Ends with the sender.
-async fn read_sender_rtcp(sender: Arc<RTCRtpSender>, local: Arc<LocalMedia>) {
-    while let Ok((pkts, _)) = sender.read_rtcp().await {
+/// Which RTCP of a sender to read: its first (or only) encoding's, or one simulcast
+/// encoding's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RtcpOf {
+    /// The sender's first encoding (the only one, or a simulcast sender's big layer).
+    First,
+    /// The encoding of a simulcast layer (by its rid).
+    Rid(&'static str),
+}
+
+/// Reads RTCP from a sender's encoding (webrtc-rs needs it read for its interceptors), turns
+/// each PLI/FIR into a keyframe request to `layer`'s encoder (the RTCP of an encoding is the
+/// RTCP for its SSRC) and each receiver report's loss into the Opus encoder's expected loss
+/// (its in-band FEC). Ends with the sender.
+async fn read_sender_rtcp(
+    sender: Arc<RTCRtpSender>,
+    local: Arc<LocalMedia>,
+    of: RtcpOf,
+    layer: Layer,
+) {
+    loop {
+        let read = match of {
+            RtcpOf::First => sender.read_rtcp().await,
+            RtcpOf::Rid(rid) => sender.read_rtcp_simulcast(rid).await,
+        };
+        let Ok((pkts, _)) = read else {
+            break;
+        };
         for p in pkts {
             let any = p.as_any();
             if any
@@ -245,7 +303,7 @@ async fn read_sender_rtcp(sender: Arc<RTCRtpSender>, local: Arc<LocalMedia>) {
                     .downcast_ref::<rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
                     .is_some()
             {
-                local.request_keyframe();
+                local.request_keyframe_of(layer);
             }
             if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>()
                 && let Some(worst) = rr.reports.iter().map(|r| r.fraction_lost).max()
@@ -254,6 +312,75 @@ async fn read_sender_rtcp(sender: Arc<RTCRtpSender>, local: Arc<LocalMedia>) {
             }
         }
     }
+}
+
+/// The tracks an uplink peer connection sends.
+#[derive(Clone, Debug, Default)]
+pub struct UplinkTracks {
+    /// The video track (with a small stream: the big layer's, rid `h`).
+    pub video: Option<Arc<TrackLocalStaticRTP>>,
+    /// The small stream's track (rid `l`, same track id as `video`): sent as the second
+    /// encoding of the video sender.
+    pub small_video: Option<Arc<TrackLocalStaticRTP>>,
+    /// The audio track.
+    pub audio: Option<Arc<TrackLocalStaticRTP>>,
+}
+
+/// Adds one sendonly transceiver per track to `pc` (video first), the small stream as a
+/// second encoding of the video's sender (before negotiation, as webrtc-rs requires), and
+/// narrows the video's codecs to the track's. Returns each sender, and whether it is the
+/// simulcast video's.
+pub async fn add_uplink_tracks(
+    pc: &RTCPeerConnection,
+    tracks: &UplinkTracks,
+) -> Result<Vec<(Arc<RTCRtpSender>, bool)>, RtcError> {
+    let mut senders = Vec::new();
+    for track in [tracks.video.clone(), tracks.audio.clone()]
+        .into_iter()
+        .flatten()
+    {
+        let capability = track.codec();
+        let t = pc
+            .add_transceiver_from_track(
+                track as Arc<dyn TrackLocal + Send + Sync>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await
+            .map_err(|e| ice_error("add track", e))?;
+        let sender = t.sender().await;
+        let mut simulcast = false;
+        if t.kind() == RTPCodecType::Video {
+            if let Some(small) = &tracks.small_video {
+                sender
+                    .add_encoding(small.clone() as Arc<dyn TrackLocal + Send + Sync>)
+                    .await
+                    .map_err(|e| ice_error("add the small stream's encoding", e))?;
+                simulcast = true;
+            }
+            // Offer the track's codec only: the server answers a publisher with the offer's
+            // first codec it forwards, and that must be the one we send.
+            let payload_type = if capability.mime_type == MIME_TYPE_VP8 {
+                VP8_PT
+            } else {
+                H264_PT
+            };
+            t.set_codec_preferences(vec![RTCRtpCodecParameters {
+                capability: RTCRtpCodecCapability {
+                    rtcp_feedback: video_feedback(),
+                    ..capability
+                },
+                payload_type,
+                ..Default::default()
+            }])
+            .await
+            .map_err(|e| ice_error("codec preferences", e))?;
+        }
+        senders.push((sender, simulcast));
+    }
+    Ok(senders)
 }
 
 /// When to poke the ICE agent after the answer is applied (see [`nomination_pokes`]).
@@ -358,46 +485,17 @@ impl PeerConnectionActor {
                 .unwrap_or_else(h264_capability),
             PcRole::Downlink { .. } => h264_capability(),
         };
-        let pc = new_peer_connection_with(h264).await?;
+        let simulcast = matches!(&role, PcRole::Uplink(local) if local.has_small());
+        let pc = new_peer_connection_for(h264, simulcast).await?;
         let mut senders = Vec::new();
         match &role {
             PcRole::Uplink(local) => {
-                for track in [local.video_track(), local.audio_track()]
-                    .into_iter()
-                    .flatten()
-                {
-                    let capability = track.codec();
-                    let t = pc
-                        .add_transceiver_from_track(
-                            track as Arc<dyn TrackLocal + Send + Sync>,
-                            Some(RTCRtpTransceiverInit {
-                                direction: RTCRtpTransceiverDirection::Sendonly,
-                                send_encodings: vec![],
-                            }),
-                        )
-                        .await
-                        .map_err(|e| ice_error("add track", e))?;
-                    // Offer the track's codec only: the server answers a publisher with the
-                    // offer's first codec it forwards, and that must be the one we send.
-                    if t.kind() == RTPCodecType::Video {
-                        let payload_type = if capability.mime_type == MIME_TYPE_VP8 {
-                            VP8_PT
-                        } else {
-                            H264_PT
-                        };
-                        t.set_codec_preferences(vec![RTCRtpCodecParameters {
-                            capability: RTCRtpCodecCapability {
-                                rtcp_feedback: video_feedback(),
-                                ..capability
-                            },
-                            payload_type,
-                            ..Default::default()
-                        }])
-                        .await
-                        .map_err(|e| ice_error("codec preferences", e))?;
-                    }
-                    senders.push(t.sender().await);
-                }
+                let tracks = UplinkTracks {
+                    video: local.video_track(),
+                    small_video: local.small_track(),
+                    audio: local.audio_track(),
+                };
+                senders = add_uplink_tracks(&pc, &tracks).await?;
             }
             PcRole::Downlink { audio, video, .. } => {
                 let kinds = [(*video, RTPCodecType::Video), (*audio, RTPCodecType::Audio)];
@@ -416,8 +514,21 @@ impl PeerConnectionActor {
         }
         let addr = PeerConnectionActor::create_actor(id, pc.clone(), role.clone(), owner, span);
         if let PcRole::Uplink(local) = &role {
-            for sender in senders {
-                actix::spawn(read_sender_rtcp(sender, local.clone()));
+            for (sender, simulcast) in senders {
+                actix::spawn(read_sender_rtcp(
+                    sender.clone(),
+                    local.clone(),
+                    RtcpOf::First,
+                    Layer::Big,
+                ));
+                if simulcast {
+                    actix::spawn(read_sender_rtcp(
+                        sender,
+                        local.clone(),
+                        RtcpOf::Rid(SMALL_RID),
+                        Layer::Small,
+                    ));
+                }
             }
         }
         let a = addr.clone();
@@ -670,5 +781,224 @@ mod tests {
     fn no_host_candidate_no_pokes() {
         assert!(nomination_pokes("v=0\r\na=candidate:garbage\r\n").is_empty());
         assert!(nomination_pokes("").is_empty());
+    }
+
+    use crate::media::local::{opus_capability, video_tracks};
+    use webrtc::rtp::packet::Packet;
+    use webrtc::track::track_local::TrackLocalWriter;
+
+    /// The `m=` section of `kind` in `sdp`.
+    fn section<'a>(sdp: &'a str, kind: &str) -> &'a str {
+        sdp.split("m=")
+            .find(|m| m.starts_with(kind))
+            .unwrap_or_else(|| panic!("no {kind} section in {sdp}"))
+    }
+
+    async fn offer_of(pc: &RTCPeerConnection) -> String {
+        let offer = pc.create_offer(None).await.expect("offer");
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(offer)
+            .await
+            .expect("local description");
+        let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await;
+        pc.local_description().await.expect("described").sdp
+    }
+
+    fn audio_track() -> Arc<TrackLocalStaticRTP> {
+        Arc::new(TrackLocalStaticRTP::new(
+            opus_capability(),
+            "audio".into(),
+            "rtcroom".into(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_small_stream_is_offered_as_two_encodings_of_one_video_transceiver() {
+        let (big, small) = video_tracks(h264_capability(), true);
+        let pc = new_peer_connection_for(h264_capability(), true)
+            .await
+            .expect("pc");
+        let senders = add_uplink_tracks(
+            &pc,
+            &UplinkTracks {
+                video: Some(big),
+                small_video: small,
+                audio: Some(audio_track()),
+            },
+        )
+        .await
+        .expect("tracks");
+        let simulcast: Vec<bool> = senders.iter().map(|(_, s)| *s).collect();
+        assert_eq!(simulcast, [true, false], "video, then audio");
+        let sdp = offer_of(&pc).await;
+        assert_eq!(sdp.matches("m=video").count(), 1, "{sdp}");
+        let video = section(&sdp, "video");
+        for line in [
+            "a=rid:h send",
+            "a=rid:l send",
+            "a=simulcast:send h;l",
+            "urn:ietf:params:rtp-hdrext:sdes:mid",
+            "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+            "a=sendonly",
+            "H264/90000",
+        ] {
+            assert!(video.contains(line), "{line} in {video}");
+        }
+        assert!(!video.contains("VP8"), "only the track's codec: {video}");
+        let audio = section(&sdp, "audio");
+        assert!(!audio.contains("a=rid"), "{audio}");
+        let _ = pc.close().await;
+
+        // Without a small stream: one encoding, no rids, no extensions.
+        let (plain, none) = video_tracks(h264_capability(), false);
+        assert!(none.is_none());
+        let pc = new_peer_connection_for(h264_capability(), false)
+            .await
+            .expect("pc");
+        let senders = add_uplink_tracks(
+            &pc,
+            &UplinkTracks {
+                video: Some(plain),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("tracks");
+        assert!(!senders[0].1);
+        let sdp = offer_of(&pc).await;
+        for absent in ["a=rid:", "a=simulcast", "sdes:rtp-stream-id"] {
+            assert!(!sdp.contains(absent), "{absent} in {sdp}");
+        }
+        let _ = pc.close().await;
+    }
+
+    /// What webrtc-rs really puts on the wire: a webrtc-rs receiver of simulcast (which tells
+    /// layers apart only by the `sdes:mid` and `sdes:rtp-stream-id` header extensions of the
+    /// packets, not by SSRCs) gets one track per rid, and a PLI for the small layer's SSRC
+    /// reaches the small encoding's RTCP.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_layer_goes_out_with_its_rid_header_extension_and_gets_its_own_rtcp() {
+        // webrtc-rs's DTLS needs a process-wide rustls provider (DEVELOPERS.md).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let (big, small) = video_tracks(h264_capability(), true);
+        let small = small.expect("small track");
+        let offerer = new_peer_connection_for(h264_capability(), true)
+            .await
+            .expect("pc");
+        let senders = add_uplink_tracks(
+            &offerer,
+            &UplinkTracks {
+                video: Some(big.clone()),
+                small_video: Some(small.clone()),
+                audio: None,
+            },
+        )
+        .await
+        .expect("tracks");
+        let sender = senders[0].0.clone();
+        let answerer = new_peer_connection_for(h264_capability(), true)
+            .await
+            .expect("pc");
+        answerer
+            .add_transceiver_from_kind(
+                RTPCodecType::Video,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await
+            .expect("transceiver");
+        let (tx, mut tracks) = tokio::sync::mpsc::unbounded_channel();
+        answerer.on_track(Box::new(move |track, _, _| {
+            let _ = tx.send((track.rid().to_owned(), track.ssrc()));
+            Box::pin(async {})
+        }));
+        let offer = offer_of(&offerer).await;
+        answerer
+            .set_remote_description(RTCSessionDescription::offer(offer).expect("offer"))
+            .await
+            .expect("offer applied");
+        let answer = answerer.create_answer(None).await.expect("answer");
+        let mut gathered = answerer.gathering_complete_promise().await;
+        answerer
+            .set_local_description(answer)
+            .await
+            .expect("local description");
+        let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await;
+        let answer = answerer.local_description().await.expect("described");
+        assert!(
+            answer.sdp.contains("a=simulcast:recv h;l"),
+            "{}",
+            answer.sdp
+        );
+        offerer
+            .set_remote_description(answer)
+            .await
+            .expect("answer applied");
+        // Media: a packet per layer every 20 ms (nothing is sent until the tracks are bound).
+        let writer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for i in 0u16.. {
+                tick.tick().await;
+                for track in [&big, &small] {
+                    let packet = Packet {
+                        header: webrtc::rtp::header::Header {
+                            version: 2,
+                            payload_type: H264_PT,
+                            sequence_number: i,
+                            timestamp: u32::from(i) * 3_000,
+                            marker: true,
+                            ..Default::default()
+                        },
+                        payload: bytes::Bytes::from_static(&[0x65, 0x88, 0x84, 0x00]),
+                    };
+                    let _ = track.write_rtp(&packet).await;
+                }
+            }
+        });
+        let mut rids = std::collections::BTreeMap::new();
+        while rids.len() < 2 {
+            let (rid, ssrc) = tokio::time::timeout(Duration::from_secs(10), tracks.recv())
+                .await
+                .expect("a track per layer in time")
+                .expect("answerer alive");
+            rids.insert(rid, ssrc);
+        }
+        assert_eq!(
+            rids.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["h", "l"]
+        );
+        assert_ne!(rids["h"], rids["l"], "one SSRC per layer");
+        // A PLI for the small layer's SSRC is read from the small encoding's RTCP.
+        let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: rids["l"],
+        };
+        answerer
+            .write_rtcp(&[Box::new(pli)])
+            .await
+            .expect("PLI sent");
+        let got_pli = async {
+            loop {
+                let (pkts, _) = sender
+                    .read_rtcp_simulcast(SMALL_RID)
+                    .await
+                    .expect("small encoding's RTCP");
+                if pkts.iter().any(|p| {
+                    p.as_any()
+                        .downcast_ref::<rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+                        .is_some_and(|p| p.media_ssrc == rids["l"])
+                }) {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), got_pli)
+            .await
+            .expect("the PLI reached the small encoding");
+        writer.abort();
+        let _ = offerer.close().await;
+        let _ = answerer.close().await;
     }
 }

@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rtcroom_protocol::signal::{MediaKind, StreamType, VideoCodec};
+use rtcroom_protocol::signal::{MediaKind, StreamType, VideoCodec, VideoLayer, VideoStreamType};
 use rtcroom_protocol::{ErrorCode, RtcError, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -98,6 +98,8 @@ pub struct Published {
     pub answer: String,
     /// The video codec it sends (none: audio only).
     pub video_codec: Option<VideoCodec>,
+    /// Simulcast: its video layers, smallest first (empty: one layer).
+    pub layers: Vec<VideoLayer>,
 }
 
 /// Media plane settings (`[media]` in the config file).
@@ -180,6 +182,24 @@ pub enum MediaEvent {
         /// Why.
         reason: PeerCloseReason,
     },
+    /// The simulcast layer a subscriber peer receives changed (or it got its first).
+    LayerChanged {
+        /// The subscriber's peer.
+        peer: PeerId,
+        /// The layer, 0 the smallest.
+        layer: u8,
+        /// How many layers the stream has.
+        layers: u8,
+        /// Its bandwidth estimate moved it (else its request).
+        bandwidth: bool,
+    },
+    /// The layers of a simulcast publisher peer's stream that anybody receives changed.
+    LayersWanted {
+        /// The publisher's peer.
+        peer: PeerId,
+        /// Bit `l` for layer `l`.
+        layers: u32,
+    },
 }
 
 /// The interned slots: `SlotKey` ↔ [`StreamId`], with a reference count (publisher and
@@ -193,6 +213,8 @@ struct SlotTable {
     /// announces the stream that long): a subscription made while the publisher's peer
     /// connection is being rebuilt (old peer gone, new one not yet there) still gets video.
     formats: HashMap<SlotKey, Option<sdp::VideoFormat>>,
+    /// Each simulcast slot's layers, smallest first, as long as its format.
+    layers: HashMap<SlotKey, Vec<VideoLayer>>,
 }
 
 struct SlotEntry {
@@ -257,8 +279,27 @@ impl Slots {
         self.lock().entries.get(&stream)?.publisher
     }
 
-    fn set_format(&self, key: &SlotKey, video: Option<sdp::VideoFormat>) {
-        self.lock().formats.insert(key.clone(), video);
+    fn set_format(&self, key: &SlotKey, video: Option<sdp::VideoFormat>, layers: Vec<VideoLayer>) {
+        let mut t = self.lock();
+        t.formats.insert(key.clone(), video);
+        if layers.is_empty() {
+            t.layers.remove(key);
+        } else {
+            t.layers.insert(key.clone(), layers);
+        }
+    }
+
+    fn layers(&self, key: &SlotKey) -> Vec<VideoLayer> {
+        self.lock().layers.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Whether peer `id` publishes a simulcast slot.
+    fn publishes_layers(&self, id: PeerId) -> bool {
+        let t = self.lock();
+        t.entries
+            .values()
+            .find(|e| e.publisher.is_some_and(|p| p.peer == id))
+            .is_some_and(|e| t.layers.contains_key(&e.key))
     }
 
     fn format(&self, key: &SlotKey) -> Option<sdp::VideoFormat> {
@@ -268,6 +309,7 @@ impl Slots {
     fn clear_publisher_of(&self, key: &SlotKey, peer: PeerId) {
         let mut t = self.lock();
         t.formats.remove(key);
+        t.layers.remove(key);
         let Some(id) = t.by_key.get(key).copied() else {
             return;
         };
@@ -560,8 +602,19 @@ impl MediaPlane {
     /// Accept a publisher's SDP offer for `slot`. The answer carries exactly one video codec:
     /// the first of the offer's that the server forwards ([`sdp::choose_publish_codec`]). A
     /// previous publisher peer of the same slot is replaced (subscribers continue).
-    pub async fn publish(&self, slot: SlotKey, offer: &str) -> Result<Published, RtcError> {
-        let offer = sdp::prepare_offer(offer);
+    ///
+    /// With `layers` (simulcast), the offer's video m-line must send each of their rids
+    /// (`a=simulcast:send`); the answer receives them all and each subscriber gets one. Without,
+    /// simulcast in the offer is declined (one layer is sent).
+    pub async fn publish(
+        &self,
+        slot: SlotKey,
+        offer: &str,
+        layers: &[VideoLayer],
+    ) -> Result<Published, RtcError> {
+        let layers =
+            sdp::check_layers(offer, layers).map_err(|e| RtcError::invalid_parameter(None, e))?;
+        let offer = sdp::prepare_offer(offer, !layers.is_empty());
         let video = sdp::choose_publish_codec(&sdp::parse_media(&offer))
             .map_err(|e| RtcError::new(ErrorCode::NotSupported, e))?;
         let parsed = parse_offer(&offer)?;
@@ -574,10 +627,11 @@ impl MediaPlane {
                 slot,
                 offer: parsed,
                 video,
+                rids: layers.iter().map(|l| l.rid.clone()).collect(),
                 reply,
             })
             .await?;
-        self.inner.slots.set_format(&key, video);
+        self.inner.slots.set_format(&key, video, layers.clone());
         if let Some(old) = replaced {
             self.send(worker_of(old), Cmd::Remove { id: old });
         }
@@ -585,16 +639,19 @@ impl MediaPlane {
             peer: id,
             answer,
             video_codec: video.map(|v| v.codec),
+            layers,
         })
     }
 
-    /// Accept a subscriber's SDP offer (recvonly) for `slot`'s audio and/or video.
+    /// Accept a subscriber's SDP offer (recvonly) for `slot`'s audio and/or video (of a
+    /// simulcast stream: the `video_type` layer, capped by its bandwidth).
     pub async fn subscribe(
         &self,
         slot: SlotKey,
         audio: bool,
         video: bool,
         offer: &str,
+        video_type: VideoStreamType,
     ) -> Result<(PeerId, String), RtcError> {
         if !audio && !video {
             return Err(RtcError::invalid_operation(
@@ -602,9 +659,18 @@ impl MediaPlane {
                 "subscribe needs audio, video or both",
             ));
         }
-        let offer = sdp::prepare_offer(offer);
+        let offer = sdp::prepare_offer(offer, false);
         let lines = sdp::parse_media(&offer);
         let codec = self.inner.slots.format(&slot);
+        let layers = self.inner.slots.layers(&slot);
+        let subscription = router::Subscription {
+            layers: u8::try_from(layers.len().max(1)).unwrap_or(u8::MAX),
+            video_type,
+            bitrates: layers
+                .iter()
+                .map(|l| u64::from(l.bitrate_kbps) * 1000)
+                .collect(),
+        };
         if video && let Some(codec) = codec.map(|f| f.codec) {
             let receivable = lines
                 .iter()
@@ -640,6 +706,7 @@ impl MediaPlane {
                 lines,
                 codec,
                 msid,
+                subscription,
                 reply,
             })
             .await?;
@@ -658,7 +725,9 @@ impl MediaPlane {
         offer: &str,
         downlink: Option<(UserId, StreamType)>,
     ) -> Result<String, RtcError> {
-        let offer = parse_offer(&sdp::prepare_offer(offer))?;
+        // A simulcast publisher's new offer keeps its layers.
+        let layered = downlink.is_none() && self.inner.slots.publishes_layers(id);
+        let offer = parse_offer(&sdp::prepare_offer(offer, layered))?;
         let msid = downlink.map(|(user, st)| sdp::stream_msid(user.as_str(), stream_type_name(st)));
         let answer = self
             .ask(worker_of(id), |reply| Cmd::RestartIce {
@@ -684,13 +753,27 @@ impl MediaPlane {
             .inner
             .data
             .get(worker_of(publisher.peer))
-            .is_some_and(|tx| tx.try_send(Data::Keyframe { stream, force }).is_ok());
+            .is_some_and(|tx| {
+                tx.try_send(Data::Keyframe {
+                    stream,
+                    force,
+                    layer: None,
+                })
+                .is_ok()
+            });
         if !sent {
             self.inner
                 .stats
                 .worker_queue_drops
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Subscriber peer `id` wants the big or the small layer of its simulcast stream (it
+    /// switches at that layer's next keyframe, asked for now). Nothing changes for a stream
+    /// of one layer.
+    pub fn set_video_type(&self, id: PeerId, want: VideoStreamType) {
+        self.send(worker_of(id), Cmd::SetVideoType { id, want });
     }
 
     /// Close a publisher peer (unpublish).
@@ -839,7 +922,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let e = rt.block_on(plane.publish(slot(), OFFER)).unwrap_err();
+        let e = rt.block_on(plane.publish(slot(), OFFER, &[])).unwrap_err();
         assert_eq!(e.message, "media worker overloaded");
         assert_eq!(e.code, ErrorCode::ServerTimeout);
         assert_eq!(drops(), 2);

@@ -53,7 +53,12 @@ impl SeqRewriter {
             Some(s) => {
                 // Continue after the last output: +1 sequence, + elapsed time in clock ticks.
                 let elapsed = now.saturating_duration_since(s.last_out_at);
-                let ticks = ((elapsed.as_secs_f64() * f64::from(clock_rate)) as u64).max(1);
+                // Whole ticks, in integers (a float product lands a tick short of exact
+                // values); more than 2^64 ticks is beyond any pause.
+                let ticks = (elapsed.as_nanos() * u128::from(clock_rate) / 1_000_000_000)
+                    .try_into()
+                    .unwrap_or(u64::MAX)
+                    .max(1);
                 let next_seq = s.last_out_seq.wrapping_add(1);
                 // Truncation to 32 bits is RTP's own timestamp wrap-around.
                 let next_ts = s.last_out_ts.wrapping_add(ticks as u32);

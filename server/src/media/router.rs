@@ -20,6 +20,16 @@
 //! moment it connects. A subscriber that still has not seen a keyframe [`KEYFRAME_WAIT`]
 //! after asking asks again (a request lost, or a keyframe that missed it).
 //!
+//! Simulcast (TRTC's big and small streams): a publisher's packets carry their layer (0 the
+//! smallest) and the number of layers. Each subscriber with video has a [`LayerSwitch`]: it
+//! gets one layer, the one it asked for ([`Router::set_video_type`]) capped by what its
+//! bandwidth estimate allows ([`Router::on_estimate`], a [`LayerPolicy`]), and switches only
+//! at a keyframe of the new layer, asked of the publisher for that layer alone. Its rewriter
+//! sees each layer as its own source, so sequence numbers and timestamps continue across a
+//! switch. The layers any subscriber (on any worker) receives or is switching to are told to
+//! the publisher ([`Output::LayersWanted`], "dynacast"), so it can pause the rest; a stream
+//! nobody subscribes to keeps every layer.
+//!
 //! A stream's entry exists while it has a local publisher, a local subscriber or a remote
 //! interest, and goes away with the last of them (mute state and limiter included).
 
@@ -27,9 +37,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rtcroom_protocol::signal::{MediaKind, VideoCodec};
+use rtcroom_protocol::signal::{MediaKind, VideoCodec, VideoStreamType};
 
 use super::rewrite::{KeyframeLimiter, SeqRewriter, starts_keyframe};
+use super::simulcast::{Layer, LayerPolicy, LayerSwitch, Verdict, wanted_layers};
 
 /// A published stream, interned by the media plane (the same id on every worker).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +69,28 @@ pub struct TrackSpec {
     pub pt: u8,
 }
 
+/// How a subscriber subscribes to a stream's video layers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The layers the stream has as far as the media plane knows (1: no simulcast); the
+    /// packets' own count wins when it differs.
+    pub layers: u8,
+    /// Big or small.
+    pub video_type: VideoStreamType,
+    /// The layers' bitrates (bits/s, smallest first), for the bandwidth policy (empty: none).
+    pub bitrates: Vec<u64>,
+}
+
+impl Default for Subscription {
+    fn default() -> Self {
+        Subscription {
+            layers: 1,
+            video_type: VideoStreamType::Big,
+            bitrates: Vec::new(),
+        }
+    }
+}
+
 /// A packet from a local publisher, as str0m delivered it.
 #[derive(Clone, Debug)]
 pub struct RtpIn {
@@ -75,6 +108,10 @@ pub struct RtpIn {
     pub marker: bool,
     /// The codec's clock rate (Hz).
     pub clock_rate: u32,
+    /// Its simulcast layer (0: the smallest, or the only one).
+    pub layer: Layer,
+    /// How many layers the publisher sends (1: no simulcast).
+    pub layers: u8,
     /// The payload (shared with every subscriber's send buffer).
     pub payload: Arc<[u8]>,
 }
@@ -101,6 +138,10 @@ pub struct RoutedPacket {
     pub clock_rate: u32,
     /// When the publisher's worker received it.
     pub arrival: Instant,
+    /// Its simulcast layer (0: the smallest, or the only one).
+    pub layer: Layer,
+    /// How many layers the publisher sends (1: no simulcast).
+    pub layers: u8,
     /// The payload.
     pub payload: Arc<[u8]>,
 }
@@ -140,6 +181,8 @@ pub enum Output {
     RequestKeyframe {
         /// The publisher.
         publisher: LocalPeer,
+        /// Of this simulcast layer only (`None`: of every layer).
+        layer: Option<Layer>,
     },
     /// A local subscriber wants a keyframe of a stream published on another worker: pass
     /// the request to the publisher's worker ([`Router::request_keyframe`] there).
@@ -148,6 +191,8 @@ pub enum Output {
         stream: StreamId,
         /// Bypass the limiter (a new subscriber).
         force: bool,
+        /// Of this simulcast layer only (`None`: of every layer).
+        layer: Option<Layer>,
     },
     /// Tell every other worker whether this one wants `stream`'s packets
     /// ([`Router::on_interest`] there).
@@ -156,6 +201,37 @@ pub enum Output {
         stream: StreamId,
         /// Whether this worker has subscribers of it.
         wants: bool,
+        /// The video layers they receive or are switching to (bit `l` for layer `l`; every
+        /// bit while a subscriber has not seen the stream's layers yet).
+        layers: u32,
+    },
+    /// The layer a local subscriber receives changed (at a keyframe of the new one), or it
+    /// got its first.
+    LayerChanged {
+        /// The subscriber.
+        peer: LocalPeer,
+        /// The layer it receives now.
+        layer: Layer,
+        /// How many layers the stream has.
+        layers: u8,
+        /// The change followed its bandwidth estimate (else its request).
+        bandwidth: bool,
+    },
+    /// Restart a local subscriber's bandwidth estimator at this rate: a trial of the next
+    /// layer up ([`LayerPolicy::poll`]).
+    ResetEstimate {
+        /// The subscriber.
+        peer: LocalPeer,
+        /// Where the estimate starts again (bits/s).
+        bps: u64,
+    },
+    /// The layers of a local simulcast publisher's stream that anybody receives changed
+    /// (bit `l` for layer `l`): it may pause the others.
+    LayersWanted {
+        /// The publisher.
+        publisher: LocalPeer,
+        /// The layers wanted.
+        layers: u32,
     },
 }
 
@@ -228,6 +304,14 @@ struct Stream {
     subscribers: Vec<LocalPeer>,
     /// Other workers with subscribers of this stream.
     remote: WorkerSet,
+    /// The video layers each of those workers wants ([`Output::Interest`]).
+    remote_layers: Vec<(usize, u32)>,
+    /// What this worker last told the others: `None` not interested, else its layers.
+    interest_sent: Option<u32>,
+    /// Layers the local publisher sends (1: no simulcast).
+    layers: u8,
+    /// The layer set last told to the local publisher.
+    wanted_sent: Option<u32>,
 }
 
 impl Stream {
@@ -240,6 +324,66 @@ impl Stream {
 struct Track {
     spec: TrackSpec,
     rewriter: SeqRewriter,
+}
+
+/// A video subscriber's simulcast state.
+#[derive(Debug, Default)]
+struct SubLayers {
+    switch: LayerSwitch,
+    /// What it asked for.
+    want: VideoStreamType,
+    /// What its bandwidth allows (none until it has layer bitrates and an estimate).
+    policy: Option<LayerPolicy>,
+    /// The stream's layer count as last seen in its packets (0: none seen yet).
+    layers: u8,
+    /// The last target was set by the bandwidth policy (else by the request).
+    by_bandwidth: bool,
+    /// The current layer last reported ([`Output::LayerChanged`]).
+    reported: Option<Layer>,
+}
+
+impl SubLayers {
+    /// The layer to receive out of `layers`: the one asked for, capped by the bandwidth.
+    fn desired(&self, layers: u8) -> (Layer, bool) {
+        let asked = match self.want {
+            VideoStreamType::Big => layers.saturating_sub(1),
+            VideoStreamType::Small => 0,
+        };
+        match self.policy.as_ref().map(LayerPolicy::chosen) {
+            Some(allowed) if allowed < asked => (allowed, true),
+            _ => (asked, false),
+        }
+    }
+
+    /// Aim at the desired layer of `layers` (a new target asks for its keyframe: returned);
+    /// `estimate`: a new bandwidth estimate is why.
+    fn retarget(&mut self, layers: u8, estimate: bool, now: Instant) -> Option<Layer> {
+        self.layers = layers;
+        if layers <= 1 {
+            return None;
+        }
+        if let Some(policy) = self.policy.as_mut() {
+            let asked = match self.want {
+                VideoStreamType::Big => layers - 1,
+                VideoStreamType::Small => 0,
+            };
+            policy.set_ceiling(asked, now);
+        }
+        let (layer, by_bandwidth) = self.desired(layers);
+        let ask = self.switch.set_target(layer, now);
+        if ask.is_some() {
+            self.by_bandwidth = by_bandwidth || estimate;
+        }
+        ask
+    }
+
+    /// The layers it receives or switches to.
+    fn wanted(&self) -> u32 {
+        if self.layers <= 1 {
+            return 1;
+        }
+        wanted_layers([&self.switch])
+    }
 }
 
 #[derive(Debug)]
@@ -257,6 +401,8 @@ struct PeerEntry {
     held: Vec<RoutedPacket>,
     /// A subscriber waits for its first keyframe, asked for at this time.
     awaiting_keyframe: Option<Instant>,
+    /// A subscriber with video: its simulcast layer.
+    sim: Option<Box<SubLayers>>,
 }
 
 /// The forwarding state machine of one worker. See the module docs.
@@ -332,6 +478,7 @@ impl Router {
                 role: Role::Publisher,
                 held: Vec::new(),
                 awaiting_keyframe: None,
+                sim: None,
             },
         );
         let generation = [self.generation(), self.generation()];
@@ -341,15 +488,31 @@ impl Router {
         s.muted = [false; 2];
         s.video_seen = false;
         s.keyframe_pending = !s.subscribers.is_empty() || !s.remote.is_empty();
+        s.layers = 1;
+        s.wanted_sent = None;
     }
 
-    /// `peer` subscribes to `stream` with `tracks` (at most one per kind is used: the first).
-    /// With video, its keyframe is asked for now, past the limiter.
+    /// `peer` subscribes to `stream` with `tracks` (at most one per kind is used: the first),
+    /// to a stream of one layer, or of its big layer.
     pub fn add_subscriber(
         &mut self,
         peer: LocalPeer,
         stream: StreamId,
         tracks: &[TrackSpec],
+        now: Instant,
+    ) {
+        self.add_subscriber_with(peer, stream, tracks, &Subscription::default(), now);
+    }
+
+    /// `peer` subscribes to `stream` with `tracks` (at most one per kind is used: the first).
+    /// With video, its keyframe is asked for now, past the limiter (of the layer it wants,
+    /// for a simulcast stream).
+    pub fn add_subscriber_with(
+        &mut self,
+        peer: LocalPeer,
+        stream: StreamId,
+        tracks: &[TrackSpec],
+        options: &Subscription,
         now: Instant,
     ) {
         let video = tracks.iter().any(|t| t.kind == MediaKind::Video);
@@ -368,18 +531,121 @@ impl Router {
                 role: Role::Subscriber(tracks),
                 held: Vec::new(),
                 awaiting_keyframe: video.then_some(now),
+                sim: None,
             },
         );
+        let mut first = None;
+        if video && let Some(e) = self.entry(peer) {
+            let mut sim = SubLayers {
+                want: options.video_type,
+                ..SubLayers::default()
+            };
+            if options.bitrates.len() > 1 {
+                let top = Layer::try_from(options.bitrates.len() - 1).unwrap_or(Layer::MAX);
+                sim.policy = Some(LayerPolicy::new(options.bitrates.clone(), top));
+            }
+            first = sim.retarget(options.layers.max(1), false, now);
+            e.sim = Some(Box::new(sim));
+        }
         let s = self.streams.entry(stream).or_default();
         s.subscribers.push(peer);
-        if s.subscribers.len() == 1 {
+        self.refresh_wanted(stream);
+        if video {
+            self.keyframe(stream, true, true, first, now);
+        }
+    }
+
+    /// Subscriber `peer` wants the big or the small layer of a simulcast stream (from its
+    /// next packet on when the stream's layers are not known yet). Returns whether `peer`
+    /// is a subscriber with video.
+    pub fn set_video_type(&mut self, peer: LocalPeer, want: VideoStreamType, now: Instant) -> bool {
+        let Some(e) = self.entry(peer) else {
+            return false;
+        };
+        let stream = e.stream;
+        let Some(sim) = e.sim.as_mut() else {
+            return false;
+        };
+        sim.want = want;
+        let ask = sim.retarget(sim.layers, false, now);
+        if let Some(layer) = ask {
+            self.keyframe(stream, true, true, Some(layer), now);
+        }
+        self.refresh_wanted(stream);
+        true
+    }
+
+    /// A new estimate (bits/s) of what can be sent to subscriber `peer`: it moves down a
+    /// layer at once when its layer no longer fits, and up with hysteresis.
+    pub fn on_estimate(&mut self, peer: LocalPeer, estimate_bps: u64, now: Instant) {
+        let Some(e) = self.entry(peer) else {
+            return;
+        };
+        let stream = e.stream;
+        let Some(sim) = e.sim.as_mut() else {
+            return;
+        };
+        let Some(policy) = sim.policy.as_mut() else {
+            return;
+        };
+        if policy.on_estimate(estimate_bps, now).is_none() {
+            return;
+        }
+        if let Some(layer) = sim.retarget(sim.layers, true, now) {
+            self.keyframe(stream, true, true, Some(layer), now);
+        }
+        self.refresh_wanted(stream);
+    }
+
+    /// The layer subscriber `peer` receives now, if any.
+    pub fn layer_of(&self, peer: LocalPeer) -> Option<Layer> {
+        self.peers
+            .get(peer.0 as usize)?
+            .as_ref()?
+            .sim
+            .as_ref()?
+            .switch
+            .current()
+    }
+
+    /// Tell the other workers (if this worker's wants changed) and the local publisher (if
+    /// the stream's wanted layers changed) about `stream`'s wanted layers.
+    fn refresh_wanted(&mut self, stream: StreamId) {
+        let Some(s) = self.streams.get(&stream) else {
+            return;
+        };
+        let local = s
+            .subscribers
+            .iter()
+            .filter_map(|p| self.peers.get(p.0 as usize)?.as_ref()?.sim.as_deref())
+            .fold(0u32, |m, sim| m | sim.wanted());
+        let interest = (!s.subscribers.is_empty()).then_some(local);
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if s.interest_sent != interest {
+            s.interest_sent = interest;
             self.out.push_back(Output::Interest {
                 stream,
-                wants: true,
+                wants: interest.is_some(),
+                layers: local,
             });
         }
-        if video {
-            self.keyframe(stream, true, true, now);
+        let (Some(publisher), true) = (s.publisher, s.layers > 1) else {
+            return;
+        };
+        let all = (1u32 << s.layers.min(31)) - 1;
+        let wanted = if s.subscribers.is_empty() && s.remote.is_empty() {
+            all
+        } else {
+            s.remote_layers.iter().fold(local, |m, (_, l)| m | l) & all
+        };
+        if s.wanted_sent != Some(wanted) {
+            s.wanted_sent = Some(wanted);
+            self.out.push_back(Output::LayersWanted {
+                publisher,
+                layers: wanted,
+            });
         }
     }
 
@@ -409,7 +675,8 @@ impl Router {
             .is_some_and(|t| now.saturating_duration_since(t) >= KEYFRAME_WAIT);
         if late {
             e.awaiting_keyframe = Some(now);
-            self.keyframe(stream, true, true, now);
+            let layer = e.sim.as_ref().and_then(|m| m.switch.target());
+            self.keyframe(stream, true, true, layer, now);
         }
     }
 
@@ -436,14 +703,8 @@ impl Router {
                 }
             }
             Role::Subscriber(_) => {
-                let before = s.subscribers.len();
                 s.subscribers.retain(|p| *p != peer);
-                if before > 0 && s.subscribers.is_empty() {
-                    self.out.push_back(Output::Interest {
-                        stream: e.stream,
-                        wants: false,
-                    });
-                }
+                self.refresh_wanted(e.stream);
             }
         }
         self.prune(e.stream);
@@ -473,6 +734,12 @@ impl Router {
         }
         if packet.kind == MediaKind::Video {
             s.video_seen = true;
+            if s.layers != packet.layers {
+                s.layers = packet.layers;
+                s.wanted_sent = None;
+                self.refresh_wanted(stream);
+                return self.on_rtp(from, packet, now);
+            }
             // A pending request is answered by a first video packet that starts a keyframe
             // (a fresh encoder's first frame): asking then would only cost a second one.
             if std::mem::take(&mut s.keyframe_pending)
@@ -481,8 +748,10 @@ impl Router {
                     .is_some_and(|c| starts_keyframe(c, &packet.payload))
                 && s.limiter.allow(now, true)
             {
-                self.out
-                    .push_back(Output::RequestKeyframe { publisher: from });
+                self.out.push_back(Output::RequestKeyframe {
+                    publisher: from,
+                    layer: None,
+                });
             }
         }
         let source = (s.generation[k] << 32) ^ u64::from(packet.ssrc) ^ ((self.me as u64) << 56);
@@ -496,6 +765,8 @@ impl Router {
             marker: packet.marker,
             clock_rate: packet.clock_rate,
             arrival: now,
+            layer: packet.layer,
+            layers: packet.layers,
             payload: packet.payload,
         };
         if !s.remote.is_empty() {
@@ -530,10 +801,53 @@ impl Router {
             })
         };
         let mut late = Vec::new();
+        // Simulcast: keyframes to ask for (layer), and whether anybody's layers changed.
+        let mut asks: Vec<Layer> = Vec::new();
+        let mut changed = false;
         for &sub in &s.subscribers {
             let Some(e) = self.peers.get_mut(sub.0 as usize).and_then(Option::as_mut) else {
                 continue;
             };
+            if packet.kind == MediaKind::Video
+                && let Some(sim) = e.sim.as_deref_mut()
+                && (packet.layers > 1 || sim.layers != packet.layers)
+            {
+                if sim.layers != packet.layers {
+                    asks.extend(sim.retarget(packet.layers, false, packet.arrival));
+                    changed = true;
+                }
+                if let Some(trial) = sim.policy.as_mut().and_then(|p| p.poll(packet.arrival)) {
+                    self.out.push_back(Output::ResetEstimate {
+                        peer: sub,
+                        bps: trial.estimate_bps,
+                    });
+                    asks.extend(sim.retarget(packet.layers, true, packet.arrival));
+                    changed = true;
+                }
+                if packet.layers > 1 {
+                    let (current, target) = (sim.switch.current(), sim.switch.target());
+                    let kf = Some(packet.layer) == target && current != target && keyframe();
+                    let (verdict, again) = sim.switch.on_packet(packet.layer, kf, packet.arrival);
+                    asks.extend(again);
+                    if sim.switch.current() != current {
+                        changed = true;
+                    }
+                    if let Some(layer) = sim.switch.current()
+                        && sim.reported != Some(layer)
+                    {
+                        sim.reported = Some(layer);
+                        self.out.push_back(Output::LayerChanged {
+                            peer: sub,
+                            layer,
+                            layers: packet.layers,
+                            bandwidth: sim.by_bandwidth,
+                        });
+                    }
+                    if verdict == Verdict::Drop {
+                        continue;
+                    }
+                }
+            }
             // Only a subscriber still connecting or waiting for its keyframe looks further
             // at a video packet (most packets go straight to the write).
             let video = packet.kind == MediaKind::Video
@@ -560,6 +874,14 @@ impl Router {
         }
         for sub in late {
             self.check_keyframe_wait(sub, packet.stream, packet.arrival);
+        }
+        asks.sort_unstable();
+        asks.dedup();
+        for layer in asks {
+            self.keyframe(packet.stream, true, true, Some(layer), packet.arrival);
+        }
+        if changed {
+            self.refresh_wanted(packet.stream);
         }
     }
 
@@ -621,23 +943,40 @@ impl Router {
         let Some(PeerEntry {
             stream,
             role: Role::Subscriber(_),
+            sim,
             ..
         }) = self.entry(subscriber)
         else {
             return;
         };
         let stream = *stream;
-        self.keyframe(stream, false, true, now);
+        // Of the layer it receives (a simulcast stream's other layers are none of its
+        // business).
+        let layer = sim.as_ref().and_then(|m| m.switch.current());
+        self.keyframe(stream, false, true, layer, now);
     }
 
     /// Ask `stream`'s publisher for a keyframe if it is on this worker (from the room or a
     /// relay from another worker; never relayed further). Limited to one a second unless
     /// `force`.
-    pub fn request_keyframe(&mut self, stream: StreamId, force: bool, now: Instant) {
-        self.keyframe(stream, force, false, now);
+    pub fn request_keyframe(
+        &mut self,
+        stream: StreamId,
+        force: bool,
+        layer: Option<Layer>,
+        now: Instant,
+    ) {
+        self.keyframe(stream, force, false, layer, now);
     }
 
-    fn keyframe(&mut self, stream: StreamId, force: bool, relay: bool, now: Instant) {
+    fn keyframe(
+        &mut self,
+        stream: StreamId,
+        force: bool,
+        relay: bool,
+        layer: Option<Layer>,
+        now: Instant,
+    ) {
         let local = self
             .streams
             .get_mut(&stream)
@@ -648,10 +987,17 @@ impl Router {
             if !s.video_seen {
                 s.keyframe_pending |= force;
             } else if s.limiter.allow(now, force) {
-                self.out.push_back(Output::RequestKeyframe { publisher });
+                // A layer of a stream that has none (any more) means all of it.
+                let layer = layer.filter(|l| *l < s.layers && s.layers > 1);
+                self.out
+                    .push_back(Output::RequestKeyframe { publisher, layer });
             }
         } else if relay {
-            self.out.push_back(Output::RelayKeyframe { stream, force });
+            self.out.push_back(Output::RelayKeyframe {
+                stream,
+                force,
+                layer,
+            });
         }
     }
 
@@ -671,24 +1017,29 @@ impl Router {
             // advanced by the time that passed) instead of jumping over the gap.
             s.generation[k] = generation;
             if kind == MediaKind::Video {
-                self.keyframe(stream, true, false, now);
+                self.keyframe(stream, true, false, None, now);
             }
         }
     }
 
-    /// Worker `worker` has (`wants`) or no longer has subscribers of `stream`.
-    pub fn on_interest(&mut self, stream: StreamId, worker: usize, wants: bool) {
+    /// Worker `worker` has (`wants`) or no longer has subscribers of `stream`, which
+    /// receive (or are switching to) video `layers`.
+    pub fn on_interest(&mut self, stream: StreamId, worker: usize, wants: bool, layers: u32) {
         if worker == self.me {
             return;
         }
         if wants {
-            self.streams
-                .entry(stream)
-                .or_default()
-                .remote
-                .set(worker, true);
+            let s = self.streams.entry(stream).or_default();
+            s.remote.set(worker, true);
+            match s.remote_layers.iter_mut().find(|(w, _)| *w == worker) {
+                Some((_, l)) => *l = layers,
+                None => s.remote_layers.push((worker, layers)),
+            }
+            self.refresh_wanted(stream);
         } else if let Some(s) = self.streams.get_mut(&stream) {
             s.remote.set(worker, false);
+            s.remote_layers.retain(|(w, _)| *w != worker);
+            self.refresh_wanted(stream);
             self.prune(stream);
         }
     }
@@ -697,19 +1048,30 @@ impl Router {
     /// streams this worker wants ([`Output::Interest`] for each).
     pub fn on_worker_reset(&mut self, worker: usize) {
         let mut wanted = Vec::new();
+        let mut touched = Vec::new();
         self.streams.retain(|id, s| {
             s.remote.set(worker, false);
-            if !s.subscribers.is_empty() {
-                wanted.push(*id);
+            let before = s.remote_layers.len();
+            s.remote_layers.retain(|(w, _)| *w != worker);
+            if s.remote_layers.len() != before {
+                touched.push(*id);
+            }
+            if let Some(layers) = s.interest_sent {
+                wanted.push((*id, layers));
             }
             !s.is_unused()
         });
         wanted.sort();
-        for stream in wanted {
+        for (stream, layers) in wanted {
             self.out.push_back(Output::Interest {
                 stream,
                 wants: true,
+                layers,
             });
+        }
+        touched.sort();
+        for stream in touched {
+            self.refresh_wanted(stream);
         }
     }
 }
@@ -742,6 +1104,8 @@ mod tests {
             ts,
             marker: false,
             clock_rate: 90_000,
+            layer: 0,
+            layers: 1,
             payload: Arc::from(&[0x65u8, 0x88, 0x84][..]),
         }
     }
@@ -763,6 +1127,8 @@ mod tests {
             ts,
             marker: false,
             clock_rate: 48_000,
+            layer: 0,
+            layers: 1,
             payload: Arc::from(&[9u8][..]),
         }
     }
@@ -790,7 +1156,7 @@ mod tests {
 
     fn keyframes(out: &[Output]) -> usize {
         out.iter()
-            .filter(|o| matches!(o, Output::RequestKeyframe { publisher } if *publisher == PUB))
+            .filter(|o| matches!(o, Output::RequestKeyframe { publisher, .. } if *publisher == PUB))
             .count()
     }
 
@@ -928,7 +1294,7 @@ mod tests {
         assert_eq!(keyframes(&outputs(&mut r)), 0, "not again on connect");
         r.on_keyframe_request(LocalPeer(1), at(2500));
         assert_eq!(keyframes(&outputs(&mut r)), 0, "the forced one counts");
-        r.request_keyframe(S, false, at(2700));
+        r.request_keyframe(S, false, None, at(2700));
         assert_eq!(keyframes(&outputs(&mut r)), 1);
         // A publisher's own peer asking is no subscriber asking.
         r.on_keyframe_request(PUB, at(5000));
@@ -939,7 +1305,7 @@ mod tests {
     fn a_keyframe_is_asked_of_a_replacing_publisher_and_for_a_request_before_video() {
         let mut r = room(1);
         // Forced before any video: asked for with the first video packet.
-        r.request_keyframe(S, true, at(0));
+        r.request_keyframe(S, true, None, at(0));
         assert_eq!(keyframes(&outputs(&mut r)), 0, "nothing to ask yet");
         r.on_rtp(PUB, delta(1, 0), at(5));
         assert_eq!(keyframes(&outputs(&mut r)), 1, "asked with the first video");
@@ -964,7 +1330,7 @@ mod tests {
         r.on_rtp(new_pub, delta(1, 0), at(3000));
         assert!(
             outputs(&mut r).iter().any(
-                |o| matches!(o, Output::RequestKeyframe { publisher } if *publisher == new_pub)
+                |o| matches!(o, Output::RequestKeyframe { publisher, .. } if *publisher == new_pub)
             ),
             "the replacing publisher is asked for a keyframe"
         );
@@ -982,11 +1348,13 @@ mod tests {
             [
                 Output::Interest {
                     stream: S,
-                    wants: true
+                    wants: true,
+                    ..
                 },
                 Output::RelayKeyframe {
                     stream: S,
-                    force: true
+                    force: true,
+                    ..
                 }
             ]
         ));
@@ -996,12 +1364,13 @@ mod tests {
             outputs(&mut b)[..],
             [Output::RelayKeyframe {
                 stream: S,
-                force: true
+                force: true,
+                ..
             }]
         ));
-        a.on_interest(S, 2, true);
-        a.on_interest(S, 3, true);
-        a.on_interest(S, 0, true); // itself: ignored
+        a.on_interest(S, 2, true, 1);
+        a.on_interest(S, 3, true, 1);
+        a.on_interest(S, 0, true, 1); // itself: ignored
         a.on_rtp(PUB, video(1, 0), at(0));
         let out = outputs(&mut a);
         let to: Vec<usize> = out
@@ -1028,11 +1397,12 @@ mod tests {
             outputs(&mut b)[..],
             [Output::Interest {
                 stream: S,
-                wants: false
+                wants: false,
+                ..
             }]
         ));
         assert!(b.is_empty());
-        a.on_interest(S, 2, false);
+        a.on_interest(S, 2, false, 1);
         a.on_rtp(PUB, video(2, 0), at(2));
         let out = outputs(&mut a);
         assert!(
@@ -1058,6 +1428,7 @@ mod tests {
                 Output::Interest {
                     stream,
                     wants: true,
+                    ..
                 } => Some(stream.0),
                 _ => None,
             })
@@ -1131,7 +1502,7 @@ mod tests {
             r.set_muted(stream, MediaKind::Audio, true, at(1));
             r.set_muted(stream, MediaKind::Video, true, at(1));
             r.set_muted(stream, MediaKind::Video, false, at(2));
-            r.on_interest(stream, 3, true);
+            r.on_interest(stream, 3, true, 1);
             assert_eq!(
                 r.len(),
                 RouterLen {
@@ -1147,15 +1518,15 @@ mod tests {
                 r.remove_peer(*s);
             }
             r.remove_peer(publisher);
-            r.on_interest(stream, 3, false);
+            r.on_interest(stream, 3, false, 0);
             outputs(&mut r);
             assert!(r.is_empty(), "round {round}: {:?}", r.len());
         }
         // Removing an unknown peer is harmless; interest alone keeps a stream until withdrawn.
         r.remove_peer(LocalPeer(99));
-        r.on_interest(S, 1, true);
+        r.on_interest(S, 1, true, 1);
         assert_eq!(r.len().streams, 1);
-        r.on_interest(S, 1, false);
+        r.on_interest(S, 1, false, 1);
         assert!(r.is_empty());
         assert!(r.peers.is_empty(), "the peer table shrinks");
     }
@@ -1251,5 +1622,246 @@ mod tests {
             vec![2000, 2001],
             "from the keyframe after the overflow"
         );
+    }
+
+    /// A packet of simulcast layer `layer` (of two; SSRC 100 + layer), a keyframe start or not.
+    fn layered(layer: Layer, seq: u64, ts: u32, key: bool) -> RtpIn {
+        let base = if key { video(seq, ts) } else { delta(seq, ts) };
+        RtpIn {
+            ssrc: 100 + u32::from(layer),
+            layer,
+            layers: 2,
+            ..base
+        }
+    }
+
+    fn wanted(out: &[Output]) -> Vec<u32> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::LayersWanted { publisher, layers } if *publisher == PUB => Some(*layers),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn layer_requests(out: &[Output]) -> Vec<Option<Layer>> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::RequestKeyframe { layer, .. } => Some(*layer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn changes(out: &[Output]) -> Vec<(u32, Layer, bool)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::LayerChanged {
+                    peer,
+                    layer,
+                    bandwidth,
+                    ..
+                } => Some((peer.0, *layer, *bandwidth)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn two_layers() -> Subscription {
+        Subscription {
+            layers: 2,
+            ..Subscription::default()
+        }
+    }
+
+    #[test]
+    fn a_subscriber_switches_layers_only_at_a_keyframe_and_its_stream_stays_continuous() {
+        let mut r = room(0);
+        r.add_subscriber_with(LocalPeer(1), S, &av(101), &two_layers(), at(0));
+        r.on_connected(LocalPeer(1), at(0));
+        let out = outputs(&mut r);
+        // Big by default: the big layer's keyframe is asked for (the publisher has sent no
+        // video yet, so it is asked with its first packet).
+        assert!(layer_requests(&out).is_empty());
+        // Small-layer packets are not for it; the big layer's delta frame neither (no
+        // reference yet); the big keyframe starts it.
+        r.on_rtp(PUB, layered(0, 10, 500, true), at(10));
+        r.on_rtp(PUB, layered(1, 70, 9000, false), at(11));
+        let out = outputs(&mut r);
+        assert!(writes(&out).is_empty(), "{out:?}");
+        r.on_rtp(PUB, layered(1, 71, 12_000, true), at(40));
+        r.on_rtp(PUB, layered(1, 72, 12_000, false), at(41));
+        r.on_rtp(PUB, layered(0, 11, 3500, false), at(42));
+        let out = outputs(&mut r);
+        assert_eq!(
+            writes(&out),
+            vec![(1, 1, 101, 71, 12_000), (1, 1, 101, 72, 12_000)]
+        );
+        assert_eq!(changes(&out), vec![(1, 1, false)]);
+        // It asks for the small layer: that layer's keyframe is asked for, at once.
+        assert!(r.set_video_type(LocalPeer(1), VideoStreamType::Small, at(100)));
+        assert_eq!(layer_requests(&outputs(&mut r)), vec![Some(0)]);
+        // Until it comes, the big layer flows and small deltas are dropped.
+        r.on_rtp(PUB, layered(0, 12, 6500, false), at(110));
+        r.on_rtp(PUB, layered(1, 73, 15_000, false), at(111));
+        let w = writes(&outputs(&mut r));
+        assert_eq!(w, vec![(1, 1, 101, 73, 15_000)]);
+        // The small keyframe: the switch. The output goes on at 74, its timestamp advanced
+        // by the wall time since the last big packet (22 ms = 1980 ticks), then follows the
+        // small layer's own spacing.
+        r.on_rtp(PUB, layered(0, 13, 9500, true), at(133));
+        r.on_rtp(PUB, layered(1, 74, 18_000, false), at(134));
+        r.on_rtp(PUB, layered(0, 14, 12_500, false), at(166));
+        let out = outputs(&mut r);
+        assert_eq!(
+            writes(&out),
+            vec![
+                (1, 1, 101, 74, 15_000 + 1980),
+                (1, 1, 101, 75, 15_000 + 1980 + 3000)
+            ]
+        );
+        assert_eq!(changes(&out), vec![(1, 0, false)]);
+        assert_eq!(r.layer_of(LocalPeer(1)), Some(0));
+        // Audio is never filtered by layer.
+        r.on_rtp(PUB, audio(1, 960), at(170));
+        assert_eq!(writes(&outputs(&mut r)).len(), 1);
+    }
+
+    #[test]
+    fn a_switch_whose_keyframe_does_not_come_asks_again() {
+        let mut r = room(0);
+        r.add_subscriber_with(LocalPeer(1), S, &av(101), &two_layers(), at(0));
+        r.on_connected(LocalPeer(1), at(0));
+        r.on_rtp(PUB, layered(1, 1, 0, true), at(10));
+        outputs(&mut r);
+        r.set_video_type(LocalPeer(1), VideoStreamType::Small, at(20));
+        assert_eq!(layer_requests(&outputs(&mut r)), vec![Some(0)]);
+        r.on_rtp(PUB, layered(0, 1, 0, false), at(300));
+        assert!(layer_requests(&outputs(&mut r)).is_empty(), "not yet");
+        r.on_rtp(PUB, layered(0, 2, 0, false), at(520));
+        assert_eq!(
+            layer_requests(&outputs(&mut r)),
+            vec![Some(0)],
+            "500 ms later"
+        );
+    }
+
+    #[test]
+    fn the_publisher_is_told_which_layers_anybody_receives() {
+        let mut r = room(0);
+        // Nobody subscribes: every layer is wanted.
+        r.on_rtp(PUB, layered(0, 1, 0, true), at(0));
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b11]);
+        // One small subscriber: only the small layer.
+        let small = Subscription {
+            video_type: VideoStreamType::Small,
+            ..two_layers()
+        };
+        r.add_subscriber_with(LocalPeer(1), S, &av(101), &small, at(10));
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b01]);
+        // A big one too: both (and its keyframe is of the big layer).
+        r.add_subscriber_with(LocalPeer(2), S, &av(102), &two_layers(), at(20));
+        let out = outputs(&mut r);
+        assert_eq!(wanted(&out), vec![0b11]);
+        assert_eq!(layer_requests(&out), vec![Some(1)]);
+        // The small one leaves: the big layer only.
+        r.remove_peer(LocalPeer(1));
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b10]);
+        // A subscriber on worker 2 receives the small layer: both again; it goes: big only.
+        r.on_interest(S, 2, true, 0b01);
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b11]);
+        r.on_interest(S, 2, false, 0);
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b10]);
+        // Switching to small: both while switching, the small one alone after.
+        r.on_connected(LocalPeer(2), at(30));
+        r.on_rtp(PUB, layered(1, 1, 0, true), at(40));
+        r.set_video_type(LocalPeer(2), VideoStreamType::Small, at(50));
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b11]);
+        r.on_rtp(PUB, layered(0, 2, 3000, true), at(60));
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b01]);
+        // The last subscriber leaves: every layer again. Nothing for a stream of one layer.
+        r.remove_peer(LocalPeer(2));
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b11]);
+        let mut one = room(1);
+        one.on_rtp(PUB, video(1, 0), at(0));
+        assert!(wanted(&outputs(&mut one)).is_empty());
+    }
+
+    #[test]
+    fn a_remote_worker_tells_the_layers_its_subscribers_want() {
+        let mut b = Router::new(2);
+        let small = Subscription {
+            video_type: VideoStreamType::Small,
+            ..two_layers()
+        };
+        b.add_subscriber_with(LocalPeer(0), S, &av(100), &small, at(0));
+        let out = outputs(&mut b);
+        assert!(
+            matches!(
+                out[..],
+                [
+                    Output::Interest {
+                        stream: S,
+                        wants: true,
+                        layers: 0b01
+                    },
+                    Output::RelayKeyframe {
+                        stream: S,
+                        force: true,
+                        layer: Some(0)
+                    }
+                ]
+            ),
+            "{out:?}"
+        );
+        b.set_video_type(LocalPeer(0), VideoStreamType::Big, at(10));
+        let out = outputs(&mut b);
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::Interest {
+                    layers: 0b10,
+                    wants: true,
+                    ..
+                }
+            )),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn the_bandwidth_estimate_moves_a_subscriber_down_at_once_and_up_with_hysteresis() {
+        let mut r = room(0);
+        let sub = Subscription {
+            bitrates: vec![150_000, 1_200_000],
+            ..two_layers()
+        };
+        r.add_subscriber_with(LocalPeer(1), S, &av(101), &sub, at(0));
+        r.on_connected(LocalPeer(1), at(0));
+        r.on_rtp(PUB, layered(1, 1, 0, true), at(10));
+        assert_eq!(changes(&outputs(&mut r)), vec![(1, 1, false)]);
+        // Plenty: nothing changes.
+        r.on_estimate(LocalPeer(1), 3_000_000, at(100));
+        assert!(layer_requests(&outputs(&mut r)).is_empty());
+        // The estimate falls below the big layer: the small layer's keyframe at once.
+        r.on_estimate(LocalPeer(1), 400_000, at(200));
+        assert_eq!(layer_requests(&outputs(&mut r)), vec![Some(0)]);
+        r.on_rtp(PUB, layered(0, 5, 0, true), at(230));
+        assert_eq!(changes(&outputs(&mut r)), vec![(1, 0, true)]);
+        // Room again: up only after it has lasted 3 s (with 25% headroom).
+        r.on_estimate(LocalPeer(1), 1_600_000, at(1000));
+        r.on_estimate(LocalPeer(1), 1_600_000, at(3900));
+        assert!(layer_requests(&outputs(&mut r)).is_empty(), "held");
+        r.on_estimate(LocalPeer(1), 1_600_000, at(4000));
+        assert_eq!(layer_requests(&outputs(&mut r)), vec![Some(1)]);
+        r.on_rtp(PUB, layered(1, 9, 0, true), at(4030));
+        assert_eq!(changes(&outputs(&mut r)), vec![(1, 1, true)]);
+        // An estimate never lifts it above what it asked for.
+        r.set_video_type(LocalPeer(1), VideoStreamType::Small, at(5000));
+        r.on_rtp(PUB, layered(0, 10, 0, true), at(5030));
+        assert_eq!(changes(&outputs(&mut r)), vec![(1, 0, false)]);
+        r.on_estimate(LocalPeer(1), 5_000_000, at(6000));
+        r.on_estimate(LocalPeer(1), 5_000_000, at(9000));
+        assert!(layer_requests(&outputs(&mut r)).is_empty());
     }
 }

@@ -5,14 +5,15 @@
 //!   connectivity checks, so it needs none of the offer's candidates. They are removed before
 //!   str0m reads the offer: an offer with mDNS (`.local`) host names, TCP candidates, trickled
 //!   candidates or none at all is accepted the same way. Simulcast (`a=simulcast`, `a=rid`,
-//!   `a=ssrc-group:SIM`) is removed too, so the answer declines it and a browser sends one
-//!   layer: never several layers down one subscriber's stream.
+//!   `a=ssrc-group:SIM`) is kept only for a publish that names its layers ([`check_layers`]);
+//!   otherwise it is removed too, so the answer declines it and a browser sends one layer:
+//!   never several unnamed layers mixed into one stream.
 //! - [`parse_media`]: the offer's audio/video m-lines with their codecs in the offer's order.
 //! - [`choose_publish_codec`]: the one video codec a publisher is answered with.
 //! - [`unify_msid`]: one `msid` stream id for every track of a subscription, so a browser's
 //!   `ontrack` sees audio and video in one `MediaStream` (and lip-syncs them).
 
-use rtcroom_protocol::signal::{MediaKind, VideoCodec};
+use rtcroom_protocol::signal::{MAX_LAYERS, MediaKind, VideoCodec, VideoLayer};
 
 /// One codec of an m-line (`a=rtpmap` plus `a=fmtp`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,19 +105,75 @@ fn is_dropped_attribute(line: &str) -> bool {
     DROPPED.iter().any(|p| line.starts_with(p)) || line.starts_with("a=ssrc-group:SIM")
 }
 
-/// The offer without its ICE candidates and without simulcast (see the module docs). Line
-/// endings become CRLF.
-pub fn prepare_offer(sdp: &str) -> String {
+/// The offer without its ICE candidates and, unless `simulcast`, without simulcast (see the
+/// module docs). Line endings become CRLF.
+pub fn prepare_offer(sdp: &str, simulcast: bool) -> String {
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.lines() {
         let line = line.trim_end();
-        if line.is_empty() || is_dropped_attribute(line) {
+        let candidate = line.starts_with("a=candidate:") || line.starts_with("a=end-of-candidates");
+        if line.is_empty() || (candidate || (!simulcast && is_dropped_attribute(line))) {
             continue;
         }
         out.push_str(line);
         out.push_str("\r\n");
     }
     out
+}
+
+/// The rids an offer's m-lines send as simulcast layers (`a=simulcast:send`, alternatives
+/// and paused `~` marks flattened), in the offer's order.
+pub fn simulcast_send_rids(sdp: &str) -> Vec<String> {
+    let mut rids = Vec::new();
+    for line in sdp.lines() {
+        let Some(rest) = line.trim_end().strip_prefix("a=simulcast:") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        while let Some(dir) = words.next() {
+            let Some(list) = words.next() else {
+                break;
+            };
+            if dir != "send" {
+                continue;
+            }
+            for rid in list.split([';', ',']) {
+                let rid = rid.trim_start_matches('~');
+                if !rid.is_empty() && !rids.iter().any(|r| r == rid) {
+                    rids.push(rid.to_owned());
+                }
+            }
+        }
+    }
+    rids
+}
+
+/// A publish's simulcast `layers` checked against its offer and ordered smallest first (by
+/// bitrate, then size): at most [`MAX_LAYERS`], each valid, distinct, and sent by the offer.
+/// No layers, or one: no simulcast (an empty list).
+pub fn check_layers(sdp: &str, layers: &[VideoLayer]) -> Result<Vec<VideoLayer>, String> {
+    if layers.len() <= 1 {
+        return Ok(Vec::new());
+    }
+    if layers.len() > MAX_LAYERS {
+        return Err(format!("at most {MAX_LAYERS} simulcast layers"));
+    }
+    let sent = simulcast_send_rids(sdp);
+    for (i, layer) in layers.iter().enumerate() {
+        layer.validate()?;
+        if layers[..i].iter().any(|l| l.rid == layer.rid) {
+            return Err(format!("layer rid {:?} is named twice", layer.rid));
+        }
+        if !sent.contains(&layer.rid) {
+            return Err(format!(
+                "layer rid {:?} is not in the offer's a=simulcast:send (it has {sent:?})",
+                layer.rid
+            ));
+        }
+    }
+    let mut sorted = layers.to_vec();
+    sorted.sort_by_key(|l| (l.bitrate_kbps, l.width * l.height));
+    Ok(sorted)
 }
 
 /// Whether the offer asks for simulcast (which the answer declines).
@@ -372,7 +429,7 @@ mod tests {
     #[test]
     fn offers_lose_candidates_and_simulcast_only() {
         assert!(has_simulcast(CHROME_OFFER));
-        let p = prepare_offer(CHROME_OFFER);
+        let p = prepare_offer(CHROME_OFFER, false);
         assert!(!has_simulcast(&p));
         for gone in ["a=candidate", "end-of-candidates", "a=rid:", "a=simulcast"] {
             assert!(!p.contains(gone), "{gone} left in {p}");
@@ -382,6 +439,49 @@ mod tests {
         assert!(p.contains("a=rtpmap:102 H264/90000\r\n"));
         assert!(p.ends_with("\r\n"));
         assert!(!p.contains("\r\n\r\n"));
+    }
+
+    fn layer(rid: &str, kbps: u32) -> VideoLayer {
+        VideoLayer {
+            rid: rid.into(),
+            width: 640,
+            height: 360,
+            bitrate_kbps: kbps,
+        }
+    }
+
+    #[test]
+    fn a_publish_that_names_its_layers_keeps_simulcast() {
+        let p = prepare_offer(CHROME_OFFER, true);
+        assert!(has_simulcast(&p));
+        assert!(!p.contains("a=candidate") && !p.contains("end-of-candidates"));
+        assert!(p.contains("a=rid:h send\r\n") && p.contains("a=simulcast:send h;l\r\n"));
+        assert_eq!(simulcast_send_rids(CHROME_OFFER), ["h", "l"]);
+        // Alternatives, paused layers, a receive direction and a repeated rid.
+        let odd = "a=simulcast:send ~q;h,f recv r\r\na=simulcast:send h\r\n";
+        assert_eq!(simulcast_send_rids(odd), ["q", "h", "f"]);
+        // Ordered smallest first whatever the request's order.
+        let layers = check_layers(CHROME_OFFER, &[layer("h", 900), layer("l", 150)]).unwrap();
+        let rids: Vec<&str> = layers.iter().map(|l| l.rid.as_str()).collect();
+        assert_eq!(rids, ["l", "h"]);
+        // One layer or none: no simulcast.
+        assert!(
+            check_layers(CHROME_OFFER, &[layer("h", 900)])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(check_layers(CHROME_OFFER, &[]).unwrap().is_empty());
+        // Refused: a rid the offer does not send, twice the same, a bad rid, zero bitrate,
+        // too many.
+        for bad in [
+            vec![layer("h", 900), layer("m", 300)],
+            vec![layer("h", 900), layer("h", 300)],
+            vec![layer("h", 900), layer("l l", 300)],
+            vec![layer("h", 900), layer("l", 0)],
+            vec![layer("h", 1), layer("l", 2), layer("h", 3), layer("l", 4)],
+        ] {
+            assert!(check_layers(CHROME_OFFER, &bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,7 +11,14 @@
 //!   each layer is its own *source* for the subscriber's [`super::rewrite::SeqRewriter`].
 //! - [`LayerPolicy`]: the layer a bandwidth estimate allows, down at once when the current
 //!   layer no longer fits, up only after the next one has fitted with headroom for a while
-//!   (hysteresis), audio's share kept aside so audio is never starved.
+//!   (hysteresis), audio's share kept aside so audio is never starved. An estimate that
+//!   cannot grow on its own (a receiver that does not count the sender's padding probes in
+//!   its feedback, as webrtc-rs does not) is helped by *trials*: while below the layer asked
+//!   for, the next layer up is tried with the estimator restarted at what it needs
+//!   ([`LayerPolicy::poll`]); if the estimate does not hold it for [`TRIAL_WINDOW`] (after a
+//!   [`TRIAL_GRACE`] for reports from before the restart), back
+//!   down, and the next trial waits twice as long (from [`TRIAL_BACKOFF`] to
+//!   [`TRIAL_BACKOFF_MAX`]).
 //! - [`wanted_layers`]: the union of what the subscribers of a stream receive or are
 //!   switching to, so the publisher can pause the rest ("dynacast").
 
@@ -27,6 +34,15 @@ pub const UP_HOLD: Duration = Duration::from_secs(3);
 /// Headroom asked of the estimate before moving up (the estimate must exceed the layer's
 /// bitrate by this factor), so a layer at the edge of the estimate is not flapped.
 pub const UP_HEADROOM: f64 = 1.25;
+/// How long a trial's layer must keep fitting the estimate to stay.
+pub const TRIAL_WINDOW: Duration = Duration::from_secs(3);
+/// Estimates in a trial's first moments are ignored: the restarted estimator's first
+/// report can come after ones it computed before the restart.
+pub const TRIAL_GRACE: Duration = Duration::from_secs(1);
+/// The first wait before trying the next layer up (after moving down, or a good trial).
+pub const TRIAL_BACKOFF: Duration = Duration::from_secs(4);
+/// The longest wait between trials (doubling after each failed one).
+pub const TRIAL_BACKOFF_MAX: Duration = Duration::from_secs(64);
 /// A switch whose keyframe has not come this long after asking asks again.
 pub const SWITCH_KEYFRAME_WAIT: Duration = Duration::from_millis(500);
 
@@ -125,6 +141,22 @@ pub struct LayerPolicy {
     chosen: Layer,
     /// Since when the next layer up has fitted with headroom.
     up_since: Option<Instant>,
+    /// The highest layer worth having (the one the subscriber asked for).
+    ceiling: Layer,
+    /// A trial of the chosen layer, started then.
+    trial: Option<Instant>,
+    /// When the next trial may start (while below the ceiling).
+    next_trial: Option<Instant>,
+    backoff: Duration,
+}
+
+/// Try a layer up: receive it, with the estimator restarted at `estimate_bps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trial {
+    /// The layer to try.
+    pub layer: Layer,
+    /// What the estimator restarts at (the layer's bitrate with headroom, and audio's).
+    pub estimate_bps: u64,
 }
 
 impl LayerPolicy {
@@ -136,7 +168,57 @@ impl LayerPolicy {
             bitrates,
             chosen: start.min(top),
             up_since: None,
+            ceiling: top,
+            trial: None,
+            next_trial: None,
+            backoff: TRIAL_BACKOFF,
         }
+    }
+
+    /// The highest layer worth having from `now` on (the one asked for): no trials above it.
+    pub fn set_ceiling(&mut self, ceiling: Layer, now: Instant) {
+        self.ceiling = ceiling;
+        if self.chosen >= ceiling {
+            self.next_trial = None;
+        } else if self.next_trial.is_none() && self.trial.is_none() {
+            self.next_trial = Some(now + self.backoff);
+        }
+    }
+
+    /// Whether a trial is under way.
+    pub fn in_trial(&self) -> bool {
+        self.trial.is_some()
+    }
+
+    /// Time passes: a trial that lasted [`TRIAL_WINDOW`] succeeds; a due trial starts
+    /// (returned: the caller switches to its layer and restarts its estimator).
+    pub fn poll(&mut self, now: Instant) -> Option<Trial> {
+        if let Some(since) = self.trial {
+            if now.saturating_duration_since(since) >= TRIAL_WINDOW {
+                self.trial = None;
+                self.backoff = TRIAL_BACKOFF;
+                self.schedule_trial(now);
+            }
+            return None;
+        }
+        let due = self.next_trial.is_some_and(|t| now >= t);
+        if !due || self.chosen >= self.ceiling {
+            return None;
+        }
+        let layer = self.chosen + 1;
+        let bitrate = *self.bitrates.get(usize::from(layer))?;
+        self.chosen = layer;
+        self.trial = Some(now);
+        self.next_trial = None;
+        self.up_since = None;
+        Some(Trial {
+            layer,
+            estimate_bps: (bitrate as f64 * UP_HEADROOM) as u64 + AUDIO_RESERVE_BPS,
+        })
+    }
+
+    fn schedule_trial(&mut self, now: Instant) {
+        self.next_trial = (self.chosen < self.ceiling).then(|| now + self.backoff);
     }
 
     /// The layer chosen now.
@@ -148,6 +230,12 @@ impl LayerPolicy {
     /// Down at once to the biggest layer that fits beside audio (the smallest when none
     /// does); up one layer once the next has fitted with [`UP_HEADROOM`] for [`UP_HOLD`].
     pub fn on_estimate(&mut self, estimate_bps: u64, now: Instant) -> Option<Layer> {
+        if self
+            .trial
+            .is_some_and(|t| now.saturating_duration_since(t) < TRIAL_GRACE)
+        {
+            return None;
+        }
         let video = estimate_bps.saturating_sub(AUDIO_RESERVE_BPS);
         let fits =
             |layer: usize, bitrates: &[u64]| bitrates.get(layer).is_some_and(|b| *b <= video);
@@ -160,7 +248,15 @@ impl LayerPolicy {
             self.up_since = None;
             // `down` < `chosen`, which is a Layer.
             self.chosen = Layer::try_from(down).unwrap_or(0);
+            if self.trial.take().is_some() {
+                self.backoff = (self.backoff * 2).min(TRIAL_BACKOFF_MAX);
+            }
+            self.schedule_trial(now);
             return Some(self.chosen);
+        }
+        if self.trial.is_some() {
+            // A trial's fate is its own: no moving up on top of it.
+            return None;
         }
         let next = chosen + 1;
         let roomy = self
@@ -175,6 +271,7 @@ impl LayerPolicy {
         if now.saturating_duration_since(since) >= UP_HOLD {
             self.up_since = None;
             self.chosen = Layer::try_from(next).unwrap_or(self.chosen);
+            self.schedule_trial(now);
             return Some(self.chosen);
         }
         None
@@ -297,6 +394,48 @@ mod tests {
         assert_eq!(p.chosen(), 2, "clamped to the layers there are");
         assert_eq!(p.on_estimate(400_000, at(0)), Some(1));
         assert_eq!(p.on_estimate(150_000, at(1)), Some(0));
+    }
+
+    #[test]
+    fn below_the_layer_asked_for_the_next_one_is_tried_with_growing_waits() {
+        let mut p = LayerPolicy::new(vec![100_000, 600_000], 1);
+        assert_eq!(p.poll(at(0)), None, "at the ceiling: nothing to try");
+        assert_eq!(p.on_estimate(300_000, at(0)), Some(0));
+        // The estimate stays low (it cannot grow without probes): a trial after the wait.
+        assert_eq!(p.poll(at(3999)), None);
+        let trial = p.poll(at(4000)).expect("a trial");
+        assert_eq!(trial.layer, 1);
+        assert_eq!(trial.estimate_bps, 750_000 + AUDIO_RESERVE_BPS);
+        assert_eq!(p.chosen(), 1);
+        assert!(p.in_trial());
+        // A stale estimate right after the restart is ignored; the restarted estimate falls
+        // below the layer: back down; the next trial waits 8 s.
+        assert_eq!(
+            p.on_estimate(300_000, at(4010)),
+            None,
+            "from before the restart"
+        );
+        assert_eq!(p.on_estimate(700_000, at(5000)), None, "still fits");
+        assert_eq!(p.on_estimate(400_000, at(5000)), Some(0));
+        assert!(!p.in_trial());
+        assert_eq!(p.poll(at(12_999)), None);
+        assert_eq!(p.poll(at(13_000)).map(|t| t.layer), Some(1));
+        // This one holds for the window: it stays, and the wait is back to 4 s.
+        assert_eq!(p.on_estimate(900_000, at(14_000)), None);
+        assert_eq!(p.poll(at(16_000)), None);
+        assert!(!p.in_trial());
+        assert_eq!(p.chosen(), 1);
+        assert_eq!(p.on_estimate(300_000, at(20_000)), Some(0));
+        assert_eq!(p.poll(at(23_999)), None);
+        assert!(p.poll(at(24_000)).is_some());
+        // Asking for the small layer: no trials above it.
+        let mut q = LayerPolicy::new(vec![100_000, 600_000], 1);
+        q.on_estimate(300_000, at(0));
+        q.set_ceiling(0, at(0));
+        assert_eq!(q.poll(at(100_000)), None);
+        // Asking for big again: a trial after the wait.
+        q.set_ceiling(1, at(100_000));
+        assert!(q.poll(at(104_000)).is_some());
     }
 
     #[test]

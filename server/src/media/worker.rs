@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rtcroom_protocol::signal::{MediaKind, VideoCodec};
+use rtcroom_protocol::signal::{MediaKind, VideoCodec, VideoStreamType};
 use rtcroom_protocol::{ErrorCode, RtcError};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::crypto::dtls::DtlsCert;
 use str0m::format::{Codec, FormatParams};
@@ -32,8 +33,11 @@ use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
-use super::router::{LocalPeer, Output as Route, RoutedPacket, Router, RtpIn, StreamId, TrackSpec};
+use super::router::{
+    LocalPeer, Output as Route, RoutedPacket, Router, RtpIn, StreamId, Subscription, TrackSpec,
+};
 use super::sdp::{MediaSection, VideoFormat, answer_pts, unify_msid};
+use super::simulcast::Layer;
 use super::{
     MediaEvent, MediaStats, PeerCloseReason, PeerId, PublisherInfo, SlotRef, Slots, worker_of,
 };
@@ -55,6 +59,8 @@ pub(super) enum Cmd {
         offer: SdpOffer,
         /// The one video format to answer with (none: audio only).
         video: Option<VideoFormat>,
+        /// Simulcast: the rids of its video layers, smallest first (empty: one layer).
+        rids: Vec<String>,
         /// The answer, and the publisher peer this one replaced.
         reply: oneshot::Sender<Result<(String, Option<PeerId>), RtcError>>,
     },
@@ -70,7 +76,14 @@ pub(super) enum Cmd {
         codec: Option<VideoFormat>,
         /// The one `a=msid` stream id of the answer.
         msid: String,
+        /// Its video layers.
+        subscription: Subscription,
         reply: oneshot::Sender<Result<String, RtcError>>,
+    },
+    /// A subscriber wants the big or the small layer.
+    SetVideoType {
+        id: PeerId,
+        want: VideoStreamType,
     },
     /// Restart ICE on a peer: accept a new offer on its `Rtc`.
     RestartIce {
@@ -89,6 +102,7 @@ pub(super) enum Cmd {
         stream: StreamId,
         worker: usize,
         wants: bool,
+        layers: u32,
     },
     /// `worker` restarted empty.
     WorkerReset {
@@ -109,7 +123,11 @@ pub(super) enum Data {
     /// A packet from a publisher on another worker.
     Forward(Arc<RoutedPacket>),
     /// Ask the stream's publisher (on this worker) for a keyframe.
-    Keyframe { stream: StreamId, force: bool },
+    Keyframe {
+        stream: StreamId,
+        force: bool,
+        layer: Option<Layer>,
+    },
 }
 
 /// What one worker is given at start.
@@ -138,6 +156,8 @@ struct SsrcInfo {
     pt: Pt,
     codec: Option<VideoCodec>,
     clock_rate: u32,
+    /// Its simulcast layer (0 without simulcast).
+    layer: Layer,
 }
 
 struct Peer {
@@ -150,6 +170,8 @@ struct Peer {
     ssrcs: HashMap<Ssrc, SsrcInfo>,
     /// A subscriber's tracks' mids, in the order given to the router.
     mids: Vec<Mid>,
+    /// A simulcast publisher's layers' rids, smallest first.
+    rids: Vec<String>,
     created: Instant,
     connected: bool,
     /// Our ICE password, to authenticate the first connectivity check (see [`super::stun`]).
@@ -435,11 +457,11 @@ impl Worker {
     }
 
     fn emit(&self, peer: PeerId, reason: PeerCloseReason) {
-        if self
-            .events
-            .try_send(MediaEvent::PeerClosed { peer, reason })
-            .is_err()
-        {
+        self.send_event(MediaEvent::PeerClosed { peer, reason });
+    }
+
+    fn send_event(&self, event: MediaEvent) {
+        if self.events.try_send(event).is_err() {
             self.stats.event_drops.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -570,7 +592,7 @@ impl Worker {
                 let info = match peer.ssrcs.get(&ssrc) {
                     Some(i) if i.pt == pt => *i,
                     _ => {
-                        let Some(info) = ssrc_info(&mut peer.rtc, ssrc, pt) else {
+                        let Some(info) = ssrc_info(&mut peer.rtc, ssrc, pt, &peer.rids) else {
                             return;
                         };
                         peer.ssrcs.insert(ssrc, info);
@@ -591,6 +613,8 @@ impl Worker {
                         ts: pkt.header.timestamp,
                         marker: pkt.header.marker,
                         clock_rate: info.clock_rate,
+                        layer: info.layer,
+                        layers: u8::try_from(peer.rids.len().max(1)).unwrap_or(u8::MAX),
                         payload: pkt.payload,
                     },
                     pkt.timestamp,
@@ -621,6 +645,14 @@ impl Worker {
                 });
             }
             Event::KeyframeRequest(_) => self.router.on_keyframe_request(lp, Instant::now()),
+            Event::EgressBitrateEstimate(BweKind::Twcc {
+                estimate,
+                can_probe,
+            }) => {
+                tracing::trace!(peer = peer.id, %estimate, can_probe, "egress estimate");
+                self.router
+                    .on_estimate(lp, estimate.as_u64(), Instant::now());
+            }
             _ => {}
         }
     }
@@ -684,27 +716,72 @@ impl Worker {
                             .fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Route::RequestKeyframe { publisher } => self.request_keyframe(publisher),
-                Route::RelayKeyframe { stream, force } => {
+                Route::RequestKeyframe { publisher, layer } => {
+                    self.request_keyframe(publisher, layer)
+                }
+                Route::RelayKeyframe {
+                    stream,
+                    force,
+                    layer,
+                } => {
                     let Some(publisher) = self.slots.publisher(stream) else {
                         continue;
                     };
                     let w = worker_of(publisher.peer);
                     if w == self.idx {
-                        self.router.request_keyframe(stream, force, Instant::now());
+                        self.router
+                            .request_keyframe(stream, force, layer, Instant::now());
                         continue;
                     }
-                    let sent = self
-                        .data
-                        .get(w)
-                        .is_some_and(|tx| tx.try_send(Data::Keyframe { stream, force }).is_ok());
+                    let sent = self.data.get(w).is_some_and(|tx| {
+                        tx.try_send(Data::Keyframe {
+                            stream,
+                            force,
+                            layer,
+                        })
+                        .is_ok()
+                    });
                     if !sent {
                         self.stats
                             .worker_queue_drops
                             .fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Route::Interest { stream, wants } => {
+                Route::LayerChanged {
+                    peer,
+                    layer,
+                    layers,
+                    bandwidth,
+                } => {
+                    if let Some(p) = self.peers.get(peer.0 as usize).and_then(Option::as_ref) {
+                        self.send_event(MediaEvent::LayerChanged {
+                            peer: p.id,
+                            layer,
+                            layers,
+                            bandwidth,
+                        });
+                    }
+                }
+                Route::ResetEstimate { peer, bps } => {
+                    if let Some(p) = self.peers.get_mut(peer.0 as usize).and_then(Option::as_mut) {
+                        p.rtc.bwe().reset(Bitrate::from(bps));
+                    }
+                    self.drain(peer);
+                }
+                Route::LayersWanted { publisher, layers } => {
+                    if let Some(p) = self
+                        .peers
+                        .get(publisher.0 as usize)
+                        .and_then(Option::as_ref)
+                    {
+                        self.send_event(MediaEvent::LayersWanted { peer: p.id, layers });
+                    }
+                }
+                Route::Interest {
+                    stream,
+                    wants,
+                    layers,
+                } => {
                     for (w, tx) in self.ctl.iter().enumerate() {
                         if w != self.idx
                             && tx
@@ -712,6 +789,7 @@ impl Worker {
                                     stream,
                                     worker: self.idx,
                                     wants,
+                                    layers,
                                 })
                                 .is_err()
                         {
@@ -725,21 +803,18 @@ impl Worker {
         }
     }
 
-    /// PLI on every video stream a local publisher sends.
-    fn request_keyframe(&mut self, lp: LocalPeer) {
+    /// PLI on every video stream a local publisher sends (of one simulcast layer: on that
+    /// layer's stream only).
+    fn request_keyframe(&mut self, lp: LocalPeer, layer: Option<Layer>) {
         let Some(peer) = self.peers.get_mut(lp.0 as usize).and_then(Option::as_mut) else {
             return;
         };
         let mut requested = false;
         for (ssrc, info) in &peer.ssrcs {
-            if info.kind != MediaKind::Video {
+            if info.kind != MediaKind::Video || layer.is_some_and(|l| l != info.layer) {
                 continue;
             }
-            let mut api = peer.rtc.direct_api();
-            let Some(mid) = api.stream_rx(ssrc).map(|r| r.mid()) else {
-                continue;
-            };
-            if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+            if let Some(rx) = peer.rtc.direct_api().stream_rx(ssrc) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
                 requested = true;
             }
@@ -751,7 +826,7 @@ impl Worker {
     }
 
     /// A peer that speaks Opus and `video` only, so its answer carries exactly that codec.
-    fn new_rtc(&self, video: &VideoCodecs) -> Rtc {
+    fn new_rtc(&self, video: &VideoCodecs, bwe: Option<u64>) -> Rtc {
         let mut config = Rtc::builder()
             .set_rtp_mode(true)
             .set_ice_lite(true)
@@ -795,12 +870,20 @@ impl Worker {
             }
             VideoCodecs::Subscriber(_) => codecs.enable_vp8(true),
         }
+        if let Some(initial) = bwe {
+            config = config.enable_bwe(Some(Bitrate::from(initial)));
+        }
         config.build(Instant::now())
     }
 
     /// A new peer's `Rtc` with our host candidate, and its answer to `offer`.
-    fn answer(&self, offer: SdpOffer, video: &VideoCodecs) -> Result<(Rtc, String), RtcError> {
-        let mut rtc = self.new_rtc(video);
+    fn answer(
+        &self,
+        offer: SdpOffer,
+        video: &VideoCodecs,
+        bwe: Option<u64>,
+    ) -> Result<(Rtc, String), RtcError> {
+        let mut rtc = self.new_rtc(video, bwe);
         let candidate = Candidate::host(self.announced, "udp")
             .map_err(|e| RtcError::new(ErrorCode::Unknown, format!("host candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -836,6 +919,7 @@ impl Worker {
             publisher,
             ssrcs: HashMap::new(),
             mids,
+            rids: Vec::new(),
             created: now,
             connected: false,
             ice_password,
@@ -876,12 +960,16 @@ impl Worker {
         slot: SlotRef,
         offer: SdpOffer,
         video: Option<VideoFormat>,
+        rids: Vec<String>,
     ) -> Result<(String, Option<PeerId>), RtcError> {
         let codecs = video.map_or(VideoCodecs::None, VideoCodecs::Publisher);
-        let (rtc, answer) = self.answer(offer, &codecs)?;
+        let (rtc, answer) = self.answer(offer, &codecs, None)?;
         let stream = slot.id();
         let replaced = slot.set_publisher(PublisherInfo { peer: id });
         let lp = self.insert(id, slot, rtc, true, Vec::new());
+        if let Some(p) = self.peer_mut(lp) {
+            p.rids = rids;
+        }
         self.router.add_publisher(lp, stream);
         self.drain(lp);
         self.pump();
@@ -899,9 +987,16 @@ impl Worker {
         lines: &[MediaSection],
         codec: Option<VideoFormat>,
         msid: &str,
+        subscription: &Subscription,
     ) -> Result<String, RtcError> {
         let codecs = codec.map_or(VideoCodecs::None, VideoCodecs::Subscriber);
-        let (mut rtc, answer) = self.answer(offer, &codecs)?;
+        // A simulcast stream's subscriber is estimated (TWCC), starting from what its
+        // biggest layer needs, so that its layer can follow its bandwidth.
+        let bwe = (video && subscription.bitrates.len() > 1).then(|| {
+            subscription.bitrates.iter().copied().max().unwrap_or(0)
+                + super::simulcast::AUDIO_RESERVE_BPS
+        });
+        let (mut rtc, answer) = self.answer(offer, &codecs, bwe)?;
         let answer = unify_msid(&answer, msid);
         // Its tracks come from its offer's receiving m-lines that str0m accepted, each sent
         // with the payload type its answer names.
@@ -943,8 +1038,13 @@ impl Worker {
         }
         let stream = slot.id();
         let lp = self.insert(id, slot, rtc, false, mids);
+        if let (Some(p), Some(top)) = (self.peer_mut(lp), bwe) {
+            // Probe up to the biggest layer (with headroom) from a smaller one.
+            let desired = Bitrate::from(top.saturating_mul(3) / 2);
+            p.rtc.bwe().set_bitrate(Bitrate::from(0u64), desired);
+        }
         self.router
-            .add_subscriber(lp, stream, &tracks, Instant::now());
+            .add_subscriber_with(lp, stream, &tracks, subscription, Instant::now());
         self.drain(lp);
         self.pump();
         Ok(answer)
@@ -1006,9 +1106,10 @@ impl Worker {
                 slot,
                 offer,
                 video,
+                rids,
                 reply,
             } => {
-                let res = self.add_publisher(id, slot, offer, video);
+                let res = self.add_publisher(id, slot, offer, video, rids);
                 let _ = reply.send(res);
             }
             Cmd::AddSubscriber {
@@ -1020,10 +1121,27 @@ impl Worker {
                 lines,
                 codec,
                 msid,
+                subscription,
                 reply,
             } => {
-                let res = self.add_subscriber(id, slot, audio, video, offer, &lines, codec, &msid);
+                let res = self.add_subscriber(
+                    id,
+                    slot,
+                    audio,
+                    video,
+                    offer,
+                    &lines,
+                    codec,
+                    &msid,
+                    &subscription,
+                );
                 let _ = reply.send(res);
+            }
+            Cmd::SetVideoType { id, want } => {
+                if let Some(lp) = self.ids.get(&id).copied() {
+                    self.router.set_video_type(lp, want, Instant::now());
+                    self.pump();
+                }
             }
             Cmd::RestartIce {
                 id,
@@ -1043,7 +1161,11 @@ impl Worker {
                 stream,
                 worker,
                 wants,
-            } => self.router.on_interest(stream, worker, wants),
+                layers,
+            } => {
+                self.router.on_interest(stream, worker, wants, layers);
+                self.pump();
+            }
             Cmd::WorkerReset { worker } => {
                 self.router.on_worker_reset(worker);
                 self.pump();
@@ -1064,9 +1186,13 @@ impl Worker {
     fn handle_data(&mut self, d: Data) {
         match d {
             Data::Forward(packet) => self.router.on_forward(&packet),
-            Data::Keyframe { stream, force } => {
-                self.router.request_keyframe(stream, force, Instant::now())
-            }
+            Data::Keyframe {
+                stream,
+                force,
+                layer,
+            } => self
+                .router
+                .request_keyframe(stream, force, layer, Instant::now()),
         }
         self.pump();
     }
@@ -1232,8 +1358,19 @@ impl Worker {
 
 /// What a publisher's packets on `ssrc` with payload type `pt` are (`None`: not ours to
 /// forward).
-fn ssrc_info(rtc: &mut Rtc, ssrc: Ssrc, pt: Pt) -> Option<SsrcInfo> {
-    let mid = rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid())?;
+fn ssrc_info(rtc: &mut Rtc, ssrc: Ssrc, pt: Pt, rids: &[String]) -> Option<SsrcInfo> {
+    let (mid, rid) = rtc
+        .direct_api()
+        .stream_rx(&ssrc)
+        .map(|s| (s.mid(), s.rid()))?;
+    // A layer the publish did not name is not forwarded (it would be mixed into another).
+    let layer = match rid {
+        None => 0,
+        Some(rid) => {
+            let i = rids.iter().position(|r| r.as_str() == &*rid)?;
+            Layer::try_from(i).ok()?
+        }
+    };
     let kind = rtc.media(mid).map(|m| kind_of(m.kind()))?;
     let spec = rtc
         .codec_config()
@@ -1251,5 +1388,6 @@ fn ssrc_info(rtc: &mut Rtc, ssrc: Ssrc, pt: Pt) -> Option<SsrcInfo> {
         pt,
         codec,
         clock_rate: spec.clock_rate.get(),
+        layer,
     })
 }

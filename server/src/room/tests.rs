@@ -649,7 +649,7 @@ fn alice_publishes_bob_subscribes(t0: Instant) -> Room {
     let mut r = room(Mode::Rtc);
     join(&mut r, 1, "alice", None, t0).unwrap();
     join(&mut r, 2, "bob", None, t0).unwrap();
-    r.publish_media(1, StreamType::Main, true, true, None, Some(10))
+    r.publish_media(1, StreamType::Main, true, true, None, Some(10), Vec::new())
         .unwrap();
     assert!(
         r.add_subscription(2, &uid("alice"), StreamType::Main, 20)
@@ -709,7 +709,7 @@ fn a_subscription_to_a_stream_that_ended_meanwhile_is_refused() {
 fn a_dropped_signalling_link_ends_its_subscriptions_but_keeps_its_streams() {
     let t0 = Instant::now();
     let mut r = alice_publishes_bob_subscribes(t0);
-    r.publish_media(2, StreamType::Main, true, false, None, Some(11))
+    r.publish_media(2, StreamType::Main, true, false, None, Some(11), Vec::new())
         .unwrap();
     r.disconnected(2);
     assert_eq!(released(&r.end_subscriptions(2)), vec![20]);
@@ -733,7 +733,7 @@ fn a_signalling_publishers_lost_peer_is_forgotten_and_its_stream_stays() {
     assert_eq!(r.links_of(1).0, vec![]);
     // A closed peer is forgotten once; a re-publish takes a new one.
     assert!(r.peer_closed(10, t0).is_empty());
-    r.publish_media(1, StreamType::Main, true, true, None, Some(12))
+    r.publish_media(1, StreamType::Main, true, true, None, Some(12), Vec::new())
         .unwrap();
     assert_eq!(r.links_of(1).0, vec![(uid("alice"), StreamType::Main, 12)]);
 }
@@ -744,7 +744,7 @@ fn a_whip_member_leaves_when_its_peer_closes_and_is_never_evicted_for_silence() 
     let mut r = room(Mode::Rtc);
     join(&mut r, 1, "viewer", None, t0).unwrap();
     join_kind(&mut r, 2, "obs", LinkKind::Whip, t0);
-    r.publish_media(2, StreamType::Main, true, true, None, Some(30))
+    r.publish_media(2, StreamType::Main, true, true, None, Some(30), Vec::new())
         .unwrap();
     // Long past the heartbeat timeout, only the silent signalling member is evicted.
     let later = t0 + RoomLimits::default().heartbeat_timeout * 2;

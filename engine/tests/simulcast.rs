@@ -1,0 +1,244 @@
+//! Small streams (TRTC's big and small streams, a two-layer simulcast) end to end: a real
+//! rtcroom server on loopback, a publisher whose stream has a small stream, a subscriber that
+//! decodes it and switches between the layers. Every wait is bounded; nothing sleeps to
+//! sequence (conditions on counters are polled every 10 ms up to the deadline).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rtcroom::{
+    ClientEvent, DecodedFrame, ErrorCode, FrameInfo, JoinOptions, LayerChangeReason, LocalStream,
+    RemoteStream, StreamConfig, StreamType, SubscribeOptions, SubscribeOutput, VideoProfile,
+    VideoStreamType, create_stream,
+};
+
+const BIG: VideoProfile = VideoProfile::new(320, 240, 30, 400);
+const SMALL: VideoProfile = VideoProfile::new(160, 120, 15, 100);
+
+/// The size of the last decoded video frame and how many frames had it.
+#[derive(Default)]
+struct Sizes {
+    last: Mutex<Option<((u32, u32), u64)>>,
+}
+
+impl Sizes {
+    fn output(self: &Arc<Self>) -> SubscribeOutput {
+        let me = self.clone();
+        SubscribeOutput::Frames(Arc::new(move |_, _, f: DecodedFrame| {
+            if let FrameInfo::Video { width, height } = f.info {
+                let mut last = me.last.lock().unwrap();
+                *last = match *last {
+                    Some((size, n)) if size == (width, height) => Some((size, n + 1)),
+                    _ => Some(((width, height), 1)),
+                };
+            }
+        }))
+    }
+
+    /// Wait until 5 frames in a row decode at `size`.
+    async fn wait(&self, size: (u32, u32)) {
+        poll(
+            &format!("frames of {size:?}"),
+            || matches!(*self.last.lock().unwrap(), Some((s, n)) if s == size && n >= 5),
+        )
+        .await;
+    }
+}
+
+/// Wait (bounded, checking every 10 ms) until `cond` holds.
+async fn poll(what: &str, cond: impl Fn() -> bool) {
+    let t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while !cond() {
+        assert!(t.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tick.tick().await;
+    }
+}
+
+async fn small_stream() -> LocalStream {
+    bounded(create_stream(
+        StreamConfig::default()
+            .with_video_profile(BIG)
+            .with_small_stream(Some(SMALL)),
+    ))
+    .await
+    .expect("stream with a small stream starts")
+}
+
+async fn layer_changed(c: &mut TestClient, to: VideoStreamType) -> ClientEvent {
+    c.wait_for(
+        &format!("video-layer-changed to {to:?}"),
+        |e| matches!(e, ClientEvent::VideoLayerChanged { video_type, .. } if *video_type == to),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_stream_needs_video_and_a_smaller_bitrate() {
+    for config in [
+        StreamConfig::default()
+            .with_video(false)
+            .with_small_stream(Some(SMALL)),
+        StreamConfig::default()
+            .with_video_profile(BIG)
+            .with_small_stream(Some(VideoProfile::new(160, 120, 15, 400))),
+        StreamConfig::default().with_small_stream(Some(VideoProfile::new(161, 120, 15, 100))),
+    ] {
+        let e = bounded(create_stream(config.clone()))
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code, ErrorCode::InvalidParameter, "{config:?}: {e}");
+    }
+    // A stream without one cannot be given a small profile later.
+    let plain = bounded(create_stream(
+        StreamConfig::default().with_video_profile(BIG),
+    ))
+    .await
+    .expect("starts");
+    assert!(!plain.has_small_stream());
+    let e = bounded(plain.set_small_stream_profile(SMALL))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code, ErrorCode::InvalidOperation);
+    let with = small_stream().await;
+    assert!(with.has_small_stream());
+    let e = bounded(with.set_small_stream_profile(VideoProfile::new(160, 120, 15, 500)))
+        .await
+        .expect_err("not below the video's bitrate");
+    assert_eq!(e.code, ErrorCode::InvalidParameter);
+    // Nor may the video drop to the small stream's bitrate.
+    let e = bounded(with.set_video_profile(VideoProfile::new(320, 240, 30, 100)))
+        .await
+        .expect_err("not above the small stream's bitrate");
+    assert_eq!(e.code, ErrorCode::InvalidParameter);
+}
+
+/// Alice publishes a stream with a small stream; Bob subscribes (big, the default), then
+/// asks for the small layer and back: the decoded size follows, each switch is reported, and
+/// Alice encodes only the layer somebody receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_switches_between_the_big_and_the_small_stream() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = TestClient::new(config(&url, "alice", rtcroom::Mode::Rtc));
+    let mut bob = TestClient::new(config(&url, "bob", rtcroom::Mode::Rtc));
+    let local = small_stream().await;
+    bounded(alice.join(JoinOptions::new(3181u32)))
+        .await
+        .expect("join");
+    bounded(alice.publish(&local)).await.expect("publish");
+    bounded(bob.join(JoinOptions::new(3181u32)))
+        .await
+        .expect("join");
+    let alice_id = uid("alice");
+    let remote: RemoteStream = match bob
+        .wait_for(
+            "stream-added alice",
+            |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == alice_id),
+        )
+        .await
+    {
+        ClientEvent::StreamAdded(s) => s,
+        _ => unreachable!(),
+    };
+    let rids: Vec<&str> = remote.layers.iter().map(|l| l.rid.as_str()).collect();
+    assert_eq!(rids, ["l", "h"], "the stream's layers, smallest first");
+    assert!(
+        bob.get_remote_muted_state()
+            .iter()
+            .any(|s| s.user_id == alice_id && s.has_small),
+        "hasSmall"
+    );
+    let sizes = Arc::new(Sizes::default());
+    bounded(bob.subscribe(
+        &remote,
+        SubscribeOptions::new(sizes.output()).with_jitter_latency(Duration::from_millis(20)),
+    ))
+    .await
+    .expect("subscribe");
+    sizes.wait((BIG.width, BIG.height)).await;
+    // Nobody receives the small layer: its encoder pauses.
+    poll("the small stream paused", || {
+        !local.is_small_stream_active()
+    })
+    .await;
+
+    bounded(bob.set_remote_video_stream_type(&alice_id, StreamType::Main, VideoStreamType::Small))
+        .await
+        .expect("switch to small");
+    match layer_changed(&mut bob, VideoStreamType::Small).await {
+        ClientEvent::VideoLayerChanged {
+            user_id,
+            stream_type,
+            rid,
+            reason,
+            ..
+        } => {
+            assert_eq!(user_id, alice_id);
+            assert_eq!(stream_type, StreamType::Main);
+            assert_eq!(rid, "l");
+            assert_eq!(reason, LayerChangeReason::Request);
+        }
+        _ => unreachable!(),
+    }
+    sizes.wait((SMALL.width, SMALL.height)).await;
+    assert!(local.is_small_stream_active());
+    let stats = local.get_local_video_stats();
+    assert!(stats.small_frames_encoded > 0, "{stats:?}");
+
+    bounded(bob.set_remote_video_stream_type(&alice_id, StreamType::Main, VideoStreamType::Big))
+        .await
+        .expect("switch back to big");
+    layer_changed(&mut bob, VideoStreamType::Big).await;
+    sizes.wait((BIG.width, BIG.height)).await;
+    assert!(
+        !bob.seen.iter().any(|e| matches!(e, ClientEvent::Error(_))),
+        "{:?}",
+        bob.seen
+    );
+    drop(server);
+}
+
+/// A subscription can start on the small layer (TRTC's `smallVideo` option).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_can_start_on_the_small_stream() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+    let alice = TestClient::new(config(&url, "alice", rtcroom::Mode::Rtc));
+    let mut bob = TestClient::new(config(&url, "bob", rtcroom::Mode::Rtc));
+    let local = small_stream().await;
+    bounded(alice.join(JoinOptions::new(3182u32)))
+        .await
+        .expect("join");
+    bounded(alice.publish(&local)).await.expect("publish");
+    bounded(bob.join(JoinOptions::new(3182u32)))
+        .await
+        .expect("join");
+    let alice_id = uid("alice");
+    let remote: RemoteStream = match bob
+        .wait_for(
+            "stream-added alice",
+            |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == alice_id),
+        )
+        .await
+    {
+        ClientEvent::StreamAdded(s) => s,
+        _ => unreachable!(),
+    };
+    let sizes = Arc::new(Sizes::default());
+    bounded(
+        bob.subscribe(
+            &remote,
+            SubscribeOptions::new(sizes.output())
+                .with_jitter_latency(Duration::from_millis(20))
+                .with_video_type(Some(VideoStreamType::Small)),
+        ),
+    )
+    .await
+    .expect("subscribe");
+    sizes.wait((SMALL.width, SMALL.height)).await;
+    drop(server);
+}
