@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use rtcroom::{
     ClientConfig, ClientEvent, JoinOptions, Mode, RecordFormat, Role, RoomIdInput, SourceKind,
-    StreamConfig, StreamType, SubscribeOutput, VideoCodec, VideoProfile,
+    StreamConfig, StreamType, SubscribeOutput, VideoCodec, VideoProfile, VideoStreamType,
 };
 use rtcroom_protocol::usersig::gen_user_sig;
 use rtcroom_server::config::{EmbeddedKeyFile, embedded_key_path};
@@ -209,6 +209,11 @@ pub struct PublishArgs {
     /// Video codec to send.
     #[arg(long, value_name = "h264|vp8", default_value = "h264", value_parser = parse_codec)]
     codec: VideoCodec,
+    /// Also publish a small stream (TRTC's `enableSmallStream`: a second, smaller encoding;
+    /// each subscriber receives one of the two) at this profile; `--small-stream` alone:
+    /// TRTC's default 160×120, 15 fps, 100 kbit/s.
+    #[arg(long, value_name = "PROFILE", num_args = 0..=1, default_missing_value = "160x120@15:100", value_parser = parse_profile)]
+    small_stream: Option<VideoProfile>,
     /// Publish over WHIP (RFC 9725) to this endpoint instead of joining over signalling:
     /// `http(s)://host/whip/{sdkAppId}/{userId}?roomId=…` (the room and user are in the URL).
     #[arg(long, value_name = "URL", requires = "token")]
@@ -279,7 +284,8 @@ async fn run_publish(args: PublishArgs) -> anyhow::Result<()> {
         StreamConfig::default()
             .with_source(source)
             .with_video_profile(args.video_profile)
-            .with_video_codec(args.codec),
+            .with_video_codec(args.codec)
+            .with_small_stream(args.small_stream),
     )
     .await?;
     client.publish(&stream).await?;
@@ -345,6 +351,17 @@ pub struct RecordArgs {
     /// Container.
     #[arg(long, value_name = "mkv|mp4|webm", default_value = "mkv", value_parser = parse_format)]
     format: RecordFormat,
+    /// Of a stream with a small stream (simulcast), the layer to record.
+    #[arg(long, value_name = "big|small", default_value = "big", value_parser = parse_layer)]
+    layer: VideoStreamType,
+}
+
+fn parse_layer(s: &str) -> Result<VideoStreamType, String> {
+    match s {
+        "big" => Ok(VideoStreamType::Big),
+        "small" => Ok(VideoStreamType::Small),
+        _ => Err(format!("layer must be big or small, got {s:?}")),
+    }
 }
 
 fn parse_format(s: &str) -> Result<RecordFormat, String> {
@@ -360,7 +377,7 @@ fn parse_format(s: &str) -> Result<RecordFormat, String> {
 pub fn record(args: RecordArgs) -> ExitCode {
     finish(runtime().and_then(|rt| {
         rt.block_on(async {
-            let files = run_record(&args.bot, &args.out, args.format, None).await?;
+            let files = run_record(&args.bot, &args.out, args.format, args.layer, None).await?;
             for f in files {
                 println!("recorded {}", f.display());
             }
@@ -401,6 +418,7 @@ async fn run_record(
     bot: &BotArgs,
     out: &Path,
     format: RecordFormat,
+    layer: VideoStreamType,
     first_frame: Option<tokio::sync::oneshot::Sender<Instant>>,
 ) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -509,7 +527,8 @@ async fn run_record(
                         );
                     }
                     let options = rtcroom::SubscribeOptions::new(
-                        SubscribeOutput::Record { dir: partial_dir.clone(), format: container });
+                        SubscribeOutput::Record { dir: partial_dir.clone(), format: container })
+                        .with_video_type(Some(layer));
                     match client.subscribe(&s, options).await {
                         Ok(()) => {
                             let codec = s.video_codec.map_or(String::new(), |c| format!(", {c}"));
@@ -522,6 +541,12 @@ async fn run_record(
                         }
                         Err(e) => eprintln!("cannot record {user}: {e}"),
                     }
+                }
+                Some(ClientEvent::VideoLayerChanged { user_id, stream_type, video_type, rid, reason }) => {
+                    println!(
+                        "recording {user_id} ({}): its {video_type:?} layer ({rid}) from here on ({reason:?})",
+                        stream_type_name(stream_type)
+                    );
                 }
                 Some(ClientEvent::StreamRemoved(s)) => {
                     let user = s.user_id.to_string();
@@ -621,7 +646,14 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let out = args.out.clone();
     let (ff_tx, ff_rx) = tokio::sync::oneshot::channel();
     let recorder = tokio::spawn(async move {
-        run_record(&recorder_args, &out, RecordFormat::Mkv, Some(ff_tx)).await
+        run_record(
+            &recorder_args,
+            &out,
+            RecordFormat::Mkv,
+            VideoStreamType::Big,
+            Some(ff_tx),
+        )
+        .await
     });
     let publisher_args = PublishArgs {
         bot: bot("broadcaster", args.duration),
@@ -629,6 +661,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         video_profile: VideoProfile::P360,
         looping: false,
         codec: VideoCodec::H264,
+        small_stream: None,
         whip: None,
         token: None,
     };

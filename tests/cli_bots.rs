@@ -200,6 +200,84 @@ fn record_two_publishers_then_sigint_finalises_files() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `rtcroom publish --small-stream` sends a big and a small layer; `rtcroom record --layer
+/// small` records the small one (160×120), and says so.
+#[test]
+fn the_recorder_records_the_small_stream_when_asked() {
+    let home = temp_dir("home-small");
+    let out = temp_dir("rec-small");
+    let mut server = spawn(&["serve", "--listen", "127.0.0.1:0"], &home);
+    let _server_lines = wait_line(&mut server, "listening:");
+    let mut recorder = spawn(
+        &[
+            "record",
+            "--room-id",
+            "78",
+            "--out",
+            out.to_str().unwrap(),
+            "--layer",
+            "small",
+        ],
+        &home,
+    );
+    let rec_lines = wait_line(&mut recorder, "recording room 78 into");
+    let mut publisher = spawn(
+        &[
+            "publish",
+            "--room-id",
+            "78",
+            "--user-id",
+            "alice",
+            "--video-profile",
+            "320x240@30:400",
+            "--small-stream",
+            "--duration",
+            "4",
+        ],
+        &home,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut layer_line = None;
+    while layer_line.is_none() {
+        let line = rec_lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("recorder output");
+        if line.contains("layer") {
+            layer_line = Some(line);
+        }
+    }
+    let layer_line = layer_line.unwrap_or_default();
+    assert!(
+        layer_line.contains("Small layer (l)"),
+        "the recorder's layer: {layer_line}"
+    );
+    assert!(wait_exit(&mut publisher, Duration::from_secs(30)).success());
+    Command::new("kill")
+        .args(["-INT", &recorder.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_exit(&mut recorder, Duration::from_secs(20)).success());
+    let files = recordings(&out);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let verbose = Command::new("gst-discoverer-1.0")
+        .arg("-v")
+        .arg(&files[0])
+        .output()
+        .expect("gst-discoverer-1.0 runs");
+    let text = String::from_utf8_lossy(&verbose.stdout);
+    assert!(
+        text.contains("Width: 160") && !text.contains("Width: 320"),
+        "the small layer only: {text}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_exit(&mut server, Duration::from_secs(20)).success());
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -93,12 +93,30 @@ impl LightPeer {
         video: bool,
         bind_ip: std::net::IpAddr,
     ) -> anyhow::Result<(LightPeer, String)> {
+        Self::with_layers(direction, video, &[], bind_ip).await
+    }
+
+    /// As [`LightPeer::new`], sending the video as simulcast layers with these rids (none:
+    /// one layer).
+    pub async fn with_layers(
+        direction: Direction,
+        video: bool,
+        rids: &[&str],
+        bind_ip: std::net::IpAddr,
+    ) -> anyhow::Result<(LightPeer, String)> {
         let (socket, local, mut rtc) = bound_rtc(bind_ip).await?;
         let mut api = rtc.sdp_api();
         let mut mids = Vec::new();
         if video {
+            let simulcast = (!rids.is_empty()).then(|| {
+                let mut s = str0m::media::Simulcast::new();
+                for rid in rids {
+                    s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+                }
+                s
+            });
             mids.push((
-                api.add_media(MediaKind::Video, direction, None, None, None),
+                api.add_media(MediaKind::Video, direction, None, None, simulcast),
                 MediaKind::Video,
             ));
         }
@@ -252,6 +270,35 @@ pub struct SubStats {
     pub nacks: AtomicU64,
     /// PLIs this subscriber sent.
     pub plis: AtomicU64,
+    /// Keyframes whose first packet starts with an SPS, and a hash of the last one's SPS
+    /// (it changes with the resolution: a simulcast layer switch).
+    pub sps_keyframes: AtomicU64,
+    /// See `sps_keyframes`.
+    pub last_sps: AtomicU64,
+}
+
+/// A hash of the SPS an H.264 payload carries (alone, or in a STAP-A), if it does.
+pub fn sps_hash(p: &[u8]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let sps = match p.first()? & 0x1f {
+        7 => p,
+        24 => {
+            // 16-bit size, then the NAL unit, for each (an access unit delimiter may lead).
+            let mut rest = p.get(1..)?;
+            loop {
+                let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+                let nal = rest.get(2..2 + len)?;
+                if nal.first()? & 0x1f == 7 {
+                    break nal;
+                }
+                rest = rest.get(2 + len..)?;
+            }
+        }
+        _ => return None,
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sps.hash(&mut h);
+    Some(h.finish())
 }
 
 /// Whether an H.264 RTP payload carries the start of a keyframe (IDR or SPS).
@@ -560,6 +607,10 @@ pub async fn run_subscriber(
                     {
                         stats.first_frame_us.store(us, Ordering::Relaxed);
                     }
+                    if let Some(h) = sps_hash(&p.payload) {
+                        stats.last_sps.store(h, Ordering::Relaxed);
+                        stats.sps_keyframes.fetch_add(1, Ordering::Relaxed);
+                    }
                     last_video = Some(now);
                 }
             }
@@ -751,8 +802,21 @@ impl Replay {
 /// (PLI/FIR from the server) jumps the replay to the clip's next keyframe, as an encoder
 /// would produce one at once.
 pub async fn run_publisher(
-    mut peer: LightPeer,
+    peer: LightPeer,
     clip: Arc<Vec<Recorded>>,
+    clip_len: Duration,
+    stats: Arc<PubStats>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    run_publisher_layers(peer, vec![(None, clip)], clip_len, stats, stop).await
+}
+
+/// As [`run_publisher`], one replay per simulcast layer (`rid`, clip): the first layer's
+/// clip also carries the audio (the others' audio is not sent); a keyframe request for a
+/// rid jumps that layer's replay (one without a rid: all of them).
+pub async fn run_publisher_layers(
+    mut peer: LightPeer,
+    layers: Vec<(Option<&'static str>, Arc<Vec<Recorded>>)>,
     clip_len: Duration,
     stats: Arc<PubStats>,
     mut stop: watch::Receiver<bool>,
@@ -764,14 +828,27 @@ pub async fn run_publisher(
     // written before would be lost, and replaying the ones due meanwhile in one burst (after
     // a slow handshake on a lossy link) overruns the server's NACK window.
     let mut start: Option<Instant> = None;
-    let (mut vseq, mut aseq) = (1u64, 1u64);
-    let mut replay = Replay::new(clip, clip_len);
+    let mut aseq = 1u64;
+    // (rid, replay, video sequence number) per layer.
+    let mut replays: Vec<(Option<Rid>, Replay, u64)> = layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, (rid, clip))| {
+            let clip = if i == 0 {
+                clip
+            } else {
+                Arc::new(clip.iter().filter(|r| r.video).cloned().collect())
+            };
+            (rid.map(Rid::from), Replay::new(clip, clip_len), 1u64)
+        })
+        .collect();
     loop {
-        let (mut connected, mut keyframe) = (false, false);
+        let mut connected = false;
+        let mut asked: Vec<Option<Rid>> = Vec::new();
         let Some(timeout) = peer
             .drain(&mut |e: Event| match e {
                 Event::Connected => connected = true,
-                Event::KeyframeRequest(_) => keyframe = true,
+                Event::KeyframeRequest(r) => asked.push(r.rid),
                 _ => {}
             })
             .await
@@ -782,16 +859,27 @@ pub async fn run_publisher(
             start = Some(Instant::now());
         }
         if start.is_some() {
-            let jumped = if keyframe {
-                replay.keyframe_request()
-            } else {
-                replay.poll()
-            };
-            if jumped {
-                stats.keyframes_on_request.fetch_add(1, Ordering::Relaxed);
+            for (rid, replay, _) in &mut replays {
+                let keyframe = asked.iter().any(|a| a.is_none() || *a == *rid);
+                let jumped = if keyframe {
+                    replay.keyframe_request()
+                } else {
+                    replay.poll()
+                };
+                if jumped {
+                    stats.keyframes_on_request.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
-        let due = start.map(|s| replay.due(s));
+        // The layer whose next packet is due first.
+        let next = start.and_then(|s| {
+            replays
+                .iter()
+                .enumerate()
+                .map(|(i, (_, r, _))| (r.due(s), i))
+                .min()
+        });
+        let due = next.map(|(d, _)| d);
         let wake = due.map_or(timeout, |d| timeout.min(d));
         tokio::select! {
             r = peer.socket.recv_from(&mut buf) => {
@@ -810,15 +898,18 @@ pub async fn run_publisher(
             if now - d > LATE {
                 stats.late_packets.fetch_add(1, Ordering::Relaxed);
             }
+            let Some((rid, replay, vseq)) = next.and_then(|(_, i)| replays.get_mut(i)) else {
+                continue;
+            };
             let p = replay.next();
-            let (mid, codec, seq) = match (p.video, vmid) {
-                (true, Some(v)) => (Some(v), Codec::H264, &mut vseq),
-                (true, None) => (None, Codec::H264, &mut vseq),
-                (false, _) => (Some(amid), Codec::Opus, &mut aseq),
+            let (mid, codec, seq, rid) = match (p.video, vmid) {
+                (true, Some(v)) => (Some(v), Codec::H264, vseq, *rid),
+                (true, None) => (None, Codec::H264, vseq, None),
+                (false, _) => (Some(amid), Codec::Opus, &mut aseq, None),
             };
             if let Some(mid) = mid
                 && let Some(pt) = peer.pt(codec)
-                && let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(mid, None)
+                && let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(mid, rid)
             {
                 tx.write_rtp(
                     RtpWrite::new(pt, (*seq).into(), p.ts, now, p.payload)

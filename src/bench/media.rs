@@ -13,7 +13,8 @@ use rtcroom_pipelines::{
 };
 use rtcroom_protocol::signal::{
     ClientEnvelope, ClientMessage, JoinRequest, PublishRequest, ReplyData, ReplyResult,
-    ServerMessage, StreamType, SubscribeRequest, decode_server, encode,
+    ServerMessage, StreamType, SubscribeRequest, VideoLayer, VideoStreamType, decode_server,
+    encode,
 };
 use rtcroom_protocol::{Mode, Role, UserId};
 use serde_json::json;
@@ -35,12 +36,25 @@ const CLIP: Duration = Duration::from_secs(6);
 /// Opus encoder expects `expected_loss_pct` loss, as the engine's does once receiver reports
 /// say so: its in-band FEC carries data in proportion.
 pub(super) fn pre_encode(expected_loss_pct: u8) -> anyhow::Result<(Vec<Recorded>, Duration)> {
+    pre_encode_at(expected_loss_pct, BIG)
+}
+
+/// The big layer (and the only one without simulcast).
+const BIG: VideoProfile = VideoProfile::new(1280, 720, 30, 1500);
+/// The small layer of `meeting --simulcast`.
+const SMALL: VideoProfile = VideoProfile::new(320, 180, 30, 300);
+
+/// [`pre_encode`] at `profile`.
+fn pre_encode_at(
+    expected_loss_pct: u8,
+    profile: VideoProfile,
+) -> anyhow::Result<(Vec<Recorded>, Duration)> {
     rtcroom_pipelines::preload()?;
     let mut cfg = LocalConfig::new(SourceKind::TestPattern {
         duration: Some(CLIP),
     });
     cfg.video = Some(VideoTrackConfig {
-        profile: VideoProfile::new(1280, 720, 30, 1500),
+        profile,
         ..Default::default()
     });
     cfg.audio = Some(AudioTrackConfig {
@@ -221,6 +235,29 @@ impl Signal {
         accept(target, peer, reply).await
     }
 
+    /// Publish the main stream with two video layers (rids `h`: [`BIG`], `l`: [`SMALL`]).
+    async fn publish_light_layers(&mut self, target: &Target) -> anyhow::Result<LightPeer> {
+        let (peer, offer) =
+            LightPeer::with_layers(Direction::SendOnly, true, &["h", "l"], target.client_ip)
+                .await?;
+        let layer = |rid: &str, p: VideoProfile| VideoLayer {
+            rid: rid.into(),
+            width: p.width,
+            height: p.height,
+            bitrate_kbps: p.bitrate_kbps,
+        };
+        let reply = self
+            .request(ClientMessage::Publish(PublishRequest {
+                stream_type: StreamType::Main,
+                has_audio: true,
+                has_video: true,
+                sdp: Some(offer),
+                layers: vec![layer("h", BIG), layer("l", SMALL)],
+            }))
+            .await?;
+        accept(target, peer, reply).await
+    }
+
     /// Subscribe to `publisher`'s main stream with a new light peer; returns the peer with
     /// the answer applied, and when the request was sent (first-media times count from it).
     pub(super) async fn subscribe_light(
@@ -228,6 +265,7 @@ impl Signal {
         target: &Target,
         publisher: &str,
         video: bool,
+        video_type: Option<VideoStreamType>,
     ) -> anyhow::Result<(LightPeer, Instant)> {
         let (peer, offer) = LightPeer::new(Direction::RecvOnly, video, target.client_ip).await?;
         let sent = Instant::now();
@@ -238,7 +276,7 @@ impl Signal {
                 audio: true,
                 video,
                 sdp: Some(offer),
-                video_type: None,
+                video_type,
             }))
             .await?;
         Ok((accept(target, peer, reply).await?, sent))
@@ -254,12 +292,22 @@ impl Signal {
         .await;
     }
 
-    /// Keep the socket drained (events) and alive (heartbeats) until `stop` flips.
-    async fn idle(mut self, mut stop: watch::Receiver<bool>) {
+    /// Keep the socket drained (events) and alive (heartbeats) until `stop` flips, sending
+    /// the requests `cmds` brings (replies not waited for).
+    async fn idle_with(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut cmds: tokio::sync::mpsc::UnboundedReceiver<ClientMessage>,
+    ) {
         let mut beat = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
                 m = self.ws.next() => if m.is_none() { return },
+                Some(c) = cmds.recv() => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let _ = self.ws.send(Message::text(encode(&ClientEnvelope::new(id, c)))).await;
+                }
                 _ = beat.tick() => {
                     let id = self.next_id;
                     self.next_id += 1;
@@ -400,8 +448,14 @@ impl Member {
     }
 
     /// Publish the main stream from a new light peer; returns it with the answer applied.
-    async fn publish(&mut self, target: &Target, video: bool) -> anyhow::Result<LightPeer> {
+    async fn publish(
+        &mut self,
+        target: &Target,
+        video: bool,
+        simulcast: bool,
+    ) -> anyhow::Result<LightPeer> {
         match self {
+            Member::Rtcroom(sig) if simulcast => sig.publish_light_layers(target).await,
             Member::Rtcroom(sig) => sig.publish_light(target, video).await,
             Member::Janus(session, handle) => {
                 let (mut peer, offer) =
@@ -421,11 +475,12 @@ impl Member {
         room: &str,
         p: usize,
         video: bool,
+        video_type: Option<VideoStreamType>,
     ) -> anyhow::Result<(LightPeer, Instant)> {
         let publisher = Who::Publisher(p);
         match self {
             Member::Rtcroom(sig) => {
-                sig.subscribe_light(target, &publisher.user_id(), video)
+                sig.subscribe_light(target, &publisher.user_id(), video, video_type)
                     .await
             }
             Member::Janus(session, _) => {
@@ -441,10 +496,15 @@ impl Member {
         }
     }
 
-    /// Keep the signalling alive until `stop` flips.
-    async fn idle(self, stop: watch::Receiver<bool>) {
+    /// Keep the signalling alive until `stop` flips, sending the requests `cmds` brings
+    /// (rtcroom; their replies are not waited for).
+    async fn idle(
+        self,
+        stop: watch::Receiver<bool>,
+        cmds: tokio::sync::mpsc::UnboundedReceiver<ClientMessage>,
+    ) {
         match self {
-            Member::Rtcroom(sig) => sig.idle(stop).await,
+            Member::Rtcroom(sig) => sig.idle_with(stop, cmds).await,
             Member::Janus(session, _) => session.idle(stop).await,
         }
     }
@@ -465,6 +525,8 @@ pub struct MediaSpec {
     pub audio_only: bool,
     /// Subscribers started per second.
     pub rate: f64,
+    /// Publishers send a big and a small layer; subscribers alternate between them.
+    pub simulcast: bool,
 }
 
 /// `livestream --subscribers N`: 1 anchor (720p + Opus) → N audience, live mode.
@@ -482,6 +544,7 @@ pub async fn livestream(
             subscribers,
             audio_only: false,
             rate,
+            simulcast: false,
         },
         target,
         common,
@@ -495,16 +558,18 @@ pub async fn meeting(
     subscribers: usize,
     rate: f64,
     target: TargetChoice,
+    simulcast: bool,
     common: CommonArgs,
 ) -> anyhow::Result<()> {
     run(
         MediaSpec {
-            scenario: "meeting",
+            scenario: if simulcast { "meeting-simulcast" } else { "meeting" },
             mode: Mode::Rtc,
             publishers,
             subscribers,
             audio_only: false,
             rate,
+            simulcast,
         },
         target,
         common,
@@ -528,12 +593,16 @@ pub async fn audio_room(
             subscribers,
             audio_only: true,
             rate,
+            simulcast: false,
         },
         target,
         common,
     )
     .await
 }
+
+/// Most subscribers asked to switch layers in one simulcast run (one after another).
+const MAX_SWITCH_SAMPLES: usize = 40;
 
 /// Most publishers one run may use (TRTC allows 50 at once).
 pub const MAX_PUBLISHERS: usize = 50;
@@ -570,6 +639,17 @@ async fn run(spec: MediaSpec, choice: TargetChoice, common: CommonArgs) -> anyho
         clip.retain(|r| !r.video);
     }
     let clip = Arc::new(clip);
+    let small = if spec.simulcast {
+        if choice != TargetChoice::Rtcroom {
+            bail!("--simulcast measures rtcroom only (the Janus scenario has no simulcast)");
+        }
+        eprintln!("{}: encoding the small layer's clip...", spec.scenario);
+        let (small, _) =
+            tokio::task::spawn_blocking(move || pre_encode_at(expected_loss, SMALL)).await??;
+        Some(Arc::new(small))
+    } else {
+        None
+    };
     let kinds: &[ServerKind] = match choice {
         TargetChoice::Rtcroom => &[ServerKind::Rtcroom],
         TargetChoice::Janus => &[ServerKind::Janus],
@@ -577,7 +657,18 @@ async fn run(spec: MediaSpec, choice: TargetChoice, common: CommonArgs) -> anyho
     };
     let mut reports = Vec::with_capacity(kinds.len());
     for &kind in kinds {
-        reports.push(measure(&spec, &common, &clip, clip_len, expected_loss, kind).await?);
+        reports.push(
+            measure(
+                &spec,
+                &common,
+                &clip,
+                small.as_ref(),
+                clip_len,
+                expected_loss,
+                kind,
+            )
+            .await?,
+        );
     }
     let report = match reports.as_slice() {
         [ours, janus] => {
@@ -645,10 +736,12 @@ fn print_comparison(both: &serde_json::Value) {
 }
 
 /// Run one media scenario against one server and return its report (printing a summary).
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     spec: &MediaSpec,
     common: &CommonArgs,
     clip: &Arc<Vec<Recorded>>,
+    small: Option<&Arc<Vec<Recorded>>>,
     clip_len: Duration,
     expected_loss: u8,
     kind: ServerKind,
@@ -660,6 +753,7 @@ async fn measure(
         subscribers,
         audio_only,
         rate,
+        simulcast,
     } = *spec;
     let rate = if rate > 0.0 { rate } else { 100.0 };
     let clip_video = clip.iter().filter(|r| r.video).count();
@@ -694,15 +788,17 @@ async fn measure(
     }
     for p in 0..publishers {
         let (mut member, _) = Member::join(&target, &room, Who::Publisher(p), Role::Anchor).await?;
-        let peer = member.publish(&target, !audio_only).await?;
+        let peer = member.publish(&target, !audio_only, simulcast).await?;
         pub_peers.push(peer);
         pub_stats.push(Arc::new(PubStats::default()));
-        tasks.push(tokio::spawn(member.idle(stop_rx.clone())));
+        let (_, none) = tokio::sync::mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(member.idle(stop_rx.clone(), none)));
     }
     let (pub_done_tx, publishers_done) = tokio::sync::oneshot::channel();
     {
         let stats = pub_stats.clone();
         let (clip, stop) = (clip.clone(), stop_rx.clone());
+        let small = small.cloned();
         std::thread::Builder::new()
             .name("bench-publishers".into())
             .spawn(move || {
@@ -713,7 +809,13 @@ async fn measure(
                     .and_then(|rt| {
                         rt.block_on(async move {
                             let runs = pub_peers.into_iter().zip(stats).map(|(peer, st)| {
-                                light::run_publisher(peer, clip.clone(), clip_len, st, stop.clone())
+                                let layers = match &small {
+                                    Some(small) => {
+                                        vec![(Some("h"), clip.clone()), (Some("l"), small.clone())]
+                                    }
+                                    None => vec![(None, clip.clone())],
+                                };
+                                light::run_publisher_layers(peer, layers, clip_len, st, stop.clone())
                             });
                             for r in futures_util::future::join_all(runs).await {
                                 r?;
@@ -730,6 +832,9 @@ async fn measure(
     let started = Instant::now();
     let mut join_ms: Vec<f64> = Vec::with_capacity(subscribers);
     let mut subs = Vec::with_capacity(subscribers * publishers);
+    // Simulcast: each subscriber's layer of publisher 0, its stats there, and a way to ask
+    // its signalling for another layer.
+    let mut switchers = Vec::new();
     for i in 0..subscribers {
         tokio::time::sleep_until(
             tokio::time::Instant::from_std(started) + Duration::from_secs_f64(i as f64 / rate),
@@ -737,8 +842,18 @@ async fn measure(
         .await;
         let (mut member, ms) = Member::join(&target, &room, Who::Viewer(i), viewer_role).await?;
         join_ms.push(ms);
+        let video_type = simulcast.then(|| {
+            if i % 2 == 0 {
+                VideoStreamType::Small
+            } else {
+                VideoStreamType::Big
+            }
+        });
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         for p in 0..publishers {
-            let (peer, t0) = member.subscribe(&target, &room, p, !audio_only).await?;
+            let (peer, t0) = member
+                .subscribe(&target, &room, p, !audio_only, video_type)
+                .await?;
             let stats = Arc::new(SubStats::default());
             tasks.push(tokio::spawn(light::run_subscriber(
                 peer,
@@ -746,9 +861,14 @@ async fn measure(
                 stats.clone(),
                 stop_rx.clone(),
             )));
+            if p == 0
+                && let Some(t) = video_type
+            {
+                switchers.push((t, stats.clone(), cmd_tx.clone()));
+            }
             subs.push(stats);
         }
-        tasks.push(tokio::spawn(member.idle(stop_rx.clone())));
+        tasks.push(tokio::spawn(member.idle(stop_rx.clone(), cmd_rx)));
         if i % 20 == 0 {
             eprint!("\r{scenario}: {}/{subscribers} subscribers", i + 1);
         }
@@ -829,6 +949,46 @@ async fn measure(
     let keyframe_requests = counter(&target, "rtcroom_media_keyframe_requests_total").await;
     let sent = sent_now() - sent0;
     let recv = recv_now() - recv0;
+    // Simulcast: subscribers in turn ask for the other layer of publisher 0; the switch is
+    // done when a keyframe of another resolution (another SPS) reaches them.
+    let mut switch_ms: Vec<f64> = Vec::new();
+    let mut switch_timeouts = 0u32;
+    for (from, stats, cmd) in switchers.iter().take(MAX_SWITCH_SAMPLES) {
+        let to = match from {
+            VideoStreamType::Big => VideoStreamType::Small,
+            VideoStreamType::Small => VideoStreamType::Big,
+        };
+        let (count, sps) = (
+            stats.sps_keyframes.load(Ordering::Relaxed),
+            stats.last_sps.load(Ordering::Relaxed),
+        );
+        let asked = Instant::now();
+        let request = ClientMessage::SetRemoteVideoStreamType {
+            user_id: UserId::new(&Who::Publisher(0).user_id())
+                .map_err(|e| anyhow::anyhow!(e.message))?,
+            stream_type: StreamType::Main,
+            video_type: to,
+        };
+        if cmd.send(request).is_err() {
+            continue;
+        }
+        let switched = loop {
+            if stats.sps_keyframes.load(Ordering::Relaxed) > count
+                && stats.last_sps.load(Ordering::Relaxed) != sps
+            {
+                break true;
+            }
+            if asked.elapsed() > Duration::from_secs(5) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        if switched {
+            switch_ms.push(asked.elapsed().as_secs_f64() * 1e3);
+        } else {
+            switch_timeouts += 1;
+        }
+    }
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), publishers_done).await {
         Ok(Ok(Err(e))) => eprintln!("publishers: {e:#}"),
@@ -908,7 +1068,13 @@ async fn measure(
             0.0
         }
     };
-    let window_loss = pct(expected.saturating_sub(recv), expected);
+    // With simulcast a subscriber receives one layer of what is sent: only the sequence
+    // numbers tell loss.
+    let window_loss = if simulcast {
+        0.0
+    } else {
+        pct(expected.saturating_sub(recv), expected)
+    };
     let seq_loss = pct(lost, received_total + lost);
     let forwarded = match (fwd0, fwd1) {
         (Some(a), Some(b)) => Some(b - a),
@@ -937,6 +1103,18 @@ async fn measure(
     let bytes: u64 = subs.iter().map(|s| s.bytes.load(Ordering::Relaxed)).sum();
     let report = json!({
         "scenario": scenario,
+        "simulcast": simulcast.then(|| json!({
+            "layers": [
+                {"rid": "l", "width": SMALL.width, "height": SMALL.height, "kbps": SMALL.bitrate_kbps},
+                {"rid": "h", "width": BIG.width, "height": BIG.height, "kbps": BIG.bitrate_kbps},
+            ],
+            "subscribers_small": subscribers.div_ceil(2),
+            "subscribers_big": subscribers / 2,
+            "layer_switch_ms": percentiles(&switch_ms),
+            "layer_switch_samples_ms": switch_ms,
+            "layer_switches": switch_ms.len(),
+            "layer_switch_timeouts": switch_timeouts,
+        })),
         "clients": members,
         "publishers": publishers,
         "subscribers": subscribers,

@@ -178,6 +178,12 @@ enum Scenario {
         /// side by side, with ratios).
         #[arg(long, value_enum, default_value_t = TargetChoice::Rtcroom)]
         target: TargetChoice,
+        /// Publishers send a big (720p, 1.5 Mbit/s) and a small layer (320×180, 300 kbit/s);
+        /// subscribers alternate small, big; then some switch layers one after another
+        /// (`layer_switch_ms`: request → a keyframe of the other layer received). rtcroom
+        /// only.
+        #[arg(long)]
+        simulcast: bool,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -414,12 +420,14 @@ pub fn run(args: BenchArgs) -> ExitCode {
             subscribers,
             rate,
             target,
+            simulcast,
             common,
         } => rt.block_on(media::meeting(
             publishers,
             subscribers,
             rate,
             target,
+            simulcast,
             common,
         )),
         Scenario::AudioRoom {

@@ -240,7 +240,7 @@ async fn cycle(
         Role::Anchor,
     )?))
     .await?;
-    let (sub_peer, _) = v.subscribe_light(target, &anchor, true).await?;
+    let (sub_peer, _) = v.subscribe_light(target, &anchor, true, None).await?;
     let stats = Arc::new(SubStats::default());
     let receiving = tokio::spawn(light::run_subscriber(
         sub_peer,
