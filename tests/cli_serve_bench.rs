@@ -325,6 +325,51 @@ fn bench_meeting_and_audio_room() {
     assert_eq!(r["scenario"], "audio-room");
 }
 
+/// `meeting --simulcast`: each subscriber gets one of the two layers (the small one carries
+/// fewer packets, so fewer arrive than everything sent), loses nothing, and the layer
+/// switches it times all complete.
+#[test]
+fn bench_meeting_with_simulcast_splits_the_layers_and_times_switches() {
+    let dir = temp_home("simulcast");
+    let (_, r, _) = media_bench(
+        &[
+            "bench",
+            "meeting",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "4",
+            "--simulcast",
+        ],
+        &dir,
+    );
+    assert_report_keys(&r);
+    assert_eq!(r["scenario"], "meeting-simulcast");
+    let s = &r["simulcast"];
+    assert_eq!(
+        (
+            s["subscribers_small"].as_u64(),
+            s["subscribers_big"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert_eq!(s["layer_switches"].as_u64(), Some(4), "{s}");
+    assert_eq!(s["layer_switch_timeouts"].as_u64(), Some(0), "{s}");
+    assert!(s["layer_switch_ms"]["p50"].as_f64().unwrap() > 0.0, "{s}");
+    // Sent: both layers (and audio); each subscriber receives audio and one layer.
+    let (sent, received) = (
+        r["packets_sent"].as_u64().unwrap(),
+        r["packets_received"].as_u64().unwrap(),
+    );
+    assert!(
+        sent > 50 && received < sent * 4,
+        "sent {sent}, received {received}"
+    );
+    assert!(received > sent, "sent {sent}, received {received}");
+    assert!(r["loss_pct_sequence"].as_f64().unwrap() < 1.0, "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The server in a network namespace of its own, 10 % of its UDP datagrams dropped each way
 /// (needs root, as on the CI machines): NACK/RTX repairs the video, Opus in-band FEC most of
 /// the audio, and the namespace is gone afterwards.

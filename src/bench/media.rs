@@ -563,7 +563,11 @@ pub async fn meeting(
 ) -> anyhow::Result<()> {
     run(
         MediaSpec {
-            scenario: if simulcast { "meeting-simulcast" } else { "meeting" },
+            scenario: if simulcast {
+                "meeting-simulcast"
+            } else {
+                "meeting"
+            },
             mode: Mode::Rtc,
             publishers,
             subscribers,
@@ -815,7 +819,13 @@ async fn measure(
                                     }
                                     None => vec![(None, clip.clone())],
                                 };
-                                light::run_publisher_layers(peer, layers, clip_len, st, stop.clone())
+                                light::run_publisher_layers(
+                                    peer,
+                                    layers,
+                                    clip_len,
+                                    st,
+                                    stop.clone(),
+                                )
                             });
                             for r in futures_util::future::join_all(runs).await {
                                 r?;
