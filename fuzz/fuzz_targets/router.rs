@@ -415,10 +415,12 @@ fuzz_target!(|ops: Vec<Op>| {
     }
 
     // Everyone leaves and every other worker loses interest: nothing may be left behind.
+    // One at a time, checked as they go (a subscriber leaving tells its publisher).
     for p in 0..u32::from(PEERS) {
         r.remove_peer(LocalPeer(p));
+        m.peers.remove(&p);
+        check(&mut r, &m, None);
     }
-    m.peers.clear();
     for (stream, worker) in std::mem::take(&mut m.interests) {
         r.on_interest(StreamId(stream), worker, false, 0);
     }
