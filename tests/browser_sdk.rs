@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use rtcroom::{
-    ClientConfig, ClientEvent, DecodedFrame, EventStream, FrameInfo, JoinOptions, Mode, SeiOptions,
-    StreamConfig, SubscribeOptions, SubscribeOutput, VideoCodec, VideoProfile, create_client,
-    create_stream,
+    ClientConfig, ClientEvent, DecodedFrame, EventStream, FrameInfo, JoinOptions,
+    LayerChangeReason, Mode, SeiOptions, StreamConfig, SubscribeOptions, SubscribeOutput,
+    VideoCodec, VideoProfile, VideoStreamType, create_client, create_stream,
 };
 use rtcroom_protocol::usersig::gen_user_sig;
 use rtcroom_server::{RunningServer, ServerConfig};
@@ -248,6 +248,9 @@ fn server_config(listen: &str) -> ServerConfig {
     c.workers = Some(1);
     c.media.workers = 1;
     c.timeouts.shutdown_timeout_s = 1;
+    // The small-stream tests switch layers on request; a bandwidth estimate misled by this
+    // busy machine (delays from a starved receiver) must not move them meanwhile.
+    c.media.bandwidth_adaptation = false;
     c
 }
 
@@ -1383,6 +1386,121 @@ async fn small_stream_run(a: &Page, b: &Page) -> anyhow::Result<()> {
         "[small stream] request → decoding the new size: {}",
         switches.join(", ")
     );
+    Ok(())
+}
+
+/// Chromium publishes a big and a small stream (`enableSmallStream`, browser simulcast,
+/// H.264); the Rust engine subscribes, gets the big layer, switches to the small one and
+/// back (`set_remote_video_stream_type`), each switch reported (`VideoLayerChanged`) and seen
+/// in the decoded frame size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browsers_small_stream_reaches_the_engine_which_switches_layers() {
+    let _permit = media_permit().await;
+    let server = start_server();
+    let browser = launch().await;
+    let page = sdk_page(&browser, &server).await.expect("page");
+    if let Err(e) = browser_small_stream_to_engine(&server, &page).await {
+        panic!(
+            "[browser small stream → engine] {e:#}\n{}",
+            report(&[("web", &page)]).await
+        );
+    }
+}
+
+async fn browser_small_stream_to_engine(server: &RunningServer, page: &Page) -> anyhow::Result<()> {
+    const ROOM: u32 = 4403;
+    create(
+        page,
+        "web",
+        json!({"mode": "rtc", "sdkAppId": APP, "userId": "web", "userSig": sig("web"),
+               "videoCodec": "h264"}),
+    )
+    .await?;
+    page.eval("H.clients.web.enableSmallStream().then(() => true)")
+        .await
+        .context("enableSmallStream")?;
+    join(page, "web", json!({ "roomId": ROOM })).await?;
+    publish(page, "web").await?;
+    let engine = create_client(engine_config(server, "engine", Mode::Rtc))?;
+    let mut events = engine.events();
+    engine.join(JoinOptions::new(ROOM)).await?;
+    let ClientEvent::StreamAdded(remote) = engine_event(
+        &mut events,
+        "stream-added web",
+        |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id.as_str() == "web"),
+    )
+    .await?
+    else {
+        unreachable!()
+    };
+    let rids: Vec<&str> = remote.layers.iter().map(|l| l.rid.as_str()).collect();
+    ensure!(
+        rids == ["l", "h"],
+        "the layers announced: {:?}",
+        remote.layers
+    );
+    let frames = Arc::new(Frames::default());
+    engine
+        .subscribe(
+            &remote,
+            SubscribeOptions::new(frames.output()).with_jitter_latency(Duration::from_millis(20)),
+        )
+        .await?;
+    // Frames of `width` decoded, then 10 more.
+    let decodes = |width: u32| {
+        let frames = frames.clone();
+        async move {
+            let t = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while frames.size.lock().unwrap().map(|s| s.0) != Some(width) {
+                ensure!(
+                    t.elapsed() < DEADLINE,
+                    "no frame {width} wide within {DEADLINE:?}; last size {:?}",
+                    frames.size.lock().unwrap()
+                );
+                tick.tick().await;
+            }
+            let (v, a) = frames.counts();
+            frames.wait(v + 10, a).await?;
+            ensure!(
+                frames.size.lock().unwrap().map(|s| s.0) == Some(width),
+                "the size went on changing: {:?}",
+                frames.size.lock().unwrap()
+            );
+            anyhow::Ok(t.elapsed())
+        }
+    };
+    let layer = |e: &ClientEvent, want: VideoStreamType| matches!(e, ClientEvent::VideoLayerChanged { video_type, .. } if *video_type == want);
+    engine_event(&mut events, "the big layer", |e| {
+        layer(e, VideoStreamType::Big)
+    })
+    .await?;
+    decodes(640).await.context("the big layer")?;
+    let mut took = Vec::new();
+    for (to, width) in [(VideoStreamType::Small, 160), (VideoStreamType::Big, 640)] {
+        engine
+            .set_remote_video_stream_type(&remote.user_id, remote.stream_type, to)
+            .await?;
+        let ev = engine_event(&mut events, "the layer change", |e| layer(e, to)).await?;
+        ensure!(
+            matches!(
+                &ev,
+                ClientEvent::VideoLayerChanged {
+                    reason: LayerChangeReason::Request,
+                    ..
+                }
+            ),
+            "{ev:?}"
+        );
+        took.push(format!("{to:?} {:?}", decodes(width).await?));
+    }
+    let errors = page.eval("H.errors('web')").await?;
+    ensure!(errors == json!([]), "errors on the page: {errors}");
+    eprintln!(
+        "[browser small stream → engine] switch → new size decoded: {}",
+        took.join(", ")
+    );
+    let _ = engine.leave().await;
     Ok(())
 }
 

@@ -114,6 +114,9 @@ pub struct MediaConfig {
     pub public_ip: Option<IpAddr>,
     /// A peer that has not connected (ICE + DTLS) within this many seconds is dropped.
     pub connect_timeout_s: f64,
+    /// Subscribers of simulcast streams get a bandwidth estimate that moves them between
+    /// layers (on by default); off, each receives the layer it asks for, whatever its link.
+    pub bandwidth_adaptation: bool,
 }
 
 impl Default for MediaConfig {
@@ -123,6 +126,7 @@ impl Default for MediaConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             public_ip: None,
             connect_timeout_s: 10.0,
+            bandwidth_adaptation: true,
         }
     }
 }
@@ -420,6 +424,8 @@ struct Inner {
     peer_stats: PeerStatsTable,
     /// Set by `shutdown`.
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// `media.bandwidth_adaptation`.
+    adaptation: bool,
 }
 
 /// The worker a peer lives on.
@@ -533,6 +539,7 @@ impl MediaPlane {
                 addrs,
                 peer_stats,
                 stop,
+                adaptation: config.bandwidth_adaptation,
             }),
         })
     }
@@ -666,10 +673,15 @@ impl MediaPlane {
         let subscription = router::Subscription {
             layers: u8::try_from(layers.len().max(1)).unwrap_or(u8::MAX),
             video_type,
-            bitrates: layers
-                .iter()
-                .map(|l| u64::from(l.bitrate_kbps) * 1000)
-                .collect(),
+            // No bitrates, no estimate: the layer asked for, whatever the link.
+            bitrates: if self.inner.adaptation {
+                layers
+                    .iter()
+                    .map(|l| u64::from(l.bitrate_kbps) * 1000)
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         if video && let Some(codec) = codec.map(|f| f.codec) {
             let receivable = lines
@@ -887,6 +899,7 @@ mod tests {
                 addrs: Vec::new(),
                 peer_stats: Arc::new(RwLock::new(HashMap::new())),
                 stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                adaptation: true,
             }),
         };
         (plane, ctl_rx, data_rx)
