@@ -212,7 +212,20 @@ window.H = (() => {
       }
       let video = null;
       try { video = await c.getRemoteVideoStats(); } catch (e) { video = String(e); }
-      out.clients[name] = { state: c.connectionState, timing: c._timing, links, video };
+      // What each uplink encoding sends (simulcast layers by rid), and why it is limited.
+      const sent = [];
+      for (const [, l] of c._links) {
+        if (!l.up || !l.pc) continue;
+        try {
+          (await l.pc.getStats()).forEach((st) => {
+            if (st.type === 'outbound-rtp' && st.kind === 'video') {
+              sent.push({ rid: st.rid, active: st.active, frameWidth: st.frameWidth, framesEncoded: st.framesEncoded,
+                packetsSent: st.packetsSent, qualityLimitationReason: st.qualityLimitationReason });
+            }
+          });
+        } catch (e) { sent.push(String(e)); }
+      }
+      out.clients[name] = { state: c.connectionState, timing: c._timing, links, video, sent };
     }
     return out;
   };
@@ -1390,7 +1403,7 @@ async fn small_stream_run(a: &Page, b: &Page) -> anyhow::Result<()> {
 }
 
 /// Chromium publishes a big and a small stream (`enableSmallStream`, browser simulcast,
-/// H.264); the Rust engine subscribes, gets the big layer, switches to the small one and
+/// VP8); the Rust engine subscribes, gets the big layer, switches to the small one and
 /// back (`set_remote_video_stream_type`), each switch reported (`VideoLayerChanged`) and seen
 /// in the decoded frame size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1413,7 +1426,7 @@ async fn browser_small_stream_to_engine(server: &RunningServer, page: &Page) -> 
         page,
         "web",
         json!({"mode": "rtc", "sdkAppId": APP, "userId": "web", "userSig": sig("web"),
-               "videoCodec": "h264"}),
+               "videoCodec": "vp8"}),
     )
     .await?;
     page.eval("H.clients.web.enableSmallStream().then(() => true)")
