@@ -1149,20 +1149,26 @@ impl Handler<ModeOf> for RoomShard {
     }
 }
 
+impl RoomShard {
+    /// The room of this shard that holds media peer `peer` (each room answers from its own
+    /// index of peers in O(1)).
+    fn room_of_peer(&self, peer: PeerId) -> Option<RoomKey> {
+        self.core
+            .borrow()
+            .rooms
+            .iter()
+            .find(|(_, c)| c.room.peer_use(peer).is_some())
+            .map(|(k, _)| k.clone())
+    }
+}
+
 impl Handler<PeerClosed> for RoomShard {
     type Result = ();
 
     /// Rare (ICE lost, connect timeout, worker fault), so every room of the shard is asked;
     /// each answers from its own index of peers in O(1).
     fn handle(&mut self, PeerClosed(peer): PeerClosed, ctx: &mut Self::Context) {
-        let Some(key) = self
-            .core
-            .borrow()
-            .rooms
-            .iter()
-            .find(|(_, c)| c.room.peer_use(peer).is_some())
-            .map(|(k, _)| k.clone())
-        else {
+        let Some(key) = self.room_of_peer(peer) else {
             return;
         };
         let now = Instant::now();
@@ -1176,15 +1182,10 @@ impl Handler<PeerClosed> for RoomShard {
 impl Handler<PeerLayerEvent> for RoomShard {
     type Result = ();
 
+    /// Like a closed peer's, asked of every room of the shard (layer changes come with
+    /// switches, not with packets).
     fn handle(&mut self, PeerLayerEvent(peer, event): PeerLayerEvent, ctx: &mut Self::Context) {
-        let Some(key) = self
-            .core
-            .borrow()
-            .rooms
-            .iter()
-            .find(|(_, c)| c.room.peer_use(peer).is_some())
-            .map(|(k, _)| k.clone())
-        else {
+        let Some(key) = self.room_of_peer(peer) else {
             return;
         };
         self.core.borrow_mut().step(&key, None, |core, rctx| {

@@ -852,12 +852,10 @@ async fn measure(
         .await;
         let (mut member, ms) = Member::join(&target, &room, Who::Viewer(i), viewer_role).await?;
         join_ms.push(ms);
-        let video_type = simulcast.then(|| {
-            if i % 2 == 0 {
-                VideoStreamType::Small
-            } else {
-                VideoStreamType::Big
-            }
+        let video_type = simulcast.then_some(if i % 2 == 0 {
+            VideoStreamType::Small
+        } else {
+            VideoStreamType::Big
         });
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         for p in 0..publishers {
