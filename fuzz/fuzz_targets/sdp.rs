@@ -13,7 +13,7 @@ use rtcroom_protocol::signal::VideoCodec;
 use rtcroom_server::media::parse_offer;
 use rtcroom_server::media::sdp::{
     VideoFormat, answer_pts, choose_publish_codec, has_simulcast, parse_media, prepare_offer,
-    stream_msid, unify_msid,
+    simulcast_send_rids, stream_msid, unify_msid,
 };
 use str0m::change::SdpOffer;
 use str0m::crypto::dtls::DtlsCert;
@@ -85,10 +85,16 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let offer = prepare_offer(text);
-    assert_eq!(prepare_offer(&offer), offer, "prepare_offer is idempotent");
+    let offer = prepare_offer(text, false);
+    assert_eq!(prepare_offer(&offer, false), offer, "prepare_offer is idempotent");
     assert!(!has_simulcast(&offer), "simulcast left in a prepared offer");
     assert!(!offer.lines().any(|l| l.starts_with("a=candidate:")));
+    // Kept for a publish that names its layers: candidates still go, simulcast stays, and
+    // whatever rids it sends are read without a panic.
+    let layered = prepare_offer(text, true);
+    assert_eq!(prepare_offer(&layered, true), layered);
+    assert!(!layered.lines().any(|l| l.starts_with("a=candidate:")));
+    assert_eq!(simulcast_send_rids(&layered), simulcast_send_rids(text));
 
     let media = parse_media(&offer);
     for m in &media {
