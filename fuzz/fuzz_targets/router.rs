@@ -20,8 +20,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use rtcroom_protocol::signal::{MediaKind, VideoCodec, VideoStreamType};
 use rtcroom_server::media::router::{
-    LocalPeer, MAX_WORKERS, Output, RoutedPacket, Router, RtpIn, StreamId, Subscription,
-    TrackSpec,
+    LocalPeer, MAX_WORKERS, Output, RoutedPacket, Router, RtpIn, StreamId, Subscription, TrackSpec,
 };
 
 const ME: usize = 3;
@@ -184,7 +183,12 @@ fn check(r: &mut Router, m: &Model, sent: Option<(StreamId, Kind)>) {
                     assert_eq!(packet.kind, k.media());
                 }
             }
-            Output::LayerChanged { peer, layer, layers, .. } => {
+            Output::LayerChanged {
+                peer,
+                layer,
+                layers,
+                ..
+            } => {
                 assert!(
                     matches!(m.peers.get(&peer.0), Some((_, Role::Subscriber(_), _))),
                     "layer change of {peer:?}, not a subscriber"

@@ -86,7 +86,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let offer = prepare_offer(text, false);
-    assert_eq!(prepare_offer(&offer, false), offer, "prepare_offer is idempotent");
+    assert_eq!(
+        prepare_offer(&offer, false),
+        offer,
+        "prepare_offer is idempotent"
+    );
     assert!(!has_simulcast(&offer), "simulcast left in a prepared offer");
     assert!(!offer.lines().any(|l| l.starts_with("a=candidate:")));
     // Kept for a publish that names its layers: candidates still go, simulcast stays, and
