@@ -110,6 +110,9 @@ mod runtime;
 
 pub use client::{Client, EventStream, create_client};
 pub use config::{ClientConfig, DEFAULT_SERVER_URL, JoinOptions, RoomIdInput, SeiOptions};
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub use media::StreamLivenessForTest;
 pub use media::{
     AppAudioFormat, AppVideoFormat, DecodedFrame, FrameHandler, FrameInfo, FrameStream,
     LocalAudioStats, LocalStream, LocalVideoStats, RawVideoFormat, RecordFormat, RemoteFrame,

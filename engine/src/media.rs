@@ -292,6 +292,14 @@ impl LocalStream {
         epoch
     }
 
+    /// Tells whether the stream still exists after its handles are dropped (when it goes,
+    /// its pipeline stops). Only with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn liveness_for_test(&self) -> StreamLivenessForTest {
+        StreamLivenessForTest(Arc::downgrade(&self.media))
+    }
+
     /// Which pipeline the stream runs (bumped by every rebuild or profile change). Only with
     /// the `fault-injection` feature.
     #[cfg(feature = "fault-injection")]
@@ -484,6 +492,20 @@ impl LocalStream {
             Ok(())
         })
         .await
+    }
+}
+
+/// Whether a [`LocalStream`] still exists; see [`LocalStream::liveness_for_test`].
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct StreamLivenessForTest(std::sync::Weak<LocalMedia>);
+
+#[cfg(feature = "fault-injection")]
+impl StreamLivenessForTest {
+    /// Something (a handle, a client publishing it) still holds the stream.
+    pub fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 

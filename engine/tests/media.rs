@@ -599,6 +599,60 @@ async fn auto_subscribe_receives_streams_published_before_and_after_join() {
     }
 }
 
+/// Wait (bounded) until `stream` is gone.
+async fn wait_gone(what: &str, stream: &rtcroom::StreamLivenessForTest) {
+    let t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while stream.is_alive() {
+        assert!(t.elapsed() < DEADLINE, "{what}: the stream is still alive");
+        tick.tick().await;
+    }
+}
+
+/// A local stream (its capture and encoders) goes when nothing holds it any more: neither a
+/// handle nor a client publishing it. (Its pipeline used to hold it, through the task
+/// copying its RTP and its supervisor: every stream ran until the process ended.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_holds_stops() {
+    let server = start(server_config("127.0.0.1:0"));
+    let url = server.ws_url();
+
+    let never_published = stream().await;
+    let live = never_published.liveness_for_test();
+    drop(never_published);
+    wait_gone("never published, handle dropped", &live).await;
+
+    // Published: the client holds it after its handle is dropped, until the client goes.
+    let alice = media_client(&url, "alice", None);
+    join(&alice, 3030).await;
+    let published = stream().await;
+    let live = published.liveness_for_test();
+    bounded(alice.publish(&published)).await.expect("publish");
+    drop(published);
+    assert!(live.is_alive(), "the publishing client holds the stream");
+    drop(alice);
+    wait_gone("published, handle and client dropped", &live).await;
+
+    // Unpublished, then the handle dropped.
+    let mut carol = media_client(&url, "carol", None);
+    join(&carol, 3030).await;
+    let published = stream().await;
+    let live = published.liveness_for_test();
+    bounded(carol.publish(&published)).await.expect("publish");
+    bounded(carol.unpublish(&published))
+        .await
+        .expect("unpublish");
+    drop(published);
+    wait_gone("unpublished, handle dropped", &live).await;
+    assert!(
+        carol
+            .drain()
+            .iter()
+            .all(|e| !matches!(e, ClientEvent::Error(_))),
+        "no errors"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_peer_connections_are_rebuilt_and_frames_flow_again() {
     let server = start(server_config("127.0.0.1:0"));

@@ -17,7 +17,7 @@
 //! pump ([`LocalMedia::pump`]) is an async task on the engine thread; it never blocks.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use actix::Recipient;
 
@@ -555,55 +555,71 @@ impl LocalMedia {
         }
     }
 
-    /// Copies the pipeline's RTP into the tracks until the pipeline ends or a restart
-    /// replaces it (`epoch` is then stale). Muted kinds are counted out, not sent. Runs as an
-    /// async task; `write` on a track without a bound peer connection is a no-op.
-    pub async fn pump(self: Arc<Self>, mut rtp: mpsc::Receiver<RtpPacket>, epoch: u64) {
+    /// Copies the pipeline's RTP into the tracks until the pipeline ends, a restart
+    /// replaces it (`epoch` is then stale) or the stream is gone. Muted kinds are counted
+    /// out, not sent. Runs as an async task; `write` on a track without a bound peer
+    /// connection is a no-op.
+    ///
+    /// It holds the stream weakly: the pipeline owns the sender of `rtp`, so a strong
+    /// reference here would keep the stream, and so the pipeline, alive for ever (its
+    /// capture and encoders running after every handle was dropped).
+    pub async fn pump(media: Weak<Self>, mut rtp: mpsc::Receiver<RtpPacket>, epoch: u64) {
         while let Some(packet) = rtp.recv().await {
-            if self.epoch() != epoch {
+            let Some(this) = media.upgrade() else {
+                break;
+            };
+            if !this.forward(packet, epoch).await {
                 break;
             }
-            let kind = packet.kind();
-            let (idx, ts_step) = match (kind, packet.layer) {
-                // About one frame at 30 fps, one 20 ms Opus frame.
-                (MediaKind::Video, Layer::Big) => (1, 3_000),
-                (MediaKind::Video, Layer::Small) => (2, 3_000),
-                (MediaKind::Audio, _) => (0, 960),
-            };
-            if self.is_muted(kind) {
-                lock(&self.continuity)[idx].skip();
-                continue;
-            }
-            let (Some(seq), Some(ts)) = (packet.sequence_number(), packet.timestamp()) else {
-                continue;
-            };
-            let (seq, ts) = lock(&self.continuity)[idx].map(epoch, seq, ts, ts_step);
-            let data = rewrite(&packet.data, seq, ts);
-            let layer = packet.layer.index();
-            let (track, packets, bytes) = match kind {
-                MediaKind::Video => (
-                    match packet.layer {
-                        Layer::Big => &self.video_track,
-                        Layer::Small => &self.small_track,
-                    },
-                    &self.counters.video_packets[layer],
-                    &self.counters.video_bytes[layer],
-                ),
-                MediaKind::Audio => (
-                    &self.audio_track,
-                    &self.counters.audio_packets,
-                    &self.counters.audio_bytes,
-                ),
-            };
-            let Some(track) = track else { continue };
-            packets.fetch_add(1, Ordering::Relaxed);
-            bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            if kind == MediaKind::Video && packet.marker() {
-                self.counters.video_frames[layer].fetch_add(1, Ordering::Relaxed);
-            }
-            // Errors only mean that no peer connection is bound right now.
-            let _ = track.write(&data).await;
         }
+    }
+
+    /// Writes one packet of pipeline `epoch` to its track; `false` once `epoch` is stale.
+    async fn forward(&self, packet: RtpPacket, epoch: u64) -> bool {
+        if self.epoch() != epoch {
+            return false;
+        }
+        let kind = packet.kind();
+        let (idx, ts_step) = match (kind, packet.layer) {
+            // About one frame at 30 fps, one 20 ms Opus frame.
+            (MediaKind::Video, Layer::Big) => (1, 3_000),
+            (MediaKind::Video, Layer::Small) => (2, 3_000),
+            (MediaKind::Audio, _) => (0, 960),
+        };
+        if self.is_muted(kind) {
+            lock(&self.continuity)[idx].skip();
+            return true;
+        }
+        let (Some(seq), Some(ts)) = (packet.sequence_number(), packet.timestamp()) else {
+            return true;
+        };
+        let (seq, ts) = lock(&self.continuity)[idx].map(epoch, seq, ts, ts_step);
+        let data = rewrite(&packet.data, seq, ts);
+        let layer = packet.layer.index();
+        let (track, packets, bytes) = match kind {
+            MediaKind::Video => (
+                match packet.layer {
+                    Layer::Big => &self.video_track,
+                    Layer::Small => &self.small_track,
+                },
+                &self.counters.video_packets[layer],
+                &self.counters.video_bytes[layer],
+            ),
+            MediaKind::Audio => (
+                &self.audio_track,
+                &self.counters.audio_packets,
+                &self.counters.audio_bytes,
+            ),
+        };
+        let Some(track) = track else { return true };
+        packets.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if kind == MediaKind::Video && packet.marker() {
+            self.counters.video_frames[layer].fetch_add(1, Ordering::Relaxed);
+        }
+        // Errors only mean that no peer connection is bound right now.
+        let _ = track.write(&data).await;
+        true
     }
 
     /// Replaces the pipeline by one built from `config` (same tracks: a new video profile

@@ -22,7 +22,7 @@
 //! `Drop` reports [`PcEventKind::Gone`]; the client actor rebuilds the link unless it closed
 //! it on purpose.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -282,7 +282,7 @@ enum RtcpOf {
 /// (its in-band FEC). Ends with the sender.
 async fn read_sender_rtcp(
     sender: Arc<RTCRtpSender>,
-    local: Arc<LocalMedia>,
+    local: Weak<LocalMedia>,
     of: RtcpOf,
     layer: Layer,
 ) {
@@ -292,6 +292,10 @@ async fn read_sender_rtcp(
             RtcpOf::Rid(rid) => sender.read_rtcp_simulcast(rid).await,
         };
         let Ok((pkts, _)) = read else {
+            break;
+        };
+        // Weak: the stream's last handle going stops its pipeline, whatever still reads.
+        let Some(local) = local.upgrade() else {
             break;
         };
         for p in pkts {
@@ -517,14 +521,14 @@ impl PeerConnectionActor {
             for (sender, simulcast) in senders {
                 actix::spawn(read_sender_rtcp(
                     sender.clone(),
-                    local.clone(),
+                    Arc::downgrade(local),
                     RtcpOf::First,
                     Layer::Big,
                 ));
                 if simulcast {
                     actix::spawn(read_sender_rtcp(
                         sender,
-                        local.clone(),
+                        Arc::downgrade(local),
                         RtcpOf::Rid(SMALL_RID),
                         Layer::Small,
                     ));

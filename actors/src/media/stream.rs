@@ -26,7 +26,7 @@
 use actix::prelude::*;
 use rtcroom_pipelines::PipelineEvent;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::core::LinkKey;
 use crate::media::local::LocalMedia;
@@ -180,7 +180,9 @@ struct EpochEvent(u64, Option<PipelineEvent>);
 
 /// Supervises one local stream's pipeline; see the module documentation.
 pub struct LocalStreamActor {
-    media: Arc<LocalMedia>,
+    /// Held weakly: the actor lives as long as its pipeline's events, and the pipeline as
+    /// long as the stream, so a strong reference would keep all three alive for ever.
+    media: Weak<LocalMedia>,
     budget: RestartBudget,
     /// A rebuild is running.
     restarting: bool,
@@ -191,7 +193,7 @@ impl LocalStreamActor {
     /// The supervisor of `media`; give it the first pipeline with [`RunPipeline`].
     pub fn new(media: Arc<LocalMedia>, span: tracing::Span) -> Self {
         LocalStreamActor {
-            media,
+            media: Arc::downgrade(&media),
             budget: RestartBudget::default(),
             restarting: false,
             span,
@@ -199,7 +201,11 @@ impl LocalStreamActor {
     }
 
     fn rebuild(&mut self, error: String, ctx: &mut Context<Self>) {
-        let config = self.media.config();
+        let Some(media) = self.media.upgrade() else {
+            ctx.stop(); // every handle is gone: nothing to rebuild for
+            return;
+        };
+        let config = media.config();
         if matches!(config.source, rtcroom_pipelines::SourceKind::App { .. }) {
             tracing::error!(parent: &self.span, %error, "app-fed local pipeline failed");
             return;
@@ -211,7 +217,6 @@ impl LocalStreamActor {
         }
         tracing::warn!(parent: &self.span, %error, "local pipeline failed; rebuilding it");
         self.restarting = true;
-        let media = self.media.clone();
         let rebuild = tokio::task::spawn_blocking(move || media.restart(config));
         ctx.spawn(rebuild.into_actor(self).map(|res, act, ctx| {
             act.restarting = false;
@@ -238,7 +243,7 @@ impl LocalStreamActor {
 
     fn run(&mut self, msg: RunPipeline, ctx: &mut Context<Self>) {
         let RunPipeline { epoch, rtp, events } = msg;
-        actix::spawn(self.media.clone().pump(rtp, epoch));
+        actix::spawn(LocalMedia::pump(self.media.clone(), rtp, epoch));
         let events = futures_util::stream::unfold(Some(events), move |rx| async move {
             let mut rx = rx?;
             match rx.recv().await {
@@ -264,7 +269,11 @@ impl Handler<RunPipeline> for LocalStreamActor {
 
 impl StreamHandler<EpochEvent> for LocalStreamActor {
     fn handle(&mut self, EpochEvent(epoch, event): EpochEvent, ctx: &mut Self::Context) {
-        if epoch != self.media.epoch() {
+        let Some(current) = self.media.upgrade().map(|m| m.epoch()) else {
+            ctx.stop(); // every handle is gone (its drop stops the pipeline)
+            return;
+        };
+        if epoch != current {
             return; // a pipeline replaced on purpose, or by a rebuild
         }
         match event {

@@ -16,11 +16,17 @@ pub const KEY: &str = "engine-test-key";
 /// Every wait in these tests is bounded by this.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// Logs go to the test's captured output; with `RTCROOM_TEST_LOG=stderr` they go straight to
+/// stderr instead, so the engine's and server's own threads show too (the harness only
+/// captures the test thread's).
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env());
+    let _ = if std::env::var("RTCROOM_TEST_LOG").is_ok_and(|v| v == "stderr") {
+        builder.with_writer(std::io::stderr).try_init()
+    } else {
+        builder.with_test_writer().try_init()
+    };
 }
 
 pub fn server_config(listen: &str) -> ServerConfig {
