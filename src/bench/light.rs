@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
@@ -275,6 +275,14 @@ pub struct SubStats {
     pub sps_keyframes: AtomicU64,
     /// See `sps_keyframes`.
     pub last_sps: AtomicU64,
+    /// The measured window began: loss is counted from the next sequence number on (the
+    /// warm-up's, handshakes and first keyframes included, is not part of it).
+    pub opened: AtomicBool,
+    /// The measured window is over: loss is counted among the sequence numbers seen so far
+    /// (later ones are ignored), so that a packet lost just before the end is not counted
+    /// lost while its repair is still under way (the bench waits a repair time before it
+    /// stops).
+    pub closed: AtomicBool,
 }
 
 /// A hash of the SPS an H.264 payload carries (alone, or in a STAP-A), if it does.
@@ -429,6 +437,12 @@ struct SeqTrack {
     seen: std::collections::VecDeque<(bool, bool)>,
     /// Lost packets whose successor arrived carrying FEC, among those out of the window.
     fec_recovered: u64,
+    /// Only repairs count from now on: sequence numbers above `highest` are ignored.
+    closed: bool,
+    /// Counting began here (see [`SeqTrack::open`]): older sequence numbers are ignored.
+    floor: Option<u64>,
+    /// [`SeqTrack::open`] was called.
+    opened: bool,
 }
 
 /// How far back duplicates are recognised (resends arrive within a second or so).
@@ -436,6 +450,11 @@ const SEEN_WINDOW: u64 = 4096;
 
 impl SeqTrack {
     fn see(&mut self, seq: u64, fec: bool) {
+        if self.closed && (self.first.is_none() || seq > self.highest)
+            || self.floor.is_some_and(|f| seq < f)
+        {
+            return;
+        }
         let first = *self.first.get_or_insert(seq);
         if self.seen.is_empty() {
             self.highest = seq;
@@ -456,12 +475,17 @@ impl SeqTrack {
             return;
         }
         let back = self.highest - seq;
-        if back >= SEEN_WINDOW || seq < first {
-            // Too old to tell a duplicate from a late one; older than the first: a new start.
-            if seq < first {
-                self.first = Some(seq);
-                self.received += 1;
+        if back >= SEEN_WINDOW {
+            return; // too old to tell a duplicate from a late one
+        }
+        if seq < first {
+            // Older than the first one seen (which came out of order): the range starts here.
+            for _ in seq + 1..first {
+                self.seen.push_front((false, false));
             }
+            self.seen.push_front((true, fec));
+            self.first = Some(seq);
+            self.received += 1;
             return;
         }
         let idx = self.seen.len() - 1 - back as usize;
@@ -478,6 +502,24 @@ impl SeqTrack {
         {
             self.fec_recovered += 1;
         }
+    }
+
+    /// Count afresh from the next sequence number (what came or was lost before is
+    /// forgotten, later repairs of it ignored).
+    fn open(&mut self) {
+        if self.opened {
+            return;
+        }
+        *self = SeqTrack {
+            floor: self.first.map(|_| self.highest + 1),
+            opened: true,
+            ..SeqTrack::default()
+        };
+    }
+
+    /// From now on only repairs of sequence numbers already passed count.
+    fn close(&mut self) {
+        self.closed = true;
     }
 
     fn lost(&self) -> u64 {
@@ -578,10 +620,17 @@ pub async fn run_subscriber(
                     .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
                 let video = is_video(&p);
                 let fec = !video && opus_has_fec(&p.payload);
-                seqs.entry(*p.header.ssrc)
+                let track = &mut seqs
+                    .entry(*p.header.ssrc)
                     .or_insert_with(|| (SeqTrack::default(), video))
-                    .0
-                    .see(*p.seq_no, fec);
+                    .0;
+                if stats.opened.load(Ordering::Relaxed) {
+                    track.open();
+                }
+                if stats.closed.load(Ordering::Relaxed) {
+                    track.close();
+                }
+                track.see(*p.seq_no, fec);
                 if !is_video(&p) && stats.first_audio_us.load(Ordering::Relaxed) == 0 {
                     let us = started.elapsed().as_micros().max(1) as u64;
                     stats.first_audio_us.store(us, Ordering::Relaxed);
@@ -842,6 +891,15 @@ pub async fn run_publisher_layers(
             (rid.map(Rid::from), Replay::new(clip, clip_len), 1u64)
         })
         .collect();
+    // Resend whatever the server asks for, as a browser does within its bitrate: str0m's
+    // default stops resending above 15 % of what it sent, too little at `--loss 10`.
+    if let Some(mid) = vmid {
+        for (rid, _, _) in &replays {
+            if let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(mid, *rid) {
+                tx.set_rtx_cache(1024, Duration::from_secs(3), None);
+            }
+        }
+    }
     loop {
         let mut connected = false;
         let mut asked: Vec<Option<Rid>> = Vec::new();
@@ -989,6 +1047,41 @@ mod tests {
         t.see(12, false);
         assert_eq!(t.lost(), 1, "a late packet is not lost");
         assert_eq!(SeqTrack::default().lost(), 0);
+        // Out of order before the first one seen: the range grows back to it.
+        let mut early = SeqTrack::default();
+        for s in [20, 21, 17, 19, 17] {
+            early.see(s, false);
+        }
+        assert_eq!((early.lost(), early.received), (1, 4), "18 is missing");
+        early.see(18, false);
+        assert_eq!(early.lost(), 0);
+        // Closed: a repair still counts, a new sequence number is not expected any more.
+        t.see(16, false);
+        assert_eq!(t.lost(), 2);
+        t.close();
+        t.see(15, false);
+        assert_eq!(t.lost(), 1, "a repair after the close");
+        t.see(20, false);
+        assert_eq!(t.lost(), 1, "nothing after the close is expected");
+        // Opened: counting starts after what was seen; repairs of older ones are ignored.
+        let mut o = SeqTrack::default();
+        for s in [1, 3] {
+            o.see(s, false);
+        }
+        o.open();
+        o.open(); // once only
+        for s in [2, 5, 4, 6, 8] {
+            o.see(s, false);
+        }
+        assert_eq!(
+            (o.first, o.received, o.lost()),
+            (Some(4), 4, 1),
+            "7 is missing"
+        );
+        let mut empty = SeqTrack::default();
+        empty.close();
+        empty.see(5, false);
+        assert_eq!((empty.lost(), empty.received), (0, 0));
     }
 
     #[test]

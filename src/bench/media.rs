@@ -608,6 +608,10 @@ pub async fn audio_room(
 /// Most subscribers asked to switch layers in one simulcast run (one after another).
 const MAX_SWITCH_SAMPLES: usize = 40;
 
+/// After the measured window, how long the subscribers wait for the repair of what was lost
+/// just before its end (plus three round trips through the delaying relays, if any).
+const REPAIR_TIME: Duration = Duration::from_millis(500);
+
 /// Most publishers one run may use (TRTC allows 50 at once).
 pub const MAX_PUBLISHERS: usize = 50;
 /// Most subscriptions (subscribers × publishers) one run may open.
@@ -907,6 +911,9 @@ async fn measure(
     };
     // The measured window.
     let w_start = Instant::now();
+    for s in &subs {
+        s.opened.store(true, Ordering::Relaxed);
+    }
     let cpu0 = target.stat();
     let gen0 = super::proc_cpu_ns(std::process::id());
     let late0: u64 = pub_stats
@@ -997,14 +1004,35 @@ async fn measure(
             switch_timeouts += 1;
         }
     }
+    // Loss is counted among what was sent until now; give the packets lost just before
+    // the end their repair time (NACK, RTX, maybe a lost NACK's retry) before stopping.
+    for s in &subs {
+        s.closed.store(true, Ordering::Relaxed);
+    }
+    let rtt_ms = target
+        .relays
+        .as_ref()
+        .map_or(0.0, |r| 2.0 * (r.delay().delay_ms + r.delay().jitter_ms));
+    tokio::time::sleep(REPAIR_TIME + Duration::from_secs_f64(3.0 * rtt_ms / 1e3)).await;
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), publishers_done).await {
         Ok(Ok(Err(e))) => eprintln!("publishers: {e:#}"),
         Ok(Err(_)) | Err(_) => eprintln!("publisher thread did not finish"),
         Ok(Ok(Ok(()))) => {}
     }
+    // A task that panicked (a counting bug) would leave its figures silently short.
+    let mut panicked = 0;
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), t).await
+            && e.is_panic()
+        {
+            panicked += 1;
+        }
+    }
+    if panicked > 0 {
+        anyhow::bail!(
+            "{panicked} of the bench's client tasks panicked; its figures would be wrong"
+        );
     }
     let sum = |f: fn(&SubStats) -> &AtomicU64| -> u64 {
         subs.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
