@@ -2380,6 +2380,21 @@ mod tests {
             .collect()
     }
 
+    /// The `publish` message the negotiation in `outs` sends (with the SDP "offer").
+    fn negotiated_publish(outs: &[Out]) -> PublishRequest {
+        let request = outs
+            .iter()
+            .find_map(|o| match o {
+                Output::Negotiate { request, .. } => Some(request.clone()),
+                _ => None,
+            })
+            .expect("negotiates");
+        let ClientMessage::Publish(p) = request.message("offer".into()) else {
+            panic!("{request:?}")
+        };
+        p
+    }
+
     fn builds(outs: &[Out]) -> Vec<(LinkKey, PcId)> {
         outs.iter()
             .filter_map(|o| match o {
@@ -3664,33 +3679,14 @@ mod tests {
             assert_eq!(e.code, ErrorCode::InvalidParameter, "{bad:?}");
         }
         let (_, outs) = publish_with(&mut sim, true, two_layers());
-        let request = outs
-            .iter()
-            .find_map(|o| match o {
-                Output::Negotiate { request, .. } => Some(request.clone()),
-                _ => None,
-            })
-            .expect("negotiates");
-        let ClientMessage::Publish(p) = request.message("offer".into()) else {
-            panic!("{request:?}")
-        };
+        let p = negotiated_publish(&outs);
         assert_eq!(p.layers, two_layers());
         assert_eq!(p.sdp.as_deref(), Some("offer"));
         // Without a small stream: no layers on the wire.
         let mut plain = Sim::new(Mode::Rtc, false);
         plain.join(&[]);
         let (_, outs) = publish(&mut plain, 1);
-        let request = outs
-            .iter()
-            .find_map(|o| match o {
-                Output::Negotiate { request, .. } => Some(request.clone()),
-                _ => None,
-            })
-            .expect("negotiates");
-        let ClientMessage::Publish(p) = request.message("offer".into()) else {
-            panic!("{request:?}")
-        };
-        assert!(p.layers.is_empty());
+        assert!(negotiated_publish(&outs).layers.is_empty());
     }
 
     #[test]

@@ -84,6 +84,51 @@ fn request_only() -> rtcroom_server::ServerConfig {
     c
 }
 
+/// Alice publishes a stream with a small stream in `room` (a server that switches layers on
+/// request only); Bob has joined and seen it added.
+struct Meeting {
+    server: rtcroom_server::RunningServer,
+    alice: TestClient,
+    bob: TestClient,
+    local: LocalStream,
+    remote: RemoteStream,
+}
+
+impl Meeting {
+    async fn start(room: u32) -> Meeting {
+        let server = start(request_only());
+        let url = server.ws_url();
+        let alice = TestClient::new(config(&url, "alice", rtcroom::Mode::Rtc));
+        let mut bob = TestClient::new(config(&url, "bob", rtcroom::Mode::Rtc));
+        let local = small_stream().await;
+        bounded(alice.join(JoinOptions::new(room)))
+            .await
+            .expect("join");
+        bounded(alice.publish(&local)).await.expect("publish");
+        bounded(bob.join(JoinOptions::new(room)))
+            .await
+            .expect("join");
+        let alice_id = uid("alice");
+        let remote = match bob
+            .wait_for(
+                "stream-added alice",
+                |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == alice_id),
+            )
+            .await
+        {
+            ClientEvent::StreamAdded(s) => s,
+            _ => unreachable!(),
+        };
+        Meeting {
+            server,
+            alice,
+            bob,
+            local,
+            remote,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_stream_needs_video_and_a_smaller_bitrate() {
     for config in [
@@ -129,29 +174,15 @@ async fn a_small_stream_needs_video_and_a_smaller_bitrate() {
 /// Alice encodes only the layer somebody receives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_switches_between_the_big_and_the_small_stream() {
-    let server = start(request_only());
-    let url = server.ws_url();
-    let alice = TestClient::new(config(&url, "alice", rtcroom::Mode::Rtc));
-    let mut bob = TestClient::new(config(&url, "bob", rtcroom::Mode::Rtc));
-    let local = small_stream().await;
-    bounded(alice.join(JoinOptions::new(3181u32)))
-        .await
-        .expect("join");
-    bounded(alice.publish(&local)).await.expect("publish");
-    bounded(bob.join(JoinOptions::new(3181u32)))
-        .await
-        .expect("join");
+    // (`_alice` keeps Alice in the room to the end.)
+    let Meeting {
+        server,
+        alice: _alice,
+        mut bob,
+        local,
+        remote,
+    } = Meeting::start(3181).await;
     let alice_id = uid("alice");
-    let remote: RemoteStream = match bob
-        .wait_for(
-            "stream-added alice",
-            |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == alice_id),
-        )
-        .await
-    {
-        ClientEvent::StreamAdded(s) => s,
-        _ => unreachable!(),
-    };
     let rids: Vec<&str> = remote.layers.iter().map(|l| l.rid.as_str()).collect();
     assert_eq!(rids, ["l", "h"], "the stream's layers, smallest first");
     assert!(
@@ -213,29 +244,13 @@ async fn a_subscriber_switches_between_the_big_and_the_small_stream() {
 /// A subscription can start on the small layer (TRTC's `smallVideo` option).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_can_start_on_the_small_stream() {
-    let server = start(request_only());
-    let url = server.ws_url();
-    let alice = TestClient::new(config(&url, "alice", rtcroom::Mode::Rtc));
-    let mut bob = TestClient::new(config(&url, "bob", rtcroom::Mode::Rtc));
-    let local = small_stream().await;
-    bounded(alice.join(JoinOptions::new(3182u32)))
-        .await
-        .expect("join");
-    bounded(alice.publish(&local)).await.expect("publish");
-    bounded(bob.join(JoinOptions::new(3182u32)))
-        .await
-        .expect("join");
-    let alice_id = uid("alice");
-    let remote: RemoteStream = match bob
-        .wait_for(
-            "stream-added alice",
-            |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == alice_id),
-        )
-        .await
-    {
-        ClientEvent::StreamAdded(s) => s,
-        _ => unreachable!(),
-    };
+    let Meeting {
+        server,
+        alice: _alice,
+        bob,
+        local: _local,
+        remote,
+    } = Meeting::start(3182).await;
     let sizes = Arc::new(Sizes::default());
     bounded(
         bob.subscribe(
