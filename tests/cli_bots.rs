@@ -84,12 +84,34 @@ fn wait_line(child: &mut Child, needle: &str) -> std::sync::mpsc::Receiver<Strin
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
+    line_where(&rx, deadline, &format!("no line with {needle:?}"), |l| {
+        l.contains(needle)
+    });
+    rx
+}
+
+/// Send `signal` (as `kill` spells it: "-INT", "-TERM", …) to `child`.
+fn send_signal(child: &Child, signal: &str) {
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+/// The next line from `lines` for which `wanted` holds, before `deadline` (else panics with
+/// `what`).
+fn line_where(
+    lines: &std::sync::mpsc::Receiver<String>,
+    deadline: Instant,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
     loop {
-        let line = rx
+        let line = lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no line with {needle:?}"));
-        if line.contains(needle) {
-            return rx;
+            .expect(what);
+        if wanted(&line) {
+            return line;
         }
     }
 }
@@ -163,10 +185,7 @@ fn record_two_publishers_then_sigint_finalises_files() {
         assert!(wait_exit(p, Duration::from_secs(30)).success());
     }
     // SIGINT: the recorder finalises its files and exits 0.
-    Command::new("kill")
-        .args(["-INT", &recorder.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&recorder, "-INT");
     assert!(wait_exit(&mut recorder, Duration::from_secs(20)).success());
     let files = recordings(&out);
     assert_eq!(files.len(), 2, "{files:?}");
@@ -191,10 +210,7 @@ fn record_two_publishers_then_sigint_finalises_files() {
         discover(&files[0]).text.contains("VP8"),
         "alice's file holds VP8"
     );
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&server, "-TERM");
     assert!(wait_exit(&mut server, Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&home);
     let _ = std::fs::remove_dir_all(&out);
@@ -237,25 +253,15 @@ fn the_recorder_records_the_small_stream_when_asked() {
         &home,
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut layer_line = None;
-    while layer_line.is_none() {
-        let line = rec_lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("recorder output");
-        if line.contains("layer") {
-            layer_line = Some(line);
-        }
-    }
-    let layer_line = layer_line.unwrap_or_default();
+    let layer_line = line_where(&rec_lines, deadline, "recorder output", |l| {
+        l.contains("layer")
+    });
     assert!(
         layer_line.contains("Small layer (l)"),
         "the recorder's layer: {layer_line}"
     );
     assert!(wait_exit(&mut publisher, Duration::from_secs(30)).success());
-    Command::new("kill")
-        .args(["-INT", &recorder.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&recorder, "-INT");
     assert!(wait_exit(&mut recorder, Duration::from_secs(20)).success());
     let files = recordings(&out);
     assert_eq!(files.len(), 1, "{files:?}");
@@ -269,10 +275,7 @@ fn the_recorder_records_the_small_stream_when_asked() {
         text.contains("Width: 160") && !text.contains("Width: 320"),
         "the small layer only: {text}"
     );
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&server, "-TERM");
     assert!(wait_exit(&mut server, Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&home);
     let _ = std::fs::remove_dir_all(&out);
@@ -385,54 +388,32 @@ fn restart_scenario(signal: &str, recorder_late: bool) -> Restarted {
     let pub_lines = wait_line(&mut publisher, "publishing as alice");
     let published_at = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = rec_lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("recorder output");
-        if line.starts_with("recording alice") {
-            break;
-        }
-    }
+    line_where(&rec_lines, deadline, "recorder output", |l| {
+        l.starts_with("recording alice")
+    });
     // Let a few seconds of media reach the file: the recorder's progress lines say how long
     // it has been running.
-    loop {
-        let line = rec_lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("recorder output");
-        let secs = line
-            .strip_prefix('[')
+    line_where(&rec_lines, deadline, "recorder output", |l| {
+        l.strip_prefix('[')
             .and_then(|l| l.split(" s]").next())
-            .and_then(|t| t.trim().parse::<f64>().ok());
-        if secs.is_some_and(|t| t >= 6.0) {
-            break;
-        }
-    }
+            .and_then(|t| t.trim().parse::<f64>().ok())
+            .is_some_and(|t| t >= 6.0)
+    });
     if recorder_late {
-        Command::new("kill")
-            .args(["-STOP", &recorder.id().to_string()])
-            .status()
-            .unwrap();
+        send_signal(&recorder, "-STOP");
     }
     // Stop the server (as told) and start it again on the same address (same key file); or,
     // with SIGSTOP, freeze it until the publisher has noticed, and thaw it.
-    Command::new("kill")
-        .args([signal, &server.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&server, signal);
     let before_restart = published_at.elapsed().as_secs_f64();
     if signal == "-STOP" {
-        loop {
-            let line = pub_lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("the publisher never noticed the frozen server");
-            if line.starts_with('[') && !line.contains("Connected") {
-                break;
-            }
-        }
-        Command::new("kill")
-            .args(["-CONT", &server.id().to_string()])
-            .status()
-            .unwrap();
+        line_where(
+            &pub_lines,
+            deadline,
+            "the publisher never noticed the frozen server",
+            |l| l.starts_with('[') && !l.contains("Connected"),
+        );
+        send_signal(&server, "-CONT");
     } else {
         let status = wait_exit(&mut server, Duration::from_secs(20));
         if signal == "-TERM" {
@@ -458,26 +439,17 @@ fn restart_scenario(signal: &str, recorder_late: bool) -> Restarted {
                 up += 1;
             }
         }
-        Command::new("kill")
-            .args(["-CONT", &recorder.id().to_string()])
-            .status()
-            .unwrap();
+        send_signal(&recorder, "-CONT");
     }
     let back_at = published_at.elapsed().as_secs_f64();
     // Both bots reconnect by themselves; the publisher keeps publishing until its duration.
     assert!(wait_exit(&mut publisher, Duration::from_secs(40)).success());
-    Command::new("kill")
-        .args(["-INT", &recorder.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&recorder, "-INT");
     assert!(wait_exit(&mut recorder, Duration::from_secs(20)).success());
     let published_for = published_at.elapsed().as_secs_f64();
     let files = recordings(&out);
     let total: f64 = files.iter().map(|f| discover(f).duration).sum();
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&server, "-TERM");
     let _ = wait_exit(&mut server, Duration::from_secs(20));
     let _ = std::fs::remove_dir_all(&home);
     // The files stay for the caller to look at (it removes them).
