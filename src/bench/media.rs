@@ -222,37 +222,41 @@ impl Signal {
         target: &Target,
         video: bool,
     ) -> anyhow::Result<LightPeer> {
-        let (peer, offer) = LightPeer::new(Direction::SendOnly, video, target.client_ip).await?;
+        self.publish_light_with(target, video, &[]).await
+    }
+
+    /// Publish the main stream with two video layers (rids `h`: [`BIG`], `l`: [`SMALL`]).
+    async fn publish_light_layers(&mut self, target: &Target) -> anyhow::Result<LightPeer> {
+        self.publish_light_with(target, true, &[("h", BIG), ("l", SMALL)])
+            .await
+    }
+
+    /// Publish the main stream with a new light peer sending `layers` (rid, profile) of its
+    /// video, or one layer when there are none.
+    async fn publish_light_with(
+        &mut self,
+        target: &Target,
+        video: bool,
+        layers: &[(&str, VideoProfile)],
+    ) -> anyhow::Result<LightPeer> {
+        let rids: Vec<&str> = layers.iter().map(|(rid, _)| *rid).collect();
+        let (peer, offer) =
+            LightPeer::with_layers(Direction::SendOnly, video, &rids, target.client_ip).await?;
         let reply = self
             .request(ClientMessage::Publish(PublishRequest {
                 stream_type: StreamType::Main,
                 has_audio: true,
                 has_video: video,
                 sdp: Some(offer),
-                layers: Vec::new(),
-            }))
-            .await?;
-        accept(target, peer, reply).await
-    }
-
-    /// Publish the main stream with two video layers (rids `h`: [`BIG`], `l`: [`SMALL`]).
-    async fn publish_light_layers(&mut self, target: &Target) -> anyhow::Result<LightPeer> {
-        let (peer, offer) =
-            LightPeer::with_layers(Direction::SendOnly, true, &["h", "l"], target.client_ip)
-                .await?;
-        let layer = |rid: &str, p: VideoProfile| VideoLayer {
-            rid: rid.into(),
-            width: p.width,
-            height: p.height,
-            bitrate_kbps: p.bitrate_kbps,
-        };
-        let reply = self
-            .request(ClientMessage::Publish(PublishRequest {
-                stream_type: StreamType::Main,
-                has_audio: true,
-                has_video: true,
-                sdp: Some(offer),
-                layers: vec![layer("h", BIG), layer("l", SMALL)],
+                layers: layers
+                    .iter()
+                    .map(|(rid, p)| VideoLayer {
+                        rid: (*rid).into(),
+                        width: p.width,
+                        height: p.height,
+                        bitrate_kbps: p.bitrate_kbps,
+                    })
+                    .collect(),
             }))
             .await?;
         accept(target, peer, reply).await
