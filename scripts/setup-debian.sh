@@ -2,6 +2,7 @@
 # Install what rtcroom needs on Debian 12, idempotently: the GStreamer packages (1.22), the
 # tools the tests call (gst-discoverer-1.0, headless Chromium for the browser tests),
 # pkg-config, iproute2/iptables for the lossy-link bench, Janus for the side-by-side bench,
+# redis-server for the multi-node tests (they start their own on a free loopback port),
 # and a Rust toolchain if none is there.
 # Safe to run again: it installs only what is missing, and runs `apt-get update` only then.
 set -euo pipefail
@@ -22,6 +23,7 @@ PACKAGES=(
   iproute2
   iptables
   janus
+  redis-server
   build-essential
   ca-certificates
   curl
@@ -52,6 +54,13 @@ fi
 if [ -d /run/systemd/system ] && systemctl is-enabled janus >/dev/null 2>&1; then
   echo "setup: disabling the janus system service (the bench starts its own)"
   $SUDO systemctl disable --now janus || true
+fi
+
+# The cluster tests start their own redis-server on a free port; the system service is not
+# wanted either.
+if [ -d /run/systemd/system ] && systemctl is-enabled redis-server >/dev/null 2>&1; then
+  echo "setup: disabling the redis-server system service (the tests start their own)"
+  $SUDO systemctl disable --now redis-server || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -35,6 +35,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
 
+use crate::cluster::{NODE_AUTH_HEADER, Owner, RemoteNode};
 use crate::config::AdminConfig;
 use crate::registry::{AdminOp, AdminReply};
 use crate::room::RoomKey;
@@ -335,6 +336,27 @@ async fn handle(
         Err(r) => return error(r.status, r.code, r.message),
     };
     let (key, op) = (request.key, request.op);
+    // In a cluster, a room on another node is acted on there (a request another node
+    // forwarded here is answered here, whatever the directory says, so it cannot loop).
+    let forwarded = shared
+        .registry
+        .cluster()
+        .zip(req.headers().get(NODE_AUTH_HEADER))
+        .and_then(|(c, v)| c.check_credential(v.to_str().ok()?))
+        .is_some();
+    if !forwarded {
+        match shared.registry.route_lookup(&key).await {
+            Ok(Owner::Here) => {}
+            Ok(Owner::Node(node)) => return forward(req, body, &node, shared).await,
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "FailedOperation",
+                    e.message,
+                );
+            }
+        }
+    }
     match shared.registry.admin(key, op).await {
         Ok(AdminReply::Done) => {
             HttpResponse::Ok().json(json!({ "Response": { "RequestId": request_id() } }))
@@ -346,6 +368,76 @@ async fn handle(
             StatusCode::NOT_FOUND,
             "FailedOperation.RoomNotExist",
             e.message,
+        ),
+    }
+}
+
+/// Headers of an admin request that travel with it to the room's node.
+const FORWARDED_HEADERS: [&str; 5] = [
+    "authorization",
+    "x-rtcroom-timestamp",
+    "x-rtcroom-signature",
+    "x-tc-action",
+    "content-type",
+];
+
+/// Send an admin request on to the node owning its room (it checks the credentials again)
+/// and answer with that node's response.
+async fn forward(
+    req: &HttpRequest,
+    body: &[u8],
+    node: &RemoteNode,
+    shared: &SessionShared,
+) -> HttpResponse {
+    let Some(cluster) = shared.registry.cluster() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "no cluster",
+        );
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_else(|| req.path());
+    let url = format!("{}{path}", crate::cluster::http_base(&node.url));
+    let mut out = awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .finish()
+        .post(url.as_str())
+        .insert_header((NODE_AUTH_HEADER, cluster.credential()));
+    for name in FORWARDED_HEADERS {
+        if let Some(v) = req.headers().get(name) {
+            out = out.insert_header((name, v.clone()));
+        }
+    }
+    let sent = out.send_body(body.to_vec()).await;
+    let mut resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(node = node.id, url, error = %e, "admin: room's node unreachable");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "FailedOperation",
+                format!("the room's node {} is unreachable: {e}", node.id),
+            );
+        }
+    };
+    let status = resp.status();
+    let content_type = resp.headers().get("content-type").cloned();
+    match resp.body().limit(MAX_BODY.max(1 << 20)).await {
+        Ok(bytes) => {
+            let mut b = HttpResponse::build(status);
+            if let Some(ct) = content_type {
+                b.insert_header(("content-type", ct));
+            }
+            b.body(bytes)
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            "FailedOperation",
+            format!("the room's node {} answered badly: {e}", node.id),
         ),
     }
 }

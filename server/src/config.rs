@@ -257,6 +257,134 @@ pub struct WebConfig {
     pub dev_usersig: bool,
 }
 
+/// How a new room picks its node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// The node with the fewest members (ties: the node the first joiner connected to).
+    #[default]
+    LeastLoaded,
+    /// The node the first joiner connected to.
+    Local,
+}
+
+/// Default `cluster.heartbeat_s`.
+pub const DEFAULT_CLUSTER_HEARTBEAT_S: f64 = 1.0;
+/// Default `cluster.node_ttl_s`.
+pub const DEFAULT_CLUSTER_NODE_TTL_S: f64 = 3.0;
+
+/// One node of several: rooms are placed on nodes through Redis (`cluster.redis_url`);
+/// without it the server is a single node and needs no Redis. `Debug` shows the secret and
+/// the Redis URL (which may carry a password) as `"<redacted>"`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host:port[/db]`; unset: a single node.
+    pub redis_url: Option<String>,
+    /// This node's id in the cluster (letters, digits, `-`, `_`, `.`; default: random at
+    /// start).
+    pub node_id: Option<String>,
+    /// Where the other nodes reach this node's signalling: `ws://host:port` or
+    /// `wss://host:port` (default: from the listen address, which must then be a specific
+    /// address, not 0.0.0.0).
+    pub advertise_url: Option<String>,
+    /// The secret the nodes share to authenticate links between them (required with
+    /// `redis_url`, at least 16 characters).
+    pub secret: Option<String>,
+    /// Seconds between a node's heartbeats in Redis.
+    pub heartbeat_s: f64,
+    /// Seconds after its last heartbeat that a node counts as gone (its rooms are placed
+    /// again by their next join).
+    pub node_ttl_s: f64,
+    /// How a new room picks its node.
+    pub placement: Placement,
+    /// Prefix of every Redis key the cluster uses (several clusters may share one Redis).
+    pub key_prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            node_id: None,
+            advertise_url: None,
+            secret: None,
+            heartbeat_s: DEFAULT_CLUSTER_HEARTBEAT_S,
+            node_ttl_s: DEFAULT_CLUSTER_NODE_TTL_S,
+            placement: Placement::LeastLoaded,
+            key_prefix: "rtcroom:".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &redact_opt(&self.redis_url))
+            .field("node_id", &self.node_id)
+            .field("advertise_url", &self.advertise_url)
+            .field("secret", &redact_opt(&self.secret))
+            .field("heartbeat_s", &self.heartbeat_s)
+            .field("node_ttl_s", &self.node_ttl_s)
+            .field("placement", &self.placement)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.redis_url.is_none() {
+            return Ok(());
+        }
+        let bad = |m: String| Err(ConfigError::Invalid(format!("cluster: {m}")));
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+        {
+            return bad("redis_url must start with redis://, rediss:// or unix://".into());
+        }
+        if self.secret.as_ref().is_none_or(|s| s.len() < 16) {
+            return bad("secret (at least 16 characters) is required with redis_url".into());
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return bad(format!(
+                "node_id {id:?} must be 1-64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if let Some(u) = &self.advertise_url
+            && !(u.starts_with("ws://") || u.starts_with("wss://"))
+        {
+            return bad(format!(
+                "advertise_url {u:?} must start with ws:// or wss://"
+            ));
+        }
+        if !(self.heartbeat_s.is_finite() && (0.05..=60.0).contains(&self.heartbeat_s)) {
+            return bad(format!(
+                "heartbeat_s must be between 0.05 and 60, got {}",
+                self.heartbeat_s
+            ));
+        }
+        if !(self.node_ttl_s.is_finite()
+            && self.node_ttl_s >= 2.0 * self.heartbeat_s
+            && self.node_ttl_s <= 600.0)
+        {
+            return bad(format!(
+                "node_ttl_s must be at least twice heartbeat_s and at most 600, got {}",
+                self.node_ttl_s
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// TLS for `https://` and `wss://` on the listen address.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TlsConfig {
@@ -299,6 +427,9 @@ pub struct ServerConfig {
     /// TLS; plain HTTP / WebSocket without it.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Several nodes sharing rooms through Redis; a single node without it.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 fn default_listen() -> String {
@@ -323,6 +454,7 @@ impl ServerConfig {
             media: crate::media::MediaConfig::default(),
             web: WebConfig::default(),
             tls: None,
+            cluster: ClusterConfig::default(),
         }
     }
 
@@ -439,7 +571,7 @@ impl ServerConfig {
                 "limits.messages_per_second must be at least 1".into(),
             ));
         }
-        Ok(())
+        self.cluster.validate()
     }
 
     /// The room limits this config sets.

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod link;
 pub mod media;

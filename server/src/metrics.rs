@@ -34,6 +34,18 @@ pub struct Metrics {
     pub webhooks_dropped: AtomicU64,
     /// Webhook deliveries in flight now (being sent or waiting for a retry).
     pub webhooks_in_flight: AtomicI64,
+    /// Signalling connections this node proxies to the node owning their room (cluster).
+    pub proxied_links: AtomicI64,
+    /// Rooms this node placed in the cluster directory.
+    pub cluster_placements: AtomicU64,
+    /// Redis calls of the cluster directory that failed or timed out.
+    pub cluster_redis_errors: AtomicU64,
+    /// Live nodes in the cluster (as of this node's last heartbeat; 0 without a cluster).
+    pub cluster_nodes: AtomicI64,
+    /// Rooms on all live nodes (as of this node's last heartbeat).
+    pub cluster_rooms: AtomicI64,
+    /// Members on all live nodes (as of this node's last heartbeat).
+    pub cluster_members: AtomicI64,
     /// Failed joins by TRTC extra code (or main code when there is none).
     join_failures: Mutex<BTreeMap<i64, u64>>,
     /// The media plane's counters, once it runs.
@@ -115,6 +127,42 @@ impl Metrics {
         for (code, n) in self.join_failures() {
             let _ = writeln!(out, "rtcroom_join_failures_total{{code=\"{code}\"}} {n}");
         }
+        gauge(
+            &mut out,
+            "rtcroom_proxied_links",
+            "Signalling connections proxied to the node owning their room.",
+            self.proxied_links.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_cluster_placements_total",
+            "Rooms this node placed in the cluster.",
+            self.cluster_placements.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_cluster_redis_errors_total",
+            "Failed or timed-out Redis calls of the cluster directory.",
+            self.cluster_redis_errors.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "rtcroom_cluster_nodes",
+            "Live nodes in the cluster (0 for a single node).",
+            self.cluster_nodes.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "rtcroom_cluster_rooms",
+            "Rooms on all live nodes of the cluster.",
+            self.cluster_rooms.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "rtcroom_cluster_members",
+            "Members on all live nodes of the cluster.",
+            self.cluster_members.load(Ordering::Relaxed),
+        );
         counter(
             &mut out,
             "rtcroom_messages_in_total",

@@ -4,7 +4,9 @@
 //!
 //! The in-process directory ([`LocalDirectory`]) spreads rooms over one shard per core by a
 //! hash of (sdkAppId, roomId). A join is one hop: the link's driver sends it to the room's
-//! shard and awaits the reply. The multi-node directory (Redis) goes behind the same trait.
+//! shard and awaits the reply. With several nodes ([`ClusterDirectory`], `cluster.rs`) a room
+//! may live on another node: the directory says which, and the link's driver proxies the
+//! client's signalling there (`session.rs`).
 
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -17,6 +19,7 @@ use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{ClientMessage, ReplyData};
 use rtcroom_protocol::{ErrorCode, Mode, RtcError, UserId};
 
+use crate::cluster::{Cluster, Intent, Owner, RemoteNode};
 use crate::link::LinkTx;
 use crate::media::{MediaPlane, PeerId};
 use crate::metrics::Metrics;
@@ -35,6 +38,8 @@ pub struct RoomContext {
     pub webhooks: Option<Addr<WebhookActor>>,
     /// The SFU media plane, when running.
     pub media: Option<MediaPlane>,
+    /// This node's part in a cluster (rooms that close release their placement).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Admin operations on one room.
@@ -63,16 +68,23 @@ pub enum AdminReply {
 pub enum RoomLocation {
     /// On this node, owned by this shard.
     Local(Addr<RoomShard>),
+    /// On another node of the cluster.
+    Remote(RemoteNode),
 }
 
 /// A boxed future, for the directory's object-safe methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Finds the owner of a room. In-process today ([`LocalDirectory`]); the multi-node directory
-/// places rooms on nodes through Redis behind the same trait.
+/// Finds the owner of a room: in-process ([`LocalDirectory`]), or across nodes through Redis
+/// ([`ClusterDirectory`]).
 pub trait RoomDirectory: Send + Sync + 'static {
-    /// Where room `key` lives, or would be created by a join.
-    fn locate<'a>(&'a self, key: &'a RoomKey) -> BoxFuture<'a, Result<RoomLocation, RtcError>>;
+    /// Where room `key` lives, or would be created by a join (`intent` says whether this
+    /// lookup may place it).
+    fn locate<'a>(
+        &'a self,
+        key: &'a RoomKey,
+        intent: Intent,
+    ) -> BoxFuture<'a, Result<RoomLocation, RtcError>>;
 
     /// Every shard on this node (for what concerns them all: shutdown, media events).
     fn local_shards(&self) -> Vec<Addr<RoomShard>>;
@@ -150,7 +162,11 @@ impl LocalDirectory {
 }
 
 impl RoomDirectory for LocalDirectory {
-    fn locate<'a>(&'a self, key: &'a RoomKey) -> BoxFuture<'a, Result<RoomLocation, RtcError>> {
+    fn locate<'a>(
+        &'a self,
+        key: &'a RoomKey,
+        _intent: Intent,
+    ) -> BoxFuture<'a, Result<RoomLocation, RtcError>> {
         let slot = self.slot_of(key);
         if let Some(shard) = self.shard(slot) {
             return Box::pin(std::future::ready(Ok(RoomLocation::Local(shard))));
@@ -180,12 +196,45 @@ impl RoomDirectory for LocalDirectory {
     }
 }
 
+/// Rooms placed on the nodes of a cluster through Redis ([`Cluster`]); those placed on this
+/// node live in its [`LocalDirectory`].
+pub struct ClusterDirectory {
+    local: Arc<LocalDirectory>,
+    cluster: Arc<Cluster>,
+}
+
+impl RoomDirectory for ClusterDirectory {
+    fn locate<'a>(
+        &'a self,
+        key: &'a RoomKey,
+        intent: Intent,
+    ) -> BoxFuture<'a, Result<RoomLocation, RtcError>> {
+        Box::pin(async move {
+            match self.cluster.owner(key, intent).await? {
+                Owner::Here => self.local.locate(key, intent).await,
+                Owner::Node(node) => Ok(RoomLocation::Remote(node)),
+            }
+        })
+    }
+
+    fn local_shards(&self) -> Vec<Addr<RoomShard>> {
+        self.local.local_shards()
+    }
+}
+
 /// A joined member's handle on its room: what its link's driver uses to make requests.
 #[derive(Clone)]
 pub struct Member {
     session: SessionId,
     key: RoomKey,
     shard: Addr<RoomShard>,
+}
+
+fn elsewhere(node: &RemoteNode) -> RtcError {
+    RtcError::new(
+        ErrorCode::JoinRoomFailed,
+        format!("the room lives on node {} ({})", node.id, node.url),
+    )
 }
 
 fn room_closed() -> RtcError {
@@ -232,6 +281,8 @@ pub struct Registry {
     directory: Arc<dyn RoomDirectory>,
     /// This process's shards (behind `directory`).
     local: Arc<LocalDirectory>,
+    /// This node's part in a cluster, if it is one.
+    cluster: Option<Arc<Cluster>>,
     ctx: RoomContext,
     closing: AtomicBool,
 }
@@ -241,12 +292,56 @@ impl Registry {
     /// [`Registry::start_shard_here`] (the server does so on each HTTP worker thread).
     pub fn new(ctx: RoomContext, shards: usize) -> Arc<Registry> {
         let local = Arc::new(LocalDirectory::new(shards));
+        let directory: Arc<dyn RoomDirectory> = match &ctx.cluster {
+            Some(cluster) => Arc::new(ClusterDirectory {
+                local: local.clone(),
+                cluster: cluster.clone(),
+            }),
+            None => local.clone(),
+        };
         Arc::new(Registry {
-            directory: local.clone(),
+            directory,
             local,
+            cluster: ctx.cluster.clone(),
             ctx,
             closing: AtomicBool::new(false),
         })
+    }
+
+    /// This node's part in a cluster, if it is one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Where a join for room `key` goes: this node, or the node owning the room (placing
+    /// the room if it has no live owner). `proxied`: the join was proxied here by another
+    /// node, which found this node the owner; it claims the room if the key has gone since.
+    /// A single node answers [`Owner::Here`] at once.
+    pub async fn route_join(&self, key: &RoomKey, proxied: bool) -> Result<Owner, RtcError> {
+        if self.cluster.is_none() {
+            return Ok(Owner::Here);
+        }
+        let intent = if proxied {
+            Intent::JoinHere
+        } else {
+            Intent::Join
+        };
+        match self.directory.locate(key, intent).await? {
+            RoomLocation::Local(_) => Ok(Owner::Here),
+            RoomLocation::Remote(node) => Ok(Owner::Node(node)),
+        }
+    }
+
+    /// Where room `key` lives, without placing it (admin calls): this node (which answers
+    /// for a room that does not exist) or another.
+    pub async fn route_lookup(&self, key: &RoomKey) -> Result<Owner, RtcError> {
+        if self.cluster.is_none() {
+            return Ok(Owner::Here);
+        }
+        match self.directory.locate(key, Intent::Lookup).await? {
+            RoomLocation::Local(_) => Ok(Owner::Here),
+            RoomLocation::Remote(node) => Ok(Owner::Node(node)),
+        }
     }
 
     /// The UDP addresses the media workers announce (none without a media plane).
@@ -263,15 +358,19 @@ impl Registry {
         self.local.start_here(self.ctx.clone());
     }
 
+    /// The local shard for room `key` (rooms routed here, or looked up on a single node).
     async fn shard(&self, key: &RoomKey) -> Result<Addr<RoomShard>, RtcError> {
-        match self.directory.locate(key).await? {
+        match self.local.locate(key, Intent::Lookup).await? {
             RoomLocation::Local(shard) => Ok(shard),
+            RoomLocation::Remote(node) => Err(elsewhere(&node)),
         }
     }
 
     /// Join room `key` as `input` over `link`, creating the room if needed (nothing is
     /// created, and no webhook sent, unless the join passes every check). On success, the
-    /// reply for the joiner and its handle for later requests.
+    /// reply for the joiner and its handle for later requests. In a cluster, a room owned by
+    /// another node is refused here: the caller routes first ([`Registry::route_join`]) and
+    /// proxies or redirects such a join.
     pub async fn join(
         &self,
         key: RoomKey,
@@ -283,6 +382,9 @@ impl Registry {
                 ErrorCode::JoinRoomFailed,
                 "the server is shutting down",
             ));
+        }
+        if let Owner::Node(node) = self.route_join(&key, false).await? {
+            return Err(elsewhere(&node));
         }
         let session = input.session;
         // A room owned by this thread's shard is joined right here, to completion.

@@ -166,11 +166,30 @@ async fn run_with(
     });
     let media = crate::media::MediaPlane::start(&config.media)?;
     metrics.attach_media(media.stats().clone());
+    let cluster = crate::cluster::Cluster::new(&config, listener.local_addr()?, metrics.clone())?;
+    let heartbeat = cluster.clone().map(|cluster| {
+        actix_web::rt::spawn(async move {
+            // The first heartbeat ran before the server started serving.
+            let mut every = actix_web::rt::time::interval(cluster.heartbeat_every());
+            every.tick().await;
+            loop {
+                every.tick().await;
+                cluster.heartbeat().await;
+            }
+        })
+    });
+    if let Some(c) = &cluster {
+        // Registered (or not, if Redis is unreachable: the heartbeat keeps trying) before
+        // the first join can arrive.
+        c.heartbeat().await;
+        tracing::info!(node = c.id(), url = c.url(), "cluster node");
+    }
     let room_ctx = RoomContext {
         limits: config.room_limits(),
         metrics: metrics.clone(),
         webhooks,
         media: Some(media.clone()),
+        cluster: cluster.clone(),
     };
     // One room shard per HTTP worker, on the worker's own thread: a join whose room lives on
     // its connection's thread costs no thread switch (measured: each switch a burst of joins
@@ -253,6 +272,12 @@ async fn run_with(
     ready(registry.clone());
     shutdown.await;
     tracing::info!("shutting down: closing sessions");
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
+    if let Some(c) = &cluster {
+        c.deregister().await;
+    }
     registry.shutdown();
     actix_web::rt::time::sleep(CLOSE_FLUSH).await;
     handle.stop(true).await;

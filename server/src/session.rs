@@ -22,11 +22,18 @@ use rtcroom_protocol::signal::{
 };
 use rtcroom_protocol::{ErrorCode, RtcError};
 
+use crate::cluster::{NODE_AUTH_HEADER, Owner, RemoteNode};
 use crate::config::ServerConfig;
 use crate::link::{LinkKind, LinkRx, Outgoing};
 use crate::metrics::Metrics;
 use crate::registry::{Member, Registry};
 use crate::room::SessionId;
+
+/// The node owning a proxied member's room went away: the client is closed as for a server
+/// going away (1001), and reconnects through its usual backoff to a re-placed room.
+fn upstream_lost() -> End {
+    End::Removed(CloseCode::Away, "the room's node went away".into())
+}
 
 /// Server state shared by all links.
 pub struct SessionShared {
@@ -195,6 +202,11 @@ pub async fn start(
             >,
     };
     let body = actix_web::web::Payload::from_request(req, &mut payload).await?;
+    // A connection another node proxies here for a room it found on this node.
+    let via = shared.registry.cluster().and_then(|c| {
+        let credential = req.headers().get(NODE_AUTH_HEADER)?.to_str().ok()?;
+        c.check_credential(credential)
+    });
     let (response, ws, stream) = actix_ws::handle(req, body)?;
     // A frame whose header declares more than the limit is refused from its header; a
     // message assembled from continuation frames is bounded the same way.
@@ -202,7 +214,7 @@ pub async fn start(
         .max_frame_size(limit)
         .aggregate_continuations()
         .max_continuation_size(limit);
-    actix_web::rt::spawn(Session::new(shared, ws, tripped).run(stream));
+    actix_web::rt::spawn(Session::new(shared, ws, tripped, via).run(stream));
     Ok(response)
 }
 
@@ -214,7 +226,18 @@ enum State {
         member: Member,
         outbox: Option<LinkRx>,
     },
+    /// The room lives on another node: every frame is relayed to and from that node's
+    /// signalling, which runs the member's session.
+    Proxied { upstream: Upstream },
 }
+
+/// The WebSocket to the node owning a proxied member's room.
+type Upstream = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+/// Largest frame accepted from another node (a join reply listing a full room's members).
+const UPSTREAM_MAX_FRAME: usize = 16 << 20;
+/// How long connecting to the room's node may take.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a session ended.
 enum End {
@@ -238,6 +261,8 @@ struct Session {
     strikes: u32,
     /// The frame guard refused a frame's declared size.
     oversized: Rc<Cell<bool>>,
+    /// The node that proxies this connection here (cluster), if one does.
+    via: Option<String>,
 }
 
 /// Keeps the open-connections gauge right however the task ends.
@@ -254,6 +279,7 @@ impl Session {
         shared: Arc<SessionShared>,
         ws: actix_ws::Session,
         oversized: Rc<Cell<bool>>,
+        via: Option<String>,
     ) -> Session {
         let limits = &shared.config.limits;
         let bucket = TokenBucket::new(
@@ -269,6 +295,7 @@ impl Session {
             bucket,
             strikes: 0,
             oversized,
+            via,
         }
     }
 
@@ -286,11 +313,12 @@ impl Session {
         let join_deadline = tokio::time::Instant::now() + join_timeout;
         let end = loop {
             let joining = matches!(self.state, State::New);
-            let outbox = match &mut self.state {
+            let (outbox, upstream) = match &mut self.state {
                 State::Joined {
                     outbox: Some(rx), ..
-                } => Some(rx),
-                _ => None,
+                } => (Some(rx), None),
+                State::Proxied { upstream } => (None, Some(upstream)),
+                _ => (None, None),
             };
             let step = tokio::select! {
                 msg = stream.next() => match msg {
@@ -302,6 +330,8 @@ impl Session {
                 },
                 out = async { outbox.expect("polled only when present").recv().await },
                     if outbox.is_some() => self.outgoing(out).await,
+                frame = async { upstream.expect("polled only when present").next().await },
+                    if upstream.is_some() => self.upstream_frame(frame).await,
                 () = tokio::time::sleep_until(join_deadline), if joining => {
                     self.join_failed(
                         0,
@@ -328,6 +358,21 @@ impl Session {
         };
         if tell_room && let State::Joined { member, .. } = &self.state {
             member.disconnected();
+        }
+        if let State::Proxied { upstream } = &mut self.state {
+            self.shared
+                .metrics
+                .proxied_links
+                .fetch_sub(1, Ordering::Relaxed);
+            if tell_room {
+                // The owner sees the client leave as this node saw it.
+                use futures_util::SinkExt;
+                let close = code.map(|code| CloseReason {
+                    code,
+                    description: Some(reason.clone()),
+                });
+                let _ = upstream.send(awc::ws::Message::Close(close)).await;
+            }
         }
         if let Some(code) = code {
             let _ = self
@@ -466,13 +511,102 @@ impl Session {
                 .await;
         };
         self.strikes = 0;
+        if let State::Proxied { upstream } = &mut self.state {
+            use futures_util::SinkExt;
+            return upstream
+                .send(awc::ws::Message::Text(text))
+                .await
+                .map_err(|_| upstream_lost());
+        }
         match decode_client(text.as_bytes()) {
-            Ok(env) => self.envelope(env).await,
+            Ok(env) => self.envelope(env, text).await,
             Err(e) => self.reply(request_id(text.as_bytes()), Err(e.into())).await,
         }
     }
 
-    async fn envelope(&mut self, env: ClientEnvelope) -> Result<(), End> {
+    /// A frame from the node owning a proxied member's room.
+    async fn upstream_frame(
+        &mut self,
+        frame: Option<Result<awc::ws::Frame, awc::error::WsProtocolError>>,
+    ) -> Result<(), End> {
+        use awc::ws::Frame;
+        use futures_util::SinkExt;
+        match frame {
+            Some(Ok(Frame::Text(bytes))) => match ByteString::try_from(bytes) {
+                Ok(text) => self.send_text(text).await,
+                Err(_) => Err(upstream_lost()),
+            },
+            Some(Ok(Frame::Ping(p))) => {
+                if let State::Proxied { upstream } = &mut self.state {
+                    upstream
+                        .send(awc::ws::Message::Pong(p))
+                        .await
+                        .map_err(|_| upstream_lost())?;
+                }
+                Ok(())
+            }
+            Some(Ok(Frame::Pong(_))) => Ok(()),
+            Some(Ok(Frame::Close(reason))) => {
+                // The owner ended the member's session (left, kicked, dismissed, shut
+                // down): the client is closed the same way, and the owner needs no close.
+                let (code, description) = reason
+                    .map(|r| (r.code, r.description.unwrap_or_default()))
+                    .unwrap_or((CloseCode::Normal, String::new()));
+                Err(End::Removed(code, description))
+            }
+            Some(Ok(_)) | Some(Err(_)) | None => Err(upstream_lost()),
+        }
+    }
+
+    /// Relay this join, and from now on every frame, to the node owning the room.
+    async fn proxy(&mut self, id: u64, node: RemoteNode, join: ByteString) -> Result<(), End> {
+        use futures_util::SinkExt;
+        let Some(cluster) = self.shared.registry.cluster() else {
+            return Ok(());
+        };
+        let url = format!("{}/ws", node.url);
+        let connect = awc::Client::builder()
+            .timeout(UPSTREAM_CONNECT_TIMEOUT)
+            .finish()
+            .ws(url.as_str())
+            .max_frame_size(UPSTREAM_MAX_FRAME)
+            .set_header(NODE_AUTH_HEADER, cluster.credential())
+            .connect();
+        let mut upstream = match connect.await {
+            Ok((_, framed)) => framed,
+            Err(e) => {
+                tracing::warn!(node = node.id, url, error = %e, "room's node unreachable");
+                self.join_failed(
+                    id,
+                    RtcError::new(
+                        ErrorCode::JoinRoomFailed,
+                        format!("the room's node {} is unreachable: {e}", node.id),
+                    ),
+                )
+                .await;
+                return Ok(());
+            }
+        };
+        if upstream.send(awc::ws::Message::Text(join)).await.is_err() {
+            self.join_failed(
+                id,
+                RtcError::new(
+                    ErrorCode::JoinRoomFailed,
+                    format!("the room's node {} closed the connection", node.id),
+                ),
+            )
+            .await;
+            return Ok(());
+        }
+        self.shared
+            .metrics
+            .proxied_links
+            .fetch_add(1, Ordering::Relaxed);
+        self.state = State::Proxied { upstream };
+        Ok(())
+    }
+
+    async fn envelope(&mut self, env: ClientEnvelope, raw: ByteString) -> Result<(), End> {
         let id = env.id;
         match (&self.state, env.msg) {
             (State::New, ClientMessage::Join(j)) => {
@@ -488,8 +622,22 @@ impl Session {
                         return Ok(());
                     }
                 };
+                // Nothing else of this session is handled before the join's reply is written
+                // (or, for a room on another node, before the join is relayed there).
+                match self
+                    .shared
+                    .registry
+                    .route_join(&key, self.via.is_some())
+                    .await
+                {
+                    Ok(Owner::Here) => {}
+                    Ok(Owner::Node(node)) => return self.proxy(id, node, raw).await,
+                    Err(e) => {
+                        self.join_failed(id, e).await;
+                        return Ok(());
+                    }
+                }
                 let (link, outbox) = crate::link::link();
-                // Nothing else of this session is handled before the join's reply is written.
                 match self.shared.registry.join(key, input, link).await {
                     Ok((result, member)) => {
                         self.state = State::Joined {
@@ -516,6 +664,8 @@ impl Session {
                 )
                 .await
             }
+            // Proxied frames never reach here (`incoming` relays them).
+            (State::Proxied { .. }, _) => Ok(()),
             (State::Joined { .. }, ClientMessage::Join(_)) => {
                 self.reply(
                     id,

@@ -550,6 +550,14 @@ impl ShardCore {
     fn drop_room(&mut self, key: &RoomKey) {
         if self.rooms.remove(key).is_some() {
             self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+            self.released(key);
+        }
+    }
+
+    /// A room of this node is gone: in a cluster, its placement is released.
+    fn released(&self, key: &RoomKey) {
+        if let Some(cluster) = &self.ctx.cluster {
+            cluster.room_closed(key);
         }
     }
 
@@ -560,6 +568,7 @@ impl ShardCore {
         };
         Metrics::inc(&self.ctx.metrics.room_faults);
         self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+        self.released(key);
         self.ctx
             .metrics
             .members

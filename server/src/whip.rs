@@ -202,20 +202,37 @@ fn drive(table: Arc<WhipResources>, id: String, mut rx: LinkRx) {
 struct Refusal {
     status: StatusCode,
     error: RtcError,
+    /// Where to go instead (a `307` to the node owning the room).
+    location: Option<String>,
 }
 
 impl Refusal {
     fn new(status: StatusCode, error: RtcError) -> Refusal {
-        Refusal { status, error }
+        Refusal {
+            status,
+            error,
+            location: None,
+        }
+    }
+
+    /// The room lives on another node of the cluster: the client repeats its request there
+    /// (RFC 9725 lets a WHIP endpoint redirect with `307`, which keeps the method and body).
+    fn elsewhere(node: &crate::cluster::RemoteNode, path_and_query: &str) -> Refusal {
+        let base = crate::cluster::http_base(&node.url);
+        Refusal {
+            status: StatusCode::TEMPORARY_REDIRECT,
+            error: RtcError::new(
+                ErrorCode::JoinRoomFailed,
+                format!("the room lives on node {}", node.id),
+            ),
+            location: Some(format!("{base}{path_and_query}")),
+        }
     }
 }
 
 impl From<RtcError> for Refusal {
     fn from(error: RtcError) -> Refusal {
-        Refusal {
-            status: status_of(&error),
-            error,
-        }
+        Refusal::new(status_of(&error), error)
     }
 }
 
@@ -273,6 +290,9 @@ fn refuse(r: Refusal, origin: &Option<String>) -> HttpResponse {
     }
     if r.status == StatusCode::SERVICE_UNAVAILABLE {
         b.insert_header((header::RETRY_AFTER, "5"));
+    }
+    if let Some(location) = &r.location {
+        b.insert_header((header::LOCATION, location.as_str()));
     }
     b.json(serde_json::json!({ "error": r.error }))
 }
@@ -437,10 +457,14 @@ async fn join(
     shared: &SessionShared,
     j: &JoinRequest,
     direction: Direction,
-) -> Result<(rtcroom_protocol::signal::JoinResult, Member, LinkRx), RtcError> {
+    path_and_query: &str,
+) -> Result<(rtcroom_protocol::signal::JoinResult, Member, LinkRx), Refusal> {
     let session = crate::auth::next_session_id();
     let (key, mut input) =
         crate::auth::check_join(&shared.config, j, session, direction.link_kind())?;
+    if let crate::cluster::Owner::Node(node) = shared.registry.route_join(&key, false).await? {
+        return Err(Refusal::elsewhere(&node, path_and_query));
+    }
     let mut last = None;
     for _attempt in 0..2 {
         let mode = shared.registry.room_mode(&key).await.unwrap_or(Mode::Rtc);
@@ -453,10 +477,12 @@ async fn join(
         match shared.registry.join(key.clone(), input.clone(), tx).await {
             Ok((joined, member)) => return Ok((joined.decoded(), member, rx)),
             Err(e) if e.extra_code == Some(extra::BAD_SCENE_OR_ROLE) => last = Some(e),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
-    Err(last.unwrap_or_else(|| RtcError::new(ErrorCode::JoinRoomFailed, "join failed")))
+    Err(last
+        .unwrap_or_else(|| RtcError::new(ErrorCode::JoinRoomFailed, "join failed"))
+        .into())
 }
 
 async fn leave(member: &Member) {
@@ -605,7 +631,12 @@ async fn post_inner(
             ),
         ));
     };
-    let (joined, member, rx) = join(shared, &j, direction).await?;
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_else(|| req.path());
+    let (joined, member, rx) = join(shared, &j, direction, path_and_query).await?;
     let answer = match negotiate(direction, &q, &joined, &member, offer).await {
         Ok(a) => a,
         Err(e) => {

@@ -1,0 +1,303 @@
+//! Several nodes sharing rooms through a real `redis-server` (started here on a free loopback
+//! port; `scripts/setup-debian.sh` installs it): joins through any node land in one room,
+//! admin calls work through any node, a stopped node's rooms are placed again, and a Redis
+//! outage keeps the rooms a node holds while refusing new placements.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rtcroom_protocol::signal::{BanReason, ServerEvent};
+use rtcroom_protocol::{ErrorCode, Mode, UserId};
+use rtcroom_server::{RunningServer, ServerConfig};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+const SECRET: &str = "cluster-test-secret-0123";
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+/// A `redis-server` of the test's own on a loopback port, without persistence (a restart
+/// comes back empty, as a Redis without disk would).
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Redis { port, child: None };
+        r.restart();
+        r
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/setup-debian.sh installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while self.conn().is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server starts");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn conn(&self) -> redis::RedisResult<redis::Connection> {
+        let mut c = redis::Client::open(self.url())?
+            .get_connection_with_timeout(Duration::from_millis(500))?;
+        redis::cmd("PING").query::<String>(&mut c)?;
+        Ok(c)
+    }
+
+    /// The node room `room` (numeric) is placed on.
+    fn owner(&self, room: u32) -> Option<String> {
+        let mut c = self.conn().ok()?;
+        redis::cmd("GET")
+            .arg(format!("rtcroom:room:{APP}/{room}"))
+            .query(&mut c)
+            .ok()?
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node_config(redis: &Redis, id: &str) -> ServerConfig {
+    let mut c = config();
+    c.cluster.redis_url = Some(redis.url());
+    c.cluster.node_id = Some(id.into());
+    c.cluster.secret = Some(SECRET.into());
+    c.cluster.heartbeat_s = 0.1;
+    c.cluster.node_ttl_s = 1.0;
+    c
+}
+
+/// Wait (bounded) until `cond` holds; polls a little at a time.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Read events until the client is banned; the reason.
+async fn banned(c: &mut Client) -> BanReason {
+    loop {
+        if let ServerEvent::ClientBanned { reason, .. } = c.event().await {
+            return reason;
+        }
+    }
+}
+
+fn metric(server: &RunningServer, name: &str) -> i64 {
+    let text = server.metrics().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn joins_and_admin_calls_through_any_node_reach_one_room() {
+    let redis = Redis::start();
+    let n1 = start(node_config(&redis, "n1"));
+    let n2 = start(node_config(&redis, "n2"));
+    let n3 = start(node_config(&redis, "n3"));
+    until("three nodes see each other", || {
+        [&n1, &n2, &n3]
+            .iter()
+            .all(|n| metric(n, "rtcroom_cluster_nodes") == 3)
+    })
+    .await;
+
+    // The first join places the room on the node it reached (all nodes equally empty).
+    let (mut alice, r) = joined(&n1.ws_url(), "alice", "500", Mode::Rtc, None).await;
+    assert!(r.members.is_empty());
+    assert_eq!(redis.owner(500).as_deref(), Some("n1"));
+
+    // Joins through the other nodes are proxied to it: one room.
+    let (mut bob, r) = joined(&n2.ws_url(), "bob", "500", Mode::Rtc, None).await;
+    assert_eq!(r.members.len(), 1);
+    assert_eq!(r.members[0].user_id, uid("alice"));
+    assert_eq!(
+        alice.event().await,
+        ServerEvent::PeerJoin {
+            user_id: uid("bob")
+        }
+    );
+    let (mut carol, r) = joined(&n3.ws_url(), "carol", "500", Mode::Rtc, None).await;
+    assert_eq!(r.members.len(), 2);
+    assert_eq!(
+        bob.event().await,
+        ServerEvent::PeerJoin {
+            user_id: uid("carol")
+        }
+    );
+    assert_eq!(metric(&n1, "rtcroom_members"), 3);
+    assert_eq!(metric(&n2, "rtcroom_members"), 0);
+    assert_eq!(metric(&n2, "rtcroom_proxied_links"), 1);
+    assert_eq!(metric(&n3, "rtcroom_proxied_links"), 1);
+
+    // Requests and events travel through the proxy both ways.
+    bob.request(rtcroom_protocol::signal::ClientMessage::Heartbeat)
+        .await
+        .unwrap();
+
+    // The same userId through another node kicks the older session, as on one node.
+    let (_bob2, r) = joined(&n3.ws_url(), "bob", "500", Mode::Rtc, None).await;
+    assert_eq!(r.members.len(), 2);
+    assert_eq!(banned(&mut bob).await, BanReason::Kick);
+    assert!(bob.closed().await.is_some());
+    until("n2's proxied link is gone", || {
+        metric(&n2, "rtcroom_proxied_links") == 0
+    })
+    .await;
+
+    // Admin calls through a node that does not hold the room act on it where it lives.
+    let (status, info) = admin(
+        n3.addr(),
+        "DescribeRoomInfo",
+        json!({"SdkAppId": APP, "RoomId": 500}),
+    )
+    .await;
+    assert_eq!(status, 200, "{info}");
+    let members = info["Response"]["RoomInfo"]["Members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{info}");
+    let (status, _) = admin(
+        n2.addr(),
+        "RemoveUser",
+        json!({"SdkAppId": APP, "RoomId": 500, "UserIds": ["carol"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    banned(&mut carol).await;
+    assert!(carol.closed().await.is_some());
+
+    // The next new room goes to a less loaded node once the loads have travelled.
+    until("n1's load is known", || {
+        metric(&n1, "rtcroom_cluster_members") == 2
+    })
+    .await;
+    let (_dave, _) = joined(&n1.ws_url(), "dave", "501", Mode::Rtc, None).await;
+    let owner = redis.owner(501).unwrap();
+    assert_ne!(owner, "n1", "room 501 should go to an emptier node");
+    assert_eq!(
+        metric(&n1, "rtcroom_proxied_links"),
+        1,
+        "dave's join is proxied to {owner}"
+    );
+
+    // Leaving a proxied session closes it normally; the room's placement goes with the room.
+    alice
+        .request(rtcroom_protocol::signal::ClientMessage::Leave)
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.closed().await.map(|f| f.code),
+        Some(CloseCode::Normal)
+    );
+    n1.stop().unwrap();
+    n2.stop().unwrap();
+    n3.stop().unwrap();
+}
+
+#[tokio::test]
+async fn a_stopped_nodes_rooms_are_placed_again_and_its_members_told_to_reconnect() {
+    let redis = Redis::start();
+    let n1 = start(node_config(&redis, "n1"));
+    let n2 = start(node_config(&redis, "n2"));
+    until("two nodes", || metric(&n2, "rtcroom_cluster_nodes") == 2).await;
+    let (_alice, _) = joined(&n1.ws_url(), "alice", "700", Mode::Rtc, None).await;
+    let (mut bob, _) = joined(&n2.ws_url(), "bob", "700", Mode::Rtc, None).await;
+    assert_eq!(redis.owner(700).as_deref(), Some("n1"));
+
+    n1.stop().unwrap();
+    // Bob's proxied session ends as for a server going away; he reconnects through n2 and
+    // the room is placed again on a live node.
+    let close = bob.closed().await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Away, "{close:?}");
+    until("n1 is gone from n2's view", || {
+        metric(&n2, "rtcroom_cluster_nodes") == 1
+    })
+    .await;
+    let (_bob, r) = joined(&n2.ws_url(), "bob", "700", Mode::Rtc, None).await;
+    assert!(r.members.is_empty());
+    assert_eq!(redis.owner(700).as_deref(), Some("n2"));
+    n2.stop().unwrap();
+}
+
+#[tokio::test]
+async fn without_redis_a_node_keeps_its_rooms_refuses_new_ones_and_recovers() {
+    let mut redis = Redis::start();
+    let n1 = start(node_config(&redis, "n1"));
+    let n2 = start(node_config(&redis, "n2"));
+    until("two nodes", || metric(&n1, "rtcroom_cluster_nodes") == 2).await;
+    let (mut alice, _) = joined(&n1.ws_url(), "alice", "600", Mode::Rtc, None).await;
+
+    redis.kill();
+    // A room this node holds is joined without Redis.
+    let (_bob, r) = joined(&n1.ws_url(), "bob", "600", Mode::Rtc, None).await;
+    assert_eq!(r.members.len(), 1);
+    assert_eq!(
+        alice.event().await,
+        ServerEvent::PeerJoin {
+            user_id: uid("bob")
+        }
+    );
+    // A new room cannot be placed: a clear error.
+    let mut carol = Client::connect(&n1.ws_url()).await;
+    let e = carol
+        .join(join_req("carol", "601", Mode::Rtc, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::JoinRoomFailed);
+    assert!(e.message.contains("Redis"), "{}", e.message);
+
+    // Redis comes back empty: the nodes register again and n1 claims its room again, so a
+    // join through n2 finds it.
+    redis.restart();
+    until("room 600 is n1's again", || {
+        redis.owner(600).as_deref() == Some("n1")
+    })
+    .await;
+    until("both nodes registered again", || {
+        metric(&n2, "rtcroom_cluster_nodes") == 2
+    })
+    .await;
+    let (_dave, r) = joined(&n2.ws_url(), "dave", "600", Mode::Rtc, None).await;
+    assert_eq!(r.members.len(), 2);
+    let (_carol, _) = joined(&n1.ws_url(), "carol", "601", Mode::Rtc, None).await;
+    assert!(redis.owner(601).is_some());
+    n1.stop().unwrap();
+    n2.stop().unwrap();
+}
