@@ -37,6 +37,10 @@ use crate::room::RoomKey;
 
 /// How long any one Redis call may take before it counts as Redis being unreachable.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a room found on another node is remembered.
+const REMOTE_CACHE_FOR: Duration = Duration::from_secs(10);
+/// Rooms on other nodes remembered at most (past it the memory starts over).
+const REMOTE_CACHE_MAX: usize = 100_000;
 /// How long a node-to-node credential stays valid (clocks of nodes differ by less).
 const NODE_AUTH_WINDOW_S: u64 = 60;
 /// The header a proxying node authenticates itself with.
@@ -199,6 +203,10 @@ pub struct Cluster {
     owned: Mutex<HashSet<RoomKey>>,
     /// This node's hash existed at the last heartbeat (a missing one means Redis lost it).
     registered: Mutex<bool>,
+    /// Rooms recently found on other nodes, so joins to a busy room do not ask Redis each
+    /// time. A stale entry costs at most one extra hop (the node reached routes the join on)
+    /// or one failed connect (then [`Cluster::forget`] and the join asks Redis again).
+    remote: Mutex<HashMap<RoomKey, (RemoteNode, std::time::Instant)>>,
     metrics: Arc<Metrics>,
     place: redis::Script,
     release: redis::Script,
@@ -253,6 +261,7 @@ impl Cluster {
             nodes: Mutex::new(Vec::new()),
             owned: Mutex::new(HashSet::new()),
             registered: Mutex::new(false),
+            remote: Mutex::new(HashMap::new()),
             metrics,
             place: redis::Script::new(PLACE_LUA),
             release: redis::Script::new(RELEASE_LUA),
@@ -318,6 +327,12 @@ impl Cluster {
         if lock(&self.owned).contains(key) {
             return Ok(Owner::Here);
         }
+        if intent == Intent::Join
+            && let Some((node, at)) = lock(&self.remote).get(key)
+            && at.elapsed() < REMOTE_CACHE_FOR
+        {
+            return Ok(Owner::Node(node.clone()));
+        }
         let owner: Option<String> = match intent {
             Intent::Lookup => {
                 let Ok(mut conn) = self.connection() else {
@@ -370,8 +385,23 @@ impl Cluster {
                 }
                 Ok(Owner::Here)
             }
-            Some(id) => self.remote(id).await.map(Owner::Node),
+            Some(id) => {
+                let node = self.remote(id).await?;
+                if intent == Intent::Join {
+                    let mut cache = lock(&self.remote);
+                    if cache.len() >= REMOTE_CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(key.clone(), (node.clone(), std::time::Instant::now()));
+                }
+                Ok(Owner::Node(node))
+            }
         }
+    }
+
+    /// Room `key` was not where the cache said (its node did not answer): ask Redis next time.
+    pub fn forget(&self, key: &RoomKey) {
+        lock(&self.remote).remove(key);
     }
 
     async fn remote(&self, id: String) -> Result<RemoteNode, RtcError> {

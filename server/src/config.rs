@@ -269,9 +269,9 @@ pub enum Placement {
 }
 
 /// Default `cluster.heartbeat_s`.
-pub const DEFAULT_CLUSTER_HEARTBEAT_S: f64 = 1.0;
+pub const DEFAULT_CLUSTER_HEARTBEAT_S: f64 = 0.5;
 /// Default `cluster.node_ttl_s`.
-pub const DEFAULT_CLUSTER_NODE_TTL_S: f64 = 3.0;
+pub const DEFAULT_CLUSTER_NODE_TTL_S: f64 = 2.0;
 
 /// One node of several: rooms are placed on nodes through Redis (`cluster.redis_url`);
 /// without it the server is a single node and needs no Redis. `Debug` shows the secret and

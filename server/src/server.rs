@@ -133,7 +133,27 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    run_with(config, listener, metrics, shutdown, |_| {}).await
+    run_with(
+        config,
+        listener,
+        metrics,
+        async {
+            shutdown.await;
+            Stop::Graceful
+        },
+        |_| {},
+    )
+    .await
+}
+
+/// How a server stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Close every session (1001), leave the cluster, finish in-flight work.
+    Graceful,
+    /// As if the process were killed: no close frames, no goodbye to the cluster (tests of
+    /// failover).
+    Abrupt,
 }
 
 /// [`run`], handing the room registry to `ready` once the server is up.
@@ -141,7 +161,7 @@ async fn run_with(
     config: ServerConfig,
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Stop>,
     ready: impl FnOnce(Arc<Registry>),
 ) -> std::io::Result<()> {
     config
@@ -270,11 +290,18 @@ async fn run_with(
     let handle = server.handle();
     let server_task = actix_web::rt::spawn(server);
     ready(registry.clone());
-    shutdown.await;
-    tracing::info!("shutting down: closing sessions");
+    let how = shutdown.await;
     if let Some(h) = heartbeat {
         h.abort();
     }
+    if how == Stop::Abrupt {
+        tracing::info!("stopping abruptly (as if killed)");
+        handle.stop(false).await;
+        media.shutdown();
+        webhook_arbiter.stop();
+        return Ok(());
+    }
+    tracing::info!("shutting down: closing sessions");
     if let Some(c) = &cluster {
         c.deregister().await;
     }
@@ -316,7 +343,7 @@ pub struct RunningServer {
     tls: bool,
     metrics: Arc<Metrics>,
     registry: Option<Arc<Registry>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<Stop>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -331,7 +358,7 @@ impl RunningServer {
         let addr = listener.local_addr()?;
         let tls = config.tls.is_some();
         let metrics = Arc::new(Metrics::default());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Stop>();
         let m = metrics.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -341,9 +368,7 @@ impl RunningServer {
                     config,
                     listener,
                     m,
-                    async move {
-                        let _ = rx.await;
-                    },
+                    async move { rx.await.unwrap_or(Stop::Graceful) },
                     move |registry| {
                         let _ = ready_tx.send(registry);
                     },
@@ -361,7 +386,7 @@ impl RunningServer {
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(registry) => server.registry = Some(registry),
             Err(_) => {
-                server.stop_inner()?;
+                server.stop_inner(Stop::Graceful)?;
                 return Err(std::io::Error::other("the server did not start"));
             }
         }
@@ -399,12 +424,19 @@ impl RunningServer {
 
     /// Shut down and wait for the thread.
     pub fn stop(mut self) -> std::io::Result<()> {
-        self.stop_inner()
+        self.stop_inner(Stop::Graceful)
     }
 
-    fn stop_inner(&mut self) -> std::io::Result<()> {
+    /// Stop as if the process were killed (`kill -9`): sockets close without close frames,
+    /// and a cluster node leaves its registration and rooms to expire. For failover tests.
+    #[doc(hidden)]
+    pub fn kill(mut self) -> std::io::Result<()> {
+        self.stop_inner(Stop::Abrupt)
+    }
+
+    fn stop_inner(&mut self, how: Stop) -> std::io::Result<()> {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(how);
         }
         match self.thread.take() {
             Some(t) => t
@@ -417,7 +449,7 @@ impl RunningServer {
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
-        let _ = self.stop_inner();
+        let _ = self.stop_inner(Stop::Graceful);
     }
 }
 

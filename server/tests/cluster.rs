@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::redis_server::Redis;
 use common::*;
 use rtcroom_protocol::signal::{BanReason, ServerEvent};
 use rtcroom_protocol::{ErrorCode, Mode, UserId};
@@ -15,90 +15,12 @@ use rtcroom_server::{RunningServer, ServerConfig};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-const SECRET: &str = "cluster-test-secret-0123";
-
 fn uid(s: &str) -> UserId {
     UserId::new(s).unwrap()
 }
 
-/// A `redis-server` of the test's own on a loopback port, without persistence (a restart
-/// comes back empty, as a Redis without disk would).
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = Redis { port, child: None };
-        r.restart();
-        r
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/setup-debian.sh installs it)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + DEADLINE;
-        while self.conn().is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis-server starts");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn conn(&self) -> redis::RedisResult<redis::Connection> {
-        let mut c = redis::Client::open(self.url())?
-            .get_connection_with_timeout(Duration::from_millis(500))?;
-        redis::cmd("PING").query::<String>(&mut c)?;
-        Ok(c)
-    }
-
-    /// The node room `room` (numeric) is placed on.
-    fn owner(&self, room: u32) -> Option<String> {
-        let mut c = self.conn().ok()?;
-        redis::cmd("GET")
-            .arg(format!("rtcroom:room:{APP}/{room}"))
-            .query(&mut c)
-            .ok()?
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn node_config(redis: &Redis, id: &str) -> ServerConfig {
-    let mut c = config();
-    c.cluster.redis_url = Some(redis.url());
-    c.cluster.node_id = Some(id.into());
-    c.cluster.secret = Some(SECRET.into());
-    c.cluster.heartbeat_s = 0.1;
-    c.cluster.node_ttl_s = 1.0;
-    c
+    redis.node(config(), id)
 }
 
 /// Wait (bounded) until `cond` holds; polls a little at a time.
@@ -143,7 +65,7 @@ async fn joins_and_admin_calls_through_any_node_reach_one_room() {
     // The first join places the room on the node it reached (all nodes equally empty).
     let (mut alice, r) = joined(&n1.ws_url(), "alice", "500", Mode::Rtc, None).await;
     assert!(r.members.is_empty());
-    assert_eq!(redis.owner(500).as_deref(), Some("n1"));
+    assert_eq!(redis.owner(APP, 500).as_deref(), Some("n1"));
 
     // Joins through the other nodes are proxied to it: one room.
     let (mut bob, r) = joined(&n2.ws_url(), "bob", "500", Mode::Rtc, None).await;
@@ -209,7 +131,7 @@ async fn joins_and_admin_calls_through_any_node_reach_one_room() {
     })
     .await;
     let (_dave, _) = joined(&n1.ws_url(), "dave", "501", Mode::Rtc, None).await;
-    let owner = redis.owner(501).unwrap();
+    let owner = redis.owner(APP, 501).unwrap();
     assert_ne!(owner, "n1", "room 501 should go to an emptier node");
     assert_eq!(
         metric(&n1, "rtcroom_proxied_links"),
@@ -239,7 +161,7 @@ async fn a_stopped_nodes_rooms_are_placed_again_and_its_members_told_to_reconnec
     until("two nodes", || metric(&n2, "rtcroom_cluster_nodes") == 2).await;
     let (_alice, _) = joined(&n1.ws_url(), "alice", "700", Mode::Rtc, None).await;
     let (mut bob, _) = joined(&n2.ws_url(), "bob", "700", Mode::Rtc, None).await;
-    assert_eq!(redis.owner(700).as_deref(), Some("n1"));
+    assert_eq!(redis.owner(APP, 700).as_deref(), Some("n1"));
 
     n1.stop().unwrap();
     // Bob's proxied session ends as for a server going away; he reconnects through n2 and
@@ -252,7 +174,7 @@ async fn a_stopped_nodes_rooms_are_placed_again_and_its_members_told_to_reconnec
     .await;
     let (_bob, r) = joined(&n2.ws_url(), "bob", "700", Mode::Rtc, None).await;
     assert!(r.members.is_empty());
-    assert_eq!(redis.owner(700).as_deref(), Some("n2"));
+    assert_eq!(redis.owner(APP, 700).as_deref(), Some("n2"));
     n2.stop().unwrap();
 }
 
@@ -287,7 +209,7 @@ async fn without_redis_a_node_keeps_its_rooms_refuses_new_ones_and_recovers() {
     // join through n2 finds it.
     redis.restart();
     until("room 600 is n1's again", || {
-        redis.owner(600).as_deref() == Some("n1")
+        redis.owner(APP, 600).as_deref() == Some("n1")
     })
     .await;
     until("both nodes registered again", || {
@@ -297,7 +219,7 @@ async fn without_redis_a_node_keeps_its_rooms_refuses_new_ones_and_recovers() {
     let (_dave, r) = joined(&n2.ws_url(), "dave", "600", Mode::Rtc, None).await;
     assert_eq!(r.members.len(), 2);
     let (_carol, _) = joined(&n1.ws_url(), "carol", "601", Mode::Rtc, None).await;
-    assert!(redis.owner(601).is_some());
+    assert!(redis.owner(APP, 601).is_some());
     n1.stop().unwrap();
     n2.stop().unwrap();
 }

@@ -263,6 +263,10 @@ enum Scenario {
         /// Room mode (default: rtc up to 300 clients, live above).
         #[arg(long, value_name = "rtc|live")]
         mode: Option<Mode>,
+        /// The room to join (default: one named after this process). With a cluster, a room
+        /// already placed on another node measures joins through a node that proxies them.
+        #[arg(long, value_name = "ROOM")]
+        room: Option<String>,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -400,8 +404,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
             clients,
             rate,
             mode,
+            room,
             common,
-        } => rt.block_on(join_scenario(clients, rate, mode, common)),
+        } => rt.block_on(join_scenario(clients, rate, mode, room, common)),
         Scenario::Livestream {
             subscribers,
             rate,
@@ -1117,6 +1122,7 @@ async fn join_scenario(
     clients: usize,
     rate: f64,
     mode: Option<Mode>,
+    room: Option<String>,
     common: CommonArgs,
 ) -> anyhow::Result<()> {
     if clients == 0 || clients > MAX_CLIENTS {
@@ -1134,7 +1140,7 @@ async fn join_scenario(
         Mode::Live
     });
     let target = Target::new(&common).await?;
-    let room = format!("{}", 1 + (std::process::id() % 1_000_000));
+    let room = room.unwrap_or_else(|| format!("{}", 1 + (std::process::id() % 1_000_000)));
     let before = target.stat();
     let started = Instant::now();
     let release = Arc::new(tokio::sync::Notify::new());

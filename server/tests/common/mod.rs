@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod peer;
+pub mod redis_server;
 
 use std::collections::VecDeque;
 use std::time::Duration;
