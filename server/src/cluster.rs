@@ -316,9 +316,21 @@ impl Cluster {
             .ok_or_else(|| redis_down("not connected yet"))
     }
 
-    fn failed(&self, e: impl std::fmt::Display) -> RtcError {
-        Metrics::inc(&self.metrics.cluster_redis_errors);
-        redis_down(e)
+    /// One Redis call, bounded by [`REDIS_TIMEOUT`]; a failure is counted and reads as Redis
+    /// being unreachable.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RtcError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            Metrics::inc(&self.metrics.cluster_redis_errors);
+            redis_down(e)
+        };
+        match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(failed(&e)),
+            Err(_) => Err(failed(&"timed out")),
+        }
     }
 
     /// Where room `key` lives for `intent`, placing it if the intent is a join and it has no
@@ -342,12 +354,8 @@ impl Cluster {
                 };
                 let mut get = redis::cmd("GET");
                 get.arg(self.room_key(key));
-                let cmd = get.query_async::<Option<String>>(&mut conn);
-                match tokio::time::timeout(REDIS_TIMEOUT, cmd).await {
-                    Ok(Ok(owner)) => owner,
-                    Ok(Err(e)) => return Err(self.failed(e)),
-                    Err(_) => return Err(self.failed("timed out")),
-                }
+                self.bounded(get.query_async::<Option<String>>(&mut conn))
+                    .await?
             }
             Intent::Join | Intent::JoinHere => {
                 let mut conn = self.connection()?;
@@ -359,12 +367,7 @@ impl Cluster {
                 };
                 let mut call = self.place.key(self.room_key(key));
                 call.arg(&candidate).arg(self.node_key(""));
-                let placed = call.invoke_async::<String>(&mut conn);
-                let owner = match tokio::time::timeout(REDIS_TIMEOUT, placed).await {
-                    Ok(Ok(owner)) => owner,
-                    Ok(Err(e)) => return Err(self.failed(e)),
-                    Err(_) => return Err(self.failed("timed out")),
-                };
+                let owner = self.bounded(call.invoke_async::<String>(&mut conn)).await?;
                 if owner == candidate {
                     Metrics::inc(&self.metrics.cluster_placements);
                     // Count it against the node at once, so a burst of new rooms spreads
@@ -415,15 +418,15 @@ impl Cluster {
         let mut conn = self.connection()?;
         let mut hget = redis::cmd("HGET");
         hget.arg(self.node_key(&id)).arg("url");
-        let cmd = hget.query_async::<Option<String>>(&mut conn);
-        match tokio::time::timeout(REDIS_TIMEOUT, cmd).await {
-            Ok(Ok(Some(url))) => Ok(RemoteNode { id, url }),
-            Ok(Ok(None)) => Err(RtcError::new(
+        match self
+            .bounded(hget.query_async::<Option<String>>(&mut conn))
+            .await?
+        {
+            Some(url) => Ok(RemoteNode { id, url }),
+            None => Err(RtcError::new(
                 ErrorCode::JoinRoomFailed,
                 format!("the room's node {id} has just gone; try again"),
             )),
-            Ok(Err(e)) => Err(self.failed(e)),
-            Err(_) => Err(self.failed("timed out")),
         }
     }
 
@@ -445,13 +448,7 @@ impl Cluster {
         rt.spawn(async move {
             let mut call = this.release.key(room_key);
             call.arg(&this.id);
-            let released = call.invoke_async::<i64>(&mut conn);
-            if !matches!(
-                tokio::time::timeout(REDIS_TIMEOUT, released).await,
-                Ok(Ok(_))
-            ) {
-                Metrics::inc(&this.metrics.cluster_redis_errors);
-            }
+            let _ = this.bounded(call.invoke_async::<i64>(&mut conn)).await;
         });
     }
 
