@@ -23,8 +23,8 @@
 //! `{"Response": {"Error": {"Code": "...", "Message": "..."}, "RequestId": "..."}}`.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
@@ -126,10 +126,11 @@ impl ReplayCache {
     }
 }
 
-/// The process's replay cache. One per process, not per server: a server is one per process
-/// in production, and signatures of servers with different keys never collide.
-static REPLAYS: LazyLock<Mutex<ReplayCache>> =
-    LazyLock::new(|| Mutex::new(ReplayCache::new(MAX_REPLAY_ENTRIES)));
+/// A server's replay cache (one per server, so several servers in one process, as in the
+/// cluster tests, each keep their own as separate processes would).
+pub fn replay_cache() -> Mutex<ReplayCache> {
+    Mutex::new(ReplayCache::new(MAX_REPLAY_ENTRIES))
+}
 
 fn request_id() -> String {
     format!("rtcroom-{}", REQUEST_ID.fetch_add(1, Ordering::Relaxed))
@@ -306,12 +307,29 @@ async fn handle(
             timestamp,
             signature,
         }) => {
-            // A poisoned lock only means another request panicked while holding it; the map
-            // is still a valid map.
-            let admitted = REPLAYS
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .admit(&signature, timestamp, now);
+            let cluster = shared.registry.cluster();
+            let admitted = if cluster.is_some_and(|c| forwarded(req, c)) {
+                // The node that forwarded it checked it against replay, here and in Redis.
+                Ok(())
+            } else {
+                // A poisoned lock only means another request panicked while holding it; the
+                // map is still a valid map.
+                let local = shared
+                    .replays
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .admit(&signature, timestamp, now);
+                // In a cluster, once on any node: the first node to see a signed request
+                // records it in Redis.
+                match (local, cluster) {
+                    (Ok(()), Some(c)) => c
+                        .first_use(&format!("admin:{signature}"), 2 * MAX_SKEW_S)
+                        .await
+                        .then_some(())
+                        .ok_or(ReplayRefusal::Replayed),
+                    (local, _) => local,
+                }
+            };
             match admitted {
                 Ok(()) => {}
                 Err(ReplayRefusal::Replayed) => {
@@ -338,12 +356,7 @@ async fn handle(
     let (key, op) = (request.key, request.op);
     // In a cluster, a room on another node is acted on there (a request another node
     // forwarded here is answered here, whatever the directory says, so it cannot loop).
-    let forwarded = shared
-        .registry
-        .cluster()
-        .zip(req.headers().get(NODE_AUTH_HEADER))
-        .and_then(|(c, v)| c.check_credential(v.to_str().ok()?))
-        .is_some();
+    let forwarded = shared.registry.cluster().is_some_and(|c| forwarded(req, c));
     if !forwarded {
         match shared.registry.route_lookup(&key).await {
             Ok(Owner::Here) => {}
@@ -370,6 +383,15 @@ async fn handle(
             e.message,
         ),
     }
+}
+
+/// Whether another node of the cluster forwarded this request here.
+fn forwarded(req: &HttpRequest, cluster: &crate::cluster::Cluster) -> bool {
+    req.headers()
+        .get(NODE_AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| cluster.check_credential(v))
+        .is_some()
 }
 
 /// Headers of an admin request that travel with it to the room's node.

@@ -402,6 +402,28 @@ impl Cluster {
         }
     }
 
+    /// Whether this is the first use of `token` in the cluster within `ttl_s` seconds
+    /// (recorded in Redis). With Redis unreachable it says yes (each node still keeps its own
+    /// record), so admin calls keep working.
+    pub async fn first_use(&self, token: &str, ttl_s: u64) -> bool {
+        let Ok(mut conn) = self.connection() else {
+            return true;
+        };
+        let mut set = redis::cmd("SET");
+        set.arg(self.key(&format!("once:{token}")))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl_s.max(1));
+        match self
+            .bounded(set.query_async::<Option<String>>(&mut conn))
+            .await
+        {
+            Ok(set) => set.is_some(),
+            Err(_) => true,
+        }
+    }
+
     /// Room `key` was not where the cache said (its node did not answer): ask Redis next time.
     pub fn forget(&self, key: &RoomKey) {
         lock(&self.remote).remove(key);

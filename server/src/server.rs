@@ -250,6 +250,7 @@ async fn run_with(
         config: config.clone(),
         metrics,
         registry: registry.clone(),
+        replays: crate::admin::replay_cache(),
     });
     let data = web::Data::new(shared);
     let whip = web::Data::new(crate::whip::WhipResources::new(

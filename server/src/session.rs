@@ -43,6 +43,8 @@ pub struct SessionShared {
     pub metrics: Arc<Metrics>,
     /// The room registry.
     pub registry: Arc<Registry>,
+    /// Signed admin requests seen (against replay).
+    pub replays: std::sync::Mutex<crate::admin::ReplayCache>,
 }
 
 /// A token bucket: `rate` per second sustained, `burst` at once. Plain logic, takes `now`.

@@ -20,7 +20,9 @@ fn uid(s: &str) -> UserId {
 }
 
 fn node_config(redis: &Redis, id: &str) -> ServerConfig {
-    redis.node(config(), id)
+    let mut c = config();
+    c.admin.hmac_key = Some("hmac-key".into());
+    redis.node(c, id)
 }
 
 /// Wait (bounded) until `cond` holds; polls a little at a time.
@@ -115,6 +117,22 @@ async fn joins_and_admin_calls_through_any_node_reach_one_room() {
     assert_eq!(status, 200, "{info}");
     let members = info["Response"]["RoomInfo"]["Members"].as_array().unwrap();
     assert_eq!(members.len(), 3, "{info}");
+    // A signed admin request is accepted once in the whole cluster, not once per node.
+    let body = json!({"SdkAppId": APP, "RoomId": 500}).to_string();
+    let ts = now();
+    let signature =
+        rtcroom_server::admin::admin_signature("hmac-key", ts, "DescribeRoomInfo", body.as_bytes());
+    let ts = ts.to_string();
+    let signed = [
+        ("X-Rtcroom-Timestamp", ts.as_str()),
+        ("X-Rtcroom-Signature", signature.as_str()),
+    ];
+    let path = "/admin/DescribeRoomInfo";
+    let (status, text) = http(n2.addr(), "POST", path, &signed, &body).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = http(n3.addr(), "POST", path, &signed, &body).await;
+    assert_eq!(status, 401, "a replay on another node: {text}");
+
     let (status, _) = admin(
         n2.addr(),
         "RemoveUser",
