@@ -39,21 +39,12 @@ fn cluster_nodes(n: &rtcroom_server::RunningServer) -> i64 {
         .load(std::sync::atomic::Ordering::Relaxed)
 }
 
-async fn until(what: &str, cond: impl Fn() -> bool) {
-    let t = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while !cond() {
-        assert!(t.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tick.tick().await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_rooms_node_dies_its_members_on_other_nodes_get_media_again() {
     let redis = Redis::start();
     let n1 = node(&redis, "n1");
     let n2 = node(&redis, "n2");
-    until("two nodes", || cluster_nodes(&n2) == 2).await;
+    poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
     let room = 4100;
 
     // The room is placed on n1 by a join there; alice and bob reach it through n2.
@@ -85,7 +76,7 @@ async fn when_the_rooms_node_dies_its_members_on_other_nodes_get_media_again() {
     bounded(bob.join(JoinOptions::new(room)))
         .await
         .expect("join");
-    until("frames through the proxied room", || {
+    poll_until("frames through the proxied room", || {
         frames.load(Ordering::Relaxed) >= 15
     })
     .await;
@@ -105,7 +96,7 @@ async fn when_the_rooms_node_dies_its_members_on_other_nodes_get_media_again() {
     let before = frames.load(Ordering::Relaxed);
     alice.wait_state(ConnectionState::Connected).await;
     bob.wait_state(ConnectionState::Connected).await;
-    until("frames after the failover", || {
+    poll_until("frames after the failover", || {
         frames.load(Ordering::Relaxed) >= before + 15
     })
     .await;

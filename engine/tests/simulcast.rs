@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rtcroom::{
@@ -40,21 +40,11 @@ impl Sizes {
 
     /// Wait until 5 frames in a row decode at `size`.
     async fn wait(&self, size: (u32, u32)) {
-        poll(
+        poll_until(
             &format!("frames of {size:?}"),
             || matches!(*self.last.lock().unwrap(), Some((s, n)) if s == size && n >= 5),
         )
         .await;
-    }
-}
-
-/// Wait (bounded, checking every 10 ms) until `cond` holds.
-async fn poll(what: &str, cond: impl Fn() -> bool) {
-    let t = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while !cond() {
-        assert!(t.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tick.tick().await;
     }
 }
 
@@ -200,7 +190,7 @@ async fn a_subscriber_switches_between_the_big_and_the_small_stream() {
     .expect("subscribe");
     sizes.wait((BIG.width, BIG.height)).await;
     // Nobody receives the small layer: its encoder pauses.
-    poll("the small stream paused", || {
+    poll_until("the small stream paused", || {
         !local.is_small_stream_active()
     })
     .await;

@@ -41,6 +41,16 @@ pub fn start(config: ServerConfig) -> RunningServer {
     RunningServer::spawn(config).expect("server starts")
 }
 
+/// Wait (bounded by [`DEADLINE`], checking every 10 ms) until `cond` holds.
+pub async fn poll_until(what: &str, cond: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while !cond() {
+        assert!(t.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tick.tick().await;
+    }
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
