@@ -19,6 +19,8 @@
 //! The media tests take a permit of [`MEDIA`] (two at a time): on a small machine a dozen
 //! Chromiums encoding and decoding at once starve each other and the server.
 
+#[path = "../server/tests/common/redis_server.rs"]
+mod redis_server;
 mod support;
 
 use std::collections::HashMap;
@@ -630,6 +632,38 @@ async fn browser_to_engine_run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_publishes_h264_and_the_engine_decodes_it() {
     browser_to_engine(VideoCodec::H264, 4101, true).await;
+}
+
+/// Two nodes of a cluster on a real Redis: the room lives on n1 (the engine joined it there
+/// first); the browser loads the SDK from n2 and joins through it, so its signalling (join,
+/// publish, ICE restart) is proxied to n1 while its media goes straight to n1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_on_another_node_publishes_vp8_into_the_room_and_the_engine_decodes_it() {
+    let _permit = media_permit().await;
+    let tag = "browser via n2 → engine on n1";
+    let redis = redis_server::Redis::start();
+    let owner = RunningServer::spawn(redis.node(server_config("127.0.0.1:0"), "n1"))
+        .expect("the server starts");
+    let edge = RunningServer::spawn(redis.node(server_config("127.0.0.1:0"), "n2"))
+        .expect("the server starts");
+    let t = Instant::now();
+    while edge.metrics().cluster_nodes.load(Ordering::Relaxed) < 2 {
+        assert!(t.elapsed() < DEADLINE, "[{tag}] n2 never saw n1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let browser = launch().await;
+    let page = sdk_page(&browser, &edge)
+        .await
+        .unwrap_or_else(|e| panic!("[{tag}] page: {e:#}"));
+    if let Err(e) = browser_to_engine_run(&owner, &page, VideoCodec::Vp8, 1890, true, tag).await {
+        panic!("[{tag}] {e:#}\n{}", report(&[("web", &page)]).await);
+    }
+    assert_eq!(
+        edge.metrics().proxied_links.load(Ordering::Relaxed),
+        1,
+        "[{tag}] the browser's signalling is proxied by n2"
+    );
+    assert_eq!(redis.owner(APP, 1890).as_deref(), Some("n1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
