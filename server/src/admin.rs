@@ -418,12 +418,7 @@ async fn forward(
             "no cluster",
         );
     };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or_else(|| req.path());
-    let url = format!("{}{path}", crate::cluster::http_base(&node.url));
+    let url = node.same_request(req);
     let mut out = awc::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .finish()

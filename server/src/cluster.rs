@@ -96,6 +96,19 @@ pub struct RemoteNode {
     pub url: String,
 }
 
+impl RemoteNode {
+    /// The URL of `req` (path and query) on this node: where an HTTP request for one of its
+    /// rooms is redirected or forwarded.
+    pub fn same_request(&self, req: &actix_web::HttpRequest) -> String {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or_else(|| req.path());
+        format!("{}{path}", http_base(&self.url))
+    }
+}
+
 /// What a lookup is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Intent {
@@ -276,11 +289,6 @@ impl Cluster {
     /// This node's advertised signalling URL.
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    /// The live nodes as of the last heartbeat.
-    pub fn nodes(&self) -> Vec<NodeInfo> {
-        lock(&self.nodes).clone()
     }
 
     /// A credential proving this node to another (for [`NODE_AUTH_HEADER`]).

@@ -217,15 +217,14 @@ impl Refusal {
 
     /// The room lives on another node of the cluster: the client repeats its request there
     /// (RFC 9725 lets a WHIP endpoint redirect with `307`, which keeps the method and body).
-    fn elsewhere(node: &crate::cluster::RemoteNode, path_and_query: &str) -> Refusal {
-        let base = crate::cluster::http_base(&node.url);
+    fn elsewhere(node: &crate::cluster::RemoteNode, req: &HttpRequest) -> Refusal {
         Refusal {
             status: StatusCode::TEMPORARY_REDIRECT,
             error: RtcError::new(
                 ErrorCode::JoinRoomFailed,
                 format!("the room lives on node {}", node.id),
             ),
-            location: Some(format!("{base}{path_and_query}")),
+            location: Some(node.same_request(req)),
         }
     }
 }
@@ -457,13 +456,13 @@ async fn join(
     shared: &SessionShared,
     j: &JoinRequest,
     direction: Direction,
-    path_and_query: &str,
+    req: &HttpRequest,
 ) -> Result<(rtcroom_protocol::signal::JoinResult, Member, LinkRx), Refusal> {
     let session = crate::auth::next_session_id();
     let (key, mut input) =
         crate::auth::check_join(&shared.config, j, session, direction.link_kind())?;
     if let crate::cluster::Owner::Node(node) = shared.registry.route_join(&key, false).await? {
-        return Err(Refusal::elsewhere(&node, path_and_query));
+        return Err(Refusal::elsewhere(&node, req));
     }
     let mut last = None;
     for _attempt in 0..2 {
@@ -631,12 +630,7 @@ async fn post_inner(
             ),
         ));
     };
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or_else(|| req.path());
-    let (joined, member, rx) = join(shared, &j, direction, path_and_query).await?;
+    let (joined, member, rx) = join(shared, &j, direction, req).await?;
     let answer = match negotiate(direction, &q, &joined, &member, offer).await {
         Ok(a) => a,
         Err(e) => {
