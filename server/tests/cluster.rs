@@ -117,6 +117,21 @@ async fn joins_and_admin_calls_through_any_node_reach_one_room() {
     assert_eq!(status, 200, "{info}");
     let members = info["Response"]["RoomInfo"]["Members"].as_array().unwrap();
     assert_eq!(members.len(), 3, "{info}");
+    // A WHIP publisher reaching a node without the room is redirected to the room's node.
+    let path = format!("/whip/{APP}/dave?roomId=500");
+    let auth = format!("Bearer {}", sig("dave"));
+    let headers = [
+        ("Content-Type", "application/sdp"),
+        ("Authorization", auth.as_str()),
+    ];
+    let (status, head, body) = http_full(n2.addr(), "POST", &path, &headers, "v=0\r\n").await;
+    assert_eq!(status, 307, "{body}");
+    let location = format!("location: http://{}{path}", n1.addr());
+    assert!(
+        head.lines().any(|l| l == location.to_ascii_lowercase()),
+        "{head}"
+    );
+
     // A signed admin request is accepted once in the whole cluster, not once per node.
     let body = json!({"SdkAppId": APP, "RoomId": 500}).to_string();
     let ts = now();
