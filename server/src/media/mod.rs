@@ -29,12 +29,21 @@
 //! worker overloaded". A worker takes a batch of each source (control, data, socket) in turn,
 //! so neither starves the others.
 //!
+//! A slot can be carried to another node over a *pipe* ([`pipe`]): on the origin node,
+//! [`MediaPlane::pipe_out`] subscribes a channel to every packet of the slot as its publisher
+//! sent it (every layer, not rewritten); on an edge node, [`MediaPlane::pipe_in`] publishes the
+//! slot from those packets ([`PipeIn::send`]), so the edge's subscribers get them through its
+//! own router, and hands out the keyframe requests that the edge's router lets through, for the
+//! origin ([`MediaPlane::request_keyframe_layer`]). The link between the nodes is the
+//! caller's; [`encode_pipe_frame`] and [`decode_pipe_frame`] are its packets' wire form.
+//!
 //! A peer that dies on its own (ICE disconnect, DTLS close, connect timeout, worker fault) is
 //! reported as a [`MediaEvent`] on the channel [`MediaPlane::take_events`] hands out; one
 //! closed on request (`unpublish`, `unsubscribe`, `close_peer`) is not. A panic in a worker is
 //! caught: its peers are dropped (reason [`PeerCloseReason::WorkerFault`]) and it serves new
 //! peers on the same socket ([`MediaStats::worker_restarts`]).
 
+pub mod pipe;
 pub mod rewrite;
 pub mod router;
 pub mod sdp;
@@ -56,6 +65,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::room::RoomKey;
 use router::StreamId;
 use worker::{Cmd, Data, Worker, WorkerSetup};
+
+pub use pipe::{
+    PipeFormat, PipeIn, PipePacket, PipeWireError, decode_pipe_frame, encode_pipe_frame,
+};
 
 /// Requested UDP socket buffer size per worker (both directions).
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
@@ -161,6 +174,9 @@ pub struct MediaStats {
     pub event_drops: AtomicU64,
     /// ICE restarts answered.
     pub ice_restarts: AtomicU64,
+    /// Packets (and keyframe requests of pipes in) dropped because a pipe's channel was full
+    /// (or, for a pipe out, closed).
+    pub pipe_drops: AtomicU64,
 }
 
 /// Why a peer closed on its own.
@@ -758,6 +774,16 @@ impl MediaPlane {
 
     /// Ask the publisher of `slot` for a keyframe (rate-limited unless `force`).
     pub fn request_keyframe(&self, slot: &SlotKey, force: bool) {
+        self.keyframe(slot, force, None);
+    }
+
+    /// Origin of a pipe: a keyframe request from an edge (forced past the one-a-second
+    /// limiter: the edge has limited it already), of one simulcast layer (`Some`) or all.
+    pub fn request_keyframe_layer(&self, slot: &SlotKey, layer: Option<u8>) {
+        self.keyframe(slot, true, layer);
+    }
+
+    fn keyframe(&self, slot: &SlotKey, force: bool, layer: Option<u8>) {
         let Some((stream, Some(publisher))) = self.inner.slots.find(slot) else {
             return;
         };
@@ -769,7 +795,7 @@ impl MediaPlane {
                 tx.try_send(Data::Keyframe {
                     stream,
                     force,
-                    layer: None,
+                    layer,
                 })
                 .is_ok()
             });
@@ -779,6 +805,84 @@ impl MediaPlane {
                 .worker_queue_drops
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Origin of a pipe: send every packet of `slot` (every simulcast layer, as received; no
+    /// muted kind) to `tx`. `try_send`: a full channel drops the packet (counted in
+    /// [`MediaStats::pipe_drops`]); a closed one closes the pipe (a
+    /// [`MediaEvent::PeerClosed`] follows). The slot needs no publisher yet: whoever publishes
+    /// it, now or later, is piped. Its publisher is asked for a keyframe at once (forced, as
+    /// for a new subscriber; if it has not sent video yet, when it does). The pipe counts as a
+    /// subscriber of the slot that wants every layer. Returns its peer id: close it with
+    /// [`MediaPlane::close_peer`]. Its worker's fault closes it too (the channel closes and a
+    /// [`MediaEvent::PeerClosed`] follows).
+    pub async fn pipe_out(
+        &self,
+        slot: SlotKey,
+        tx: mpsc::Sender<PipePacket>,
+    ) -> Result<PeerId, RtcError> {
+        let (id, w) = self.new_peer();
+        let slot = self.inner.slots.acquire(&slot);
+        self.ask(w, |reply| Cmd::AddPipeOut {
+            id,
+            slot,
+            tx,
+            reply,
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// Origin of a pipe: the slot's current format, for [`MediaPlane::pipe_in`] on the edge
+    /// (`None` when nobody publishes it: from a publish to its unpublish, as subscriptions
+    /// see it).
+    pub fn pipe_format(&self, slot: &SlotKey) -> Option<PipeFormat> {
+        let t = self.inner.slots.lock();
+        let video = *t.formats.get(slot)?;
+        Some(PipeFormat {
+            video,
+            layers: t.layers.get(slot).cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Edge of a pipe: publish `slot` from a pipe, replacing any previous publisher of the
+    /// slot (subscribers continue, as with [`MediaPlane::publish`]). The slot's format is set
+    /// from `format`, so local subscriptions negotiate as for a WebRTC publisher of it. The
+    /// keyframe requests the router lets through for this publisher go on `keyframes`
+    /// (`try_send`; the layer, `None` for all). Close it with
+    /// [`MediaPlane::unpublish`]`(&slot, pipe.peer())`; a publisher that replaces it closes it
+    /// too, and so does its worker's fault (with a [`MediaEvent::PeerClosed`]): either way
+    /// `keyframes` closes.
+    pub async fn pipe_in(
+        &self,
+        slot: SlotKey,
+        format: PipeFormat,
+        keyframes: mpsc::Sender<Option<u8>>,
+    ) -> Result<PipeIn, RtcError> {
+        let (id, w) = self.new_peer();
+        let data = self.inner.data.get(w).cloned().ok_or_else(overloaded)?;
+        let key = slot.clone();
+        let slot = self.inner.slots.acquire(&slot);
+        let (local, replaced) = self
+            .ask(w, |reply| Cmd::AddPipeIn {
+                id,
+                slot,
+                keyframes,
+                reply,
+            })
+            .await?;
+        self.inner
+            .slots
+            .set_format(&key, format.video, format.layers);
+        if let Some(old) = replaced {
+            self.send(worker_of(old), Cmd::Remove { id: old });
+        }
+        Ok(PipeIn {
+            peer: id,
+            local,
+            data,
+            stats: self.inner.stats.clone(),
+        })
     }
 
     /// Subscriber peer `id` wants the big or the small layer of its simulcast stream (it

@@ -30,8 +30,15 @@
 //! the publisher ([`Output::LayersWanted`], "dynacast"), so it can pause the rest; a stream
 //! nobody subscribes to keeps every layer.
 //!
-//! A stream's entry exists while it has a local publisher, a local subscriber or a remote
-//! interest, and goes away with the last of them (mute state and limiter included).
+//! A *pipe* ([`Router::add_pipe`]) is a subscriber that carries a stream to another node (see
+//! [`super::pipe`]): connected at once, it takes every packet of the stream as the publisher
+//! sent it (every layer, not rewritten; [`Router::poll_piped`]), wants every layer, and asks
+//! for a keyframe (forced) when added, as a new video subscriber does. On the other node the
+//! pipe is a plain local publisher.
+//!
+//! A stream's entry exists while it has a local publisher, a local subscriber (pipes
+//! included) or a remote interest, and goes away with the last of them (mute state and
+//! limiter included).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -390,6 +397,8 @@ impl SubLayers {
 enum Role {
     Publisher,
     Subscriber(Vec<Track>),
+    /// A subscriber that takes every packet as it comes ([`Router::add_pipe`]).
+    Pipe,
 }
 
 #[derive(Debug)]
@@ -415,6 +424,8 @@ pub struct Router {
     streams: HashMap<StreamId, Stream>,
     next_generation: u64,
     out: VecDeque<Output>,
+    /// Packets for local pipes ([`Router::poll_piped`]).
+    piped: VecDeque<(LocalPeer, RoutedPacket)>,
 }
 
 impl Router {
@@ -427,12 +438,20 @@ impl Router {
             streams: HashMap::new(),
             next_generation: 1,
             out: VecDeque::new(),
+            piped: VecDeque::new(),
         }
     }
 
     /// The next thing for the worker to do.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// The next packet for a local pipe: its packets in the order they came (every layer, not
+    /// rewritten). Kept apart from [`Router::poll_output`] (the worker takes both after each
+    /// input); one clone of the packet per pipe, its payload shared.
+    pub fn poll_piped(&mut self) -> Option<(LocalPeer, RoutedPacket)> {
+        self.piped.pop_front()
     }
 
     /// Sizes of the tables.
@@ -555,6 +574,31 @@ impl Router {
         }
     }
 
+    /// `peer` pipes `stream` to another node: connected at once, it gets every packet of the
+    /// stream (every layer, as received: [`Router::poll_piped`]), counts as a subscriber that
+    /// wants every layer (interest, wanted layers), and its keyframe is asked for now, past
+    /// the limiter (of every layer).
+    pub fn add_pipe(&mut self, peer: LocalPeer, stream: StreamId, now: Instant) {
+        self.insert_peer(
+            peer,
+            PeerEntry {
+                stream,
+                connected: true,
+                role: Role::Pipe,
+                held: Vec::new(),
+                awaiting_keyframe: None,
+                sim: None,
+            },
+        );
+        self.streams
+            .entry(stream)
+            .or_default()
+            .subscribers
+            .push(peer);
+        self.refresh_wanted(stream);
+        self.keyframe(stream, true, true, None, now);
+    }
+
     /// Subscriber `peer` wants the big or the small layer of a simulcast stream (from its
     /// next packet on when the stream's layers are not known yet). Returns whether `peer`
     /// is a subscriber with video.
@@ -617,8 +661,14 @@ impl Router {
         let local = s
             .subscribers
             .iter()
-            .filter_map(|p| self.peers.get(p.0 as usize)?.as_ref()?.sim.as_deref())
-            .fold(0u32, |m, sim| m | sim.wanted());
+            .filter_map(|p| self.peers.get(p.0 as usize)?.as_ref())
+            .fold(0u32, |m, e| {
+                m | match (&e.role, e.sim.as_deref()) {
+                    (Role::Pipe, _) => u32::MAX,
+                    (_, Some(sim)) => sim.wanted(),
+                    (_, None) => 0,
+                }
+            });
         let interest = (!s.subscribers.is_empty()).then_some(local);
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
@@ -701,6 +751,11 @@ impl Router {
                 if s.publisher == Some(peer) {
                     s.publisher = None;
                 }
+            }
+            Role::Pipe => {
+                s.subscribers.retain(|p| *p != peer);
+                self.piped.retain(|(p, _)| *p != peer);
+                self.refresh_wanted(e.stream);
             }
             Role::Subscriber(_) => {
                 s.subscribers.retain(|p| *p != peer);
@@ -808,6 +863,10 @@ impl Router {
             let Some(e) = self.peers.get_mut(sub.0 as usize).and_then(Option::as_mut) else {
                 continue;
             };
+            if matches!(e.role, Role::Pipe) {
+                self.piped.push_back((sub, packet.clone()));
+                continue;
+            }
             if packet.kind == MediaKind::Video
                 && let Some(sim) = e.sim.as_deref_mut()
                 && (packet.layers > 1 || sim.layers != packet.layers)
@@ -1863,5 +1922,225 @@ mod tests {
         r.on_estimate(LocalPeer(1), 5_000_000, at(6000));
         r.on_estimate(LocalPeer(1), 5_000_000, at(9000));
         assert!(layer_requests(&outputs(&mut r)).is_empty());
+    }
+
+    /// (peer, kind, layer, seq, ts) of each packet for a pipe.
+    fn piped(r: &mut Router) -> Vec<(u32, MediaKind, Layer, u64, u32)> {
+        std::iter::from_fn(|| r.poll_piped())
+            .map(|(p, k)| (p.0, k.kind, k.layer, k.seq, k.ts))
+            .collect()
+    }
+
+    fn sources(r: &mut Router) -> Vec<u64> {
+        std::iter::from_fn(|| r.poll_piped())
+            .map(|(_, k)| k.source)
+            .collect()
+    }
+
+    /// A pipe takes every packet of every layer as the publisher sent it (a subscriber of
+    /// the small layer beside it gets that layer only, rewritten), shares its payload, and
+    /// gets nothing of a muted kind; a new publisher or an unmute shows as a new source.
+    #[test]
+    fn a_pipe_gets_every_layer_as_received_and_no_muted_kind() {
+        let mut r = room(0);
+        let small = Subscription {
+            video_type: VideoStreamType::Small,
+            ..two_layers()
+        };
+        r.add_subscriber_with(LocalPeer(1), S, &av(101), &small, at(0));
+        r.on_connected(LocalPeer(1), at(0));
+        r.add_pipe(LocalPeer(2), S, at(0));
+        outputs(&mut r);
+        let key = layered(0, 10, 500, true);
+        let payload = key.payload.clone();
+        r.on_rtp(PUB, key, at(10));
+        r.on_rtp(PUB, layered(1, 70, 9000, false), at(11));
+        r.on_rtp(PUB, audio(5, 960), at(12));
+        let out = outputs(&mut r);
+        assert_eq!(
+            writes(&out),
+            vec![(1, 1, 101, 10, 500), (1, 0, 111, 5, 960)]
+        );
+        let got: Vec<_> = std::iter::from_fn(|| r.poll_piped()).collect();
+        assert_eq!(
+            got.iter()
+                .map(|(p, k)| (p.0, k.kind, k.layer, k.layers, k.seq, k.ts))
+                .collect::<Vec<_>>(),
+            vec![
+                (2, MediaKind::Video, 0, 2, 10, 500),
+                (2, MediaKind::Video, 1, 2, 70, 9000),
+                (2, MediaKind::Audio, 0, 1, 5, 960)
+            ]
+        );
+        assert!(
+            Arc::ptr_eq(&got[0].1.payload, &payload),
+            "the payload is shared"
+        );
+        assert!(got.iter().all(|(_, k)| k.stream == S));
+        let video_source = got[0].1.source;
+        assert_eq!(got[1].1.source, video_source ^ 1, "each layer its SSRC");
+
+        // Muted video is not piped; audio still is.
+        r.set_muted(S, MediaKind::Video, true, at(20));
+        r.on_rtp(PUB, layered(0, 11, 3500, false), at(21));
+        r.on_rtp(PUB, audio(6, 1920), at(22));
+        outputs(&mut r);
+        assert_eq!(piped(&mut r), vec![(2, MediaKind::Audio, 0, 6, 1920)]);
+        // Unmuted: a new source, sequence numbers as received.
+        r.set_muted(S, MediaKind::Video, false, at(30));
+        r.on_rtp(PUB, layered(0, 40, 9000, true), at(31));
+        outputs(&mut r);
+        let s = sources(&mut r);
+        assert_eq!(s.len(), 1);
+        assert_ne!(s[0], video_source, "a new source after the unmute");
+
+        // A new publisher: the pipe gets its numbers as they are (the subscriber's continue).
+        r.add_publisher(LocalPeer(3), S);
+        r.on_rtp(LocalPeer(3), layered(0, 5000, 123, true), at(40));
+        let out = outputs(&mut r);
+        assert_eq!(piped(&mut r), vec![(2, MediaKind::Video, 0, 5000, 123)]);
+        assert_eq!(
+            writes(&out).iter().map(|w| w.3).collect::<Vec<_>>(),
+            vec![12]
+        );
+    }
+
+    /// A pipe wants every layer (the publisher is told so) and gets its keyframe at once,
+    /// past the limiter; before the publisher's first video, with its first packet.
+    #[test]
+    fn a_pipe_wants_every_layer_and_its_keyframe_is_forced() {
+        let mut r = room(0);
+        r.on_rtp(PUB, layered(0, 1, 0, true), at(0));
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b11]);
+        let small = Subscription {
+            video_type: VideoStreamType::Small,
+            ..two_layers()
+        };
+        r.add_subscriber_with(LocalPeer(1), S, &av(101), &small, at(10));
+        let out = outputs(&mut r);
+        assert_eq!(wanted(&out), vec![0b01]);
+        assert_eq!(layer_requests(&out), vec![Some(0)]);
+        // 10 ms later: the limiter would refuse, a new pipe's request is forced.
+        r.add_pipe(LocalPeer(2), S, at(20));
+        let out = outputs(&mut r);
+        assert_eq!(wanted(&out), vec![0b11]);
+        assert_eq!(layer_requests(&out), vec![None], "every layer's keyframe");
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::Interest {
+                    wants: true,
+                    layers: u32::MAX,
+                    ..
+                }
+            )),
+            "the other workers are told: every layer ({out:?})"
+        );
+        // Gone: the small subscriber's layer only, nothing more for the pipe.
+        r.remove_peer(LocalPeer(2));
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b01]);
+        r.on_rtp(PUB, layered(1, 2, 0, false), at(30));
+        outputs(&mut r);
+        assert!(r.poll_piped().is_none());
+
+        // A publisher that has sent no video yet: asked with its first packet.
+        let mut r = Router::new(0);
+        r.add_publisher(PUB, S);
+        r.add_pipe(LocalPeer(1), S, at(0));
+        assert_eq!(keyframes(&outputs(&mut r)), 0);
+        r.on_rtp(PUB, delta(1, 0), at(5));
+        assert_eq!(keyframes(&outputs(&mut r)), 1);
+        assert_eq!(piped(&mut r), vec![(1, MediaKind::Video, 0, 1, 0)]);
+    }
+
+    /// On a worker without the publisher, a pipe announces an interest in every layer and
+    /// relays its forced keyframe request; it gets the forwarded packets; removed, it
+    /// leaves nothing behind.
+    #[test]
+    fn a_pipe_on_another_worker_announces_every_layer_and_leaves_nothing() {
+        let mut b = Router::new(2);
+        b.add_pipe(LocalPeer(0), S, at(0));
+        let out = outputs(&mut b);
+        assert!(
+            matches!(
+                out[..],
+                [
+                    Output::Interest {
+                        stream: S,
+                        wants: true,
+                        layers: u32::MAX
+                    },
+                    Output::RelayKeyframe {
+                        stream: S,
+                        force: true,
+                        layer: None
+                    }
+                ]
+            ),
+            "{out:?}"
+        );
+        b.on_forward(&RoutedPacket {
+            stream: S,
+            kind: MediaKind::Video,
+            codec: Some(VideoCodec::Vp8),
+            source: 42,
+            seq: 9,
+            ts: 99,
+            marker: true,
+            clock_rate: 90_000,
+            arrival: at(1),
+            layer: 2,
+            layers: 3,
+            payload: Arc::from(&[1u8][..]),
+        });
+        assert!(outputs(&mut b).is_empty());
+        let (peer, p) = b.poll_piped().expect("the forwarded packet");
+        assert_eq!(peer, LocalPeer(0));
+        assert_eq!(
+            (p.source, p.seq, p.ts, p.marker, p.layer),
+            (42, 9, 99, true, 2)
+        );
+        // Queued packets of a pipe that goes are dropped with it.
+        b.on_forward(&p);
+        b.remove_peer(LocalPeer(0));
+        let out = outputs(&mut b);
+        assert!(
+            matches!(
+                out[..],
+                [Output::Interest {
+                    stream: S,
+                    wants: false,
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        assert!(b.poll_piped().is_none());
+        assert!(b.is_empty(), "{:?}", b.len());
+
+        // The publisher's worker: that interest asks for every layer it has.
+        let mut r = room(0);
+        r.on_rtp(PUB, layered(0, 1, 0, true), at(0));
+        r.add_subscriber_with(
+            LocalPeer(1),
+            S,
+            &av(101),
+            &Subscription {
+                video_type: VideoStreamType::Small,
+                ..two_layers()
+            },
+            at(0),
+        );
+        outputs(&mut r);
+        r.on_interest(S, 2, true, u32::MAX);
+        assert_eq!(wanted(&outputs(&mut r)), vec![0b11]);
+        // A pipe here too, then everything goes: nothing left.
+        r.add_pipe(LocalPeer(2), S, at(5));
+        for p in [1, 2, 0] {
+            r.remove_peer(LocalPeer(p));
+        }
+        r.on_interest(S, 2, false, 0);
+        outputs(&mut r);
+        assert!(r.is_empty(), "{:?}", r.len());
     }
 }

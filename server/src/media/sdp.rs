@@ -52,7 +52,7 @@ impl OfferedCodec {
 
 /// The video format a publisher sends, as answered: the codec and, for the publisher's own
 /// m-line, its payload types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VideoFormat {
     /// The codec.
     pub codec: VideoCodec,

@@ -6,6 +6,12 @@
 //! inputs and router outputs into `write_rtp`, socket sends and channel sends; the forwarding
 //! decisions are the router's.
 //!
+//! Pipes ([`super::pipe`]) are no str0m peers: a pipe out (to another node) is a router
+//! subscriber whose packets go on its channel, a pipe in (from another node) a router
+//! publisher whose packets come on the data queue and whose keyframe requests go on its
+//! channel. They take a [`LocalPeer`] index from the same space as the peers (their entry in
+//! `peers` stays `None`) and are kept in `pipes`.
+//!
 //! A panic while handling anything (a router or str0m bug) is caught per loop turn: the
 //! worker drops its peers (each gets [`MediaEvent::PeerClosed`] with
 //! [`PeerCloseReason::WorkerFault`]), starts again with an empty router on the same socket,
@@ -31,8 +37,10 @@ use str0m::media::{KeyframeRequestKind, Mid, Pt};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
+use super::pipe::PipePacket;
 use super::router::{
     LocalPeer, Output as Route, RoutedPacket, Router, RtpIn, StreamId, Subscription, TrackSpec,
 };
@@ -101,6 +109,21 @@ pub(super) enum Cmd {
         msid: Option<String>,
         reply: oneshot::Sender<Result<String, RtcError>>,
     },
+    /// A pipe out of a slot (to another node).
+    AddPipeOut {
+        id: PeerId,
+        slot: SlotRef,
+        tx: mpsc::Sender<PipePacket>,
+        reply: oneshot::Sender<Result<(), RtcError>>,
+    },
+    /// A pipe into a slot (from another node): the slot's publisher.
+    AddPipeIn {
+        id: PeerId,
+        slot: SlotRef,
+        keyframes: mpsc::Sender<Option<Layer>>,
+        /// Its index, and the publisher peer it replaced.
+        reply: oneshot::Sender<Result<(LocalPeer, Option<PeerId>), RtcError>>,
+    },
     /// Close a peer on request (no [`MediaEvent`]).
     Remove {
         id: PeerId,
@@ -136,6 +159,37 @@ pub(super) enum Data {
         force: bool,
         layer: Option<Layer>,
     },
+    /// A packet of pipe in `peer` (dropped unless that index is still pipe in `id`).
+    PipeRtp {
+        peer: LocalPeer,
+        id: PeerId,
+        packet: PipePacket,
+    },
+}
+
+/// A pipe's end on this worker.
+enum PipeEnd {
+    /// To another node: the slot's packets go on `tx`.
+    Out {
+        id: PeerId,
+        tx: mpsc::Sender<PipePacket>,
+        /// Keeps the slot interned.
+        _slot: SlotRef,
+    },
+    /// From another node: the slot's publisher; its keyframe requests go on `keyframes`.
+    In {
+        id: PeerId,
+        keyframes: mpsc::Sender<Option<Layer>>,
+        slot: SlotRef,
+    },
+}
+
+impl PipeEnd {
+    fn id(&self) -> PeerId {
+        match self {
+            PipeEnd::Out { id, .. } | PipeEnd::In { id, .. } => *id,
+        }
+    }
 }
 
 /// What one worker is given at start.
@@ -244,9 +298,11 @@ pub(super) struct Worker {
     connect_timeout: Duration,
     stop: Arc<AtomicBool>,
     router: Router,
-    /// Indexed by [`LocalPeer`]; freed indexes are reused.
+    /// Indexed by [`LocalPeer`]; freed indexes are reused. A pipe's entry is `None`.
     peers: Vec<Option<Peer>>,
     free: Vec<u32>,
+    /// The pipes, by their index.
+    pipes: HashMap<LocalPeer, PipeEnd>,
     ids: HashMap<PeerId, LocalPeer>,
     by_addr: HashMap<SocketAddr, LocalPeer>,
     /// Our ICE ufrag of each peer: a check from an address not seen yet names its peer here.
@@ -286,6 +342,7 @@ impl Worker {
             router: Router::new(s.idx),
             peers: Vec::new(),
             free: Vec::new(),
+            pipes: HashMap::new(),
             ids: HashMap::new(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
@@ -431,6 +488,7 @@ impl Worker {
         );
         self.stats.worker_restarts.fetch_add(1, Ordering::Relaxed);
         let peers: Vec<Peer> = self.peers.drain(..).flatten().collect();
+        let pipes: Vec<PipeEnd> = self.pipes.drain().map(|(_, p)| p).collect();
         self.free.clear();
         self.ids.clear();
         self.by_addr.clear();
@@ -443,6 +501,13 @@ impl Worker {
             self.forget(&peer);
             self.emit(peer.id, PeerCloseReason::WorkerFault);
             // Dropping the peer releases its stream reference.
+        }
+        for pipe in pipes {
+            if let PipeEnd::In { id, slot, .. } = &pipe {
+                slot.clear_publisher(*id);
+            }
+            self.emit(pipe.id(), PeerCloseReason::WorkerFault);
+            // Dropping it closes its channel and releases its stream reference.
         }
         for (w, tx) in self.ctl.iter().enumerate() {
             if w != self.idx && tx.try_send(Cmd::WorkerReset { worker: self.idx }).is_err() {
@@ -475,6 +540,7 @@ impl Worker {
     }
 
     fn close_all(&mut self) {
+        self.pipes.clear();
         for mut p in self.peers.drain(..).flatten() {
             p.rtc.disconnect();
         }
@@ -678,7 +744,11 @@ impl Worker {
     /// Carry out everything the router has queued (writing may drain peers, whose events
     /// queue more: this runs until the queue is empty).
     fn pump(&mut self) {
-        while let Some(out) = self.router.poll_output() {
+        loop {
+            self.pipe_packets();
+            let Some(out) = self.router.poll_output() else {
+                break;
+            };
             match out {
                 Route::Write {
                     peer: lp,
@@ -777,6 +847,8 @@ impl Worker {
                     self.drain(peer);
                 }
                 Route::LayersWanted { publisher, layers } => {
+                    // A pipe in has no peer here: its origin's publisher hears from the
+                    // origin's own subscribers (the pipe out there wants every layer).
                     if let Some(p) = self
                         .peers
                         .get(publisher.0 as usize)
@@ -814,6 +886,19 @@ impl Worker {
     /// PLI on every video stream a local publisher sends (of one simulcast layer: on that
     /// layer's stream only).
     fn request_keyframe(&mut self, lp: LocalPeer, layer: Option<Layer>) {
+        if let Some(PipeEnd::In { keyframes, .. }) = self.pipes.get(&lp) {
+            // For the origin (a closed channel: nobody there wants them).
+            match keyframes.try_send(layer) {
+                Ok(()) => {
+                    self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Full(_)) => {
+                    self.stats.pipe_drops.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Closed(_)) => {}
+            }
+            return;
+        }
         let Some(peer) = self.peers.get_mut(lp.0 as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -1168,6 +1253,24 @@ impl Worker {
                 let res = self.restart_ice(id, offer, msid.as_deref());
                 let _ = reply.send(res);
             }
+            Cmd::AddPipeOut {
+                id,
+                slot,
+                tx,
+                reply,
+            } => {
+                self.add_pipe_out(id, slot, tx);
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::AddPipeIn {
+                id,
+                slot,
+                keyframes,
+                reply,
+            } => {
+                let res = self.add_pipe_in(id, slot, keyframes);
+                let _ = reply.send(Ok(res));
+            }
             Cmd::Remove { id } => {
                 if let Some(lp) = self.ids.get(&id).copied() {
                     self.remove_peer(lp, None);
@@ -1209,12 +1312,158 @@ impl Worker {
             } => self
                 .router
                 .request_keyframe(stream, force, layer, Instant::now()),
+            Data::PipeRtp { peer, id, packet } => self.pipe_rtp(peer, id, packet),
         }
         self.pump();
     }
 
+    /// A packet of pipe in `lp` (`id`), from another node: into the router as a local
+    /// publisher's.
+    fn pipe_rtp(&mut self, lp: LocalPeer, id: PeerId, p: PipePacket) {
+        // The pipe closed (its index possibly taken by another peer since): not its packet.
+        if !matches!(self.pipes.get(&lp), Some(PipeEnd::In { id: i, .. }) if *i == id) {
+            return;
+        }
+        self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_in
+            .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+        self.router.on_rtp(
+            lp,
+            RtpIn {
+                kind: p.kind,
+                codec: p.codec,
+                // The origin's source (publisher, SSRC, unmute generation) as this node's
+                // SSRC: a change of it is a new source for the subscribers' rewriters.
+                ssrc: (p.source as u32) ^ ((p.source >> 32) as u32),
+                seq: p.seq,
+                ts: p.ts,
+                marker: p.marker,
+                clock_rate: p.clock_rate,
+                layer: p.layer,
+                layers: p.layers,
+                payload: p.payload,
+            },
+            Instant::now(),
+        );
+    }
+
+    /// A free index for a pipe (its `peers` entry stays `None`).
+    fn pipe_index(&mut self) -> LocalPeer {
+        match self.free.pop() {
+            Some(i) => LocalPeer(i),
+            None => {
+                // At most 2^32 peers on one worker at once: a u32 index suffices.
+                let i = u32::try_from(self.peers.len()).unwrap_or(u32::MAX);
+                self.peers.push(None);
+                LocalPeer(i)
+            }
+        }
+    }
+
+    /// A pipe out of `slot`: a router subscriber of every layer whose packets go on `tx`.
+    fn add_pipe_out(&mut self, id: PeerId, slot: SlotRef, tx: mpsc::Sender<PipePacket>) {
+        let lp = self.pipe_index();
+        let stream = slot.id();
+        self.pipes.insert(
+            lp,
+            PipeEnd::Out {
+                id,
+                tx,
+                _slot: slot,
+            },
+        );
+        self.ids.insert(id, lp);
+        self.router.add_pipe(lp, stream, Instant::now());
+        self.pump();
+    }
+
+    /// A pipe into `slot`: its publisher (replacing the one returned), connected at once.
+    fn add_pipe_in(
+        &mut self,
+        id: PeerId,
+        slot: SlotRef,
+        keyframes: mpsc::Sender<Option<Layer>>,
+    ) -> (LocalPeer, Option<PeerId>) {
+        let lp = self.pipe_index();
+        let stream = slot.id();
+        let replaced = slot.set_publisher(PublisherInfo { peer: id });
+        self.pipes.insert(
+            lp,
+            PipeEnd::In {
+                id,
+                keyframes,
+                slot,
+            },
+        );
+        self.ids.insert(id, lp);
+        self.router.add_publisher(lp, stream);
+        self.router.on_connected(lp, Instant::now());
+        self.pump();
+        (lp, replaced)
+    }
+
+    /// Close a pipe; `reason` is set when it died on its own (an event tells the server).
+    fn remove_pipe(&mut self, lp: LocalPeer, pipe: PipeEnd, reason: Option<PeerCloseReason>) {
+        self.free.push(lp.0);
+        self.ids.remove(&pipe.id());
+        self.router.remove_peer(lp);
+        if let PipeEnd::In { id, slot, .. } = &pipe {
+            slot.clear_publisher(*id);
+        }
+        if let Some(reason) = reason {
+            self.emit(pipe.id(), reason);
+        }
+        // Dropping it closes its channel and releases its stream reference.
+        drop(pipe);
+        self.pump();
+    }
+
+    /// Hand the router's packets for pipes out to their channels. A full channel drops the
+    /// packet; a closed one (nobody takes them any more) closes the pipe.
+    fn pipe_packets(&mut self) {
+        let mut closed = Vec::new();
+        while let Some((lp, p)) = self.router.poll_piped() {
+            let Some(PipeEnd::Out { tx, .. }) = self.pipes.get(&lp) else {
+                continue;
+            };
+            // Video of no codec the server forwards reaches no subscriber, here or there.
+            if p.kind == MediaKind::Video && p.codec.is_none() {
+                continue;
+            }
+            let packet = PipePacket {
+                kind: p.kind,
+                codec: p.codec,
+                source: p.source,
+                seq: p.seq,
+                ts: p.ts,
+                marker: p.marker,
+                clock_rate: p.clock_rate,
+                layer: p.layer,
+                layers: p.layers,
+                payload: p.payload,
+            };
+            match tx.try_send(packet) {
+                Ok(()) => {}
+                Err(e) => {
+                    self.stats.pipe_drops.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, TrySendError::Closed(_)) && !closed.contains(&lp) {
+                        closed.push(lp);
+                    }
+                }
+            }
+        }
+        for lp in closed {
+            self.remove_peer(lp, Some(PeerCloseReason::Closed));
+        }
+    }
+
     /// Close a peer; `reason` is set when it died on its own (an event tells the server).
     fn remove_peer(&mut self, lp: LocalPeer, reason: Option<PeerCloseReason>) {
+        if let Some(pipe) = self.pipes.remove(&lp) {
+            self.remove_pipe(lp, pipe, reason);
+            return;
+        }
         let Some(mut peer) = self.peers.get_mut(lp.0 as usize).and_then(Option::take) else {
             return;
         };
