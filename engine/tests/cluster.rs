@@ -64,15 +64,7 @@ async fn when_the_rooms_node_dies_its_members_on_other_nodes_get_media_again() {
     .expect("stream");
     bounded(alice.publish(&local)).await.expect("publish");
     let frames = Arc::new(AtomicU64::new(0));
-    let counter = frames.clone();
-    let mut cfg = member(&n2.ws_url(), "bob");
-    cfg.auto_subscribe = true;
-    cfg.auto_subscribe_output = SubscribeOutput::Frames(Arc::new(move |_, _, f: DecodedFrame| {
-        if matches!(f.info, FrameInfo::Video { .. }) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    }));
-    let mut bob = TestClient::new(cfg);
+    let mut bob = counting(member(&n2.ws_url(), "bob"), &frames);
     bounded(bob.join(JoinOptions::new(room)))
         .await
         .expect("join");
@@ -116,5 +108,180 @@ async fn when_the_rooms_node_dies_its_members_on_other_nodes_get_media_again() {
         alice.seen,
         bob.seen
     );
+    n2.stop().unwrap();
+}
+
+/// A node (default timings) that serves every audience member joining through it a live
+/// room of another node, as that room's edge.
+fn live_node(redis: &Redis, id: &str) -> rtcroom_server::RunningServer {
+    let mut c = redis.node(server_config("127.0.0.1:0"), id);
+    let defaults = rtcroom_server::config::ClusterConfig::default();
+    c.cluster.heartbeat_s = defaults.heartbeat_s;
+    c.cluster.node_ttl_s = defaults.node_ttl_s;
+    c.cluster.edge_after_audience = 0;
+    start(c)
+}
+
+/// A client of `cfg` that subscribes to everything and counts its decoded video frames in
+/// `frames`.
+fn counting(mut cfg: rtcroom::ClientConfig, frames: &Arc<AtomicU64>) -> TestClient {
+    let counter = frames.clone();
+    cfg.auto_subscribe = true;
+    cfg.auto_subscribe_output = SubscribeOutput::Frames(Arc::new(move |_, _, f: DecodedFrame| {
+        if matches!(f.info, FrameInfo::Video { .. }) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }));
+    TestClient::new(cfg)
+}
+
+/// A live-room member on `url` (TRTC's reconnect schedule) counting its frames in `frames`.
+fn viewer(url: &str, user: &str, frames: &Arc<AtomicU64>) -> TestClient {
+    counting(
+        config(url, user, Mode::Live).with_reconnect_backoff_unit(Duration::from_secs(1)),
+        frames,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_rooms_audience_on_another_node_is_fed_by_one_node_link() {
+    let redis = Redis::start();
+    let n1 = live_node(&redis, "n1");
+    let n2 = live_node(&redis, "n2");
+    poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
+    let room = 4200;
+
+    // The anchor places the live room on n1 and publishes there.
+    let anchor = TestClient::new(config(&n1.ws_url(), "anchor", Mode::Live));
+    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
+        .await
+        .expect("join");
+    assert_eq!(redis.owner(APP, room).as_deref(), Some("n1"));
+    let local = bounded(create_stream(
+        StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
+    ))
+    .await
+    .expect("stream");
+    bounded(anchor.publish(&local)).await.expect("publish");
+
+    // One viewer on the room's node, two on the edge.
+    let counts: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let origin_viewer = viewer(&n1.ws_url(), "v1", &counts[0]);
+    let mut edge_viewers = vec![
+        viewer(&n2.ws_url(), "v2", &counts[1]),
+        viewer(&n2.ws_url(), "v3", &counts[2]),
+    ];
+    let audience = || JoinOptions::new(room).with_role(rtcroom::Role::Audience);
+    bounded(origin_viewer.join(audience())).await.expect("join");
+    for v in &edge_viewers {
+        bounded(v.join(audience())).await.expect("join");
+    }
+    for (i, c) in counts.iter().enumerate() {
+        poll_until(&format!("viewer {} decodes the anchor", i + 1), || {
+            c.load(Ordering::Relaxed) >= 15
+        })
+        .await;
+    }
+    // The edge serves its viewers itself: nothing proxied, one node link for both.
+    assert_eq!(n2.metrics().proxied_links.load(Ordering::Relaxed), 0);
+    assert_eq!(n2.metrics().cascade_links.load(Ordering::Relaxed), 1);
+    assert_eq!(n1.metrics().cascade_edges.load(Ordering::Relaxed), 1);
+    // The edge's viewers see the room as the origin's do: the anchor, and its custom messages.
+    for v in &mut edge_viewers {
+        v.wait_peer_join("anchor").await;
+    }
+    bounded(anchor.send_custom_message(1, b"hello edge".to_vec()))
+        .await
+        .expect("custom message");
+    for v in &mut edge_viewers {
+        v.wait_for(
+            "the anchor's custom message",
+            |e| matches!(e, ClientEvent::CustomMessage { data, .. } if data == b"hello edge"),
+        )
+        .await;
+    }
+    // The edge's audience cannot go on air there.
+    assert!(
+        bounded(edge_viewers[0].switch_role(rtcroom::Role::Anchor))
+            .await
+            .is_err()
+    );
+
+    // The anchor leaves: the edge's viewers hear it.
+    bounded(anchor.leave()).await.expect("leave");
+    for v in &mut edge_viewers {
+        v.wait_for(
+            "the anchor leaving",
+            |e| matches!(e, ClientEvent::PeerLeave { user_id, .. } if user_id.as_str() == "anchor"),
+        )
+        .await;
+    }
+    // The edge's last viewer leaving closes the node link on both nodes.
+    for v in &edge_viewers {
+        bounded(v.leave()).await.expect("leave");
+    }
+    poll_until("the node link closed", || {
+        n2.metrics().cascade_links.load(Ordering::Relaxed) == 0
+            && n1.metrics().cascade_edges.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    assert!(
+        !edge_viewers
+            .iter()
+            .flat_map(|v| v.seen.iter())
+            .any(|e| matches!(e, ClientEvent::Error(_))),
+        "no error reaches the edge's viewers"
+    );
+    n1.stop().unwrap();
+    n2.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_live_rooms_node_dies_its_edge_audience_reconnects_to_the_room_placed_again() {
+    let redis = Redis::start();
+    let n1 = live_node(&redis, "n1");
+    let n2 = live_node(&redis, "n2");
+    poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
+    let room = 4300;
+    let anchor = TestClient::new(config(&n1.ws_url(), "anchor", Mode::Live));
+    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
+        .await
+        .expect("join");
+    let local = bounded(create_stream(
+        StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
+    ))
+    .await
+    .expect("stream");
+    bounded(anchor.publish(&local)).await.expect("publish");
+    let frames = Arc::new(AtomicU64::new(0));
+    let mut viewer = viewer(&n2.ws_url(), "viewer", &frames);
+    bounded(viewer.join(JoinOptions::new(room).with_role(rtcroom::Role::Audience)))
+        .await
+        .expect("join");
+    poll_until("the edge's viewer decodes the anchor", || {
+        frames.load(Ordering::Relaxed) >= 15
+    })
+    .await;
+    assert_eq!(n2.metrics().cascade_links.load(Ordering::Relaxed), 1);
+
+    // The room's node dies: the edge loses its link, closes its audience with 1001, and the
+    // viewer's reconnection finds the room placed again (on n2, the live node).
+    bounded(tokio::task::spawn_blocking(move || n1.kill()))
+        .await
+        .unwrap()
+        .unwrap();
+    viewer.wait_state(ConnectionState::Reconnecting).await;
+    viewer.wait_state(ConnectionState::Connected).await;
+    assert_eq!(redis.owner(APP, room).as_deref(), Some("n2"));
+    assert_eq!(n2.metrics().cascade_links.load(Ordering::Relaxed), 0);
+    assert!(
+        !viewer
+            .seen
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Error(_))),
+        "no error reaches the viewer: {:?}",
+        viewer.seen
+    );
+    drop(anchor);
     n2.stop().unwrap();
 }

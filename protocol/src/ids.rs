@@ -264,6 +264,13 @@ impl UserId {
         Ok(UserId(id.to_owned()))
     }
 
+    /// An id no client can use (it starts with `~`, outside the userId alphabet), for
+    /// members the server makes itself: a cluster node's link into a room it cascades.
+    #[doc(hidden)]
+    pub fn reserved(name: &str) -> UserId {
+        UserId(format!("~{name}"))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

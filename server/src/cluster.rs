@@ -195,6 +195,9 @@ pub fn check_node_credential(secret: &str, credential: &str, now: u64) -> Option
         .map(|()| node.to_owned())
 }
 
+/// How long a room's cascade flag lasts after it was last raised (it is deleted with the room).
+const CASCADE_FLAG_TTL_S: u64 = 3600;
+
 fn redis_down(e: impl std::fmt::Display) -> RtcError {
     RtcError::new(
         ErrorCode::JoinRoomFailed,
@@ -432,6 +435,51 @@ impl Cluster {
         }
     }
 
+    /// Whether an audience member of live room `key` (on another node) joining through this
+    /// node is served here as an edge (`cascade.rs`): always with `edge_after_audience` 0,
+    /// else once the room's node has flagged the room ([`Cluster::flag_cascading`]). Redis
+    /// unreachable reads as not flagged (the join is proxied, as before cascading).
+    pub async fn serves_edge(&self, key: &RoomKey) -> bool {
+        if self.config.edge_after_audience == 0 {
+            return true;
+        }
+        let Ok(mut conn) = self.connection() else {
+            return false;
+        };
+        let mut get = redis::cmd("EXISTS");
+        get.arg(self.cascade_key(key));
+        self.bounded(get.query_async::<i64>(&mut conn))
+            .await
+            .is_ok_and(|n| n > 0)
+    }
+
+    /// The audience count at which this node flags a live room for cascading (0: never
+    /// needed, every node serves audience from the start).
+    pub fn edge_after_audience(&self) -> u32 {
+        self.config.edge_after_audience
+    }
+
+    /// Live room `key` of this node holds `edge_after_audience` audience members: from now on
+    /// other nodes serve its audience joining through them. The flag lasts an hour after the
+    /// last time it was raised and goes with the room.
+    pub fn flag_cascading(self: &Arc<Self>, key: &RoomKey) {
+        let (Ok(mut conn), Ok(rt)) = (self.connection(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let flag = self.cascade_key(key);
+        let this = self.clone();
+        rt.spawn(async move {
+            let mut set = redis::cmd("SET");
+            set.arg(flag).arg(1).arg("EX").arg(CASCADE_FLAG_TTL_S);
+            let _ = this.bounded(set.query_async::<()>(&mut conn)).await;
+        });
+    }
+
+    fn cascade_key(&self, key: &RoomKey) -> String {
+        self.key(&format!("cascade:{key}"))
+    }
+
     /// Room `key` was not where the cache said (its node did not answer): ask Redis next time.
     pub fn forget(&self, key: &RoomKey) {
         lock(&self.remote).remove(key);
@@ -474,11 +522,15 @@ impl Cluster {
             return;
         };
         let room_key = self.room_key(key);
+        let flag = self.cascade_key(key);
         let this = self.clone();
         rt.spawn(async move {
             let mut call = this.release.key(room_key);
             call.arg(&this.id);
             let _ = this.bounded(call.invoke_async::<i64>(&mut conn)).await;
+            let mut del = redis::cmd("DEL");
+            del.arg(flag);
+            let _ = this.bounded(del.query_async::<i64>(&mut conn)).await;
         });
     }
 

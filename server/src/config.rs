@@ -273,6 +273,9 @@ pub const DEFAULT_CLUSTER_HEARTBEAT_S: f64 = 0.5;
 /// Default `cluster.node_ttl_s`.
 pub const DEFAULT_CLUSTER_NODE_TTL_S: f64 = 2.0;
 
+/// Audience members a live room's node holds before other nodes serve its audience.
+pub const DEFAULT_EDGE_AFTER_AUDIENCE: u32 = 500;
+
 /// One node of several: rooms are placed on nodes through Redis (`cluster.redis_url`);
 /// without it the server is a single node and needs no Redis. `Debug` shows the secret and
 /// the Redis URL (which may carry a password) as `"<redacted>"`.
@@ -300,6 +303,11 @@ pub struct ClusterConfig {
     pub placement: Placement,
     /// Prefix of every Redis key the cluster uses (several clusters may share one Redis).
     pub key_prefix: String,
+    /// Live rooms cascade (`docs/cluster.md`): once a live room's node holds this many
+    /// audience members, an audience member joining through another node is served by that
+    /// node, which receives the anchors' streams once from the room's node. 0: from the
+    /// first audience member.
+    pub edge_after_audience: u32,
 }
 
 impl Default for ClusterConfig {
@@ -313,6 +321,7 @@ impl Default for ClusterConfig {
             node_ttl_s: DEFAULT_CLUSTER_NODE_TTL_S,
             placement: Placement::LeastLoaded,
             key_prefix: "rtcroom:".into(),
+            edge_after_audience: DEFAULT_EDGE_AFTER_AUDIENCE,
         }
     }
 }
@@ -328,6 +337,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("node_ttl_s", &self.node_ttl_s)
             .field("placement", &self.placement)
             .field("key_prefix", &self.key_prefix)
+            .field("edge_after_audience", &self.edge_after_audience)
             .finish()
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cascade;
 pub mod cluster;
 pub mod config;
 pub mod link;

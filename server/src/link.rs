@@ -36,12 +36,21 @@ pub enum LinkKind {
     Whip,
     /// A WHEP viewer: no signalling, alive as long as its media peer.
     Whep,
+    /// Another cluster node (`cascade.rs`): on a live room's node, an edge node's link (a
+    /// hidden audience member); on the edge, a mirrored anchor of that room. Alive as long
+    /// as the node link; no webhooks, not listed by the admin API.
+    Edge,
 }
 
 impl LinkKind {
     /// Whether the member proves it is alive by heartbeats (else by its media peer).
     pub fn heartbeats(self) -> bool {
         matches!(self, LinkKind::Signalling)
+    }
+
+    /// Whether the member leaves when its media peer closes (WHIP/WHEP).
+    pub fn lives_by_peer(self) -> bool {
+        matches!(self, LinkKind::Whip | LinkKind::Whep)
     }
 }
 

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub webhooks_in_flight: AtomicI64,
     /// Signalling connections this node proxies to the node owning their room (cluster).
     pub proxied_links: AtomicI64,
+    /// Edge nodes receiving this node's live rooms (one per room and edge; cascade).
+    pub cascade_edges: AtomicI64,
+    /// Live rooms of other nodes this node serves as an edge (cascade).
+    pub cascade_links: AtomicI64,
+    /// Frames from another node's cascade link that could not be read.
+    pub cascade_bad_frames: AtomicU64,
     /// Rooms this node placed in the cluster directory.
     pub cluster_placements: AtomicU64,
     /// Redis calls of the cluster directory that failed or timed out.
@@ -132,6 +138,24 @@ impl Metrics {
             "rtcroom_proxied_links",
             "Signalling connections proxied to the node owning their room.",
             self.proxied_links.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "rtcroom_cascade_edges",
+            "Node links feeding this node's live rooms to edge nodes (one per room and edge).",
+            self.cascade_edges.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "rtcroom_cascade_links",
+            "Live rooms of other nodes this node serves to its own audience as an edge.",
+            self.cascade_links.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rtcroom_cascade_bad_frames_total",
+            "Frames from another node's cascade link that could not be read.",
+            self.cascade_bad_frames.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -277,6 +277,8 @@ impl Member {
 /// Finds rooms' owners and hands them work. Shared (`Arc`) by every link driver and the admin
 /// API.
 pub struct Registry {
+    /// The node links of the live rooms of other nodes this node serves as an edge.
+    edges: crate::cascade::EdgeLinks,
     /// How rooms are found.
     directory: Arc<dyn RoomDirectory>,
     /// This process's shards (behind `directory`).
@@ -300,6 +302,7 @@ impl Registry {
             None => local.clone(),
         };
         Arc::new(Registry {
+            edges: crate::cascade::EdgeLinks::default(),
             directory,
             local,
             cluster: ctx.cluster.clone(),
@@ -345,6 +348,66 @@ impl Registry {
     }
 
     /// The UDP addresses the media workers announce (none without a media plane).
+    /// The media plane, when the server has one.
+    pub fn media(&self) -> Option<&MediaPlane> {
+        self.ctx.media.as_ref()
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.ctx.metrics
+    }
+
+    /// The node links of this node's edge rooms.
+    pub fn edges(&self) -> &crate::cascade::EdgeLinks {
+        &self.edges
+    }
+
+    /// The shard of this node that holds (or would hold) room `key`.
+    pub async fn local_shard(&self, key: &RoomKey) -> Result<Addr<RoomShard>, RtcError> {
+        self.shard(key).await
+    }
+
+    /// Join the edge room this node holds for `key`, a live room of another node
+    /// ([`crate::cascade::join_edge`] opens it first).
+    pub async fn join_edge_room(
+        &self,
+        key: RoomKey,
+        input: JoinInput,
+        link: LinkTx,
+    ) -> Result<(Joined, Member), RtcError> {
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(RtcError::new(
+                ErrorCode::JoinRoomFailed,
+                "the server is shutting down",
+            ));
+        }
+        let session = input.session;
+        let shard = self.shard(&key).await?;
+        let joined = shard
+            .send(shard::Join {
+                key: key.clone(),
+                input,
+                link,
+                edge: true,
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(RtcError::new(
+                    ErrorCode::JoinRoomFailed,
+                    "the room's shard has stopped",
+                ))
+            })?;
+        Ok((
+            joined,
+            Member {
+                session,
+                key,
+                shard,
+            },
+        ))
+    }
+
     pub fn media_addrs(&self) -> Vec<std::net::SocketAddr> {
         self.ctx
             .media
@@ -410,6 +473,7 @@ impl Registry {
                 key: key.clone(),
                 input,
                 link,
+                edge: false,
             })
             .await
             .unwrap_or_else(|_| {

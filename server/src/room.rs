@@ -803,6 +803,55 @@ impl Room {
         effects
     }
 
+    /// A mirrored member ([`LinkKind::Edge`]) left the room it mirrors, for `reason`: the others
+    /// hear it with that reason (a switch to audience is 3, as on the room's own node).
+    pub fn mirror_leave(
+        &mut self,
+        user: &UserId,
+        reason: LeaveReason,
+        now: Instant,
+    ) -> Vec<Effect> {
+        let Some(role) = self.members.get(user).map(|m| m.role) else {
+            return Vec::new();
+        };
+        let mut effects = self.remove_member(user, None, reason, 1);
+        self.after_leave(role, now, &mut effects);
+        effects
+    }
+
+    /// An event from elsewhere (a cascaded room's origin) for every connected member that is
+    /// not a mirror itself.
+    pub fn relay(&self, event: ServerEvent) -> Vec<Effect> {
+        let to: Vec<SessionId> = self
+            .members
+            .values()
+            .filter(|m| m.connected && m.kind != LinkKind::Edge)
+            .map(|m| m.session)
+            .collect();
+        vec![Effect::Event { to, event }]
+    }
+
+    /// Members that are not mirrors ([`LinkKind::Edge`]).
+    pub fn local_len(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.kind != LinkKind::Edge)
+            .count()
+    }
+
+    /// Audience members that are not mirrors.
+    pub fn audience_len(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.kind != LinkKind::Edge && m.role == Role::Audience)
+            .count()
+    }
+
+    /// The session of member `user`.
+    pub fn session_of(&self, user: &UserId) -> Option<SessionId> {
+        self.members.get(user).map(|m| m.session)
+    }
+
     /// A member's socket closed without a leave: it stays until its heartbeat timeout, as TRTC
     /// keeps a member that drops abnormally for 90 s.
     pub fn disconnected(&mut self, session: SessionId) {
@@ -1562,7 +1611,7 @@ impl Room {
             }
         };
         match self.members.get(owner) {
-            Some(m) if !m.kind.heartbeats() => {
+            Some(m) if m.kind.lives_by_peer() => {
                 let session = m.session;
                 self.leave(session, now)
             }
@@ -1578,6 +1627,7 @@ impl Room {
             members: self
                 .members
                 .iter()
+                .filter(|(_, m)| m.kind != LinkKind::Edge)
                 .map(|(u, m)| MemberDetail {
                     user_id: u.clone(),
                     role: m.role,

@@ -266,6 +266,10 @@ async fn run_with(
             .configure(crate::whip::configure)
             .app_data(web::PayloadConfig::new(crate::admin::MAX_BODY))
             .route("/ws", web::get().to(ws_route))
+            .route(
+                crate::cascade::CASCADE_PATH,
+                web::get().to(crate::cascade::origin_route),
+            )
             .route("/", web::get().to(crate::web::demo_page))
             .route("/sdk/trtc.js", web::get().to(crate::web::sdk_js))
             .route("/sdk/trtc.mjs", web::get().to(crate::web::sdk_mjs))

@@ -234,7 +234,7 @@ enum State {
 }
 
 /// The WebSocket to the node owning a proxied member's room.
-type Upstream = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+pub(crate) type Upstream = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
 
 /// Largest frame accepted from another node (a join reply listing a full room's members).
 const UPSTREAM_MAX_FRAME: usize = 16 << 20;
@@ -265,7 +265,9 @@ struct UpstreamPool {
     opening: std::collections::HashMap<String, usize>,
 }
 
-async fn connect_upstream(url: &str, credential: String) -> Result<Upstream, String> {
+/// A WebSocket to another node at `url`, proving this node with `credential` (this worker's
+/// HTTP client; frames up to 16 MiB).
+pub(crate) async fn connect_upstream(url: &str, credential: String) -> Result<Upstream, String> {
     let connect = UPSTREAM_CLIENT
         .with(|c| c.clone())
         .ws(url)
@@ -687,6 +689,44 @@ impl Session {
         Ok(())
     }
 
+    /// Whether this audience join of another node's live room is served here, as an edge of
+    /// the room (`cascade.rs`). A join another node proxied here is the room's own.
+    async fn serves_edge(&self, j: &rtcroom_protocol::signal::JoinRequest, key: &RoomKey) -> bool {
+        let Some(cluster) = self.shared.registry.cluster() else {
+            return false;
+        };
+        self.via.is_none()
+            && j.mode == rtcroom_protocol::Mode::Live
+            && j.effective_role() == rtcroom_protocol::Role::Audience
+            && self.shared.registry.media().is_some()
+            && cluster.serves_edge(key).await
+    }
+
+    /// Join another node's live room as audience served by this node.
+    async fn join_edge(
+        &mut self,
+        id: u64,
+        key: RoomKey,
+        origin: RemoteNode,
+        input: crate::room::JoinInput,
+    ) -> Result<(), End> {
+        match crate::cascade::join_edge(&self.shared.registry, key, origin, input).await {
+            Ok((result, member, outbox)) => {
+                self.state = State::Joined {
+                    member,
+                    outbox: Some(outbox),
+                };
+                Metrics::inc(&self.shared.metrics.joins);
+                let frame = joined_reply_frame(id, result.result, &result.members_json);
+                self.send_text(frame).await
+            }
+            Err(e) => {
+                self.join_failed(id, e).await;
+                Ok(())
+            }
+        }
+    }
+
     async fn envelope(&mut self, env: ClientEnvelope, raw: ByteString) -> Result<(), End> {
         let id = env.id;
         match (&self.state, env.msg) {
@@ -717,6 +757,9 @@ impl Session {
                         .await;
                     let failed = match routed {
                         Ok(Owner::Here) => break,
+                        Ok(Owner::Node(node)) if self.serves_edge(&j, &key).await => {
+                            return self.join_edge(id, key, node, input).await;
+                        }
                         Ok(Owner::Node(node)) => match self.proxy(&key, node, raw.clone()).await {
                             Ok(()) => return Ok(()),
                             Err(e) => e,

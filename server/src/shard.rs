@@ -22,13 +22,15 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    BanReason, ClientMessage, LinkDirection, MemberStats, ReplyData, ServerEvent, StreamType,
-    VideoLayer, VideoStreamType, encode,
+    BanReason, ClientMessage, LeaveReason, LinkDirection, MediaKind, MemberStats, ReplyData,
+    ServerEvent, StreamInfo, StreamType, VideoLayer, VideoStreamType, encode,
 };
 use rtcroom_protocol::usersig::Privilege;
 use rtcroom_protocol::{ErrorCode, Mode, RtcError, UserId};
 
-use crate::link::{CLOSE_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_POLICY, LinkTx, Offered};
+use crate::link::{
+    CLOSE_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_POLICY, LinkKind, LinkTx, Offered,
+};
 use crate::media::{MediaPlane, PeerId, SlotKey};
 use crate::metrics::Metrics;
 use crate::registry::{AdminOp, AdminReply, RoomContext};
@@ -93,6 +95,71 @@ pub struct Join {
     pub input: JoinInput,
     /// Where the room sends the member's events.
     pub link: LinkTx,
+    /// Join the room this node serves as an edge of a cascaded live room (`cascade.rs`),
+    /// which must be open; else a room of this node's own.
+    pub edge: bool,
+}
+
+/// A change to an edge room: this node mirrors a live room of another node for the audience
+/// that joined here (`cascade.rs`).
+#[derive(Message)]
+#[rtype(result = "Result<(), RtcError>")]
+pub struct EdgeUpdate {
+    /// The room.
+    pub key: RoomKey,
+    /// What changed.
+    pub update: Mirror,
+}
+
+/// What the room's node reported to an edge.
+#[derive(Debug)]
+pub enum Mirror {
+    /// The link to the room's node is up: create the edge room (if needed). Dropping `stop`
+    /// (with the room) ends the link.
+    Open {
+        /// The link's stop signal.
+        stop: tokio::sync::oneshot::Sender<()>,
+    },
+    /// An anchor is in the room.
+    AnchorIn(UserId),
+    /// An anchor left, for this reason.
+    AnchorOut(UserId, LeaveReason),
+    /// An anchor's stream is published (or changed), its media arriving on pipe `peer`.
+    Stream {
+        /// The stream.
+        info: StreamInfo,
+        /// Its pipe publisher in this node's media plane (none: signalling only).
+        peer: Option<PeerId>,
+    },
+    /// An anchor's stream ended.
+    StreamGone(UserId, StreamType),
+    /// An anchor muted or unmuted a stream.
+    Mute {
+        /// Whose.
+        user: UserId,
+        /// Which stream.
+        stream_type: StreamType,
+        /// Audio or video.
+        kind: MediaKind,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// An event for the audience as it is (custom messages).
+    Relay(ServerEvent),
+    /// The link ended: the room was dismissed, or its node went away (the audience is
+    /// closed with 1001 and reconnects).
+    Closed {
+        /// Dismissed (else gone away).
+        dismissed: bool,
+    },
+}
+
+/// An edge room's tie to its link to the room's node.
+struct EdgeMark {
+    /// Dropped with the room: the link ends.
+    _stop: tokio::sync::oneshot::Sender<()>,
+    /// A member of this node has joined (the room ends when the last one leaves).
+    had_local: bool,
 }
 
 /// A request from a joined member.
@@ -190,6 +257,12 @@ struct RoomCore {
     last_flush: Option<Instant>,
     /// The next step panics (fault injection).
     fault: bool,
+    /// This node serves the room as an edge of another node's live room.
+    edge: Option<EdgeMark>,
+    /// Members standing for other nodes ([`LinkKind::Edge`]): no webhooks of theirs.
+    hidden: std::collections::HashSet<UserId>,
+    /// This room has been flagged for cascading ([`crate::cluster::Cluster::flag_cascading`]).
+    cascade_flagged: bool,
 }
 
 /// What the shard has left to do after a room step.
@@ -213,6 +286,9 @@ impl RoomCore {
             flush_queued: false,
             last_flush: None,
             fault: false,
+            edge: None,
+            hidden: std::collections::HashSet::new(),
+            cascade_flagged: false,
         }
     }
 
@@ -307,6 +383,15 @@ impl RoomCore {
                     }
                 }
                 Effect::Hook(hook) => {
+                    // Another node's link or mirror, or an edge room's own life: the room's
+                    // node sends those.
+                    let hidden = match &hook.user_id {
+                        Some(u) => self.hidden.contains(u),
+                        None => self.edge.is_some(),
+                    };
+                    if hidden {
+                        continue;
+                    }
                     if let Some(w) = &ctx.webhooks {
                         w.do_send(crate::webhook::Deliver {
                             key: self.room.key().clone(),
@@ -380,6 +465,14 @@ impl RoomCore {
             }
             after.over = true;
         }
+        // An edge room lasts while members of this node are in it.
+        if let Some(edge) = &mut self.edge {
+            if self.room.local_len() > 0 {
+                edge.had_local = true;
+            } else if edge.had_local {
+                after.over = true;
+            }
+        }
         (out, after)
     }
 }
@@ -447,7 +540,7 @@ pub fn join_here(slot: usize, key: RoomKey, input: JoinInput, link: LinkTx) -> J
         let Ok(mut core) = here.core.try_borrow_mut() else {
             return Err((key, input, link));
         };
-        let r = core.join(key, input, link);
+        let r = core.join(key, input, link, false);
         for (key, id, delay) in core.timers.drain(..) {
             here.addr.do_send(FlushLater { key, id, delay });
         }
@@ -548,9 +641,21 @@ impl ShardCore {
 
     /// A room that is over: forget it.
     fn drop_room(&mut self, key: &RoomKey) {
-        if self.rooms.remove(key).is_some() {
+        if let Some(core) = self.rooms.remove(key) {
             self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
-            self.released(key);
+            // An edge room ends with its mirrored anchors still in it.
+            self.ctx
+                .metrics
+                .members
+                .fetch_sub(core.room.len() as i64, Ordering::Relaxed);
+            if let Some(media) = &self.ctx.media {
+                for peer in core.room.peers() {
+                    media.close_peer(peer);
+                }
+            }
+            if core.edge.is_none() {
+                self.released(key);
+            }
         }
     }
 
@@ -652,10 +757,31 @@ impl Actor for RoomShard {
 }
 
 impl ShardCore {
-    /// Join room `key` (created if needed) over `link`.
-    fn join(&mut self, key: RoomKey, input: JoinInput, link: LinkTx) -> Reply<Joined> {
+    /// Join room `key` (created if needed) over `link`; `edge`: the edge room this node
+    /// serves for another node's live room (which must be open).
+    fn join(&mut self, key: RoomKey, input: JoinInput, link: LinkTx, edge: bool) -> Reply<Joined> {
+        match (self.rooms.get(&key).map(|c| c.edge.is_some()), edge) {
+            (Some(false), true) | (None, true) => {
+                return Err(RtcError::new(
+                    ErrorCode::JoinRoomFailed,
+                    "the link to the room's node is not open; try again",
+                ));
+            }
+            (Some(true), false) => {
+                return Err(RtcError::new(
+                    ErrorCode::JoinRoomFailed,
+                    "this node serves the room for another node that just went; try again",
+                ));
+            }
+            _ => {}
+        }
         let created = self.room_for(&key, &input)?;
         let session = input.session;
+        let hidden = (input.kind == LinkKind::Edge).then(|| input.user_id.clone());
+        let audience = input.role != Some(rtcroom_protocol::Role::Anchor)
+            && input.mode == Mode::Live
+            && input.kind != LinkKind::Edge;
+        let cluster = self.ctx.cluster.clone();
         let now = Instant::now();
         let result = self.step(&key, None, move |core, rctx| {
             let (res, after) = core.step(rctx, |room| match room.join(input, now) {
@@ -677,6 +803,21 @@ impl ShardCore {
                         pending: Vec::new(),
                     },
                 );
+                if let Some(user) = hidden {
+                    core.hidden.insert(user);
+                }
+                // A live room of this node with this many audience members: other nodes
+                // serve its audience from now on.
+                if let Some(cluster) = &cluster
+                    && audience
+                    && core.edge.is_none()
+                    && !core.cascade_flagged
+                    && cluster.edge_after_audience() > 0
+                    && core.room.audience_len() >= cluster.edge_after_audience() as usize
+                {
+                    core.cascade_flagged = true;
+                    cluster.flag_cascading(core.room.key());
+                }
             }
             let over = after.over || (created && res.is_err());
             (res, After { over, ..after })
@@ -696,8 +837,207 @@ impl Handler<Join> for RoomShard {
     type Result = Reply<Joined>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
-        let Join { key, input, link } = msg;
-        let r = self.core.borrow_mut().join(key, input, link);
+        let Join {
+            key,
+            input,
+            link,
+            edge,
+        } = msg;
+        let r = self.core.borrow_mut().join(key, input, link, edge);
+        self.schedule(ctx);
+        r
+    }
+}
+
+impl ShardCore {
+    /// Apply what the room's node reported to edge room `key`.
+    fn mirror(&mut self, key: &RoomKey, update: Mirror) -> Reply<()> {
+        let not_open = || {
+            RtcError::new(
+                ErrorCode::JoinRoomFailed,
+                "the edge room is not open (its last member left)",
+            )
+        };
+        let update = match update {
+            Mirror::Open { stop } => {
+                if let Some(core) = self.rooms.get_mut(key) {
+                    return match &mut core.edge {
+                        Some(edge) => {
+                            edge._stop = stop;
+                            Ok(())
+                        }
+                        None => Err(RtcError::new(
+                            ErrorCode::JoinRoomFailed,
+                            "this node holds the room itself",
+                        )),
+                    };
+                }
+                if self.closing {
+                    return Err(RtcError::new(
+                        ErrorCode::JoinRoomFailed,
+                        "the server is shutting down",
+                    ));
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                let room = Room::new(key.clone(), Mode::Live, self.ctx.limits.clone());
+                let mut core = RoomCore::new(room, id);
+                core.edge = Some(EdgeMark {
+                    _stop: stop,
+                    had_local: false,
+                });
+                self.rooms.insert(key.clone(), core);
+                self.ctx.metrics.rooms.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            other => other,
+        };
+        if self.rooms.get(key).is_none_or(|c| c.edge.is_none()) {
+            return Err(not_open());
+        }
+        let now = Instant::now();
+        let media = self.ctx.media.clone();
+        self.step(key, None, |core, rctx| {
+            let r = match update {
+                Mirror::Open { .. } => Ok(()),
+                Mirror::AnchorIn(user) => {
+                    if core.room.session_of(&user).is_some() {
+                        Ok(())
+                    } else {
+                        core.hidden.insert(user.clone());
+                        let input = JoinInput {
+                            session: crate::auth::next_session_id(),
+                            user_id: user,
+                            mode: Mode::Live,
+                            role: Some(rtcroom_protocol::Role::Anchor),
+                            privileges: None,
+                            kind: LinkKind::Edge,
+                        };
+                        let (r, after) = core.step(rctx, |room| match room.join(input, now) {
+                            Ok((_, fx)) => (Ok(()), fx),
+                            Err(e) => (Err(e), Vec::new()),
+                        });
+                        return (r, after);
+                    }
+                }
+                Mirror::AnchorOut(user, reason) => {
+                    return core.step(rctx, |room| (Ok(()), room.mirror_leave(&user, reason, now)));
+                }
+                Mirror::Stream { info, peer } => {
+                    let Some(session) = core.room.session_of(&info.user_id) else {
+                        return (
+                            Err(RtcError::invalid_operation(None, "no such anchor")),
+                            After::default(),
+                        );
+                    };
+                    let slot = core.slot(info.user_id.clone(), info.stream_type);
+                    let (r, after) = core.step(rctx, |room| {
+                        let mut fx = match room.publish_media(
+                            session,
+                            info.stream_type,
+                            info.has_audio,
+                            info.has_video,
+                            info.video_codec,
+                            peer,
+                            info.layers.clone(),
+                        ) {
+                            Ok(fx) => fx,
+                            Err(e) => return (Err(e), Vec::new()),
+                        };
+                        for (kind, muted) in [
+                            (MediaKind::Audio, info.audio_muted),
+                            (MediaKind::Video, info.video_muted),
+                        ] {
+                            if muted {
+                                fx.extend(
+                                    room.mute(session, info.stream_type, kind, true)
+                                        .unwrap_or_default(),
+                                );
+                            }
+                        }
+                        (Ok(()), fx)
+                    });
+                    if r.is_ok()
+                        && let Some(media) = &media
+                    {
+                        for (kind, muted) in [
+                            (MediaKind::Audio, info.audio_muted),
+                            (MediaKind::Video, info.video_muted),
+                        ] {
+                            if muted {
+                                media.set_muted(&slot, kind, true);
+                            }
+                        }
+                    }
+                    return (r, after);
+                }
+                Mirror::StreamGone(user, stream_type) => {
+                    let Some(session) = core.room.session_of(&user) else {
+                        return (Ok(()), After::default());
+                    };
+                    return core.step(rctx, |room| {
+                        (
+                            Ok(()),
+                            room.unpublish(session, stream_type).unwrap_or_default(),
+                        )
+                    });
+                }
+                Mirror::Mute {
+                    user,
+                    stream_type,
+                    kind,
+                    muted,
+                } => {
+                    let Some(session) = core.room.session_of(&user) else {
+                        return (Ok(()), After::default());
+                    };
+                    let slot = core.slot(user, stream_type);
+                    let (r, after) = core.step(rctx, |room| {
+                        match room.mute(session, stream_type, kind, muted) {
+                            Ok(fx) => (Ok(()), fx),
+                            Err(e) => (Err(e), Vec::new()),
+                        }
+                    });
+                    if r.is_ok()
+                        && let Some(media) = &media
+                    {
+                        media.set_muted(&slot, kind, muted);
+                    }
+                    return (r, after);
+                }
+                Mirror::Relay(event) => {
+                    return core.step(rctx, |room| (Ok(()), room.relay(event)));
+                }
+                Mirror::Closed { dismissed } => {
+                    if !dismissed {
+                        // The room's node went away: the audience reconnects (TRTC's backoff)
+                        // and finds the room wherever it is placed next.
+                        core.distribute();
+                        for (_, c) in core.links.drain() {
+                            c.link
+                                .close(c.pending, CLOSE_AWAY, "the room's node went away");
+                        }
+                    }
+                    let (r, mut after) = core.step(rctx, |room| (Ok(()), room.dismiss()));
+                    after.over = true;
+                    return (r, after);
+                }
+            };
+            (r, After::default())
+        })
+        .unwrap_or_else(|| Err(not_open()))
+    }
+}
+
+impl Handler<EdgeUpdate> for RoomShard {
+    type Result = Reply<()>;
+
+    fn handle(
+        &mut self,
+        EdgeUpdate { key, update }: EdgeUpdate,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
+        let r = self.core.borrow_mut().mirror(&key, update);
         self.schedule(ctx);
         r
     }
@@ -833,6 +1173,19 @@ impl Handler<Request> for RoomShard {
                         media.set_muted(&core.slot(me, stream_type), kind, muted);
                     }
                     (Next::Done(r), after)
+                }
+                ClientMessage::SwitchRole { role } if core.edge.is_some() => {
+                    // An edge serves audience only: an anchor belongs on the room's node.
+                    let r = if role == rtcroom_protocol::Role::Anchor {
+                        Err(RtcError::invalid_operation(
+                            None,
+                            "this node serves the live room's audience for another node: \
+                             leave and join again as anchor to go on air",
+                        ))
+                    } else {
+                        Ok(None)
+                    };
+                    (Next::Done(r), After::default())
                 }
                 ClientMessage::SwitchRole { role } => {
                     done(core.step(rctx, |room| none(room.switch_role(session, role))))

@@ -819,3 +819,56 @@ fn custom_messages_reach_the_others_in_order_within_trtcs_limits() {
             .is_ok()
     );
 }
+
+#[test]
+fn mirrors_of_other_nodes_are_hidden_kept_without_heartbeats_and_relayed_to() {
+    let t0 = Instant::now();
+    // On an edge: a mirrored anchor (1, from the room's node) and local audience (2, 3).
+    let mut r = room(Mode::Live);
+    r.join(
+        JoinInput {
+            session: 1,
+            user_id: uid("anchor"),
+            mode: Mode::Live,
+            role: Some(Role::Anchor),
+            privileges: None,
+            kind: LinkKind::Edge,
+        },
+        t0,
+    )
+    .unwrap();
+    r.publish_media(1, StreamType::Main, true, true, None, Some(10), Vec::new())
+        .unwrap();
+    join(&mut r, 2, "v2", Some(Role::Audience), t0).unwrap();
+    join(&mut r, 3, "v3", Some(Role::Audience), t0).unwrap();
+    assert_eq!((r.len(), r.local_len(), r.audience_len()), (3, 2, 2));
+    // An event from the room's node goes to the local members only.
+    let ev = events(&r.relay(ServerEvent::PeerJoin { user_id: uid("x") }));
+    assert_eq!(ev.iter().map(|(to, _)| *to).collect::<Vec<_>>(), [2, 3]);
+    // The admin API lists no mirror.
+    let listed: Vec<String> = r
+        .describe()
+        .members
+        .iter()
+        .map(|m| m.user_id.to_string())
+        .collect();
+    assert_eq!(listed, ["v2", "v3"]);
+    // Long past the heartbeat timeout the mirror is still there (the audience heartbeats).
+    let later = t0 + RoomLimits::default().heartbeat_timeout * 2;
+    r.heartbeat(2, later);
+    r.heartbeat(3, later);
+    assert!(r.tick(later).is_empty());
+    assert_eq!(r.user_of(1), Some(&uid("anchor")));
+    // A mirrored peer closing does not remove it (only WHIP/WHEP members live by their peer).
+    assert!(events(&r.peer_closed(10, later)).is_empty());
+    assert_eq!(r.session_of(&uid("anchor")), Some(1));
+    // The anchor switching to audience on its node: the local audience hears reason 3.
+    let fx = r.mirror_leave(&uid("anchor"), LeaveReason::RoleChange, later);
+    let ev = events(&fx);
+    assert!(ev.iter().any(|(to, e)| *to == 2
+        && matches!(e, ServerEvent::PeerLeave { user_id, reason: LeaveReason::RoleChange }
+            if *user_id == uid("anchor"))));
+    assert!(ev.iter().any(|(to, e)| *to == 3
+        && matches!(e, ServerEvent::StreamRemoved { user_id, .. } if *user_id == uid("anchor"))));
+    assert_eq!(r.local_len(), 2);
+}
