@@ -666,6 +666,104 @@ async fn a_browser_on_another_node_publishes_vp8_into_the_room_and_the_engine_de
     assert_eq!(redis.owner(APP, 1890).as_deref(), Some("n1"));
 }
 
+/// A live room on n1 with an engine anchor publishing H.264; the browser loads the SDK from
+/// n2 and joins as audience, so n2 serves it as the room's edge (`edge_after_audience = 0`):
+/// the anchor's stream reaches n2 once over the node link and the browser subscribes to n2's
+/// own media, decoding the H.264 it negotiated there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_in_the_audience_on_an_edge_node_decodes_the_anchors_h264() {
+    let _permit = media_permit().await;
+    let tag = "engine anchor on n1 → browser audience on the edge n2";
+    let redis = redis_server::Redis::start();
+    let node = |id: &str| {
+        let mut c = redis.node(server_config("127.0.0.1:0"), id);
+        c.cluster.edge_after_audience = 0;
+        RunningServer::spawn(c).expect("the server starts")
+    };
+    let (origin, edge) = (node("n1"), node("n2"));
+    let t = Instant::now();
+    while edge.metrics().cluster_nodes.load(Ordering::Relaxed) < 2 {
+        assert!(t.elapsed() < DEADLINE, "[{tag}] n2 never saw n1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let browser = launch().await;
+    let page = sdk_page(&browser, &edge)
+        .await
+        .unwrap_or_else(|e| panic!("[{tag}] page: {e:#}"));
+    if let Err(e) = edge_audience_run(&origin, &edge, &page, 1891).await {
+        panic!("[{tag}] {e:#}\n{}", report(&[("web", &page)]).await);
+    }
+    assert_eq!(redis.owner(APP, 1891).as_deref(), Some("n1"));
+}
+
+async fn edge_audience_run(
+    origin: &RunningServer,
+    edge: &RunningServer,
+    page: &Page,
+    room: u32,
+) -> anyhow::Result<()> {
+    let engine = create_client(engine_config(origin, "engine", Mode::Live))?;
+    let local = create_stream(
+        StreamConfig::default()
+            .with_video_profile(VideoProfile::new(320, 240, 30, 400))
+            .with_video_codec(VideoCodec::H264),
+    )
+    .await?;
+    engine
+        .join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor))
+        .await?;
+    engine.publish(&local).await?;
+    create(
+        page,
+        "web",
+        json!({"mode": "live", "sdkAppId": APP, "userId": "web", "userSig": sig("web")}),
+    )
+    .await?;
+    join(page, "web", json!({ "roomId": room, "role": "audience" })).await?;
+    wait_event(
+        page,
+        "web",
+        "stream-subscribed",
+        json!({"userId": "engine"}),
+        DEADLINE,
+    )
+    .await?;
+    let stats = page
+        .wait_for(
+            "H.video('web', 'engine').then((v) => v && v.framesDecoded >= 10 && v)",
+            DEADLINE,
+        )
+        .await
+        .context("the browser decodes 10 frames")?;
+    ensure!(
+        (stats["frameWidth"].as_u64(), stats["frameHeight"].as_u64()) == (Some(320), Some(240)),
+        "decoded frames are not 320×240: {stats}"
+    );
+    let down = page
+        .eval("H.clients.web._links.get('down|engine|main').codec")
+        .await?;
+    ensure!(
+        down.as_str() == Some("h264"),
+        "the downlink negotiated {down}"
+    );
+    let (links, proxied) = (
+        edge.metrics().cascade_links.load(Ordering::Relaxed),
+        edge.metrics().proxied_links.load(Ordering::Relaxed),
+    );
+    ensure!(
+        links == 1 && proxied == 0,
+        "n2 serves the browser itself: {links} cascade link(s), {proxied} proxied"
+    );
+    ensure!(
+        origin.metrics().cascade_edges.load(Ordering::Relaxed) == 1,
+        "n1 feeds one edge"
+    );
+    let errors = page.eval("H.errors('web')").await?;
+    ensure!(errors == json!([]), "errors on the page: {errors}");
+    engine.leave().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_publishes_vp8_and_the_engine_decodes_it() {
     browser_to_engine(VideoCodec::Vp8, 4102, false).await;
