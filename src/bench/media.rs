@@ -426,6 +426,7 @@ impl Member {
     /// request alone, not the connection: TRTC's join, Janus's VideoRoom `join`).
     async fn join(
         target: &Target,
+        url: &str,
         room: &str,
         who: Who,
         role: Role,
@@ -433,7 +434,7 @@ impl Member {
         let user = who.user_id();
         match target.kind {
             ServerKind::Rtcroom => {
-                let mut sig = Signal::connect(&target.url).await?;
+                let mut sig = Signal::connect(url).await?;
                 let request = ClientMessage::Join(join(target, &user, room, role)?);
                 let t = Instant::now();
                 sig.request(request).await?;
@@ -531,24 +532,32 @@ pub struct MediaSpec {
     pub rate: f64,
     /// Publishers send a big and a small layer; subscribers alternate between them.
     pub simulcast: bool,
+    /// Embedded nodes (2: a cluster; the audience alternates between them).
+    pub nodes: usize,
 }
 
 /// `livestream --subscribers N`: 1 anchor (720p + Opus) → N audience, live mode.
 pub async fn livestream(
     subscribers: usize,
+    nodes: usize,
     rate: f64,
     target: TargetChoice,
     common: CommonArgs,
 ) -> anyhow::Result<()> {
     run(
         MediaSpec {
-            scenario: "livestream",
+            scenario: if nodes > 1 {
+                "livestream-nodes"
+            } else {
+                "livestream"
+            },
             mode: Mode::Live,
             publishers: 1,
             subscribers,
             audio_only: false,
             rate,
             simulcast: false,
+            nodes,
         },
         target,
         common,
@@ -578,6 +587,7 @@ pub async fn meeting(
             audio_only: false,
             rate,
             simulcast,
+            nodes: 1,
         },
         target,
         common,
@@ -602,6 +612,7 @@ pub async fn audio_room(
             audio_only: true,
             rate,
             simulcast: false,
+            nodes: 1,
         },
         target,
         common,
@@ -766,12 +777,14 @@ async fn measure(
         audio_only,
         rate,
         simulcast,
+        nodes,
     } = *spec;
     let rate = if rate > 0.0 { rate } else { 100.0 };
     let clip_video = clip.iter().filter(|r| r.video).count();
     let keyframes = keyframe_sizes(clip);
     let clip = clip.clone();
     let target = match kind {
+        ServerKind::Rtcroom if nodes > 1 => Target::two_nodes(common).await?,
         ServerKind::Rtcroom => Target::new(common).await?,
         ServerKind::Janus => Target::janus(common).await?,
     };
@@ -799,7 +812,8 @@ async fn measure(
         tasks.push(tokio::spawn(admin.idle(stop_rx.clone())));
     }
     for p in 0..publishers {
-        let (mut member, _) = Member::join(&target, &room, Who::Publisher(p), Role::Anchor).await?;
+        let (mut member, _) =
+            Member::join(&target, &target.url, &room, Who::Publisher(p), Role::Anchor).await?;
         let peer = member.publish(&target, !audio_only, simulcast).await?;
         pub_peers.push(peer);
         pub_stats.push(Arc::new(PubStats::default()));
@@ -858,7 +872,14 @@ async fn measure(
             tokio::time::Instant::from_std(started) + Duration::from_secs_f64(i as f64 / rate),
         )
         .await;
-        let (mut member, ms) = Member::join(&target, &room, Who::Viewer(i), viewer_role).await?;
+        let (mut member, ms) = Member::join(
+            &target,
+            target.viewer_url(i),
+            &room,
+            Who::Viewer(i),
+            viewer_role,
+        )
+        .await?;
         join_ms.push(ms);
         let video_type = simulcast.then_some(if i % 2 == 0 {
             VideoStreamType::Small
@@ -919,6 +940,11 @@ async fn measure(
         s.opened.store(true, Ordering::Relaxed);
     }
     let cpu0 = target.stat();
+    let edge_cpu0 = target.edge_stat();
+    let edge_fwd0 = match &target.edge {
+        Some(e) => server_counter(&e.url, "rtcroom_media_packets_out_total").await,
+        None => None,
+    };
     let gen0 = super::proc_cpu_ns(std::process::id());
     let late0: u64 = pub_stats
         .iter()
@@ -956,6 +982,11 @@ async fn measure(
     eprintln!();
     let window = w_start.elapsed();
     let cpu1 = target.stat();
+    let edge_cpu1 = target.edge_stat();
+    let edge_fwd1 = match &target.edge {
+        Some(e) => server_counter(&e.url, "rtcroom_media_packets_out_total").await,
+        None => None,
+    };
     let gen1 = super::proc_cpu_ns(std::process::id());
     let late: u64 = pub_stats
         .iter()
@@ -1245,6 +1276,29 @@ async fn measure(
         ("delay", json!(target.relays.as_ref().map(|r| r.delay()))),
         ("server_cpu_us_per_received_packet", json!(per_received_us)),
         (
+            "nodes",
+            json!(target.edge.as_ref().map(|_| {
+                let origin_viewers = subscribers.div_ceil(2);
+                let pct = |a: Option<super::ProcStat>, b: Option<super::ProcStat>| match (a, b) {
+                    (Some(a), Some(b)) => Some(100.0 * (b.cpu_s - a.cpu_s) / window.as_secs_f64()),
+                    _ => None,
+                };
+                let per_s = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                    (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / window.as_secs_f64()),
+                    _ => None,
+                };
+                json!({
+                    "nodes": 2,
+                    "origin_viewers": origin_viewers,
+                    "edge_viewers": subscribers - origin_viewers,
+                    "origin_cpu_pct": pct(cpu0, cpu1),
+                    "edge_cpu_pct": pct(edge_cpu0, edge_cpu1),
+                    "origin_packets_out_per_s": forwarded.map(|f| f as f64 / window.as_secs_f64()),
+                    "edge_packets_out_per_s": per_s(edge_fwd0, edge_fwd1),
+                })
+            })),
+        ),
+        (
             "server_packets_counted_by",
             json!(match kind {
                 ServerKind::Rtcroom => "server (rtcroom_media_packets_out_total)",
@@ -1346,6 +1400,21 @@ async fn measure(
         println!("server memory         {:.1} KB per subscriber", m / 1e3);
     }
     report["first_video_packet_ms_samples"] = json!(first_packet);
+    if report["nodes"].is_object() {
+        let n = &report["nodes"];
+        println!(
+            "origin node           {} viewers, CPU {}%, {} packets/s out",
+            n["origin_viewers"],
+            f(&n["origin_cpu_pct"]),
+            f(&n["origin_packets_out_per_s"])
+        );
+        println!(
+            "edge node             {} viewers, CPU {}%, {} packets/s out",
+            n["edge_viewers"],
+            f(&n["edge_cpu_pct"]),
+            f(&n["edge_packets_out_per_s"])
+        );
+    }
     Ok(report)
 }
 

@@ -219,6 +219,11 @@ enum Scenario {
         /// Audience members.
         #[arg(long, value_name = "N", default_value_t = 50)]
         subscribers: usize,
+        /// Embedded nodes: 1, or 2 for a cluster on a `redis-server` the bench starts (the
+        /// anchor on the first node, the room's; the audience split over both, the second
+        /// serving its half as an edge fed by one node link).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        nodes: usize,
         /// Subscribers started per second.
         #[arg(long, value_name = "PER_SEC", default_value_t = 100.0)]
         rate: f64,
@@ -409,10 +414,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
         } => rt.block_on(join_scenario(clients, rate, mode, room, common)),
         Scenario::Livestream {
             subscribers,
+            nodes,
             rate,
             target,
             common,
-        } => rt.block_on(media::livestream(subscribers, rate, target, common)),
+        } => rt.block_on(media::livestream(subscribers, nodes, rate, target, common)),
         Scenario::Soak {
             slots,
             rooms,
@@ -499,6 +505,25 @@ struct Target {
     link: Option<netns::Impairment>,
     /// The delaying relays the media goes through, with --delay-ms/--jitter-ms.
     relays: Option<relay::Relays>,
+    /// With `--nodes 2`: the second node (an edge of the room) and the cluster's Redis.
+    edge: Option<EdgeNode>,
+}
+
+/// The second node of a two-node embedded cluster, and the cluster's `redis-server`.
+struct EdgeNode {
+    url: String,
+    child: EmbeddedChild,
+    _redis: KillOnDrop,
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// An embedded server run as a child process (in its namespace, when there is one).
@@ -521,6 +546,66 @@ impl Drop for EmbeddedChild {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A fresh temporary directory, removed when dropped.
+fn temp_home() -> anyhow::Result<TempDir> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let home = std::env::temp_dir().join(format!(
+        "rtcroom-bench-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&home).context("temporary directory")?;
+    Ok(TempDir(home))
+}
+
+/// Start `rtcroom serve` (this binary) with `RTCROOM_HOME=home` and `env`, on loopback.
+fn spawn_serve(
+    home: &std::path::Path,
+    env: &[(&str, String)],
+    args: &[&str],
+) -> anyhow::Result<(Child, String)> {
+    let exe = std::env::current_exe().context("locating the rtcroom binary")?;
+    let mut command = Command::new(&exe);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    start_serve(command, home)
+}
+
+/// Run a prepared `rtcroom serve` command (on the server's CPUs with --pin) and wait for its
+/// signalling URL.
+fn start_serve(mut command: Command, home: &std::path::Path) -> anyhow::Result<(Child, String)> {
+    on_server_cpus(&mut command);
+    let mut child = command
+        .env("RTCROOM_HOME", home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the embedded server")?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("listening: ") {
+                let url = rest.split_whitespace().next().unwrap_or("").to_owned();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(url) => Ok((child, url)),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the embedded server did not start within 20 s")
+        }
     }
 }
 
@@ -592,15 +677,10 @@ impl Target {
                 client_ip: source_ip_for(url)?,
                 link: None,
                 relays: None,
+                edge: None,
             });
         }
-        let home = std::env::temp_dir().join(format!(
-            "rtcroom-bench-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos()
-        ));
-        std::fs::create_dir_all(&home).context("temporary directory")?;
-        let home = TempDir(home);
+        let home = temp_home()?;
         let exe = std::env::current_exe().context("locating the rtcroom binary")?;
         let link = common.impairment();
         let delay = common.delay();
@@ -615,7 +695,7 @@ impl Target {
             )),
             _ => None,
         };
-        let mut command = match &netns {
+        let command = match &netns {
             // `ip netns exec` execs the server: the child's pid is the server's.
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -634,27 +714,7 @@ impl Target {
                 c
             }
         };
-        on_server_cpus(&mut command);
-        let mut child = command
-            .env("RTCROOM_HOME", &home.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the embedded server")?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening: ") {
-                    let url = rest.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = tx.send(url);
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(20))
-            .context("the embedded server did not start within 20 s")?;
+        let (child, url) = start_serve(command, &home.0)?;
         let key = EmbeddedKeyFile::read(&home.0.join("embedded.toml"))?
             .context("the embedded server wrote no key file")?;
         Ok(Target {
@@ -670,7 +730,99 @@ impl Target {
             }),
             link,
             relays,
+            edge: None,
         })
+    }
+
+    /// Two embedded nodes on a `redis-server` started here: the first holds the room (its
+    /// anchor joins there), the second serves its share of the audience as an edge.
+    async fn two_nodes(common: &CommonArgs) -> anyhow::Result<Target> {
+        if common.server.is_some() || common.impairment().is_some() || common.delay().is_some() {
+            bail!(
+                "--nodes 2 runs two embedded nodes on loopback (no --server, --netns, --loss, --rate-kbit, --delay-ms)"
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("a free port for redis-server")?
+            .port();
+        let redis = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting redis-server (Debian: apt-get install redis-server)")?;
+        let redis = KillOnDrop(redis);
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not start within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let home = temp_home()?;
+        let secret = format!("bench-cluster-secret-{}", std::process::id());
+        let env = |id: &str| {
+            vec![
+                ("RTCROOM__CLUSTER__REDIS_URL", url.clone()),
+                ("RTCROOM__CLUSTER__SECRET", secret.clone()),
+                ("RTCROOM__CLUSTER__NODE_ID", id.to_owned()),
+                ("RTCROOM__CLUSTER__PLACEMENT", "local".to_owned()),
+                ("RTCROOM__CLUSTER__EDGE_AFTER_AUDIENCE", "0".to_owned()),
+            ]
+        };
+        // Both nodes read the one key file the first writes (the same apps on every node).
+        let (origin, origin_url) = spawn_serve(&home.0, &env("origin"), &[])?;
+        let (edge, edge_url) = spawn_serve(&home.0, &env("edge"), &[])?;
+        let key = EmbeddedKeyFile::read(&home.0.join("embedded.toml"))?
+            .context("the embedded server wrote no key file")?;
+        Ok(Target {
+            kind: ServerKind::Rtcroom,
+            client_ip: source_ip_for(&origin_url)?,
+            url: origin_url,
+            sdk_app_id: key.sdk_app_id,
+            secret_key: key.secret_key,
+            child: Some(EmbeddedChild {
+                child: origin,
+                _home: home,
+                _netns: None,
+            }),
+            link: None,
+            relays: None,
+            edge: Some(EdgeNode {
+                url: edge_url,
+                child: EmbeddedChild {
+                    child: edge,
+                    _home: temp_home()?,
+                    _netns: None,
+                },
+                _redis: redis,
+            }),
+        })
+    }
+
+    /// Where viewer `i` connects: the room's node, or every other one the edge.
+    fn viewer_url(&self, i: usize) -> &str {
+        match &self.edge {
+            Some(e) if i % 2 == 1 => &e.url,
+            _ => &self.url,
+        }
+    }
+
+    fn edge_stat(&self) -> Option<ProcStat> {
+        self.edge
+            .as_ref()
+            .and_then(|e| proc_stat(e.child.child.id()))
     }
 
     /// Janus VideoRoom: at `--server` (a Janus WebSocket URL), or started on loopback.
@@ -697,6 +849,7 @@ impl Target {
             child,
             link: None,
             relays: None,
+            edge: None,
         })
     }
 
