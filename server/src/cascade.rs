@@ -541,7 +541,9 @@ pub async fn join_edge(
             .await
         {
             Ok((joined, member)) => return Ok((joined, member, outbox)),
-            Err(e) if tries > 0 => {
+            // Only a room that closed under the join: any other refusal (a PrivateMapKey, a
+            // full room) is the member's, and the room's link is fine.
+            Err(e) if tries > 0 && e.message == crate::shard::EDGE_NOT_OPEN => {
                 tracing::debug!(room = %key, error = %e, "edge room closing; opening again");
                 registry.edges().forget(&key, gen_);
             }

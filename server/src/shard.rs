@@ -154,6 +154,10 @@ pub enum Mirror {
     },
 }
 
+/// Why a join of an edge room that is not open (any more) failed: the link to the room's node
+/// is opened again and the join retried once (`cascade::join_edge`).
+pub const EDGE_NOT_OPEN: &str = "the link to the room's node is not open; try again";
+
 /// An edge room's tie to its link to the room's node.
 struct EdgeMark {
     /// Dropped with the room: the link ends.
@@ -762,10 +766,7 @@ impl ShardCore {
     fn join(&mut self, key: RoomKey, input: JoinInput, link: LinkTx, edge: bool) -> Reply<Joined> {
         match (self.rooms.get(&key).map(|c| c.edge.is_some()), edge) {
             (Some(false), true) | (None, true) => {
-                return Err(RtcError::new(
-                    ErrorCode::JoinRoomFailed,
-                    "the link to the room's node is not open; try again",
-                ));
+                return Err(RtcError::new(ErrorCode::JoinRoomFailed, EDGE_NOT_OPEN));
             }
             (Some(true), false) => {
                 return Err(RtcError::new(

@@ -326,16 +326,22 @@ impl Slots {
         self.lock().formats.get(key).copied().flatten()
     }
 
+    /// `peer` stopped publishing `key`: the slot has no publisher and no format any more,
+    /// unless another peer has taken it meanwhile (a re-publish, a new pipe), whose format
+    /// stays.
     fn clear_publisher_of(&self, key: &SlotKey, peer: PeerId) {
         let mut t = self.lock();
+        let entry = t.by_key.get(key).copied();
+        let current = entry
+            .and_then(|id| t.entries.get(&id))
+            .and_then(|e| e.publisher)
+            .map(|p| p.peer);
+        if current.is_some_and(|p| p != peer) {
+            return;
+        }
         t.formats.remove(key);
         t.layers.remove(key);
-        let Some(id) = t.by_key.get(key).copied() else {
-            return;
-        };
-        if let Some(e) = t.entries.get_mut(&id)
-            && e.publisher.map(|p| p.peer) == Some(peer)
-        {
+        if let Some(e) = entry.and_then(|id| t.entries.get_mut(&id)) {
             e.publisher = None;
         }
     }
@@ -1067,5 +1073,34 @@ mod tests {
         assert_eq!(slots.len(), 0);
         let c = slots.acquire(&slot());
         assert_ne!(c.id(), first, "a released id is not handed out again");
+    }
+
+    #[test]
+    fn a_replaced_publishers_late_unpublish_keeps_the_new_ones_format() {
+        let slots = Slots::default();
+        let s = slots.acquire(&slot());
+        let format = |codec| {
+            Some(sdp::VideoFormat {
+                codec,
+                pt: 96,
+                rtx: None,
+                profile_level_id: None,
+            })
+        };
+        s.set_publisher(PublisherInfo { peer: 5 });
+        slots.set_format(&slot(), format(VideoCodec::Vp8), Vec::new());
+        // Peer 6 takes the slot (a re-publish, a new pipe); peer 5's unpublish comes after.
+        s.set_publisher(PublisherInfo { peer: 6 });
+        slots.set_format(&slot(), format(VideoCodec::H264), Vec::new());
+        slots.clear_publisher_of(&slot(), 5);
+        assert_eq!(
+            slots.format(&slot()).map(|f| f.codec),
+            Some(VideoCodec::H264)
+        );
+        assert_eq!(slots.publisher(s.id()).map(|p| p.peer), Some(6));
+        // Its own unpublish clears both.
+        slots.clear_publisher_of(&slot(), 6);
+        assert_eq!(slots.format(&slot()), None);
+        assert_eq!(slots.publisher(s.id()), None);
     }
 }
