@@ -111,14 +111,15 @@ async fn when_the_rooms_node_dies_its_members_on_other_nodes_get_media_again() {
     n2.stop().unwrap();
 }
 
-/// A node (default timings) that serves every audience member joining through it a live
-/// room of another node, as that room's edge.
-fn live_node(redis: &Redis, id: &str) -> rtcroom_server::RunningServer {
+/// A node (default timings) whose live rooms cascade once they hold `edge_after` audience
+/// members (0: every audience member joining through another node is served there, as the
+/// room's edge).
+fn live_node(redis: &Redis, id: &str, edge_after: u32) -> rtcroom_server::RunningServer {
     let mut c = redis.node(server_config("127.0.0.1:0"), id);
     let defaults = rtcroom_server::config::ClusterConfig::default();
     c.cluster.heartbeat_s = defaults.heartbeat_s;
     c.cluster.node_ttl_s = defaults.node_ttl_s;
-    c.cluster.edge_after_audience = 0;
+    c.cluster.edge_after_audience = edge_after;
     start(c)
 }
 
@@ -146,8 +147,8 @@ fn viewer(url: &str, user: &str, frames: &Arc<AtomicU64>) -> TestClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_rooms_audience_on_another_node_is_fed_by_one_node_link() {
     let redis = Redis::start();
-    let n1 = live_node(&redis, "n1");
-    let n2 = live_node(&redis, "n2");
+    let n1 = live_node(&redis, "n1", 0);
+    let n2 = live_node(&redis, "n2", 0);
     poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
     let room = 4200;
 
@@ -239,8 +240,8 @@ async fn a_live_rooms_audience_on_another_node_is_fed_by_one_node_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_a_live_rooms_node_dies_its_edge_audience_reconnects_to_the_room_placed_again() {
     let redis = Redis::start();
-    let n1 = live_node(&redis, "n1");
-    let n2 = live_node(&redis, "n2");
+    let n1 = live_node(&redis, "n1", 0);
+    let n2 = live_node(&redis, "n2", 0);
     poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
     let room = 4300;
     let anchor = TestClient::new(config(&n1.ws_url(), "anchor", Mode::Live));
@@ -283,5 +284,51 @@ async fn when_a_live_rooms_node_dies_its_edge_audience_reconnects_to_the_room_pl
         viewer.seen
     );
     drop(anchor);
+    n2.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_audience_threshold_a_live_room_sends_new_audience_to_another_node() {
+    let redis = Redis::start();
+    let n1 = live_node(&redis, "n1", 1);
+    let n2 = live_node(&redis, "n2", 1);
+    poll_until("two nodes", || {
+        cluster_nodes(&n1) == 2 && cluster_nodes(&n2) == 2
+    })
+    .await;
+    let room: u32 = 4400;
+    let anchor = TestClient::new(config(&n1.ws_url(), "anchor", Mode::Live));
+    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
+        .await
+        .expect("join");
+    let local = bounded(create_stream(
+        StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
+    ))
+    .await
+    .expect("stream");
+    bounded(anchor.publish(&local)).await.expect("publish");
+    let audience = || JoinOptions::new(room).with_role(rtcroom::Role::Audience);
+    let counts: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    // The first viewer on n1 takes the room to its threshold (1): n1 holds it.
+    let first = viewer(&n1.ws_url(), "v1", &counts[0]);
+    bounded(first.join(audience())).await.expect("join");
+    assert_eq!(n1.metrics().proxied_links.load(Ordering::Relaxed), 0);
+    // The next one reaching n1 is sent to n2, which serves it as the room's edge (n1 relays
+    // its signalling only); one reaching n2 is served there too.
+    let second = viewer(&n1.ws_url(), "v2", &counts[1]);
+    bounded(second.join(audience())).await.expect("join");
+    let third = viewer(&n2.ws_url(), "v3", &counts[2]);
+    bounded(third.join(audience())).await.expect("join");
+    for (i, c) in counts.iter().enumerate() {
+        poll_until(&format!("viewer {} decodes the anchor", i + 1), || {
+            c.load(Ordering::Relaxed) >= 15
+        })
+        .await;
+    }
+    assert_eq!(n1.metrics().proxied_links.load(Ordering::Relaxed), 1);
+    assert_eq!(n2.metrics().proxied_links.load(Ordering::Relaxed), 0);
+    assert_eq!(n2.metrics().cascade_links.load(Ordering::Relaxed), 1);
+    assert_eq!(n1.metrics().cascade_edges.load(Ordering::Relaxed), 1);
+    n1.stop().unwrap();
     n2.stop().unwrap();
 }

@@ -223,6 +223,8 @@ pub struct Cluster {
     /// time. A stale entry costs at most one extra hop (the node reached routes the join on)
     /// or one failed connect (then [`Cluster::forget`] and the join asks Redis again).
     remote: Mutex<HashMap<RoomKey, (RemoteNode, std::time::Instant)>>,
+    /// Live rooms of this node flagged for cascading ([`Cluster::flag_cascading`]).
+    cascading: Mutex<HashSet<RoomKey>>,
     metrics: Arc<Metrics>,
     place: redis::Script,
     release: redis::Script,
@@ -278,6 +280,7 @@ impl Cluster {
             owned: Mutex::new(HashSet::new()),
             registered: Mutex::new(false),
             remote: Mutex::new(HashMap::new()),
+            cascading: Mutex::new(HashSet::new()),
             metrics,
             place: redis::Script::new(PLACE_LUA),
             release: redis::Script::new(RELEASE_LUA),
@@ -463,6 +466,7 @@ impl Cluster {
     /// other nodes serve its audience joining through them. The flag lasts an hour after the
     /// last time it was raised and goes with the room.
     pub fn flag_cascading(self: &Arc<Self>, key: &RoomKey) {
+        lock(&self.cascading).insert(key.clone());
         let (Ok(mut conn), Ok(rt)) = (self.connection(), tokio::runtime::Handle::try_current())
         else {
             return;
@@ -474,6 +478,24 @@ impl Cluster {
             set.arg(flag).arg(1).arg("EX").arg(CASCADE_FLAG_TTL_S);
             let _ = this.bounded(set.query_async::<()>(&mut conn)).await;
         });
+    }
+
+    /// Another node to serve an audience member of live room `key` of this node, once the
+    /// room is flagged for cascading ([`Cluster::flag_cascading`]; never with
+    /// `edge_after_audience` 0): the live node with the fewest members (then rooms, id), as of
+    /// the last heartbeat. `None`: serve it here.
+    pub fn edge_for(&self, key: &RoomKey) -> Option<RemoteNode> {
+        if self.config.edge_after_audience == 0 || !lock(&self.cascading).contains(key) {
+            return None;
+        }
+        lock(&self.nodes)
+            .iter()
+            .filter(|n| n.id != self.id)
+            .min_by(|a, b| (a.members, a.rooms, &a.id).cmp(&(b.members, b.rooms, &b.id)))
+            .map(|n| RemoteNode {
+                id: n.id.clone(),
+                url: n.url.clone(),
+            })
     }
 
     fn cascade_key(&self, key: &RoomKey) -> String {
@@ -510,6 +532,7 @@ impl Cluster {
 
     /// A room of this node closed: release its key (unless another node has taken it).
     pub fn room_closed(self: &Arc<Self>, key: &RoomKey) {
+        lock(&self.cascading).remove(key);
         if !lock(&self.owned).remove(key) {
             return;
         }

@@ -689,17 +689,47 @@ impl Session {
         Ok(())
     }
 
-    /// Whether this audience join of another node's live room is served here, as an edge of
-    /// the room (`cascade.rs`). A join another node proxied here is the room's own.
-    async fn serves_edge(&self, j: &rtcroom_protocol::signal::JoinRequest, key: &RoomKey) -> bool {
+    /// Whether this join is of live-room audience that a cluster node with media may serve
+    /// as an edge.
+    fn edge_audience(&self, j: &rtcroom_protocol::signal::JoinRequest) -> bool {
+        j.mode == rtcroom_protocol::Mode::Live
+            && j.effective_role() == rtcroom_protocol::Role::Audience
+            && self.shared.registry.media().is_some()
+    }
+
+    /// Whether this audience join of `owner`'s live room is served here, as an edge of the
+    /// room (`cascade.rs`): one that reached this node once the room cascades, or one the
+    /// room's node itself sent here for that. A join another node proxied here is the room's
+    /// own.
+    async fn serves_edge(
+        &self,
+        j: &rtcroom_protocol::signal::JoinRequest,
+        key: &RoomKey,
+        owner: &RemoteNode,
+    ) -> bool {
         let Some(cluster) = self.shared.registry.cluster() else {
             return false;
         };
-        self.via.is_none()
-            && j.mode == rtcroom_protocol::Mode::Live
-            && j.effective_role() == rtcroom_protocol::Role::Audience
-            && self.shared.registry.media().is_some()
-            && cluster.serves_edge(key).await
+        if !self.edge_audience(j) {
+            return false;
+        }
+        match &self.via {
+            Some(via) => *via == owner.id,
+            None => cluster.serves_edge(key).await,
+        }
+    }
+
+    /// The node to serve this audience join of a live room of this node, when the room has
+    /// audience enough here ([`crate::cluster::Cluster::edge_for`]).
+    fn edge_elsewhere(
+        &self,
+        j: &rtcroom_protocol::signal::JoinRequest,
+        key: &RoomKey,
+    ) -> Option<RemoteNode> {
+        if self.via.is_some() || !self.edge_audience(j) {
+            return None;
+        }
+        self.shared.registry.cluster()?.edge_for(key)
     }
 
     /// Join another node's live room as audience served by this node.
@@ -756,8 +786,20 @@ impl Session {
                         .route_join(&key, self.via.is_some())
                         .await;
                     let failed = match routed {
-                        Ok(Owner::Here) => break,
-                        Ok(Owner::Node(node)) if self.serves_edge(&j, &key).await => {
+                        Ok(Owner::Here) => {
+                            // A live room with audience enough here: another node serves this
+                            // member as the room's edge (this node relays its signalling).
+                            if let Some(edge) = self.edge_elsewhere(&j, &key) {
+                                match self.proxy(&key, edge, raw.clone()).await {
+                                    Ok(()) => return Ok(()),
+                                    Err(e) => {
+                                        tracing::debug!(error = %e.message, "serving here");
+                                    }
+                                }
+                            }
+                            break;
+                        }
+                        Ok(Owner::Node(node)) if self.serves_edge(&j, &key, &node).await => {
                             return self.join_edge(id, key, node, input).await;
                         }
                         Ok(Owner::Node(node)) => match self.proxy(&key, node, raw.clone()).await {
