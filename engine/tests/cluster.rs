@@ -136,6 +136,22 @@ fn counting(mut cfg: rtcroom::ClientConfig, frames: &Arc<AtomicU64>) -> TestClie
     TestClient::new(cfg)
 }
 
+/// The anchor of live room `room`, joined at `url` and publishing 320×240 video (keep the
+/// stream).
+async fn live_anchor(url: &str, room: u32) -> (TestClient, rtcroom::LocalStream) {
+    let anchor = TestClient::new(config(url, "anchor", Mode::Live));
+    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
+        .await
+        .expect("join");
+    let local = bounded(create_stream(
+        StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
+    ))
+    .await
+    .expect("stream");
+    bounded(anchor.publish(&local)).await.expect("publish");
+    (anchor, local)
+}
+
 /// A live-room member on `url` (TRTC's reconnect schedule) counting its frames in `frames`.
 fn viewer(url: &str, user: &str, frames: &Arc<AtomicU64>) -> TestClient {
     counting(
@@ -153,17 +169,8 @@ async fn a_live_rooms_audience_on_another_node_is_fed_by_one_node_link() {
     let room = 4200;
 
     // The anchor places the live room on n1 and publishes there.
-    let anchor = TestClient::new(config(&n1.ws_url(), "anchor", Mode::Live));
-    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
-        .await
-        .expect("join");
+    let (anchor, _local) = live_anchor(&n1.ws_url(), room).await;
     assert_eq!(redis.owner(APP, room).as_deref(), Some("n1"));
-    let local = bounded(create_stream(
-        StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
-    ))
-    .await
-    .expect("stream");
-    bounded(anchor.publish(&local)).await.expect("publish");
 
     // One viewer on the room's node, two on the edge.
     let counts: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
@@ -244,16 +251,7 @@ async fn when_a_live_rooms_node_dies_its_edge_audience_reconnects_to_the_room_pl
     let n2 = live_node(&redis, "n2", 0);
     poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
     let room = 4300;
-    let anchor = TestClient::new(config(&n1.ws_url(), "anchor", Mode::Live));
-    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
-        .await
-        .expect("join");
-    let local = bounded(create_stream(
-        StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
-    ))
-    .await
-    .expect("stream");
-    bounded(anchor.publish(&local)).await.expect("publish");
+    let (anchor, _local) = live_anchor(&n1.ws_url(), room).await;
     let frames = Arc::new(AtomicU64::new(0));
     let mut viewer = viewer(&n2.ws_url(), "viewer", &frames);
     bounded(viewer.join(JoinOptions::new(room).with_role(rtcroom::Role::Audience)))
@@ -296,17 +294,8 @@ async fn past_its_audience_threshold_a_live_room_sends_new_audience_to_another_n
         cluster_nodes(&n1) == 2 && cluster_nodes(&n2) == 2
     })
     .await;
-    let room: u32 = 4400;
-    let anchor = TestClient::new(config(&n1.ws_url(), "anchor", Mode::Live));
-    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
-        .await
-        .expect("join");
-    let local = bounded(create_stream(
-        StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
-    ))
-    .await
-    .expect("stream");
-    bounded(anchor.publish(&local)).await.expect("publish");
+    let room = 4400;
+    let (_anchor, _local) = live_anchor(&n1.ws_url(), room).await;
     let audience = || JoinOptions::new(room).with_role(rtcroom::Role::Audience);
     let counts: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
     // The first viewer on n1 takes the room to its threshold (1): n1 holds it.

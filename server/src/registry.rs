@@ -382,6 +382,17 @@ impl Registry {
                 "the server is shutting down",
             ));
         }
+        self.join_on_shard(key, input, link, true).await
+    }
+
+    /// Hand a join to room `key`'s shard (`edge`: its edge room) and await it.
+    async fn join_on_shard(
+        &self,
+        key: RoomKey,
+        input: JoinInput,
+        link: LinkTx,
+        edge: bool,
+    ) -> Result<(Joined, Member), RtcError> {
         let session = input.session;
         let shard = self.shard(&key).await?;
         let joined = shard
@@ -389,7 +400,7 @@ impl Registry {
                 key: key.clone(),
                 input,
                 link,
-                edge: true,
+                edge,
             })
             .await
             .unwrap_or_else(|_| {
@@ -467,29 +478,7 @@ impl Registry {
             }
             Err((_, input, link)) => (input, link),
         };
-        let shard = self.shard(&key).await?;
-        let joined = shard
-            .send(shard::Join {
-                key: key.clone(),
-                input,
-                link,
-                edge: false,
-            })
-            .await
-            .unwrap_or_else(|_| {
-                Err(RtcError::new(
-                    ErrorCode::JoinRoomFailed,
-                    "the room's shard has stopped",
-                ))
-            })?;
-        Ok((
-            joined,
-            Member {
-                session,
-                key,
-                shard,
-            },
-        ))
+        self.join_on_shard(key, input, link, false).await
     }
 
     /// The mode of room `key` if it exists (links without a mode of their own, WHIP and

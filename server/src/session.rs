@@ -740,7 +740,17 @@ impl Session {
         origin: RemoteNode,
         input: crate::room::JoinInput,
     ) -> Result<(), End> {
-        match crate::cascade::join_edge(&self.shared.registry, key, origin, input).await {
+        let joined = crate::cascade::join_edge(&self.shared.registry, key, origin, input).await;
+        self.joined(id, joined).await
+    }
+
+    /// Answer join `id` with how it went; joined, the member's events arrive on `outbox`.
+    async fn joined(
+        &mut self,
+        id: u64,
+        joined: Result<(crate::room::Joined, Member, LinkRx), RtcError>,
+    ) -> Result<(), End> {
+        match joined {
             Ok((result, member, outbox)) => {
                 self.state = State::Joined {
                     member,
@@ -814,21 +824,9 @@ impl Session {
                     }
                 }
                 let (link, outbox) = crate::link::link();
-                match self.shared.registry.join(key, input, link).await {
-                    Ok((result, member)) => {
-                        self.state = State::Joined {
-                            member,
-                            outbox: Some(outbox),
-                        };
-                        Metrics::inc(&self.shared.metrics.joins);
-                        let frame = joined_reply_frame(id, result.result, &result.members_json);
-                        self.send_text(frame).await
-                    }
-                    Err(e) => {
-                        self.join_failed(id, e).await;
-                        Ok(())
-                    }
-                }
+                let joined = self.shared.registry.join(key, input, link).await;
+                self.joined(id, joined.map(|(result, member)| (result, member, outbox)))
+                    .await
             }
             (State::New, _) => {
                 self.reply(
