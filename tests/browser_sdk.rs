@@ -634,6 +634,16 @@ async fn browser_publishes_h264_and_the_engine_decodes_it() {
     browser_to_engine(VideoCodec::H264, 4101, true).await;
 }
 
+/// Wait until `node` sees two live nodes in its cluster (it places rooms on itself until it
+/// has read the other's registration).
+async fn two_nodes(node: &RunningServer, tag: &str) {
+    let t = Instant::now();
+    while node.metrics().cluster_nodes.load(Ordering::Relaxed) < 2 {
+        assert!(t.elapsed() < DEADLINE, "[{tag}] n2 never saw n1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Two nodes of a cluster on a real Redis: the room lives on n1 (the engine joined it there
 /// first); the browser loads the SDK from n2 and joins through it, so its signalling (join,
 /// publish, ICE restart) is proxied to n1 while its media goes straight to n1.
@@ -646,11 +656,7 @@ async fn a_browser_on_another_node_publishes_vp8_into_the_room_and_the_engine_de
         .expect("the server starts");
     let edge = RunningServer::spawn(redis.node(server_config("127.0.0.1:0"), "n2"))
         .expect("the server starts");
-    let t = Instant::now();
-    while edge.metrics().cluster_nodes.load(Ordering::Relaxed) < 2 {
-        assert!(t.elapsed() < DEADLINE, "[{tag}] n2 never saw n1");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    two_nodes(&edge, tag).await;
     let browser = launch().await;
     let page = sdk_page(&browser, &edge)
         .await
@@ -681,11 +687,7 @@ async fn a_browser_in_the_audience_on_an_edge_node_decodes_the_anchors_h264() {
         RunningServer::spawn(c).expect("the server starts")
     };
     let (origin, edge) = (node("n1"), node("n2"));
-    let t = Instant::now();
-    while edge.metrics().cluster_nodes.load(Ordering::Relaxed) < 2 {
-        assert!(t.elapsed() < DEADLINE, "[{tag}] n2 never saw n1");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    two_nodes(&edge, tag).await;
     let browser = launch().await;
     let page = sdk_page(&browser, &edge)
         .await

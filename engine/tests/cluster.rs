@@ -152,6 +152,16 @@ async fn live_anchor(url: &str, room: u32) -> (TestClient, rtcroom::LocalStream)
     (anchor, local)
 }
 
+/// Wait until each viewer counting in `counts` has decoded 15 video frames.
+async fn all_decode(counts: &[Arc<AtomicU64>]) {
+    for (i, c) in counts.iter().enumerate() {
+        poll_until(&format!("viewer {} decodes the anchor", i + 1), || {
+            c.load(Ordering::Relaxed) >= 15
+        })
+        .await;
+    }
+}
+
 /// A live-room member on `url` (TRTC's reconnect schedule) counting its frames in `frames`.
 fn viewer(url: &str, user: &str, frames: &Arc<AtomicU64>) -> TestClient {
     counting(
@@ -184,12 +194,7 @@ async fn a_live_rooms_audience_on_another_node_is_fed_by_one_node_link() {
     for v in &edge_viewers {
         bounded(v.join(audience())).await.expect("join");
     }
-    for (i, c) in counts.iter().enumerate() {
-        poll_until(&format!("viewer {} decodes the anchor", i + 1), || {
-            c.load(Ordering::Relaxed) >= 15
-        })
-        .await;
-    }
+    all_decode(&counts).await;
     // The edge serves its viewers itself: nothing proxied, one node link for both.
     assert_eq!(n2.metrics().proxied_links.load(Ordering::Relaxed), 0);
     assert_eq!(n2.metrics().cascade_links.load(Ordering::Relaxed), 1);
@@ -308,12 +313,7 @@ async fn past_its_audience_threshold_a_live_room_sends_new_audience_to_another_n
     bounded(second.join(audience())).await.expect("join");
     let third = viewer(&n2.ws_url(), "v3", &counts[2]);
     bounded(third.join(audience())).await.expect("join");
-    for (i, c) in counts.iter().enumerate() {
-        poll_until(&format!("viewer {} decodes the anchor", i + 1), || {
-            c.load(Ordering::Relaxed) >= 15
-        })
-        .await;
-    }
+    all_decode(&counts).await;
     assert_eq!(n1.metrics().proxied_links.load(Ordering::Relaxed), 1);
     assert_eq!(n2.metrics().proxied_links.load(Ordering::Relaxed), 0);
     assert_eq!(n2.metrics().cascade_links.load(Ordering::Relaxed), 1);

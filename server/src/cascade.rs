@@ -60,7 +60,7 @@ pub const CASCADE_PATH: &str = "/_node/cascade";
 pub const EDGE_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame on a node link (a snapshot of a room's anchors and streams).
 const LINK_MAX_FRAME: usize = 1 << 20;
-/// Packets queued per link on the origin before they are dropped (a slow edge).
+/// Packets queued per pipe on the origin before they are dropped (a slow edge).
 const PIPE_QUEUE: usize = 2048;
 /// Keyframe requests queued on the edge.
 const KEYFRAME_QUEUE: usize = 64;
@@ -161,7 +161,10 @@ struct PipesOut {
     /// (user, stream) → (tag, pipe peer).
     open: HashMap<(UserId, StreamType), (u32, PeerId)>,
     by_tag: HashMap<u32, SlotKey>,
-    tx: mpsc::Sender<(u32, PipePacket)>,
+    /// Every open pipe's packets, tagged (a closed pipe's stream ends and leaves the set).
+    incoming: futures_util::stream::SelectAll<
+        futures_util::stream::LocalBoxStream<'static, (u32, PipePacket)>,
+    >,
 }
 
 impl PipesOut {
@@ -186,7 +189,7 @@ impl PipesOut {
         };
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
-        let (tx, mut rx) = mpsc::channel::<PipePacket>(PIPE_QUEUE);
+        let (tx, rx) = mpsc::channel::<PipePacket>(PIPE_QUEUE);
         let peer = match self.media.pipe_out(slot.clone(), tx).await {
             Ok(peer) => peer,
             Err(e) => {
@@ -198,15 +201,12 @@ impl PipesOut {
                 };
             }
         };
-        // Tag the pipe's packets onto the link's one queue; ends when the pipe closes.
-        let out = self.tx.clone();
-        actix_web::rt::spawn(async move {
-            while let Some(p) = rx.recv().await {
-                if out.try_send((tag, p)).is_err() && out.is_closed() {
-                    break;
-                }
-            }
-        });
+        self.incoming.push(
+            futures_util::stream::unfold(rx, move |mut rx| async move {
+                rx.recv().await.map(|p| ((tag, p), rx))
+            })
+            .boxed_local(),
+        );
         self.open
             .insert((info.user_id.clone(), info.stream_type), (tag, peer));
         self.by_tag.insert(tag, slot);
@@ -314,24 +314,15 @@ async fn serve_edge(
     let metrics = shared.metrics.clone();
     metrics.cascade_edges.fetch_add(1, Ordering::Relaxed);
     tracing::info!(room = %key, edge = node, "an edge node mirrors the room");
-    let (tx, mut packets) = mpsc::channel::<(u32, PipePacket)>(PIPE_QUEUE);
     let mut pipes = PipesOut {
         media,
         key: key.clone(),
         next_tag: 1,
         open: HashMap::new(),
         by_tag: HashMap::new(),
-        tx,
+        incoming: futures_util::stream::SelectAll::new(),
     };
-    let end = origin_loop(
-        &mut ws,
-        &mut stream,
-        &mut outbox,
-        &mut pipes,
-        &mut packets,
-        joined,
-    )
-    .await;
+    let end = origin_loop(&mut ws, &mut stream, &mut outbox, &mut pipes, joined).await;
     pipes.close_all();
     metrics.cascade_edges.fetch_sub(1, Ordering::Relaxed);
     match end {
@@ -390,7 +381,6 @@ async fn origin_loop(
          ),
     outbox: &mut LinkRx,
     pipes: &mut PipesOut,
-    packets: &mut mpsc::Receiver<(u32, PipePacket)>,
     joined: Joined,
 ) -> OriginEnd {
     let result = joined.decoded();
@@ -435,7 +425,7 @@ async fn origin_loop(
                 }
                 None => return OriginEnd::Removed(1000, "left"),
             },
-            Some((tag, packet)) = packets.recv() => {
+            Some((tag, packet)) = pipes.incoming.next() => {
                 if ws.binary(encode_pipe_frame(tag, &packet)).await.is_err() {
                     return OriginEnd::EdgeGone;
                 }

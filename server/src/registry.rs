@@ -376,13 +376,19 @@ impl Registry {
         input: JoinInput,
         link: LinkTx,
     ) -> Result<(Joined, Member), RtcError> {
+        self.refuse_if_closing()?;
+        self.join_on_shard(key, input, link, true).await
+    }
+
+    /// Joins are refused once the server is shutting down.
+    fn refuse_if_closing(&self) -> Result<(), RtcError> {
         if self.closing.load(Ordering::Relaxed) {
             return Err(RtcError::new(
                 ErrorCode::JoinRoomFailed,
                 "the server is shutting down",
             ));
         }
-        self.join_on_shard(key, input, link, true).await
+        Ok(())
     }
 
     /// Hand a join to room `key`'s shard (`edge`: its edge room) and await it.
@@ -451,12 +457,7 @@ impl Registry {
         input: JoinInput,
         link: LinkTx,
     ) -> Result<(Joined, Member), RtcError> {
-        if self.closing.load(Ordering::Relaxed) {
-            return Err(RtcError::new(
-                ErrorCode::JoinRoomFailed,
-                "the server is shutting down",
-            ));
-        }
+        self.refuse_if_closing()?;
         if let Owner::Node(node) = self.route_join(&key, false).await? {
             return Err(elsewhere(&node));
         }
