@@ -1597,7 +1597,6 @@ impl Worker {
                 && !peer.connected
                 && now.saturating_duration_since(peer.created) > self.connect_timeout
             {
-                self.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
                 dead = Some(PeerCloseReason::ConnectTimeout);
             }
             if dead.is_none() && !peer.rtc.is_alive() {
@@ -1605,6 +1604,11 @@ impl Worker {
             }
             if let Some(reason) = dead {
                 self.remove_peer(lp, Some(reason));
+                // Counted once the peer is gone, so that a reader who sees the
+                // timeout also sees the peer count without it.
+                if reason == PeerCloseReason::ConnectTimeout {
+                    self.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             }
             if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
