@@ -1,17 +1,22 @@
 //! Two `rtcroom serve` processes as nodes of a cluster on a real `redis-server`: a node killed
 //! with SIGKILL (no goodbye to the cluster, no close frames) loses its room to the live node
-//! once its registration expires, and a client connected through the live node comes back
-//! into the re-placed room on its own.
+//! once its registration expires, and members connected through the live node come back
+//! into the re-placed room on their own, with decoded media flowing again.
 
 #[path = "../server/tests/common/redis_server.rs"]
 mod redis_server;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis_server::Redis;
-use rtcroom::{ClientConfig, ConnectionState, JoinOptions, Mode, create_client};
+use rtcroom::{
+    ClientConfig, ConnectionState, DecodedFrame, FrameInfo, JoinOptions, Mode, StreamConfig,
+    SubscribeOutput, VideoProfile, create_client, create_stream,
+};
 use rtcroom_protocol::usersig::gen_user_sig;
 
 const APP: u32 = 1_400_000_077;
@@ -89,6 +94,19 @@ fn member(url: &str, user: &str) -> ClientConfig {
     .with_auto_subscribe(false)
 }
 
+/// A member subscribing to everything and counting its decoded video frames in `frames`.
+fn viewer(url: &str, user: &str, frames: &Arc<AtomicU64>) -> ClientConfig {
+    let counter = frames.clone();
+    let mut cfg = member(url, user);
+    cfg.auto_subscribe = true;
+    cfg.auto_subscribe_output = SubscribeOutput::Frames(Arc::new(move |_, _, f: DecodedFrame| {
+        if matches!(f.info, FrameInfo::Video { .. }) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }));
+    cfg
+}
+
 /// Wait (bounded, checking every 20 ms) until `cond` holds.
 async fn poll_until(what: &str, cond: impl Fn() -> bool) {
     let t = Instant::now();
@@ -123,26 +141,59 @@ async fn a_node_killed_with_sigkill_loses_its_room_to_the_live_node_and_members_
         .expect("join in time")
         .expect("join");
     assert_eq!(redis.owner(APP, room).as_deref(), Some("a"));
-    // Alice reaches the room through b (with TRTC's reconnect schedule, 1 s unit).
+    // Alice publishes and bob watches, both through b (with TRTC's reconnect schedule, 1 s
+    // unit); their media flows through a's SFU.
     let alice = create_client(member(&b.url, "alice")).unwrap();
     tokio::time::timeout(DEADLINE, alice.join(JoinOptions::new(room)))
         .await
         .expect("join in time")
         .expect("join");
+    let local = tokio::time::timeout(
+        DEADLINE,
+        create_stream(
+            StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
+        ),
+    )
+    .await
+    .expect("stream in time")
+    .expect("stream");
+    tokio::time::timeout(DEADLINE, alice.publish(&local))
+        .await
+        .expect("publish in time")
+        .expect("publish");
+    let frames = Arc::new(AtomicU64::new(0));
+    let bob = create_client(viewer(&b.url, "bob", &frames)).unwrap();
+    tokio::time::timeout(DEADLINE, bob.join(JoinOptions::new(room)))
+        .await
+        .expect("join in time")
+        .expect("join");
+    poll_until("bob decodes alice through a", || {
+        frames.load(Ordering::Relaxed) >= 15
+    })
+    .await;
 
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     let killed = Instant::now();
-    poll_until("alice reconnecting", || {
+    poll_until("alice and bob reconnecting", || {
         alice.connection_state() == ConnectionState::Reconnecting
+            && bob.connection_state() == ConnectionState::Reconnecting
     })
     .await;
-    poll_until("alice back in the room", || {
+    let before = frames.load(Ordering::Relaxed);
+    poll_until("alice and bob back in the room", || {
         alice.connection_state() == ConnectionState::Connected
+            && bob.connection_state() == ConnectionState::Connected
+    })
+    .await;
+    let rejoined = killed.elapsed();
+    poll_until("bob decodes alice again", || {
+        frames.load(Ordering::Relaxed) >= before + 15
     })
     .await;
     eprintln!(
-        "sigkill failover: alice re-joined {} ms after the kill",
+        "sigkill failover: re-joined {} ms, media back {} ms after the kill",
+        rejoined.as_millis(),
         killed.elapsed().as_millis()
     );
     assert_eq!(redis.owner(APP, room).as_deref(), Some("b"));
