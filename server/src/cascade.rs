@@ -13,7 +13,10 @@
 //! - the origin sends each packet of each anchor stream **once per edge** as a binary frame
 //!   ([`crate::media::encode_pipe_frame`]: the packet as received, every simulcast layer), from
 //!   a pipe in its media plane that counts as one subscriber of the stream;
-//! - the edge sends keyframe requests back ([`Up::Keyframe`]).
+//! - the edge sends keyframe requests back ([`Up::Keyframe`]), and reports its audience coming
+//!   and going ([`Up::Audience`]): the origin's room lists them in `DescribeRoomInfo`, and
+//!   orders one removed ([`Down::Kick`]) on the admin's `RemoveUser` or when the same userId
+//!   joins the room anywhere else (the origin, or another edge).
 //!
 //! The edge mirrors the room in an **edge room** on its own shard: the origin's anchors are
 //! members there too ([`LinkKind::Edge`] mirrors), whose streams are published from pipes
@@ -24,8 +27,7 @@
 //! audience is closed with 1001 and reconnects, finding the room wherever it is placed next.
 //!
 //! What an edge does not do: an audience member there cannot switch to anchor (it is told to
-//! join again as anchor, which goes to the origin); the admin API on the origin does not list
-//! or remove the edges' audience; a userId on two nodes is not kicked across them.
+//! join again as anchor, which goes to the origin).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,6 +97,9 @@ pub enum Down {
         /// The event.
         event: ServerEvent,
     },
+    /// Remove this member of the edge's audience (`client-banned` with this reason, then
+    /// close): the same userId joined elsewhere in the room, or the admin removed it.
+    Kick(crate::room::EdgeKick),
 }
 
 /// Edge → origin (text frames).
@@ -114,6 +119,14 @@ pub enum Up {
         tag: u32,
         /// The layer.
         layer: Option<u8>,
+    },
+    /// A member joined the edge's audience (`joined`) or left it.
+    #[serde(rename_all = "camelCase")]
+    Audience {
+        /// Who.
+        user_id: UserId,
+        /// Joined (else left).
+        joined: bool,
     },
 }
 
@@ -322,7 +335,15 @@ async fn serve_edge(
         by_tag: HashMap::new(),
         incoming: futures_util::stream::SelectAll::new(),
     };
-    let end = origin_loop(&mut ws, &mut stream, &mut outbox, &mut pipes, joined).await;
+    let end = origin_loop(
+        &mut ws,
+        &mut stream,
+        &mut outbox,
+        &mut pipes,
+        &member,
+        joined,
+    )
+    .await;
     pipes.close_all();
     metrics.cascade_edges.fetch_sub(1, Ordering::Relaxed);
     match end {
@@ -349,6 +370,9 @@ async fn relay_events(
 ) -> Result<(), ()> {
     for e in events {
         let Ok(event) = serde_json::from_str::<ServerEvent>(&e) else {
+            if let Some(crate::room::EdgeOrder::Kick(order)) = crate::room::EdgeOrder::decode(&e) {
+                send_down(ws, &Down::Kick(order)).await?;
+            }
             continue;
         };
         let msg = match event {
@@ -381,6 +405,7 @@ async fn origin_loop(
          ),
     outbox: &mut LinkRx,
     pipes: &mut PipesOut,
+    member: &Member,
     joined: Joined,
 ) -> OriginEnd {
     let result = joined.decoded();
@@ -398,11 +423,11 @@ async fn origin_loop(
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(Ok(AggregatedMessage::Text(t))) => {
-                    if let Ok(Up::Keyframe { tag, layer }) = serde_json::from_str::<Up>(&t) {
-                        pipes.keyframe(tag, layer);
-                    }
-                }
+                Some(Ok(AggregatedMessage::Text(t))) => match serde_json::from_str::<Up>(&t) {
+                    Ok(Up::Keyframe { tag, layer }) => pipes.keyframe(tag, layer),
+                    Ok(Up::Audience { user_id, joined }) => member.edge_audience(user_id, joined),
+                    Ok(Up::Open { .. }) | Err(_) => {}
+                },
                 Some(Ok(AggregatedMessage::Ping(p))) => {
                     if ws.pong(&p).await.is_err() {
                         return OriginEnd::EdgeGone;
@@ -643,8 +668,7 @@ async fn run_edge_link(
         sdk_app_id: key.sdk_app_id,
         room_id: key.room_id.clone(),
     };
-    let text = serde_json::to_string(&open).unwrap_or_default();
-    if let Err(e) = link.send(awc::ws::Message::Text(text.into())).await {
+    if let Err(e) = send_up(&mut link, &open).await {
         let _ = ready.send(Some(Err(failed(e.to_string()))));
         return;
     }
@@ -675,8 +699,9 @@ async fn run_edge_link(
         update,
     };
     let (stop, mut stopped) = oneshot::channel();
+    let (audience, mut audience_rx) = mpsc::unbounded_channel();
     let opened = shard
-        .send(update(Mirror::Open { stop }))
+        .send(update(Mirror::Open { stop, audience }))
         .await
         .unwrap_or_else(|_| Err(failed("the shard stopped".into())));
     if let Err(e) = opened {
@@ -732,8 +757,12 @@ async fn run_edge_link(
                 }
             }
             Some((tag, layer)) = keyframes.recv() => {
-                let text = serde_json::to_string(&Up::Keyframe { tag, layer }).unwrap_or_default();
-                if link.send(awc::ws::Message::Text(text.into())).await.is_err() {
+                if send_up(&mut link, &Up::Keyframe { tag, layer }).await.is_err() {
+                    break Some(false);
+                }
+            }
+            Some((user_id, joined)) = audience_rx.recv() => {
+                if send_up(&mut link, &Up::Audience { user_id, joined }).await.is_err() {
                     break Some(false);
                 }
             }
@@ -753,6 +782,12 @@ async fn run_edge_link(
         }
     }
     let _ = link.close().await;
+}
+
+async fn send_up(link: &mut Link, msg: &Up) -> Result<(), awc::error::WsProtocolError> {
+    // Ids, numbers and flags: serialising cannot fail.
+    let text = serde_json::to_string(msg).unwrap_or_default();
+    link.send(awc::ws::Message::Text(text.into())).await
 }
 
 /// The next message from the origin (`Ok(None)`: a frame that is not one; `Err`: the link
@@ -787,6 +822,7 @@ async fn apply(
             let peer = pipes.open(&s).await;
             Mirror::Stream { info: s.info, peer }
         }
+        Down::Kick(order) => Mirror::Kick(order),
         Down::Event { event } => match event {
             ServerEvent::PeerJoin { user_id } => Mirror::AnchorIn(user_id),
             ServerEvent::PeerLeave { user_id, reason } => Mirror::AnchorOut(user_id, reason),
@@ -826,6 +862,13 @@ fn mute(user: UserId, kind: MediaKind, muted: bool) -> Mirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn down_kick(d: Down) -> crate::room::EdgeKick {
+        match d {
+            Down::Kick(k) => k,
+            other => panic!("not a kick: {other:?}"),
+        }
+    }
     use rtcroom_protocol::signal::LeaveReason;
 
     #[test]
@@ -852,5 +895,27 @@ mod tests {
         let text = serde_json::to_string(&down).unwrap();
         assert_eq!(serde_json::from_str::<Down>(&text).unwrap(), down);
         assert!(serde_json::from_str::<Down>(r#"{"t":"nonsense"}"#).is_err());
+        let up = Up::Audience {
+            user_id: UserId::new("v1").unwrap(),
+            joined: true,
+        };
+        let text = serde_json::to_string(&up).unwrap();
+        assert_eq!(text, r#"{"t":"audience","userId":"v1","joined":true}"#);
+        assert_eq!(serde_json::from_str::<Up>(&text).unwrap(), up);
+        let kick = crate::room::EdgeKick {
+            user_id: UserId::new("v1").unwrap(),
+            reason: BanReason::Kick,
+            message: "duplicated userId joining the room".into(),
+        };
+        let down = Down::Kick(kick.clone());
+        let text = serde_json::to_string(&down).unwrap();
+        assert_eq!(serde_json::from_str::<Down>(&text).unwrap(), down);
+        // The room's order on the hidden member's link is no event, and reads back whole.
+        let order = crate::room::EdgeOrder::Kick(kick).encode();
+        assert!(serde_json::from_str::<ServerEvent>(&order).is_err());
+        assert_eq!(
+            crate::room::EdgeOrder::decode(&order),
+            Some(crate::room::EdgeOrder::Kick(down_kick(down)))
+        );
     }
 }

@@ -265,6 +265,17 @@ impl Member {
             .unwrap_or_else(|_| Err(room_closed()))
     }
 
+    /// For an edge node's hidden member: the edge reports `user` in its audience (`joined`)
+    /// or gone from it.
+    pub fn edge_audience(&self, user: UserId, joined: bool) {
+        self.shard.do_send(shard::EdgeAudience {
+            key: self.key.clone(),
+            session: self.session,
+            user,
+            joined,
+        });
+    }
+
     /// The member's link went away without a leave.
     pub fn disconnected(&self) {
         self.shard.do_send(shard::Disconnected {

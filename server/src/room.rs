@@ -199,7 +199,63 @@ pub enum Effect {
         /// The peer.
         peer: PeerId,
     },
+    /// Tell the edge node behind hidden member `edge` to remove `user` from its audience
+    /// (`client-banned`, then close): a duplicate userId, or an admin's RemoveUser.
+    EdgeKick {
+        /// The edge's hidden member.
+        edge: SessionId,
+        /// What the edge is told.
+        order: EdgeKick,
+    },
 }
+
+/// An order for an edge node to remove a member of its audience (`cascade.rs` carries it).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeKick {
+    /// Who.
+    pub user_id: UserId,
+    /// Why (`client-banned`'s reason).
+    pub reason: BanReason,
+    /// Detail for the user.
+    pub message: String,
+}
+
+/// What the room's node tells an edge node, on the link of the edge's hidden member, beside
+/// the events an audience member gets (`cascade.rs`). Encoded as `{"edgeOrder":{...}}`, which
+/// no [`ServerEvent`] is.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EdgeOrder {
+    /// Remove a member of the edge's audience.
+    Kick(EdgeKick),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EdgeOrderFrame {
+    edge_order: EdgeOrder,
+}
+
+impl EdgeOrder {
+    /// The order as text on a member's link.
+    pub fn encode(self) -> String {
+        // A struct of strings and enums: serialising it cannot fail.
+        serde_json::to_string(&EdgeOrderFrame { edge_order: self }).unwrap_or_default()
+    }
+
+    /// The order in `text`, if it is one.
+    pub fn decode(text: &str) -> Option<EdgeOrder> {
+        serde_json::from_str::<EdgeOrderFrame>(text)
+            .ok()
+            .map(|f| f.edge_order)
+    }
+}
+
+/// What a second join with a member's userId tells the first (TRTC's `client-banned`, `kick`).
+const DUPLICATE_USER: &str = "duplicated userId joining the room";
+/// What an admin's RemoveUser tells the member.
+const BANNED_BY_ADMIN: &str = "you got banned by the admin";
 
 #[derive(Clone, Debug)]
 struct Stream {
@@ -362,6 +418,10 @@ pub struct Room {
     /// Every media peer the room's members hold, and what it carries. The room is the one
     /// record of who publishes and subscribes what; this index finds a peer's owner in O(1).
     peers: HashMap<PeerId, PeerUse>,
+    /// A cascaded live room's audience on edge nodes: user → the session of the hidden member
+    /// standing for the edge that serves it (as the edges report it). Listed by the admin
+    /// API, removed by it, and kicked by a join of the same userId anywhere.
+    edge_audience: BTreeMap<UserId, SessionId>,
 }
 
 /// The visible members as a join reply lists them (encoded [`MemberInfo`]s joined by commas),
@@ -423,6 +483,7 @@ impl Room {
             visible: VisibleJson::default(),
             streams_total: 0,
             peers: HashMap::new(),
+            edge_audience: BTreeMap::new(),
         }
     }
 
@@ -565,18 +626,26 @@ impl Room {
             return Ok(self.resume(input, now));
         }
         let mut effects = Vec::new();
-        // A second join with the same userId replaces the first: the older session is kicked.
-        let replacing = self.members.contains_key(&input.user_id);
-        if replacing {
-            effects.extend(self.remove_member(
+        // A second join with the same userId replaces the first: the older session is kicked,
+        // here or on the edge node serving it.
+        let replacing = self.members.get(&input.user_id).map(|m| m.kind);
+        if let Some(kind) = replacing {
+            let fx = self.remove_member(
                 &input.user_id,
-                Some((
-                    BanReason::Kick,
-                    "duplicated userId joining the room".to_owned(),
-                )),
+                Some((BanReason::Kick, DUPLICATE_USER.to_owned())),
                 LeaveReason::Kicked,
                 3,
-            ));
+            );
+            // A mirrored anchor replaced by a member of this node (the room's node kicks the
+            // anchor itself, and sends its webhooks): no webhooks of the mirror's.
+            let mirror = kind == LinkKind::Edge;
+            effects.extend(
+                fx.into_iter()
+                    .filter(|e| !(mirror && matches!(e, Effect::Hook(_)))),
+            );
+        }
+        if let Some(edge) = self.edge_audience.remove(&input.user_id) {
+            effects.push(Self::edge_kick(edge, &input.user_id, BanReason::Kick));
         }
         let limit = match self.mode {
             Mode::Rtc => self.limits.max_rtc_members,
@@ -721,6 +790,10 @@ impl Room {
         let Some(member) = self.members.remove(user_id) else {
             return Vec::new();
         };
+        if member.kind == LinkKind::Edge {
+            // An edge's link: the audience it served is gone with it.
+            self.edge_audience.retain(|_, e| *e != member.session);
+        }
         self.streams_total = self.streams_total.saturating_sub(member.streams.len());
         self.sessions.remove(&member.session);
         if self.visible(member.role) {
@@ -811,7 +884,12 @@ impl Room {
         reason: LeaveReason,
         now: Instant,
     ) -> Vec<Effect> {
-        let Some(role) = self.members.get(user).map(|m| m.role) else {
+        let Some(role) = self
+            .members
+            .get(user)
+            .filter(|m| m.kind == LinkKind::Edge)
+            .map(|m| m.role)
+        else {
             return Vec::new();
         };
         let mut effects = self.remove_member(user, None, reason, 1);
@@ -850,6 +928,15 @@ impl Room {
     /// The session of member `user`.
     pub fn session_of(&self, user: &UserId) -> Option<SessionId> {
         self.members.get(user).map(|m| m.session)
+    }
+
+    /// The session of member `user` if it is a mirror ([`LinkKind::Edge`]) — not a member of
+    /// this node that took the userId over.
+    pub fn mirror_session(&self, user: &UserId) -> Option<SessionId> {
+        self.members
+            .get(user)
+            .filter(|m| m.kind == LinkKind::Edge)
+            .map(|m| m.session)
     }
 
     /// A member's socket closed without a leave: it stays until its heartbeat timeout, as TRTC
@@ -1323,15 +1410,24 @@ impl Room {
         Ok(effects)
     }
 
-    /// Admin RemoveUser: each named member gets `client-banned` reason `banned`.
+    /// Admin RemoveUser: each named member gets `client-banned` reason `banned`, here or on
+    /// the edge node serving it.
     pub fn remove_users(&mut self, users: &[UserId], now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
         let mut last_role = None;
         for u in users {
-            if let Some(role) = self.members.get(u).map(|m| m.role) {
+            if let Some(edge) = self.edge_audience.remove(u) {
+                effects.push(Self::edge_kick(edge, u, BanReason::Banned));
+            }
+            if let Some(role) = self
+                .members
+                .get(u)
+                .filter(|m| m.kind != LinkKind::Edge)
+                .map(|m| m.role)
+            {
                 effects.extend(self.remove_member(
                     u,
-                    Some((BanReason::Banned, "you got banned by the admin".to_owned())),
+                    Some((BanReason::Banned, BANNED_BY_ADMIN.to_owned())),
                     LeaveReason::Kicked,
                     3,
                 ));
@@ -1344,9 +1440,73 @@ impl Room {
         effects
     }
 
+    /// The order for edge `edge` to remove `user` for `reason` (a duplicate or the admin).
+    fn edge_kick(edge: SessionId, user: &UserId, reason: BanReason) -> Effect {
+        let message = match reason {
+            BanReason::Kick => DUPLICATE_USER,
+            _ => BANNED_BY_ADMIN,
+        };
+        Effect::EdgeKick {
+            edge,
+            order: EdgeKick {
+                user_id: user.clone(),
+                reason,
+                message: message.to_owned(),
+            },
+        }
+    }
+
+    /// The edge node behind hidden member `edge` reports `user` in its audience (`joined`) or
+    /// gone from it. A member of that userId here, or in another edge's audience, is kicked
+    /// as by a duplicate join.
+    pub fn edge_audience(
+        &mut self,
+        edge: SessionId,
+        user: UserId,
+        joined: bool,
+        now: Instant,
+    ) -> Vec<Effect> {
+        if !self
+            .user_of(edge)
+            .and_then(|u| self.members.get(u))
+            .is_some_and(|m| m.kind == LinkKind::Edge)
+        {
+            return Vec::new();
+        }
+        if !joined {
+            if self.edge_audience.get(&user) == Some(&edge) {
+                self.edge_audience.remove(&user);
+            }
+            return Vec::new();
+        }
+        let mut effects = Vec::new();
+        if let Some(role) = self
+            .members
+            .get(&user)
+            .filter(|m| m.kind != LinkKind::Edge)
+            .map(|m| m.role)
+        {
+            effects.extend(self.remove_member(
+                &user,
+                Some((BanReason::Kick, DUPLICATE_USER.to_owned())),
+                LeaveReason::Kicked,
+                3,
+            ));
+            self.after_leave(role, now, &mut effects);
+        }
+        if let Some(other) = self.edge_audience.insert(user.clone(), edge)
+            && other != edge
+        {
+            effects.push(Self::edge_kick(other, &user, BanReason::Kick));
+        }
+        effects
+    }
+
     /// Admin DismissRoom: everyone gets `client-banned` reason `room_disband`.
     pub fn dismiss(&mut self) -> Vec<Effect> {
         let mut effects = Vec::new();
+        // The edges' audience goes with their links (their hidden members are removed here).
+        self.edge_audience.clear();
         let users: Vec<UserId> = self.members.keys().cloned().collect();
         for u in &users {
             if let Some(m) = self.members.remove(u) {
@@ -1619,27 +1779,65 @@ impl Room {
         }
     }
 
-    /// The room's members and streams.
+    /// The room's members (with the audience its edge nodes serve) and streams.
     pub fn describe(&self) -> RoomInfo {
+        let mut members: Vec<MemberDetail> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.kind != LinkKind::Edge)
+            .map(|(u, m)| MemberDetail {
+                user_id: u.clone(),
+                role: m.role,
+                connected: m.connected,
+                streams: m
+                    .streams
+                    .iter()
+                    .map(|(t, s)| Self::stream_info(u, *t, s))
+                    .collect(),
+            })
+            .collect();
+        members.extend(self.edge_audience.keys().map(|u| MemberDetail {
+            user_id: u.clone(),
+            role: Role::Audience,
+            connected: true,
+            streams: Vec::new(),
+        }));
+        members.sort_by(|a, b| a.user_id.as_str().cmp(b.user_id.as_str()));
         RoomInfo {
             room_id: self.key.room_id.clone(),
             mode: self.mode,
-            members: self
-                .members
-                .iter()
-                .filter(|(_, m)| m.kind != LinkKind::Edge)
-                .map(|(u, m)| MemberDetail {
-                    user_id: u.clone(),
-                    role: m.role,
-                    connected: m.connected,
-                    streams: m
-                        .streams
-                        .iter()
-                        .map(|(t, s)| Self::stream_info(u, *t, s))
-                        .collect(),
-                })
-                .collect(),
+            members,
         }
+    }
+
+    /// The members of this node (not mirrors), for an edge room's link.
+    pub fn local_users(&self) -> Vec<UserId> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.kind != LinkKind::Edge)
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+
+    /// An edge's order: remove member `user` (of this node, not a mirror), for `reason`.
+    pub fn kick_local(
+        &mut self,
+        user: &UserId,
+        reason: BanReason,
+        message: String,
+        now: Instant,
+    ) -> Vec<Effect> {
+        let Some(role) = self
+            .members
+            .get(user)
+            .filter(|m| m.kind != LinkKind::Edge)
+            .map(|m| m.role)
+        else {
+            return Vec::new();
+        };
+        let mut effects = self.remove_member(user, Some((reason, message)), LeaveReason::Kicked, 3);
+        self.after_leave(role, now, &mut effects);
+        effects
     }
 }
 

@@ -34,7 +34,7 @@ use crate::link::{
 use crate::media::{MediaPlane, PeerId, SlotKey};
 use crate::metrics::Metrics;
 use crate::registry::{AdminOp, AdminReply, RoomContext};
-use crate::room::{Effect, JoinInput, Joined, Room, RoomKey, SessionId};
+use crate::room::{Effect, HookEvent, JoinInput, Joined, Room, RoomKey, SessionId};
 
 /// Session ids hashed with one multiply (Fibonacci hashing): every event to every member
 /// looks its session up, and SipHash dominated a burst of joins into a big room. The ids come
@@ -119,7 +119,12 @@ pub enum Mirror {
     Open {
         /// The link's stop signal.
         stop: tokio::sync::oneshot::Sender<()>,
+        /// Where the edge room reports its audience coming and going (for the room's node).
+        audience: AudienceTx,
     },
+    /// The room's node orders a member of this node's audience removed (a duplicate userId
+    /// elsewhere in the room, or the admin's RemoveUser).
+    Kick(crate::room::EdgeKick),
     /// An anchor is in the room.
     AnchorIn(UserId),
     /// An anchor left, for this reason.
@@ -158,10 +163,16 @@ pub enum Mirror {
 /// is opened again and the join retried once (`cascade::join_edge`).
 pub const EDGE_NOT_OPEN: &str = "the link to the room's node is not open; try again";
 
+/// An edge room's audience changes for its link: (user, joined). Unbounded, but read without
+/// pause by the link's task; one entry per join or leave of this node's audience.
+pub type AudienceTx = tokio::sync::mpsc::UnboundedSender<(UserId, bool)>;
+
 /// An edge room's tie to its link to the room's node.
 struct EdgeMark {
     /// Dropped with the room: the link ends.
     _stop: tokio::sync::oneshot::Sender<()>,
+    /// The room's audience coming and going, for the link.
+    audience: AudienceTx,
     /// A member of this node has joined (the room ends when the last one leaves).
     had_local: bool,
 }
@@ -186,6 +197,21 @@ pub struct Disconnected {
     pub key: RoomKey,
     /// Who.
     pub session: SessionId,
+}
+
+/// The edge node behind hidden member `session` reports `user` in its audience (`joined`) or
+/// gone from it (`cascade.rs`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EdgeAudience {
+    /// The room.
+    pub key: RoomKey,
+    /// The edge's hidden member.
+    pub session: SessionId,
+    /// Who.
+    pub user: UserId,
+    /// Joined (else left).
+    pub joined: bool,
 }
 
 /// An admin operation on a room.
@@ -396,6 +422,17 @@ impl RoomCore {
                     if hidden {
                         continue;
                     }
+                    // An edge room's audience is reported to the room's node.
+                    if let (Some(edge), Some(user)) = (&self.edge, &hook.user_id) {
+                        let joined = match hook.event {
+                            HookEvent::EnterRoom => Some(true),
+                            HookEvent::ExitRoom => Some(false),
+                            _ => None,
+                        };
+                        if let Some(joined) = joined {
+                            let _ = edge.audience.send((user.clone(), joined));
+                        }
+                    }
                     if let Some(w) = &ctx.webhooks {
                         w.do_send(crate::webhook::Deliver {
                             key: self.room.key().clone(),
@@ -431,6 +468,11 @@ impl RoomCore {
                     if let Some(media) = &ctx.media {
                         media.unsubscribe(peer);
                     }
+                }
+                Effect::EdgeKick { edge, order } => {
+                    // Behind the edge's own events, on its link (`cascade.rs` reads it).
+                    let text = crate::room::EdgeOrder::Kick(order).encode();
+                    self.log.push((ByteString::from(text), vec![edge]));
                 }
             }
         }
@@ -785,6 +827,11 @@ impl ShardCore {
         let cluster = self.ctx.cluster.clone();
         let now = Instant::now();
         let result = self.step(&key, None, move |core, rctx| {
+            if hidden.is_none() {
+                // A member of this node taking over a mirrored anchor's userId (the room's
+                // node kicks the anchor): its webhooks and reports are its own.
+                core.hidden.remove(&input.user_id);
+            }
             let (res, after) = core.step(rctx, |room| match room.join(input, now) {
                 Ok((joined, mut fx)) => {
                     if created {
@@ -860,11 +907,16 @@ impl ShardCore {
             )
         };
         let update = match update {
-            Mirror::Open { stop } => {
+            Mirror::Open { stop, audience } => {
                 if let Some(core) = self.rooms.get_mut(key) {
                     return match &mut core.edge {
                         Some(edge) => {
+                            // A new link: it learns the audience already here.
+                            for user in core.room.local_users() {
+                                let _ = audience.send((user, true));
+                            }
                             edge._stop = stop;
+                            edge.audience = audience;
                             Ok(())
                         }
                         None => Err(RtcError::new(
@@ -885,6 +937,7 @@ impl ShardCore {
                 let mut core = RoomCore::new(room, id);
                 core.edge = Some(EdgeMark {
                     _stop: stop,
+                    audience,
                     had_local: false,
                 });
                 self.rooms.insert(key.clone(), core);
@@ -925,7 +978,7 @@ impl ShardCore {
                     return core.step(rctx, |room| (Ok(()), room.mirror_leave(&user, reason, now)));
                 }
                 Mirror::Stream { info, peer } => {
-                    let Some(session) = core.room.session_of(&info.user_id) else {
+                    let Some(session) = core.room.mirror_session(&info.user_id) else {
                         return (
                             Err(RtcError::invalid_operation(None, "no such anchor")),
                             After::default(),
@@ -973,7 +1026,7 @@ impl ShardCore {
                     return (r, after);
                 }
                 Mirror::StreamGone(user, stream_type) => {
-                    let Some(session) = core.room.session_of(&user) else {
+                    let Some(session) = core.room.mirror_session(&user) else {
                         return (Ok(()), After::default());
                     };
                     return core.step(rctx, |room| {
@@ -989,7 +1042,7 @@ impl ShardCore {
                     kind,
                     muted,
                 } => {
-                    let Some(session) = core.room.session_of(&user) else {
+                    let Some(session) = core.room.mirror_session(&user) else {
                         return (Ok(()), After::default());
                     };
                     let slot = core.slot(user, stream_type);
@@ -1008,6 +1061,12 @@ impl ShardCore {
                 }
                 Mirror::Relay(event) => {
                     return core.step(rctx, |room| (Ok(()), room.relay(event)));
+                }
+                Mirror::Kick(order) => {
+                    return core.step(rctx, |room| {
+                        let fx = room.kick_local(&order.user_id, order.reason, order.message, now);
+                        (Ok(()), fx)
+                    });
                 }
                 Mirror::Closed { dismissed } => {
                     if !dismissed {
@@ -1471,6 +1530,26 @@ impl Handler<Disconnected> for RoomShard {
             core.step(rctx, |room| {
                 room.disconnected(session);
                 ((), room.end_subscriptions(session))
+            })
+        });
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<EdgeAudience> for RoomShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: EdgeAudience, ctx: &mut Self::Context) {
+        let EdgeAudience {
+            key,
+            session,
+            user,
+            joined,
+        } = msg;
+        let now = Instant::now();
+        self.core.borrow_mut().step(&key, None, |core, rctx| {
+            core.step(rctx, |room| {
+                ((), room.edge_audience(session, user, joined, now))
             })
         });
         self.schedule(ctx);

@@ -256,3 +256,113 @@ async fn without_redis_a_node_keeps_its_rooms_refuses_new_ones_and_recovers() {
     n1.stop().unwrap();
     n2.stop().unwrap();
 }
+
+/// The members `DescribeRoomInfo` (asked of `node`) lists in room `room` (`"user role"`),
+/// sorted.
+async fn listed(node: &RunningServer, room: u32) -> Vec<String> {
+    let (status, info) = admin(
+        node.addr(),
+        "DescribeRoomInfo",
+        json!({"SdkAppId": APP, "RoomId": room}),
+    )
+    .await;
+    assert_eq!(status, 200, "{info}");
+    let mut users: Vec<String> = info["Response"]["RoomInfo"]["Members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}",
+                m["UserId"].as_str().unwrap(),
+                m["Role"].as_str().unwrap()
+            )
+        })
+        .collect();
+    users.sort();
+    users
+}
+
+/// Ask `node` for room `room`'s members until they are `want` (the edges report theirs over
+/// their links, a moment after the join).
+async fn until_listed(node: &RunningServer, room: u32, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let users = listed(node, room).await;
+        if users == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room {room} lists {users:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_live_rooms_audience_on_edges_is_listed_removed_and_kicked_by_duplicates_anywhere() {
+    use rtcroom_protocol::Role;
+    let redis = Redis::start();
+    let edge_node = |id: &str| {
+        let mut c = node_config(&redis, id);
+        // Every audience member reaching another node is served there, as an edge.
+        c.cluster.edge_after_audience = 0;
+        start(c)
+    };
+    let (n1, n2, n3) = (edge_node("n1"), edge_node("n2"), edge_node("n3"));
+    until("three nodes see each other", || {
+        [&n1, &n2, &n3]
+            .iter()
+            .all(|n| metric(n, "rtcroom_cluster_nodes") == 3)
+    })
+    .await;
+    let room = "520";
+    let audience = Some(Role::Audience);
+    let (_anchor, _) = joined(&n1.ws_url(), "anchor", room, Mode::Live, Some(Role::Anchor)).await;
+    assert_eq!(redis.owner(APP, 520).as_deref(), Some("n1"));
+    let (mut v1, r) = joined(&n2.ws_url(), "v1", room, Mode::Live, audience).await;
+    assert_eq!(r.members.len(), 1, "the edge mirrors the anchor");
+    let (mut v2, _) = joined(&n3.ws_url(), "v2", room, Mode::Live, audience).await;
+    assert_eq!(metric(&n2, "rtcroom_cascade_links"), 1);
+    assert_eq!(metric(&n3, "rtcroom_cascade_links"), 1);
+    assert_eq!(metric(&n2, "rtcroom_proxied_links"), 0);
+
+    // The room's node lists the edges' audience, asked through any node.
+    until_listed(&n2, 520, &["anchor anchor", "v1 audience", "v2 audience"]).await;
+
+    // v1 again through another edge: the first v1 (on n2) is kicked as on one node.
+    let (_v1b, _) = joined(&n3.ws_url(), "v1", room, Mode::Live, audience).await;
+    assert_eq!(banned(&mut v1).await, BanReason::Kick);
+    assert!(v1.closed().await.is_some());
+    // v2 again as an anchor on the room's node: the edge's v2 is kicked.
+    let (mut v2_anchor, _) = joined(&n1.ws_url(), "v2", room, Mode::Live, Some(Role::Anchor)).await;
+    assert_eq!(banned(&mut v2).await, BanReason::Kick);
+    until_listed(&n1, 520, &["anchor anchor", "v1 audience", "v2 anchor"]).await;
+    // And that anchor joining an edge's audience kicks it on the room's node.
+    let (mut v2_edge, _) = joined(&n2.ws_url(), "v2", room, Mode::Live, audience).await;
+    assert_eq!(banned(&mut v2_anchor).await, BanReason::Kick);
+    until_listed(&n1, 520, &["anchor anchor", "v1 audience", "v2 audience"]).await;
+
+    // RemoveUser through any node removes a member wherever it is served.
+    let (status, _) = admin(
+        n3.addr(),
+        "RemoveUser",
+        json!({"SdkAppId": APP, "RoomId": 520, "UserIds": ["v2"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eprintln!(
+        "DEBUG after remove: {:?} links n2={} n3={} edges n1={}",
+        listed(&n1, 520).await,
+        metric(&n2, "rtcroom_cascade_links"),
+        metric(&n3, "rtcroom_cascade_links"),
+        metric(&n1, "rtcroom_cascade_edges")
+    );
+    assert_eq!(banned(&mut v2_edge).await, BanReason::Banned);
+    assert!(v2_edge.closed().await.is_some());
+    until_listed(&n1, 520, &["anchor anchor", "v1 audience"]).await;
+    n1.stop().unwrap();
+    n2.stop().unwrap();
+    n3.stop().unwrap();
+}

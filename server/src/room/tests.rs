@@ -872,3 +872,101 @@ fn mirrors_of_other_nodes_are_hidden_kept_without_heartbeats_and_relayed_to() {
         && matches!(e, ServerEvent::StreamRemoved { user_id, .. } if *user_id == uid("anchor"))));
     assert_eq!(r.local_len(), 2);
 }
+
+fn edge_kicks(effects: &[Effect]) -> Vec<(SessionId, String, BanReason)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::EdgeKick { edge, order } => {
+                Some((*edge, order.user_id.to_string(), order.reason))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_origin_lists_removes_and_kicks_the_audience_its_edges_report() {
+    let t0 = Instant::now();
+    // On the room's node: an anchor (1) and two edges' hidden members (8, 9).
+    let mut r = room(Mode::Live);
+    join(&mut r, 1, "anchor", Some(Role::Anchor), t0).unwrap();
+    for (s, n) in [(8, "~edge.n2"), (9, "~edge.n3")] {
+        r.join(
+            JoinInput {
+                session: s,
+                user_id: UserId::reserved(&n[1..]),
+                mode: Mode::Live,
+                role: Some(Role::Audience),
+                privileges: None,
+                kind: LinkKind::Edge,
+            },
+            t0,
+        )
+        .unwrap();
+    }
+    assert!(r.edge_audience(8, uid("v1"), true, t0).is_empty());
+    assert!(r.edge_audience(9, uid("v2"), true, t0).is_empty());
+    // A session that is no edge's hidden member reports nothing.
+    assert!(r.edge_audience(1, uid("v9"), true, t0).is_empty());
+    let listed = |r: &Room| -> Vec<(String, Role)> {
+        r.describe()
+            .members
+            .iter()
+            .map(|m| (m.user_id.to_string(), m.role))
+            .collect()
+    };
+    assert_eq!(
+        listed(&r),
+        [
+            ("anchor".to_owned(), Role::Anchor),
+            ("v1".to_owned(), Role::Audience),
+            ("v2".to_owned(), Role::Audience)
+        ]
+    );
+    // v1 reported again by the other edge: the first edge is told to kick it.
+    let fx = r.edge_audience(9, uid("v1"), true, t0);
+    assert_eq!(edge_kicks(&fx), [(8, "v1".to_owned(), BanReason::Kick)]);
+    // The first edge's late report of v1 leaving does not drop the second's v1.
+    assert!(r.edge_audience(8, uid("v1"), false, t0).is_empty());
+    assert_eq!(listed(&r).len(), 3);
+    // v1 joining here kicks it on its edge; an edge's report of the anchor's userId kicks
+    // the anchor here.
+    let (_, fx) = join(&mut r, 2, "v1", Some(Role::Anchor), t0).unwrap();
+    assert_eq!(edge_kicks(&fx), [(9, "v1".to_owned(), BanReason::Kick)]);
+    let fx = r.edge_audience(8, uid("anchor"), true, t0);
+    assert_eq!(removals(&fx), [(1, BanReason::Kick)]);
+    assert!(edge_kicks(&fx).is_empty());
+    // The admin's RemoveUser reaches the edge serving the member.
+    let fx = r.remove_users(&[uid("v2"), UserId::reserved("edge.n2")], t0);
+    assert_eq!(edge_kicks(&fx), [(9, "v2".to_owned(), BanReason::Banned)]);
+    assert!(removals(&fx).is_empty(), "no hidden member is removed by name");
+    // An edge's link leaving takes its audience off the list.
+    r.leave(8, t0);
+    assert_eq!(
+        listed(&r),
+        [("v1".to_owned(), Role::Anchor)],
+        "v2 was removed; the anchor userId's edge left"
+    );
+}
+
+#[test]
+fn on_an_edge_a_local_member_takes_a_mirrors_userid_and_mirror_updates_leave_it_alone() {
+    let t0 = Instant::now();
+    let mut r = room(Mode::Live);
+    join_kind(&mut r, 1, "a", LinkKind::Edge, t0);
+    join(&mut r, 2, "v", Some(Role::Audience), t0).unwrap();
+    // The local join of the mirror's userId replaces it without the mirror's webhooks.
+    let (_, fx) = join(&mut r, 3, "a", Some(Role::Audience), t0).unwrap();
+    assert_eq!(removals(&fx), [(1, BanReason::Kick)]);
+    assert_eq!(hooks(&fx), [HookEvent::EnterRoom.event_type()]);
+    assert_eq!(r.mirror_session(&uid("a")), None);
+    assert_eq!(r.session_of(&uid("a")), Some(3));
+    // The room's node then kicks its anchor "a": the mirror's leave is not the local member's.
+    assert!(r.mirror_leave(&uid("a"), LeaveReason::Kicked, t0).is_empty());
+    assert_eq!(r.session_of(&uid("a")), Some(3));
+    // An edge's kick order removes only members of this node.
+    let fx = r.kick_local(&uid("a"), BanReason::Banned, "x".into(), t0);
+    assert_eq!(removals(&fx), [(3, BanReason::Banned)]);
+    assert_eq!(r.local_users(), [uid("v")]);
+}
