@@ -37,9 +37,7 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use futures_util::{SinkExt, StreamExt};
-use rtcroom_protocol::signal::{
-    BanReason, ClientMessage, MediaKind, ServerEvent, StreamInfo, StreamType,
-};
+use rtcroom_protocol::signal::{BanReason, ClientMessage, ServerEvent, StreamInfo, StreamType};
 use rtcroom_protocol::{ErrorCode, Mode, Role, RoomId, RtcError, UserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -100,6 +98,8 @@ pub enum Down {
     /// Remove this member of the edge's audience (`client-banned` with this reason, then
     /// close): the same userId joined elsewhere in the room, or the admin removed it.
     Kick(crate::room::EdgeKick),
+    /// An anchor muted or unmuted a stream.
+    Mute(crate::room::EdgeMute),
 }
 
 /// Edge → origin (text frames).
@@ -370,9 +370,12 @@ async fn relay_events(
 ) -> Result<(), ()> {
     for e in events {
         let Ok(event) = serde_json::from_str::<ServerEvent>(&e) else {
-            if let Some(crate::room::EdgeOrder::Kick(order)) = crate::room::EdgeOrder::decode(&e) {
-                send_down(ws, &Down::Kick(order)).await?;
-            }
+            let down = match crate::room::EdgeOrder::decode(&e) {
+                Some(crate::room::EdgeOrder::Kick(order)) => Down::Kick(order),
+                Some(crate::room::EdgeOrder::Mute(order)) => Down::Mute(order),
+                None => continue,
+            };
+            send_down(ws, &down).await?;
             continue;
         };
         let msg = match event {
@@ -823,6 +826,12 @@ async fn apply(
             Mirror::Stream { info: s.info, peer }
         }
         Down::Kick(order) => Mirror::Kick(order),
+        Down::Mute(m) => Mirror::Mute {
+            user: m.user_id,
+            stream_type: m.stream_type,
+            kind: m.kind,
+            muted: m.muted,
+        },
         Down::Event { event } => match event {
             ServerEvent::PeerJoin { user_id } => Mirror::AnchorIn(user_id),
             ServerEvent::PeerLeave { user_id, reason } => Mirror::AnchorOut(user_id, reason),
@@ -833,10 +842,6 @@ async fn apply(
                 pipes.gone(&user_id, stream_type);
                 Mirror::StreamGone(user_id, stream_type)
             }
-            ServerEvent::MuteAudio { user_id } => mute(user_id, MediaKind::Audio, true),
-            ServerEvent::UnmuteAudio { user_id } => mute(user_id, MediaKind::Audio, false),
-            ServerEvent::MuteVideo { user_id } => mute(user_id, MediaKind::Video, true),
-            ServerEvent::UnmuteVideo { user_id } => mute(user_id, MediaKind::Video, false),
             ServerEvent::ClientBanned { reason, .. } => {
                 return Some(reason == BanReason::RoomDisband);
             }
@@ -848,15 +853,6 @@ async fn apply(
         tracing::debug!(room = %key, error = %e, "edge room update refused");
     }
     None
-}
-
-fn mute(user: UserId, kind: MediaKind, muted: bool) -> Mirror {
-    Mirror::Mute {
-        user,
-        stream_type: StreamType::Main,
-        kind,
-        muted,
-    }
 }
 
 #[cfg(test)]

@@ -199,14 +199,30 @@ pub enum Effect {
         /// The peer.
         peer: PeerId,
     },
-    /// Tell the edge node behind hidden member `edge` to remove `user` from its audience
-    /// (`client-banned`, then close): a duplicate userId, or an admin's RemoveUser.
-    EdgeKick {
+    /// Tell the edge node behind hidden member `edge` what its audience's events cannot:
+    /// remove a member (a duplicate userId, the admin's RemoveUser), or which stream a mute
+    /// is of.
+    Edge {
         /// The edge's hidden member.
         edge: SessionId,
         /// What the edge is told.
-        order: EdgeKick,
+        order: EdgeOrder,
     },
+}
+
+/// A mute or unmute of a mirrored anchor's stream, for an edge node (TRTC's mute events name
+/// no stream).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeMute {
+    /// Whose.
+    pub user_id: UserId,
+    /// Which stream.
+    pub stream_type: StreamType,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Muted (else unmuted).
+    pub muted: bool,
 }
 
 /// An order for an edge node to remove a member of its audience (`cascade.rs` carries it).
@@ -229,6 +245,8 @@ pub struct EdgeKick {
 pub enum EdgeOrder {
     /// Remove a member of the edge's audience.
     Kick(EdgeKick),
+    /// An anchor muted or unmuted a stream (instead of the mute event the audience gets).
+    Mute(EdgeMute),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -1290,18 +1308,32 @@ impl Room {
             (_, MediaKind::Video, true) => HookEvent::StopVideo,
             (_, MediaKind::Video, false) => HookEvent::StartVideo,
         };
-        Ok(vec![
-            Effect::Event {
-                to: self.others(Some(session)),
-                event: ServerEvent::mute(user.clone(), kind, muted),
-            },
-            Effect::Hook(Hook {
-                event: hook,
-                user_id: Some(user),
-                role: None,
-                reason: 0,
+        // Edges' hidden members are told which stream it is; the others get TRTC's event.
+        let (edges, to): (Vec<&Member>, Vec<&Member>) = self
+            .members
+            .values()
+            .filter(|m| m.connected && m.session != session)
+            .partition(|m| m.kind == LinkKind::Edge);
+        let mut effects = vec![Effect::Event {
+            to: to.iter().map(|m| m.session).collect(),
+            event: ServerEvent::mute(user.clone(), kind, muted),
+        }];
+        effects.extend(edges.iter().map(|m| Effect::Edge {
+            edge: m.session,
+            order: EdgeOrder::Mute(EdgeMute {
+                user_id: user.clone(),
+                stream_type,
+                kind,
+                muted,
             }),
-        ])
+        }));
+        effects.push(Effect::Hook(Hook {
+            event: hook,
+            user_id: Some(user),
+            role: None,
+            reason: 0,
+        }));
+        Ok(effects)
     }
 
     /// Whether `session` may subscribe to `user`'s `stream_type` (audio and/or video): the
@@ -1446,13 +1478,13 @@ impl Room {
             BanReason::Kick => DUPLICATE_USER,
             _ => BANNED_BY_ADMIN,
         };
-        Effect::EdgeKick {
+        Effect::Edge {
             edge,
-            order: EdgeKick {
+            order: EdgeOrder::Kick(EdgeKick {
                 user_id: user.clone(),
                 reason,
                 message: message.to_owned(),
-            },
+            }),
         }
     }
 

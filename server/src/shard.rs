@@ -469,9 +469,9 @@ impl RoomCore {
                         media.unsubscribe(peer);
                     }
                 }
-                Effect::EdgeKick { edge, order } => {
+                Effect::Edge { edge, order } => {
                     // Behind the edge's own events, on its link (`cascade.rs` reads it).
-                    let text = crate::room::EdgeOrder::Kick(order).encode();
+                    let text = order.encode();
                     self.log.push((ByteString::from(text), vec![edge]));
                 }
             }

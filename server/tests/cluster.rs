@@ -257,6 +257,15 @@ async fn without_redis_a_node_keeps_its_rooms_refuses_new_ones_and_recovers() {
     n2.stop().unwrap();
 }
 
+/// Read `c`'s events until a video mute; whose.
+async fn until_video_mute(c: &mut Client) -> UserId {
+    loop {
+        if let ServerEvent::MuteVideo { user_id } = c.event().await {
+            return user_id;
+        }
+    }
+}
+
 /// The members `DescribeRoomInfo` (asked of `node`) lists in room `room` (`"user role"`),
 /// sorted.
 async fn listed(node: &RunningServer, room: u32) -> Vec<String> {
@@ -319,7 +328,8 @@ async fn a_live_rooms_audience_on_edges_is_listed_removed_and_kicked_by_duplicat
     .await;
     let room = "520";
     let audience = Some(Role::Audience);
-    let (_anchor, _) = joined(&n1.ws_url(), "anchor", room, Mode::Live, Some(Role::Anchor)).await;
+    let (mut anchor, _) =
+        joined(&n1.ws_url(), "anchor", room, Mode::Live, Some(Role::Anchor)).await;
     assert_eq!(redis.owner(APP, 520).as_deref(), Some("n1"));
     let (mut v1, r) = joined(&n2.ws_url(), "v1", room, Mode::Live, audience).await;
     assert_eq!(r.members.len(), 1, "the edge mirrors the anchor");
@@ -332,7 +342,7 @@ async fn a_live_rooms_audience_on_edges_is_listed_removed_and_kicked_by_duplicat
     until_listed(&n2, 520, &["anchor anchor", "v1 audience", "v2 audience"]).await;
 
     // v1 again through another edge: the first v1 (on n2) is kicked as on one node.
-    let (_v1b, _) = joined(&n3.ws_url(), "v1", room, Mode::Live, audience).await;
+    let (mut v1b, _) = joined(&n3.ws_url(), "v1", room, Mode::Live, audience).await;
     assert_eq!(banned(&mut v1).await, BanReason::Kick);
     assert!(v1.closed().await.is_some());
     // v2 again as an anchor on the room's node: the edge's v2 is kicked.
@@ -362,6 +372,43 @@ async fn a_live_rooms_audience_on_edges_is_listed_removed_and_kicked_by_duplicat
     assert_eq!(banned(&mut v2_edge).await, BanReason::Banned);
     assert!(v2_edge.closed().await.is_some());
     until_listed(&n1, 520, &["anchor anchor", "v1 audience"]).await;
+
+    // The anchor mutes the video of its screen share (auxiliary), not of its camera: the
+    // edge applies it to that stream (TRTC's mute event names none).
+    use rtcroom_protocol::signal::{ClientMessage, MediaKind, PublishRequest, StreamType};
+    for stream_type in [StreamType::Main, StreamType::Auxiliary] {
+        anchor
+            .request(ClientMessage::Publish(PublishRequest {
+                stream_type,
+                has_audio: stream_type == StreamType::Main,
+                has_video: true,
+                sdp: None,
+                layers: Vec::new(),
+            }))
+            .await
+            .unwrap();
+    }
+    anchor
+        .request(ClientMessage::Mute {
+            stream_type: StreamType::Auxiliary,
+            kind: MediaKind::Video,
+            muted: true,
+        })
+        .await
+        .unwrap();
+    let viewer = until_video_mute(&mut v1b).await;
+    assert_eq!(viewer, uid("anchor"));
+    let (_late, r) = joined(&n3.ws_url(), "late", room, Mode::Live, audience).await;
+    let muted: Vec<(StreamType, bool)> = r
+        .streams
+        .iter()
+        .map(|s| (s.stream_type, s.video_muted))
+        .collect();
+    assert_eq!(
+        muted,
+        [(StreamType::Main, false), (StreamType::Auxiliary, true)],
+        "the edge's late joiner sees the screen share muted, the camera not"
+    );
     n1.stop().unwrap();
     n2.stop().unwrap();
     n3.stop().unwrap();

@@ -877,9 +877,10 @@ fn edge_kicks(effects: &[Effect]) -> Vec<(SessionId, String, BanReason)> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::EdgeKick { edge, order } => {
-                Some((*edge, order.user_id.to_string(), order.reason))
-            }
+            Effect::Edge {
+                edge,
+                order: EdgeOrder::Kick(order),
+            } => Some((*edge, order.user_id.to_string(), order.reason)),
             _ => None,
         })
         .collect()
@@ -905,6 +906,35 @@ fn the_origin_lists_removes_and_kicks_the_audience_its_edges_report() {
         )
         .unwrap();
     }
+    // A mute tells the edges which stream it is of; members get TRTC's event.
+    r.publish_media(
+        1,
+        StreamType::Auxiliary,
+        false,
+        true,
+        None,
+        None,
+        Vec::new(),
+    )
+    .unwrap();
+    let fx = r
+        .mute(1, StreamType::Auxiliary, MediaKind::Video, true)
+        .unwrap();
+    let orders: Vec<(SessionId, StreamType)> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Edge {
+                edge,
+                order: EdgeOrder::Mute(m),
+            } => Some((*edge, m.stream_type)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        orders,
+        [(8, StreamType::Auxiliary), (9, StreamType::Auxiliary)]
+    );
+    assert!(events(&fx).is_empty(), "no member but the edges to tell");
     assert!(r.edge_audience(8, uid("v1"), true, t0).is_empty());
     assert!(r.edge_audience(9, uid("v2"), true, t0).is_empty());
     // A session that is no edge's hidden member reports nothing.
@@ -940,7 +970,10 @@ fn the_origin_lists_removes_and_kicks_the_audience_its_edges_report() {
     // The admin's RemoveUser reaches the edge serving the member.
     let fx = r.remove_users(&[uid("v2"), UserId::reserved("edge.n2")], t0);
     assert_eq!(edge_kicks(&fx), [(9, "v2".to_owned(), BanReason::Banned)]);
-    assert!(removals(&fx).is_empty(), "no hidden member is removed by name");
+    assert!(
+        removals(&fx).is_empty(),
+        "no hidden member is removed by name"
+    );
     // An edge's link leaving takes its audience off the list.
     r.leave(8, t0);
     assert_eq!(
@@ -963,7 +996,10 @@ fn on_an_edge_a_local_member_takes_a_mirrors_userid_and_mirror_updates_leave_it_
     assert_eq!(r.mirror_session(&uid("a")), None);
     assert_eq!(r.session_of(&uid("a")), Some(3));
     // The room's node then kicks its anchor "a": the mirror's leave is not the local member's.
-    assert!(r.mirror_leave(&uid("a"), LeaveReason::Kicked, t0).is_empty());
+    assert!(
+        r.mirror_leave(&uid("a"), LeaveReason::Kicked, t0)
+            .is_empty()
+    );
     assert_eq!(r.session_of(&uid("a")), Some(3));
     // An edge's kick order removes only members of this node.
     let fx = r.kick_local(&uid("a"), BanReason::Banned, "x".into(), t0);
