@@ -313,6 +313,12 @@ impl Metrics {
             );
             c(
                 &mut out,
+                "rtcroom_media_pipe_drops_total",
+                "Packets or keyframe requests dropped by a full node-link pipe (a slow edge or origin).",
+                &m.pipe_drops,
+            );
+            c(
+                &mut out,
                 "rtcroom_media_ice_restarts_total",
                 "ICE restarts answered (a client's link recovered on its peer).",
                 &m.ice_restarts,

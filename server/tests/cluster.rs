@@ -337,6 +337,7 @@ async fn a_live_rooms_audience_on_edges_is_listed_removed_and_kicked_by_duplicat
     assert_eq!(metric(&n2, "rtcroom_cascade_links"), 1);
     assert_eq!(metric(&n3, "rtcroom_cascade_links"), 1);
     assert_eq!(metric(&n2, "rtcroom_proxied_links"), 0);
+    assert_eq!(metric(&n1, "rtcroom_media_pipe_drops_total"), 0);
 
     // The room's node lists the edges' audience, asked through any node.
     until_listed(&n2, 520, &["anchor anchor", "v1 audience", "v2 audience"]).await;
