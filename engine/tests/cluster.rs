@@ -15,7 +15,7 @@ use common::*;
 use redis_server::Redis;
 use rtcroom::{
     ClientEvent, ConnectionState, DecodedFrame, FrameInfo, JoinOptions, Mode, StreamConfig,
-    SubscribeOutput, VideoProfile, create_stream,
+    StreamType, SubscribeOptions, SubscribeOutput, VideoProfile, VideoStreamType, create_stream,
 };
 
 /// A node with the cluster's default timings (heartbeat 0.5 s, gone 2 s after the last), so
@@ -255,7 +255,7 @@ async fn when_a_live_rooms_node_dies_its_edge_audience_reconnects_to_the_room_pl
     let n1 = live_node(&redis, "n1", 0);
     let n2 = live_node(&redis, "n2", 0);
     poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
-    let room = 4300;
+    let room = 4300u32;
     let (anchor, _local) = live_anchor(&n1.ws_url(), room).await;
     let frames = Arc::new(AtomicU64::new(0));
     let mut viewer = viewer(&n2.ws_url(), "viewer", &frames);
@@ -318,6 +318,73 @@ async fn past_its_audience_threshold_a_live_room_sends_new_audience_to_another_n
     assert_eq!(n2.metrics().proxied_links.load(Ordering::Relaxed), 0);
     assert_eq!(n2.metrics().cascade_links.load(Ordering::Relaxed), 1);
     assert_eq!(n1.metrics().cascade_edges.load(Ordering::Relaxed), 1);
+    n1.stop().unwrap();
+    n2.stop().unwrap();
+}
+
+/// Simulcast through a node link: the origin pipes every layer of the anchor's stream, and a
+/// viewer on the edge switches between the big and the small stream on the edge's own SFU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_viewer_switches_between_the_anchors_big_and_small_streams() {
+    let redis = Redis::start();
+    let node = |id: &str| {
+        let mut c = redis.node(server_config("127.0.0.1:0"), id);
+        c.cluster.edge_after_audience = 0;
+        // Layers move on request only (a busy machine's estimate must not move them).
+        c.media.bandwidth_adaptation = false;
+        start(c)
+    };
+    let (n1, n2) = (node("n1"), node("n2"));
+    poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
+    let room = 4300u32;
+    let anchor = TestClient::new(config(&n1.ws_url(), "anchor", Mode::Live));
+    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
+        .await
+        .expect("join");
+    let _local = {
+        let local = small_stream().await;
+        bounded(anchor.publish(&local)).await.expect("publish");
+        local
+    };
+    let mut viewer = TestClient::new(config(&n2.ws_url(), "viewer", Mode::Live));
+    bounded(viewer.join(JoinOptions::new(room).with_role(rtcroom::Role::Audience)))
+        .await
+        .expect("join");
+    let anchor_id = uid("anchor");
+    let remote = match viewer
+        .wait_for(
+            "stream-added anchor",
+            |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == anchor_id),
+        )
+        .await
+    {
+        ClientEvent::StreamAdded(s) => s,
+        _ => unreachable!(),
+    };
+    let rids: Vec<&str> = remote.layers.iter().map(|l| l.rid.as_str()).collect();
+    assert_eq!(rids, ["l", "h"], "the edge knows the stream's layers");
+    let sizes = Arc::new(Sizes::default());
+    bounded(viewer.subscribe(
+        &remote,
+        SubscribeOptions::new(sizes.output()).with_jitter_latency(Duration::from_millis(20)),
+    ))
+    .await
+    .expect("subscribe");
+    sizes.wait((BIG.width, BIG.height)).await;
+    for (to, size) in [(VideoStreamType::Small, SMALL), (VideoStreamType::Big, BIG)] {
+        bounded(viewer.set_remote_video_stream_type(&anchor_id, StreamType::Main, to))
+            .await
+            .expect("switch");
+        viewer
+            .wait_for(
+                &format!("video-layer-changed to {to:?}"),
+                |e| matches!(e, ClientEvent::VideoLayerChanged { video_type, .. } if *video_type == to),
+            )
+            .await;
+        sizes.wait((size.width, size.height)).await;
+    }
+    assert_eq!(n2.metrics().proxied_links.load(Ordering::Relaxed), 0);
+    assert_eq!(n2.metrics().cascade_links.load(Ordering::Relaxed), 1);
     n1.stop().unwrap();
     n2.stop().unwrap();
 }

@@ -5,58 +5,14 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use rtcroom::{
-    ClientEvent, DecodedFrame, ErrorCode, FrameInfo, JoinOptions, LayerChangeReason, LocalStream,
-    RemoteStream, StreamConfig, StreamType, SubscribeOptions, SubscribeOutput, VideoProfile,
-    VideoStreamType, create_stream,
+    ClientEvent, ErrorCode, JoinOptions, LayerChangeReason, LocalStream, RemoteStream,
+    StreamConfig, StreamType, SubscribeOptions, VideoProfile, VideoStreamType, create_stream,
 };
-
-const BIG: VideoProfile = VideoProfile::new(320, 240, 30, 400);
-const SMALL: VideoProfile = VideoProfile::new(160, 120, 15, 100);
-
-/// The size of the last decoded video frame and how many frames had it.
-#[derive(Default)]
-struct Sizes {
-    last: Mutex<Option<((u32, u32), u64)>>,
-}
-
-impl Sizes {
-    fn output(self: &Arc<Self>) -> SubscribeOutput {
-        let me = self.clone();
-        SubscribeOutput::Frames(Arc::new(move |_, _, f: DecodedFrame| {
-            if let FrameInfo::Video { width, height } = f.info {
-                let mut last = me.last.lock().unwrap();
-                *last = match *last {
-                    Some((size, n)) if size == (width, height) => Some((size, n + 1)),
-                    _ => Some(((width, height), 1)),
-                };
-            }
-        }))
-    }
-
-    /// Wait until 5 frames in a row decode at `size`.
-    async fn wait(&self, size: (u32, u32)) {
-        poll_until(
-            &format!("frames of {size:?}"),
-            || matches!(*self.last.lock().unwrap(), Some((s, n)) if s == size && n >= 5),
-        )
-        .await;
-    }
-}
-
-async fn small_stream() -> LocalStream {
-    bounded(create_stream(
-        StreamConfig::default()
-            .with_video_profile(BIG)
-            .with_small_stream(Some(SMALL)),
-    ))
-    .await
-    .expect("stream with a small stream starts")
-}
 
 async fn layer_changed(c: &mut TestClient, to: VideoStreamType) -> ClientEvent {
     c.wait_for(

@@ -532,7 +532,7 @@ pub struct MediaSpec {
     pub rate: f64,
     /// Publishers send a big and a small layer; subscribers alternate between them.
     pub simulcast: bool,
-    /// Embedded nodes (2: a cluster; the audience alternates between them).
+    /// Embedded nodes (more than 1: a cluster; the audience goes to each in turn).
     pub nodes: usize,
 }
 
@@ -784,7 +784,7 @@ async fn measure(
     let keyframes = keyframe_sizes(clip);
     let clip = clip.clone();
     let target = match kind {
-        ServerKind::Rtcroom if nodes > 1 => Target::two_nodes(common).await?,
+        ServerKind::Rtcroom if nodes > 1 => Target::cluster(common, nodes).await?,
         ServerKind::Rtcroom => Target::new(common).await?,
         ServerKind::Janus => Target::janus(common).await?,
     };
@@ -940,11 +940,11 @@ async fn measure(
         s.opened.store(true, Ordering::Relaxed);
     }
     let cpu0 = target.stat();
-    let edge_cpu0 = target.edge_stat();
-    let edge_fwd0 = match &target.edge {
-        Some(e) => server_counter(&e.url, "rtcroom_media_packets_out_total").await,
-        None => None,
-    };
+    let edge_cpu0 = target.edge_stats();
+    let mut edge_fwd0 = Vec::with_capacity(target.edges.len());
+    for e in &target.edges {
+        edge_fwd0.push(server_counter(&e.url, "rtcroom_media_packets_out_total").await);
+    }
     let gen0 = super::proc_cpu_ns(std::process::id());
     let late0: u64 = pub_stats
         .iter()
@@ -982,11 +982,11 @@ async fn measure(
     eprintln!();
     let window = w_start.elapsed();
     let cpu1 = target.stat();
-    let edge_cpu1 = target.edge_stat();
-    let edge_fwd1 = match &target.edge {
-        Some(e) => server_counter(&e.url, "rtcroom_media_packets_out_total").await,
-        None => None,
-    };
+    let edge_cpu1 = target.edge_stats();
+    let mut edge_fwd1 = Vec::with_capacity(target.edges.len());
+    for e in &target.edges {
+        edge_fwd1.push(server_counter(&e.url, "rtcroom_media_packets_out_total").await);
+    }
     let gen1 = super::proc_cpu_ns(std::process::id());
     let late: u64 = pub_stats
         .iter()
@@ -1277,8 +1277,10 @@ async fn measure(
         ("server_cpu_us_per_received_packet", json!(per_received_us)),
         (
             "nodes",
-            json!(target.edge.as_ref().map(|_| {
-                let origin_viewers = subscribers.div_ceil(2);
+            json!((!target.edges.is_empty()).then(|| {
+                let n = target.edges.len() + 1;
+                // Viewer i goes to node i % n.
+                let viewers = |k: usize| (k..subscribers).step_by(n).count();
                 let pct = |a: Option<super::ProcStat>, b: Option<super::ProcStat>| match (a, b) {
                     (Some(a), Some(b)) => Some(100.0 * (b.cpu_s - a.cpu_s) / window.as_secs_f64()),
                     _ => None,
@@ -1287,14 +1289,21 @@ async fn measure(
                     (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / window.as_secs_f64()),
                     _ => None,
                 };
+                let edges: Vec<serde_json::Value> = (0..n - 1)
+                    .map(|e| {
+                        json!({
+                            "viewers": viewers(e + 1),
+                            "cpu_pct": pct(edge_cpu0[e], edge_cpu1[e]),
+                            "packets_out_per_s": per_s(edge_fwd0[e], edge_fwd1[e]),
+                        })
+                    })
+                    .collect();
                 json!({
-                    "nodes": 2,
-                    "origin_viewers": origin_viewers,
-                    "edge_viewers": subscribers - origin_viewers,
+                    "nodes": n,
+                    "origin_viewers": viewers(0),
                     "origin_cpu_pct": pct(cpu0, cpu1),
-                    "edge_cpu_pct": pct(edge_cpu0, edge_cpu1),
                     "origin_packets_out_per_s": forwarded.map(|f| f as f64 / window.as_secs_f64()),
-                    "edge_packets_out_per_s": per_s(edge_fwd0, edge_fwd1),
+                    "edges": edges,
                 })
             })),
         ),
@@ -1408,12 +1417,15 @@ async fn measure(
             f(&n["origin_cpu_pct"]),
             f(&n["origin_packets_out_per_s"])
         );
-        println!(
-            "edge node             {} viewers, CPU {}%, {} packets/s out",
-            n["edge_viewers"],
-            f(&n["edge_cpu_pct"]),
-            f(&n["edge_packets_out_per_s"])
-        );
+        for (i, e) in n["edges"].as_array().into_iter().flatten().enumerate() {
+            println!(
+                "edge node {}           {} viewers, CPU {}%, {} packets/s out",
+                i + 1,
+                e["viewers"],
+                f(&e["cpu_pct"]),
+                f(&e["packets_out_per_s"])
+            );
+        }
     }
     Ok(report)
 }

@@ -219,10 +219,11 @@ enum Scenario {
         /// Audience members.
         #[arg(long, value_name = "N", default_value_t = 50)]
         subscribers: usize,
-        /// Embedded nodes: 1, or 2 for a cluster on a `redis-server` the bench starts (the
-        /// anchor on the first node, the room's; the audience split over both, the second
-        /// serving its half as an edge fed by one node link).
-        #[arg(long, value_name = "N", default_value_t = 1)]
+        /// Embedded nodes: 1, or 2 to 4 for a cluster on a `redis-server` the bench starts
+        /// (the anchor on the first node, the room's; the audience spread over all of them in
+        /// turn, every other node serving its share as an edge fed by one node link).
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4))]
         nodes: usize,
         /// Subscribers started per second.
         #[arg(long, value_name = "PER_SEC", default_value_t = 100.0)]
@@ -505,15 +506,15 @@ struct Target {
     link: Option<netns::Impairment>,
     /// The delaying relays the media goes through, with --delay-ms/--jitter-ms.
     relays: Option<relay::Relays>,
-    /// With `--nodes 2`: the second node (an edge of the room) and the cluster's Redis.
-    edge: Option<EdgeNode>,
+    /// With `--nodes N`: the other nodes (edges of the room), and the cluster's Redis.
+    edges: Vec<EdgeNode>,
+    _redis: Option<KillOnDrop>,
 }
 
-/// The second node of a two-node embedded cluster, and the cluster's `redis-server`.
+/// A node of an embedded cluster other than the room's.
 struct EdgeNode {
     url: String,
     child: EmbeddedChild,
-    _redis: KillOnDrop,
 }
 
 /// A child process killed when dropped.
@@ -677,7 +678,8 @@ impl Target {
                 client_ip: source_ip_for(url)?,
                 link: None,
                 relays: None,
-                edge: None,
+                edges: Vec::new(),
+                _redis: None,
             });
         }
         let home = temp_home()?;
@@ -730,16 +732,17 @@ impl Target {
             }),
             link,
             relays,
-            edge: None,
+            edges: Vec::new(),
+            _redis: None,
         })
     }
 
-    /// Two embedded nodes on a `redis-server` started here: the first holds the room (its
-    /// anchor joins there), the second serves its share of the audience as an edge.
-    async fn two_nodes(common: &CommonArgs) -> anyhow::Result<Target> {
+    /// `nodes` embedded nodes on a `redis-server` started here: the first holds the room (its
+    /// anchor joins there), each other serves its share of the audience as an edge.
+    async fn cluster(common: &CommonArgs, nodes: usize) -> anyhow::Result<Target> {
         if common.server.is_some() || common.impairment().is_some() || common.delay().is_some() {
             bail!(
-                "--nodes 2 runs two embedded nodes on loopback (no --server, --netns, --loss, --rate-kbit, --delay-ms)"
+                "--nodes {nodes} runs embedded nodes on loopback (no --server, --netns, --loss, --rate-kbit, --delay-ms)"
             );
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -781,9 +784,20 @@ impl Target {
                 ("RTCROOM__CLUSTER__EDGE_AFTER_AUDIENCE", "0".to_owned()),
             ]
         };
-        // Both nodes read the one key file the first writes (the same apps on every node).
+        // Every node reads the one key file the first writes (the same apps on every node).
         let (origin, origin_url) = spawn_serve(&home.0, &env("origin"), &[])?;
-        let (edge, edge_url) = spawn_serve(&home.0, &env("edge"), &[])?;
+        let mut edges = Vec::with_capacity(nodes - 1);
+        for n in 1..nodes {
+            let (child, url) = spawn_serve(&home.0, &env(&format!("edge{n}")), &[])?;
+            edges.push(EdgeNode {
+                url,
+                child: EmbeddedChild {
+                    child,
+                    _home: temp_home()?,
+                    _netns: None,
+                },
+            });
+        }
         let key = EmbeddedKeyFile::read(&home.0.join("embedded.toml"))?
             .context("the embedded server wrote no key file")?;
         Ok(Target {
@@ -799,30 +813,25 @@ impl Target {
             }),
             link: None,
             relays: None,
-            edge: Some(EdgeNode {
-                url: edge_url,
-                child: EmbeddedChild {
-                    child: edge,
-                    _home: temp_home()?,
-                    _netns: None,
-                },
-                _redis: redis,
-            }),
+            edges,
+            _redis: Some(redis),
         })
     }
 
-    /// Where viewer `i` connects: the room's node, or every other one the edge.
+    /// Where viewer `i` connects: the nodes in turn, the room's first.
     fn viewer_url(&self, i: usize) -> &str {
-        match &self.edge {
-            Some(e) if i % 2 == 1 => &e.url,
-            _ => &self.url,
+        match i % (self.edges.len() + 1) {
+            0 => &self.url,
+            k => &self.edges[k - 1].url,
         }
     }
 
-    fn edge_stat(&self) -> Option<ProcStat> {
-        self.edge
-            .as_ref()
-            .and_then(|e| proc_stat(e.child.child.id()))
+    /// Each edge node's CPU and memory.
+    fn edge_stats(&self) -> Vec<Option<ProcStat>> {
+        self.edges
+            .iter()
+            .map(|e| proc_stat(e.child.child.id()))
+            .collect()
     }
 
     /// Janus VideoRoom: at `--server` (a Janus WebSocket URL), or started on loopback.
@@ -849,7 +858,8 @@ impl Target {
             child,
             link: None,
             relays: None,
-            edge: None,
+            edges: Vec::new(),
+            _redis: None,
         })
     }
 

@@ -2,11 +2,16 @@
 //! Every wait is bounded by [`DEADLINE`]; nothing sleeps to sequence.
 #![allow(dead_code)]
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtcroom::{
     Client, ClientConfig, ClientEvent, ConnectionState, EventStream, JoinOptions, Mode, Role,
     UserId, create_client,
+};
+use rtcroom::{
+    DecodedFrame, FrameInfo, LocalStream, StreamConfig, SubscribeOutput, VideoProfile,
+    create_stream,
 };
 use rtcroom_protocol::usersig::gen_user_sig;
 use rtcroom_server::{RunningServer, ServerConfig};
@@ -270,4 +275,50 @@ impl Drop for PathRelay {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Simulcast (TRTC's big and small streams) in the tests: the big layer's profile.
+pub const BIG: VideoProfile = VideoProfile::new(320, 240, 30, 400);
+/// The small layer's profile.
+pub const SMALL: VideoProfile = VideoProfile::new(160, 120, 15, 100);
+
+/// The size of the last decoded video frame and how many frames had it.
+#[derive(Default)]
+pub struct Sizes {
+    last: Mutex<Option<((u32, u32), u64)>>,
+}
+
+impl Sizes {
+    pub fn output(self: &Arc<Self>) -> SubscribeOutput {
+        let me = self.clone();
+        SubscribeOutput::Frames(Arc::new(move |_, _, f: DecodedFrame| {
+            if let FrameInfo::Video { width, height } = f.info {
+                let mut last = me.last.lock().unwrap();
+                *last = match *last {
+                    Some((size, n)) if size == (width, height) => Some((size, n + 1)),
+                    _ => Some(((width, height), 1)),
+                };
+            }
+        }))
+    }
+
+    /// Wait until 5 frames in a row decode at `size`.
+    pub async fn wait(&self, size: (u32, u32)) {
+        poll_until(
+            &format!("frames of {size:?}"),
+            || matches!(*self.last.lock().unwrap(), Some((s, n)) if s == size && n >= 5),
+        )
+        .await;
+    }
+}
+
+/// A 320×240 camera stream with a 160×120 small stream.
+pub async fn small_stream() -> LocalStream {
+    bounded(create_stream(
+        StreamConfig::default()
+            .with_video_profile(BIG)
+            .with_small_stream(Some(SMALL)),
+    ))
+    .await
+    .expect("stream with a small stream starts")
 }
