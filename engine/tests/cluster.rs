@@ -213,13 +213,6 @@ async fn a_live_rooms_audience_on_another_node_is_fed_by_one_node_link() {
         )
         .await;
     }
-    // The edge's audience cannot go on air there.
-    assert!(
-        bounded(edge_viewers[0].switch_role(rtcroom::Role::Anchor))
-            .await
-            .is_err()
-    );
-
     // The anchor leaves: the edge's viewers hear it.
     bounded(anchor.leave()).await.expect("leave");
     for v in &mut edge_viewers {
@@ -336,7 +329,7 @@ async fn an_edge_viewer_switches_between_the_anchors_big_and_small_streams() {
     };
     let (n1, n2) = (node("n1"), node("n2"));
     poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
-    let room = 4300u32;
+    let room = 4500u32;
     let anchor = TestClient::new(config(&n1.ws_url(), "anchor", Mode::Live));
     bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
         .await
@@ -385,6 +378,93 @@ async fn an_edge_viewer_switches_between_the_anchors_big_and_small_streams() {
     }
     assert_eq!(n2.metrics().proxied_links.load(Ordering::Relaxed), 0);
     assert_eq!(n2.metrics().cascade_links.load(Ordering::Relaxed), 1);
+    n1.stop().unwrap();
+    n2.stop().unwrap();
+}
+
+/// An audience member served by an edge switches to anchor: an anchor belongs on the room's
+/// node, so its session moves there; it keeps receiving the anchor (told the stream was removed
+/// and added, it subscribes again there), and what it then publishes reaches the edge's other
+/// viewers through the node link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_viewer_switching_to_anchor_moves_to_the_rooms_node_and_is_seen_on_the_edge() {
+    let redis = Redis::start();
+    let n1 = live_node(&redis, "n1", 0);
+    let n2 = live_node(&redis, "n2", 0);
+    poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
+    let room = 4400u32;
+    let (_anchor, _anchor_stream) = live_anchor(&n1.ws_url(), room).await;
+    let audience = || JoinOptions::new(room).with_role(rtcroom::Role::Audience);
+    let mover_frames = Arc::new(AtomicU64::new(0));
+    let mut mover = viewer(&n2.ws_url(), "mover", &mover_frames);
+    bounded(mover.join(audience())).await.expect("join");
+    // The watcher counts the anchor's frames and the mover's apart.
+    let (of_anchor, of_mover) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut cfg = config(&n2.ws_url(), "watcher", Mode::Live);
+    cfg.auto_subscribe = true;
+    let (a, m) = (of_anchor.clone(), of_mover.clone());
+    cfg.auto_subscribe_output = SubscribeOutput::Frames(Arc::new(
+        move |user: &rtcroom::UserId, _, f: DecodedFrame| {
+            if matches!(f.info, FrameInfo::Video { .. }) {
+                let n = if user.as_str() == "mover" { &m } else { &a };
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    ));
+    let watcher = TestClient::new(cfg);
+    bounded(watcher.join(audience())).await.expect("join");
+    all_decode(&[mover_frames.clone(), of_anchor.clone()]).await;
+    assert_eq!(n2.metrics().proxied_links.load(Ordering::Relaxed), 0);
+
+    bounded(mover.switch_role(rtcroom::Role::Anchor))
+        .await
+        .expect("switch to anchor");
+    assert_eq!(
+        n2.metrics().proxied_links.load(Ordering::Relaxed),
+        1,
+        "the mover's session is relayed to the room's node"
+    );
+    // Its subscription was on the edge: the stream is removed and added again.
+    let anchor_id = uid("anchor");
+    mover
+        .wait_for(
+            "stream-removed anchor",
+            |e| matches!(e, ClientEvent::StreamRemoved(s) if s.user_id == anchor_id),
+        )
+        .await;
+    mover
+        .wait_for(
+            "stream-added anchor",
+            |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == anchor_id),
+        )
+        .await;
+    let before = mover_frames.load(Ordering::Relaxed);
+    poll_until("the mover decodes the anchor again", || {
+        mover_frames.load(Ordering::Relaxed) >= before + 15
+    })
+    .await;
+    let local = bounded(create_stream(
+        StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
+    ))
+    .await
+    .expect("stream");
+    bounded(mover.publish(&local))
+        .await
+        .expect("publish as anchor");
+    poll_until("the edge's watcher decodes the mover", || {
+        of_mover.load(Ordering::Relaxed) >= 15
+    })
+    .await;
+    assert_eq!(n2.metrics().cascade_links.load(Ordering::Relaxed), 1);
+    mover.drain();
+    assert!(
+        !mover
+            .seen
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Error(_) | ClientEvent::ClientBanned { .. })),
+        "the move is seamless: {:?}",
+        mover.seen
+    );
     n1.stop().unwrap();
     n2.stop().unwrap();
 }

@@ -26,8 +26,9 @@
 //! the origin's hidden member leaves); when the link fails (the origin went away), the edge's
 //! audience is closed with 1001 and reconnects, finding the room wherever it is placed next.
 //!
-//! What an edge does not do: an audience member there cannot switch to anchor (it is told to
-//! join again as anchor, which goes to the origin).
+//! An audience member of an edge switching to anchor moves to the origin: its session joins
+//! the room there as anchor and is relayed from then on (`session.rs`), and the edge mirrors
+//! it as any other anchor.
 
 use std::collections::HashMap;
 use std::sync::Arc;

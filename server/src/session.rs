@@ -17,8 +17,9 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
 use rtcroom_protocol::error::extra;
 use rtcroom_protocol::signal::{
-    ClientEnvelope, ClientMessage, PROTOCOL_VERSION, Reply, ReplyData, ReplyResult, ServerMessage,
-    decode_client, encode, events_frame, joined_reply_frame, request_id,
+    ClientEnvelope, ClientMessage, PROTOCOL_VERSION, Reply, ReplyData, ReplyResult, ServerEvent,
+    ServerMessage, decode_client, decode_server, encode, events_frame, joined_reply_frame,
+    request_id,
 };
 use rtcroom_protocol::{ErrorCode, RtcError};
 
@@ -355,6 +356,9 @@ struct Session {
     oversized: Rc<Cell<bool>>,
     /// The node that proxies this connection here (cluster), if one does.
     via: Option<String>,
+    /// For audience served here as an edge of another node's live room: that node and the
+    /// member's join (a switch to anchor moves the session there).
+    edge_of: Option<(RemoteNode, rtcroom_protocol::signal::JoinRequest)>,
 }
 
 /// Keeps the open-connections gauge right however the task ends.
@@ -388,6 +392,7 @@ impl Session {
             strikes: 0,
             oversized,
             via,
+            edge_of: None,
         }
     }
 
@@ -689,6 +694,98 @@ impl Session {
         Ok(())
     }
 
+    /// An audience member of an edge room switches to anchor: an anchor belongs on the room's
+    /// node, so its session moves there. The member joins the room's node as anchor (its own
+    /// join again, role anchor: the room's node checks its credentials), then leaves the edge
+    /// room, and from then on its frames are relayed as a proxied member's. Its subscriptions
+    /// were on this node's SFU: it is told each stream was removed and added again (TRTC's
+    /// `stream-removed` / `stream-added`), and subscribes anew on the room's node. Refused (the
+    /// member stays an edge viewer) when the room's node refuses or cannot be reached.
+    async fn anchor_on_origin(&mut self, id: u64) -> Result<(), End> {
+        use awc::ws::Frame;
+        use futures_util::{SinkExt, StreamExt};
+        let (Some((origin, join)), Some(cluster)) = (
+            self.edge_of.clone(),
+            self.shared.registry.cluster().cloned(),
+        ) else {
+            return self
+                .reply(
+                    id,
+                    Err(RtcError::invalid_operation(None, "not an edge member")),
+                )
+                .await;
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            RtcError::new(
+                ErrorCode::SwitchRoleFailed,
+                format!("the room's node {} is unreachable: {e}", origin.id),
+            )
+        };
+        let me = join.user_id.clone();
+        let text = encode(&ClientEnvelope {
+            v: PROTOCOL_VERSION,
+            id,
+            msg: ClientMessage::Join(rtcroom_protocol::signal::JoinRequest {
+                role: Some(rtcroom_protocol::Role::Anchor),
+                ..join
+            }),
+        });
+        let url = format!("{}/ws", origin.url);
+        let join_timeout = Duration::from_secs_f64(self.shared.config.timeouts.join_timeout_s);
+        let mut upstream = match upstream_link(&url, &cluster, join_timeout / 2).await {
+            Ok(link) => link,
+            Err(e) => return self.reply(id, Err(failed(&e))).await,
+        };
+        if let Err(e) = upstream.send(awc::ws::Message::Text(text.into())).await {
+            return self.reply(id, Err(failed(&e))).await;
+        }
+        // The first frame on a new link is the join's reply.
+        let joined = match tokio::time::timeout(join_timeout, upstream.next()).await {
+            Ok(Some(Ok(Frame::Text(bytes)))) => match decode_server(&bytes) {
+                Ok(ServerMessage::Reply(Reply {
+                    result:
+                        ReplyResult::Ok {
+                            data: Some(ReplyData::Joined(joined)),
+                        },
+                    ..
+                })) => joined,
+                Ok(ServerMessage::Reply(Reply {
+                    result: ReplyResult::Err { error },
+                    ..
+                })) => {
+                    let mut error = error;
+                    error.code = ErrorCode::SwitchRoleFailed;
+                    return self.reply(id, Err(error)).await;
+                }
+                _ => return self.reply(id, Err(failed(&"an unexpected answer"))).await,
+            },
+            Ok(_) => return self.reply(id, Err(failed(&"the link closed"))).await,
+            Err(_) => return self.reply(id, Err(failed(&"no answer in time"))).await,
+        };
+        refill(url, cluster);
+        // In the room's node now: leave the edge room (its link learns the member left).
+        if let State::Joined { member, .. } = &self.state {
+            let _ = member.request(ClientMessage::Leave).await;
+        }
+        self.edge_of = None;
+        self.shared
+            .metrics
+            .proxied_links
+            .fetch_add(1, Ordering::Relaxed);
+        self.state = State::Proxied { upstream };
+        self.reply(id, Ok(None)).await?;
+        for stream in joined.streams.into_iter().filter(|s| s.user_id != me) {
+            let removed = ServerEvent::StreamRemoved {
+                user_id: stream.user_id.clone(),
+                stream_type: stream.stream_type,
+            };
+            for event in [removed, ServerEvent::StreamAdded(stream)] {
+                self.send_text(encode(&ServerMessage::Event(event))).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether this join is of live-room audience that a cluster node with media may serve
     /// as an edge.
     fn edge_audience(&self, j: &rtcroom_protocol::signal::JoinRequest) -> bool {
@@ -810,6 +907,7 @@ impl Session {
                             break;
                         }
                         Ok(Owner::Node(node)) if self.serves_edge(&j, &key, &node).await => {
+                            self.edge_of = Some((node.clone(), j.clone()));
                             return self.join_edge(id, key, node, input).await;
                         }
                         Ok(Owner::Node(node)) => match self.proxy(&key, node, raw.clone()).await {
@@ -850,6 +948,12 @@ impl Session {
                 )
                 .await
             }
+            (
+                State::Joined { .. },
+                ClientMessage::SwitchRole {
+                    role: rtcroom_protocol::Role::Anchor,
+                },
+            ) if self.edge_of.is_some() => self.anchor_on_origin(id).await,
             (State::Joined { member, .. }, msg) => {
                 let leaving = matches!(msg, ClientMessage::Leave);
                 let member = member.clone();

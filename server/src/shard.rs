@@ -955,9 +955,25 @@ impl ShardCore {
             let r = match update {
                 Mirror::Open { .. } => Ok(()),
                 Mirror::AnchorIn(user) => {
-                    if core.room.session_of(&user).is_some() {
+                    if core.room.mirror_session(&user).is_some() {
                         Ok(())
                     } else {
+                        // The same userId in this node's audience (it joined the room's node
+                        // as anchor, or switched to anchor there): kicked here as a duplicate,
+                        // with its own webhooks and report, before the mirror comes in.
+                        let mut kicked = After::default();
+                        if core.room.session_of(&user).is_some() {
+                            kicked = core
+                                .step(rctx, |room| {
+                                    let message = "duplicated userId joining the room".to_owned();
+                                    ((), room.kick_local(&user, BanReason::Kick, message, now))
+                                })
+                                .1;
+                            if kicked.over {
+                                // It was the last member of this node: the edge room ends.
+                                return (Ok(()), kicked);
+                            }
+                        }
                         core.hidden.insert(user.clone());
                         let input = JoinInput {
                             session: crate::auth::next_session_id(),
@@ -967,10 +983,12 @@ impl ShardCore {
                             privileges: None,
                             kind: LinkKind::Edge,
                         };
-                        let (r, after) = core.step(rctx, |room| match room.join(input, now) {
+                        let (r, mut after) = core.step(rctx, |room| match room.join(input, now) {
                             Ok((_, fx)) => (Ok(()), fx),
                             Err(e) => (Err(e), Vec::new()),
                         });
+                        // The kick's flush, if it asked for one first.
+                        after.flush_in = kicked.flush_in.or(after.flush_in);
                         return (r, after);
                     }
                 }
@@ -1235,12 +1253,13 @@ impl Handler<Request> for RoomShard {
                     (Next::Done(r), after)
                 }
                 ClientMessage::SwitchRole { role } if core.edge.is_some() => {
-                    // An edge serves audience only: an anchor belongs on the room's node.
+                    // An edge serves audience only: an anchor belongs on the room's node (a
+                    // member's session moves there instead of asking this: `session.rs`).
                     let r = if role == rtcroom_protocol::Role::Anchor {
                         Err(RtcError::invalid_operation(
                             None,
                             "this node serves the live room's audience for another node: \
-                             leave and join again as anchor to go on air",
+                             join the room again as anchor to go on air",
                         ))
                     } else {
                         Ok(None)
