@@ -760,6 +760,51 @@ async fn edge_audience_run(
         origin.metrics().cascade_edges.load(Ordering::Relaxed) == 1,
         "n1 feeds one edge"
     );
+
+    // The browser goes on air (`switchRole('anchor')`): its session moves to n1, it is told
+    // the anchor's stream was removed and added, subscribes again (now on n1's media), and
+    // what it publishes then reaches the engine anchor on n1.
+    let mut events = engine.events();
+    let from = page.eval("H.events.length").await?;
+    page.eval("H.clients.web.switchRole('anchor').then(() => true)")
+        .await
+        .context("switchRole('anchor') on the edge")?;
+    wait_event(
+        page,
+        "web",
+        "stream-subscribed",
+        json!({"userId": "engine", "from": from}),
+        DEADLINE,
+    )
+    .await?;
+    ensure!(
+        edge.metrics().proxied_links.load(Ordering::Relaxed) == 1,
+        "n2 relays the browser's session to n1 once it is an anchor"
+    );
+    page.wait_for(
+        "H.video('web', 'engine').then((v) => v && v.framesDecoded >= 10 && v)",
+        DEADLINE,
+    )
+    .await
+    .context("the browser decodes the anchor again, from n1")?;
+    publish(page, "web").await?;
+    let added = engine_event(
+        &mut events,
+        "stream-added web",
+        |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id.as_str() == "web"),
+    )
+    .await?;
+    let ClientEvent::StreamAdded(remote) = added else {
+        unreachable!()
+    };
+    let frames = Arc::new(Frames::default());
+    engine
+        .subscribe(
+            &remote,
+            SubscribeOptions::new(frames.output()).with_jitter_latency(Duration::from_millis(20)),
+        )
+        .await?;
+    frames.wait(10, 5).await?;
     let errors = page.eval("H.errors('web')").await?;
     ensure!(errors == json!([]), "errors on the page: {errors}");
     engine.leave().await?;
