@@ -128,6 +128,9 @@ pub enum Up {
         user_id: UserId,
         /// Joined (else left).
         joined: bool,
+        /// When, in milliseconds since the Unix epoch on the edge's clock (of two members
+        /// with one userId, the older is kicked).
+        at_ms: u64,
     },
 }
 
@@ -429,7 +432,10 @@ async fn origin_loop(
             msg = stream.next() => match msg {
                 Some(Ok(AggregatedMessage::Text(t))) => match serde_json::from_str::<Up>(&t) {
                     Ok(Up::Keyframe { tag, layer }) => pipes.keyframe(tag, layer),
-                    Ok(Up::Audience { user_id, joined }) => member.edge_audience(user_id, joined),
+                    Ok(Up::Audience { user_id, joined, at_ms }) => {
+                        let at = std::time::UNIX_EPOCH + Duration::from_millis(at_ms);
+                        member.edge_audience(user_id, joined, at);
+                    }
                     Ok(Up::Open { .. }) | Err(_) => {}
                 },
                 Some(Ok(AggregatedMessage::Ping(p))) => {
@@ -765,8 +771,12 @@ async fn run_edge_link(
                     break Some(false);
                 }
             }
-            Some((user_id, joined)) = audience_rx.recv() => {
-                if send_up(&mut link, &Up::Audience { user_id, joined }).await.is_err() {
+            Some((user_id, joined, at)) = audience_rx.recv() => {
+                let at_ms = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let up = Up::Audience { user_id, joined, at_ms };
+                if send_up(&mut link, &up).await.is_err() {
                     break Some(false);
                 }
             }
@@ -895,9 +905,13 @@ mod tests {
         let up = Up::Audience {
             user_id: UserId::new("v1").unwrap(),
             joined: true,
+            at_ms: 1_764_000_000_000,
         };
         let text = serde_json::to_string(&up).unwrap();
-        assert_eq!(text, r#"{"t":"audience","userId":"v1","joined":true}"#);
+        assert_eq!(
+            text,
+            r#"{"t":"audience","userId":"v1","joined":true,"atMs":1764000000000}"#
+        );
         assert_eq!(serde_json::from_str::<Up>(&text).unwrap(), up);
         let kick = crate::room::EdgeKick {
             user_id: UserId::new("v1").unwrap(),

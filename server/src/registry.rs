@@ -265,14 +265,15 @@ impl Member {
             .unwrap_or_else(|_| Err(room_closed()))
     }
 
-    /// For an edge node's hidden member: the edge reports `user` in its audience (`joined`)
-    /// or gone from it.
-    pub fn edge_audience(&self, user: UserId, joined: bool) {
+    /// For an edge node's hidden member: the edge reports `user` in its audience since `at`
+    /// (`joined`, the edge's clock) or gone from it.
+    pub fn edge_audience(&self, user: UserId, joined: bool, at: std::time::SystemTime) {
         self.shard.do_send(shard::EdgeAudience {
             key: self.key.clone(),
             session: self.session,
             user,
             joined,
+            at,
         });
     }
 

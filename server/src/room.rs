@@ -292,6 +292,8 @@ struct Stream {
 struct Member {
     session: SessionId,
     role: Role,
+    /// When it joined (of two members with one userId, the newer stays).
+    joined_at: Instant,
     last_seen: Instant,
     /// Whether the socket is still open (a dropped socket waits out the heartbeat timeout).
     connected: bool,
@@ -437,9 +439,10 @@ pub struct Room {
     /// record of who publishes and subscribes what; this index finds a peer's owner in O(1).
     peers: HashMap<PeerId, PeerUse>,
     /// A cascaded live room's audience on edge nodes: user → the session of the hidden member
-    /// standing for the edge that serves it (as the edges report it). Listed by the admin
-    /// API, removed by it, and kicked by a join of the same userId anywhere.
-    edge_audience: BTreeMap<UserId, SessionId>,
+    /// standing for the edge that serves it, and when it joined there (as the edges report
+    /// it). Listed by the admin API, removed by it, and kicked by a join of the same userId
+    /// anywhere.
+    edge_audience: BTreeMap<UserId, (SessionId, Instant)>,
 }
 
 /// The visible members as a join reply lists them (encoded [`MemberInfo`]s joined by commas),
@@ -662,7 +665,7 @@ impl Room {
                     .filter(|e| !(mirror && matches!(e, Effect::Hook(_)))),
             );
         }
-        if let Some(edge) = self.edge_audience.remove(&input.user_id) {
+        if let Some((edge, _)) = self.edge_audience.remove(&input.user_id) {
             effects.push(Self::edge_kick(edge, &input.user_id, BanReason::Kick));
         }
         let limit = match self.mode {
@@ -714,6 +717,7 @@ impl Room {
             Member {
                 session: input.session,
                 role,
+                joined_at: now,
                 last_seen: now,
                 connected: true,
                 privileges: input.privileges,
@@ -810,7 +814,7 @@ impl Room {
         };
         if member.kind == LinkKind::Edge {
             // An edge's link: the audience it served is gone with it.
-            self.edge_audience.retain(|_, e| *e != member.session);
+            self.edge_audience.retain(|_, (e, _)| *e != member.session);
         }
         self.streams_total = self.streams_total.saturating_sub(member.streams.len());
         self.sessions.remove(&member.session);
@@ -1448,7 +1452,7 @@ impl Room {
         let mut effects = Vec::new();
         let mut last_role = None;
         for u in users {
-            if let Some(edge) = self.edge_audience.remove(u) {
+            if let Some((edge, _)) = self.edge_audience.remove(u) {
                 effects.push(Self::edge_kick(edge, u, BanReason::Banned));
             }
             if let Some(role) = self
@@ -1488,14 +1492,18 @@ impl Room {
         }
     }
 
-    /// The edge node behind hidden member `edge` reports `user` in its audience (`joined`) or
-    /// gone from it. A member of that userId here, or in another edge's audience, is kicked
-    /// as by a duplicate join.
+    /// The edge node behind hidden member `edge` reports `user` in its audience since
+    /// `joined_at` (`joined`), or gone from it. Of two members with that userId — here, or in
+    /// another edge's audience — the one that joined first is kicked, as by a duplicate join:
+    /// reports travel on the node link and joins on their own links, so a report may arrive
+    /// after a newer join of the same userId here (a member of the edge that switched to
+    /// anchor and moved here), which then stays.
     pub fn edge_audience(
         &mut self,
         edge: SessionId,
         user: UserId,
         joined: bool,
+        joined_at: Instant,
         now: Instant,
     ) -> Vec<Effect> {
         if !self
@@ -1506,18 +1514,30 @@ impl Room {
             return Vec::new();
         }
         if !joined {
-            if self.edge_audience.get(&user) == Some(&edge) {
+            if self
+                .edge_audience
+                .get(&user)
+                .is_some_and(|(e, _)| *e == edge)
+            {
                 self.edge_audience.remove(&user);
             }
             return Vec::new();
         }
         let mut effects = Vec::new();
-        if let Some(role) = self
+        let local = self
             .members
             .get(&user)
             .filter(|m| m.kind != LinkKind::Edge)
-            .map(|m| m.role)
-        {
+            .map(|m| (m.role, m.joined_at));
+        let other = self.edge_audience.get(&user).copied();
+        let newer_elsewhere = local.is_some_and(|(_, at)| at > joined_at)
+            || other.is_some_and(|(e, at)| e != edge && at > joined_at);
+        if newer_elsewhere {
+            // This one is the older: the edge reporting it removes it.
+            effects.push(Self::edge_kick(edge, &user, BanReason::Kick));
+            return effects;
+        }
+        if let Some((role, _)) = local {
             effects.extend(self.remove_member(
                 &user,
                 Some((BanReason::Kick, DUPLICATE_USER.to_owned())),
@@ -1526,7 +1546,7 @@ impl Room {
             ));
             self.after_leave(role, now, &mut effects);
         }
-        if let Some(other) = self.edge_audience.insert(user.clone(), edge)
+        if let Some((other, _)) = self.edge_audience.insert(user.clone(), (edge, joined_at))
             && other != edge
         {
             effects.push(Self::edge_kick(other, &user, BanReason::Kick));

@@ -907,8 +907,12 @@ impl Session {
                             break;
                         }
                         Ok(Owner::Node(node)) if self.serves_edge(&j, &key, &node).await => {
-                            self.edge_of = Some((node.clone(), j.clone()));
-                            return self.join_edge(id, key, node, input).await;
+                            let origin = node.clone();
+                            self.join_edge(id, key, node, input).await?;
+                            if matches!(self.state, State::Joined { .. }) {
+                                self.edge_of = Some((origin, j));
+                            }
+                            return Ok(());
                         }
                         Ok(Owner::Node(node)) => match self.proxy(&key, node, raw.clone()).await {
                             Ok(()) => return Ok(()),

@@ -163,9 +163,9 @@ pub enum Mirror {
 /// is opened again and the join retried once (`cascade::join_edge`).
 pub const EDGE_NOT_OPEN: &str = "the link to the room's node is not open; try again";
 
-/// An edge room's audience changes for its link: (user, joined). Unbounded, but read without
-/// pause by the link's task; one entry per join or leave of this node's audience.
-pub type AudienceTx = tokio::sync::mpsc::UnboundedSender<(UserId, bool)>;
+/// An edge room's audience changes for its link: (user, joined, when). Unbounded, but read
+/// without pause by the link's task; one entry per join or leave of this node's audience.
+pub type AudienceTx = tokio::sync::mpsc::UnboundedSender<(UserId, bool, std::time::SystemTime)>;
 
 /// An edge room's tie to its link to the room's node.
 struct EdgeMark {
@@ -212,6 +212,8 @@ pub struct EdgeAudience {
     pub user: UserId,
     /// Joined (else left).
     pub joined: bool,
+    /// When it joined there (the edge's clock).
+    pub at: std::time::SystemTime,
 }
 
 /// An admin operation on a room.
@@ -430,7 +432,8 @@ impl RoomCore {
                             _ => None,
                         };
                         if let Some(joined) = joined {
-                            let _ = edge.audience.send((user.clone(), joined));
+                            let at = std::time::SystemTime::now();
+                            let _ = edge.audience.send((user.clone(), joined, at));
                         }
                     }
                     if let Some(w) = &ctx.webhooks {
@@ -912,8 +915,11 @@ impl ShardCore {
                     return match &mut core.edge {
                         Some(edge) => {
                             // A new link: it learns the audience already here.
+                            // (Stamped now: the room's node keeps a newer member of the userId
+                            // it may hold against these.)
+                            let at = std::time::SystemTime::now();
                             for user in core.room.local_users() {
-                                let _ = audience.send((user, true));
+                                let _ = audience.send((user, true, at));
                             }
                             edge._stop = stop;
                             edge.audience = audience;
@@ -1564,11 +1570,20 @@ impl Handler<EdgeAudience> for RoomShard {
             session,
             user,
             joined,
+            at,
         } = msg;
         let now = Instant::now();
+        // The edge's clock to this node's: how long ago (none if it reads as the future).
+        let ago = std::time::SystemTime::now()
+            .duration_since(at)
+            .unwrap_or_default();
+        let joined_at = now.checked_sub(ago).unwrap_or(now);
         self.core.borrow_mut().step(&key, None, |core, rctx| {
             core.step(rctx, |room| {
-                ((), room.edge_audience(session, user, joined, now))
+                (
+                    (),
+                    room.edge_audience(session, user, joined, joined_at, now),
+                )
             })
         });
         self.schedule(ctx);

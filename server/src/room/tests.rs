@@ -935,10 +935,10 @@ fn the_origin_lists_removes_and_kicks_the_audience_its_edges_report() {
         [(8, StreamType::Auxiliary), (9, StreamType::Auxiliary)]
     );
     assert!(events(&fx).is_empty(), "no member but the edges to tell");
-    assert!(r.edge_audience(8, uid("v1"), true, t0).is_empty());
-    assert!(r.edge_audience(9, uid("v2"), true, t0).is_empty());
+    assert!(r.edge_audience(8, uid("v1"), true, t0, t0).is_empty());
+    assert!(r.edge_audience(9, uid("v2"), true, t0, t0).is_empty());
     // A session that is no edge's hidden member reports nothing.
-    assert!(r.edge_audience(1, uid("v9"), true, t0).is_empty());
+    assert!(r.edge_audience(1, uid("v9"), true, t0, t0).is_empty());
     let listed = |r: &Room| -> Vec<(String, Role)> {
         r.describe()
             .members
@@ -955,16 +955,16 @@ fn the_origin_lists_removes_and_kicks_the_audience_its_edges_report() {
         ]
     );
     // v1 reported again by the other edge: the first edge is told to kick it.
-    let fx = r.edge_audience(9, uid("v1"), true, t0);
+    let fx = r.edge_audience(9, uid("v1"), true, t0, t0);
     assert_eq!(edge_kicks(&fx), [(8, "v1".to_owned(), BanReason::Kick)]);
     // The first edge's late report of v1 leaving does not drop the second's v1.
-    assert!(r.edge_audience(8, uid("v1"), false, t0).is_empty());
+    assert!(r.edge_audience(8, uid("v1"), false, t0, t0).is_empty());
     assert_eq!(listed(&r).len(), 3);
     // v1 joining here kicks it on its edge; an edge's report of the anchor's userId kicks
     // the anchor here.
     let (_, fx) = join(&mut r, 2, "v1", Some(Role::Anchor), t0).unwrap();
     assert_eq!(edge_kicks(&fx), [(9, "v1".to_owned(), BanReason::Kick)]);
-    let fx = r.edge_audience(8, uid("anchor"), true, t0);
+    let fx = r.edge_audience(8, uid("anchor"), true, t0, t0);
     assert_eq!(removals(&fx), [(1, BanReason::Kick)]);
     assert!(edge_kicks(&fx).is_empty());
     // The admin's RemoveUser reaches the edge serving the member.
@@ -974,6 +974,20 @@ fn the_origin_lists_removes_and_kicks_the_audience_its_edges_report() {
         removals(&fx).is_empty(),
         "no hidden member is removed by name"
     );
+    // A report that arrives after a newer join of its userId here (a member of the edge that
+    // switched to anchor moved here before the edge's report of its first join came): the
+    // edge's, older, is the one removed.
+    let t1 = t0 + Duration::from_secs(1);
+    join(&mut r, 3, "mover", Some(Role::Anchor), t1).unwrap();
+    let fx = r.edge_audience(8, uid("mover"), true, t0, t1);
+    assert_eq!(edge_kicks(&fx), [(8, "mover".to_owned(), BanReason::Kick)]);
+    assert!(removals(&fx).is_empty(), "the newer member here stays");
+    assert!(
+        listed(&r).contains(&("mover".to_owned(), Role::Anchor)),
+        "{:?}",
+        listed(&r)
+    );
+    r.leave(3, t1);
     // An edge's link leaving takes its audience off the list.
     r.leave(8, t0);
     assert_eq!(
