@@ -698,6 +698,23 @@ async fn a_browser_in_the_audience_on_an_edge_node_decodes_the_anchors_h264() {
     assert_eq!(redis.owner(APP, 1891).as_deref(), Some("n1"));
 }
 
+/// Wait until the page's client `web` has decoded 10 frames of the engine's video, 320×240;
+/// its receive stats.
+async fn web_decodes_engine_320x240(page: &Page) -> anyhow::Result<Value> {
+    let stats = page
+        .wait_for(
+            "H.video('web', 'engine').then((v) => v && v.framesDecoded >= 10 && v)",
+            DEADLINE,
+        )
+        .await
+        .context("the browser decodes 10 frames")?;
+    ensure!(
+        (stats["frameWidth"].as_u64(), stats["frameHeight"].as_u64()) == (Some(320), Some(240)),
+        "decoded frames are not 320×240: {stats}"
+    );
+    Ok(stats)
+}
+
 async fn edge_audience_run(
     origin: &RunningServer,
     edge: &RunningServer,
@@ -730,17 +747,7 @@ async fn edge_audience_run(
         DEADLINE,
     )
     .await?;
-    let stats = page
-        .wait_for(
-            "H.video('web', 'engine').then((v) => v && v.framesDecoded >= 10 && v)",
-            DEADLINE,
-        )
-        .await
-        .context("the browser decodes 10 frames")?;
-    ensure!(
-        (stats["frameWidth"].as_u64(), stats["frameHeight"].as_u64()) == (Some(320), Some(240)),
-        "decoded frames are not 320×240: {stats}"
-    );
+    web_decodes_engine_320x240(page).await?;
     let down = page
         .eval("H.clients.web._links.get('down|engine|main').codec")
         .await?;
@@ -781,12 +788,9 @@ async fn edge_audience_run(
         edge.metrics().proxied_links.load(Ordering::Relaxed) == 1,
         "n2 relays the browser's session to n1 once it is an anchor"
     );
-    page.wait_for(
-        "H.video('web', 'engine').then((v) => v && v.framesDecoded >= 10 && v)",
-        DEADLINE,
-    )
-    .await
-    .context("the browser decodes the anchor again, from n1")?;
+    web_decodes_engine_320x240(page)
+        .await
+        .context("the browser decodes the anchor again, from n1")?;
     publish(page, "web").await?;
     let added = engine_event(
         &mut events,
@@ -1242,17 +1246,7 @@ async fn engine_to_browser_run(
         "getVideoCodec() of the engine's stream is {}, not {codec}",
         subscribed["codec"]
     );
-    let stats = page
-        .wait_for(
-            "H.video('web', 'engine').then((v) => v && v.framesDecoded >= 10 && v)",
-            DEADLINE,
-        )
-        .await
-        .context("the browser decodes 10 frames")?;
-    ensure!(
-        (stats["frameWidth"].as_u64(), stats["frameHeight"].as_u64()) == (Some(320), Some(240)),
-        "decoded frames are not 320×240: {stats}"
-    );
+    let stats = web_decodes_engine_320x240(page).await?;
     // Played: the <video> the SDK made shows the frames.
     let shown = page
         .wait_for(

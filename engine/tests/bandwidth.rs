@@ -267,13 +267,7 @@ async fn clients(url: String, ask: mpsc::Sender<Ask>, done: mpsc::Receiver<()>) 
     bounded(bob.join(JoinOptions::new(4801u32)))
         .await
         .expect("bob joins");
-    let remote = match bob
-        .wait_for("stream-added", |e| matches!(e, ClientEvent::StreamAdded(_)))
-        .await
-    {
-        ClientEvent::StreamAdded(s) => s,
-        _ => unreachable!(),
-    };
+    let remote = bob.stream_added("alice").await;
     assert_eq!(remote.layers.len(), 2, "two layers announced: {remote:?}");
     bounded(bob.subscribe(&remote, SubscribeOptions::new(video.output())))
         .await

@@ -123,6 +123,22 @@ fn live_node(redis: &Redis, id: &str, edge_after: u32) -> rtcroom_server::Runnin
     start(c)
 }
 
+/// Two live nodes ([`live_node`], n1 and n2) that see each other.
+async fn live_pair(
+    redis: &Redis,
+    edge_after: u32,
+) -> (rtcroom_server::RunningServer, rtcroom_server::RunningServer) {
+    let (n1, n2) = (
+        live_node(redis, "n1", edge_after),
+        live_node(redis, "n2", edge_after),
+    );
+    poll_until("two nodes", || {
+        cluster_nodes(&n1) == 2 && cluster_nodes(&n2) == 2
+    })
+    .await;
+    (n1, n2)
+}
+
 /// A client of `cfg` that subscribes to everything and counts its decoded video frames in
 /// `frames`.
 fn counting(mut cfg: rtcroom::ClientConfig, frames: &Arc<AtomicU64>) -> TestClient {
@@ -173,9 +189,7 @@ fn viewer(url: &str, user: &str, frames: &Arc<AtomicU64>) -> TestClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_rooms_audience_on_another_node_is_fed_by_one_node_link() {
     let redis = Redis::start();
-    let n1 = live_node(&redis, "n1", 0);
-    let n2 = live_node(&redis, "n2", 0);
-    poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
+    let (n1, n2) = live_pair(&redis, 0).await;
     let room = 4200;
 
     // The anchor places the live room on n1 and publishes there.
@@ -245,9 +259,7 @@ async fn a_live_rooms_audience_on_another_node_is_fed_by_one_node_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_a_live_rooms_node_dies_its_edge_audience_reconnects_to_the_room_placed_again() {
     let redis = Redis::start();
-    let n1 = live_node(&redis, "n1", 0);
-    let n2 = live_node(&redis, "n2", 0);
-    poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
+    let (n1, n2) = live_pair(&redis, 0).await;
     let room = 4300u32;
     let (anchor, _local) = live_anchor(&n1.ws_url(), room).await;
     let frames = Arc::new(AtomicU64::new(0));
@@ -286,12 +298,7 @@ async fn when_a_live_rooms_node_dies_its_edge_audience_reconnects_to_the_room_pl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_audience_threshold_a_live_room_sends_new_audience_to_another_node() {
     let redis = Redis::start();
-    let n1 = live_node(&redis, "n1", 1);
-    let n2 = live_node(&redis, "n2", 1);
-    poll_until("two nodes", || {
-        cluster_nodes(&n1) == 2 && cluster_nodes(&n2) == 2
-    })
-    .await;
+    let (n1, n2) = live_pair(&redis, 1).await;
     let room = 4400;
     let (_anchor, _local) = live_anchor(&n1.ws_url(), room).await;
     let audience = || JoinOptions::new(room).with_role(rtcroom::Role::Audience);
@@ -344,16 +351,7 @@ async fn an_edge_viewer_switches_between_the_anchors_big_and_small_streams() {
         .await
         .expect("join");
     let anchor_id = uid("anchor");
-    let remote = match viewer
-        .wait_for(
-            "stream-added anchor",
-            |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == anchor_id),
-        )
-        .await
-    {
-        ClientEvent::StreamAdded(s) => s,
-        _ => unreachable!(),
-    };
+    let remote = viewer.stream_added("anchor").await;
     let rids: Vec<&str> = remote.layers.iter().map(|l| l.rid.as_str()).collect();
     assert_eq!(rids, ["l", "h"], "the edge knows the stream's layers");
     let sizes = Arc::new(Sizes::default());
@@ -389,9 +387,7 @@ async fn an_edge_viewer_switches_between_the_anchors_big_and_small_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_viewer_switching_to_anchor_moves_to_the_rooms_node_and_is_seen_on_the_edge() {
     let redis = Redis::start();
-    let n1 = live_node(&redis, "n1", 0);
-    let n2 = live_node(&redis, "n2", 0);
-    poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
+    let (n1, n2) = live_pair(&redis, 0).await;
     let room = 4400u32;
     let (_anchor, _anchor_stream) = live_anchor(&n1.ws_url(), room).await;
     let audience = || JoinOptions::new(room).with_role(rtcroom::Role::Audience);

@@ -78,20 +78,6 @@ async fn stream() -> LocalStream {
         .expect("test stream starts")
 }
 
-async fn wait_stream_added(c: &mut TestClient, user: &str) -> RemoteStream {
-    let u = uid(user);
-    match c
-        .wait_for(
-            &format!("stream-added {user}"),
-            |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == u),
-        )
-        .await
-    {
-        ClientEvent::StreamAdded(s) => s,
-        _ => unreachable!(),
-    }
-}
-
 fn media_client(url: &str, user: &str, auto: Option<SubscribeOutput>) -> TestClient {
     let mut cfg = config(url, user, Mode::Rtc);
     if let Some(out) = auto {
@@ -169,7 +155,7 @@ async fn recordings_are_finalised_when_leave_returns() {
     join(&alice, 3021).await;
     bounded(alice.publish(&local)).await.expect("publish");
     join(&bob, 3021).await;
-    let remote = wait_stream_added(&mut bob, "alice").await;
+    let remote = bob.stream_added("alice").await;
     let dir = tempfile::tempdir().unwrap();
     subscribe_fast(
         &bob,
@@ -216,7 +202,7 @@ async fn vp8_is_published_announced_and_decoded() {
     join(&alice, 3011).await;
     bounded(alice.publish(&local)).await.expect("publish VP8");
     join(&bob, 3011).await;
-    let remote = wait_stream_added(&mut bob, "alice").await;
+    let remote = bob.stream_added("alice").await;
     assert_eq!(remote.video_codec, Some(VideoCodec::Vp8));
     let frames = Arc::new(Frames::default());
     subscribe_fast(&bob, &remote, frames.output()).await;
@@ -247,7 +233,7 @@ async fn sei_messages_reach_subscribers_in_order_within_trtcs_limits() {
     );
     bounded(alice.publish(&local)).await.expect("publish");
     join(&bob, 3012).await;
-    let remote = wait_stream_added(&mut bob, "alice").await;
+    let remote = bob.stream_added("alice").await;
     let frames = Arc::new(Frames::default());
     subscribe_fast(&bob, &remote, frames.output()).await;
     frames.wait("first frames", |f| f.video() >= 5).await;
@@ -330,7 +316,7 @@ async fn audio_volume_reports_the_sent_and_the_decoded_tone() {
     join(&alice, 3013).await;
     bounded(alice.publish(&local)).await.expect("publish");
     join(&bob, 3013).await;
-    let remote = wait_stream_added(&mut bob, "alice").await;
+    let remote = bob.stream_added("alice").await;
     let frames = Arc::new(Frames::default());
     subscribe_fast(&bob, &remote, frames.output()).await;
     frames.wait("audio frames", |f| f.audio() >= 10).await;
@@ -394,7 +380,7 @@ async fn a_1080p_h264_stream_is_negotiated_at_level_4_and_decoded() {
     join(&alice, 3012).await;
     bounded(alice.publish(&local)).await.expect("publish 1080p");
     join(&bob, 3012).await;
-    let remote = wait_stream_added(&mut bob, "alice").await;
+    let remote = bob.stream_added("alice").await;
     let frames = Arc::new(Frames::default());
     subscribe_fast(&bob, &remote, frames.output()).await;
     frames.wait("10 1080p frames", |f| f.video() >= 10).await;
@@ -412,7 +398,7 @@ async fn publish_subscribe_decode_mute_unpublish() {
     join(&alice, 3001).await;
     bounded(alice.publish(&local)).await.expect("publish");
     join(&bob, 3001).await;
-    let remote = wait_stream_added(&mut bob, "alice").await;
+    let remote = bob.stream_added("alice").await;
     assert_eq!(remote.stream_type, StreamType::Main);
     assert!(remote.has_audio && remote.has_video);
     assert_eq!(remote.video_codec, Some(VideoCodec::H264));
@@ -516,7 +502,7 @@ async fn wrong_order_calls_fail_with_invalid_operation() {
 
     // All-false subscribe; subscribe to a stream that does not exist.
     let mut v = TestClient::joined(&url, "viewer2", Mode::Live, 3002, Some(Role::Audience)).await;
-    let remote = wait_stream_added(&mut v, "anchor").await;
+    let remote = v.stream_added("anchor").await;
     let none = SubscribeOptions::default()
         .with_audio(false)
         .with_video(false);
@@ -812,7 +798,7 @@ async fn after_a_server_restart_streams_are_republished_and_resubscribed() {
     let frames = Arc::new(Frames::default());
     let mut bob = media_client(&url, "bob", None);
     join(&bob, 3005).await;
-    let remote = wait_stream_added(&mut bob, "alice").await;
+    let remote = bob.stream_added("alice").await;
     bounded(bob.subscribe(&remote, SubscribeOptions::new(frames.output())))
         .await
         .expect("subscribe");
@@ -869,7 +855,7 @@ async fn decoded_frames_arrive_as_an_async_stream() {
     join(&alice, 3017).await;
     bounded(alice.publish(&local)).await.expect("publish");
     join(&bob, 3017).await;
-    let remote = wait_stream_added(&mut bob, "alice").await;
+    let remote = bob.stream_added("alice").await;
     let (output, mut frames) = rtcroom::frame_stream(64);
     subscribe_fast(&bob, &remote, output).await;
     let (mut video, mut audio) = (0, 0);

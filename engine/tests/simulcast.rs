@@ -54,17 +54,7 @@ impl Meeting {
         bounded(bob.join(JoinOptions::new(room)))
             .await
             .expect("join");
-        let alice_id = uid("alice");
-        let remote = match bob
-            .wait_for(
-                "stream-added alice",
-                |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == alice_id),
-            )
-            .await
-        {
-            ClientEvent::StreamAdded(s) => s,
-            _ => unreachable!(),
-        };
+        let remote = bob.stream_added("alice").await;
         Meeting {
             server,
             alice,

@@ -28,9 +28,10 @@ fn node_config(redis: &Redis, id: &str) -> ServerConfig {
 /// Wait (bounded) until `cond` holds; polls a little at a time.
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
     while !cond() {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tick.tick().await;
     }
 }
 
@@ -296,6 +297,7 @@ async fn listed(node: &RunningServer, room: u32) -> Vec<String> {
 /// their links, a moment after the join).
 async fn until_listed(node: &RunningServer, room: u32, want: &[&str]) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
         let users = listed(node, room).await;
         if users == want {
@@ -305,7 +307,7 @@ async fn until_listed(node: &RunningServer, room: u32, want: &[&str]) {
             tokio::time::Instant::now() < deadline,
             "room {room} lists {users:?}, not {want:?}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tick.tick().await;
     }
 }
 

@@ -169,6 +169,21 @@ impl TestClient {
         .await;
     }
 
+    /// Wait for `user`'s `stream-added`; the stream.
+    pub async fn stream_added(&mut self, user: &str) -> rtcroom::RemoteStream {
+        let u = uid(user);
+        match self
+            .wait_for(
+                &format!("stream-added {user}"),
+                |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id == u),
+            )
+            .await
+        {
+            ClientEvent::StreamAdded(s) => s,
+            _ => unreachable!("wait_for returns a matching event"),
+        }
+    }
+
     /// Every event received so far without waiting.
     pub fn drain(&mut self) -> Vec<ClientEvent> {
         let mut out = Vec::new();
