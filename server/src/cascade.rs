@@ -101,6 +101,12 @@ pub enum Down {
     Kick(crate::room::EdgeKick),
     /// An anchor muted or unmuted a stream.
     Mute(crate::room::EdgeMute),
+    /// The room is full counting every node's members (the edge refuses new audience), or no
+    /// longer.
+    Full {
+        /// Full.
+        full: bool,
+    },
 }
 
 /// Edge → origin (text frames).
@@ -377,6 +383,7 @@ async fn relay_events(
             let down = match crate::room::EdgeOrder::decode(&e) {
                 Some(crate::room::EdgeOrder::Kick(order)) => Down::Kick(order),
                 Some(crate::room::EdgeOrder::Mute(order)) => Down::Mute(order),
+                Some(crate::room::EdgeOrder::Full(full)) => Down::Full { full },
                 None => continue,
             };
             send_down(ws, &down).await?;
@@ -837,6 +844,7 @@ async fn apply(
             Mirror::Stream { info: s.info, peer }
         }
         Down::Kick(order) => Mirror::Kick(order),
+        Down::Full { full } => Mirror::OriginFull(full),
         Down::Mute(m) => Mirror::Mute {
             user: m.user_id,
             stream_type: m.stream_type,

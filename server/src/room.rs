@@ -247,6 +247,9 @@ pub enum EdgeOrder {
     Kick(EdgeKick),
     /// An anchor muted or unmuted a stream (instead of the mute event the audience gets).
     Mute(EdgeMute),
+    /// The room is full (counting every edge's audience), or no longer: the edge refuses
+    /// new audience while it is.
+    Full(bool),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -443,6 +446,12 @@ pub struct Room {
     /// it). Listed by the admin API, removed by it, and kicked by a join of the same userId
     /// anywhere.
     edge_audience: BTreeMap<UserId, (SessionId, Instant)>,
+    /// Members standing for other nodes ([`LinkKind::Edge`]).
+    edge_members: usize,
+    /// What the edges were last told of the room being full (none: tell them again).
+    full_told: Option<bool>,
+    /// On an edge: the room's node says the room is full.
+    origin_full: bool,
 }
 
 /// The visible members as a join reply lists them (encoded [`MemberInfo`]s joined by commas),
@@ -505,6 +514,9 @@ impl Room {
             streams_total: 0,
             peers: HashMap::new(),
             edge_audience: BTreeMap::new(),
+            edge_members: 0,
+            full_told: None,
+            origin_full: false,
         }
     }
 
@@ -668,11 +680,12 @@ impl Room {
         if let Some((edge, _)) = self.edge_audience.remove(&input.user_id) {
             effects.push(Self::edge_kick(edge, &input.user_id, BanReason::Kick));
         }
-        let limit = match self.mode {
-            Mode::Rtc => self.limits.max_rtc_members,
-            Mode::Live => self.limits.max_live_members,
-        };
-        if self.members.len() >= limit {
+        // The limit counts the members of every node (the edges' audience), not the links
+        // standing for other nodes, which are never refused by it.
+        let limit = self.member_limit();
+        // (A join replacing a member here takes its place even when the room's node says full.)
+        let full = self.counted_len() >= limit || (self.origin_full && replacing.is_none());
+        if full && input.kind != LinkKind::Edge {
             return Err(RtcError::with_extra(
                 ErrorCode::JoinRoomFailed,
                 extra::ROOM_FULL,
@@ -712,6 +725,11 @@ impl Room {
         if self.visible(role) {
             self.visible.push(&input.user_id, role);
         }
+        if input.kind == LinkKind::Edge {
+            self.edge_members += 1;
+            // A new edge learns whether the room is full.
+            self.full_told = None;
+        }
         self.members.insert(
             input.user_id,
             Member {
@@ -728,6 +746,7 @@ impl Room {
                 message_seq: 0,
             },
         );
+        self.tell_edges_if_full(&mut effects);
         Ok((
             Joined {
                 result: self.join_result(role, streams),
@@ -757,6 +776,11 @@ impl Room {
         let mut old = None;
         let mut subscriptions = Vec::new();
         if let Some(m) = self.members.get_mut(&user) {
+            match (m.kind == LinkKind::Edge, input.kind == LinkKind::Edge) {
+                (false, true) => self.edge_members += 1,
+                (true, false) => self.edge_members -= 1,
+                _ => {}
+            }
             old = Some(std::mem::replace(&mut m.session, input.session));
             subscriptions = std::mem::take(&mut m.subscriptions).into_values().collect();
             m.connected = true;
@@ -815,6 +839,7 @@ impl Room {
         if member.kind == LinkKind::Edge {
             // An edge's link: the audience it served is gone with it.
             self.edge_audience.retain(|_, (e, _)| *e != member.session);
+            self.edge_members -= 1;
         }
         self.streams_total = self.streams_total.saturating_sub(member.streams.len());
         self.sessions.remove(&member.session);
@@ -856,7 +881,49 @@ impl Room {
             role: Some(member.role),
             reason: exit_reason,
         }));
+        self.tell_edges_if_full(&mut effects);
         effects
+    }
+
+    /// The member limit of the room's mode.
+    fn member_limit(&self) -> usize {
+        match self.mode {
+            Mode::Rtc => self.limits.max_rtc_members,
+            Mode::Live => self.limits.max_live_members,
+        }
+    }
+
+    /// Members of every node: this node's (not the links standing for other nodes) and the
+    /// audience the edges report.
+    fn counted_len(&self) -> usize {
+        self.local_len() + self.edge_audience.len()
+    }
+
+    /// Tell the edges (if any) when the room became full or is no longer.
+    fn tell_edges_if_full(&mut self, effects: &mut Vec<Effect>) {
+        if self.edge_members == 0 {
+            self.full_told = None;
+            return;
+        }
+        let full = self.counted_len() >= self.member_limit();
+        if self.full_told == Some(full) {
+            return;
+        }
+        self.full_told = Some(full);
+        effects.extend(
+            self.members
+                .values()
+                .filter(|m| m.kind == LinkKind::Edge && m.connected)
+                .map(|m| Effect::Edge {
+                    edge: m.session,
+                    order: EdgeOrder::Full(full),
+                }),
+        );
+    }
+
+    /// On an edge: the room's node says the room is full (new audience is refused) or not.
+    pub fn set_origin_full(&mut self, full: bool) {
+        self.origin_full = full;
     }
 
     /// After someone left: dismiss or schedule dismissal if the room is empty.
@@ -933,10 +1000,7 @@ impl Room {
 
     /// Members that are not mirrors ([`LinkKind::Edge`]).
     pub fn local_len(&self) -> usize {
-        self.members
-            .values()
-            .filter(|m| m.kind != LinkKind::Edge)
-            .count()
+        self.members.len().saturating_sub(self.edge_members)
     }
 
     /// Audience members that are not mirrors.
@@ -1454,6 +1518,7 @@ impl Room {
         for u in users {
             if let Some((edge, _)) = self.edge_audience.remove(u) {
                 effects.push(Self::edge_kick(edge, u, BanReason::Banned));
+                self.tell_edges_if_full(&mut effects);
             }
             if let Some(role) = self
                 .members
@@ -1514,14 +1579,16 @@ impl Room {
             return Vec::new();
         }
         if !joined {
+            let mut effects = Vec::new();
             if self
                 .edge_audience
                 .get(&user)
                 .is_some_and(|(e, _)| *e == edge)
             {
                 self.edge_audience.remove(&user);
+                self.tell_edges_if_full(&mut effects);
             }
-            return Vec::new();
+            return effects;
         }
         let mut effects = Vec::new();
         let local = self
@@ -1551,6 +1618,7 @@ impl Room {
         {
             effects.push(Self::edge_kick(other, &user, BanReason::Kick));
         }
+        self.tell_edges_if_full(&mut effects);
         effects
     }
 
@@ -1562,6 +1630,9 @@ impl Room {
         let users: Vec<UserId> = self.members.keys().cloned().collect();
         for u in &users {
             if let Some(m) = self.members.remove(u) {
+                if m.kind == LinkKind::Edge {
+                    self.edge_members -= 1;
+                }
                 self.streams_total = self.streams_total.saturating_sub(m.streams.len());
                 self.sessions.remove(&m.session);
                 effects.push(Effect::Remove {

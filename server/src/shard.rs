@@ -125,6 +125,9 @@ pub enum Mirror {
     /// The room's node orders a member of this node's audience removed (a duplicate userId
     /// elsewhere in the room, or the admin's RemoveUser).
     Kick(crate::room::EdgeKick),
+    /// The room's node says the room is full counting every node's members (new audience
+    /// is refused here too), or no longer.
+    OriginFull(bool),
     /// An anchor is in the room.
     AnchorIn(UserId),
     /// An anchor left, for this reason.
@@ -1085,6 +1088,10 @@ impl ShardCore {
                 }
                 Mirror::Relay(event) => {
                     return core.step(rctx, |room| (Ok(()), room.relay(event)));
+                }
+                Mirror::OriginFull(full) => {
+                    core.room.set_origin_full(full);
+                    Ok(())
                 }
                 Mirror::Kick(order) => {
                     return core.step(rctx, |room| {

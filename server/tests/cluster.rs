@@ -319,6 +319,8 @@ async fn a_live_rooms_audience_on_edges_is_listed_removed_and_kicked_by_duplicat
         let mut c = node_config(&redis, id);
         // Every audience member reaching another node is served there, as an edge.
         c.cluster.edge_after_audience = 0;
+        // Room for what the test needs, so that it can fill the room at the end.
+        c.limits.max_live_members = 4;
         start(c)
     };
     let (n1, n2, n3) = (edge_node("n1"), edge_node("n2"), edge_node("n3"));
@@ -412,6 +414,43 @@ async fn a_live_rooms_audience_on_edges_is_listed_removed_and_kicked_by_duplicat
         [(StreamType::Main, false), (StreamType::Auxiliary, true)],
         "the edge's late joiner sees the screen share muted, the camera not"
     );
+
+    // The limit (4) counts every node's members: with a fourth on an edge the room is full,
+    // on the room's node and, once it is told, on the other edge.
+    let (_fill, _) = joined(&n2.ws_url(), "fill", room, Mode::Live, audience).await;
+    until_listed(
+        &n1,
+        520,
+        &[
+            "anchor anchor",
+            "fill audience",
+            "late audience",
+            "v1 audience",
+        ],
+    )
+    .await;
+    let full = |e: &rtcroom_protocol::RtcError| {
+        e.extra_code == Some(rtcroom_protocol::error::extra::ROOM_FULL)
+    };
+    let mut c = Client::connect(&n1.ws_url()).await;
+    let e = c
+        .join(join_req("x", room, Mode::Live, Some(Role::Anchor)))
+        .await
+        .expect_err("full on the room's node");
+    assert!(full(&e), "{e:?}");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut c = Client::connect(&n3.ws_url()).await;
+        match c.join(join_req("y", room, Mode::Live, audience)).await {
+            Err(e) if full(&e) => break,
+            Err(e) => panic!("{e:?}"),
+            // The order is on its way to n3: out again, and once more.
+            Ok(_) => {
+                c.request(ClientMessage::Leave).await.unwrap();
+                assert!(tokio::time::Instant::now() < deadline, "n3 never refused");
+            }
+        }
+    }
     n1.stop().unwrap();
     n2.stop().unwrap();
     n3.stop().unwrap();

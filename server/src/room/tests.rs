@@ -1020,3 +1020,71 @@ fn on_an_edge_a_local_member_takes_a_mirrors_userid_and_mirror_updates_leave_it_
     assert_eq!(removals(&fx), [(3, BanReason::Banned)]);
     assert_eq!(r.local_users(), [uid("v")]);
 }
+
+fn full_orders(effects: &[Effect]) -> Vec<(SessionId, bool)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Edge {
+                edge,
+                order: EdgeOrder::Full(full),
+            } => Some((*edge, *full)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_member_limit_counts_every_nodes_members_and_edges_are_told_when_it_is_reached() {
+    let t0 = Instant::now();
+    let mut r = Room::new(
+        RoomKey {
+            sdk_app_id: 1,
+            room_id: RoomId::numeric(7).unwrap(),
+        },
+        Mode::Live,
+        RoomLimits {
+            max_live_members: 3,
+            ..RoomLimits::default()
+        },
+    );
+    join(&mut r, 1, "anchor", Some(Role::Anchor), t0).unwrap();
+    // An edge's link is not a member: the room is not full with it, and it is told so.
+    let (_, fx) = r
+        .join(
+            JoinInput {
+                session: 8,
+                user_id: UserId::reserved("edge.n2"),
+                mode: Mode::Live,
+                role: Some(Role::Audience),
+                privileges: None,
+                kind: LinkKind::Edge,
+            },
+            t0,
+        )
+        .unwrap();
+    assert_eq!(full_orders(&fx), [(8, false)]);
+    assert!(r.edge_audience(8, uid("v1"), true, t0, t0).is_empty());
+    // The third member, on the edge: full, and the edge is told once.
+    let fx = r.edge_audience(8, uid("v2"), true, t0, t0);
+    assert_eq!(full_orders(&fx), [(8, true)]);
+    let e = join(&mut r, 2, "late", Some(Role::Audience), t0).unwrap_err();
+    assert_eq!(e.extra_code, Some(extra::ROOM_FULL));
+    // One leaves the edge: room again, and the edge hears it.
+    let fx = r.edge_audience(8, uid("v1"), false, t0, t0);
+    assert_eq!(full_orders(&fx), [(8, false)]);
+    let (_, fx) = join(&mut r, 2, "late", Some(Role::Audience), t0).unwrap();
+    assert_eq!(full_orders(&fx), [(8, true)]);
+
+    // On an edge: while the room's node says full, only mirrors and replacing joins get in.
+    let mut e = room(Mode::Live);
+    join(&mut e, 1, "v", Some(Role::Audience), t0).unwrap();
+    e.set_origin_full(true);
+    let err = join(&mut e, 2, "w", Some(Role::Audience), t0).unwrap_err();
+    assert_eq!(err.extra_code, Some(extra::ROOM_FULL));
+    join(&mut e, 3, "v", Some(Role::Audience), t0).expect("a replacing join");
+    join_kind(&mut e, 4, "a", LinkKind::Edge, t0);
+    e.set_origin_full(false);
+    join(&mut e, 2, "w", Some(Role::Audience), t0).unwrap();
+    assert_eq!(e.local_len(), 2);
+}
