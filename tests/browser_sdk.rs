@@ -375,6 +375,23 @@ fn engine_config(server: &RunningServer, user: &str, mode: Mode) -> ClientConfig
         .with_auto_subscribe(false)
 }
 
+/// The engine's next `stream-added` of `user`, within [`DEADLINE`].
+async fn engine_stream_added(
+    events: &mut EventStream,
+    user: &str,
+) -> anyhow::Result<rtcroom::RemoteStream> {
+    let added = engine_event(
+        events,
+        &format!("stream-added {user}"),
+        |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id.as_str() == user),
+    )
+    .await?;
+    match added {
+        ClientEvent::StreamAdded(remote) => Ok(remote),
+        _ => unreachable!("engine_event returns a matching event"),
+    }
+}
+
 /// The next engine event matching `pred`, within [`DEADLINE`].
 async fn engine_event(
     events: &mut EventStream,
@@ -490,15 +507,7 @@ async fn browser_to_engine_run(
     if !engine_first {
         engine.join(JoinOptions::new(room)).await?;
     }
-    let added = engine_event(
-        &mut events,
-        "stream-added web",
-        |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id.as_str() == "web"),
-    )
-    .await?;
-    let ClientEvent::StreamAdded(remote) = added else {
-        unreachable!()
-    };
+    let remote = engine_stream_added(&mut events, "web").await?;
     ensure!(
         remote.has_audio && remote.has_video,
         "stream-added without both tracks: {remote:?}"
@@ -638,9 +647,10 @@ async fn browser_publishes_h264_and_the_engine_decodes_it() {
 /// has read the other's registration).
 async fn two_nodes(node: &RunningServer, tag: &str) {
     let t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
     while node.metrics().cluster_nodes.load(Ordering::Relaxed) < 2 {
         assert!(t.elapsed() < DEADLINE, "[{tag}] n2 never saw n1");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tick.tick().await;
     }
 }
 
@@ -792,15 +802,7 @@ async fn edge_audience_run(
         .await
         .context("the browser decodes the anchor again, from n1")?;
     publish(page, "web").await?;
-    let added = engine_event(
-        &mut events,
-        "stream-added web",
-        |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id.as_str() == "web"),
-    )
-    .await?;
-    let ClientEvent::StreamAdded(remote) = added else {
-        unreachable!()
-    };
+    let remote = engine_stream_added(&mut events, "web").await?;
     let frames = Arc::new(Frames::default());
     engine
         .subscribe(
@@ -1617,15 +1619,7 @@ async fn browser_small_stream_to_engine(server: &RunningServer, page: &Page) -> 
     let engine = create_client(engine_config(server, "engine", Mode::Rtc))?;
     let mut events = engine.events();
     engine.join(JoinOptions::new(ROOM)).await?;
-    let ClientEvent::StreamAdded(remote) = engine_event(
-        &mut events,
-        "stream-added web",
-        |e| matches!(e, ClientEvent::StreamAdded(s) if s.user_id.as_str() == "web"),
-    )
-    .await?
-    else {
-        unreachable!()
-    };
+    let remote = engine_stream_added(&mut events, "web").await?;
     let rids: Vec<&str> = remote.layers.iter().map(|l| l.rid.as_str()).collect();
     ensure!(
         rids == ["l", "h"],

@@ -114,12 +114,18 @@ async fn when_the_rooms_node_dies_its_members_on_other_nodes_get_media_again() {
 /// A node (default timings) whose live rooms cascade once they hold `edge_after` audience
 /// members (0: every audience member joining through another node is served there, as the
 /// room's edge).
-fn live_node(redis: &Redis, id: &str, edge_after: u32) -> rtcroom_server::RunningServer {
+fn live_node(
+    redis: &Redis,
+    id: &str,
+    edge_after: u32,
+    tweak: fn(&mut rtcroom_server::ServerConfig),
+) -> rtcroom_server::RunningServer {
     let mut c = redis.node(server_config("127.0.0.1:0"), id);
     let defaults = rtcroom_server::config::ClusterConfig::default();
     c.cluster.heartbeat_s = defaults.heartbeat_s;
     c.cluster.node_ttl_s = defaults.node_ttl_s;
     c.cluster.edge_after_audience = edge_after;
+    tweak(&mut c);
     start(c)
 }
 
@@ -128,9 +134,18 @@ async fn live_pair(
     redis: &Redis,
     edge_after: u32,
 ) -> (rtcroom_server::RunningServer, rtcroom_server::RunningServer) {
+    live_pair_with(redis, edge_after, |_| {}).await
+}
+
+/// [`live_pair`], each node's configuration changed by `tweak` first.
+async fn live_pair_with(
+    redis: &Redis,
+    edge_after: u32,
+    tweak: fn(&mut rtcroom_server::ServerConfig),
+) -> (rtcroom_server::RunningServer, rtcroom_server::RunningServer) {
     let (n1, n2) = (
-        live_node(redis, "n1", edge_after),
-        live_node(redis, "n2", edge_after),
+        live_node(redis, "n1", edge_after, tweak),
+        live_node(redis, "n2", edge_after, tweak),
     );
     poll_until("two nodes", || {
         cluster_nodes(&n1) == 2 && cluster_nodes(&n2) == 2
@@ -155,15 +170,24 @@ fn counting(mut cfg: rtcroom::ClientConfig, frames: &Arc<AtomicU64>) -> TestClie
 /// The anchor of live room `room`, joined at `url` and publishing 320×240 video (keep the
 /// stream).
 async fn live_anchor(url: &str, room: u32) -> (TestClient, rtcroom::LocalStream) {
-    let anchor = TestClient::new(config(url, "anchor", Mode::Live));
-    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
-        .await
-        .expect("join");
     let local = bounded(create_stream(
         StreamConfig::default().with_video_profile(VideoProfile::new(320, 240, 30, 400)),
     ))
     .await
     .expect("stream");
+    live_anchor_with(url, room, local).await
+}
+
+/// The anchor of live room `room`, joined at `url` and publishing `local`.
+async fn live_anchor_with(
+    url: &str,
+    room: u32,
+    local: rtcroom::LocalStream,
+) -> (TestClient, rtcroom::LocalStream) {
+    let anchor = TestClient::new(config(url, "anchor", Mode::Live));
+    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
+        .await
+        .expect("join");
     bounded(anchor.publish(&local)).await.expect("publish");
     (anchor, local)
 }
@@ -327,25 +351,10 @@ async fn past_its_audience_threshold_a_live_room_sends_new_audience_to_another_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_viewer_switches_between_the_anchors_big_and_small_streams() {
     let redis = Redis::start();
-    let node = |id: &str| {
-        let mut c = redis.node(server_config("127.0.0.1:0"), id);
-        c.cluster.edge_after_audience = 0;
-        // Layers move on request only (a busy machine's estimate must not move them).
-        c.media.bandwidth_adaptation = false;
-        start(c)
-    };
-    let (n1, n2) = (node("n1"), node("n2"));
-    poll_until("two nodes", || cluster_nodes(&n2) == 2).await;
+    // Layers move on request only (a busy machine's estimate must not move them).
+    let (n1, n2) = live_pair_with(&redis, 0, |c| c.media.bandwidth_adaptation = false).await;
     let room = 4500u32;
-    let anchor = TestClient::new(config(&n1.ws_url(), "anchor", Mode::Live));
-    bounded(anchor.join(JoinOptions::new(room).with_role(rtcroom::Role::Anchor)))
-        .await
-        .expect("join");
-    let _local = {
-        let local = small_stream().await;
-        bounded(anchor.publish(&local)).await.expect("publish");
-        local
-    };
+    let (_anchor, _local) = live_anchor_with(&n1.ws_url(), room, small_stream().await).await;
     let mut viewer = TestClient::new(config(&n2.ws_url(), "viewer", Mode::Live));
     bounded(viewer.join(JoinOptions::new(room).with_role(rtcroom::Role::Audience)))
         .await
